@@ -1,0 +1,143 @@
+"""Protocols every device adapter implements, and the small explicit registry of runtimes.
+
+Adapters only execute: the harness owns warm-up, timing and statistics. This module imports
+nothing from ``harness``, ``results``, ``predictors`` or ``reports``; vendor libraries are
+imported inside the adapters, never here.
+"""
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from typing import Any, Callable, Protocol, runtime_checkable
+
+from costmeter.errors import ConfigError, UnavailableError
+
+
+@dataclass
+class Artifact:
+    """What a runtime loads: a file on disk (``path``) and/or an in-memory torch module.
+
+    ``kind`` is one of ``torch`` (``module`` set), ``onnx``, ``tflite``, ``pte``.
+    ``inputs`` maps input names to numpy arrays, batch dimension included.
+    """
+
+    kind: str
+    inputs: dict[str, Any]
+    path: str | None = None
+    module: Any = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class SessionOptions:
+    """Execution settings handed to ``Runtime.prepare``; all of them are recorded in the key."""
+
+    threads: int | None = None
+    device_index: int = 0
+    options: tuple[tuple[str, str], ...] = ()
+
+    def get(self, name: str, default: str | None = None) -> str | None:
+        """Value of a runtime option by name, or ``default``."""
+        return dict(self.options).get(name, default)
+
+
+@runtime_checkable
+class Session(Protocol):
+    """A prepared model on a device, ready to execute."""
+
+    def run_once(self) -> None:
+        """Execute one inference on the prepared inputs (asynchronous devices may return early)."""
+
+    def synchronize(self) -> None:
+        """Block until every launched inference has finished (no-op on synchronous devices)."""
+
+    def outputs(self) -> list[Any]:
+        """Run once and return the outputs as numpy arrays (for parity checks; not timed)."""
+
+    def close(self) -> None:
+        """Release the session's resources."""
+
+
+@runtime_checkable
+class Runtime(Protocol):
+    """One runtime on one device kind (e.g. onnxruntime on cpu)."""
+
+    name: str
+    device_kind: str
+    artifact_kind: str
+    option_names: tuple[str, ...]
+
+    def is_available(self) -> tuple[bool, str]:
+        """(True, "") if usable here; else (False, reason naming the extra to install)."""
+
+    def prepare(self, artifact: Artifact, options: SessionOptions) -> Session:
+        """Load ``artifact`` and return a ready session. Raises UnsupportedError for models it rejects."""
+
+
+@dataclass
+class EnergyReading:
+    """Energy over a window, as a meter reports it (the harness turns it into a result field)."""
+
+    provenance: str  # "counter" | "integrated-power" | "estimated" | "unavailable"
+    energy_j: float | None
+    window_s: float
+    domains_j: dict[str, float] = field(default_factory=dict)
+    reason: str = ""
+    warnings: list[str] = field(default_factory=list)
+
+
+@runtime_checkable
+class EnergyMeter(Protocol):
+    """Reads an energy counter (or integrates power) around a measured window."""
+
+    def is_available(self) -> tuple[bool, str]:
+        """(True, "") if the counter can be read; else (False, why not)."""
+
+    def start(self) -> None:
+        """Begin a window."""
+
+    def stop(self) -> EnergyReading:
+        """End the window and return its energy."""
+
+
+# name -> "module:Class"; adapters are imported only when asked for.
+_RUNTIMES: dict[tuple[str, str], str] = {
+    ("cpu", "torch"): "costmeter.devices.cpu.torch_eager:TorchCPURuntime",
+    ("cpu", "onnxruntime"): "costmeter.devices.cpu.onnxruntime_cpu:OnnxRuntimeCPU",
+    ("fake", "fake"): "costmeter.devices.fake:FakeRuntime",
+}
+
+
+def register_runtime(device_kind: str, name: str, target: str) -> None:
+    """Add a runtime adapter (``target`` is ``"module:Class"``) for a device kind."""
+    _RUNTIMES[(device_kind, name)] = target
+
+
+def device_kinds() -> list[str]:
+    """Device kinds that have at least one registered runtime."""
+    return sorted({k for k, _ in _RUNTIMES})
+
+
+def runtime_names(device_kind: str) -> list[str]:
+    """Runtimes registered for a device kind (installed or not)."""
+    return sorted(n for k, n in _RUNTIMES if k == device_kind)
+
+
+def get_runtime(device_kind: str, name: str, **kwargs: Any) -> Runtime:
+    """Instantiate the adapter for ``name`` on ``device_kind``; ConfigError if unknown."""
+    target = _RUNTIMES.get((device_kind, name))
+    if target is None:
+        known = ", ".join(runtime_names(device_kind)) or "none"
+        raise ConfigError(
+            f"unknown runtime {name!r} for device {device_kind!r}; choose one of: {known}"
+        )
+    module_name, cls_name = target.split(":")
+    cls: Callable[..., Runtime] = getattr(importlib.import_module(module_name), cls_name)
+    return cls(**kwargs)
+
+
+def require_available(runtime: Runtime) -> None:
+    """Raise UnavailableError with the adapter's reason if it cannot run here."""
+    ok, reason = runtime.is_available()
+    if not ok:
+        raise UnavailableError(reason)
