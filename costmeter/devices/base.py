@@ -104,6 +104,9 @@ class EnergyMeter(Protocol):
 _RUNTIMES: dict[tuple[str, str], str] = {
     ("cpu", "torch"): "costmeter.devices.cpu.torch_eager:TorchCPURuntime",
     ("cpu", "onnxruntime"): "costmeter.devices.cpu.onnxruntime_cpu:OnnxRuntimeCPU",
+    ("cuda", "torch"): "costmeter.devices.cuda.torch_cuda:TorchCUDARuntime",
+    ("cuda", "torch_compile"): "costmeter.devices.cuda.torch_cuda:TorchCompileCUDARuntime",
+    ("cuda", "onnxruntime"): "costmeter.devices.cuda.onnxruntime_cuda:OnnxRuntimeCUDA",
     ("fake", "fake"): "costmeter.devices.fake:FakeRuntime",
 }
 

@@ -1,0 +1,165 @@
+"""Frozen, validated run configurations. No side effects until a runner uses them."""
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from costmeter.errors import ConfigError
+
+DEFAULT_PERCENTILES: tuple[float, ...] = (50.0, 90.0, 95.0, 99.0)
+
+
+def default_workdir() -> Path:
+    """The working folder for stores, caches and reports: $COSTMETER_HOME or ./.costmeter."""
+    return Path(os.environ.get("COSTMETER_HOME") or ".costmeter")
+
+
+@dataclass(frozen=True)
+class ProtocolConfig:
+    """How a benchmark is sampled and judged.
+
+    Warm-up runs until both ``warmup_count`` runs and ``warmup_s`` seconds have passed. Sampling
+    runs until both ``min_count`` samples and ``min_time_s`` seconds are reached, and stops at
+    ``max_time_s`` whatever happened. ``min_count`` is raised automatically to what the reported
+    percentiles need for a confidence interval (``auto_min_count``).
+    """
+
+    warmup_count: int = 10
+    warmup_s: float = 0.5
+    min_count: int = 100
+    min_time_s: float = 2.0
+    max_time_s: float = 60.0
+    percentiles: tuple[float, ...] = DEFAULT_PERCENTILES
+    confidence: float = 0.95
+    max_cv: float = 0.15
+    auto_min_count: bool = True
+    max_throttled_share: float = 0.1
+    block_size: int = 10
+
+    def __post_init__(self) -> None:
+        _check(self.warmup_count >= 0, "--warmup must be >= 0 runs")
+        _check(self.warmup_s >= 0, "warm-up time must be >= 0 s")
+        _check(self.min_count >= 1, "--min-count must be >= 1")
+        _check(self.min_time_s >= 0, "--min-time must be >= 0 s")
+        _check(self.max_time_s > 0, "--max-time must be > 0 s")
+        _check(
+            self.max_time_s >= self.min_time_s,
+            f"--max-time ({self.max_time_s} s) must be >= --min-time ({self.min_time_s} s)",
+        )
+        _check(0 < self.confidence < 1, "confidence must be between 0 and 1, e.g. 0.95")
+        _check(self.max_cv > 0, "--max-cv must be > 0, e.g. 0.15")
+        _check(self.block_size >= 1, "block size must be >= 1")
+        _check(0 <= self.max_throttled_share <= 1, "throttled share must be in [0, 1]")
+        pct = tuple(float(p) for p in self.percentiles)
+        _check(all(0 < p < 100 for p in pct), "--percentiles must lie strictly between 0 and 100")
+        object.__setattr__(self, "percentiles", tuple(sorted(set(pct))))
+
+    def target_count(self) -> int:
+        """Samples to aim for: ``min_count``, raised to what the percentiles' CIs need."""
+        if not self.auto_min_count:
+            return self.min_count
+        from costmeter.harness.stats import min_samples_for_percentile
+
+        need = max(min_samples_for_percentile(p, self.confidence) for p in self.percentiles)
+        return max(self.min_count, need)
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """One benchmark: a model on a device with a runtime, batch, threads and runtime options."""
+
+    model: str
+    device: str = "cpu"
+    runtime: str = "onnxruntime"
+    batch: int = 1
+    threads: int | None = None
+    options: tuple[tuple[str, str], ...] = ()
+    protocol: ProtocolConfig = field(default_factory=ProtocolConfig)
+    processes: int = 1
+    timeout_s: float = 600.0
+    workdir: str = ".costmeter"
+    check_outputs: bool = True
+    parity_tolerance: float = 1e-3
+    tag: str | None = None
+    memory_limit_bytes: int | None = None
+
+    def __post_init__(self) -> None:
+        _check(bool(self.model), "a model is required: --model NAME|FILE.onnx|pkg.mod:func")
+        _check(self.batch >= 1, f"batch must be >= 1 (got {self.batch})")
+        _check(self.threads is None or self.threads >= 1, f"threads must be >= 1 (got {self.threads})")
+        _check(self.processes >= 1, f"--processes must be >= 1 (got {self.processes})")
+        _check(self.timeout_s > 0, "--timeout must be > 0 s")
+        _check(self.parity_tolerance > 0, "parity tolerance must be > 0")
+        object.__setattr__(
+            self, "options", tuple(sorted((str(k), str(v)) for k, v in dict(self.options).items()))
+        )
+
+    @property
+    def device_kind(self) -> str:
+        """``cpu`` for ``cpu``, ``cuda`` for ``cuda:1``, the scheme for ``ssh://...``."""
+        return parse_device(self.device)[0]
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict (sent to the worker process)."""
+        d = asdict(self)
+        d["options"] = [list(kv) for kv in self.options]
+        d["protocol"]["percentiles"] = list(self.protocol.percentiles)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> RunConfig:
+        """Inverse of :meth:`to_dict`."""
+        d = dict(d)
+        proto = dict(d.pop("protocol", {}))
+        proto["percentiles"] = tuple(proto.get("percentiles", DEFAULT_PERCENTILES))
+        d["options"] = tuple(tuple(kv) for kv in d.get("options", ()))
+        return cls(protocol=ProtocolConfig(**proto), **d)
+
+
+_DEVICE_RE = re.compile(r"^(cpu|fake|cuda(?::(\d+))?)$")
+
+
+def parse_device(device: str) -> tuple[str, int]:
+    """Split a device string into (kind, index): ``cuda:1`` -> ("cuda", 1). ConfigError if unknown."""
+    m = _DEVICE_RE.match(device.strip())
+    if m is None:
+        if device.startswith(("ssh://", "adb://")):
+            return device.split("://", 1)[0], 0
+        raise ConfigError(
+            f"unknown device {device!r}; use cpu, cuda, cuda:N, ssh://user@host[:port] or adb://SERIAL "
+            "(see `bench env`)"
+        )
+    kind = "cuda" if m.group(1).startswith("cuda") else m.group(1)
+    return kind, int(m.group(2) or 0)
+
+
+def parse_int_list(text: str, what: str) -> list[int]:
+    """Parse ``"1,8,32"`` into ints >= 1; ConfigError naming ``what`` on malformed input."""
+    values: list[int] = []
+    for part in str(text).split(","):
+        part = part.strip()
+        if not part.isdigit() or int(part) < 1:
+            raise ConfigError(
+                f"malformed {what} {text!r}: expected comma-separated positive integers, e.g. 1,8"
+            )
+        values.append(int(part))
+    return values
+
+
+def parse_options(pairs: list[str] | tuple[str, ...]) -> tuple[tuple[str, str], ...]:
+    """Parse ``["precision=f32", "opt_level=all"]`` into sorted pairs; ConfigError if malformed."""
+    out: dict[str, str] = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not name.strip():
+            raise ConfigError(f"malformed option {pair!r}: expected NAME=VALUE, e.g. opt_level=all")
+        out[name.strip()] = value.strip()
+    return tuple(sorted(out.items()))
+
+
+def _check(condition: bool, message: str) -> None:
+    if not condition:
+        raise ConfigError(message)
