@@ -1,0 +1,219 @@
+"""One benchmark in an isolated child process.
+
+The parent writes a job (JSON) to a file and starts ``python -m costmeter.harness.worker JOB OUT``.
+The child loads the artifact, samples it with the protocol and writes its outcome (JSON) to OUT.
+The parent survives whatever the child does — segfault, SIGKILL, out-of-memory, timeout — and
+reports a failure with the reason. Nothing is exchanged over stdout, so libraries that print
+cannot corrupt the result.
+"""
+from __future__ import annotations
+
+import json
+import os
+import resource
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from costmeter.errors import CostmeterError, UnsupportedError
+
+
+@dataclass
+class WorkerJob:
+    """What the child needs: the run config (dict), the artifact and where its inputs are."""
+
+    config: dict[str, Any]
+    artifact_kind: str
+    artifact_path: str | None
+    inputs_path: str | None
+    outputs_path: str | None = None
+    process_index: int = 0
+
+
+@dataclass
+class WorkerOutcome:
+    """What came back. ``status`` is ok, failed or unsupported; ``error`` says why when not ok."""
+
+    status: str
+    error: str | None = None
+    data: dict[str, Any] = field(default_factory=dict)
+    wall_s: float = 0.0
+
+
+def run_in_worker(job: WorkerJob, timeout_s: float, python: str = sys.executable) -> WorkerOutcome:
+    """Run ``job`` in a fresh process; never raises for anything the child does."""
+    with tempfile.TemporaryDirectory(prefix="costmeter-job-") as tmp:
+        job_path = Path(tmp) / "job.json"
+        out_path = Path(tmp) / "outcome.json"
+        err_path = Path(tmp) / "stderr.txt"
+        job_path.write_text(json.dumps(asdict(job)))
+        start = time.perf_counter()
+        with open(err_path, "wb") as err:
+            proc = subprocess.Popen(
+                [python, "-m", "costmeter.harness.worker", str(job_path), str(out_path)],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=err,
+                start_new_session=True,
+            )
+            try:
+                rc = proc.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                _kill_group(proc)
+                return WorkerOutcome("failed", f"timed out after {timeout_s:g} s; raise --timeout or lower --max-time",
+                                     wall_s=time.perf_counter() - start)
+        wall = time.perf_counter() - start
+        if out_path.exists() and rc == 0:
+            data = json.loads(out_path.read_text())
+            return WorkerOutcome(data.pop("status"), data.pop("error", None), data, wall)
+        return WorkerOutcome("failed", _describe_exit(rc, err_path), wall_s=wall)
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait()
+
+
+def _describe_exit(rc: int, err_path: Path) -> str:
+    tail = ""
+    if err_path.exists():
+        lines = [ln for ln in err_path.read_text(errors="replace").splitlines() if ln.strip()]
+        tail = lines[-1][:300] if lines else ""
+    if rc < 0:
+        sig = signal.Signals(-rc).name
+        hint = {
+            "SIGSEGV": "segmentation fault in the runtime",
+            "SIGKILL": "killed (likely out of memory: the kernel's OOM killer sends SIGKILL)",
+            "SIGABRT": "aborted by the runtime",
+            "SIGBUS": "bus error in the runtime",
+        }.get(sig, "terminated by a signal")
+        return f"worker died with {sig}: {hint}" + (f"; last stderr line: {tail}" if tail else "")
+    return f"worker exited with code {rc}" + (f": {tail}" if tail else " without a result")
+
+
+# ----------------------------------------------------------------------------- child side
+
+
+def _child_main(job_path: str, out_path: str) -> int:
+    import psutil
+
+    baseline_rss = psutil.Process().memory_info().rss
+    job = WorkerJob(**json.loads(Path(job_path).read_text()))
+    try:
+        data = _child_measure(job, baseline_rss)
+        data["status"] = "ok"
+    except UnsupportedError as exc:
+        data = {"status": "unsupported", "error": str(exc)}
+    except MemoryError:
+        data = {"status": "failed", "error": "out of memory in the worker (memory limit reached); "
+                                             "raise the limit or use a smaller batch"}
+    except CostmeterError as exc:
+        data = {"status": "failed", "error": str(exc)}
+    except Exception as exc:  # the child reports every failure to the parent instead of dying
+        last = traceback.extract_tb(exc.__traceback__)[-1] if exc.__traceback__ else None
+        where = f" (at {Path(last.filename).name}:{last.lineno})" if last else ""
+        data = {"status": "failed", "error": f"{type(exc).__name__}: {exc}{where}"}
+    tmp = Path(out_path + ".tmp")
+    tmp.write_text(json.dumps(data))
+    tmp.replace(out_path)
+    return 0
+
+
+def _child_measure(job: WorkerJob, baseline_rss: int) -> dict[str, Any]:
+    from costmeter.devices.base import Artifact, SessionOptions, get_runtime
+    from costmeter.harness.config import RunConfig
+    from costmeter.harness.environment import capture
+    from costmeter.harness.protocol import sample
+
+    config = RunConfig.from_dict(job.config)
+    if config.memory_limit_bytes:
+        resource.setrlimit(resource.RLIMIT_AS, (config.memory_limit_bytes, config.memory_limit_bytes))
+    inputs: dict[str, Any] = {}
+    if job.inputs_path:
+        import numpy as np
+
+        with np.load(job.inputs_path) as npz:
+            inputs = {name: npz[name] for name in npz.files}
+    module = None
+    if job.artifact_kind == "torch":
+        from costmeter.harness.models import resolve_model
+
+        module = resolve_model(config.model).build_torch()
+    runtime = get_runtime(config.device_kind, config.runtime)
+    t0 = time.perf_counter()
+    session = runtime.prepare(
+        Artifact(kind=job.artifact_kind, inputs=inputs, path=job.artifact_path, module=module),
+        SessionOptions(threads=config.threads, device_index=_device_index(config.device), options=config.options),
+    )
+    prepare_s = time.perf_counter() - t0
+    meter, energy_reason = make_energy_meter(config.device)
+    outcome = sample(session, config.protocol, energy_meter=meter)
+    peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+    memory: dict[str, Any] = {
+        "peak_rss_bytes": peak_rss,
+        "baseline_rss_bytes": baseline_rss,
+        "peak_rss_above_baseline_bytes": max(0, peak_rss - baseline_rss),
+    }
+    if hasattr(session, "memory"):
+        memory.update(session.memory())
+    if job.outputs_path:
+        import numpy as np
+
+        outs = session.outputs()
+        np.savez(job.outputs_path, *[np.asarray(o) for o in outs])
+    session.close()
+    energy = asdict(outcome.energy) if outcome.energy is not None else {
+        "provenance": "unavailable", "energy_j": None, "window_s": outcome.sampling_s,
+        "domains_j": {}, "reason": energy_reason, "warnings": []}
+    return {
+        "samples_ns": outcome.samples_ns,
+        "warmup_count": outcome.warmup_count,
+        "warmup_s": outcome.warmup_s,
+        "sampling_s": outcome.sampling_s,
+        "hit_max_time": outcome.hit_max_time,
+        "blocks": outcome.blocks,
+        "throttled_blocks": outcome.throttled_blocks,
+        "health": outcome.health,
+        "energy": energy,
+        "memory": memory,
+        "prepare_session_s": prepare_s,
+        "environment": capture(threads=config.threads),
+    }
+
+
+def _device_index(device: str) -> int:
+    from costmeter.harness.config import parse_device
+
+    return parse_device(device)[1]
+
+
+def make_energy_meter(device: str) -> tuple[Any, str]:
+    """The energy meter for a device, or (None, reason) when no counter can be read."""
+    from costmeter.harness.config import parse_device
+
+    kind, index = parse_device(device)
+    if kind == "cpu":
+        from costmeter.devices.energy.rapl import RaplMeter
+
+        meter: Any = RaplMeter()
+    elif kind == "cuda":
+        from costmeter.devices.energy.nvml import NvmlEnergyMeter
+
+        meter = NvmlEnergyMeter(device_index=index)
+    else:
+        return None, f"device kind {kind!r} has no energy counter"
+    ok, reason = meter.is_available()
+    return (meter, "") if ok else (None, reason)
+
+
+if __name__ == "__main__":
+    raise SystemExit(_child_main(sys.argv[1], sys.argv[2]))
