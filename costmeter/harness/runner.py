@@ -1,0 +1,288 @@
+"""Runs a list of benchmarks: validates all of them first, then one worker process per
+benchmark (and per ``--processes``), writing each result to the store as soon as it finishes."""
+from __future__ import annotations
+
+import hashlib
+import itertools
+import time
+import uuid
+from dataclasses import dataclass, replace
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, Protocol
+
+from costmeter.devices.base import get_runtime, require_available
+from costmeter.errors import UnsupportedError
+from costmeter.harness.config import RunConfig
+from costmeter.harness.worker import WorkerJob, WorkerOutcome, run_in_worker
+from costmeter.results.schema import (
+    BenchKey,
+    EnergyInfo,
+    EnergyProvenance,
+    Measurement,
+    MemoryInfo,
+    RunResult,
+    Status,
+    Validity,
+)
+
+
+class ResultSink(Protocol):
+    """Where finished results go (the store, or a list in tests)."""
+
+    def write(self, result: RunResult) -> Any: ...
+
+
+Progress = Callable[[int, int, RunConfig, "RunResult | None"], None]
+
+
+@dataclass
+class PreparedJob:
+    """A validated benchmark: its config, model source (None for artifact-less runtimes), runtime."""
+
+    config: RunConfig
+    source: Any
+    artifact_kind: str
+    model_hash: str
+    input_shape: tuple[int, ...]
+
+
+def expand(base: RunConfig, models: list[str], runtimes: list[str], batches: list[int],
+           threads: list[int | None], devices: list[str] | None = None) -> list[RunConfig]:
+    """The cross product of models x devices x runtimes x batches x threads as RunConfigs."""
+    devices = devices or [base.device]
+    return [
+        replace(base, model=m, device=d, runtime=r, batch=b, threads=t)
+        for m, d, r, b, t in itertools.product(models, devices, runtimes, batches, threads)
+    ]
+
+
+def validate(configs: list[RunConfig]) -> list[PreparedJob]:
+    """Check every config before anything runs: device, runtime (installed?), model.
+
+    Raises ConfigError/UnavailableError with a one-line fix; nothing is written on failure.
+    """
+    from costmeter.harness.models import resolve_model
+
+    sources: dict[str, Any] = {}
+    jobs: list[PreparedJob] = []
+    checked: set[tuple[str, str]] = set()
+    for cfg in configs:
+        runtime = get_runtime(cfg.device_kind, cfg.runtime)
+        if (cfg.device_kind, cfg.runtime) not in checked:
+            require_available(runtime)
+            checked.add((cfg.device_kind, cfg.runtime))
+        if runtime.artifact_kind == "none":
+            digest = hashlib.sha256(cfg.model.encode()).hexdigest()[:16]
+            jobs.append(PreparedJob(cfg, None, "none", digest, (cfg.batch,)))
+            continue
+        if cfg.model not in sources:
+            sources[cfg.model] = resolve_model(cfg.model)
+        src = sources[cfg.model]
+        shape = (cfg.batch, *src.inputs[0].shape)
+        jobs.append(PreparedJob(cfg, src, runtime.artifact_kind, src.content_hash(), shape))
+    return jobs
+
+
+class Runner:
+    """Executes prepared jobs in worker processes and hands each result to ``sink``."""
+
+    def __init__(self, sink: ResultSink | None, workdir: Path, progress: Progress | None = None,
+                 run_in: Callable[..., WorkerOutcome] = run_in_worker) -> None:
+        self.sink = sink
+        self.workdir = Path(workdir)
+        self.progress = progress
+        self._run_in = run_in
+        self._references: dict[tuple[str, int], list[Any] | None] = {}
+
+    def run(self, jobs: list[PreparedJob], run_id: str | None = None, tag: str | None = None) -> list[RunResult]:
+        """Run every job; a failing job becomes a failed/unsupported result and the rest go on."""
+        run_id = run_id or new_run_id()
+        results: list[RunResult] = []
+        for i, job in enumerate(jobs):
+            if self.progress:
+                self.progress(i, len(jobs), job.config, None)
+            result = self.run_one(job, run_id, tag)
+            if self.sink is not None:
+                self.sink.write(result)
+            results.append(result)
+            if self.progress:
+                self.progress(i + 1, len(jobs), job.config, result)
+        return results
+
+    def run_one(self, job: PreparedJob, run_id: str, tag: str | None = None) -> RunResult:
+        """Prepare the artifact, run all processes, assemble and judge the result."""
+        cfg = job.config
+        started = _now()
+        key = make_key(job)
+        info = job.source.info() if job.source is not None else {}
+        base = dict(key=key, run_id=run_id, tag=tag or cfg.tag, started_at=started, model_info=info)
+        extra: dict[str, Any] = {}
+        try:
+            t0 = time.perf_counter()
+            artifact_path = self._artifact(job)
+            extra["export_s"] = time.perf_counter() - t0
+            inputs_path = self._inputs(job)
+        except UnsupportedError as exc:
+            return RunResult(status=Status.UNSUPPORTED, error=str(exc), finished_at=_now(), **base)
+        parity = cfg.check_outputs and job.source is not None and job.source.has_torch()
+        outs_dir = self.workdir / "tmp"
+        outs_dir.mkdir(parents=True, exist_ok=True)
+        outcomes: list[WorkerOutcome] = []
+        for p in range(cfg.processes):
+            outputs_path = str(outs_dir / f"{uuid.uuid4().hex}.npz") if parity and p == 0 else None
+            wjob = WorkerJob(cfg.to_dict(), job.artifact_kind, artifact_path, inputs_path, outputs_path, p)
+            outcome = self._run_in(wjob, cfg.timeout_s)
+            outcomes.append(outcome)
+            if outcome.status != "ok":
+                return RunResult(status=Status(outcome.status), error=outcome.error, finished_at=_now(),
+                                 extra=extra, **base)
+            if outputs_path:
+                extra.update(self._parity(job, inputs_path, outputs_path))
+        return assemble(cfg, outcomes, base, extra, artifact_path, info)
+
+    def _artifact(self, job: PreparedJob) -> str | None:
+        if job.artifact_kind == "onnx":
+            from costmeter.harness.export import export_onnx
+
+            return str(export_onnx(job.source, self.workdir))
+        return None
+
+    def _inputs(self, job: PreparedJob) -> str | None:
+        if job.source is None:
+            import numpy as np
+
+            path = self.workdir / "cache" / "inputs" / f"none-b{job.config.batch}.npz"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            np.savez(path, x=np.zeros((job.config.batch, 1), dtype=np.float32))
+            return str(path)
+        import numpy as np
+
+        path = self.workdir / "cache" / "inputs" / f"{job.model_hash}-b{job.config.batch}.npz"
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(".tmp.npz")
+            np.savez(tmp, **job.source.example_inputs(job.config.batch))
+            tmp.replace(path)
+        return str(path)
+
+    def _parity(self, job: PreparedJob, inputs_path: str, outputs_path: str) -> dict[str, Any]:
+        """Max abs difference of the runtime's outputs against torch eager on the same inputs."""
+        import numpy as np
+
+        ref_key = (job.model_hash, job.config.batch)
+        if ref_key not in self._references:
+            self._references[ref_key] = torch_reference(job.source, inputs_path)
+        ref = self._references[ref_key]
+        with np.load(outputs_path) as npz:
+            got = [npz[f"arr_{i}"] for i in range(len(npz.files))]
+        Path(outputs_path).unlink(missing_ok=True)
+        if ref is None or len(ref) != len(got) or any(r.shape != g.shape for r, g in zip(ref, got)):
+            return {"parity": "not compared: output structure differs from torch's"}
+        diff = max(float(np.max(np.abs(r.astype(np.float64) - g.astype(np.float64)))) if r.size else 0.0
+                   for r, g in zip(ref, got))
+        return {"max_abs_diff": diff, "parity_tolerance": job.config.parity_tolerance,
+                "parity_ok": diff <= job.config.parity_tolerance}
+
+
+def torch_reference(source: Any, inputs_path: str) -> list[Any] | None:
+    """Torch eager outputs (numpy) of ``source`` on the saved inputs."""
+    import numpy as np
+    import torch
+
+    from costmeter.devices.cpu.torch_eager import TorchSession
+
+    module = source.build_torch().eval()
+    with np.load(inputs_path) as npz:
+        args = tuple(torch.from_numpy(npz[n]) for n in npz.files)
+    session = TorchSession(module, args)
+    try:
+        return session.outputs()
+    finally:
+        session.close()
+
+
+def assemble(cfg: RunConfig, outcomes: list[WorkerOutcome], base: dict[str, Any], extra: dict[str, Any],
+             artifact_path: str | None, info: dict[str, Any]) -> RunResult:
+    """Merge per-process outcomes into one judged RunResult."""
+    from costmeter.harness.protocol import judge
+    from costmeter.harness.stats import summarize
+
+    datas = [o.data for o in outcomes]
+    m = Measurement(
+        samples_ns=[d["samples_ns"] for d in datas],
+        warmup_count=sum(d["warmup_count"] for d in datas),
+        warmup_s=sum(d["warmup_s"] for d in datas),
+        sampling_s=sum(d["sampling_s"] for d in datas),
+        hit_max_time=any(d["hit_max_time"] for d in datas),
+    )
+    samples = m.all_samples_ns()
+    # each process must meet the count on its own; judge on the pooled samples
+    valid, reasons = judge(samples, cfg.protocol, hit_max_time=m.hit_max_time,
+                           blocks=sum(d["blocks"] for d in datas),
+                           throttled_blocks=sum(d["throttled_blocks"] for d in datas))
+    warnings: list[str] = []
+    if extra.get("parity_ok") is False:
+        warnings.append(f"outputs differ from torch by {extra['max_abs_diff']:.3g} "
+                        f"(tolerance {cfg.parity_tolerance:g})")
+    median_s = summarize(samples, percentiles=(50.0,)).median / 1e9 if samples else float("nan")
+    extra["throughput_items_per_s"] = cfg.batch / median_s if median_s > 0 else None
+    extra["prepare_session_s"] = max(d["prepare_session_s"] for d in datas)
+    extra["prepare_s"] = extra.get("export_s", 0.0) + extra["prepare_session_s"]
+    extra["per_process_samples"] = [len(d["samples_ns"]) for d in datas]
+    if any(d["health"] for d in datas):
+        extra["health"] = [h for d in datas for h in d["health"]]
+    memory = _merge_memory([d["memory"] for d in datas], artifact_path, info)
+    energy = _merge_energy([d["energy"] for d in datas], len(samples), warnings)
+    return RunResult(status=Status.OK, finished_at=_now(), measurement=m, memory=memory, energy=energy,
+                     validity=Validity.VALID if valid else Validity.INVALID, reasons=reasons,
+                     warnings=warnings, environment=datas[0]["environment"], extra=extra, **base)
+
+
+def _merge_memory(mems: list[dict[str, Any]], artifact_path: str | None, info: dict[str, Any]) -> MemoryInfo:
+    merged: dict[str, Any] = {}
+    for mem in mems:
+        for k, v in mem.items():
+            if v is not None:
+                merged[k] = max(merged.get(k, v), v) if k != "baseline_rss_bytes" else min(merged.get(k, v), v)
+    if artifact_path and Path(artifact_path).exists():
+        merged["artifact_bytes"] = Path(artifact_path).stat().st_size
+    merged["param_bytes"] = info.get("param_bytes")
+    return MemoryInfo(**{k: v for k, v in merged.items() if k in MemoryInfo.__dataclass_fields__})
+
+
+def _merge_energy(readings: list[dict[str, Any]], runs: int, warnings: list[str]) -> EnergyInfo:
+    prov = {r["provenance"] for r in readings}
+    if prov == {"unavailable"} or any(r.get("energy_j") is None for r in readings):
+        return EnergyInfo(provenance=EnergyProvenance.UNAVAILABLE, reason=readings[0].get("reason", ""))
+    if len(prov) > 1:
+        return EnergyInfo(reason=f"processes used different energy sources {sorted(prov)}; not combined")
+    total = sum(r["energy_j"] for r in readings)
+    domains: dict[str, float] = {}
+    for r in readings:
+        for k, v in r.get("domains_j", {}).items():
+            domains[k] = domains.get(k, 0.0) + v
+    ws = [w for r in readings for w in r.get("warnings", [])]
+    warnings.extend(ws)
+    return EnergyInfo(provenance=EnergyProvenance(prov.pop()), energy_j=total,
+                      energy_per_inference_j=total / runs if runs else None,
+                      window_s=sum(r["window_s"] for r in readings), domains_j=domains,
+                      idle_power_w=readings[0].get("idle_power_w"), warnings=ws)
+
+
+def make_key(job: PreparedJob) -> BenchKey:
+    """The BenchKey of a prepared job (dtype is the compute precision, float32 unless set)."""
+    cfg = job.config
+    return BenchKey(model_id=job.source.model_id if job.source is not None else cfg.model,
+                    model_hash=job.model_hash, device=cfg.device, runtime=cfg.runtime, batch=cfg.batch,
+                    input_shape=job.input_shape, dtype=dict(cfg.options).get("precision", "float32"),
+                    threads=cfg.threads, options=cfg.options)
+
+
+def new_run_id() -> str:
+    """A sortable, unique run id: UTC timestamp plus a random suffix."""
+    return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:6]
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
