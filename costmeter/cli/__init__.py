@@ -1,0 +1,58 @@
+"""The ``bench`` command. The only place that turns errors into exit codes.
+
+Exit codes: 0 success; 1 a gate failed (a significant regression found); 2 bad input or an
+unusable environment (one-line message on stderr). Heavy libraries load only inside subcommands.
+"""
+from __future__ import annotations
+
+import sys
+
+import click
+
+from costmeter import __version__
+from costmeter.errors import CostmeterError
+
+
+class GateFailed(Exception):
+    """Raised by a subcommand whose check failed on purpose (exit code 1), e.g. a regression."""
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="costmeter")
+def bench() -> None:
+    """costmeter: measure what a model really costs on a device, and learn to predict it."""
+
+
+def _register() -> None:
+    from costmeter.cli import env_cmd, results_cmd, run_cmd
+
+    bench.add_command(run_cmd.run)
+    bench.add_command(env_cmd.env)
+    bench.add_command(env_cmd.models)
+    bench.add_command(results_cmd.results)
+
+
+_register()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the console script; returns the process exit code."""
+    try:
+        bench.main(args=argv, prog_name="bench", standalone_mode=False)
+    except CostmeterError as exc:
+        click.echo(f"error: {exc}", err=True)
+        return 2
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        return 130
+    except click.ClickException as exc:
+        exc.show()
+        return 2
+    except GateFailed as exc:
+        click.echo(str(exc), err=True)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

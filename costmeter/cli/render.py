@@ -1,0 +1,77 @@
+"""Terminal rendering of results (rich tables)."""
+from __future__ import annotations
+
+from typing import Any
+
+from costmeter.results.schema import RunResult, Status, Validity
+
+
+def fmt_ms(ns: float | None) -> str:
+    """Nanoseconds as milliseconds with 3 significant-ish digits, or '-'."""
+    if ns is None:
+        return "-"
+    ms = ns / 1e6
+    return f"{ms:.3g}" if ms < 100 else f"{ms:.0f}"
+
+
+def fmt_bytes(n: int | None) -> str:
+    """Bytes as MiB, or '-'."""
+    return "-" if n is None else f"{n / 2**20:.1f} MiB"
+
+
+def fmt_ci(pci: Any) -> str:
+    """'value [low, high]' in ms; 'value [no CI]' when there are too few samples."""
+    if pci is None:
+        return "-"
+    if pci.low is None or pci.high is None:
+        return f"{fmt_ms(pci.value)} [no CI]"
+    return f"{fmt_ms(pci.value)} [{fmt_ms(pci.low)}, {fmt_ms(pci.high)}]"
+
+
+def result_row(r: RunResult, percentiles: tuple[float, ...]) -> dict[str, str]:
+    """One table row (strings) for a result."""
+    k = r.key
+    row = {"model": k.model_id, "runtime": k.runtime, "device": k.device, "batch": str(k.batch),
+           "threads": "auto" if k.threads is None else str(k.threads)}
+    if r.status is not Status.OK or r.measurement is None:
+        row["status"] = f"{r.status.value.upper()}: {r.error}"
+        return row
+    s = r.measurement.summary(percentiles=percentiles)
+    for q in percentiles:
+        row[f"p{q:g} ms [95% CI]"] = fmt_ci(s.percentiles.get(q))
+    row["CV"] = f"{s.cv:.1%}"
+    tput = r.extra.get("throughput_items_per_s")
+    row["items/s"] = "-" if tput is None else f"{tput:,.1f}"
+    row["peak RSS"] = fmt_bytes(r.memory.peak_rss_bytes)
+    if r.energy.energy_j is None:
+        row["energy/inf"] = "unavailable"
+    else:
+        row["energy/inf"] = f"{r.energy.energy_per_inference_j * 1e3:.3g} mJ ({r.energy.provenance.value})"
+    diff = r.extra.get("max_abs_diff")
+    row["Δ vs torch"] = "-" if diff is None else f"{diff:.1e}"
+    row["status"] = r.validity.value if r.validity is Validity.VALID else "INVALID: " + "; ".join(r.reasons)
+    return row
+
+
+def print_results(results: list[RunResult], percentiles: tuple[float, ...]) -> None:
+    """Print the results table and, below it, warnings and energy reasons."""
+    from rich.console import Console
+    from rich.table import Table
+
+    rows = [result_row(r, percentiles) for r in results]
+    columns: list[str] = []
+    for row in rows:
+        columns += [c for c in row if c not in columns]
+    columns.remove("status")
+    columns.append("status")
+    table = Table(title="costmeter results", show_lines=False)
+    for c in columns:
+        table.add_column(c, overflow="fold", justify="right" if c not in ("model", "runtime", "device", "status") else "left")
+    for row in rows:
+        table.add_row(*[row.get(c, "") for c in columns])
+    console = Console()
+    console.print(table)
+    notes = {f"energy unavailable: {r.energy.reason}" for r in results if r.energy.energy_j is None and r.energy.reason}
+    notes |= {f"{r.key.label()}: {w}" for r in results for w in r.warnings}
+    for note in sorted(notes):
+        console.print(f"note: {note}", style="yellow", soft_wrap=True)

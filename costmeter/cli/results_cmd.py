@@ -1,0 +1,91 @@
+"""``bench results list|show|export``: read the store."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from costmeter.cli.common import open_store, store_option, workdir_option
+
+FILTERS = ("run_id", "tag", "model_id", "device", "runtime")
+
+
+def _filters(f):
+    for name in reversed(FILTERS):
+        f = click.option(f"--{name.replace('_', '-')}", name, default=None, help=f"Only results with this {name}")(f)
+    return f
+
+
+@click.group()
+def results() -> None:
+    """Inspect and export stored results."""
+
+
+@results.command("list")
+@_filters
+@click.option("--runs", is_flag=True, help="List runs instead of results")
+@store_option
+@workdir_option
+def list_(runs: bool, store_url: str | None, workdir: Path | None, **filters: str | None) -> None:
+    """One line per stored result (or per run with --runs)."""
+    store = open_store(store_url, workdir)
+    try:
+        df = store.runs() if runs else store.query(**{k: v for k, v in filters.items() if v is not None})
+    finally:
+        store.close()
+    if df.empty:
+        click.echo("no results in the store; run `bench run --model mobilenet_v2` first")
+        return
+    cols = list(df.columns) if runs else [c for c in (
+        "result_id", "run_id", "model_id", "runtime", "device", "batch", "threads", "status", "validity",
+        "latency_p50_ms", "latency_p99_ms", "latency_cv", "throughput_items_per_s") if c in df.columns]
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table()
+    for c in cols:
+        table.add_column(c, overflow="fold")
+    for _, row in df[cols].iterrows():
+        table.add_row(*[_cell(row[c]) for c in cols])
+    Console().print(table)
+
+
+def _cell(v) -> str:
+    if isinstance(v, float):
+        return "-" if v != v else f"{v:.4g}"
+    return str(v)
+
+
+@results.command("show")
+@click.argument("result_id", type=int)
+@store_option
+@workdir_option
+def show(result_id: int, store_url: str | None, workdir: Path | None) -> None:
+    """Print one result in full as JSON (raw samples included)."""
+    store = open_store(store_url, workdir)
+    try:
+        result = store.get(result_id)
+    finally:
+        store.close()
+    click.echo(json.dumps(result.to_dict(), indent=1, default=str))
+
+
+@results.command("export")
+@_filters
+@click.option("--format", "fmt", type=click.Choice(["csv", "json", "parquet"]), required=True)
+@click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path), required=True)
+@store_option
+@workdir_option
+def export(fmt: str, output: Path, store_url: str | None, workdir: Path | None, **filters: str | None) -> None:
+    """Export results as CSV, JSON (full, with samples) or Parquet."""
+    from costmeter.results.io import export_results
+
+    store = open_store(store_url, workdir)
+    try:
+        chosen = {k: v for k, v in filters.items() if v is not None}
+        data = store.results(**chosen) if fmt == "json" else store.query(**chosen)
+        export_results(data, output, fmt)
+    finally:
+        store.close()
+    click.echo(f"wrote {output}")
