@@ -1,0 +1,105 @@
+"""Versioned layout of the results store and the explicit migrations between versions.
+
+The layout version lives in the ``meta`` table under ``store_version``. A store whose version
+is newer than :data:`STORE_VERSION` is refused (this build cannot know its layout); an older
+one is upgraded step by step by :data:`MIGRATIONS` (``MIGRATIONS[v]`` turns version ``v`` into
+``v + 1``), all steps in the caller's single transaction, so a failed step changes nothing.
+
+Version 0 is a database without costmeter tables: a new store, or one whose ``meta`` table
+records 0. When version 2 arrives, freeze the version-1 table definitions inside
+:func:`_migrate_0_to_1` (it must keep creating version 1, not the newest layout) and add
+``MIGRATIONS[1]``.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+from sqlalchemy import Connection, delete, insert, inspect, select, text
+
+from costmeter.errors import StoreError
+from costmeter.results.tables import meta_table, metadata, results_table, samples_table
+
+STORE_VERSION = 1
+VERSION_KEY = "store_version"
+# Serializes concurrent upgrades of one PostgreSQL database (any constant works; "costm").
+_PG_UPGRADE_LOCK_ID = 0x636F73746D
+
+Migration = Callable[[Connection], None]
+
+
+def _migrate_0_to_1(conn: Connection) -> None:
+    """Create the version-1 ``results`` and ``samples`` tables with their indexes."""
+    metadata.create_all(conn, tables=[results_table, samples_table])
+
+
+MIGRATIONS: dict[int, Migration] = {0: _migrate_0_to_1}
+
+
+def read_version(conn: Connection) -> int:
+    """The store layout version recorded in ``meta`` (0 for a database without costmeter tables).
+
+    Raises StoreError for a database that has a ``results`` table but no ``meta`` table: it
+    belongs to something else and is left alone.
+    """
+    inspector = inspect(conn)
+    if not inspector.has_table(meta_table.name):
+        if inspector.has_table(results_table.name) or inspector.has_table(samples_table.name):
+            raise StoreError(
+                "database has 'results'/'samples' tables but no costmeter 'meta' table; "
+                "point --store at a new database or an existing costmeter store"
+            )
+        return 0
+    value = conn.execute(
+        select(meta_table.c.value).where(meta_table.c.name == VERSION_KEY)
+    ).scalar_one_or_none()
+    if value is None:
+        return 0
+    try:
+        return int(value)
+    except ValueError as exc:
+        raise StoreError(
+            f"store version {value!r} in the meta table is not an integer; the store is damaged, "
+            f"restore it from a backup or start a new one with --store"
+        ) from exc
+
+
+def check_not_newer(version: int, display_url: str) -> None:
+    """Raise StoreError when ``version`` is newer than this build can read."""
+    if version > STORE_VERSION:
+        raise StoreError(
+            f"store {display_url} has layout version {version}, newer than this costmeter reads "
+            f"({STORE_VERSION}); upgrade costmeter (pip install -U costmeter) or use another "
+            f"store with --store sqlite:///path.db"
+        )
+
+
+def _write_version(conn: Connection, version: int) -> None:
+    conn.execute(delete(meta_table).where(meta_table.c.name == VERSION_KEY))
+    conn.execute(insert(meta_table).values(name=VERSION_KEY, value=str(version)))
+
+
+def upgrade(conn: Connection, display_url: str) -> list[int]:
+    """Bring the store to :data:`STORE_VERSION` inside the caller's transaction.
+
+    Returns the versions migrated from (empty when already current). The caller's transaction
+    must hold the write lock (SQLite ``BEGIN IMMEDIATE``) so that two processes opening a new
+    store do not both create it; on PostgreSQL an advisory lock does the same.
+    """
+    if conn.dialect.name == "postgresql":
+        conn.execute(text("SELECT pg_advisory_xact_lock(:lock_id)"), {"lock_id": _PG_UPGRADE_LOCK_ID})
+    version = read_version(conn)
+    check_not_newer(version, display_url)
+    meta_table.create(conn, checkfirst=True)
+    applied: list[int] = []
+    while version < STORE_VERSION:
+        migration = MIGRATIONS.get(version)
+        if migration is None:
+            raise StoreError(
+                f"no migration from store layout version {version} to {version + 1}; "
+                f"export the results with an older costmeter and import them into a new store"
+            )
+        migration(conn)
+        applied.append(version)
+        version += 1
+        _write_version(conn, version)
+    return applied

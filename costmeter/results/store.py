@@ -1,0 +1,362 @@
+"""The results store: RunResults in SQLite (default) or any SQLAlchemy database, read back whole
+or as a flat pandas DataFrame.
+
+Each result is written in its own transaction as soon as its benchmark finishes; the row and its
+raw samples commit together or not at all. SQLite stores use WAL mode, a busy timeout and
+``BEGIN IMMEDIATE`` for writes, so several processes can write one file. PostgreSQL works
+through psycopg 3 (``postgresql+psycopg://user:pass@host/db``). Table layout: tables.py;
+layout versions and migrations: migrations.py.
+"""
+from __future__ import annotations
+
+import os
+from contextlib import contextmanager
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import pandas as pd
+from sqlalchemy import Connection, Engine, create_engine, event, insert, or_, select
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, DBAPIError, SQLAlchemyError
+
+from costmeter.errors import ConfigError, StoreError
+from costmeter.results import migrations
+from costmeter.results.frames import FRAME_COLUMNS, frame_from_results, frame_from_rows
+from costmeter.results.schema import RunResult, Status
+from costmeter.results.tables import (
+    decode_samples,
+    parse_timestamp,
+    result_to_row,
+    results_table,
+    row_to_result,
+    sample_rows,
+    samples_table,
+)
+
+SQLITE_BUSY_TIMEOUT_S = 60.0
+POSTGRES_CONNECT_TIMEOUT_S = 10
+_WRITE_OPTION = "costmeter_write"
+_OPEN_FIX = "check the URL or use --store sqlite:///path.db"
+_ID_CHUNK = 500  # result ids per IN (...) when loading samples
+
+__all__ = ["FRAME_COLUMNS", "ResultStore", "default_store_url", "frame_from_results"]
+
+_JSON_COLUMNS = ("memory_json", "energy_json", "environment_json", "model_info_json", "extra_json")
+
+FilterValue = str | Sequence[str] | None
+
+
+def default_store_url(workdir: Path | None = None) -> str:
+    """Store URL: env ``COSTMETER_STORE`` if set, else ``sqlite:///<workdir>/results.db``.
+
+    ``workdir`` defaults to env ``COSTMETER_HOME``, else ``./.costmeter``; the path is made
+    absolute so that worker processes in other directories find the same file.
+    """
+    from_env = os.environ.get("COSTMETER_STORE", "").strip()
+    if from_env:
+        return from_env
+    if workdir is None:
+        workdir = Path(os.environ.get("COSTMETER_HOME", "").strip() or ".costmeter")
+    return f"sqlite:///{(Path(workdir) / 'results.db').absolute()}"
+
+
+def _reason(exc: BaseException) -> str:
+    """First line of the driver's message (without SQLAlchemy's statement dump)."""
+    cause = exc.orig if isinstance(exc, DBAPIError) and exc.orig is not None else exc
+    text = str(cause).strip() or type(cause).__name__
+    return text.splitlines()[0]
+
+
+def _display_url(url: str) -> str:
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return url
+
+
+def _create_engine(url: str, display: str) -> Engine:
+    """Engine for ``url``; SQLite gets WAL, a busy timeout and IMMEDIATE write transactions."""
+    try:
+        parsed = make_url(url)
+        if parsed.get_backend_name() == "sqlite":
+            database = parsed.database or ""
+            if database and database != ":memory:" and not database.startswith("file:"):
+                Path(database).parent.mkdir(parents=True, exist_ok=True)
+            engine = create_engine(parsed)
+            _configure_sqlite(engine)
+            return engine
+        connect_args: dict[str, Any] = {}
+        if parsed.get_backend_name() == "postgresql":
+            connect_args["connect_timeout"] = POSTGRES_CONNECT_TIMEOUT_S
+        return create_engine(parsed, pool_pre_ping=True, connect_args=connect_args)
+    except (SQLAlchemyError, ImportError, OSError, ValueError) as exc:
+        raise StoreError(f"cannot open store {display}: {_reason(exc)}; {_OPEN_FIX}") from exc
+
+
+def _configure_sqlite(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None  # SQLAlchemy emits BEGIN itself (below)
+        cursor = dbapi_connection.cursor()
+        cursor.execute(f"PRAGMA busy_timeout = {int(SQLITE_BUSY_TIMEOUT_S * 1000)}")
+        cursor.execute("PRAGMA journal_mode = WAL")
+        cursor.execute("PRAGMA foreign_keys = ON")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        write = conn.get_execution_options().get(_WRITE_OPTION, False)
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+
+
+def _as_list(value: Any) -> list[Any]:
+    if isinstance(value, (str, Status)):
+        return [value]
+    return list(value)
+
+
+def _filter_timestamp(value: str | datetime, name: str) -> datetime:
+    try:
+        return parse_timestamp(value, name)
+    except StoreError as exc:
+        raise ConfigError(str(exc)) from exc
+
+
+def _conditions(
+    run_id: FilterValue = None,
+    tag: FilterValue = None,
+    model_id: FilterValue = None,
+    device: FilterValue = None,
+    runtime: FilterValue = None,
+    status: Status | str | Sequence[Status | str] | None = None,
+    since: str | datetime | None = None,
+    until: str | datetime | None = None,
+    git_sha: FilterValue = None,
+) -> list[Any]:
+    """SQL conditions for the filters; a list value matches any of its items."""
+    conditions: list[Any] = []
+    for name, value in (("run_id", run_id), ("tag", tag), ("model_id", model_id),
+                        ("device", device), ("runtime", runtime)):  # fmt: skip
+        if value is not None:
+            conditions.append(results_table.c[name].in_(_as_list(value)))
+    if status is not None:
+        values = [Status(s).value for s in _as_list(status)]
+        conditions.append(results_table.c.status.in_(values))
+    if since is not None:
+        conditions.append(results_table.c.started_utc >= _filter_timestamp(since, "since"))
+    if until is not None:
+        conditions.append(results_table.c.started_utc < _filter_timestamp(until, "until"))
+    if git_sha is not None:
+        prefixes = [results_table.c.git_sha.startswith(s, autoescape=True) for s in _as_list(git_sha)]
+        conditions.append(or_(*prefixes))
+    return conditions
+
+
+class ResultStore:
+    """RunResults in a SQL database (see module docstring). Usable as a context manager."""
+
+    def __init__(self, url: str | None = None) -> None:
+        """Open (creating or migrating as needed) the store at ``url`` (default_store_url())."""
+        self.url = url or default_store_url()
+        self.display_url = _display_url(self.url)
+        self._engine = _create_engine(self.url, self.display_url)
+        try:
+            with self._engine.connect() as conn:
+                version = migrations.read_version(conn)
+            migrations.check_not_newer(version, self.display_url)
+            if version < migrations.STORE_VERSION:
+                with self._write_transaction() as conn:
+                    migrations.upgrade(conn, self.display_url)
+        except SQLAlchemyError as exc:
+            self._engine.dispose()
+            raise StoreError(
+                f"cannot open store {self.display_url}: {_reason(exc)}; {_OPEN_FIX}"
+            ) from exc
+        except StoreError:
+            self._engine.dispose()
+            raise
+
+    def __enter__(self) -> ResultStore:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Release all database connections."""
+        self._engine.dispose()
+
+    @contextmanager
+    def _write_transaction(self) -> Iterator[Connection]:
+        with self._engine.connect() as conn:
+            conn.execution_options(**{_WRITE_OPTION: True})
+            with conn.begin():
+                yield conn
+
+    @contextmanager
+    def _read(self, action: str) -> Iterator[Connection]:
+        try:
+            with self._engine.connect() as conn:
+                yield conn
+        except SQLAlchemyError as exc:
+            raise StoreError(
+                f"cannot {action} store {self.display_url}: {_reason(exc)}; "
+                f"check that the store is reachable"
+            ) from exc
+
+    def write(self, result: RunResult) -> int:
+        """Write one result (row and raw samples in one transaction); returns its result id."""
+        row = result_to_row(result)
+        processes = sample_rows(result)
+        try:
+            with self._write_transaction() as conn:
+                inserted = conn.execute(insert(results_table).values(row))
+                result_id = int(inserted.inserted_primary_key[0])
+                if processes:
+                    conn.execute(
+                        insert(samples_table),
+                        [{**process, "result_id": result_id} for process in processes],
+                    )
+        except SQLAlchemyError as exc:
+            raise StoreError(
+                f"cannot write result {result.key.label()} to store {self.display_url}: "
+                f"{_reason(exc)}; check that the store is reachable and writable"
+            ) from exc
+        return result_id
+
+    def _samples_by_result(self, conn: Connection, ids: Sequence[int]) -> dict[int, list[np.ndarray]]:
+        by_result: dict[int, list[np.ndarray]] = {result_id: [] for result_id in ids}
+        for start in range(0, len(ids), _ID_CHUNK):
+            chunk = list(ids[start : start + _ID_CHUNK])
+            statement = (
+                select(samples_table.c.result_id, samples_table.c.dtype, samples_table.c.data)
+                .where(samples_table.c.result_id.in_(chunk))
+                .order_by(samples_table.c.result_id, samples_table.c.process_index)
+            )
+            for result_id, dtype, data in conn.execute(statement):
+                by_result[result_id].append(decode_samples(dtype, data))
+        return by_result
+
+    def _missing(self, result_id: int) -> StoreError:
+        return StoreError(
+            f"no result with id {result_id} in store {self.display_url}; "
+            f"list the ids with ResultStore.query()"
+        )
+
+    def get(self, result_id: int) -> RunResult:
+        """The stored result ``result_id``, raw samples included."""
+        with self._read("read") as conn:
+            row = conn.execute(
+                select(results_table).where(results_table.c.id == result_id)
+            ).mappings().one_or_none()
+            if row is None:
+                raise self._missing(result_id)
+            processes = self._samples_by_result(conn, [result_id])[result_id]
+        return row_to_result(row, processes)
+
+    def results(
+        self,
+        *,
+        run_id: FilterValue = None,
+        tag: FilterValue = None,
+        model_id: FilterValue = None,
+        device: FilterValue = None,
+        runtime: FilterValue = None,
+        status: Status | str | Sequence[Status | str] | None = None,
+        since: str | datetime | None = None,
+        until: str | datetime | None = None,
+        git_sha: FilterValue = None,
+    ) -> list[RunResult]:
+        """Stored results matching the filters, oldest id first, raw samples included.
+
+        Filters (all optional, combined with AND; a list matches any item): ``run_id``, ``tag``,
+        ``model_id``, ``device``, ``runtime``, ``status``; ``git_sha`` (prefix); ``since``
+        (inclusive) and ``until`` (exclusive) on ``started_at``, as datetimes or ISO-8601
+        strings (naive means UTC).
+        """
+        conditions = _conditions(
+            run_id=run_id, tag=tag, model_id=model_id, device=device, runtime=runtime,
+            status=status, since=since, until=until, git_sha=git_sha,
+        )
+        statement = select(results_table).where(*conditions).order_by(results_table.c.id)
+        with self._read("read") as conn:
+            rows = conn.execute(statement).mappings().all()
+            samples = self._samples_by_result(conn, [row["id"] for row in rows])
+        return [row_to_result(row, samples[row["id"]]) for row in rows]
+
+    def query(
+        self,
+        *,
+        run_id: FilterValue = None,
+        tag: FilterValue = None,
+        model_id: FilterValue = None,
+        device: FilterValue = None,
+        runtime: FilterValue = None,
+        status: Status | str | Sequence[Status | str] | None = None,
+        since: str | datetime | None = None,
+        until: str | datetime | None = None,
+        git_sha: FilterValue = None,
+    ) -> pd.DataFrame:
+        """One row per matching result with :data:`FRAME_COLUMNS` (filters as :meth:`results`).
+
+        Latencies in ms, throughput in items/s, memory in bytes, energy in J; ``started_at`` and
+        ``finished_at`` are UTC timestamps. Results without samples have NaN statistics.
+        """
+        columns = [c for c in results_table.c if c.name not in _JSON_COLUMNS]
+        conditions = _conditions(
+            run_id=run_id, tag=tag, model_id=model_id, device=device, runtime=runtime,
+            status=status, since=since, until=until, git_sha=git_sha,
+        )
+        statement = select(*columns).where(*conditions).order_by(results_table.c.id)
+        with self._read("query") as conn:
+            rows = conn.execute(statement).mappings().all()
+        return frame_from_rows(rows)
+
+    def samples(self, result_id: int) -> np.ndarray:
+        """Per-run latencies in ns (float64) of result ``result_id``, all processes in order.
+
+        Each raw sample is divided by ``iterations_per_sample``; empty for failed results.
+        """
+        with self._read("read") as conn:
+            iterations = conn.execute(
+                select(results_table.c.id, results_table.c.iterations_per_sample).where(
+                    results_table.c.id == result_id
+                )
+            ).one_or_none()
+            if iterations is None:
+                raise self._missing(result_id)
+            processes = self._samples_by_result(conn, [result_id])[result_id]
+        if not processes:
+            return np.empty(0, dtype=np.float64)
+        return np.concatenate(processes).astype(np.float64) / float(iterations[1] or 1)
+
+    def runs(self) -> pd.DataFrame:
+        """One row per run: run_id, tag, started_at (UTC, earliest), n_results, git_sha,
+        devices, runtimes (multiple values joined by ","), earliest run first."""
+        c = results_table.c
+        statement = select(c.run_id, c.tag, c.started_utc, c.git_sha, c.device, c.runtime)
+        with self._read("read") as conn:
+            rows = conn.execute(statement).all()
+        columns = ["run_id", "tag", "started_at", "n_results", "git_sha", "devices", "runtimes"]
+        if not rows:
+            return pd.DataFrame(columns=columns)
+        flat = pd.DataFrame(rows, columns=["run_id", "tag", "started", "git_sha", "device", "runtime"])
+
+        def joined(values: pd.Series) -> str | None:
+            unique = sorted({str(v) for v in values.dropna()})
+            return ",".join(unique) if unique else None
+
+        grouped = flat.groupby("run_id", sort=False)
+        frame = pd.DataFrame(
+            {
+                "tag": grouped["tag"].agg(joined),
+                "started_at": pd.to_datetime(grouped["started"].min(), utc=True),
+                "n_results": grouped.size().astype("int64"),
+                "git_sha": grouped["git_sha"].agg(joined),
+                "devices": grouped["device"].agg(joined),
+                "runtimes": grouped["runtime"].agg(joined),
+            }
+        ).reset_index()
+        return frame[columns].sort_values("started_at", kind="stable").reset_index(drop=True)
