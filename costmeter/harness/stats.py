@@ -1,0 +1,275 @@
+"""Summary statistics of latency samples, with distribution-free percentile confidence intervals.
+
+Units are whatever the caller passes (the harness passes nanoseconds and gets nanoseconds back).
+
+Percentile confidence intervals come from order statistics and the binomial distribution, so they
+assume only that samples are independent and identically distributed, not any particular shape.
+For the ``q``-th percentile ``xi`` and ``B ~ Binomial(n, q/100)`` (the number of samples at or
+below ``xi``), the interval between the ``l``-th and ``u``-th smallest samples (1-based ranks)
+covers ``xi`` with probability ``P(l <= B < u)``. We pick the tightest *equal-tailed* ranks:
+the largest ``l`` with ``P(B < l) <= alpha/2`` and the smallest ``u`` with ``P(B >= u) <= alpha/2``
+(``alpha = 1 - confidence``), so the coverage is at least ``confidence`` and neither side is
+favoured. When ``n`` is too small for such ranks to exist (``l`` would be 0 or ``u`` would exceed
+``n``) the interval is ``None``: the sample cannot support a claim about that percentile.
+
+Point percentiles use numpy's ``"linear"`` method (type 7 of Hyndman & Fan, numpy's default):
+position ``(n - 1) * q / 100`` in the sorted samples, interpolated between neighbours.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from costmeter.errors import ConfigError
+
+DEFAULT_PERCENTILES: tuple[float, ...] = (50.0, 90.0, 95.0, 99.0)
+PERCENTILE_METHOD = "linear"
+
+
+@dataclass(frozen=True)
+class PercentileCI:
+    """A point percentile and its confidence interval (same unit as the samples).
+
+    ``q`` is in percent (0-100). ``low``/``high`` are ``None`` when there are too few samples for
+    a two-sided interval at ``confidence`` (a fraction, e.g. 0.95).
+    """
+
+    q: float
+    value: float
+    low: float | None
+    high: float | None
+    confidence: float
+
+    @property
+    def has_ci(self) -> bool:
+        """True when both bounds exist."""
+        return self.low is not None and self.high is not None
+
+
+@dataclass(frozen=True)
+class Summary:
+    """Statistics of one set of samples (same unit as the samples; ``cv`` is unitless).
+
+    ``std`` is the sample standard deviation (ddof=1) and is NaN when ``n < 2``; ``cv`` is
+    ``std / mean`` and is NaN when undefined. ``percentiles`` is keyed by ``q`` in percent.
+    """
+
+    n: int
+    mean: float
+    std: float
+    cv: float
+    min: float
+    max: float
+    median: float
+    percentiles: dict[float, PercentileCI]
+
+    def to_dict(self) -> dict[str, Any]:
+        """Flat JSON-ready dict: n, mean, std, cv, min, max, median, confidence, then for each
+        percentile ``pQ``, ``pQ_low``, ``pQ_high`` (e.g. ``p99``, ``p99_low``, ``p99_high``;
+        ``p99.9`` for fractional q). NaN becomes ``None``; missing bounds are ``None``.
+        """
+        out: dict[str, Any] = {
+            "n": self.n,
+            "mean": _finite_or_none(self.mean),
+            "std": _finite_or_none(self.std),
+            "cv": _finite_or_none(self.cv),
+            "min": self.min,
+            "max": self.max,
+            "median": self.median,
+        }
+        confidences = {p.confidence for p in self.percentiles.values()}
+        if len(confidences) == 1:
+            out["confidence"] = confidences.pop()
+        for q in sorted(self.percentiles):
+            p = self.percentiles[q]
+            name = percentile_name(q)
+            out[name] = p.value
+            out[f"{name}_low"] = p.low
+            out[f"{name}_high"] = p.high
+        return out
+
+
+def percentile_name(q: float) -> str:
+    """Column name of a percentile: ``p50``, ``p99``, ``p99.9`` (q in percent)."""
+    return f"p{float(q):g}"
+
+
+def _finite_or_none(x: float) -> float | None:
+    return float(x) if math.isfinite(x) else None
+
+
+def _check_confidence(confidence: float) -> float:
+    confidence = float(confidence)
+    if not 0.0 < confidence < 1.0:
+        raise ConfigError(
+            f"confidence {confidence!r} must be a fraction strictly between 0 and 1 (e.g. 0.95)"
+        )
+    return confidence
+
+
+def _check_q(q: float) -> float:
+    q = float(q)
+    if not 0.0 <= q <= 100.0:
+        raise ConfigError(f"percentile {q!r} must be between 0 and 100 (percent, e.g. 99)")
+    return q
+
+
+def percentile_ci_indices(n: int, q: float, confidence: float = 0.95) -> tuple[int, int] | None:
+    """0-based indices ``(lo, hi)`` into the sorted samples that bound the ``q``-th percentile.
+
+    ``sorted_samples[lo] <= xi_q <= sorted_samples[hi]`` holds with probability at least
+    ``confidence`` for i.i.d. samples of any continuous distribution (equal-tailed binomial
+    order-statistic interval, see the module docstring). Returns ``None`` when ``n`` is too small
+    for a two-sided interval, and always for ``q`` of 0 or 100.
+
+    ``n``: number of samples; ``q``: percentile in percent; ``confidence``: fraction in (0, 1).
+    """
+    from scipy.stats import binom
+
+    q = _check_q(q)
+    alpha_tail = (1.0 - _check_confidence(confidence)) / 2.0
+    n = int(n)
+    if n < 2 or q in (0.0, 100.0):
+        return None
+    p = q / 100.0
+
+    # Lower rank: j = l - 1 is the largest count with P(B <= j) <= alpha/2.
+    if binom.cdf(0, n, p) > alpha_tail:
+        return None
+    j = int(binom.ppf(alpha_tail, n, p))  # smallest k with cdf(k) >= alpha/2 (up to rounding)
+    while j >= 0 and binom.cdf(j, n, p) > alpha_tail:
+        j -= 1
+    while j + 1 <= n and binom.cdf(j + 1, n, p) <= alpha_tail:
+        j += 1
+    lo = j  # 0-based index of the l-th smallest sample (l = j + 1)
+
+    # Upper rank: u is the smallest rank with P(B >= u) = sf(u - 1) <= alpha/2.
+    if binom.sf(n - 1, n, p) > alpha_tail:
+        return None
+    k = int(binom.isf(alpha_tail, n, p))  # candidate for u - 1
+    k = min(max(k, 0), n - 1)
+    while k > 0 and binom.sf(k - 1, n, p) <= alpha_tail:
+        k -= 1
+    while k < n - 1 and binom.sf(k, n, p) > alpha_tail:
+        k += 1
+    hi = k  # 0-based index of the u-th smallest sample (u = k + 1)
+
+    if lo < 0 or hi > n - 1 or lo >= hi:
+        return None
+    return lo, hi
+
+
+def min_samples_for_percentile(q: float, confidence: float = 0.95) -> int:
+    """Smallest sample count for which :func:`percentile_ci_indices` gives an interval.
+
+    Both extreme order statistics must be usable as bounds: ``(1 - p)**n <= alpha/2`` and
+    ``p**n <= alpha/2`` with ``p = q / 100``, i.e. ``n >= ln(alpha/2) / ln(max(p, 1 - p))``
+    (368 for p99 at 95%, 6 for the median at 95%). ``q`` in percent, strictly inside (0, 100).
+    """
+    q = _check_q(q)
+    alpha_tail = (1.0 - _check_confidence(confidence)) / 2.0
+    if q in (0.0, 100.0):
+        raise ConfigError(
+            f"no finite sample gives a confidence interval for p{q:g}; use a percentile strictly "
+            "between 0 and 100"
+        )
+    p = q / 100.0
+    n = max(2, math.ceil(math.log(alpha_tail) / math.log(max(p, 1.0 - p))))
+    # The closed form can be off by one through floating-point rounding: settle it exactly.
+    while n > 2 and percentile_ci_indices(n - 1, q, confidence) is not None:
+        n -= 1
+    while percentile_ci_indices(n, q, confidence) is None:
+        n += 1
+    return n
+
+
+def _as_samples(samples: Iterable[float] | np.ndarray) -> np.ndarray:
+    x = np.asarray(list(samples) if not isinstance(samples, np.ndarray) else samples, dtype=float)
+    if x.ndim != 1:
+        x = x.ravel()
+    if x.size == 0:
+        raise ConfigError("no samples to summarize; run the benchmark for at least one sample")
+    if not np.all(np.isfinite(x)):
+        raise ConfigError(
+            "samples contain NaN or infinite values; drop failed iterations before summarizing"
+        )
+    return x
+
+
+def summarize(
+    samples: Iterable[float] | np.ndarray,
+    percentiles: Sequence[float] = DEFAULT_PERCENTILES,
+    confidence: float = 0.95,
+) -> Summary:
+    """Summary statistics of ``samples`` (any unit; results are in the same unit).
+
+    ``percentiles`` are in percent; each gets a point value (numpy ``"linear"`` method) and a
+    distribution-free interval at ``confidence`` (``low``/``high`` ``None`` when there are too
+    few samples). Raises ConfigError on empty input or non-finite values.
+    """
+    confidence = _check_confidence(confidence)
+    qs = [_check_q(q) for q in percentiles]
+    x = np.sort(_as_samples(samples))
+    n = int(x.size)
+    mean = float(np.mean(x))
+    std = float(np.std(x, ddof=1)) if n >= 2 else math.nan
+    cv = std / mean if (n >= 2 and mean != 0.0) else math.nan
+
+    pcts: dict[float, PercentileCI] = {}
+    if qs:
+        values = np.percentile(x, qs, method=PERCENTILE_METHOD)
+        for q, value in zip(qs, values):
+            idx = percentile_ci_indices(n, q, confidence)
+            low = high = None
+            if idx is not None:
+                low, high = float(x[idx[0]]), float(x[idx[1]])
+            pcts[q] = PercentileCI(q=q, value=float(value), low=low, high=high, confidence=confidence)
+
+    return Summary(
+        n=n,
+        mean=mean,
+        std=std,
+        cv=cv,
+        min=float(x[0]),
+        max=float(x[-1]),
+        median=float(np.percentile(x, 50.0, method=PERCENTILE_METHOD)),
+        percentiles=pcts,
+    )
+
+
+def too_few_samples_reasons(summary: Summary) -> list[str]:
+    """One reason per percentile of ``summary`` that has no confidence interval, e.g.
+    ``"too few samples for p99 (have 100, need 368 for a 95% CI)"`` (for INVALID results)."""
+    reasons = []
+    for q in sorted(summary.percentiles):
+        p = summary.percentiles[q]
+        if p.has_ci:
+            continue
+        name = percentile_name(q)
+        if 0.0 < q < 100.0:
+            need = min_samples_for_percentile(q, p.confidence)
+            reasons.append(
+                f"too few samples for {name} (have {summary.n}, need {need} for a "
+                f"{p.confidence:.0%} CI)"
+            )
+        else:
+            reasons.append(f"too few samples for {name} (no finite sample bounds an extreme)")
+    return reasons
+
+
+def outliers_iqr(samples: Iterable[float] | np.ndarray, k: float = 1.5) -> np.ndarray:
+    """Boolean mask, in input order, of samples outside Tukey's fences.
+
+    Fences are ``Q1 - k * IQR`` and ``Q3 + k * IQR`` with quartiles from numpy's ``"linear"``
+    method; points exactly on a fence are not outliers. ``k`` must be non-negative.
+    """
+    if k < 0:
+        raise ConfigError(f"IQR multiplier k={k!r} must be >= 0 (1.5 is Tukey's usual choice)")
+    x = _as_samples(samples)
+    q1, q3 = np.percentile(x, [25.0, 75.0], method=PERCENTILE_METHOD)
+    iqr = q3 - q1
+    return (x < q1 - k * iqr) | (x > q3 + k * iqr)
