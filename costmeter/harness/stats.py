@@ -227,7 +227,9 @@ def summarize(
             low = high = None
             if idx is not None:
                 low, high = float(x[idx[0]]), float(x[idx[1]])
-            pcts[q] = PercentileCI(q=q, value=float(value), low=low, high=high, confidence=confidence)
+            pcts[q] = PercentileCI(
+                q=q, value=float(value), low=low, high=high, confidence=confidence
+            )
 
     return Summary(
         n=n,
