@@ -50,6 +50,11 @@ def cuda_status(torch: Any) -> tuple[bool, str]:
     return True, ""
 
 
+def flush_size_bytes(l2_cache_bytes: int) -> int:
+    """Size of the L2 flush buffer (bytes): max(256 MiB, twice the L2 cache), a multiple of 4."""
+    return max(MIN_FLUSH_BYTES, 2 * l2_cache_bytes) // 4 * 4
+
+
 class TorchCUDASession:
     """A module on ``cuda:N`` in inference mode, with device-timed blocks and a throttle guard."""
 
@@ -237,7 +242,7 @@ class TorchCUDARuntime:
 
         flush_buffer, flush_bytes = None, 0
         if use_flush:
-            flush_bytes = self._l2_flush_bytes or max(MIN_FLUSH_BYTES, 2 * int(getattr(props, "L2_cache_size", 0) or 0))
+            flush_bytes = self._l2_flush_bytes or flush_size_bytes(int(getattr(props, "L2_cache_size", 0) or 0))
             flush_buffer = torch.empty(flush_bytes // 4, dtype=torch.int32, device=device)
         guard = _open_guard(index, self._nvml, getattr(props, "uuid", None))
         details = {
