@@ -138,10 +138,10 @@ def permission_denied_for(denied: str):
 
 def test_unreadable_package_counter(tmp_path):
     make_zone(tmp_path, "intel-rapl:0", "package-0", 0)
-    meter = RaplMeter(tmp_path, read_text=permission_denied_for("intel-rapl:0/energy_uj"))
+    deny_pkg = permission_denied_for("intel-rapl:0/energy_uj")
+    meter = RaplMeter(tmp_path, clock=StepClock(0.0, 1.0), read_text=deny_pkg)
     ok, reason = meter.is_available()
     assert not ok and "root" in reason and "permission denied" in reason
-    meter._clock = StepClock(0.0, 1.0)
     meter.start()
     r = meter.stop()
     assert r.provenance == "unavailable" and r.energy_j is None
