@@ -102,7 +102,9 @@ class FakeOrt:
     def SessionOptions(self) -> Any:  # noqa: N802 - onnxruntime's name
         return SimpleNamespace(graph_optimization_level=None, intra_op_num_threads=0)
 
-    def InferenceSession(self, path: str, sess_options: Any = None, providers: Any = None) -> FakeOrtSession:  # noqa: N802
+    def InferenceSession(  # noqa: N802 - onnxruntime's name
+        self, path: str, sess_options: Any = None, providers: Any = None
+    ) -> FakeOrtSession:
         if self.load_error:
             raise RuntimeError(self.load_error)
         session = FakeOrtSession(self, path, sess_options, list(providers or []))

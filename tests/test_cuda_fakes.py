@@ -1,5 +1,6 @@
 """The CUDA adapters without a GPU: the throttle guard, the torch CUDA session (CUDA
-events, graphs, L2 flush, precision, memory) on a fake ``torch.cuda``, and the protocol end to end, and ONNX Runtime on cuda with a fake onnxruntime."""
+events, graphs, L2 flush, precision, memory) on a fake ``torch.cuda``, the protocol end to end, and
+ONNX Runtime on cuda with a fake onnxruntime."""
 from __future__ import annotations
 
 import copy
@@ -53,7 +54,8 @@ def reference_output(art: Artifact) -> np.ndarray:
 
 
 def test_guard_marks_a_block_throttled_when_either_reading_is() -> None:
-    guard = ThrottleGuard(NvmlDevice.open(0, nvml=FakeNvml(throttle_masks=[0, HW_THERMAL], sm_clock_mhz=[1980, 1410]), env={}))
+    nvml = FakeNvml(throttle_masks=[0, HW_THERMAL], sm_clock_mhz=[1980, 1410])
+    guard = ThrottleGuard(NvmlDevice.open(0, nvml=nvml, env={}))
     guard.begin_block()
     health = guard.block_health()
     assert health["throttled"] is True
@@ -186,7 +188,8 @@ def test_a_model_that_cannot_be_captured_is_unsupported() -> None:
             return x
 
     with pytest.raises(UnsupportedError, match="cannot be captured in a CUDA graph"):
-        TorchCUDARuntime(torch_module=FakeCudaTorch(), nvml=FakeNvml()).prepare(artifact(Flaky()), options(cuda_graph="1"))
+        runtime = TorchCUDARuntime(torch_module=FakeCudaTorch(), nvml=FakeNvml())
+        runtime.prepare(artifact(Flaky()), options(cuda_graph="1"))
     assert not torch.is_inference_mode_enabled()
 
 
@@ -330,7 +333,8 @@ def test_protocol_run_without_throttling_is_valid() -> None:
     outcome = sample(session, config)
     session.close()
     assert outcome.throttled_blocks == 0
-    assert judge(outcome.samples_ns, config, outcome.hit_max_time, outcome.blocks, outcome.throttled_blocks) == (True, [])
+    verdict = judge(outcome.samples_ns, config, outcome.hit_max_time, outcome.blocks, outcome.throttled_blocks)
+    assert verdict == (True, [])
 
 
 # -------------------------------------------------------------------------------- onnxruntime on cuda
@@ -341,7 +345,8 @@ def onnx_artifact() -> Artifact:
 
 
 def test_ort_without_the_cuda_provider_names_the_package() -> None:
-    ok, reason = OnnxRuntimeCUDA(ort_module=FakeOrt(providers=("CPUExecutionProvider",)), nvml=FakeNvml()).is_available()
+    runtime = OnnxRuntimeCUDA(ort_module=FakeOrt(providers=("CPUExecutionProvider",)), nvml=FakeNvml())
+    ok, reason = runtime.is_available()
     assert not ok
     assert "has no CUDAExecutionProvider (it has CPUExecutionProvider)" in reason
     assert "pip install onnxruntime-gpu" in reason
@@ -364,7 +369,8 @@ def test_the_real_cpu_onnxruntime_here_is_refused() -> None:
 def test_ort_binds_on_the_gpu_and_runs_synchronously() -> None:
     ort = FakeOrt()
     nvml = FakeNvml(processes=[(os.getpid(), 777)])
-    session = OnnxRuntimeCUDA(ort_module=ort, nvml=nvml).prepare(onnx_artifact(), SessionOptions(device_index=0, threads=2))
+    runtime = OnnxRuntimeCUDA(ort_module=ort, nvml=nvml)
+    session = runtime.prepare(onnx_artifact(), SessionOptions(device_index=0, threads=2))
     (fake_session,) = ort.sessions
     assert fake_session.providers == [("CUDAExecutionProvider", {"device_id": "0"}), "CPUExecutionProvider"]
     assert fake_session.sess_options.intra_op_num_threads == 2
@@ -394,7 +400,8 @@ def test_ort_cuda_graph_rebinds_fixed_outputs() -> None:
 
 def test_ort_silent_cpu_fallback_is_refused() -> None:
     with pytest.raises(UnavailableError, match="fell back to CPUExecutionProvider instead of CUDAExecutionProvider"):
-        OnnxRuntimeCUDA(ort_module=FakeOrt(fallback_to_cpu=True), nvml=FakeNvml()).prepare(onnx_artifact(), SessionOptions())
+        runtime = OnnxRuntimeCUDA(ort_module=FakeOrt(fallback_to_cpu=True), nvml=FakeNvml())
+        runtime.prepare(onnx_artifact(), SessionOptions())
 
 
 def test_ort_tensorrt_when_installed_and_refused_when_not() -> None:
@@ -412,6 +419,7 @@ def test_ort_tensorrt_when_installed_and_refused_when_not() -> None:
         ((("precision", "fp16"),), ConfigError, "needs an fp16 ONNX model"),
         ((("provider", "rocm"),), ConfigError, "unknown provider 'rocm'"),
         ((("l2_flush", "1"),), ConfigError, "unknown option(s) l2_flush"),
+        ((("cuda_graph", "on"),), ConfigError, "cuda_graph must be 0 or 1"),
     ],
 )
 def test_ort_bad_options(opts: tuple[tuple[str, str], ...], error: type[Exception], message: str) -> None:

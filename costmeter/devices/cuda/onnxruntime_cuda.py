@@ -145,7 +145,10 @@ class OnnxRuntimeCUDA:
                 "precision=fp16 with the CUDA provider needs an fp16 ONNX model; use provider=tensorrt "
                 "or convert the model and keep precision=fp32"
             )
-        use_graph = (options.get("cuda_graph", "0") or "0") in ("1", "true")
+        graph_flag = (options.get("cuda_graph", "0") or "0").strip().lower()
+        if graph_flag not in ("0", "1", "true", "false"):
+            raise ConfigError(f"option cuda_graph must be 0 or 1 (got {graph_flag!r})")
+        use_graph = graph_flag in ("1", "true")
         level = options.get("opt_level", "all") or "all"
         if level not in OPT_LEVELS:
             raise ConfigError(f"unknown opt_level {level!r}; choose one of {', '.join(OPT_LEVELS)}")
@@ -156,7 +159,8 @@ class OnnxRuntimeCUDA:
         wanted = PROVIDERS[provider_key]
         available = list(ort.get_available_providers())
         if wanted not in available:
-            hint = GPU_BUILD_HINT if wanted == CUDA_EP else "install TensorRT and an onnxruntime-gpu built with it, or use provider=cuda"
+            hint = GPU_BUILD_HINT if wanted == CUDA_EP else (
+                "install TensorRT and an onnxruntime-gpu built with it, or use provider=cuda")
             raise UnavailableError(f"onnxruntime {ort.__version__} has no {wanted}; {hint}")
         index = options.device_index
         providers = self._provider_list(provider_key, index, precision == "fp16", use_graph)

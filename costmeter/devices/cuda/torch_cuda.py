@@ -46,7 +46,9 @@ def cuda_status(torch: Any) -> tuple[bool, str]:
     if count == 0:
         return False, "no CUDA device visible: torch.cuda.device_count() == 0"
     if not torch.cuda.is_available():
-        return False, "CUDA devices are listed but not usable: torch.cuda.is_available() is False; check the NVIDIA driver"
+        return False, (
+            "CUDA devices are listed but not usable: torch.cuda.is_available() is False; check the NVIDIA driver"
+        )
     return True, ""
 
 
@@ -203,7 +205,9 @@ class TorchCUDARuntime:
         use_flush = _flag(options, "l2_flush")
         self._check_options(options, use_graph)
         if artifact.module is None:
-            raise UnsupportedError(f"runtime {self.name} on cuda needs a torch module; got a {artifact.kind!r} artifact")
+            raise UnsupportedError(
+                f"runtime {self.name} on cuda needs a torch module; got a {artifact.kind!r} artifact"
+            )
         torch = self._load_torch()
         ok, reason = cuda_status(torch)
         if not ok:
@@ -211,7 +215,9 @@ class TorchCUDARuntime:
         index = options.device_index
         count = int(torch.cuda.device_count())
         if not 0 <= index < count:
-            raise ConfigError(f"cuda:{index} does not exist: {count} CUDA device(s) visible; use cuda:0..cuda:{count - 1}")
+            raise ConfigError(
+                f"cuda:{index} does not exist: {count} CUDA device(s) visible; use cuda:0..cuda:{count - 1}"
+            )
 
         torch.cuda.set_device(index)
         torch.cuda.reset_peak_memory_stats(index)

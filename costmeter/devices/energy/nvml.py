@@ -219,7 +219,8 @@ class NvmlEnergyMeter:
         try:
             e1 = self._device.total_energy_mj()  # type: ignore[union-attr]
         except self._nvml_error() as exc:
-            return EnergyReading(UNAVAILABLE, None, window, reason=f"NVML total energy could not be read at the end ({exc})")
+            reason = f"NVML total energy could not be read at the end ({exc})"
+            return EnergyReading(UNAVAILABLE, None, window, reason=reason)
         t1 = self._clock()
         window = t1 - self._t0
         if e1 < self._e0:
