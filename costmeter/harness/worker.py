@@ -156,6 +156,9 @@ def _child_measure(job: WorkerJob, baseline_rss: int) -> dict[str, Any]:
     )
     prepare_s = time.perf_counter() - t0
     meter, energy_reason = make_energy_meter(config.device)
+    idle_power_w = None
+    if meter is not None and hasattr(meter, "idle_power_w"):
+        idle_power_w = meter.idle_power_w(0.5)  # measured before the run, so energy above idle can be told
     outcome = sample(session, config.protocol, energy_meter=meter)
     peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
     memory: dict[str, Any] = {
@@ -170,10 +173,14 @@ def _child_measure(job: WorkerJob, baseline_rss: int) -> dict[str, Any]:
 
         outs = session.outputs()
         np.savez(job.outputs_path, *[np.asarray(o) for o in outs])
+    environment = capture(threads=config.threads)
+    if hasattr(session, "environment"):
+        environment["device"] = session.environment()
     session.close()
     energy = asdict(outcome.energy) if outcome.energy is not None else {
         "provenance": "unavailable", "energy_j": None, "window_s": outcome.sampling_s,
         "domains_j": {}, "reason": energy_reason, "warnings": []}
+    energy["idle_power_w"] = idle_power_w
     return {
         "samples_ns": outcome.samples_ns,
         "warmup_count": outcome.warmup_count,
@@ -186,7 +193,7 @@ def _child_measure(job: WorkerJob, baseline_rss: int) -> dict[str, Any]:
         "energy": energy,
         "memory": memory,
         "prepare_session_s": prepare_s,
-        "environment": capture(threads=config.threads),
+        "environment": environment,
     }
 
 
