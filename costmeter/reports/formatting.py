@@ -9,12 +9,14 @@ MISSING = "–"
 
 
 def is_missing(value: Any) -> bool:
-    """True for None, NaN and pandas' NA."""
+    """True for None, NaN, NaT and pandas' NA."""
+    import pandas as pd
+
     if value is None:
         return True
     try:
-        return bool(value != value)  # NaN and pd.NA compare unequal to themselves
-    except (TypeError, ValueError):
+        return bool(pd.isna(value))
+    except (TypeError, ValueError):  # array-likes are not missing scalars
         return False
 
 

@@ -266,7 +266,7 @@ def compare_selections(
                 row.update(compare_samples(base_ms, cur_ms, settings, rng))
         row["reason"] = problem
         rows.append(row)
-    verdicts = _apply_verdicts(pd.DataFrame(rows), settings)
+    verdicts = apply_verdicts(pd.DataFrame(rows), settings)
     return RegressionReport(
         verdicts=verdicts,
         settings=settings,
@@ -285,9 +285,17 @@ def key_label_of(frame: pd.DataFrame) -> Callable[[str], str]:
     return lambda digest: key_label(frame.loc[digest])
 
 
-def _apply_verdicts(frame: pd.DataFrame, settings: RegressionSettings) -> pd.DataFrame:
+def apply_verdicts(frame: pd.DataFrame, settings: RegressionSettings) -> pd.DataFrame:
+    """Add ``q_value`` (Benjamini-Hochberg over the comparable rows), ``verdict`` and ``reason``.
+
+    ``frame`` has one row per key with the columns of :func:`compare_samples` and ``reason``
+    (None when comparable, else why not: such rows become inconclusive).
+    """
     from scipy import stats
 
+    frame = frame.copy()
+    if "reason" not in frame.columns:
+        frame["reason"] = None
     for column in ("n_baseline", "n_current", "median_baseline_ms", "median_current_ms",
                    "ratio", "ratio_low", "ratio_high", "p_value"):
         if column not in frame.columns:
@@ -315,7 +323,7 @@ def _apply_verdicts(frame: pd.DataFrame, settings: RegressionSettings) -> pd.Dat
              "current_result_id", "n_baseline", "n_current", "median_baseline_ms",
              "median_current_ms", "ratio", "ratio_low", "ratio_high", "p_value", "q_value",
              "verdict", "reason"]
-    return frame[order].reset_index(drop=True)
+    return frame[[c for c in order if c in frame.columns]].reset_index(drop=True)
 
 
 def regression_report(

@@ -1,0 +1,185 @@
+"""Pareto fronts and hypervolume against brute force; the Pareto plot as real PNG/SVG files."""
+from __future__ import annotations
+
+import itertools
+import re
+
+import numpy as np
+import pandas as pd
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from costmeter.errors import ConfigError
+from costmeter.reports.pareto import (
+    default_reference,
+    hypervolume_2d,
+    pareto_analysis,
+    pareto_mask,
+    plot_pareto,
+)
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def brute_force_front(points: list[tuple[float, ...]], maximize: tuple[bool, ...]) -> list[bool]:
+    """Row i is on the front unless some row is no worse everywhere and better somewhere."""
+    def better_or_equal(a: float, b: float, maximise: bool) -> bool:
+        return a >= b if maximise else a <= b
+
+    front = []
+    for i, p in enumerate(points):
+        dominated = False
+        for j, q in enumerate(points):
+            if i == j:
+                continue
+            no_worse = all(better_or_equal(qk, pk, m) for qk, pk, m in zip(q, p, maximize))
+            if no_worse and tuple(q) != tuple(p):
+                dominated = True
+                break
+        front.append(not dominated)
+    return front
+
+
+def brute_force_hypervolume(points, reference, maximize) -> float:
+    """Area of the union of the boxes between each point and the reference, by summing the
+    cells of the grid the coordinates induce and testing each cell's centre."""
+    signs = [-1.0 if m else 1.0 for m in maximize]
+    costs = [(p[0] * signs[0], p[1] * signs[1]) for p in points]
+    ref = (reference[0] * signs[0], reference[1] * signs[1])
+    boxes = [c for c in costs if c[0] < ref[0] and c[1] < ref[1]]
+    xs = sorted({c[0] for c in boxes} | {ref[0]})
+    ys = sorted({c[1] for c in boxes} | {ref[1]})
+    area = 0.0
+    for (x0, x1), (y0, y1) in itertools.product(zip(xs, xs[1:]), zip(ys, ys[1:])):
+        cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+        if any(b[0] <= cx and b[1] <= cy for b in boxes):
+            area += (x1 - x0) * (y1 - y0)
+    return area
+
+
+small_ints = st.integers(min_value=0, max_value=12)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    points=st.lists(st.tuples(small_ints, small_ints, small_ints), min_size=1, max_size=25),
+    maximize=st.tuples(st.booleans(), st.booleans(), st.booleans()),
+)
+def test_pareto_mask_matches_brute_force_with_ties(points, maximize) -> None:
+    assert pareto_mask(np.array(points, dtype=float), maximize).tolist() == brute_force_front(
+        points, maximize
+    )
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    points=st.lists(st.tuples(small_ints, small_ints), min_size=1, max_size=20),
+    maximize=st.tuples(st.booleans(), st.booleans()),
+    reference=st.tuples(st.integers(-2, 14), st.integers(-2, 14)),
+)
+def test_hypervolume_matches_brute_force(points, maximize, reference) -> None:
+    expected = brute_force_hypervolume(points, reference, maximize)
+    assert hypervolume_2d(np.array(points, dtype=float), reference, maximize) == pytest.approx(
+        expected, abs=1e-9
+    )
+
+
+def test_hypervolume_of_known_staircase() -> None:
+    # minimise both: points (1,3), (2,2), (3,1) against (4,4): 3 + 2 + 1 = 6
+    assert hypervolume_2d([[1, 3], [2, 2], [3, 1]], (4, 4), (False, False)) == pytest.approx(6.0)
+    # a dominated point adds nothing; a point beyond the reference adds nothing
+    assert hypervolume_2d([[1, 3], [2, 2], [3, 1], [3, 3], [5, 0]], (4, 4), (False, False)) == 6.0
+
+
+def test_nan_rows_are_never_on_the_front() -> None:
+    mask = pareto_mask([[1.0, np.nan], [2.0, 2.0], [3.0, 3.0]], (False, False))
+    assert mask.tolist() == [False, True, False]
+
+
+def test_default_reference_lies_beyond_the_worst_point() -> None:
+    reference = default_reference([[1, 10], [3, 20]], (False, True))
+    assert reference[0] > 3 and reference[1] < 10
+
+
+def results_frame() -> pd.DataFrame:
+    rows = [
+        # model, runtime, latency p50, top1
+        ("fast_low", "onnxruntime", 1.0, 60.0),
+        ("mid", "onnxruntime", 2.0, 70.0),
+        ("slow_high", "onnxruntime", 4.0, 80.0),
+        ("dominated", "onnxruntime", 3.0, 65.0),
+        ("fast_low", "torch", 1.5, 60.0),
+        ("slow_high", "torch", 5.0, 80.0),
+        ("no_accuracy", "torch", 0.5, np.nan),
+    ]
+    frame = pd.DataFrame(rows, columns=["model_id", "runtime", "latency_p50_ms", "acc_top1"])
+    frame["device"] = "cpu"
+    frame["batch"] = 1
+    frame["threads"] = 4
+    frame["options"] = "{}"
+    frame["validity"] = ["VALID"] * 6 + ["INVALID"]
+    frame["latency_p50_low_ms"] = frame["latency_p50_ms"] * 0.9
+    frame["latency_p50_high_ms"] = frame["latency_p50_ms"] * 1.1
+    return frame
+
+
+def test_pareto_analysis_finds_front_and_skips_missing_metrics() -> None:
+    result = pareto_analysis(results_frame(), "latency_p50", "top1")
+    assert result.x.goal == "min" and result.y.goal == "max"
+    assert result.front["model_id"].tolist() == ["fast_low", "mid", "slow_high"]
+    assert result.front["runtime"].unique().tolist() == ["onnxruntime"]
+    assert result.skipped == ["no_accuracy/torch@cpu b1 t4"]
+    assert result.hypervolume == pytest.approx(
+        brute_force_hypervolume(
+            list(zip(result.points["x"], result.points["y"])), result.reference, (False, True)
+        )
+    )
+    assert set(result.series_hypervolume) == {"cpu/onnxruntime", "cpu/torch"}
+    assert result.points["x_low"].notna().all()  # latency CI carried for error bars
+    assert "hypervolume" in result.summary()
+
+
+def test_goal_override_flips_the_front() -> None:
+    result = pareto_analysis(results_frame(), "latency_p50", "top1", x_goal="max", y_goal="min")
+    front = set(zip(result.front["model_id"], result.front["runtime"]))
+    assert front == {("fast_low", "torch"), ("dominated", "onnxruntime"), ("slow_high", "torch")}
+
+
+def test_unknown_metric_lists_available_ones() -> None:
+    with pytest.raises(ConfigError, match=r"unknown metric 'speed'.*latency_p50.*top1"):
+        pareto_analysis(results_frame(), "speed", "top1")
+
+
+def test_no_row_with_both_metrics_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="no result has both"):
+        pareto_analysis(results_frame(), "latency_p50", "energy_per_inference")
+
+
+def test_plot_svg_has_one_marker_per_point_per_series(tmp_path) -> None:
+    result = pareto_analysis(results_frame(), "latency_p50", "top1")
+    path = plot_pareto(result, tmp_path / "front.svg")
+    svg = path.read_text()
+    assert svg.lstrip().startswith("<?xml") and "</svg>" in svg
+    groups = dict(re.findall(r'<g id="(pareto-points-\d+)">(.*?)\n   </g>', svg, re.S))
+    counts = {gid: body.count("<path") for gid, body in groups.items()}
+    assert counts == {"pareto-points-0": 4, "pareto-points-1": 2}
+    for model in ("fast_low", "mid", "slow_high", "dominated"):
+        assert model in svg  # points are labelled (SVG text kept as text)
+
+
+def test_plot_png_is_a_real_image(tmp_path) -> None:
+    import matplotlib.image
+
+    result = pareto_analysis(results_frame(), "latency_p50", "top1")
+    path = plot_pareto(result, tmp_path / "front.png")
+    assert path.read_bytes()[:8] == PNG_SIGNATURE
+    pixels = matplotlib.image.imread(path)
+    assert pixels.shape[0] > 200 and pixels.shape[1] > 300
+    assert pixels.std() > 0  # not a blank canvas
+
+
+def test_plot_rejects_unknown_suffix(tmp_path) -> None:
+    result = pareto_analysis(results_frame(), "latency_p50", "top1")
+    with pytest.raises(ConfigError, match=r"\.png, \.svg, \.pdf"):
+        plot_pareto(result, tmp_path / "front.jpg")
