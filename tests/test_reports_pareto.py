@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import itertools
-import re
 
 import numpy as np
 import pandas as pd
@@ -21,6 +20,23 @@ from costmeter.reports.pareto import (
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
+
+
+def svg_marker_counts(svg: str, prefix: str) -> dict[str, int]:
+    """Markers drawn in each SVG group whose id starts with ``prefix``: <path> and <use>
+    elements, not counting marker definitions under <defs>."""
+    import xml.etree.ElementTree as ET
+
+    ns = "{http://www.w3.org/2000/svg}"
+    counts = {}
+    for group in ET.fromstring(svg.encode()).iter(f"{ns}g"):
+        gid = group.get("id", "")
+        if gid.startswith(prefix):
+            defs = {id(e) for d in group.iter(f"{ns}defs") for e in d.iter()}
+            counts[gid] = sum(
+                1 for e in group.iter() if e.tag in (f"{ns}path", f"{ns}use") and id(e) not in defs
+            )
+    return counts
 
 def brute_force_front(points: list[tuple[float, ...]], maximize: tuple[bool, ...]) -> list[bool]:
     """Row i is on the front unless some row is no worse everywhere and better somewhere."""
@@ -161,8 +177,7 @@ def test_plot_svg_has_one_marker_per_point_per_series(tmp_path) -> None:
     path = plot_pareto(result, tmp_path / "front.svg")
     svg = path.read_text()
     assert svg.lstrip().startswith("<?xml") and "</svg>" in svg
-    groups = dict(re.findall(r'<g id="(pareto-points-\d+)">(.*?)\n   </g>', svg, re.S))
-    counts = {gid: body.count("<path") for gid, body in groups.items()}
+    counts = svg_marker_counts(svg, "pareto-points-")
     assert counts == {"pareto-points-0": 4, "pareto-points-1": 2}
     for model in ("fast_low", "mid", "slow_high", "dominated"):
         assert model in svg  # points are labelled (SVG text kept as text)

@@ -1,0 +1,145 @@
+"""The functions behind `bench report ...` and `bench calibrate`, end to end on a synthetic
+store, and their one-line errors for bad input."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from costmeter.errors import ConfigError
+from costmeter.reports.commands import (
+    calibration_summary,
+    parse_reference,
+    report_pareto,
+    report_predictor,
+    report_regress,
+    report_roofline,
+    report_table,
+    run_calibration,
+)
+from costmeter.reports.synthetic import SyntheticStore
+
+ZOO = {  # model: (median ms, params, MACs per item)
+    "resnet18": (3.0, 11_689_512, 1_814_083_944),
+    "mobilenet_v2": (1.5, 3_504_872, 300_774_272),
+    "vit_tiny": (4.0, 5_717_416, 1_258_219_776),
+    "bert_tiny": (0.5, 4_385_920, 100_000_000),
+}
+
+
+@pytest.fixture()
+def store() -> SyntheticStore:
+    rng = np.random.default_rng(2)
+    synthetic = SyntheticStore()
+    for i, sha in enumerate(("aaaa0000", "bbbb1111", "cccc2222")):
+        for model, (median, params, macs) in ZOO.items():
+            for runtime, factor in (("onnxruntime", 1.0), ("torch", 1.3)):
+                slower = 1.2 if (model == "vit_tiny" and runtime == "torch" and i == 2) else 1.0
+                synthetic.add(
+                    run_id=f"run{i}", model_id=model, runtime=runtime, git_sha=sha,
+                    tag="nightly", started_at=f"2024-05-0{i + 1}T00:00:00+00:00",
+                    samples_ns=rng.lognormal(np.log(median * factor * slower * 1e6), 0.02, 120),
+                    params=params, macs=macs, param_bytes=4 * params,
+                    peak_rss_bytes=90e6 + 4 * params, energy_provenance="counter",
+                    energy_per_inference_j=median * factor * 0.01,
+                )
+    return synthetic
+
+
+def test_pareto_command_writes_plot(store, tmp_path) -> None:
+    result, text = report_pareto(store.frame(), x="latency_p50", y="top1", device="cpu",
+                                 out=tmp_path / "front.svg")
+    assert (tmp_path / "front.svg").is_file()
+    assert "Pareto front: latency_p50 (min) vs top1 (max)" in text
+    assert "skipped (metric missing): bert_tiny" in text  # no ImageNet metric for BERT
+    assert len(result.points) == 6  # latest run only, 3 models with top-1 x 2 runtimes
+
+
+def test_pareto_any_two_metrics_and_reference(store) -> None:
+    result, _ = report_pareto(store.frame(), x="energy_per_inference", y="params",
+                              runtime="onnxruntime", reference="1,3e7")
+    assert result.reference == (1.0, 3e7)
+    assert set(result.front["model_id"]) == {"bert_tiny", "mobilenet_v2"}
+
+
+def test_table_command_formats(store, tmp_path) -> None:
+    markdown = report_table(store.frame(), runtime="torch")
+    assert markdown.startswith("## cpu / torch\n") and "random weights" in markdown
+    latex = report_table(store.frame(), format_name="tex", out=tmp_path / "t.tex")
+    assert (tmp_path / "t.tex").read_text() == latex
+    csv = report_table(store.frame(), format_name="csv", run="run0")
+    assert len(csv.strip().splitlines()) == 1 + 8
+
+
+def test_regress_command_gates_and_writes_files(store, tmp_path) -> None:
+    outcome = report_regress(store.frame(), store.samples_for, baseline="run:run1",
+                             current="latest", n_resamples=500, out_dir=tmp_path)
+    assert outcome.significant_regression
+    assert set(outcome.paths) == {"html", "md", "json"}
+    data = json.loads(outcome.paths["json"].read_text())
+    regressed = [v["label"] for v in data["verdicts"] if v["verdict"] == "regressed"]
+    assert regressed == ["vit_tiny/torch@cpu b1 t4"]
+    assert "REGRESSION FOUND" in outcome.markdown
+    calm = report_regress(store.frame(), store.samples_for, baseline="run:run0",
+                          current="run:run1", n_resamples=500, with_history=False)
+    assert not calm.significant_regression and calm.paths == {}
+
+
+def test_predictor_command(tmp_path) -> None:
+    path = tmp_path / "pred.csv"
+    path.write_text("model_id,family,measured_ms,predicted_ms\na,cnn,10,10.5\nb,vit,4,5\n")
+    text = report_predictor(path, out_dir=tmp_path / "out")
+    assert "| all | 2 |" in text and "predictor_scatter.png" in text
+    with pytest.raises(ConfigError, match="band"):
+        report_predictor(path, band=10)
+
+
+def test_calibrate_and_roofline_commands(store, tmp_path) -> None:
+    calibration, path = run_calibration(tmp_path, gemm_size=128, copy_mib=1, repeats=2)
+    assert path == tmp_path / "calibration-cpu.json"
+    assert "GFLOP/s" in calibration_summary(calibration, path)
+    text = report_roofline(store.frame(), calibration=tmp_path, device="cpu",
+                           out=tmp_path / "roof.png")
+    assert "| resnet18/onnxruntime@cpu b1 t4 |" in text
+    assert (tmp_path / "roof.png").read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (lambda s, t: report_pareto(s.frame(), x="speed"), "unknown metric 'speed'; available"),
+        (lambda s, t: report_table(s.frame(), device="tpu"), "no results for device 'tpu'; "
+                                                              "present: cpu"),
+        (lambda s, t: report_regress(s.frame(), s.samples_for, baseline="tag:v9",
+                                     current="latest"), "selector 'tag:v9' matches no results"),
+        (lambda s, t: report_table(s.frame(), accuracy_csv=t), "unknown models: efficientnet_b7"),
+        (lambda s, t: report_roofline(s.frame(), calibration=t.parent / "none"),
+         "bench calibrate --device cpu"),
+        (lambda s, t: report_table(SyntheticStore().frame()), "results store is empty"),
+        (lambda s, t: parse_reference("1;2"), "two numbers"),
+    ],
+)
+def test_bad_input_gives_one_line_config_errors(store, tmp_path, call, message) -> None:
+    csv = tmp_path / "acc.csv"
+    csv.write_text("model,top1\nefficientnet_b7,84.3\nresnet18,70\n")
+    with pytest.raises(ConfigError) as caught:
+        call(store, csv)
+    assert message in str(caught.value)
+    assert "\n" not in str(caught.value)
+
+
+def test_reports_import_no_heavy_libraries() -> None:
+    code = (
+        "import sys\n"
+        "import costmeter.reports.commands, costmeter.reports.pareto, costmeter.reports.tables\n"
+        "import costmeter.reports.regression, costmeter.reports.regression_render\n"
+        "import costmeter.reports.history, costmeter.reports.predictor\n"
+        "import costmeter.reports.roofline, costmeter.reports.calibrate\n"
+        "heavy = {'matplotlib', 'ruptures', 'scipy', 'torch', 'costmeter.devices'}\n"
+        "print(sorted(heavy & set(sys.modules)))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"
