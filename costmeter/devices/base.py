@@ -104,11 +104,26 @@ class EnergyMeter(Protocol):
 _RUNTIMES: dict[tuple[str, str], str] = {
     ("cpu", "torch"): "costmeter.devices.cpu.torch_eager:TorchCPURuntime",
     ("cpu", "onnxruntime"): "costmeter.devices.cpu.onnxruntime_cpu:OnnxRuntimeCPU",
+    ("cpu", "torch_compile"): "costmeter.devices.cpu.torch_compile:TorchCompileCPURuntime",
+    ("cpu", "openvino"): "costmeter.devices.cpu.openvino_cpu:OpenVinoCPU",
+    ("cpu", "tvm"): "costmeter.devices.cpu.tvm_cpu:TvmCPU",
+    ("cpu", "litert"): "costmeter.devices.cpu.litert_cpu:LiteRTCPU",
+    ("cpu", "executorch"): "costmeter.devices.cpu.executorch_cpu:ExecuTorchCPU",
+    ("adb", "litert"): "costmeter.devices.remote.adb:AdbLiteRTRuntime",
     ("cuda", "torch"): "costmeter.devices.cuda.torch_cuda:TorchCUDARuntime",
     ("cuda", "torch_compile"): "costmeter.devices.cuda.torch_cuda:TorchCompileCUDARuntime",
     ("cuda", "onnxruntime"): "costmeter.devices.cuda.onnxruntime_cuda:OnnxRuntimeCUDA",
     ("fake", "fake"): "costmeter.devices.fake:FakeRuntime",
 }
+
+
+# Device kinds whose runtimes are another kind's, run elsewhere: an SSH board runs the cpu adapters.
+_RUNTIME_KIND_OF: dict[str, str] = {"ssh": "cpu"}
+
+
+def registry_kind(device_kind: str) -> str:
+    """The device kind whose adapters serve ``device_kind`` (``ssh`` -> ``cpu``; others: itself)."""
+    return _RUNTIME_KIND_OF.get(device_kind, device_kind)
 
 
 def register_runtime(device_kind: str, name: str, target: str) -> None:
@@ -123,11 +138,13 @@ def device_kinds() -> list[str]:
 
 def runtime_names(device_kind: str) -> list[str]:
     """Runtimes registered for a device kind (installed or not)."""
+    device_kind = registry_kind(device_kind)
     return sorted(n for k, n in _RUNTIMES if k == device_kind)
 
 
 def get_runtime(device_kind: str, name: str, **kwargs: Any) -> Runtime:
     """Instantiate the adapter for ``name`` on ``device_kind``; ConfigError if unknown."""
+    device_kind = registry_kind(device_kind)
     target = _RUNTIMES.get((device_kind, name))
     if target is None:
         known = ", ".join(runtime_names(device_kind)) or "none"

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Callable, Protocol
 
 from costmeter.devices.base import get_runtime, require_available
-from costmeter.errors import UnsupportedError
+from costmeter.errors import UnavailableError, UnsupportedError
 from costmeter.harness.config import RunConfig
 from costmeter.harness.worker import WorkerJob, WorkerOutcome, run_in_worker
 from costmeter.results.schema import (
@@ -70,7 +70,9 @@ def validate(configs: list[RunConfig]) -> list[PreparedJob]:
     for cfg in configs:
         runtime = get_runtime(cfg.device_kind, cfg.runtime)
         if (cfg.device_kind, cfg.runtime) not in checked:
-            require_available(runtime)
+            if cfg.device_kind not in REMOTE_KINDS:  # a remote's runtimes are checked there (preflight)
+                require_available(runtime)
+            _require_converter(runtime.artifact_kind)
             checked.add((cfg.device_kind, cfg.runtime))
         if runtime.artifact_kind == "none":
             digest = hashlib.sha256(cfg.model.encode()).hexdigest()[:16]
@@ -82,6 +84,18 @@ def validate(configs: list[RunConfig]) -> list[PreparedJob]:
         shape = (cfg.batch, *src.inputs[0].shape)
         jobs.append(PreparedJob(cfg, src, runtime.artifact_kind, src.content_hash(), shape))
     return jobs
+
+
+REMOTE_KINDS = ("ssh", "adb")
+
+
+def _require_converter(artifact_kind: str) -> None:
+    """UnavailableError naming the extra when the converter for ``artifact_kind`` is missing."""
+    from costmeter.harness.convert import CONVERTED_KINDS, converter_problem
+
+    problem = converter_problem(artifact_kind) if artifact_kind in CONVERTED_KINDS else None
+    if problem:
+        raise UnavailableError(problem)
 
 
 class Runner:
@@ -120,7 +134,7 @@ class Runner:
         extra: dict[str, Any] = {}
         try:
             t0 = time.perf_counter()
-            artifact_path = self._artifact(job)
+            artifact_path = self._artifact(job, extra)
             extra["export_s"] = time.perf_counter() - t0
             inputs_path = self._inputs(job)
         except UnsupportedError as exc:
@@ -141,11 +155,19 @@ class Runner:
                 extra.update(self._parity(job, inputs_path, outputs_path))
         return assemble(cfg, outcomes, base, extra, artifact_path, info)
 
-    def _artifact(self, job: PreparedJob) -> str | None:
+    def _artifact(self, job: PreparedJob, extra: dict[str, Any] | None = None) -> str | None:
         if job.artifact_kind == "onnx":
             from costmeter.harness.export import export_onnx
 
             return str(export_onnx(job.source, self.workdir))
+        if job.artifact_kind in ("tflite", "pte", "tvm"):
+            from costmeter.harness.convert import convert
+
+            converted = convert(job.artifact_kind, job.source, self.workdir, job.config.batch,
+                                dict(job.config.options))
+            if extra is not None:
+                extra.update(converted.meta)
+            return str(converted.path)
         return None
 
     def _inputs(self, job: PreparedJob) -> str | None:
@@ -230,6 +252,8 @@ def assemble(cfg: RunConfig, outcomes: list[WorkerOutcome], base: dict[str, Any]
     extra["prepare_session_s"] = max(d["prepare_session_s"] for d in datas)
     extra["prepare_s"] = extra.get("export_s", 0.0) + extra["prepare_session_s"]
     extra["per_process_samples"] = [len(d["samples_ns"]) for d in datas]
+    for d in datas:  # facts the runtime reported (compile time, precision used, target, ...)
+        extra.update(d.get("extra") or {})
     if any(d["health"] for d in datas):
         extra["health"] = [h for d in datas for h in d["health"]]
     memory = _merge_memory([d["memory"] for d in datas], artifact_path, info)

@@ -176,6 +176,7 @@ def _child_measure(job: WorkerJob, baseline_rss: int) -> dict[str, Any]:
     environment = capture(threads=config.threads)
     if hasattr(session, "environment"):
         environment["device"] = session.environment()
+    runtime_info = session.info() if hasattr(session, "info") else {}
     session.close()
     energy = asdict(outcome.energy) if outcome.energy is not None else {
         "provenance": "unavailable", "energy_j": None, "window_s": outcome.sampling_s,
@@ -194,6 +195,7 @@ def _child_measure(job: WorkerJob, baseline_rss: int) -> dict[str, Any]:
         "memory": memory,
         "prepare_session_s": prepare_s,
         "environment": environment,
+        "extra": runtime_info,
     }
 
 

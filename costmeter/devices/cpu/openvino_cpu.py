@@ -1,0 +1,113 @@
+"""OpenVINO on the CPU plugin, from an ONNX file.
+
+Precision is an explicit setting: on CPUs with AMX or AVX512-BF16 the plugin's default runs in
+bf16 (faster, ~1e-4 off float32), which would make comparisons with float32 runtimes unfair. The
+default here is ``f32``; ``precision=default`` leaves the choice to the plugin, and the precision
+it actually used is recorded with the result (``openvino_inference_precision``).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from costmeter.devices.base import Artifact, SessionOptions
+from costmeter.errors import ConfigError, UnsupportedError
+
+PRECISIONS = {"f32": "f32", "float32": "f32", "bf16": "bf16", "bfloat16": "bf16", "f16": "f16",
+              "default": None}
+HINTS = ("latency", "throughput")
+
+
+class OpenVinoSession:
+    """A compiled model's infer request with its input tensors set once; ``run_once`` = ``infer``."""
+
+    synchronous = True
+
+    def __init__(self, compiled: Any, request: Any, precision: str, arrays: list[Any]) -> None:
+        self._compiled = compiled
+        self._arrays = arrays  # ov.Tensor shares their memory: keep them alive
+        self._request = request
+        self._precision = precision
+        self.run_once = request.infer  # bound once: no argument conversion in the timed loop
+
+    def synchronize(self) -> None:
+        """``infer`` is synchronous."""
+
+    def outputs(self) -> list[Any]:
+        """Outputs of one run as numpy arrays (copies)."""
+        import numpy as np
+
+        self._request.infer()
+        return [np.array(self._request.get_output_tensor(i).data, copy=True)
+                for i in range(len(self._compiled.outputs))]
+
+    def info(self) -> dict[str, Any]:
+        """The precision asked for and the one the plugin reports using."""
+        hint = self._compiled.get_property("INFERENCE_PRECISION_HINT")
+        used = hint.to_string() if hasattr(hint, "to_string") else str(hint)
+        return {"openvino_precision_option": self._precision, "openvino_inference_precision": used}
+
+    def close(self) -> None:
+        """Drop the request and the compiled model."""
+        self._request = None
+        self._compiled = None
+
+
+class OpenVinoCPU:
+    """Runtime ``openvino`` on ``cpu``. Options: ``precision`` (f32 | bf16 | f16 | default;
+    default f32), ``hint`` (latency | throughput; default latency). ``threads`` sets
+    ``INFERENCE_NUM_THREADS``."""
+
+    name = "openvino"
+    device_kind = "cpu"
+    artifact_kind = "onnx"
+    option_names = ("precision", "hint")
+
+    def is_available(self) -> tuple[bool, str]:
+        """Available when ``openvino`` imports and lists a CPU device."""
+        try:
+            import openvino as ov
+        except ImportError as exc:
+            return False, f"openvino is not installed ({exc}); install it with: pip install 'costmeter[edge]'"
+        if "CPU" not in ov.Core().available_devices:
+            return False, "this OpenVINO build has no CPU plugin; reinstall it: pip install --force-reinstall openvino"
+        return True, ""
+
+    def prepare(self, artifact: Artifact, options: SessionOptions) -> OpenVinoSession:
+        """Read the ONNX file, compile it for CPU with the settings, bind the inputs."""
+        import numpy as np
+        import openvino as ov
+
+        precision = (options.get("precision", "f32") or "f32").lower()
+        if precision not in PRECISIONS:
+            raise ConfigError(f"unknown openvino precision {precision!r}; choose f32, bf16, f16 or default")
+        hint = (options.get("hint", "latency") or "latency").lower()
+        if hint not in HINTS:
+            raise ConfigError(f"unknown openvino hint {hint!r}; choose latency or throughput")
+        config: dict[str, Any] = {"PERFORMANCE_HINT": hint.upper()}
+        if PRECISIONS[precision] is not None:
+            config["INFERENCE_PRECISION_HINT"] = PRECISIONS[precision]
+        if options.threads is not None:
+            config["INFERENCE_NUM_THREADS"] = int(options.threads)
+        core = ov.Core()
+        try:
+            compiled = core.compile_model(core.read_model(str(artifact.path)), "CPU", config)
+        except Exception as exc:  # vendor boundary: OpenVINO raises RuntimeError subclasses
+            lines = [ln for ln in str(exc).strip().splitlines() if ln.strip()]
+            first = lines[0][:300] if lines else type(exc).__name__
+            raise UnsupportedError(f"openvino cannot compile {artifact.path}: {first}") from exc
+        request = compiled.create_infer_request()
+        arrays = _ordered_inputs([p.get_any_name() for p in compiled.inputs], artifact.inputs)
+        arrays = [np.ascontiguousarray(a) for a in arrays]
+        for index, array in enumerate(arrays):
+            request.set_input_tensor(index, ov.Tensor(array))
+        return OpenVinoSession(compiled, request, precision, arrays)
+
+
+def _ordered_inputs(names: list[str], inputs: dict[str, Any]) -> list[Any]:
+    """Input arrays in the model's order: by name when the names match, else by position."""
+    if set(names) == set(inputs):
+        return [inputs[n] for n in names]
+    if len(names) != len(inputs):
+        raise UnsupportedError(f"the model expects {len(names)} inputs ({', '.join(names)}), "
+                               f"got {len(inputs)}; give inputs matching the model")
+    return list(inputs.values())
