@@ -173,8 +173,9 @@ def test_selectors_by_run_tag_sha_date_and_latest() -> None:
 
 def test_selector_matching_nothing_says_what_exists() -> None:
     frame = two_runs({}).frame()
-    with pytest.raises(ConfigError, match=r"matches no results; runs: base, cur; tags: nightly, "
-                                          r"pr-42; git SHAs: aaaa1111, bbbb2222; dates: 2024-05-01"):
+    expected = (r"matches no results; runs: base, cur; tags: nightly, pr-42; "
+                r"git SHAs: aaaa1111, bbbb2222; dates: 2024-05-01")
+    with pytest.raises(ConfigError, match=expected):
         select_results(frame, "tag:release")
     with pytest.raises(ConfigError, match="is not YYYY-MM-DD"):
         select_results(frame, "date:yesterday")

@@ -84,7 +84,8 @@ def test_published_references_cover_the_zoo_with_sources() -> None:
 
 def test_csv_long_and_wide_layouts(tmp_path) -> None:
     known = ["zoo:resnet18", "custom_net"]
-    long = load_accuracy_csv(user_csv(tmp_path, "model,metric,value\ncustom_net,top1,55.5\n"), known)
+    long_csv = user_csv(tmp_path, "model,metric,value\ncustom_net,top1,55.5\n")
+    long = load_accuracy_csv(long_csv, known)
     assert long[["model", "metric", "value", "source"]].values.tolist() == [
         ["custom_net", "top1", 55.5, "csv"]
     ]
@@ -154,9 +155,12 @@ GOLDEN_MARKDOWN = """\
 | zoo:bert_tiny | 1 | 4.39 M | – | 0.800 | 1.10 | 1250 | 60.0 MiB | unavailable | – | – | – | – |
 | custom_net | 1 | 1.00 M | 500 M | 2.00 [1.90, 2.10] | 2.50 | 500 | 50.0 MiB | unavailable | 55.00 | yes | 27.5 | – |
 
-† Published ImageNet-1k top-1 (%) of the reference architecture with its trained weights (torchvision model docs and the original papers; DeiT-Tiny from Touvron et al. 2021). The zoo's models have the same architecture but random weights and do not reach these figures: they describe the reference architectures, not the measured models.  
-* zoo:resnet50/onnxruntime@cpu b1 t4: INVALID measurement (CV 0.31 above 0.10).  
-(est.) Energy estimated from a power model, not measured by a counter.  
+† Published ImageNet-1k top-1 (%) of the reference architecture with its trained weights (torchvision model docs and the original papers; DeiT-Tiny from Touvron et al. 2021). The zoo's models have the same architecture but random weights and do not reach these figures: they describe the reference architectures, not the measured models.
+
+* zoo:resnet50/onnxruntime@cpu b1 t4: INVALID measurement (CV 0.31 above 0.10).
+
+(est.) Energy estimated from a power model, not measured by a counter.
+
 Pareto: optimal in latency p50 and accuracy among results of the same device, runtime and batch; – where the accuracy is unknown.
 """
 

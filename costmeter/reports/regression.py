@@ -250,12 +250,13 @@ def compare_selections(
         row: dict[str, Any] = {
             "key_digest": digest, "label": key_label(c), "model_id": c["model_id"],
             "device": c["device"], "runtime": c["runtime"],
-            "baseline_result_id": b["result_id"], "current_result_id": c["result_id"],
+            "baseline_result_id": _native(b["result_id"]),
+            "current_result_id": _native(c["result_id"]),
         }
         problem = _input_problem(b, "baseline") or _input_problem(c, "current")
         if problem is None:
-            base_ms = np.asarray(samples_for(b["result_id"]), dtype=float) / NS_PER_MS
-            cur_ms = np.asarray(samples_for(c["result_id"]), dtype=float) / NS_PER_MS
+            base_ms = np.asarray(samples_for(_native(b["result_id"])), dtype=float) / NS_PER_MS
+            cur_ms = np.asarray(samples_for(_native(c["result_id"])), dtype=float) / NS_PER_MS
             samples[digest] = (base_ms, cur_ms)
             if min(len(base_ms), len(cur_ms)) < settings.min_samples:
                 problem = (
@@ -278,6 +279,11 @@ def compare_selections(
         only_in_current=sorted(key_label(cur.loc[d]) for d in cur.index if d not in base.index),
         samples=samples,
     )
+
+
+def _native(value: Any) -> Any:
+    """A numpy scalar as the plain Python value (database drivers reject numpy ints)."""
+    return value.item() if isinstance(value, np.generic) else value
 
 
 def key_label_of(frame: pd.DataFrame) -> Callable[[str], str]:

@@ -71,14 +71,20 @@ def verdict_rows(verdicts: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
     return header, rows
 
 
+def _runs_text(runs: list[str], limit: int = 5) -> str:
+    if len(runs) <= limit:
+        return ", ".join(runs)
+    return f"{', '.join(runs[:2])}, …, {', '.join(runs[-2:])}; {len(runs)} runs"
+
+
 def render_markdown(report: RegressionReport, *, max_rows: int = 20) -> str:
     """A Markdown summary: headline, counts, the keys that are not unchanged, and history steps."""
     counts = report.counts()
     lines = [
         f"## Performance regression report: {_headline(report)}",
         "",
-        f"Baseline `{report.baseline_selector}` ({', '.join(report.baseline_runs)}) vs current "
-        f"`{report.current_selector}` ({', '.join(report.current_runs)}); "
+        f"Baseline `{report.baseline_selector}` ({_runs_text(report.baseline_runs)}) vs current "
+        f"`{report.current_selector}` ({_runs_text(report.current_runs)}); "
         f"{_settings_line(report)}.",
         "",
         " · ".join(f"{verdict} {n}" for verdict, n in counts.items()),
@@ -230,8 +236,8 @@ def render_html(report: RegressionReport, *, max_detail_plots: int = MAX_DETAIL_
         '<section id="summary">\n<h2>Summary</h2>',
         f'<p class="banner {banner_class}">{esc(_headline(report))}</p>',
         f"<p>Baseline <code>{esc(report.baseline_selector)}</code> (runs "
-        f"{esc(', '.join(report.baseline_runs))}) vs current <code>{esc(report.current_selector)}"
-        f"</code> (runs {esc(', '.join(report.current_runs))}).</p>",
+        f"{esc(_runs_text(report.baseline_runs))}) vs current <code>"
+        f"{esc(report.current_selector)}</code> (runs {esc(_runs_text(report.current_runs))}).</p>",
         f"<p>{esc(_settings_line(report))}.</p>",
         fmt.html_table(list(counts), [[str(n) for n in counts.values()]], ["r"] * 4, "counts"),
     ]

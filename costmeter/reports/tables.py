@@ -180,7 +180,7 @@ def to_markdown(table: pd.DataFrame, *, accuracy_metric: str = "top1") -> str:
         parts.append(header + "\n\n" + fmt.markdown_table(
             _headers(accuracy_metric), formatted_rows(group), ALIGN
         ))
-    parts.append("\n".join(f"{note}  " for note in footnotes(table)).rstrip())
+    parts.extend(footnotes(table))
     return "\n\n".join(parts) + "\n"
 
 
