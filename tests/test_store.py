@@ -173,8 +173,10 @@ def test_filters(store: ResultStore) -> None:
     assert models(git_sha="bbbb") == ["resnet18"]
     assert models(git_sha="aaaa1111", runtime="onnxruntime") == ["resnet18"]
     assert models(device="tpu") == []
-    with pytest.raises(ConfigError):
+    with pytest.raises(ConfigError, match="not an ISO-8601 timestamp"):
         store.query(since="last tuesday")
+    with pytest.raises(ConfigError, match="unknown status filter 'done'; use one of ok, failed"):
+        store.results(status="done")
 
 
 def test_runs_and_empty_store(store: ResultStore) -> None:
@@ -398,7 +400,7 @@ def test_postgres_round_trip() -> None:
     if not url:
         pytest.skip("set COSTMETER_TEST_PG_URL=postgresql+psycopg://user:pass@host:5432/db to run")
     engine = sa.create_engine(url)
-    with engine.begin() as conn:  # a clean database for this test
+    with engine.begin() as conn:  # the test database is emptied first
         for table in ("samples", "results", "meta"):
             conn.execute(sa.text(f"DROP TABLE IF EXISTS {table} CASCADE"))
     engine.dispose()

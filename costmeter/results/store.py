@@ -142,7 +142,11 @@ def _conditions(
         if value is not None:
             conditions.append(results_table.c[name].in_(_as_list(value)))
     if status is not None:
-        values = [Status(s).value for s in _as_list(status)]
+        try:
+            values = [Status(s).value for s in _as_list(status)]
+        except ValueError as exc:
+            choices = ", ".join(s.value for s in Status)
+            raise ConfigError(f"unknown status filter {status!r}; use one of {choices}") from exc
         conditions.append(results_table.c.status.in_(values))
     if since is not None:
         conditions.append(results_table.c.started_utc >= _filter_timestamp(since, "since"))
@@ -174,7 +178,7 @@ class ResultStore:
             raise StoreError(
                 f"cannot open store {self.display_url}: {_reason(exc)}; {_OPEN_FIX}"
             ) from exc
-        except StoreError:
+        except Exception:
             self._engine.dispose()
             raise
 

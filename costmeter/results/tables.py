@@ -11,12 +11,13 @@ Three tables (store layout version 1):
   samples as a little-endian array (``numpy.ndarray.tobytes``) of dtype ``dtype`` (``<i8``
   for integer nanoseconds, ``<f8`` when a source gave fractional values); ``n`` is its length.
 
-This module knows SQLAlchemy and numpy but not pandas; the DataFrame view lives in store.py.
+This module knows SQLAlchemy and numpy but not pandas; the DataFrame view lives in frames.py.
 """
 from __future__ import annotations
 
 import json
 import math
+from dataclasses import asdict
 from datetime import datetime, timezone
 from typing import Any, Mapping, Sequence
 
@@ -257,7 +258,7 @@ def result_to_row(result: RunResult) -> dict[str, Any]:
         "host": None if env.get("hostname") is None else str(env["hostname"]),
         "max_abs_diff": _finite_or_none(result.extra.get("max_abs_diff")),
         "prepare_s": _finite_or_none(result.extra.get("prepare_s")),
-        "memory_json": _json(result.to_dict()["memory"]),
+        "memory_json": _json(asdict(memory)),
         "energy_json": _json(result.energy.to_dict()),
         "environment_json": _json(env),
         "model_info_json": _json(result.model_info),
