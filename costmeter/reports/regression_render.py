@@ -165,8 +165,10 @@ def distribution_figure(label: str, baseline_ms: np.ndarray, current_ms: np.ndar
     return figure
 
 
-def history_figure(label: str, series: pd.DataFrame, steps: pd.DataFrame) -> Any:
-    """One key's median latency per run, with its detected steps marked."""
+def history_figure(label: str, series: pd.DataFrame, steps: pd.DataFrame,
+                   band: float = 0.05) -> Any:
+    """One key's median latency per run, with its detected steps marked. The y axis spans at
+    least ±``band`` around the series' median, so that run-to-run noise is not magnified."""
     from costmeter.reports.plotting import new_figure
 
     figure, axes = new_figure(7.0, 2.8)
@@ -181,6 +183,9 @@ def history_figure(label: str, series: pd.DataFrame, steps: pd.DataFrame) -> Any
         )
     ticks = series["git_sha"].where(series["git_sha"] != "", series["run_id"]).astype(str).str[:8]
     axes.set_xticks(series["position"], ticks, rotation=60, fontsize=6)
+    middle = float(series["value_ms"].median())
+    axes.set_ylim(min(float(series["value_ms"].min()), middle * (1 - band)) * 0.99,
+                  max(float(series["value_ms"].max()), middle * (1 + band)) * 1.01)
     axes.set_ylabel("median latency (ms)")
     axes.set_title(label, fontsize=9)
     axes.grid(True, alpha=0.3)
@@ -313,8 +318,9 @@ def _history_section(report: RegressionReport, limit: int) -> str:
         if len(series) < 2:
             continue
         label = str(series["label"].iloc[0])
-        parts.append(_img(history_figure(label, series, steps[steps["key_digest"] == digest]),
-                          f"history of {label}"))
+        figure = history_figure(label, series, steps[steps["key_digest"] == digest],
+                                report.settings.threshold)
+        parts.append(_img(figure, f"history of {label}"))
     parts.append("</section>")
     return "\n".join(parts)
 
