@@ -24,12 +24,14 @@ def bench() -> None:
 
 
 def _register() -> None:
-    from costmeter.cli import env_cmd, results_cmd, run_cmd
+    from costmeter.cli import env_cmd, report_cmd, results_cmd, run_cmd
 
     bench.add_command(run_cmd.run)
     bench.add_command(env_cmd.env)
     bench.add_command(env_cmd.models)
     bench.add_command(results_cmd.results)
+    bench.add_command(report_cmd.report)
+    bench.add_command(report_cmd.calibrate)
 
 
 _register()

@@ -1,0 +1,155 @@
+"""``bench report ...`` and ``bench calibrate``: turn stored results into what people look at."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from costmeter.cli.common import open_store, store_option, workdir_option
+from costmeter.harness.config import default_workdir
+
+
+def _selection(f):
+    f = click.option("--device", default=None, help="Only this device")(f)
+    f = click.option("--runtime", default=None, help="Only this runtime")(f)
+    f = click.option("--run", default=None, metavar="SELECTOR",
+                     help="run:ID, tag:NAME, sha:PREFIX, date:D[..D], latest[~N]")(f)
+    f = click.option("--accuracy", "accuracy_csv", type=click.Path(dir_okay=False), default=None,
+                     help="CSV of model_id/arch -> metric -> value")(f)
+    f = click.option("--no-published", is_flag=True, help="Do not use the zoo's published ImageNet top-1")(f)
+    return f
+
+
+def _frame(store_url: str | None, workdir: Path | None):
+    store = open_store(store_url, workdir)
+    try:
+        return store.query(), store
+    except Exception:
+        store.close()
+        raise
+
+
+@click.group()
+def report() -> None:
+    """Pareto plots, efficiency tables, regression reports, predictor and roofline reports."""
+
+
+@report.command()
+@click.option("--x", default="latency_p50", show_default=True, help="Metric on the x axis")
+@click.option("--y", default="top1", show_default=True, help="Metric on the y axis")
+@click.option("--x-goal", type=click.Choice(["min", "max"]), default=None)
+@click.option("--y-goal", type=click.Choice(["min", "max"]), default=None)
+@click.option("--series", "series_by", type=click.Choice(["device", "runtime", "device_runtime"]),
+              default="device_runtime", show_default=True)
+@click.option("--ref", "reference", default=None, metavar="X,Y", help="Hypervolume reference point")
+@click.option("--valid-only", is_flag=True, help="Leave INVALID results out")
+@click.option("--out", type=click.Path(dir_okay=False), default=None, help="Plot file (.png/.svg/.pdf)")
+@_selection
+@store_option
+@workdir_option
+def pareto(store_url, workdir, no_published, valid_only, **kw) -> None:
+    """The Pareto front of two metrics, its hypervolume, and a plot."""
+    from costmeter.reports.commands import report_pareto
+
+    frame, store = _frame(store_url, workdir)
+    store.close()
+    _, text = report_pareto(frame, use_published=not no_published, include_invalid=not valid_only, **kw)
+    click.echo(text)
+
+
+@report.command()
+@click.option("--metric", "accuracy_metric", default="top1", show_default=True)
+@click.option("--format", "format_name", type=click.Choice(["md", "html", "csv", "tex"]), default="md",
+              show_default=True)
+@click.option("--out", type=click.Path(dir_okay=False), default=None)
+@_selection
+@store_option
+@workdir_option
+def table(store_url, workdir, no_published, out, **kw) -> None:
+    """Efficiency-vs-accuracy table per device and runtime."""
+    from costmeter.reports.commands import report_table
+
+    frame, store = _frame(store_url, workdir)
+    store.close()
+    text = report_table(frame, use_published=not no_published, out=out, **kw)
+    click.echo(f"wrote {out}" if out else text)
+
+
+@report.command()
+@click.option("--baseline", required=True, metavar="SELECTOR")
+@click.option("--current", required=True, metavar="SELECTOR")
+@click.option("--threshold", default=0.05, show_default=True, help="Practical threshold (fraction)")
+@click.option("--alpha", default=0.05, show_default=True, help="False discovery rate")
+@click.option("--resamples", "n_resamples", default=2000, show_default=True)
+@click.option("--min-samples", default=10, show_default=True)
+@click.option("--seed", default=0, show_default=True)
+@click.option("--no-history", is_flag=True, help="Skip step detection over each key's history")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
+              help="Write regression.html/.md/.json here")
+@store_option
+@workdir_option
+def regress(store_url, workdir, no_history, **kw) -> None:
+    """Compare two runs key by key; exit code 1 on a significant regression beyond the threshold."""
+    from costmeter.cli import GateFailed
+    from costmeter.reports.commands import report_regress
+
+    frame, store = _frame(store_url, workdir)
+    try:
+        outcome = report_regress(frame, store.samples, with_history=not no_history, **kw)
+    finally:
+        store.close()
+    click.echo(outcome.markdown)
+    for path in outcome.paths.values():
+        click.echo(f"wrote {path}")
+    if outcome.significant_regression:
+        raise GateFailed("significant regression found (see the report above)")
+
+
+@report.command("predictor")
+@click.option("--input", "predictions", type=click.Path(dir_okay=False), required=True,
+              help="Output of `bench predictor eval` (.csv/.json/.parquet)")
+@click.option("--band", default=0.10, show_default=True)
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None)
+@click.option("--image-format", type=click.Choice(["png", "svg"]), default="png", show_default=True)
+def predictor_report(**kw) -> None:
+    """Predicted-vs-measured scatter, error histogram and per-family table."""
+    from costmeter.reports.commands import report_predictor
+
+    click.echo(report_predictor(**kw))
+
+
+@report.command()
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--runtime", default=None)
+@click.option("--run", default=None, metavar="SELECTOR")
+@click.option("--calibration", type=click.Path(), default=None, help="File or folder (default: the working folder)")
+@click.option("--kernels", type=click.Path(dir_okay=False), default=None, help="Kernel breakdown CSV")
+@click.option("--out", type=click.Path(dir_okay=False), default=None)
+@store_option
+@workdir_option
+def roofline(store_url, workdir, calibration, **kw) -> None:
+    """Place each model (and kernel) against this machine's measured roofline."""
+    from costmeter.reports.commands import report_roofline
+
+    frame, store = _frame(store_url, workdir)
+    store.close()
+    click.echo(report_roofline(frame, calibration=calibration or (workdir or default_workdir()), **kw))
+
+
+@click.command()
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--backend", type=click.Choice(["numpy", "torch"]), default=None)
+@click.option("--gemm-size", type=int, default=None)
+@click.option("--copy-mib", type=int, default=None)
+@click.option("--repeats", default=5, show_default=True)
+@click.option("--dtype", default="float32", show_default=True)
+@click.option("--threads", type=int, default=None)
+@workdir_option
+def calibrate(workdir, **kw) -> None:
+    """Measure peak FLOP/s (large GEMM) and memory bandwidth (large copy); store them."""
+    from costmeter.reports.commands import calibration_summary, run_calibration
+
+    wd = workdir or default_workdir()
+    wd.mkdir(parents=True, exist_ok=True)
+    calibration, path = run_calibration(wd, **kw)
+    click.echo(calibration_summary(calibration, path))
