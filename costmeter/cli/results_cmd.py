@@ -39,13 +39,14 @@ def list_(runs: bool, store_url: str | None, workdir: Path | None, **filters: st
         return
     cols = list(df.columns) if runs else [c for c in (
         "result_id", "run_id", "model_id", "runtime", "device", "batch", "threads", "status", "validity",
-        "latency_p50_ms", "latency_p99_ms", "latency_cv", "throughput_items_per_s") if c in df.columns]
+        "latency_p50_ms", "latency_p99_ms", "latency_cv") if c in df.columns]
     from rich.console import Console
     from rich.table import Table
 
     table = Table()
     for c in cols:
-        table.add_column(c, overflow="fold")
+        table.add_column(c.replace("latency_", "").replace("_", " "), overflow="fold",
+                         no_wrap=c in ("result_id", "model_id", "runtime"))
     for _, row in df[cols].iterrows():
         table.add_row(*[_cell(row[c]) for c in cols])
     Console().print(table)
