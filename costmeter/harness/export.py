@@ -32,6 +32,7 @@ from costmeter.harness.models import ModelSource
 DEFAULT_OPSET = 17
 EXPORT_BATCH = 2  # example batch used while exporting (batch 1 lets torch.export specialize it)
 _SAFE_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
 def cached_artifact(
@@ -172,6 +173,11 @@ def _check_exported(path: Path) -> None:
             )
 
 
-def _first_line(error: BaseException) -> str:
-    lines = [line for line in str(error).strip().splitlines() if line.strip()]
-    return f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__
+def _first_line(error: BaseException, limit: int = 200) -> str:
+    """First line of the innermost cause (exporters wrap the real reason), without colours."""
+    while error.__cause__ is not None:
+        error = error.__cause__
+    text = _ANSI.sub("", str(error))
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    reason = f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__
+    return reason if len(reason) <= limit else reason[: limit - 3] + "..."

@@ -114,6 +114,7 @@ class OpGraph:
     param_count: int
     param_bytes: int
     constants: dict[str, Any] = field(default_factory=dict, repr=False)
+    warnings: list[str] = field(default_factory=list)  # e.g. inconsistencies shape inference found
 
     def unknown_ops(self) -> list[Op]:
         """Ops without a cost formula (kept with 0 FLOPs)."""
@@ -178,7 +179,8 @@ def load_graph(path_or_model: Any, batch: int = 1) -> OpGraph:
 
     Symbolic (or zero) leading dims of the graph inputs are bound to ``batch``; fixed dims are
     kept. The caller's ModelProto is not modified. Raises ConfigError for a missing or
-    unreadable file, UnsupportedError when shape inference itself fails.
+    unreadable file, UnsupportedError when shape inference cannot run at all; inconsistencies
+    it finds are reported in ``OpGraph.warnings`` (and the affected ops in ``incomplete_ops``).
     """
     import onnx
 
@@ -203,13 +205,15 @@ def load_graph(path_or_model: Any, batch: int = 1) -> OpGraph:
         model = inliner.inline_local_functions(model)
     bind_batch(model, batch)
     try:
-        inferred, known = infer_static_shapes(model)
+        inferred, known, warnings = infer_static_shapes(model)
     except Exception as error:  # InferenceError, ValidationError
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise UnsupportedError(
             f"ONNX shape inference failed ({first}); check the model with onnx.checker"
         ) from error
-    return _build(inferred, batch, known)
+    graph = _build(inferred, batch, known)
+    graph.warnings.extend(warnings)
+    return graph
 
 
 def _build(model: Any, batch: int, known: dict[str, Any]) -> OpGraph:

@@ -44,18 +44,29 @@ def bind_batch(model: Any, batch: int) -> None:
                 dim.dim_value = batch
 
 
-def infer_static_shapes(model: Any) -> tuple[Any, dict[str, Any]]:
-    """Return (copy of ``model`` with ``value_info`` for every inferable tensor, known values).
+def infer_static_shapes(model: Any) -> tuple[Any, dict[str, Any], list[str]]:
+    """Return (copy of ``model`` with ``value_info`` for every inferable tensor, known values,
+    warnings).
 
     ``model`` must already have its batch bound (:func:`bind_batch`); it is not modified. The
     second item maps tensor names to numpy values of small constants and folded shape
-    computations. Raises whatever ``onnx.shape_inference`` raises on an invalid model.
+    computations. Inference runs in strict mode first; if that finds an inconsistency, the
+    error goes to the warnings and lenient inference (which leaves such shapes unknown) is used.
+    Raises whatever lenient ``onnx.shape_inference`` raises on a model it cannot read at all.
     """
     import onnx
 
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 17)
     known = _small_constants(model)
-    inferred = _infer(model)
+    warnings: list[str] = []
+    strict = True
+    try:
+        inferred = _infer(model, strict=True)
+    except onnx.shape_inference.InferenceError as error:
+        lines = [line for line in str(error).splitlines() if line.strip()]
+        warnings.append(f"strict shape inference failed: {lines[0] if lines else error!r}")
+        strict = False
+        inferred = _infer(model, strict=False)
     failed: set[int] = set()
     for _ in range(MAX_PASSES):
         shapes = _static_shapes(inferred)
@@ -63,7 +74,7 @@ def infer_static_shapes(model: Any) -> tuple[Any, dict[str, Any]]:
             break
         if not _fold_pass(model, shapes, known, failed, opset):
             break
-        inferred = _infer(_with_folded_constants(model, known))
+        inferred = _infer(_with_folded_constants(model, known), strict=strict)
     result = onnx.ModelProto()
     result.CopyFrom(model)
     node_outputs = {o for n in model.graph.node for o in n.output}
@@ -72,13 +83,13 @@ def infer_static_shapes(model: Any) -> tuple[Any, dict[str, Any]]:
     )
     del result.graph.output[:]
     result.graph.output.extend(inferred.graph.output)
-    return result, known
+    return result, known, warnings
 
 
-def _infer(model: Any) -> Any:
+def _infer(model: Any, strict: bool) -> Any:
     import onnx
 
-    return onnx.shape_inference.infer_shapes(model, data_prop=True)
+    return onnx.shape_inference.infer_shapes(model, strict_mode=strict, data_prop=True)
 
 
 def _small_constants(model: Any) -> dict[str, Any]:
