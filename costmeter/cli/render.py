@@ -53,12 +53,64 @@ def result_row(r: RunResult, percentiles: tuple[float, ...]) -> dict[str, str]:
     return row
 
 
+def _group(r: RunResult) -> tuple[Any, ...]:
+    """Results comparable across runtimes: same model, device, batch, threads."""
+    k = r.key
+    return (k.model_id, k.model_hash, k.device, k.batch, k.threads)
+
+
+def _median_ns(r: RunResult) -> float | None:
+    if r.status is not Status.OK or r.measurement is None or not r.measurement.count:
+        return None
+    return r.measurement.summary(percentiles=(50.0,)).median
+
+
+def runtime_comparison(results: list[RunResult]) -> dict[int, dict[str, Any]]:
+    """Per result (by index): ``speedup_vs_torch`` (torch eager median / this median, where torch
+    eager ran in the same group) and ``fastest`` (the lowest median among VALID results of its
+    model/device/batch/threads group, when the group has more than one runtime)."""
+    medians = {i: _median_ns(r) for i, r in enumerate(results)}
+    groups: dict[tuple[Any, ...], list[int]] = {}
+    for i, r in enumerate(results):
+        groups.setdefault(_group(r), []).append(i)
+    out: dict[int, dict[str, Any]] = {i: {} for i in range(len(results))}
+    for members in groups.values():
+        torch_ns = [medians[i] for i in members if results[i].key.runtime == "torch" and medians[i]]
+        for i in members:
+            if torch_ns and medians[i]:
+                out[i]["speedup_vs_torch"] = torch_ns[0] / medians[i]
+        valid = [i for i in members if medians[i] and results[i].validity is Validity.VALID]
+        if len({results[i].key.runtime for i in members}) > 1 and valid:
+            out[min(valid, key=lambda i: medians[i])]["fastest"] = True
+    return out
+
+
+def add_comparison(rows: list[dict[str, str]], results: list[RunResult]) -> None:
+    """Add the speed-up and preparation-time columns, and mark the fastest VALID runtime."""
+    comparison = runtime_comparison(results)
+    show_speedup = any("speedup_vs_torch" in c for c in comparison.values()) and len(
+        {r.key.runtime for r in results}) > 1
+    for i, (row, r) in enumerate(zip(rows, results)):
+        if comparison[i].get("fastest"):
+            row["runtime"] = f"{row['runtime']} *"
+        if show_speedup:
+            speedup = comparison[i].get("speedup_vs_torch")
+            row["× torch"] = "-" if speedup is None else f"{speedup:.2f}x"
+        prepare = r.extra.get("prepare_s")
+        if prepare is not None:
+            row["prepare s"] = f"{prepare:.2f}"
+        if r.extra.get("tune_s") is not None:
+            row["tune s"] = f"{r.extra['tune_s']:.1f}"
+
+
 def print_results(results: list[RunResult], percentiles: tuple[float, ...]) -> None:
-    """Print the results table and, below it, warnings and energy reasons."""
+    """Print the results table and, below it, warnings and energy reasons. With several runtimes,
+    '*' marks the fastest VALID runtime per model and '× torch' is the speed-up against eager."""
     from rich.console import Console
     from rich.table import Table
 
     rows = [result_row(r, percentiles) for r in results]
+    add_comparison(rows, results)
     columns: list[str] = []
     for row in rows:
         columns += [c for c in row if c not in columns]
@@ -75,3 +127,6 @@ def print_results(results: list[RunResult], percentiles: tuple[float, ...]) -> N
     notes |= {f"{r.key.label()}: {w}" for r in results for w in r.warnings}
     for note in sorted(notes):
         console.print(f"note: {note}", style="yellow", soft_wrap=True)
+    if any(row["runtime"].endswith(" *") for row in rows):
+        console.print("* fastest VALID runtime for its model, device, batch and threads; "
+                      "'prepare s' = export + conversion + compile + load, apart from latency")

@@ -11,7 +11,8 @@ from costmeter.harness.config import ProtocolConfig, RunConfig, default_workdir,
 
 
 @click.command()
-@click.option("--device", "-d", default="cpu", show_default=True, help="cpu, cuda[:N], fake (comma-separated for several)")
+@click.option("--device", "-d", default="cpu", show_default=True,
+              help="cpu, cuda[:N], ssh://user@host[:port], adb://SERIAL, fake (comma-separated for several)")
 @click.option("--runtime", "-r", default="onnxruntime", show_default=True,
               help="Comma-separated runtimes, or 'all' for every installed one (see `bench env`)")
 @click.option("--model", "-m", required=True, help="Comma-separated: zoo names, FILE.onnx, or package.module:function")
@@ -32,11 +33,20 @@ from costmeter.harness.config import ProtocolConfig, RunConfig, default_workdir,
 @click.option("--no-parity", is_flag=True, help="Skip comparing outputs with torch eager")
 @click.option("--tag", default=None, help="Label stored with every result (e.g. nightly)")
 @click.option("--json", "as_json", is_flag=True, help="Print results as JSON instead of a table")
+@click.option("--cpus", default=None, metavar="LIST", help="Pin the worker to CPUs (taskset), e.g. 4-7 or 0,2; recorded in the key")
+@click.option("--remote-python", default="python3", show_default=True, help="Python on ssh:// boards")
+@click.option("--remote-pythonpath", default=None, metavar="DIR", help="Folder holding costmeter's source on ssh:// boards")
+@click.option("--ssh-identity", default=None, metavar="KEY", help="Private key for ssh:// boards (default: yours / agent)")
+@click.option("--known-hosts", default=None, metavar="FILE", help="known_hosts file for ssh:// boards (default: ~/.ssh/known_hosts)")
+@click.option("--accept-new-host-key", is_flag=True, help="Record an unknown board's host key (a changed key is still refused)")
+@click.option("--benchmark-model", default=None, metavar="PATH", help="LiteRT benchmark_model binary for adb:// devices")
 @store_option
 @workdir_option
 def run(device: str, runtime: str, model: str, batch: str, threads: str | None, options: tuple[str, ...],
         warmup: int, warmup_time: float, min_count: int, min_time: float, max_time: float, percentiles: str,
         max_cv: float, processes: int, timeout: float, no_parity: bool, tag: str | None, as_json: bool,
+        cpus: str | None, remote_python: str, remote_pythonpath: str | None, ssh_identity: str | None,
+        known_hosts: str | None, accept_new_host_key: bool, benchmark_model: str | None,
         store_url: str | None, workdir: Path | None) -> None:
     """Measure latency (percentiles with CIs), memory and energy; store every result."""
     from costmeter.cli.render import print_results
@@ -49,31 +59,67 @@ def run(device: str, runtime: str, model: str, batch: str, threads: str | None, 
     pct = tuple(float(p) for p in _floats(percentiles, "--percentiles"))
     protocol = ProtocolConfig(warmup_count=warmup, warmup_s=warmup_time, min_count=min_count,
                               min_time_s=min_time, max_time_s=max_time, percentiles=pct, max_cv=max_cv)
+    run_options = parse_options(options)
+    if cpus:
+        from costmeter.harness.remote import parse_cpus
+
+        parse_cpus(cpus)
+        run_options = tuple(sorted({**dict(run_options), "cpus": cpus}.items()))
     base = RunConfig(model="-", device=devices[0], protocol=protocol, processes=processes, timeout_s=timeout,
-                     workdir=str(workdir), check_outputs=not no_parity, tag=tag, options=parse_options(options))
+                     workdir=str(workdir), check_outputs=not no_parity, tag=tag, options=run_options)
     thread_list: list[int | None] = parse_int_list(threads, "--threads") if threads else [None]
-    runtimes = _runtimes(runtime, devices)
-    configs = expand(base, split_list(model), runtimes, parse_int_list(batch, "--batch"), thread_list, devices)
-    jobs = validate(configs)
-    store = open_store(store_url, workdir)
+    executors = _executors(remote_python, remote_pythonpath, ssh_identity, known_hosts, accept_new_host_key,
+                           benchmark_model)
     try:
-        results = _run_with_progress(Runner(store, workdir), jobs, tag, quiet=as_json)
+        runtimes = _runtimes(runtime, devices, executors)
+        configs = expand(base, split_list(model), runtimes, parse_int_list(batch, "--batch"), thread_list, devices)
+        jobs = validate(configs)
+        executors.preflight(configs)
+        store = open_store(store_url, workdir)
+        try:
+            results = _run_with_progress(Runner(store, workdir, run_in=executors), jobs, tag, quiet=as_json)
+        finally:
+            store.close()
     finally:
-        store.close()
+        executors.close()
     if as_json:
         click.echo(json.dumps([r.to_dict() for r in results], indent=1))
     else:
         print_results(results, pct)
 
 
-def _runtimes(spec: str, devices: list[str]) -> list[str]:
+def _executors(python: str, pythonpath: str | None, identity: str | None, known_hosts: str | None,
+               accept_new: bool, benchmark_model: str | None):
+    from costmeter.devices.remote.ssh import SshOptions
+    from costmeter.harness.remote import DeviceExecutors, RemoteSettings
+
+    ssh = SshOptions(identity=identity, known_hosts=known_hosts, accept_new_host_key=accept_new)
+    return DeviceExecutors(RemoteSettings(python=python, pythonpath=pythonpath, ssh=ssh,
+                                          benchmark_model=benchmark_model))
+
+
+def _runtimes(spec: str, devices: list[str], executors) -> list[str]:
+    """The runtimes to run: the list given, or for 'all' every one installed (on each ssh board,
+    those its Python has) whose converter is installed here."""
     from costmeter.devices.base import get_runtime, runtime_names
+    from costmeter.harness.convert import CONVERTED_KINDS, converter_problem
 
     if spec.strip() != "all":
         return split_list(spec)
-    kinds = {parse_device(d)[0] for d in devices}
-    names = [n for k in sorted(kinds) for n in runtime_names(k) if get_runtime(k, n).is_available()[0]]
-    return sorted(set(names))
+    names: set[str] = set()
+    for device in devices:
+        kind = parse_device(device)[0]
+        candidates = runtime_names(kind)
+        if kind == "ssh":
+            found = executors.executor(device).probe(candidates)
+            usable = [n for n, (ok, _) in found["runtimes"].items() if ok]
+        else:
+            usable = [n for n in candidates if get_runtime(kind, n).is_available()[0]]
+        for name in usable:
+            artifact = get_runtime(kind, name).artifact_kind
+            if artifact not in CONVERTED_KINDS or converter_problem(artifact) is None:
+                names.add(name)
+    return sorted(names)
 
 
 def _floats(text: str, what: str) -> list[float]:

@@ -151,8 +151,10 @@ class Runner:
             if outcome.status != "ok":
                 return RunResult(status=Status(outcome.status), error=outcome.error, finished_at=_now(),
                                  extra=extra, **base)
-            if outputs_path:
+            if outputs_path and Path(outputs_path).exists():
                 extra.update(self._parity(job, inputs_path, outputs_path))
+            elif outputs_path:
+                extra["parity"] = "not compared: the device returned no outputs"
         return assemble(cfg, outcomes, base, extra, artifact_path, info)
 
     def _artifact(self, job: PreparedJob, extra: dict[str, Any] | None = None) -> str | None:
