@@ -118,10 +118,13 @@ def print_results(results: list[RunResult], percentiles: tuple[float, ...]) -> N
     columns.append("status")
     table = Table(title="costmeter results", show_lines=False)
     for c in columns:
-        table.add_column(c, overflow="fold", justify="right" if c not in ("model", "runtime", "device", "status") else "left")
+        table.add_column(c, overflow="fold", no_wrap=c in ("model", "runtime"),
+                         justify="right" if c not in ("model", "runtime", "device", "status") else "left")
     for row in rows:
         table.add_row(*[row.get(c, "") for c in columns])
     console = Console()
+    if not console.is_terminal:  # piped or captured: don't squeeze the table into 80 columns
+        console = Console(width=240)
     console.print(table)
     notes = {f"energy unavailable: {r.energy.reason}" for r in results if r.energy.energy_j is None and r.energy.reason}
     notes |= {f"{r.key.label()}: {w}" for r in results for w in r.warnings}

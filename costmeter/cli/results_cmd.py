@@ -49,7 +49,8 @@ def list_(runs: bool, store_url: str | None, workdir: Path | None, **filters: st
                          no_wrap=c in ("result_id", "model_id", "runtime"))
     for _, row in df[cols].iterrows():
         table.add_row(*[_cell(row[c]) for c in cols])
-    Console().print(table)
+    console = Console()
+    Console(width=200).print(table) if not console.is_terminal else console.print(table)
 
 
 def _cell(v) -> str:
