@@ -1,0 +1,180 @@
+"""Edge runtimes on CPU (torch.compile, OpenVINO, TVM, LiteRT, ExecuTorch): each one converts and
+runs a tiny zoo model for real in a worker process, with its outputs compared against torch."""
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from costmeter.devices.base import get_runtime
+from costmeter.errors import UnsupportedError
+from costmeter.harness.config import ProtocolConfig, RunConfig
+from costmeter.harness.convert import CONVERTED_KINDS, _run_child, converter_problem, host_cpu_fingerprint
+from costmeter.harness.runner import Runner, validate
+from costmeter.results.schema import Status
+
+EDGE_RUNTIMES = ("torch_compile", "openvino", "tvm", "litert", "executorch")
+FAST = ProtocolConfig(warmup_count=2, warmup_s=0, min_count=20, min_time_s=0.05, max_time_s=5,
+                      percentiles=(50.0,), max_cv=1000.0)
+
+
+def _unusable(runtime: str) -> str | None:
+    """Why ``runtime`` cannot run here (its package or converter missing), or None."""
+    adapter = get_runtime("cpu", runtime)
+    ok, reason = adapter.is_available()
+    if not ok:
+        return reason
+    if adapter.artifact_kind in CONVERTED_KINDS:
+        return converter_problem(adapter.artifact_kind)
+    return None
+
+
+def _config(workdir: Path, model: str, runtime: str, **options: str) -> RunConfig:
+    return RunConfig(model=model, device="cpu", runtime=runtime, protocol=FAST, workdir=str(workdir),
+                     threads=1, timeout_s=600, options=tuple(options.items()))
+
+
+@pytest.fixture(scope="module")
+def edge_results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """One run of tiny_cnn on torch eager, ONNX Runtime and every installed edge runtime."""
+    workdir = tmp_path_factory.mktemp("edge")
+    runtimes = ["torch", "onnxruntime"] + [r for r in EDGE_RUNTIMES if _unusable(r) is None]
+    jobs = validate([_config(workdir, "tiny_cnn", r) for r in runtimes])
+    results = Runner(None, workdir).run(jobs)
+    return {r.key.runtime: r for r in results}
+
+
+@pytest.mark.edge
+@pytest.mark.slow
+@pytest.mark.parametrize("runtime", EDGE_RUNTIMES)
+def test_runtime_runs_tiny_cnn_and_matches_torch(runtime: str, edge_results: dict[str, Any]) -> None:
+    why = _unusable(runtime)
+    if why:
+        pytest.skip(why)
+    result = edge_results[runtime]
+    assert result.status is Status.OK, result.error
+    assert result.measurement.count >= FAST.min_count
+    assert result.extra["parity_ok"], result.extra
+    assert result.extra["max_abs_diff"] < 1e-4
+    assert result.extra["prepare_s"] > 0  # preparation recorded apart from latency
+    if runtime == "tvm":
+        assert "llvm" in result.extra["target"] and result.extra["tuning_trials"] == 0
+    if runtime == "openvino":
+        assert result.extra["openvino_inference_precision"] == "f32"
+    if runtime == "torch_compile":
+        assert result.extra["compile_s"] > 0
+
+
+@pytest.mark.edge
+@pytest.mark.slow
+def test_runtime_all_table_marks_fastest_valid_and_speedup(
+        edge_results: dict[str, Any], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    from costmeter.cli import render
+
+    results = list(edge_results.values())
+    comparison = render.runtime_comparison(results)
+    assert sum(1 for c in comparison.values() if c.get("fastest")) == 1
+    torch_index = [i for i, r in enumerate(results) if r.key.runtime == "torch"][0]
+    assert comparison[torch_index]["speedup_vs_torch"] == pytest.approx(1.0)
+    monkeypatch.setenv("COLUMNS", "400")
+    render.print_results(results, (50.0,))
+    text = capsys.readouterr().out
+    assert "× torch" in text and "prepare s" in text
+    assert re.search(r"\w \*", text), text
+
+
+@pytest.mark.edge
+def test_openvino_precision_is_an_explicit_recorded_setting(tmp_path: Path) -> None:
+    why = _unusable("openvino")
+    if why:
+        pytest.skip(why)
+    import numpy as np
+    import torch
+
+    from costmeter.devices.base import Artifact, SessionOptions
+
+    model = torch.nn.Sequential(torch.nn.Linear(16, 8), torch.nn.ReLU()).eval()
+    x = np.random.default_rng(0).standard_normal((1, 16), dtype=np.float32)
+    path = tmp_path / "m.onnx"
+    torch.onnx.export(model, (torch.from_numpy(x),), str(path), dynamo=False, input_names=["x"])
+    adapter = get_runtime("cpu", "openvino")
+    session = adapter.prepare(Artifact("onnx", {"x": x}, str(path)), SessionOptions(threads=1))
+    assert session.info()["openvino_inference_precision"] == "f32"
+    expected = model(torch.from_numpy(x)).detach().numpy()
+    assert np.abs(session.outputs()[0] - expected).max() < 1e-5
+    session.close()
+    plugin = adapter.prepare(Artifact("onnx", {"x": x}, str(path)),
+                             SessionOptions(options=(("precision", "default"),)))
+    info = plugin.info()
+    assert info["openvino_precision_option"] == "default"
+    assert info["openvino_inference_precision"] in ("f32", "bf16", "f16")
+
+
+@pytest.mark.edge
+@pytest.mark.slow
+def test_model_the_converter_rejects_is_unsupported_and_the_run_goes_on(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    why = _unusable("executorch")
+    if why:
+        pytest.skip(why)
+    package = tmp_path / "pkg"
+    package.mkdir()
+    (package / "branchy_models.py").write_text(textwrap.dedent('''
+        import torch
+
+        class Branchy(torch.nn.Module):
+            def forward(self, x):
+                if x.sum() > 0:  # data-dependent control flow: torch.export refuses it
+                    return x * 2
+                return x - 1
+
+        def branchy():
+            return Branchy().eval(), torch.ones(1, 4)
+    '''))
+    monkeypatch.syspath_prepend(str(package))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(package), os.environ.get("PYTHONPATH", "")]))
+    configs = [_config(tmp_path, "branchy_models:branchy", "executorch"),
+               _config(tmp_path, "branchy_models:branchy", "torch")]
+    results = Runner(None, tmp_path).run(validate(configs))
+    assert results[0].status is Status.UNSUPPORTED
+    assert "converter" in results[0].error and "\n" not in results[0].error
+    assert results[1].status is Status.OK
+    assert not list((tmp_path / "cache" / "pte").glob("*.pte"))  # nothing half-written
+
+
+def test_a_converter_that_dies_gives_unsupported_with_the_signal(tmp_path: Path) -> None:
+    def crashing(argv: list[str], **kwargs: Any) -> subprocess.CompletedProcess:
+        kwargs["stdout"].write(b"Fatal Python error: Segmentation fault\n")
+        return subprocess.CompletedProcess(argv, -11)
+
+    with pytest.raises(UnsupportedError, match=r"died \(signal 11\).*Segmentation fault"):
+        _run_child({"kind": "tvm"}, tmp_path / "out.tvm", sys.executable, crashing)
+
+
+def test_converted_artifacts_are_keyed_by_model_batch_and_target() -> None:
+    fingerprint = host_cpu_fingerprint()
+    assert re.fullmatch(r"[0-9a-f]{12}", fingerprint)
+    assert host_cpu_fingerprint() == fingerprint
+
+
+@pytest.mark.edge
+@pytest.mark.slow
+@pytest.mark.skipif(not os.environ.get("COSTMETER_TEST_TVM_TUNING"),
+                    reason="MetaSchedule tuning takes minutes; set COSTMETER_TEST_TVM_TUNING=1 to run it")
+def test_tvm_tuning_is_cached_and_its_time_reported(tmp_path: Path) -> None:
+    why = _unusable("tvm")
+    if why:
+        pytest.skip(why)
+    config = _config(tmp_path, "tiny_mlp", "tvm", tuning_trials="4")
+    first = Runner(None, tmp_path).run(validate([config]))[0]
+    assert first.status is Status.OK, first.error
+    assert first.extra["tune_s"] > 0 and not first.extra["tuning_cached"]
+    assert first.extra["parity_ok"]
+    second = Runner(None, tmp_path).run(validate([config]))[0]
+    assert second.extra["tuning_cached"] and second.extra["tune_s"] == first.extra["tune_s"]
