@@ -236,6 +236,26 @@ def test_batch_binding_scales_costs() -> None:
     assert four.totals()["macs"] == 4 * one.totals()["macs"] > 0
     assert four.outputs[0].shape == (4, 2, 6, 6) and four.inputs[0].shape == (4, 3, 8, 8)
     assert model.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"  # untouched
+    model.graph.input[0].type.tensor_type.shape.dim[0].dim_value = 2  # a fixed-batch file
+    fixed = load_graph(model, batch=4)
+    assert fixed.batch == 2 and fixed.totals()["macs"] == 2 * one.totals()["macs"]
+
+
+def test_local_functions_are_inlined() -> None:
+    double_relu = helper.make_function(
+        "local", "DoubleRelu", ["a"], ["b"],
+        [helper.make_node("Relu", ["a"], ["r"]), helper.make_node("Add", ["r", "r"], ["b"])],
+        [helper.make_opsetid("", 17)],
+    )
+    model = _model(
+        [helper.make_node("DoubleRelu", ["x"], ["y"], domain="local")],
+        [("x", F32, ["N", 8])], [("y", F32, None)],
+    )
+    model.opset_import.append(helper.make_opsetid("local", 1))
+    model.functions.append(double_relu)
+    graph = load_graph(model, batch=3)
+    assert [op.op_type for op in graph.ops] == ["Relu", "Add"]
+    assert graph.totals()["flops"] == 2 * 3 * 8 and not graph.unknown_ops()
 
 
 def test_records_are_json_ready() -> None:
@@ -257,7 +277,9 @@ def test_bad_graph_inputs(tmp_path: Path) -> None:
     (tmp_path / "junk.onnx").write_bytes(b"\xff\xfenot onnx" * 20)
     with pytest.raises(ConfigError, match="cannot read"):
         load_graph(tmp_path / "junk.onnx")
-    model = _model([helper.make_node("Relu", ["x"], ["y"])], [("x", F32, [1, 2])], [("y", F32, None)])
+    model = _model(
+        [helper.make_node("Relu", ["x"], ["y"])], [("x", F32, [1, 2])], [("y", F32, None)]
+    )
     with pytest.raises(ConfigError, match="batch"):
         load_graph(model, batch=0)
     broken = _model(
@@ -294,6 +316,7 @@ def test_legacy_and_dynamo_exports_agree(tmp_path: Path) -> None:
     for graph in (legacy, dynamo):
         assert graph.totals()["macs"] == expected
         assert not graph.unknown_ops() and not graph.incomplete_ops()
+    assert resolve_model(str(dynamo_path)).info()["macs"] == expected  # an ONNX-file source
 
 
 @pytest.fixture(scope="module")
@@ -309,5 +332,3 @@ def test_zoo_graph_macs_match_flop_counter(name: str, zoo_workdir: Path) -> None
     torch_macs = source.info()["macs"]
     assert graph.totals()["macs"] == pytest.approx(torch_macs, rel=0.03)
     assert not graph.unknown_ops() and not graph.incomplete_ops()
-    onnx_source = resolve_model(str(export_onnx(source, zoo_workdir)))
-    assert onnx_source.info()["macs"] == graph.totals()["macs"]

@@ -129,13 +129,14 @@ def test_content_hash_is_the_same_in_another_process() -> None:
     assert other == resolve_model("tiny_mlp").content_hash()
 
 
-def test_content_hash_changes_with_weights() -> None:
-    source = resolve_model("tiny_mlp")
-    before = source.content_hash()
-    changed = resolve_model("tiny_mlp")
-    with torch.no_grad():
-        changed.build_torch()[0].weight[0, 0] += 1.0
-    assert changed.content_hash() != before
+def test_zoo_content_hash_follows_the_architecture(monkeypatch: pytest.MonkeyPatch) -> None:
+    before = resolve_model("tiny_mlp").content_hash()
+    widened = resolve_model("tiny_mlp")
+    widened._module = torch.nn.Sequential(torch.nn.Linear(64, 256), torch.nn.ReLU(),
+                                          torch.nn.Linear(256, 10))
+    assert widened.content_hash() != before
+    monkeypatch.setattr(zoo, "ZOO_RECIPE", zoo.ZOO_RECIPE + 1)
+    assert resolve_model("tiny_mlp").content_hash() != before
 
 
 # ---------------------------------------------------------------- ONNX files
@@ -174,7 +175,8 @@ def test_onnx_content_hash_follows_file_bytes(tmp_path: Path) -> None:
     before = resolve_model(str(path)).content_hash()
     assert before == resolve_model(str(path)).content_hash()
     model = onnx.load(str(path))
-    model.graph.initializer[0].CopyFrom(numpy_helper.from_array(np.full((4, 3), 2, np.float32), "W"))
+    doubled = numpy_helper.from_array(np.full((4, 3), 2, np.float32), "W")
+    model.graph.initializer[0].CopyFrom(doubled)
     onnx.save(model, str(path))
     assert resolve_model(str(path)).content_hash() != before
 
@@ -252,6 +254,10 @@ def test_python_source(user_module: str) -> None:
     assert isinstance(source.build_torch(), torch.nn.Linear)
     assert source.info()["macs"] == 8 and source.info()["params"] == 10
     assert resolve_model(f"py:{user_module}:good").content_hash() == source.content_hash()
+    changed = resolve_model(f"{user_module}:good")  # python sources hash their weight bytes
+    with torch.no_grad():
+        changed.build_torch().weight[0, 0] += 1.0
+    assert changed.content_hash() != source.content_hash()
 
 
 def test_python_source_with_tuple_example(user_module: str) -> None:

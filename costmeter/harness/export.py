@@ -23,8 +23,9 @@ import re
 import shutil
 import tempfile
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from costmeter.errors import ConfigError, UnsupportedError
 from costmeter.harness.models import ModelSource
@@ -86,7 +87,9 @@ def export_onnx(source: ModelSource, workdir: Path | str, opset: int = DEFAULT_O
     if source.kind == "onnx":
         return Path(str(source.onnx_path))
     if not 7 <= opset <= 23:
-        raise ConfigError(f"ONNX opset {opset} is out of range; use an opset from 7 to 23 (17 default)")
+        raise ConfigError(
+            f"ONNX opset {opset} is out of range; use an opset from 7 to 23 (default 17)"
+        )
     key = f"{source.content_hash()}-opset{opset}"
     return cached_artifact(
         workdir, "onnx", key, ".onnx", lambda path: _export_torch_to_onnx(source, path, opset)
@@ -100,8 +103,8 @@ def _export_torch_to_onnx(source: ModelSource, path: Path, opset: int) -> None:
     module = source.build_torch()
     args = tuple(torch.from_numpy(a) for a in source.example_inputs(EXPORT_BATCH).values())
     input_names = [spec.name for spec in source.inputs]
-    with torch.no_grad():
-        outputs = module(*args)
+    with torch.no_grad():  # one item is enough to count the outputs
+        outputs = module(*(a[:1] for a in args))
     count = len(outputs) if isinstance(outputs, (tuple, list)) else 1
     output_names = ["output"] if count == 1 else [f"output_{i}" for i in range(count)]
     reasons = []

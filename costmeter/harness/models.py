@@ -130,14 +130,21 @@ class ModelSource:
         return arrays
 
     def content_hash(self) -> str:
-        """Stable 16-hex-digit hash: architecture + weights + inputs (torch) or file bytes (ONNX)."""
+        """16-hex-digit hash: inputs + architecture + weights (python), + recipe and seed (zoo),
+        or the file bytes (ONNX). Equal models give equal hashes in every process."""
         if self._hash is None:
             digest = hashlib.sha256()
             digest.update(repr([s.to_dict() for s in self.inputs]).encode())
             if self.kind == "onnx":
                 _hash_onnx_file(digest, Path(str(self.onnx_path)))
+            elif self.kind == "zoo":
+                # zoo weights are a pure function of the recipe (code + seed); their last bits
+                # differ between CPUs (BatchNorm calibration runs ISA-specific kernels), so the
+                # recipe is hashed: one zoo model gets one hash on every machine
+                digest.update(f"zoo|{self.target}|{zoo.ZOO_SEED}|{zoo.ZOO_RECIPE}".encode())
+                _hash_torch_module(digest, self.build_torch(), with_weights=False)
             else:
-                _hash_torch_module(digest, self.build_torch())
+                _hash_torch_module(digest, self.build_torch(), with_weights=True)
             self._hash = digest.hexdigest()[:HASH_CHARS]
         return self._hash
 
@@ -203,7 +210,7 @@ def resolve_model(spec: str) -> ModelSource:
         return ModelSource(model_id=spec, kind="zoo", inputs=inputs, target=spec)
     if spec.lower().endswith(".onnx") or os.path.isfile(spec):
         return _resolve_onnx(Path(spec))
-    target = spec[3:] if spec.startswith("py:") else spec
+    target = spec.removeprefix("py:")
     if ":" in target:
         return _resolve_python(target)
     close = difflib.get_close_matches(spec, list(entries), n=3, cutoff=0.5)
@@ -307,7 +314,7 @@ def _call_python_target(target: str) -> tuple[Any, tuple[Any, ...]]:
             f"calling {target}() failed ({_first_line(error)}); fix the function so it "
             "returns (torch.nn.Module, example_input)"
         ) from error
-    fix = "return (torch.nn.Module, example) with the example a tensor or tuple of tensors at batch 1"
+    fix = "return (torch.nn.Module, example), the example a tensor or tuple of tensors at batch 1"
     if not isinstance(result, (tuple, list)) or len(result) != 2:
         raise ConfigError(f"{target}() returned {type(result).__name__}, not a pair; {fix}")
     module, example = result
@@ -344,21 +351,28 @@ def _resolve_python(target: str) -> ModelSource:
     )
 
 
-def _hash_torch_module(digest: Any, module: Any) -> None:
-    """Feed architecture (repr + forward sources of every module class) and weights to digest."""
+def _hash_torch_module(digest: Any, module: Any, with_weights: bool) -> None:
+    """Feed the architecture and (optionally) the weight bytes of ``module`` to ``digest``.
+
+    Architecture: the module repr, the ``forward`` source of every non-torch module class (torch's
+    own classes by name, so a torch upgrade keeps the hash), and every tensor's name, dtype, shape.
+    """
     import torch
 
     digest.update(repr(module).encode())
     for cls in sorted({type(m) for m in module.modules()}, key=lambda c: c.__qualname__):
-        try:
-            source = inspect.getsource(cls.forward)
-        except (OSError, TypeError):  # built-in or dynamically created class
-            source = f"{cls.__module__}.{cls.__qualname__}"
+        source = f"{cls.__module__}.{cls.__qualname__}"
+        if not cls.__module__.startswith("torch."):
+            try:
+                source = inspect.getsource(cls.forward)
+            except (OSError, TypeError):  # class defined in an interactive session
+                pass
         digest.update(source.encode())
     for name, tensor in module.state_dict().items():
         data = tensor.detach().cpu().contiguous()
         digest.update(f"{name}|{data.dtype}|{tuple(data.shape)}".encode())
-        digest.update(data.reshape(-1).view(torch.uint8).numpy().tobytes())
+        if with_weights:
+            digest.update(data.reshape(-1).view(torch.uint8).numpy().tobytes())
 
 
 def _hash_onnx_file(digest: Any, path: Path) -> None:

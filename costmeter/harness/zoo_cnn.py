@@ -21,7 +21,7 @@ def _conv_bn_act(
     bn_eps: float = 1e-5,
 ) -> Any:
     """Conv (no bias, 'same' padding) -> BatchNorm -> optional activation module."""
-    import torch.nn as nn
+    from torch import nn
 
     layers = [
         nn.Conv2d(cin, cout, kernel, stride, (kernel - 1) // 2, groups=groups, bias=False),
@@ -34,7 +34,7 @@ def _conv_bn_act(
 
 def _init_cnn(model: Any) -> Any:
     """He-normal convs, unit BatchNorm, small-normal linears (keeps random activations tame)."""
-    import torch.nn as nn
+    from torch import nn
 
     for module in model.modules():
         if isinstance(module, nn.Conv2d):
@@ -51,7 +51,7 @@ def _init_cnn(model: Any) -> Any:
 
 
 def _resnet(bottleneck: bool, blocks_per_stage: list[int], classes: int = 1000) -> Any:
-    import torch.nn as nn
+    from torch import nn
 
     class Block(nn.Module):
         def __init__(self, cin: int, width: int, stride: int) -> None:
@@ -110,7 +110,7 @@ def _inverted_residual(
     ``act`` is an activation class; ``se`` builds the squeeze-excite module from the expanded
     width (or is None). A residual connection is added when stride is 1 and widths match.
     """
-    import torch.nn as nn
+    from torch import nn
 
     class Block(nn.Module):
         def __init__(self) -> None:
@@ -135,7 +135,7 @@ def _inverted_residual(
 
 def _squeeze_excite(channels: int, squeezed: int, inner_act: Any, gate: Any) -> Any:
     """Squeeze-and-excitation (Hu et al. 2018): pool, 1x1 reduce, act, 1x1 expand, gate, scale."""
-    import torch.nn as nn
+    from torch import nn
 
     class SqueezeExcite(nn.Module):
         def __init__(self) -> None:
@@ -154,7 +154,7 @@ def _squeeze_excite(channels: int, squeezed: int, inner_act: Any, gate: Any) -> 
 
 def mobilenet_v2(classes: int = 1000) -> Any:
     """MobileNetV2 (Sandler et al. 2018), width 1.0, ReLU6, last conv 1280."""
-    import torch.nn as nn
+    from torch import nn
 
     # expansion t, output channels c, repeats n, first stride s (paper table 2)
     settings = [(1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2),
@@ -174,7 +174,8 @@ def mobilenet_v2(classes: int = 1000) -> Any:
     return _init_cnn(nn.Sequential(*layers))
 
 
-# MobileNetV3 bottlenecks: kernel, expanded, out, squeeze-excite, activation, stride (paper tables 1-2)
+# MobileNetV3 bottlenecks (paper tables 1-2):
+# kernel, expanded width, output width, squeeze-excite, activation, stride
 _MBV3_LARGE = [
     (3, 16, 16, False, "RE", 1), (3, 64, 24, False, "RE", 2), (3, 72, 24, False, "RE", 1),
     (5, 72, 40, True, "RE", 2), (5, 120, 40, True, "RE", 1), (5, 120, 40, True, "RE", 1),
@@ -191,7 +192,7 @@ _MBV3_SMALL = [
 
 
 def _mobilenet_v3(config: list[tuple], last_channel: int, classes: int = 1000) -> Any:
-    import torch.nn as nn
+    from torch import nn
 
     eps = 1e-3
     acts = {"RE": nn.ReLU, "HS": nn.Hardswish}
@@ -229,7 +230,7 @@ def mobilenet_v3_small() -> Any:
 
 def efficientnet_b0(classes: int = 1000) -> Any:
     """EfficientNet-B0 (Tan & Le 2019): MBConv stages with SiLU and squeeze-excite."""
-    import torch.nn as nn
+    from torch import nn
 
     # expansion, kernel, first stride, output channels, repeats (paper table 1)
     stages = [(1, 3, 1, 16, 1), (6, 3, 2, 24, 2), (6, 5, 2, 40, 2), (6, 3, 2, 80, 3),

@@ -26,7 +26,6 @@ from costmeter.predictors.op_costs import op_cost
 from costmeter.predictors.shape_infer import bind_batch, infer_static_shapes
 
 
-
 @dataclass(frozen=True)
 class TensorInfo:
     """A tensor edge: name, shape (ints; a str for a symbolic dim; None for unknown), dtype.
@@ -178,7 +177,7 @@ def load_graph(path_or_model: Any, batch: int = 1) -> OpGraph:
     """Load an ONNX model (path or ``onnx.ModelProto``) and analyse it at batch ``batch``.
 
     Symbolic (or zero) leading dims of the graph inputs are bound to ``batch``; fixed dims are
-    kept. The caller's ModelProto is not modified. Raises ConfigError for a missing or
+    kept (``OpGraph.batch`` then reports the file's own batch). The caller's ModelProto is not modified. Raises ConfigError for a missing or
     unreadable file, UnsupportedError when shape inference cannot run at all; inconsistencies
     it finds are reported in ``OpGraph.warnings`` (and the affected ops in ``incomplete_ops``).
     """
@@ -203,7 +202,7 @@ def load_graph(path_or_model: Any, batch: int = 1) -> OpGraph:
         from onnx import inliner
 
         model = inliner.inline_local_functions(model)
-    bind_batch(model, batch)
+    batch = bind_batch(model, batch)
     try:
         inferred, known, warnings = infer_static_shapes(model)
     except Exception as error:  # InferenceError, ValidationError

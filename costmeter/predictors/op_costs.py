@@ -23,8 +23,9 @@ kept by the caller with 0 FLOPs, never dropped.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any
 
 Shape = tuple  # tuple[int | str | None, ...]; only fully-int shapes give costs
 

@@ -20,14 +20,17 @@ _NEVER_FOLD = {
 }
 
 
-def bind_batch(model: Any, batch: int) -> None:
+def bind_batch(model: Any, batch: int) -> int:
     """In place: set symbolic/zero leading input dims (and dims sharing their names) to ``batch``.
 
-    Stale ``value_info`` annotations are removed (they are re-inferred).
+    Returns the batch the graph now has: ``batch`` if any input was bound, else the fixed
+    leading dim of the first input (a file exported at a fixed batch keeps it). Stale
+    ``value_info`` annotations are removed (they are re-inferred).
     """
     graph = model.graph
     initializers = {t.name for t in graph.initializer}
     names: set[str] = set()
+    bound, fixed = False, []
     for value in graph.input:
         dims = value.type.tensor_type.shape.dim
         if value.name in initializers or not dims:
@@ -35,13 +38,18 @@ def bind_batch(model: Any, batch: int) -> None:
         if dims[0].HasField("dim_param"):
             names.add(dims[0].dim_param)
             dims[0].dim_value = batch
+            bound = True
         elif not dims[0].HasField("dim_value") or dims[0].dim_value == 0:
             dims[0].dim_value = batch
+            bound = True
+        else:
+            fixed.append(int(dims[0].dim_value))
     del graph.value_info[:]
     for value in [*graph.input, *graph.output]:
         for dim in value.type.tensor_type.shape.dim:
             if dim.HasField("dim_param") and dim.dim_param in names:
                 dim.dim_value = batch
+    return batch if bound or not fixed else fixed[0]
 
 
 def infer_static_shapes(model: Any) -> tuple[Any, dict[str, Any], list[str]]:
