@@ -34,7 +34,7 @@ def result_row(r: RunResult, percentiles: tuple[float, ...]) -> dict[str, str]:
     row = {"model": k.model_id, "runtime": k.runtime, "device": k.device, "batch": str(k.batch),
            "threads": "auto" if k.threads is None else str(k.threads)}
     if r.status is not Status.OK or r.measurement is None:
-        row["status"] = f"{r.status.value.upper()}: {r.error}"
+        row["status"] = r.status.value.upper() + " (see below)"
         return row
     s = r.measurement.summary(percentiles=percentiles)
     for q in percentiles:
@@ -49,7 +49,7 @@ def result_row(r: RunResult, percentiles: tuple[float, ...]) -> dict[str, str]:
         row["energy/inf"] = f"{r.energy.energy_per_inference_j * 1e3:.3g} mJ ({r.energy.provenance.value})"
     diff = r.extra.get("max_abs_diff")
     row["Δ vs torch"] = "-" if diff is None else f"{diff:.1e}"
-    row["status"] = r.validity.value if r.validity is Validity.VALID else "INVALID: " + "; ".join(r.reasons)
+    row["status"] = r.validity.value if r.validity is Validity.VALID else "INVALID (see below)"
     return row
 
 
@@ -126,6 +126,12 @@ def print_results(results: list[RunResult], percentiles: tuple[float, ...]) -> N
     if not console.is_terminal:  # piped or captured: don't squeeze the table into 80 columns
         console = Console(width=240)
     console.print(table)
+    for r in results:
+        if r.status is not Status.OK:
+            console.print(f"{r.status.value.upper()} {r.key.label()}: {r.error}", style="red", soft_wrap=True)
+        elif r.validity is Validity.INVALID:
+            for reason in r.reasons:
+                console.print(f"INVALID {r.key.label()}: {reason}", style="red", soft_wrap=True)
     notes = {f"energy unavailable: {r.energy.reason}" for r in results if r.energy.energy_j is None and r.energy.reason}
     notes |= {f"{r.key.label()}: {w}" for r in results for w in r.warnings}
     for note in sorted(notes):
