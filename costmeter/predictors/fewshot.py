@@ -1,0 +1,141 @@
+"""Few-shot transfer to a new device: K measured architectures plus the traces of known devices.
+
+Method (a correction on top of source-device predictors): every known (source) device has a
+fitted predictor. On the K target architectures, the target's log-latency is regressed on
+the sources' predicted log-latencies with non-negative weights (non-negative least squares on
+centred values, plus an intercept):
+
+    log t(x) = b + sum_s w_s * log f_s(x),   w_s >= 0
+
+Non-negativity keeps the fit stable with K = 10 points and 20 sources (most weights are zero:
+it picks the few devices that rank like the target). The K architectures are a fixed,
+hardware-independent reference set (:func:`reference_architectures`), as in HELP (Lee et al.,
+NeurIPS 2021), so the same K can be measured on any new device.
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import numpy as np
+from scipy.optimize import nnls
+from sklearn.base import BaseEstimator, RegressorMixin
+from sklearn.utils.validation import check_is_fitted
+
+from costmeter.errors import ConfigError
+from costmeter.predictors.spaces import get_space
+
+MIN_TARGET_POINTS = 3
+
+
+def reference_architectures(space: str, k: int = 10, seed: int = 0,
+                            pool_size: int = 20_000) -> list[str]:
+    """``k`` architectures spread over the space's MACs range (one per MACs quantile bin).
+
+    The pool is the whole space when it is finite and small, else ``pool_size`` random
+    samples; for NB201, cells whose output is disconnected from the input are excluded.
+    Deterministic for a given ``seed``; independent of any device.
+    """
+    if k < 1:
+        raise ConfigError(f"number of reference architectures must be >= 1, got {k}")
+    sp = get_space(space)
+    pool = sp.enumerate_archs() if sp.SIZE <= pool_size else sp.sample(pool_size, seed=seed)
+    feats = sp.features(pool)
+    keep = np.ones(len(pool), dtype=bool)
+    if "connected" in feats.columns:
+        keep &= feats["connected"].to_numpy() > 0
+    candidates = np.flatnonzero(keep)
+    macs = feats["macs_total"].to_numpy()[candidates]
+    edges = np.quantile(macs, np.linspace(0, 1, k + 1))
+    rng = np.random.default_rng(seed)
+    chosen: list[int] = []
+    for i in range(k):
+        upper = macs <= edges[i + 1] if i == k - 1 else macs < edges[i + 1]
+        in_bin = candidates[(macs >= edges[i]) & upper]
+        in_bin = np.setdiff1d(in_bin, chosen)
+        if in_bin.size == 0:
+            in_bin = np.setdiff1d(candidates, chosen)
+        chosen.append(int(rng.choice(in_bin)))
+    return [pool[i] for i in chosen]
+
+
+class FewShotTransfer(RegressorMixin, BaseEstimator):
+    """Target-device latency from source-device predictors plus K target measurements.
+
+    Parameters: ``sources`` -- mapping of source device name to a fitted predictor that takes
+    the same feature table ``X`` and returns latencies in ms (e.g. ``ModelForest``).
+    Fitted: ``weights_`` (Series: source -> weight, non-negative), ``intercept_`` (log ms),
+    ``residual_std_`` (log-space residual std on the K points), ``source_names_``.
+    """
+
+    def __init__(self, sources: Mapping[str, Any] | None = None) -> None:
+        self.sources = sources
+
+    def _source_logs(self, X: Any) -> np.ndarray:
+        sources = dict(self.sources or {})
+        names = getattr(self, "source_names_", tuple(sources))
+        missing = [n for n in names if n not in sources]
+        if missing:
+            raise ConfigError(f"few-shot transfer lost its source predictors {missing}")
+        cols = []
+        for name in names:
+            pred = np.asarray(sources[name].predict(X), dtype=np.float64)
+            cols.append(np.log(np.maximum(pred, 1e-9)))
+        return np.column_stack(cols)
+
+    def fit(self, X: Any, y: Any) -> FewShotTransfer:
+        """Fit the non-negative combination on the K target rows ``X`` and latencies ``y`` (ms)."""
+        if not self.sources:
+            raise ConfigError("few-shot transfer needs at least one source-device predictor")
+        target = np.asarray(y, dtype=np.float64).ravel()
+        if target.size < MIN_TARGET_POINTS:
+            raise ConfigError(f"few-shot transfer needs >= {MIN_TARGET_POINTS} target "
+                              f"measurements, got {target.size}")
+        if np.any(~(target > 0)):
+            raise ConfigError("target latencies must be positive")
+        self.source_names_ = tuple(self.sources)
+        logs = self._source_logs(X)
+        if logs.shape[0] != target.size:
+            raise ConfigError(f"{logs.shape[0]} feature rows but {target.size} latencies")
+        log_y = np.log(target)
+        centre = logs.mean(axis=0)
+        weights, _ = nnls(logs - centre, log_y - log_y.mean())
+        if not np.any(weights > 0):  # no source ranks like the target: fall back to the best one
+            best = int(np.argmax([np.corrcoef(c, log_y)[0, 1] if np.ptp(c) else -1.0
+                                  for c in logs.T]))
+            weights[best] = 1.0
+        self.intercept_ = float(log_y.mean() - centre @ weights)
+        self.coef_ = weights
+        resid = log_y - (self.intercept_ + logs @ weights)
+        self.residual_std_ = float(np.sqrt(np.mean(resid ** 2)))
+        return self
+
+    @property
+    def weights_(self) -> Any:
+        """Source weights as a pandas Series (largest first)."""
+        import pandas as pd
+
+        check_is_fitted(self)
+        return pd.Series(self.coef_, index=list(self.source_names_)).sort_values(ascending=False)
+
+    def predict(self, X: Any) -> np.ndarray:
+        """Predicted target latency (ms) per row."""
+        check_is_fitted(self)
+        return np.exp(self.intercept_ + self._source_logs(X) @ self.coef_)
+
+    def predict_with_uncertainty(self, X: Any) -> tuple[np.ndarray, np.ndarray]:
+        """(latency ms, uncertainty ms): weighted spread of the calibrated sources combined with
+        the residual of the K-point fit, as a relative error."""
+        check_is_fitted(self)
+        logs = self._source_logs(X)
+        pred_log = self.intercept_ + logs @ self.coef_
+        total = self.coef_.sum()
+        if total > 0:
+            w = self.coef_ / total
+            calibrated = self.intercept_ + logs * total          # each source alone, same scale
+            spread = np.sqrt(np.maximum(((calibrated - pred_log[:, None]) ** 2) @ w, 0.0))
+        else:
+            spread = np.zeros_like(pred_log)
+        rel = np.sqrt(spread ** 2 + self.residual_std_ ** 2)
+        latency = np.exp(pred_log)
+        return latency, latency * rel
+
