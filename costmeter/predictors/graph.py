@@ -177,9 +177,10 @@ def load_graph(path_or_model: Any, batch: int = 1) -> OpGraph:
     """Load an ONNX model (path or ``onnx.ModelProto``) and analyse it at batch ``batch``.
 
     Symbolic (or zero) leading dims of the graph inputs are bound to ``batch``; fixed dims are
-    kept (``OpGraph.batch`` then reports the file's own batch). The caller's ModelProto is not modified. Raises ConfigError for a missing or
-    unreadable file, UnsupportedError when shape inference cannot run at all; inconsistencies
-    it finds are reported in ``OpGraph.warnings`` (and the affected ops in ``incomplete_ops``).
+    kept (``OpGraph.batch`` then reports the file's own batch). The caller's ModelProto is not
+    modified. Raises ConfigError for a missing or unreadable file, UnsupportedError when shape
+    inference cannot run at all; inconsistencies it finds are reported in ``OpGraph.warnings``
+    (and the affected ops in ``incomplete_ops``).
     """
     import onnx
 
