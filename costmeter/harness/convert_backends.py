@@ -111,7 +111,7 @@ def build_tvm_tuning(request: dict[str, Any]) -> dict[str, Any]:
     from costmeter.harness.convert import TVM_BUILDER_TIMEOUT_S
 
     ms.relax_integration.tune_relax(
-        mod, {}, target, work_dir=str(out), max_trials_global=trials,
+        _fused_for_tuning(mod, target), {}, target, work_dir=str(out), max_trials_global=trials,
         num_trials_per_iter=max(1, min(64, trials)),
         builder=ms.builder.LocalBuilder(timeout_sec=TVM_BUILDER_TIMEOUT_S),
         runner=ms.runner.LocalRunner(timeout_sec=60), seed=0,
@@ -120,6 +120,23 @@ def build_tvm_tuning(request: dict[str, Any]) -> dict[str, Any]:
     facts = {"target": str(target), "tune_s": tune_s, "tuning_trials": trials}
     (out / TVM_META).write_text(json.dumps(facts))
     return facts
+
+
+def _fused_for_tuning(mod: Any, target: Any) -> Any:
+    """Legalize and fuse the Relax module into TIR functions, the tasks MetaSchedule tunes (the
+    same preparation ``compile_relax`` applies, so the database keys match at compile time)."""
+    import tvm
+    from tvm import relax
+    from tvm.relax import pipeline
+
+    try:
+        dispatch = list(pipeline.library_dispatch_passes(target))
+    except (ValueError, AttributeError):
+        dispatch = []
+    passes = [*dispatch, relax.transform.LegalizeOps(), relax.transform.AnnotateTIROpPattern(),
+              relax.transform.FoldConstant(), relax.transform.FuseOps(), relax.transform.FuseTIR()]
+    with target:
+        return tvm.transform.Sequential(passes)(mod)
 
 
 def build_tvm(request: dict[str, Any]) -> dict[str, Any]:

@@ -89,6 +89,7 @@ def parse_benchmark_model(text: str) -> BenchmarkModelReport:
     stats: list[RunStats] = []
     report: dict[str, Any] = {"delegate_lines": []}
     errors: list[str] = []
+    failures: list[str] = []
     for raw in text.splitlines():
         line = raw.strip()
         if not line:
@@ -108,10 +109,13 @@ def parse_benchmark_model(text: str) -> BenchmarkModelReport:
             report["peak_memory_mb"] = float(m.group(1))
         elif "delegate" in line.lower() and ("Created" in line or "Replacing" in line or "Explicitly" in line):
             report["delegate_lines"].append(line)
-        if "ERROR" in line or any(marker in line for marker in _FAILED):
+        if any(marker in line for marker in _FAILED):
+            failures.append(line)
+        elif "ERROR" in line:
             errors.append(line)
-    if errors and "inference_avg_us" not in report:
-        raise MeasurementError(f"benchmark_model failed: {errors[0][:300]}; check the delegate and model "
+    if (failures or errors) and "inference_avg_us" not in report:
+        first = (failures or errors)[0]  # the tool's own verdict before other error lines
+        raise MeasurementError(f"benchmark_model failed: {first[:300]}; check the delegate and model "
                                "(e.g. drop --use_gpu for ops the GPU delegate lacks)")
     if not stats:
         raise MeasurementError("benchmark_model printed no run statistics (no 'count=' line); check that the "
