@@ -25,7 +25,7 @@ IMAGE_OPS = ("Conv", "DWConv", "BatchNormalization", "MaxPool", "AveragePool", "
              "Concat", "Resize")
 ANY_OPS = ("Relu", "Clip", "HardSwish", "HardSigmoid", "Sigmoid", "Tanh", "LeakyRelu", "SiLU",
            "GELU", "Add", "AddConst", "Mul", "MulConst")
-TOKEN_OPS = ("MatMul", "Gemm", "LayerNormalization", "Softmax")
+TOKEN_OPS = ("MatMul", "Gemm", "LayerNormalization", "Softmax", "Transpose", "Flatten")
 APPLY_OPS = IMAGE_OPS + ANY_OPS + TOKEN_OPS
 
 
@@ -203,6 +203,13 @@ class GraphBuilder:
 
     def _op_softmax(self, x: str, shape: tuple[int, ...]) -> tuple[str, tuple[int, ...]]:
         return self.node("Softmax", [x], axis=-1), shape
+
+    def _op_transpose(self, x: str, shape: tuple[int, ...]) -> tuple[str, tuple[int, ...]]:
+        perm = [*range(len(shape) - 2), len(shape) - 1, len(shape) - 2]  # swap the last two
+        return self.node("Transpose", [x], perm=perm), tuple(shape[i] for i in perm)
+
+    def _op_flatten(self, x: str, shape: tuple[int, ...]) -> tuple[str, tuple[int, ...]]:
+        return self.node("Flatten", [x], axis=1), (shape[0], math.prod(shape[1:]))
 
     def model(self, outputs: list[tuple[str, tuple[int, ...]]]) -> Any:
         """The finished ``onnx.ModelProto`` (opset 17), checked."""
