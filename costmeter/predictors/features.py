@@ -73,8 +73,10 @@ def _dims(tensor: TensorInfo | None) -> list[int]:
 
 
 def _numel(tensor: TensorInfo | None) -> int:
-    dims = _dims(tensor)
-    return math.prod(dims) if dims else 0
+    """Element count (1 for a scalar, 0 when the shape is unknown)."""
+    if tensor is None or tensor.shape is None:
+        return 0
+    return math.prod(_dims(tensor))
 
 
 def _spatial(dims: list[int]) -> tuple[int, int]:

@@ -86,13 +86,15 @@ def _dims(tensor: Any) -> list[int] | None:
 def _epilogue(kernel: Kernel, start: int = 1) -> list[tuple[str, dict[str, Any]]] | None:
     """Micro ops for the units after the anchor; None when one has no micro-benchmark op."""
     ops: list[tuple[str, dict[str, Any]]] = []
-    for unit in kernel.units[start:]:
+    produced = {o.name for u in kernel.units for o in u.outputs}
+    for position, unit in enumerate(kernel.units[start:], start=start):
         kind = unit.op_type
         if kind in _ACTS or kind == "BatchNormalization":
             ops.append((kind, {}))
         elif kind in ("Add", "Mul"):
-            others = [t for t in unit.inputs if t.name not in {o.name for u in kernel.units
-                                                               for o in u.outputs}]
+            others = [t for t in unit.inputs if t.name not in produced]
+            if position == 0 and others:  # the anchor: its largest input is the flow
+                others.remove(max(others, key=lambda t: math.prod(_dims(t) or [0])))
             if others and all(t.constant for t in others):
                 ops.append((f"{kind}Const", {}))
             else:
