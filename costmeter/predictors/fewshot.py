@@ -14,7 +14,7 @@ NeurIPS 2021), so the same K can be measured on any new device.
 """
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 from scipy.optimize import nnls
@@ -27,18 +27,24 @@ from costmeter.predictors.spaces import get_space
 MIN_TARGET_POINTS = 3
 
 
-def reference_architectures(space: str, k: int = 10, seed: int = 0,
-                            pool_size: int = 20_000) -> list[str]:
+def reference_architectures(space: str, k: int = 10, seed: int = 0, pool_size: int = 20_000,
+                            pool: Sequence[Any] | None = None) -> list[str]:
     """``k`` architectures spread over the space's MACs range (one per MACs quantile bin).
 
-    The pool is the whole space when it is finite and small, else ``pool_size`` random
-    samples; for NB201, cells whose output is disconnected from the input are excluded.
-    Deterministic for a given ``seed``; independent of any device.
+    The pool is ``pool`` when given (e.g. architectures already measured), else the whole
+    space when it is finite and small, else ``pool_size`` random samples; for NB201, cells
+    whose output is disconnected from the input are excluded. Deterministic for a given
+    ``seed``; independent of any device. Returns canonical strings.
     """
     if k < 1:
         raise ConfigError(f"number of reference architectures must be >= 1, got {k}")
     sp = get_space(space)
-    pool = sp.enumerate_archs() if sp.SIZE <= pool_size else sp.sample(pool_size, seed=seed)
+    if pool is not None:
+        pool = [sp.canonical(a) for a in pool]
+        if len(pool) < k:
+            raise ConfigError(f"pool of {len(pool)} architectures is smaller than k = {k}")
+    else:
+        pool = sp.enumerate_archs() if sp.SIZE <= pool_size else sp.sample(pool_size, seed=seed)
     feats = sp.features(pool)
     keep = np.ones(len(pool), dtype=bool)
     if "connected" in feats.columns:
@@ -62,7 +68,9 @@ class FewShotTransfer(RegressorMixin, BaseEstimator):
     """Target-device latency from source-device predictors plus K target measurements.
 
     Parameters: ``sources`` -- mapping of source device name to a fitted predictor that takes
-    the same feature table ``X`` and returns latencies in ms (e.g. ``ModelForest``).
+    the same feature table ``X`` and returns latencies in ms (e.g. ``ModelForest``). Like any
+    meta-estimator's, the sources are unfitted by ``sklearn.base.clone``; wrap them in
+    ``sklearn.frozen.FrozenEstimator`` to keep them fitted through cloning.
     Fitted: ``weights_`` (Series: source -> weight, non-negative), ``intercept_`` (log ms),
     ``residual_std_`` (log-space residual std on the K points), ``source_names_``.
     """
@@ -107,6 +115,11 @@ class FewShotTransfer(RegressorMixin, BaseEstimator):
         self.coef_ = weights
         resid = log_y - (self.intercept_ + logs @ weights)
         self.residual_std_ = float(np.sqrt(np.mean(resid ** 2)))
+        # each source alone, linearly calibrated on the K points (for the uncertainty)
+        self.calibration_ = np.zeros((logs.shape[1], 2))
+        for i, column in enumerate(logs.T):
+            if weights[i] > 0:
+                self.calibration_[i] = np.polyfit(column, log_y, 1) if np.ptp(column) else (0.0, log_y.mean())
         return self
 
     @property
@@ -123,19 +136,15 @@ class FewShotTransfer(RegressorMixin, BaseEstimator):
         return np.exp(self.intercept_ + self._source_logs(X) @ self.coef_)
 
     def predict_with_uncertainty(self, X: Any) -> tuple[np.ndarray, np.ndarray]:
-        """(latency ms, uncertainty ms): weighted spread of the calibrated sources combined with
-        the residual of the K-point fit, as a relative error."""
+        """(latency ms, uncertainty ms): the weighted spread of the individually calibrated
+        sources around the combination, combined with the residual of the K-point fit; both in
+        log space, so the uncertainty is relative."""
         check_is_fitted(self)
         logs = self._source_logs(X)
         pred_log = self.intercept_ + logs @ self.coef_
-        total = self.coef_.sum()
-        if total > 0:
-            w = self.coef_ / total
-            calibrated = self.intercept_ + logs * total          # each source alone, same scale
-            spread = np.sqrt(np.maximum(((calibrated - pred_log[:, None]) ** 2) @ w, 0.0))
-        else:
-            spread = np.zeros_like(pred_log)
-        rel = np.sqrt(spread ** 2 + self.residual_std_ ** 2)
+        w = self.coef_ / self.coef_.sum()
+        used = np.flatnonzero(w > 0)
+        calibrated = logs[:, used] * self.calibration_[used, 0] + self.calibration_[used, 1]
+        spread2 = ((calibrated - pred_log[:, None]) ** 2) @ w[used]
         latency = np.exp(pred_log)
-        return latency, latency * rel
-
+        return latency, latency * np.sqrt(spread2 + self.residual_std_ ** 2)

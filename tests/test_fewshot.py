@@ -1,0 +1,84 @@
+"""Few-shot transfer: K = 10 target measurements plus source-device forests beat fitting the
+10 points from scratch, on real NB201 measurements (fixture slice)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy.stats import spearmanr
+from sklearn.base import clone
+from sklearn.frozen import FrozenEstimator
+
+from costmeter.errors import ConfigError
+from costmeter.predictors.fewshot import FewShotTransfer, reference_architectures
+from costmeter.predictors.forest import ModelForest
+from costmeter.predictors.spaces import nb201
+
+FIXTURE = Path(__file__).parent / "fixtures" / "nb201_slice.csv.gz"
+DEVICES = ("1080ti_1_ms", "gold_6240_ms", "pixel3_ms", "samsung_a50_ms", "titan_rtx_32_ms")
+
+
+@pytest.fixture(scope="module")
+def setup() -> dict:
+    data = pd.read_csv(FIXTURE)
+    F = nb201.features(list(data["arch"]))
+    forests = {d: ModelForest(n_estimators=16).fit(F.iloc[:200], data[d][:200]) for d in DEVICES}
+    refs = reference_architectures("nb201", k=10, pool=list(data["arch"]))
+    ref_rows = np.array([list(data["arch"]).index(a) for a in refs])
+    rest = np.setdiff1d(np.arange(len(data)), ref_rows)
+    rest = rest[F["connected"].to_numpy()[rest] > 0]
+    return {"data": data, "F": F, "forests": forests, "ref_rows": ref_rows, "rest": rest}
+
+
+def test_reference_architectures_are_fixed_spread_and_connected() -> None:
+    refs = reference_architectures("nb201", k=10, seed=0)
+    assert refs == reference_architectures("nb201", k=10, seed=0)
+    assert len(set(refs)) == 10
+    feats = nb201.features(refs)
+    assert (feats["connected"] == 1).all()
+    macs = feats["macs_total"].to_numpy()
+    assert macs.max() / macs.min() > 5  # spread over the MACs range
+    assert len(reference_architectures("ofa_mbv3", k=4, seed=0, pool_size=500)) == 4
+
+
+@pytest.mark.parametrize("target", ["titan_rtx_32_ms", "samsung_a50_ms", "gold_6240_ms"])
+def test_few_shot_beats_scratch_with_ten_points(setup: dict, target: str) -> None:
+    data, F, ref_rows, rest = setup["data"], setup["F"], setup["ref_rows"], setup["rest"]
+    sources = {d: f for d, f in setup["forests"].items() if d != target}
+    y = data[target].to_numpy()
+    transfer = FewShotTransfer(sources).fit(F.iloc[ref_rows], y[ref_rows])
+    scratch = ModelForest(min_samples_leaf=1).fit(F.iloc[ref_rows], y[ref_rows])
+    rho_transfer = spearmanr(y[rest], transfer.predict(F.iloc[rest]))[0]
+    rho_scratch = spearmanr(y[rest], scratch.predict(F.iloc[rest]))[0]
+    assert rho_transfer > 0.93
+    assert rho_transfer > rho_scratch + 0.05
+    weights = transfer.weights_
+    assert (weights >= 0).all() and weights.iloc[0] > 0 and target not in weights.index
+
+
+def test_uncertainty_tracks_the_error(setup: dict) -> None:
+    data, F, ref_rows, rest = setup["data"], setup["F"], setup["ref_rows"], setup["rest"]
+    target = "1080ti_1_ms"
+    sources = {d: f for d, f in setup["forests"].items() if d != target}
+    y = data[target].to_numpy()
+    transfer = FewShotTransfer(sources).fit(F.iloc[ref_rows], y[ref_rows])
+    mean, std = transfer.predict_with_uncertainty(F.iloc[rest])
+    np.testing.assert_allclose(mean, transfer.predict(F.iloc[rest]))
+    rel_err = np.median(np.abs(mean / y[rest] - 1))
+    assert 0.3 * rel_err < np.median(std / mean) < 3 * rel_err
+
+
+def test_few_shot_input_errors(setup: dict) -> None:
+    F = setup["F"]
+    with pytest.raises(ConfigError, match="at least one source"):
+        FewShotTransfer({}).fit(F.iloc[:10], np.ones(10))
+    with pytest.raises(ConfigError, match=">= 3 target measurements"):
+        FewShotTransfer(setup["forests"]).fit(F.iloc[:2], np.ones(2))
+    # like any meta-estimator, clone() unfits the sources unless they are frozen
+    frozen = {d: FrozenEstimator(f) for d, f in setup["forests"].items()}
+    y = setup["data"]["titan_rtx_32_ms"].to_numpy()
+    cloned = clone(FewShotTransfer(frozen)).fit(F.iloc[:10], y[:10])
+    direct = FewShotTransfer(setup["forests"]).fit(F.iloc[:10], y[:10])
+    np.testing.assert_allclose(cloned.predict(F.iloc[20:30]), direct.predict(F.iloc[20:30]))

@@ -1,0 +1,131 @@
+"""Trace import: the NB201 fixture slice into RunResults and a real store, long and wide
+layouts, CSV and Parquet, ONNX paths, and one-line errors that write nothing."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from costmeter.errors import ConfigError
+from costmeter.predictors.arch import ArchPredictor
+from costmeter.predictors.spaces import nb201
+from costmeter.predictors.traces import (
+    PROVENANCE,
+    import_traces,
+    read_traces,
+    traces_to_results,
+    training_frame,
+)
+from costmeter.results.schema import Status, Validity
+from costmeter.results.store import ResultStore
+
+FIXTURE = Path(__file__).parent / "fixtures" / "nb201_slice.csv.gz"
+ARCH = "|nor_conv_3x3~0|+|none~0|skip_connect~1|+|skip_connect~0|nor_conv_1x1~1|avg_pool_3x3~2|"
+
+
+def write_csv(path: Path, rows: dict) -> Path:
+    pd.DataFrame(rows).to_csv(path, index=False)
+    return path
+
+
+def test_fixture_slice_becomes_imported_results() -> None:
+    traces = read_traces(FIXTURE, space="nb201")
+    data = pd.read_csv(FIXTURE)
+    assert len(traces.frame) == 300 * 5
+    assert set(traces.frame["device"]) == {"1080ti_1", "gold_6240", "pixel3", "samsung_a50",
+                                           "titan_rtx_32"}
+    results = traces_to_results(traces, runtime="tflite")
+    first = results[0]
+    assert first.status is Status.OK and first.validity is Validity.VALID
+    assert first.measurement is not None and first.measurement.count == 1
+    assert first.measurement.samples_ns[0][0] == round(data["1080ti_1_ms"][0] * 1e6)
+    assert first.extra["provenance"] == PROVENANCE
+    assert first.extra["source_file"] == FIXTURE.name and first.extra["source_row"] == 1
+    assert first.key.model_id == f"nb201:{data['arch'][0]}"
+    assert first.key.input_shape == (1, 3, 32, 32) and first.key.runtime == "tflite"
+    assert first.model_info["params"] == nb201.param_count(data["arch"][0])
+    assert any("imported trace" in w for w in first.warnings)
+
+
+def test_import_into_store_and_fit_from_it(workdir: Path) -> None:
+    with ResultStore(f"sqlite:///{workdir / 'r.db'}") as store:
+        summary = import_traces(FIXTURE, store, space="nb201", device="pixel3,gold_6240",
+                                runtime="tflite")
+        assert summary.n_results == 600 and summary.devices == ("gold_6240", "pixel3")
+        frame = store.query(device="pixel3")
+        assert len(frame) == 300 and (frame["latency_p50_ms"] > 0).all()
+    train = training_frame(frame, "nb201", device="pixel3", runtime="tflite")
+    data = pd.read_csv(FIXTURE).set_index("arch")
+    np.testing.assert_allclose(train["latency_ms"], data.loc[train["arch"], "pixel3_ms"], rtol=1e-6)
+    pred = ArchPredictor("nb201", device="pixel3").fit(train["arch"], train["latency_ms"])
+    assert pred.predict(list(train["arch"][:5])).shape == (5,)
+
+
+def test_long_layout_csv_and_parquet(tmp_path: Path) -> None:
+    rows = {"arch": [ARCH, ARCH], "latency_ms": [3.0, 4.0], "device": ["a", "b"]}
+    for path in (tmp_path / "t.csv", tmp_path / "t.parquet"):
+        df = pd.DataFrame(rows)
+        df.to_csv(path, index=False) if path.suffix == ".csv" else df.to_parquet(path)
+        traces = read_traces(path, space="nb201")
+        assert traces.frame["device"].tolist() == ["a", "b"]
+        assert read_traces(path, space="nb201", device="b").frame["latency_ms"].tolist() == [4.0]
+    path = write_csv(tmp_path / "nodev.csv", {"arch": [ARCH], "latency_ms": [2.0]})
+    assert read_traces(path, space="nb201", device="cpu").frame["device"].tolist() == ["cpu"]
+    with pytest.raises(ConfigError, match="no 'device' column; pass the device name"):
+        read_traces(path, space="nb201")
+
+
+def test_onnx_path_traces(tmp_path: Path) -> None:
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8])])
+    onnx.save(helper.make_model(graph), tmp_path / "relu.onnx")
+    path = write_csv(tmp_path / "t.csv", {"onnx_path": ["relu.onnx"], "latency_ms": [0.5]})
+    results = traces_to_results(read_traces(path, device="cpu"), runtime="onnxruntime", batch=4)
+    assert results[0].key.model_id == "relu" and results[0].key.input_shape == (4, 8)
+    assert len(results[0].key.model_hash) == 16
+    missing = write_csv(tmp_path / "m.csv", {"onnx_path": ["gone.onnx"], "latency_ms": [0.5]})
+    with pytest.raises(ConfigError, match="data row 1: ONNX file .*gone.onnx not found"):
+        read_traces(missing, device="cpu")
+
+
+@pytest.mark.parametrize("rows, kwargs, message", [
+    ({"model": [ARCH], "latency_ms": [1.0]}, {"space": "nb201", "device": "x"},
+     "needs an architecture column"),
+    ({"arch": [ARCH], "time": [1.0]}, {"space": "nb201", "device": "x"},
+     "no 'latency_ms' column and no '<device>_ms' columns"),
+    ({"arch": [ARCH] * 9, "latency_ms": [1, 0, 2, -3, 0, 0, 0, 0, 0]},
+     {"space": "nb201", "device": "x"},
+     "non-positive latency in column latency_ms, data rows 2, 4, 5, 6, 7 and 2 more;"),
+    ({"arch": [ARCH] * 3, "latency_ms": [1, None, 2]}, {"space": "nb201", "device": "x"},
+     "missing or non-numeric latency in column latency_ms, data row 2"),
+    ({"arch": [ARCH, ARCH.replace("nor_conv_1x1", "conv_1x1")], "latency_ms": [1, 2]},
+     {"space": "nb201", "device": "x"}, "data row 2: nb201: edge 1->3 has unknown op 'conv_1x1'"),
+    ({"arch": [ARCH], "latency_ms": [1.0]}, {"space": "darts", "device": "x"},
+     "unknown search space 'darts'"),
+    ({"arch": [ARCH], "latency_ms": [1.0]}, {"device": "x"}, "pass the search space"),
+    ({"arch": [ARCH], "a_ms": [1.0], "b_ms": [2.0]}, {"space": "nb201", "device": "c"},
+     "no column for device\\(s\\) c; devices in the file: a, b"),
+])
+def test_bad_trace_files_raise_one_line_and_write_nothing(
+        tmp_path: Path, workdir: Path, rows: dict, kwargs: dict, message: str) -> None:
+    path = write_csv(tmp_path / "bad.csv", rows)
+    with ResultStore(f"sqlite:///{workdir / 'r.db'}") as store:
+        with pytest.raises(ConfigError, match=message) as info:
+            import_traces(path, store, **kwargs)
+        assert "\n" not in str(info.value)
+        assert len(store.query()) == 0
+
+
+def test_missing_or_unknown_file_type(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="not found"):
+        read_traces(tmp_path / "absent.csv", space="nb201")
+    odd = tmp_path / "t.xlsx"
+    odd.write_text("x")
+    with pytest.raises(ConfigError, match="must be .csv"):
+        read_traces(odd, space="nb201")
