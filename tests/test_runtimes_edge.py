@@ -157,6 +157,16 @@ def test_a_converter_that_dies_gives_unsupported_with_the_signal(tmp_path: Path)
         _run_child({"kind": "tvm"}, tmp_path / "out.tvm", sys.executable, crashing)
 
 
+def test_runtime_all_lists_the_installed_runtimes_whose_converter_is_here() -> None:
+    from costmeter.cli.run_cmd import _runtimes
+
+    names = _runtimes("all", ["cpu"], executors=None)
+    assert {"torch", "onnxruntime"} <= set(names)
+    for runtime in EDGE_RUNTIMES:
+        assert (runtime in names) == (_unusable(runtime) is None)
+    assert _runtimes("torch,tvm", ["cpu"], executors=None) == ["torch", "tvm"]
+
+
 def test_converted_artifacts_are_keyed_by_model_batch_and_target() -> None:
     fingerprint = host_cpu_fingerprint()
     assert re.fullmatch(r"[0-9a-f]{12}", fingerprint)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 import shlex
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -130,8 +131,14 @@ class AdbLiteRTRuntime:
     artifact_kind = "tflite"
     option_names = ("delegate",)
 
+    def __init__(self, which: Any = shutil.which) -> None:
+        self._which = which
+
     def is_available(self) -> tuple[bool, str]:
-        """The device and binary are checked by the executor's preflight; always True here."""
+        """Available when the ``adb`` client is on PATH (the device and the binary are checked by
+        the executor's preflight)."""
+        if self._which("adb") is None:
+            return False, "the adb client is not installed; install Android platform-tools (apt-get install adb)"
         return True, ""
 
     def prepare(self, artifact: Artifact, options: SessionOptions) -> Any:
