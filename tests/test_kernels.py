@@ -233,3 +233,63 @@ def test_onnxruntime_rules_match_the_graph_onnxruntime_runs(zoo_onnx: dict[str, 
         elif types[0] in ("Softmax", "LayerNormalization", "GlobalAveragePool", "MaxPool", "MatMul"):
             ours[types[0]] += 1
     assert ours == ort_kernels
+
+
+# ------------------------------------------------------------------------ fusion detection
+def test_pairs_become_chain_rules_with_nn_meters_verdict() -> None:
+    from costmeter.predictors.fusion_detect import PairTiming, rules_from_pairs
+
+    timings = [PairTiming("Conv", "Relu", 1.0, 0.2, 1.02, 0.01),       # saving 0.18 > 0.1: fused
+               PairTiming("Conv", "Add", 1.0, 0.3, 1.05, 0.01),        # 0.25 > 0.15: fused
+               PairTiming("Conv", "HardSwish", 1.0, 0.3, 1.28, 0.01),  # 0.02 < 0.15: not fused
+               PairTiming("AddConst", "GELU", 0.1, 0.2, 0.12, 0.01)]   # 0.18 > 0.05: fused
+    assert [t.fused for t in timings] == [True, True, False, True]
+    rule_set = rules_from_pairs(timings, "onnxruntime", "cpu")
+    assert rule_set.source == "detected" and len(rule_set.evidence) == 4
+    model = chain_model([("Conv", {}), ("Add", {}), ("Relu", {}), ("Conv", {}), ("HardSwish", {})],
+                        (1, 4, 8, 8))
+    assert [k.unit_types for k in fuse(load_graph(model), rule_set).kernels] == [
+        ["Conv", "Add", "Relu"], ["Conv"], ["HardSwish"]]
+    bias_gelu = chain_model([("MatMul", {}), ("AddConst", {}), ("GELU", {})], (1, 4, 8))
+    assert [k.unit_types for k in fuse(load_graph(bias_gelu), rule_set).kernels] == [
+        ["MatMul"], ["Add", "GELU"]]
+
+
+def test_detect_fusion_measures_three_models_per_pair_and_stores_the_rules(tmp_path: Path) -> None:
+    from costmeter.predictors.fusion_detect import detect_fusion
+
+    times = {"overhead": 0.01, "Conv": 0.51, "Relu": 0.11, "Conv_Relu": 0.52,
+             "Gemm": 0.21, "Sigmoid": 0.11, "Gemm_Sigmoid": 0.31}
+    rounds: list[int] = []
+
+    def measure(paths: list[Path]) -> list[float]:
+        rounds.append(len(paths))
+        return [times[p.name.rsplit("-", 1)[0]] for p in paths]
+
+    rule_set = detect_fusion([("Conv", "Relu"), ("Gemm", "Sigmoid")], workdir=tmp_path,
+                             repeats=2, measure=measure)
+    assert rounds == [7, 7]  # overhead + 3 models per pair, each round
+    verdicts = {(e["op1"], e["op2"]): e["fused"] for e in rule_set.evidence}
+    assert verdicts == {("Conv", "Relu"): True, ("Gemm", "Sigmoid"): False}
+    assert rule_set.evidence[0]["t1_ms"] == pytest.approx(0.5)
+    assert load_rules("onnxruntime", "cpu", tmp_path) == rule_set
+
+
+def test_bad_pairs_are_refused() -> None:
+    from costmeter.predictors.fusion_detect import detect_fusion, parse_pairs
+
+    assert parse_pairs("Conv+Relu, Gemm+Relu") == [("Conv", "Relu"), ("Gemm", "Relu")]
+    with pytest.raises(ConfigError, match="bad op pair 'Conv-Relu'"):
+        parse_pairs("Conv-Relu")
+    with pytest.raises(ConfigError, match="bad op pair 'Conv\\+Foo'"):
+        detect_fusion([("Conv", "Foo")], measure=lambda paths: [])
+
+
+def test_detect_fusion_through_the_real_runner(workdir: Path) -> None:
+    from costmeter.predictors.fusion_detect import detect_fusion
+
+    rule_set = detect_fusion([("Conv", "Relu")], workdir=workdir, repeats=1, min_time_s=0.02)
+    (evidence,) = rule_set.evidence
+    assert evidence["t1_ms"] > 0 and evidence["t12_ms"] > 0 and evidence["overhead_ms"] > 0
+    assert isinstance(evidence["fused"], bool)
+    assert read_rules(rules_path(workdir, "cpu", "onnxruntime")) == rule_set
