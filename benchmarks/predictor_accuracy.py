@@ -160,8 +160,8 @@ def main(argv: list[str] | None = None) -> int:
     for j, device in enumerate(devices):
         y = Y[:, j]
         line = []
-        for label, keep in (("LODO", lambda d: d != device),
-                            ("hw-out", lambda d: hardware_of(d) != hardware_of(device))):
+        for label, keep in (("LODO", lambda d, t=device: d != t),
+                            ("hw-out", lambda d, t=device: hardware_of(d) != hardware_of(t))):
             sources = {d: _Precomputed(all_pred[:, i]) for i, d in enumerate(devices) if keep(d)}
             fs = FewShotTransfer(sources).fit(row_ids[ref_rows], y[ref_rows])
             rho = metrics(y[eval_rows], fs.predict(row_ids[eval_rows]))["spearman"]

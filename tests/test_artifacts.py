@@ -105,13 +105,12 @@ def test_pickle_payload_with_fixed_hash_is_refused(tmp_path: Path, fitted) -> No
 
 def test_untrusted_types_are_refused(tmp_path: Path) -> None:
     import hashlib
+    import os
 
     import skops.io as sio
     from sklearn.linear_model import LinearRegression
     from sklearn.pipeline import Pipeline
     from sklearn.preprocessing import FunctionTransformer
-
-    import os
 
     X, y = np.arange(10.0).reshape(-1, 1), np.arange(10.0)
     odd = Pipeline([("f", FunctionTransformer(os.getcwd)), ("m", LinearRegression())])

@@ -12,7 +12,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from costmeter.errors import ConfigError, UnsupportedError
-from costmeter.predictors.spaces import arch_hash, get_space, model_id, nb201, ofa_mbv3, space_names
+from costmeter.predictors.spaces import (
+    arch_hash,
+    get_space,
+    model_id,
+    nb201,
+    ofa_mbv3,
+    space_names,
+)
 
 FIXTURE = Path(__file__).parent / "fixtures" / "nb201_slice.csv.gz"
 EXAMPLE = "|nor_conv_3x3~0|+|none~0|skip_connect~1|+|skip_connect~0|nor_conv_1x1~1|avg_pool_3x3~2|"

@@ -54,7 +54,7 @@ class ArchPredictor(RegressorMixin, BaseEstimator):
         all_names = list(space.feature_names())
         self.columns_ = (np.asarray([all_names.index(n) for n in names], dtype=np.int64)
                          if names is not None else None)
-        self.n_train_ = int(len(y))
+        self.n_train_ = len(y)
         self.__dict__.pop("_table", None)
         return self
 

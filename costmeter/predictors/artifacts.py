@@ -17,9 +17,10 @@ import json
 import os
 import platform
 import zipfile
+from collections.abc import Mapping
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from costmeter.errors import ConfigError, StoreError
 

@@ -12,7 +12,8 @@ whole model families, e.g. train on ResNet/MobileNetV2, test on MobileNetV3/Effi
 from __future__ import annotations
 
 import re
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -96,10 +97,10 @@ def family_of(model_id: str) -> str:
     return base
 
 
-def random_split(n: int, train: float | int = 0.8, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def random_split(n: int, train: float = 0.8, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """(train indices, test indices) of ``n`` rows; ``train`` is a count (int) or a fraction."""
     n_train = int(train) if isinstance(train, (int, np.integer)) and not isinstance(train, bool) \
-        else int(round(float(train) * n))
+        else round(float(train) * n)
     if not 0 < n_train < n:
         raise ConfigError(f"training size {train} leaves no training or no test rows out of {n}")
     order = np.random.default_rng(seed).permutation(n)

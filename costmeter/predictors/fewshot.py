@@ -14,7 +14,8 @@ NeurIPS 2021), so the same K can be measured on any new device.
 """
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 from scipy.optimize import nnls

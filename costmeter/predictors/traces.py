@@ -19,10 +19,11 @@ architectures (row and reason named) raise ConfigError and nothing is written.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -225,7 +226,13 @@ def traces_to_results(traces: Traces, *, runtime: str = "unknown", batch: int = 
                       tag: str | None = "imported", run_id: str | None = None) -> list[Any]:
     """One RunResult per trace row: status ok, VALID, one-sample Measurement, provenance."""
     from costmeter.predictors.spaces import get_space
-    from costmeter.results.schema import BenchKey, Measurement, RunResult, Status, Validity
+    from costmeter.results.schema import (
+        BenchKey,
+        Measurement,
+        RunResult,
+        Status,
+        Validity,
+    )
 
     if batch < 1:
         raise ConfigError(f"batch must be >= 1, got {batch}")
@@ -256,7 +263,7 @@ def traces_to_results(traces: Traces, *, runtime: str = "unknown", batch: int = 
                        threads=None)
         results.append(RunResult(
             key=key, status=Status.OK, run_id=run, started_at=now, finished_at=now, tag=tag,
-            measurement=Measurement(samples_ns=[[int(round(rec.latency_ms * 1e6))]]),
+            measurement=Measurement(samples_ns=[[round(rec.latency_ms * 1e6)]]),
             validity=Validity.VALID, warnings=[warning],
             model_info=dict(info.get(rec.arch, {})) if rec.arch is not None else {},
             extra={"provenance": PROVENANCE, "source_file": traces.source,

@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+from collections.abc import Sequence
 from types import ModuleType
-from typing import Any, Protocol, Sequence
+from typing import Any, Protocol
 
 from costmeter.errors import ConfigError
 

@@ -22,8 +22,9 @@ padding 1; ``none`` multiplies by zero.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable, Sequence
 from functools import lru_cache
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -340,4 +341,4 @@ def build_torch(arch: Any, num_classes: int = NUM_CLASSES) -> Any:
 
 def canonical(arch: Any) -> str:
     """Canonical cell string of a cell string or op-code row."""
-    return _string_table()[0][int(to_index([arch] if isinstance(arch, str) else [arch])[0])]
+    return _string_table()[0][int(to_index([arch])[0])]

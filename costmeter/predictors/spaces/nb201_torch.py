@@ -4,7 +4,7 @@ Written from the definition in Dong & Yang, "NAS-Bench-201" (ICLR 2020), section
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn

@@ -22,8 +22,9 @@ Encodings:
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable, Sequence
 from functools import lru_cache
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -392,7 +393,25 @@ def macs(arch: Any) -> int:
     return int(feature_matrix([arch])[0, feature_names().index("macs_total")])
 
 
-__all__ = ["NAME", "SIZE", "FEATURE_SCHEMA_VERSION", "parse", "format_arch", "canonical",
-           "to_array", "to_ofa_dict", "from_ofa_dict", "sample", "sample_array",
-           "enumerate_archs", "input_shape", "build_torch", "blocks", "feature_names",
-           "feature_matrix", "features", "macs", "param_count"]
+__all__ = [
+    "FEATURE_SCHEMA_VERSION",
+    "NAME",
+    "SIZE",
+    "blocks",
+    "build_torch",
+    "canonical",
+    "enumerate_archs",
+    "feature_matrix",
+    "feature_names",
+    "features",
+    "format_arch",
+    "from_ofa_dict",
+    "input_shape",
+    "macs",
+    "param_count",
+    "parse",
+    "sample",
+    "sample_array",
+    "to_array",
+    "to_ofa_dict",
+]

@@ -7,7 +7,8 @@ h-swish activations, residual connections where shapes allow.
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
