@@ -217,3 +217,29 @@ def test_features_are_named_and_versioned() -> None:
         assert list(frame.columns) == list(sp.feature_names())
         assert len(set(frame.columns)) == len(frame.columns)
         assert sp.FEATURE_SCHEMA_VERSION >= 1
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_search_space_model_ids_build_exportable_networks(tmp_path: Path) -> None:
+    import onnx
+    import torch
+
+    from costmeter.predictors.spaces import (
+        build_model,
+        sample_model_ids,
+        split_model_id,
+    )
+
+    assert split_model_id("resnet18") is None
+    assert split_model_id(f"nb201:{EXAMPLE}") == ("nb201", EXAMPLE)
+    with pytest.raises(ConfigError, match="unknown op"):
+        split_model_id("nb201:" + EXAMPLE.replace("skip_connect~1", "skip~1"))
+    ids = sample_model_ids("ofa_mbv3", 2, seed=1)
+    assert all(i.startswith("ofa_mbv3:r") for i in ids)
+    module, example = build_model(f"nb201:{EXAMPLE}")
+    assert tuple(example.shape) == (1, 3, 32, 32)
+    torch.onnx.export(module, (example,), tmp_path / "cell.onnx", dynamo=False)
+    ops = [n.op_type for n in onnx.load(tmp_path / "cell.onnx").graph.node]
+    # stem 1 + two reduction blocks x 3 convs + 15 cells x (one 3x3 + one 1x1 conv)
+    assert ops.count("Conv") == 1 + 2 * 3 + 15 * 2
+    assert ops.count("AveragePool") == 15 + 2  # cell pools + reduction shortcuts

@@ -129,3 +129,30 @@ def test_missing_or_unknown_file_type(tmp_path: Path) -> None:
     odd.write_text("x")
     with pytest.raises(ConfigError, match="must be .csv"):
         read_traces(odd, space="nb201")
+
+
+def test_fit_and_evaluate_from_stored_results(workdir: Path) -> None:
+    from costmeter.predictors.arch import fit_from_results
+    from costmeter.predictors.evaluate import evaluate_predictor
+
+    with ResultStore(f"sqlite:///{workdir / 'r.db'}") as store:
+        import_traces(FIXTURE, store, space="nb201", device="titan_rtx_32", runtime="pytorch")
+        frame = store.query()
+    predictor, scores, digest = fit_from_results(frame, space="nb201", device="titan_rtx_32",
+                                                 runtime="pytorch")
+    assert predictor.n_train_ == 300 and len(digest) == 64
+    assert scores["n"] == 60 and scores["spearman"] > 0.9
+    table = evaluate_predictor(predictor, frame)
+    assert table.loc["overall", "n"] == 300 and table.loc["overall", "within_10_pct"] > 90
+    with pytest.raises(ConfigError, match="no nb201 results for device 'pixel3'"):
+        fit_from_results(frame, space="nb201", device="pixel3")
+
+
+def test_training_frame_maps_collected_model_ids() -> None:
+    frame = pd.DataFrame({
+        "model_id": ["onnx:nb201-a", "onnx:nb201-a", f"nb201:{ARCH}", "resnet18", "onnx:other"],
+        "status": ["ok", "ok", "ok", "ok", "ok"], "device": "cpu", "runtime": "onnxruntime",
+        "latency_p50_ms": [2.0, 4.0, 5.0, 9.0, 1.0]})
+    empty = "|none~0|+|none~0|none~1|+|none~0|none~1|none~2|"
+    out = training_frame(frame, "nb201", device="cpu", arch_of={"onnx:nb201-a": empty})
+    assert dict(zip(out["arch"], out["latency_ms"])) == {empty: 3.0, ARCH: 5.0}

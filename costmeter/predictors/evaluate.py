@@ -135,3 +135,16 @@ def evaluate_split(make_estimator: Callable[[], Any], X: Any, y_ms: Any,
     pred = est.predict(take(test_idx))
     g = None if groups is None else np.asarray(groups, dtype=object)[test_idx]
     return metrics_table(y[test_idx], np.asarray(pred, dtype=np.float64), g)
+
+
+def evaluate_predictor(predictor: Any, frame: Any, statistic: str = "latency_p50_ms",
+                       arch_of: Any = None) -> Any:
+    """Score a fitted ArchPredictor on stored results (a ``ResultStore.query()`` frame):
+    :func:`metrics_table` on the ok results of the predictor's space, device and runtime
+    (what ``bench predictor eval MODEL`` reports)."""
+    from costmeter.predictors.traces import training_frame
+
+    test = training_frame(frame, predictor.space, device=predictor.device,
+                          runtime=predictor.runtime, statistic=statistic, arch_of=arch_of)
+    pred = predictor.predict(list(test["arch"]))
+    return metrics_table(test["latency_ms"].to_numpy(), pred)

@@ -19,7 +19,7 @@ architectures (row and reason named) raise ConfigError and nothing is written.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -305,26 +305,36 @@ def import_traces(path: str | Path, store: Any, *, space: str | None = None,
 
 
 def training_frame(frame: Any, space: str, device: str | None = None,
-                   runtime: str | None = None, statistic: str = "latency_p50_ms") -> Any:
+                   runtime: str | None = None, statistic: str = "latency_p50_ms",
+                   arch_of: Mapping[str, str] | None = None) -> Any:
     """(arch, latency_ms) per architecture of ``space`` from a ``ResultStore.query()`` frame.
 
-    Keeps ok results of that space (model ids ``space:arch``), filtered by device/runtime;
-    repeated measurements of one architecture are reduced to their median.
+    Keeps ok results of that space -- model ids ``space:arch`` (imported traces), plus any
+    model id listed in ``arch_of`` (model id -> architecture, e.g. the ``onnx:<stem>`` ids of
+    ``bench collect``, from its manifest) -- filtered by device/runtime; repeated measurements
+    of one architecture are reduced to their median.
     """
     import pandas as pd
 
-    df = frame
+    from costmeter.predictors.spaces import get_space
+
+    ids = frame["model_id"].astype(str)
     prefix = f"{space}:"
-    df = df[df["model_id"].astype(str).str.startswith(prefix)]
-    if "status" in df.columns:
-        df = df[df["status"].astype(str) == "ok"]
+    arch = ids.str.slice(len(prefix)).where(ids.str.startswith(prefix))
+    if arch_of:
+        arch = arch.fillna(ids.map(dict(arch_of)))
+    keep = arch.notna()
+    if "status" in frame.columns:
+        keep &= frame["status"].astype(str) == "ok"
     if device is not None:
-        df = df[df["device"] == device]
+        keep &= frame["device"] == device
     if runtime is not None:
-        df = df[df["runtime"] == runtime]
+        keep &= frame["runtime"] == runtime
+    df = frame.loc[keep, [statistic]].assign(arch=arch[keep])
     if df.empty:
         raise ConfigError(f"no {space} results for device {device!r} runtime {runtime!r} in the "
                           "store; import traces or run `bench collect` first")
-    out = (df.assign(arch=df["model_id"].str.slice(len(prefix)))
-             .groupby("arch", sort=True)[statistic].median().rename("latency_ms").reset_index())
+    sp = get_space(space)
+    df["arch"] = [sp.canonical(a) for a in df["arch"]]
+    out = df.groupby("arch", sort=True)[statistic].median().rename("latency_ms").reset_index()
     return pd.DataFrame(out)

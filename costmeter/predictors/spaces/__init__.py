@@ -85,3 +85,34 @@ def sample(space: str, n: int, seed: int = 0) -> list[str]:
 def enumerate_space(space: str) -> Sequence[str]:
     """All architectures of a finite space (UnsupportedError for spaces too large)."""
     return get_space(space).enumerate_archs()
+
+
+def split_model_id(spec: str) -> tuple[str, str] | None:
+    """``(space, canonical arch)`` of a ``space:arch`` model id, or None if ``spec`` names no
+    registered space. ConfigError when the space is known but the architecture is malformed."""
+    head, sep, arch = str(spec).partition(":")
+    if not sep or head not in _SPACES:
+        return None
+    return head, get_space(head).canonical(arch)
+
+
+def build_model(spec: str) -> tuple[Any, Any]:
+    """``(torch module, example input at batch 1)`` of a ``space:arch`` model id: the contract
+    of python-callable model sources, so the harness can measure search-space architectures."""
+    import torch
+
+    parsed = split_model_id(spec)
+    if parsed is None:
+        raise ConfigError(f"{spec!r} is not a search-space model id; write it as "
+                          f"<space>:<arch> with space one of {', '.join(_SPACES)}")
+    space, arch = parsed
+    sp = get_space(space)
+    generator = torch.Generator().manual_seed(0)
+    example = torch.randn(sp.input_shape(arch, 1), generator=generator)
+    torch.manual_seed(0)
+    return sp.build_torch(arch), example
+
+
+def sample_model_ids(space: str, n: int, seed: int = 0) -> list[str]:
+    """``n`` random ``space:arch`` model ids (what ``bench collect`` measures)."""
+    return [f"{space}:{arch}" for arch in sample(space, n, seed=seed)]
