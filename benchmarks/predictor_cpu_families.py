@@ -28,11 +28,6 @@ from typing import Any
 
 TRAIN = {"resnet": 14, "mobilenet_v2": 24, "nb201": 60}
 TEST = {"mobilenet_v3": 24, "efficientnet": 20, "ofa_mbv3": 30}
-KERNEL_COUNTS = {"conv": 260, "dwconv": 200, "fc": 40, "pool": 16, "global_pool": 40,
-                 "elementwise": 70, "activation": 50, "view": 8, "norm": 8, "concat": 8,
-                 "softmax": 8, "layernorm": 8, "matmul": 12, "data": 8}
-PRIOR_SPACE_SAMPLES = 30
-ADAPTIVE_PER_POINT, ADAPTIVE_MAX = 2, 160
 THREADS = 1
 
 
@@ -73,70 +68,23 @@ def kernel_graph(onnx_path: Path, rules: Any) -> Any:
     return fuse(load_graph(onnx_path), rules)
 
 
-def prior_graphs(workdir: Path, rules: Any, quick: bool) -> list[Any]:
-    """Kernel graphs of the zoo models and of search-space samples (seed 100, not the tests')."""
-    from costmeter.harness.export import export_onnx
-    from costmeter.harness.models import resolve_model, zoo_names
-    from costmeter.predictors.collect import export_item, plan
-
-    graphs = [kernel_graph(export_onnx(resolve_model(name), workdir), rules) for name in zoo_names()]
-    for space in ("nb201", "ofa_mbv3"):
-        for item in plan(space, 4 if quick else PRIOR_SPACE_SAMPLES, seed=100):
-            graphs.append(kernel_graph(export_item(item, workdir), rules))
-    return graphs
-
-
-def out_of_fold_errors(samples: Any, folds: int = 5) -> tuple[list[Any], list[float]]:
-    """Cross-validated relative error of every measured kernel (per-type forests)."""
-    import numpy as np
-    from sklearn.model_selection import KFold
-
-    from costmeter.predictors.forest import ModelForest
-
-    configs, errors = [], []
-    tables, latencies = samples.tables(), samples.latencies()
-    by_key = {c.key: c for c in samples.configs()}
-    for kernel_type, table in tables.items():
-        y = latencies[kernel_type]
-        if len(table) < 2 * folds:
-            continue
-        predicted = np.zeros(len(y))
-        for train, test in KFold(folds, shuffle=True, random_state=0).split(table):
-            forest = ModelForest(n_estimators=60).fit(table.iloc[train], y[train])
-            predicted[test] = forest.predict(table.iloc[test])
-        for key, p, t in zip(table.index, predicted, y):
-            if key in by_key:
-                configs.append(by_key[key])
-                errors.append(float(p / t - 1))
-    return configs, errors
-
-
-def kernel_samples(workdir: Path, rules: Any, graphs: list[Any], quick: bool, store: Any) -> Any:
-    from costmeter.predictors.kernel_samples import KernelSamples, measure_kernels, samples_path
-    from costmeter.predictors.sampling import adaptive_configs, build_prior, sample_configs
+def kernel_samples(workdir: Path, rules: Any, quick: bool, store: Any) -> Any:
+    """Kernel micro-benchmarks (cached in the working folder once measured)."""
+    from costmeter.predictors.kernel_prior import DEFAULT_COUNTS, sample_kernels
+    from costmeter.predictors.kernel_samples import KernelSamples, samples_path
 
     path = samples_path(workdir, "cpu", "onnxruntime")
     if path.exists():
         samples = KernelSamples.load(path)
         _log(f"loaded {len(samples.rows)} kernel samples from {path}")
         return samples
-    prior = build_prior(graphs)
-    _log(f"kernel prior: {prior.counts()}; not rebuildable: {prior.unbuildable}")
-    counts = {t: (max(2, n // 20) if quick else n) for t, n in KERNEL_COUNTS.items()
-              if prior.configs.get(t)}
-    configs = sample_configs(prior, counts, seed=0)
+    counts = {t: (max(2, n // 20) if quick else n) for t, n in DEFAULT_COUNTS.items()}
     started = time.perf_counter()
-    samples = measure_kernels(configs, rules, "cpu", workdir, threads=THREADS, sink=store)
-    _log(f"measured {len(samples.rows)} kernels in {time.perf_counter() - started:.0f} s "
-         f"(split by the rules: {len(samples.split)})")
-    configs, errors = out_of_fold_errors(samples)
-    large = sum(abs(e) > 0.10 for e in errors)
-    extra = adaptive_configs(configs, errors, per_point=ADAPTIVE_PER_POINT)[
-        : 10 if quick else ADAPTIVE_MAX]
-    _log(f"adaptive: {large}/{len(errors)} kernels off by >10%; measuring {len(extra)} neighbours")
-    samples.extend(measure_kernels(extra, rules, "cpu", workdir, threads=THREADS, sink=store))
-    samples.add_folded(graphs)
-    samples.save(path)
+    samples = sample_kernels(rules, "cpu", workdir, counts, store, threads=THREADS,
+                             space_samples=4 if quick else 30,
+                             adaptive_max=10 if quick else 160, log=_log)
+    _log(f"kernel sampling took {time.perf_counter() - started:.0f} s "
+         f"(configs the rules split: {len(samples.split)})")
     return samples
 
 
@@ -209,8 +157,7 @@ def main() -> None:
     rules = builtin_rules("onnxruntime")
     with ResultStore(f"sqlite:///{(workdir / 'store.db').resolve()}") as store:
         measure_architectures(workdir, store, {**train_counts, **test_counts}, args.min_time)
-        graphs = prior_graphs(workdir, rules, args.quick)
-        samples = kernel_samples(workdir, rules, graphs, args.quick, store)
+        samples = kernel_samples(workdir, rules, args.quick, store)
         train = measured_models(workdir, store, list(train_counts))
         test = measured_models(workdir, store, list(test_counts))
     _log(f"{len(train)} training models, {len(test)} test models, {len(samples.rows)} kernel rows "

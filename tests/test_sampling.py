@@ -161,3 +161,29 @@ def test_real_kernels_measured_through_the_runner_into_a_store(workdir: Path) ->
     assert all(r["raw_ms"] > 0 and r["latency_ms"] >= MIN_KERNEL_MS for r in samples.rows)
     assert all(r["overhead_ms"] < r["raw_ms"] for r in samples.rows[:1])
     assert len(stored) == 5 and set(stored["status"]) == {"ok"}  # 2 kernels + 3 overhead runs
+
+
+def test_sample_kernels_measures_resamples_and_extends_the_saved_samples(tmp_path: Path) -> None:
+    from costmeter.predictors.kernel_prior import sample_kernels
+    from costmeter.predictors.kernel_samples import samples_path
+
+    graphs = [fuse(load_graph(_mobile_block()), RULES)]
+    measured: list[str] = []
+
+    def measure(paths: list[Path]) -> list[float]:
+        measured.extend(p.name for p in paths if not p.name.startswith("overhead"))
+        # latency from the file's content hash: irregular, so the forests miss some kernels
+        return [0.01 if p.name.startswith("overhead") else 0.05 + int(p.stem[-4:], 16) / 65536
+                for p in paths]
+
+    messages: list[str] = []
+    samples = sample_kernels(RULES, workdir=tmp_path, counts={"conv": 12, "dwconv": 12},
+                             graphs=graphs, measure=measure, log=messages.append, per_point=1)
+    first = len(measured)
+    assert samples.summary()["conv"] + samples.summary()["dwconv"] == first > 24
+    assert any("adaptive round 1" in m and "neighbours" in m for m in messages)
+    assert samples_path(tmp_path, "cpu", "onnxruntime").exists()
+    again = sample_kernels(RULES, workdir=tmp_path, counts={"conv": 12, "dwconv": 12},
+                           graphs=graphs, measure=measure, adaptive_rounds=0)
+    assert len(measured) == first  # nothing measured twice
+    assert len(again.rows) == len(samples.rows)
