@@ -19,7 +19,8 @@ import costmeter
 from costmeter.devices.remote.ssh import SshOptions, SshTarget, SshTransport
 from costmeter.errors import ConfigError, UnavailableError
 from costmeter.harness.config import ProtocolConfig, RunConfig
-from costmeter.harness.remote import DeviceExecutors, RemoteSettings, WorkerExecutor, parse_cpus
+from costmeter.harness.remote import (DeviceExecutors, RemoteSettings, WorkerExecutor, check_local_pinning,
+                                      parse_cpus)
 from costmeter.harness.runner import Runner, validate
 from costmeter.results.schema import Status
 
@@ -254,3 +255,8 @@ def test_local_transport_executor_pins_cpus(tmp_path: Path) -> None:
     executor = WorkerExecutor(LocalTransport(), sys.executable, SOURCE_ROOT, str(tmp_path))
     found = executor.preflight(["onnxruntime"], need_taskset=True)
     assert found["runtimes"]["onnxruntime"][0]
+    assert check_local_pinning([0]) == {"pinned_cpus": [0]}
+    with pytest.raises(ConfigError, match="does not offer"):
+        check_local_pinning([4096])
+    with pytest.raises(UnavailableError, match="taskset"):
+        check_local_pinning([0], which=lambda name: None)

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import shutil
 import sys
 import tempfile
 import uuid
@@ -26,6 +28,7 @@ from costmeter.harness.worker import WorkerJob, WorkerOutcome, run_in_worker
 
 KILL_STATUS = 137  # what `timeout -s KILL` returns when it had to kill the worker
 NOT_FOUND_STATUS = 127
+PREFLIGHT_TIMEOUT_S = 180.0
 _PREFLIGHT = """\
 import json, shutil, sys
 out = {"python": sys.version.split()[0], "taskset": bool(shutil.which("taskset")),
@@ -96,7 +99,12 @@ class WorkerExecutor:
         "runtimes": {name: [ok, reason]}, "taskset", "timeout"}``. UnavailableError when the board
         cannot be reached, has no such Python, or cannot import costmeter."""
         where = self.transport.description
-        result = self.transport.run(self._python_argv(["-c", _PREFLIGHT, json.dumps(sorted(set(runtimes)))]), 120.0)
+        try:
+            result = self.transport.run(self._python_argv(["-c", _PREFLIGHT, json.dumps(sorted(set(runtimes)))]),
+                                        PREFLIGHT_TIMEOUT_S)
+        except CommandTimeout:
+            raise UnavailableError(f"{self.python!r} on {where} did not answer within {PREFLIGHT_TIMEOUT_S:g} s; "
+                                   "check the board's load or pass a faster --remote-python") from None
         if result.returncode == NOT_FOUND_STATUS or (not result.ok and "no such file" in result.stderr.lower()):
             raise UnavailableError(f"remote Python {self.python!r} not found on {where}; install Python 3.10+ "
                                    "there or pass --remote-python /path/to/python")
@@ -164,7 +172,8 @@ class WorkerExecutor:
         root = self._ensure_root()
         run_id = self._make_id()
         config = dict(job.config)
-        config["device"] = "cpu"  # the board runs the cpu adapters on its own CPU
+        if str(config.get("device", "")).startswith("ssh://"):
+            config["device"] = "cpu"  # the board runs the cpu adapters on its own CPU
         options = dict(tuple(kv) for kv in config.get("options", []))
         cpus = parse_cpus(options["cpus"]) if options.get("cpus") else []
         artifact = self._upload(job.artifact_path, Path(job.artifact_path).name if job.artifact_path else "")
@@ -235,6 +244,21 @@ def remote_energy_status(transport: Transport) -> dict[str, Any]:
     return {"available": ok, "reason": reason}
 
 
+def check_local_pinning(cpus: list[int], which: Callable[[str], str | None] = shutil.which) -> dict[str, Any]:
+    """ConfigError when a CPU is not available to this process, UnavailableError without taskset."""
+    allowed = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1))
+    outside = [c for c in cpus if c not in allowed]
+    if outside:
+        raise ConfigError(f"--cpus names CPU {outside[0]}, which this machine does not offer (CPUs available: "
+                          f"{','.join(map(str, allowed))}); pick CPUs from that list")
+    if which("taskset") is None:
+        raise UnavailableError("--cpus needs taskset; install util-linux")
+    return {"pinned_cpus": cpus}
+
+
+LOCAL = "local"
+
+
 @dataclass
 class DeviceExecutors:
     """The runner's ``run_in``: sends each job to its device's executor.
@@ -282,8 +306,10 @@ class DeviceExecutors:
     def __call__(self, job: WorkerJob, timeout_s: float) -> WorkerOutcome:
         device = str(job.config.get("device", "cpu"))
         options = dict(tuple(kv) for kv in job.config.get("options", []))
-        if device.startswith(("ssh://", "adb://")) or (device == "cpu" and options.get("cpus")):
+        if device.startswith(("ssh://", "adb://")):
             return self.executor(device)(job, timeout_s)
+        if options.get("cpus"):
+            return self.executor(LOCAL)(job, timeout_s)
         return self.local(job, timeout_s)
 
     def preflight(self, configs: list[Any]) -> dict[str, dict[str, Any]]:
@@ -294,16 +320,14 @@ class DeviceExecutors:
             by_device.setdefault(cfg.device, []).append(cfg)
         found: dict[str, dict[str, Any]] = {}
         for device, cfgs in by_device.items():
-            pinned = any(dict(c.options).get("cpus") for c in cfgs)
-            for c in cfgs:
-                if dict(c.options).get("cpus"):
-                    parse_cpus(dict(c.options)["cpus"])
+            pinned = sorted({cpu for c in cfgs if dict(c.options).get("cpus")
+                             for cpu in parse_cpus(dict(c.options)["cpus"])})
             if device.startswith("adb://"):
                 found[device] = self.executor(device).preflight()
             elif device.startswith("ssh://"):
-                found[device] = self.executor(device).preflight(sorted({c.runtime for c in cfgs}), pinned)
-            elif device == "cpu" and pinned:
-                found[device] = self.executor(device).preflight(sorted({c.runtime for c in cfgs}), True)
+                found[device] = self.executor(device).preflight(sorted({c.runtime for c in cfgs}), bool(pinned))
+            elif pinned:  # local: runtimes were checked by validate(); check the CPUs and taskset
+                found[device] = check_local_pinning(pinned)
         return found
 
     def close(self) -> None:
