@@ -191,7 +191,7 @@ def fuse(graph: OpGraph, rules: RuleSet | str = "onnxruntime") -> KernelGraph:
         members = [units[i] for i in chain]
         kernel_type = (rule.kernel_type if rule and rule.kernel_type else None) or classify(members[0])
         kernels.append(_make_kernel(len(kernels), kernel_type, rule.name if rule else "single",
-                                    members, graph_outputs))
+                                    members))
     return KernelGraph(graph, kernels, rule_set)
 
 
@@ -386,8 +386,7 @@ def _next_unit(position: int, units: list[Unit], consumers: dict[str, list[int]]
     return users[0]
 
 
-def _make_kernel(index: int, kernel_type: str, rule: str, units: list[Unit],
-                 graph_outputs: set[str]) -> Kernel:
+def _make_kernel(index: int, kernel_type: str, rule: str, units: list[Unit]) -> Kernel:
     kernel = Kernel(index, kernel_type, rule, units)
     ops = kernel.ops
     if len(ops) == 1:
