@@ -260,3 +260,23 @@ def test_local_transport_executor_pins_cpus(tmp_path: Path) -> None:
         check_local_pinning([4096])
     with pytest.raises(UnavailableError, match="taskset"):
         check_local_pinning([0], which=lambda name: None)
+
+
+@pytest.mark.slow
+def test_pinned_worker_failures_come_back_as_failed_results(tmp_path: Path) -> None:
+    """Through the transport executor (local here, the same code as over SSH): a hang is killed
+    on the device by `timeout -s KILL`, a crash is reported, and the run goes on."""
+    configs = [RunConfig(model=name, device="fake", runtime="fake", protocol=FAST, workdir=str(tmp_path),
+                         timeout_s=3, options=(("cpus", "0"), *opts))
+               for name, opts in (("hang", (("fault", "hang"),)), ("segv", (("fault", "segfault"),)),
+                                  ("healthy", (("latency_us", "50"),)))]
+    executors = DeviceExecutors()
+    try:
+        executors.preflight(configs)
+        results = {r.key.model_id: r for r in Runner(None, tmp_path, run_in=executors).run(validate(configs))}
+    finally:
+        executors.close()
+    assert results["hang"].status is Status.FAILED and "timed out after 3 s" in results["hang"].error
+    assert results["segv"].status is Status.FAILED and "SIGSEGV" in results["segv"].error
+    assert results["healthy"].status is Status.OK
+    assert results["healthy"].environment["cpu_affinity"] == [0]

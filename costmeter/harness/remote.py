@@ -15,8 +15,10 @@ import json
 import math
 import os
 import shutil
+import signal
 import sys
 import tempfile
+import time
 import uuid
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -26,7 +28,6 @@ from costmeter.devices.remote.transport import CommandTimeout, LocalTransport, T
 from costmeter.errors import ConfigError, UnavailableError
 from costmeter.harness.worker import WorkerJob, WorkerOutcome, run_in_worker
 
-KILL_STATUS = 137  # what `timeout -s KILL` returns when it had to kill the worker
 NOT_FOUND_STATUS = 127
 PREFLIGHT_TIMEOUT_S = 180.0
 _PREFLIGHT = """\
@@ -188,12 +189,15 @@ class WorkerExecutor:
             pin = ["taskset", "-c", ",".join(str(c) for c in cpus)] if cpus else []
             argv = ["timeout", "-s", "KILL", str(math.ceil(timeout_s)), *pin,
                     *self._python_argv(["-m", "costmeter.harness.worker", job_remote, out_remote])]
+            started = time.perf_counter()
             result = self.transport.run(argv, timeout_s + 60.0)
+            elapsed = time.perf_counter() - started
             local_out = Path(tmp) / "outcome.json"
             try:
                 self.transport.get(out_remote, local_out)
             except FileNotFoundError:
-                return WorkerOutcome("failed", self._describe_failure(result.returncode, result.stderr, timeout_s))
+                return WorkerOutcome("failed", self._describe_failure(result.returncode, result.stderr, timeout_s,
+                                                                      elapsed))
             data = json.loads(local_out.read_text())
             if outputs and job.outputs_path and data.get("status") == "ok":
                 self.transport.get(outputs, Path(job.outputs_path))
@@ -205,14 +209,22 @@ class WorkerExecutor:
                 "pinned_governors": _governors(data["environment"], cpus)}
         return WorkerOutcome(status, error, data)
 
-    def _describe_failure(self, returncode: int, stderr: str, timeout_s: float) -> str:
+    def _describe_failure(self, returncode: int, stderr: str, timeout_s: float, elapsed_s: float) -> str:
+        """One line for a worker that left no outcome. A signal shows as a negative status (the
+        process here was killed) or as 128 + signal (reported by a shell or ``timeout``)."""
         where = self.transport.description
-        if returncode == KILL_STATUS:
-            return f"timed out after {timeout_s:g} s on {where}; raise --timeout or lower --max-time"
+        lines = [ln for ln in stderr.splitlines() if ln.strip()]
+        tail = f"; last stderr line: {lines[-1][:300]}" if lines else ""
         if returncode == NOT_FOUND_STATUS:
             return f"{self.python!r} or a tool it needs was not found on {where}; pass --remote-python"
-        lines = [ln for ln in stderr.splitlines() if ln.strip()]
-        tail = f": {lines[-1][:300]}" if lines else ""
+        signum = -returncode if returncode < 0 else returncode - 128 if returncode > 128 else 0
+        if signum == signal.SIGKILL and elapsed_s >= timeout_s:
+            return f"timed out after {timeout_s:g} s on {where}; raise --timeout or lower --max-time"
+        if signum:
+            name = signal.Signals(signum).name if signum in signal.Signals.__members__.values() else str(signum)
+            hint = {"SIGSEGV": "segmentation fault in the runtime", "SIGABRT": "aborted by the runtime",
+                    "SIGKILL": "killed (likely out of memory)"}.get(name, "terminated by a signal")
+            return f"worker on {where} died with {name}: {hint}{tail}"
         return f"worker on {where} exited with code {returncode} without a result{tail}"
 
     def close(self) -> None:
