@@ -416,3 +416,26 @@ def test_postgres_round_trip() -> None:
         np.testing.assert_array_equal(store.samples(ids[2]), [1000.5, 7.0])
     with ResultStore(url) as reopened:  # second open: no migration, same data
         assert len(reopened.results()) == 3
+
+
+def test_write_many_round_trips_in_chunks(tmp_path) -> None:
+    import numpy as np
+
+    from costmeter.results.schema import BenchKey, Measurement, RunResult, Status, Validity
+    from costmeter.results.store import ResultStore
+
+    results = [
+        RunResult(key=BenchKey(f"m{i}", "h", "dev", "rt", 1, (1, 3), "float32", None), status=Status.OK,
+                  run_id="bulk", started_at="2026-11-27T00:00:00", finished_at="2026-11-27T00:00:01",
+                  measurement=Measurement([[1000 + i]]), validity=Validity.VALID)
+        for i in range(7)
+    ]
+    store = ResultStore(f"sqlite:///{tmp_path / 'bulk.db'}")
+    try:
+        ids = store.write_many(results, chunk=3)
+        assert len(ids) == 7 and len(set(ids)) == 7
+        frame = store.query(run_id="bulk")
+        assert sorted(frame["model_id"]) == sorted(f"m{i}" for i in range(7))
+        assert store.samples(np.int64(ids[4])).tolist() == [1004.0]
+    finally:
+        store.close()

@@ -230,6 +230,31 @@ class ResultStore:
             ) from exc
         return result_id
 
+    def write_many(self, results: Sequence[RunResult], chunk: int = 5000) -> list[int]:
+        """Write many results, ``chunk`` per transaction (bulk imports); returns their ids.
+
+        A failing chunk is rolled back whole; chunks written before it stay.
+        """
+        ids: list[int] = []
+        for start in range(0, len(results), chunk):
+            part = results[start : start + chunk]
+            try:
+                with self._write_transaction() as conn:
+                    for result in part:
+                        inserted = conn.execute(insert(results_table).values(result_to_row(result)))
+                        result_id = int(inserted.inserted_primary_key[0])
+                        processes = sample_rows(result)
+                        if processes:
+                            conn.execute(insert(samples_table),
+                                         [{**p, "result_id": result_id} for p in processes])
+                        ids.append(result_id)
+            except SQLAlchemyError as exc:
+                raise StoreError(
+                    f"cannot write results to store {self.display_url}: {_reason(exc)}; "
+                    "check that the store is reachable and writable"
+                ) from exc
+        return ids
+
     def _samples_by_result(self, conn: Connection, ids: Sequence[int]) -> dict[int, list[np.ndarray]]:
         by_result: dict[int, list[np.ndarray]] = {result_id: [] for result_id in ids}
         for start in range(0, len(ids), _ID_CHUNK):
@@ -323,6 +348,7 @@ class ResultStore:
 
         Each raw sample is divided by ``iterations_per_sample``; empty for failed results.
         """
+        result_id = int(result_id)  # numpy integers from DataFrames would match nothing
         with self._read("read") as conn:
             iterations = conn.execute(
                 select(results_table.c.id, results_table.c.iterations_per_sample).where(
