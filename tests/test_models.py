@@ -356,3 +356,16 @@ def test_truncated_onnx_file(tmp_path: Path) -> None:
 def test_model_source_is_a_plain_dataclass() -> None:
     source = ModelSource("x", "zoo", [InputSpec("input", (64,))], target="tiny_mlp")
     assert source.build_torch()[0].in_features == 64
+
+
+def test_search_space_architectures_are_model_sources() -> None:
+    from costmeter.predictors.spaces import get_space
+
+    arch = "|nor_conv_3x3~0|+|none~0|skip_connect~1|+|skip_connect~0|nor_conv_1x1~1|avg_pool_3x3~2|"
+    source = resolve_model(f"nb201:{arch}")
+    assert source.model_id == f"nb201:{arch}" and source.has_torch()
+    assert source.inputs[0].shape == (3, 32, 32)
+    assert source.info()["params"] == get_space("nb201").param_count(arch)
+    assert resolve_model(f"nb201:{arch}").content_hash() == source.content_hash()
+    with pytest.raises(ConfigError, match="nor_conv_9x9"):
+        resolve_model("nb201:|nor_conv_9x9~0|+|none~0|skip_connect~1|+|skip_connect~0|nor_conv_1x1~1|avg_pool_3x3~2|")

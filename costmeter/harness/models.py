@@ -194,6 +194,9 @@ def zoo_names() -> list[str]:
     return list(zoo.zoo_entries())
 
 
+_SPACE_PREFIX = "space:"
+
+
 def resolve_model(spec: str) -> ModelSource:
     """Turn a zoo name, a path to an ``.onnx`` file or ``"pkg.mod:func"`` into a ModelSource.
 
@@ -210,6 +213,12 @@ def resolve_model(spec: str) -> ModelSource:
         return ModelSource(model_id=spec, kind="zoo", inputs=inputs, target=spec)
     if spec.lower().endswith(".onnx") or os.path.isfile(spec):
         return _resolve_onnx(Path(spec))
+    from costmeter.predictors.spaces import split_model_id
+
+    if split_model_id(spec) is not None:  # a search-space architecture, e.g. nb201:|...|
+        source = _resolve_python(_SPACE_PREFIX + spec)
+        source.model_id = spec
+        return source
     target = spec.removeprefix("py:")
     if ":" in target:
         return _resolve_python(target)
@@ -284,10 +293,14 @@ def _initializer_size(tensor: Any) -> tuple[int, int]:
     return count, count * itemsize
 
 
-def _call_python_target(target: str) -> tuple[Any, tuple[Any, ...]]:
-    """Import ``pkg.mod:func``, call it, validate ``(module, example)``; example as a tuple."""
-    import torch
+def _python_callable(target: str) -> Any:
+    """The function behind ``pkg.mod:func``, or a search-space builder for ``space:<space>:<arch>``."""
+    if target.startswith(_SPACE_PREFIX):
+        import functools
 
+        from costmeter.predictors.spaces import build_model
+
+        return functools.partial(build_model, target[len(_SPACE_PREFIX):])
     module_name, _, func_name = target.partition(":")
     if not module_name or not func_name:
         raise ConfigError(f"bad python model spec {target!r}; write it as pkg.module:function")
@@ -307,6 +320,14 @@ def _call_python_target(target: str) -> tuple[Any, tuple[Any, ...]]:
             f"module {module_name!r} has no function {func_name!r}{hint}; "
             "name a function that returns (torch.nn.Module, example_input)"
         )
+    return func
+
+
+def _call_python_target(target: str) -> tuple[Any, tuple[Any, ...]]:
+    """Import ``pkg.mod:func``, call it, validate ``(module, example)``; example as a tuple."""
+    import torch
+
+    func = _python_callable(target)
     try:
         result = func()
     except Exception as error:  # user code: report what it raised
