@@ -24,7 +24,7 @@ def bench() -> None:
 
 
 def _register() -> None:
-    from costmeter.cli import env_cmd, report_cmd, results_cmd, run_cmd
+    from costmeter.cli import env_cmd, predictor_cmd, report_cmd, results_cmd, run_cmd
 
     bench.add_command(run_cmd.run)
     bench.add_command(env_cmd.env)
@@ -32,6 +32,9 @@ def _register() -> None:
     bench.add_command(results_cmd.results)
     bench.add_command(report_cmd.report)
     bench.add_command(report_cmd.calibrate)
+    bench.add_command(predictor_cmd.traces)
+    bench.add_command(predictor_cmd.predictor)
+    bench.add_command(predictor_cmd.predict)
 
 
 _register()

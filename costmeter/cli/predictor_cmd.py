@@ -1,0 +1,174 @@
+"""``bench traces import``, ``bench predictor fit|eval`` and ``bench predict``: the cost model."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from costmeter.cli.common import open_store, split_list, store_option, workdir_option
+from costmeter.harness.config import default_workdir
+
+
+def _arch_of(workdir: Path | None, space: str) -> dict[str, str]:
+    """model id -> architecture for results that `bench collect` measured from exported files."""
+    from costmeter.predictors.collect import load_manifest
+
+    return {mid: item.arch for mid, item in load_manifest(workdir or default_workdir()).items()
+            if item.space == space}
+
+
+@click.group()
+def traces() -> None:
+    """Measurements made elsewhere."""
+
+
+@traces.command("import")
+@click.argument("path", type=click.Path(dir_okay=False))
+@click.option("--space", default=None, help="Search space of the arch column (nb201, ofa_mbv3)")
+@click.option("--device", default=None, help="Device name(s) for a single latency column, or the columns to take")
+@click.option("--runtime", default="unknown", show_default=True)
+@click.option("--batch", default=1, show_default=True)
+@click.option("--tag", default="imported", show_default=True)
+@store_option
+@workdir_option
+def import_(path: str, space: str | None, device: str | None, runtime: str, batch: int, tag: str,
+            store_url: str | None, workdir: Path | None) -> None:
+    """Load measured latencies (CSV/Parquet: arch or ONNX path + latency ms) into the store."""
+    from costmeter.predictors.traces import import_traces
+
+    store = open_store(store_url, workdir)
+    try:
+        summary = import_traces(path, store, space=space, device=device, runtime=runtime, batch=batch, tag=tag)
+    finally:
+        store.close()
+    click.echo(f"imported {summary.n_results} measurements for {len(summary.devices)} device(s) "
+               f"({', '.join(summary.devices)}) as run {summary.run_id} from {summary.source} "
+               f"(sha256 {summary.source_sha256[:12]})")
+
+
+@click.group()
+def predictor() -> None:
+    """Fit and evaluate latency predictors."""
+
+
+@predictor.command()
+@click.option("--space", required=True, help="nb201 or ofa_mbv3")
+@click.option("--device", required=True, help="Device whose stored measurements train the model")
+@click.option("--runtime", default=None, help="Only measurements of this runtime")
+@click.option("--holdout", default=0.2, show_default=True, help="Share held out for the metrics in the manifest")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--output", "-o", type=click.Path(dir_okay=False), required=True, help="FILE.costmodel")
+@store_option
+@workdir_option
+def fit(space: str, device: str, runtime: str | None, holdout: float, seed: int, output: str,
+        store_url: str | None, workdir: Path | None) -> None:
+    """Fit a forest on stored measurements of a search space and save it with a manifest."""
+    from costmeter.predictors.arch import fit_from_results
+    from costmeter.predictors.artifacts import save_predictor
+
+    store = open_store(store_url, workdir)
+    try:
+        frame = store.query()
+    finally:
+        store.close()
+    pred, scores, digest = fit_from_results(frame, space=space, device=device, runtime=runtime, holdout=holdout,
+                                            seed=seed, arch_of=_arch_of(workdir, space))
+    save_predictor(pred, output, training_hash=digest, metrics=scores)
+    shown = ", ".join(f"{k} {v:.3g}" for k, v in scores.items() if k in ("spearman", "mape_pct", "within_10_pct"))
+    click.echo(f"wrote {output} ({pred.n_train_} architectures; held-out: {shown or 'not enough data'})")
+
+
+@predictor.command("eval")
+@click.argument("model_file", required=False, type=click.Path(dir_okay=False))
+@click.option("--space", default=None, help="Cross-validate a fresh forest on this space's stored data instead")
+@click.option("--device", default=None)
+@click.option("--runtime", default=None)
+@click.option("--split", type=click.Choice(["random", "family"]), default="random", show_default=True)
+@click.option("--train", "train_share", default=0.8, show_default=True, help="Training share (random split)")
+@click.option("--held-out", default=None, help="Comma-separated families to test on (family split)")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--output", "-o", type=click.Path(dir_okay=False), default=None,
+              help="Write per-model predictions (CSV) for `bench report predictor`")
+@store_option
+@workdir_option
+def eval_(model_file: str | None, space: str | None, device: str | None, runtime: str | None, split: str,
+          train_share: float, held_out: str | None, seed: int, output: str | None,
+          store_url: str | None, workdir: Path | None) -> None:
+    """RMSE, MAPE, share within ±5/10/15%, Spearman and Kendall, overall and per family."""
+    from costmeter.errors import ConfigError
+    from costmeter.predictors.evaluate import family_of, metrics_table
+
+    store = open_store(store_url, workdir)
+    try:
+        frame = store.query()
+    finally:
+        store.close()
+    if model_file:
+        from costmeter.predictors.artifacts import load_predictor
+        from costmeter.predictors.traces import training_frame
+
+        pred = load_predictor(model_file)
+        test = training_frame(frame, pred.space, device=pred.device, runtime=pred.runtime,
+                              arch_of=_arch_of(workdir, pred.space))
+        archs, measured = list(test["arch"]), test["latency_ms"].to_numpy()
+        predicted = pred.predict(archs)
+        ids = [f"{pred.space}:{a}" for a in archs]
+    elif space and device:
+        ids, archs, measured, predicted = _cross_validate(frame, space, device, runtime, split, train_share,
+                                                          held_out, seed, _arch_of(workdir, space))
+    else:
+        raise ConfigError("give a predictor file, or --space and --device to cross-validate a fresh forest")
+    families = [family_of(i) if split != "family" else _family(a) for i, a in zip(ids, archs)]
+    table = metrics_table(measured, predicted, families)
+    click.echo(table.to_string(float_format=lambda v: f"{v:.3f}"))
+    if output:
+        import pandas as pd
+
+        pd.DataFrame({"model_id": ids, "family": families, "measured_ms": measured,
+                      "predicted_ms": predicted}).to_csv(output, index=False)
+        click.echo(f"wrote {output}")
+
+
+def _family(arch: str) -> str:
+    from costmeter.predictors.evaluate import family_of
+
+    return family_of(arch)
+
+
+def _cross_validate(frame, space, device, runtime, split, train_share, held_out, seed, arch_of):
+    import numpy as np
+
+    from costmeter.errors import ConfigError
+    from costmeter.predictors.arch import ArchPredictor
+    from costmeter.predictors.evaluate import family_of, family_split, random_split
+    from costmeter.predictors.traces import training_frame
+
+    data = training_frame(frame, space, device=device, runtime=runtime, arch_of=arch_of)
+    archs, y = list(data["arch"]), data["latency_ms"].to_numpy(dtype=np.float64)
+    if split == "family":
+        if not held_out:
+            raise ConfigError("--split family needs --held-out FAMILY[,FAMILY]")
+        tr, te = family_split([family_of(a) for a in archs], split_list(held_out))
+    else:
+        tr, te = random_split(len(archs), train=train_share, seed=seed)
+    model = ArchPredictor(space=space, device=device, runtime=runtime).fit([archs[i] for i in tr], y[tr])
+    test_archs = [archs[i] for i in te]
+    return [f"{space}:{a}" for a in test_archs], test_archs, y[te], model.predict(test_archs)
+
+
+@click.command()
+@click.argument("model_file", type=click.Path(dir_okay=False))
+@click.option("--model", "-m", "archs", required=True, help="Architecture(s), comma- or semicolon-separated; space: prefix optional")
+def predict(model_file: str, archs: str) -> None:
+    """Predicted latency ± uncertainty (ms) of architectures, from a saved predictor."""
+    from costmeter.predictors.artifacts import load_predictor
+    from costmeter.predictors.spaces import split_model_id
+
+    pred = load_predictor(model_file)
+    items = [a.strip() for a in archs.replace(";", "\n").splitlines() if a.strip()]
+    if len(items) == 1 and "," in items[0] and pred.space != "nb201":
+        items = split_list(items[0])
+    clean = [(split_model_id(a) or (pred.space, a))[1] for a in items]
+    mean, std = pred.predict_with_uncertainty(clean)
+    for arch, m, s in zip(clean, mean, std):
+        click.echo(f"{pred.space}:{arch}\t{m:.4g} ms ± {s:.2g} ({pred.device or '?'}, {pred.runtime or '?'})")
