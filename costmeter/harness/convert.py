@@ -10,7 +10,8 @@ into place atomically.
   layout kept). litert-torch is heavy (~1.2 GB) and pins old packages, so it may live in its own
   environment: :func:`litert_python` finds the interpreter that has it.
 - ``pte``: ``torch.export`` -> XNNPACK-partitioned edge program -> ExecuTorch ``.pte``.
-- ``tvm``: the model's ONNX file -> Relax -> ``tvm.compile`` for ``llvm`` with the host's
+- ``tvm``: the model's ONNX file -> Relax (TVM's torch.export importer when the ONNX importer
+  rejects the graph and a torch model exists) -> ``tvm.compile`` for ``llvm`` with the host's
   ``-mcpu`` (or the ``mcpu`` option), exported as ``<key>.tvm/{lib.so,meta.json}``. With
   ``tuning_trials > 0`` a MetaSchedule database is built first, cached apart by model hash,
   batch, target and budget; its tuning time is reported as ``tune_s``.
@@ -143,7 +144,8 @@ def _convert_tvm(source: Any, workdir: Path | str, batch: int, options: dict[str
     onnx_path = str(export_onnx(source, workdir))
     shapes = {spec.name: [batch, *spec.shape] for spec in source.inputs}
     dtypes = {spec.name: spec.dtype for spec in source.inputs}
-    base = {"onnx": onnx_path, "shapes": shapes, "dtypes": dtypes, "mcpu": mcpu, "batch": batch}
+    base = {"onnx": onnx_path, "shapes": shapes, "dtypes": dtypes, "mcpu": mcpu, "batch": batch,
+            "model": _model_spec(source) if source.has_torch() else None}
     meta: dict[str, Any] = {"tuning_trials": trials}
     database = None
     if trials > 0:
@@ -164,7 +166,8 @@ def _convert_tvm(source: Any, workdir: Path | str, batch: int, options: dict[str
         {**base, "kind": "tvm", "database": str(database) if database else None}, out, sys.executable, run)))
     saved = path / "meta.json"
     if saved.is_file():
-        meta.update({k: v for k, v in json.loads(saved.read_text()).items() if k in ("target", "compile_s")})
+        meta.update({k: v for k, v in json.loads(saved.read_text()).items()
+                     if k in ("target", "compile_s", "tvm_frontend")})
     return Converted(path, meta)
 
 

@@ -14,7 +14,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from costmeter.errors import ConfigError
+from costmeter.errors import ConfigError, UnsupportedError
 
 TVM_LIBRARY = "lib.so"
 TVM_META = "meta.json"
@@ -89,7 +89,7 @@ def tvm_target(mcpu: str) -> Any:
     return tvm.target.Target({"kind": "llvm", "mcpu": cpu, "num-cores": os.cpu_count() or 1})
 
 
-def _relax_module(request: dict[str, Any]) -> Any:
+def _relax_from_onnx(request: dict[str, Any]) -> Any:
     import onnx
     from tvm.relax.frontend.onnx import from_onnx
 
@@ -98,26 +98,58 @@ def _relax_module(request: dict[str, Any]) -> Any:
     return from_onnx(model, shape_dict=shapes, dtype_dict=dict(request["dtypes"]))
 
 
+def _relax_from_torch(request: dict[str, Any]) -> Any:
+    import torch
+    from tvm.relax.frontend.torch import from_exported_program
+
+    module, args = _torch_model(request)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return from_exported_program(torch.export.export(module, args))
+
+
+def _frontends(request: dict[str, Any]) -> list[tuple[str, Any]]:
+    """Relax importers to try in order: ONNX first, then torch.export when there is a torch model
+    (TVM's ONNX importer rejects some exported graphs, e.g. float64 scalars from shape arithmetic)."""
+    frontends: list[tuple[str, Any]] = [("onnx", _relax_from_onnx)]
+    if request.get("model"):
+        frontends.append(("torch.export", _relax_from_torch))
+    return frontends
+
+
+def _first_working(request: dict[str, Any], step: Any) -> tuple[Any, str]:
+    """``step(import(request))`` with the first frontend for which both work; (result, frontend).
+    UnsupportedError with every frontend's reason when none does."""
+    reasons = []
+    for name, importer in _frontends(request):
+        try:
+            return step(importer(request)), name
+        except Exception as error:  # TVM raises many unrelated types; all mean "cannot"
+            lines = [ln for ln in str(error).strip().splitlines() if ln.strip()]
+            reasons.append(f"{name}: {type(error).__name__}: {lines[0][:200] if lines else ''}")
+    raise UnsupportedError(f"TVM cannot import or compile the model ({'; '.join(reasons)}); use another runtime")
+
+
 def build_tvm_tuning(request: dict[str, Any]) -> dict[str, Any]:
     """MetaSchedule-tune the Relax module with a global trial budget into a JSON database folder."""
     from tvm.s_tir import meta_schedule as ms
 
+    from costmeter.harness.convert import TVM_BUILDER_TIMEOUT_S
+
     out = Path(request["out"])
     out.mkdir(parents=True)
     target = tvm_target(request["mcpu"])
-    mod = _relax_module(request)
+    fused, frontend = _first_working(request, lambda mod: _fused_for_tuning(mod, target))
     trials = int(request["trials"])
     started = time.perf_counter()
-    from costmeter.harness.convert import TVM_BUILDER_TIMEOUT_S
-
     ms.relax_integration.tune_relax(
-        _fused_for_tuning(mod, target), {}, target, work_dir=str(out), max_trials_global=trials,
+        fused, {}, target, work_dir=str(out), max_trials_global=trials,
         num_trials_per_iter=max(1, min(64, trials)),
         builder=ms.builder.LocalBuilder(timeout_sec=TVM_BUILDER_TIMEOUT_S),
         runner=ms.runner.LocalRunner(timeout_sec=60), seed=0,
     )
     tune_s = time.perf_counter() - started
-    facts = {"target": str(target), "tune_s": tune_s, "tuning_trials": trials}
+    facts = {"target": str(target), "tune_s": tune_s, "tuning_trials": trials, "tvm_frontend": frontend}
     (out / TVM_META).write_text(json.dumps(facts))
     return facts
 
@@ -140,23 +172,25 @@ def _fused_for_tuning(mod: Any, target: Any) -> Any:
 
 
 def build_tvm(request: dict[str, Any]) -> dict[str, Any]:
-    """ONNX -> Relax -> compiled library (with the tuning database when given)."""
+    """ONNX (or torch.export) -> Relax -> compiled library (with the tuning database when given)."""
     import tvm
 
     out = Path(request["out"])
     target = tvm_target(request["mcpu"])
-    mod = _relax_module(request)
     started = time.perf_counter()
-    if request.get("database"):
-        from tvm.s_tir import meta_schedule as ms
 
-        database = ms.database.JSONDatabase(work_dir=str(request["database"]))
-        executable = ms.relax_integration.compile_relax(database, mod, target, params=None)
-    else:
-        executable = tvm.compile(mod, target=target)
+    def compile_module(mod: Any) -> Any:
+        if request.get("database"):
+            from tvm.s_tir import meta_schedule as ms
+
+            database = ms.database.JSONDatabase(work_dir=str(request["database"]))
+            return ms.relax_integration.compile_relax(database, mod, target, params=None)
+        return tvm.compile(mod, target=target)
+
+    executable, frontend = _first_working(request, compile_module)
     out.mkdir(parents=True)
     executable.export_library(str(out / TVM_LIBRARY))
     facts = {"target": str(target), "compile_s": time.perf_counter() - started,
-             "tuned": bool(request.get("database"))}
+             "tuned": bool(request.get("database")), "tvm_frontend": frontend}
     (out / TVM_META).write_text(json.dumps(facts))
     return facts
