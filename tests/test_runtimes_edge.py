@@ -148,6 +148,33 @@ def test_model_the_converter_rejects_is_unsupported_and_the_run_goes_on(
     assert not list((tmp_path / "cache" / "pte").glob("*.pte"))  # nothing half-written
 
 
+@pytest.mark.edge
+@pytest.mark.slow
+def test_tvm_runs_the_transformer_encoder(tmp_path: Path) -> None:
+    """bert_tiny's exported ONNX has float64 scalars from shape arithmetic that TVM's ONNX importer
+    rejects; the converter then imports the torch.export program instead."""
+    why = _unusable("tvm")
+    if why:
+        pytest.skip(why)
+    import numpy as np
+
+    from costmeter.devices.base import Artifact, SessionOptions
+    from costmeter.harness.convert import convert
+    from costmeter.harness.models import resolve_model
+    from costmeter.harness.runner import torch_reference
+
+    source = resolve_model("bert_tiny")
+    converted = convert("tvm", source, tmp_path, 1)
+    assert converted.meta["tvm_frontend"] in ("onnx", "torch.export")
+    inputs = source.example_inputs(1)
+    np.savez(tmp_path / "inputs.npz", **inputs)
+    session = get_runtime("cpu", "tvm").prepare(Artifact("tvm", inputs, str(converted.path)), SessionOptions(threads=1))
+    got = session.outputs()
+    expected = torch_reference(source, str(tmp_path / "inputs.npz"))
+    assert len(got) == len(expected) == 2
+    assert max(float(np.abs(g - e).max()) for g, e in zip(got, expected)) < 1e-4
+
+
 def test_a_converter_that_dies_gives_unsupported_with_the_signal(tmp_path: Path) -> None:
     def crashing(argv: list[str], **kwargs: Any) -> subprocess.CompletedProcess:
         kwargs["stdout"].write(b"Fatal Python error: Segmentation fault\n")
