@@ -9,7 +9,6 @@ from collections import namedtuple
 from importlib import metadata
 from pathlib import Path
 
-import pytest
 
 from costmeter import __version__
 from costmeter.devices.cuda.fake import FakeNvml
