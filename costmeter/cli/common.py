@@ -35,3 +35,12 @@ def open_store(store_url: str | None, workdir: Path | None):
 def split_list(text: str) -> list[str]:
     """``"a, b,c"`` -> ``["a", "b", "c"]`` (empty items dropped)."""
     return [p.strip() for p in str(text).split(",") if p.strip()]
+
+
+def query_frame(store_url: str | None, workdir: Path | None):
+    """Every stored result as a DataFrame (``ResultStore.query()``); the store is closed after."""
+    store = open_store(store_url, workdir)
+    try:
+        return store.query()
+    finally:
+        store.close()

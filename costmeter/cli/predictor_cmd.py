@@ -5,7 +5,7 @@ from pathlib import Path
 
 import click
 
-from costmeter.cli.common import open_store, split_list, store_option, workdir_option
+from costmeter.cli.common import open_store, query_frame, split_list, store_option, workdir_option
 from costmeter.harness.config import default_workdir
 
 
@@ -66,11 +66,7 @@ def fit(space: str, device: str, runtime: str | None, holdout: float, seed: int,
     from costmeter.predictors.arch import fit_from_results
     from costmeter.predictors.artifacts import save_predictor
 
-    store = open_store(store_url, workdir)
-    try:
-        frame = store.query()
-    finally:
-        store.close()
+    frame = query_frame(store_url, workdir)
     pred, scores, digest = fit_from_results(frame, space=space, device=device, runtime=runtime, holdout=holdout,
                                             seed=seed, arch_of=_arch_of(workdir, space))
     save_predictor(pred, output, training_hash=digest, metrics=scores)
@@ -98,11 +94,7 @@ def eval_(model_file: str | None, space: str | None, device: str | None, runtime
     from costmeter.errors import ConfigError
     from costmeter.predictors.evaluate import family_of, metrics_table
 
-    store = open_store(store_url, workdir)
-    try:
-        frame = store.query()
-    finally:
-        store.close()
+    frame = query_frame(store_url, workdir)
     if model_file:
         from costmeter.predictors.artifacts import load_predictor
         from costmeter.predictors.traces import training_frame

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import click
 
-from costmeter.cli.common import open_store, store_option, workdir_option
+from costmeter.cli.common import open_store, query_frame, store_option, workdir_option
 from costmeter.harness.config import default_workdir
 
 
@@ -51,8 +51,7 @@ def pareto(store_url, workdir, no_published, valid_only, **kw) -> None:
     """The Pareto front of two metrics, its hypervolume, and a plot."""
     from costmeter.reports.commands import report_pareto
 
-    frame, store = _frame(store_url, workdir)
-    store.close()
+    frame = query_frame(store_url, workdir)
     _, text = report_pareto(frame, use_published=not no_published, include_invalid=not valid_only, **kw)
     click.echo(text)
 
@@ -69,8 +68,7 @@ def table(store_url, workdir, no_published, out, **kw) -> None:
     """Efficiency-vs-accuracy table per device and runtime."""
     from costmeter.reports.commands import report_table
 
-    frame, store = _frame(store_url, workdir)
-    store.close()
+    frame = query_frame(store_url, workdir)
     text = report_table(frame, use_published=not no_published, out=out, **kw)
     click.echo(f"wrote {out}" if out else text)
 
@@ -131,8 +129,7 @@ def roofline(store_url, workdir, calibration, **kw) -> None:
     """Place each model (and kernel) against this machine's measured roofline."""
     from costmeter.reports.commands import report_roofline
 
-    frame, store = _frame(store_url, workdir)
-    store.close()
+    frame = query_frame(store_url, workdir)
     click.echo(report_roofline(frame, calibration=calibration or (workdir or default_workdir()), **kw))
 
 
