@@ -16,9 +16,11 @@ from typing import Any, Iterator
 import pytest
 
 import costmeter
+from costmeter.devices.base import get_runtime
 from costmeter.devices.remote.ssh import SshOptions, SshTarget, SshTransport
 from costmeter.errors import ConfigError, UnavailableError
 from costmeter.harness.config import ProtocolConfig, RunConfig
+from costmeter.harness.convert import converter_problem
 from costmeter.harness.remote import (DeviceExecutors, RemoteSettings, WorkerExecutor, check_local_pinning,
                                       parse_cpus)
 from costmeter.harness.runner import Runner, validate
@@ -99,6 +101,8 @@ def _config(workdir: Path, device: str, runtime: str = "onnxruntime", **options:
 def test_benchmark_runs_on_the_board_and_comes_back(sshd: dict[str, Any], tmp_path: Path) -> None:
     executors = DeviceExecutors(_settings(sshd))
     configs = [_config(tmp_path, sshd["device"]), _config(tmp_path, sshd["device"], "torch", cpus="0")]
+    if get_runtime("cpu", "tvm").is_available()[0] and converter_problem("tvm") is None:
+        configs.append(_config(tmp_path, sshd["device"], "tvm"))  # a folder artifact (lib.so + meta.json)
     try:
         jobs = validate(configs)
         found = executors.preflight(configs)[sshd["device"]]
