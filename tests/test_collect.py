@@ -81,6 +81,9 @@ def test_collect_measures_into_the_store_and_skips_what_it_has(workdir: Path) ->
         assert len(stored) == 2 and (stored["latency_p50_ms"] > 0).all()
         again = collect("nb201", 2, workdir=workdir, store=store, seed=7, protocol=protocol)
         assert again == [] and len(store.query()) == 2
+        second = collect("nb201", 2, workdir=workdir, store=store, seed=7, protocol=protocol,
+                         min_results=2)  # a second round for every architecture
+        assert len(second) == 2 and len(store.query()) == 4
     assert len(manifest_path(workdir).read_text().splitlines()) == 2
 
 

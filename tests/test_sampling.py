@@ -187,3 +187,15 @@ def test_sample_kernels_measures_resamples_and_extends_the_saved_samples(tmp_pat
                            graphs=graphs, measure=measure, adaptive_rounds=0)
     assert len(measured) == first  # nothing measured twice
     assert len(again.rows) == len(samples.rows)
+
+
+def test_a_second_round_keeps_the_lower_latency(tmp_path: Path) -> None:
+    configs = [make_config("dwconv", (1, 8, 8, 8), [("DWConv", {"kernel": 3})]),
+               make_config("conv", (1, 8, 8, 8), [("Conv", {"c_out": 8})])]
+    first = measure_kernels(configs, RULES, workdir=tmp_path,
+                            measure=_fake_measure({"dwconv": 0.3, "conv": 0.5}, 0.01))
+    second = measure_kernels(configs, RULES, workdir=tmp_path,
+                             measure=_fake_measure({"dwconv": 0.2, "conv": 0.9}, 0.01))
+    first.merge_lower(second)
+    assert [(r["kernel_type"], r["latency_ms"], r["rounds"]) for r in first.rows] == [
+        ("dwconv", pytest.approx(0.19), 2), ("conv", pytest.approx(0.49), 2)]

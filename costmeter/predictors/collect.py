@@ -161,14 +161,16 @@ def onnx_path(item: CollectItem, workdir: Path | str) -> Path:
 def collect(space: str, samples: int, device: str = "cpu", runtime: str = "onnxruntime",
             workdir: Path | str = ".costmeter", store: Any = None, seed: int = 0,
             threads: int | None = None, batch: int = 1, protocol: Any = None,
-            progress: Callable[..., None] | None = None, skip_measured: bool = True,
+            progress: Callable[..., None] | None = None, min_results: int = 1,
             tag: str | None = None) -> list[Any]:
     """Measure ``samples`` architectures of ``space``; returns their RunResults.
 
     Everything is validated before anything runs (unknown space, device or runtime raise a
     ConfigError/UnavailableError and nothing is written). Each result goes to ``store`` as it
-    finishes. With ``skip_measured`` an architecture already in the store for this device,
-    runtime and batch is not measured again (its stored result is not returned).
+    finishes. An architecture that already has ``min_results`` ok results in the store for this
+    device, runtime and batch is not measured again (0 measures everything; 2 gives every
+    architecture a second, later measurement, e.g. to take the lower of two medians on a
+    shared machine).
     """
     from costmeter.harness.config import RunConfig
     from costmeter.harness.runner import Runner, validate
@@ -176,12 +178,11 @@ def collect(space: str, samples: int, device: str = "cpu", runtime: str = "onnxr
     items = plan(space, samples, seed)
     protocol = protocol or collect_protocol()
     tag = tag or f"collect:{space}"
-    if store is not None and skip_measured:
-        done = set()
+    if store is not None and min_results > 0:
         frame = store.query(device=device, runtime=runtime, status="ok")
-        if len(frame):
-            done = set(frame.loc[frame["batch"] == batch, "model_id"])
-        items = [i for i in items if i.model_id not in done]
+        counts = (frame.loc[frame["batch"] == batch, "model_id"].value_counts().to_dict()
+                  if len(frame) else {})
+        items = [i for i in items if counts.get(i.model_id, 0) < min_results]
     base = RunConfig(model="placeholder", device=device, runtime=runtime, batch=batch,
                      threads=threads, protocol=protocol, check_outputs=False,
                      workdir=str(workdir), tag=tag)

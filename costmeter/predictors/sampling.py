@@ -30,6 +30,7 @@ SAMPLED_TYPES: tuple[str, ...] = (
 )
 MAX_ACTIVATION_ELEMENTS = 4_000_000  # keeps one micro-benchmark under ~50 ms on a CPU core
 MAX_WEIGHT_ELEMENTS = 8_000_000
+MAX_MACS = 1_500_000_000  # the largest conv of the zoo at 224 px is ~0.23 G MACs
 _ACTS = ("Relu", "Clip", "HardSwish", "HardSigmoid", "Sigmoid", "Tanh", "LeakyRelu", "SiLU", "GELU")
 _CHANNEL_SCALES = (0.5, 0.75, 1.0, 1.25, 1.5, 2.0)
 
@@ -235,8 +236,11 @@ def _fits(config: KernelConfig) -> bool:
     if config.activation_elements() > MAX_ACTIVATION_ELEMENTS:
         return False
     params = dict(config.ops[0][1])
-    weights = params.get("c_out", params.get("n", 0)) * config.input_shape[1 if len(config.input_shape) == 4 else -1]
-    return weights * int(params.get("kernel", 1)) ** 2 <= MAX_WEIGHT_ELEMENTS
+    shape = config.input_shape
+    channels_in = shape[1] if len(shape) == 4 else shape[-1]
+    weights = params.get("c_out", params.get("n", 0)) * channels_in * int(params.get("kernel", 1)) ** 2
+    macs = weights * math.prod(shape[2:]) if len(shape) == 4 else weights * math.prod(shape[:-1])
+    return weights <= MAX_WEIGHT_ELEMENTS and macs <= MAX_MACS
 
 
 def sample_configs(prior: KernelPrior, counts: Mapping[str, int], seed: int = 0,
