@@ -39,6 +39,7 @@ class CollectItem:
 
     @property
     def model_id(self) -> str:
+        """The id the runner gives the ONNX file (``onnx:<stem>``)."""
         return f"onnx:{self.stem}"
 
     @property
@@ -118,6 +119,7 @@ def export_item(item: CollectItem, workdir: Path | str) -> Path:
 
 
 def manifest_path(workdir: Path | str) -> Path:
+    """Where the collect manifest (one JSON line per architecture) is kept."""
     return Path(workdir) / "collect" / MANIFEST
 
 

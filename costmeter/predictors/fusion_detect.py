@@ -80,6 +80,7 @@ class PairTiming:
         return self.saving_ms > FUSION_THRESHOLD * min(self.t1_ms, self.t2_ms)
 
     def to_dict(self) -> dict[str, Any]:
+        """JSON-ready evidence row (times in ms, verdict included)."""
         return {"op1": self.op1, "op2": self.op2, "t1_ms": self.t1_ms, "t2_ms": self.t2_ms,
                 "t12_ms": self.t12_ms, "overhead_ms": self.overhead_ms,
                 "saving_ms": self.saving_ms, "fused": self.fused}

@@ -78,18 +78,22 @@ class Kernel:
 
     @property
     def name(self) -> str:
+        """Readable unique name: index and unit types, e.g. ``k0005_Conv+Relu``."""
         return f"k{self.index:04d}_{'+'.join(self.unit_types)}"
 
     @property
     def flops(self) -> int:
+        """FLOPs of all member ops (whole batch)."""
         return sum(op.flops for op in self.ops)
 
     @property
     def macs(self) -> int:
+        """Multiply-accumulates of all member ops (whole batch)."""
         return sum(op.macs for op in self.ops)
 
     @property
     def weight_bytes(self) -> int:
+        """Bytes of constant inputs read by the member ops."""
         return sum(op.weight_bytes for op in self.ops)
 
     @property

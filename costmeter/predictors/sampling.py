@@ -49,12 +49,14 @@ class KernelConfig:
         return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:12]
 
     def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict; inverse of :meth:`from_dict`."""
         return {"kernel_type": self.kernel_type, "input_shape": list(self.input_shape),
                 "ops": [[op, {k: list(v) if isinstance(v, tuple) else v for k, v in params}]
                         for op, params in self.ops]}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> KernelConfig:
+        """Inverse of :meth:`to_dict`."""
         return make_config(str(data["kernel_type"]), tuple(data["input_shape"]),
                            [(str(op), dict(params)) for op, params in data["ops"]])
 
@@ -173,6 +175,7 @@ class KernelPrior:
     unbuildable: dict[str, int]  # kernel type -> kernels seen that no micro-benchmark rebuilds
 
     def counts(self) -> dict[str, int]:
+        """Observed configs per kernel type."""
         return {t: len(c) for t, c in self.configs.items()}
 
 
