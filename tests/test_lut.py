@@ -185,6 +185,15 @@ def test_foreign_and_damaged_files_are_refused(tmp_path: Path) -> None:
         load_table(tmp_path / "absent.json")
 
 
+def test_default_paths_name_space_device_runtime_and_resolutions(tmp_path: Path) -> None:
+    from costmeter.predictors.lut import default_lut_path
+
+    assert default_lut_path(tmp_path, "nb201", "cpu", "onnxruntime").name == "nb201-cpu-onnxruntime.json"
+    assert default_lut_path(tmp_path, "ofa_mbv3", "cuda:1", "onnxruntime", [224, 160],
+                            predicted=True).name == "ofa_mbv3-cuda_1-onnxruntime-r160-224-predicted.json"
+    assert default_lut_path(tmp_path, "ofa_mbv3", "cpu", "tvm").parent == tmp_path / "lut"
+
+
 def test_bad_build_options_fail_before_anything_runs(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="resolution 150 is not in the space"):
         build_lut("ofa_mbv3", resolutions=[150], workdir=tmp_path)

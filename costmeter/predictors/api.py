@@ -151,32 +151,27 @@ def _decode_ofa_strings(items: Sequence[str]) -> np.ndarray | None:
     lengths = np.fromiter(map(len, items), dtype=np.int64, count=n)
     if lengths.max() > _OFA_MAX_CHARS:
         return None
+    width = _OFA_MAX_CHARS + 1  # at least one space after every string
     try:
-        text = "".join(x.ljust(_OFA_MAX_CHARS) for x in items).encode("ascii")
+        text = "".join(x.ljust(width) for x in items).encode("ascii")
     except UnicodeEncodeError:
         return None
-    c = np.frombuffer(text, dtype=np.uint8).reshape(n, _OFA_MAX_CHARS)
-    pad = np.full((n, 1), ord(" "), dtype=np.uint8)
-    c = np.concatenate([c, pad], axis=1)  # one space after the longest string
+    c = np.frombuffer(text, dtype=np.uint8).reshape(n, width)
     digit = (c >= ord("0")) & (c <= ord("9"))
     is_k, is_pipe, is_comma = c == ord("k"), c == ord("|"), c == ord(",")
-    after = np.concatenate([c[:, 1:], pad], axis=1)
-    before_digit = np.concatenate([np.zeros((n, 1), dtype=bool), digit[:, :-1]], axis=1)
     n_k = is_k.sum(axis=1)
     ok = ((c[:, 0] == ord("r")) & digit[:, 1:4].all(axis=1) & (c[:, 4] == ord("|"))
           & (is_pipe.sum(axis=1) == s.N_STAGES) & (is_comma.sum(axis=1) == n_k - s.N_STAGES)
           & (lengths == 4 + 5 * n_k))
-    # every separator is followed by a token; every non-leading one follows a token's last digit
-    sep = is_pipe | is_comma
-    leading = np.zeros_like(sep)
-    leading[:, 4] = True
-    ok &= ~(sep & (after != ord("k"))).any(axis=1)
-    ok &= ~(sep & ~leading & ~before_digit).any(axis=1)
+    # every separator (columns 4..) is followed by a token and follows a digit
+    sep = (is_pipe | is_comma)[:, 4:-1]
+    ok &= ~(sep & ((c[:, 5:] != ord("k")) | ~digit[:, 3:-2])).any(axis=1)
     rows, cols = np.nonzero(is_k)
     if not ok.all() or cols.max(initial=0) + 4 >= c.shape[1]:
         return None
+    end = c[rows, cols + 4]
     tok_ok = ((c[rows, cols + 2] == ord("e")) & digit[rows, cols + 1] & digit[rows, cols + 3]
-              & np.isin(c[rows, cols + 4], _TOKEN_END))
+              & ((end == ord(",")) | (end == ord("|")) | (end == ord(" "))))
     if not tok_ok.all():
         return None
     pipe_cols = np.nonzero(is_pipe)[1].reshape(n, s.N_STAGES)
@@ -196,5 +191,3 @@ def _decode_ofa_strings(items: Sequence[str]) -> np.ndarray | None:
     out[rows, 1 + s.N_STAGES + s.N_SLOTS + slot] = c[rows, cols + 3].astype(np.int64) - ord("0")
     return out
 
-
-_TOKEN_END = np.array([ord(","), ord("|"), ord(" ")], dtype=np.uint8)

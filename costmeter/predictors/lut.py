@@ -323,6 +323,15 @@ def _atomic_write(path: Path, text: str) -> None:
 
 
 # ----------------------------------------------------------------------------- build / load
+def default_lut_path(workdir: Path | str, space: str, device: str, runtime: str,
+                     resolutions: Sequence[int] | None = None, predicted: bool = False) -> Path:
+    """``<workdir>/lut/<space>-<device>-<runtime>[-r<res>-...][-predicted].json``."""
+    safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in device)
+    res = blocks.check_resolutions(space, resolutions)
+    tag = "" if res == blocks.space_resolutions(space) else "-r" + "-".join(map(str, res))
+    return Path(workdir) / "lut" / f"{space}-{safe}-{runtime}{tag}{'-predicted' if predicted else ''}.json"
+
+
 def build_lut(space: str, device: str = "cpu", runtime: str = "onnxruntime",
               resolutions: Sequence[int] | None = None, predictor: Any = None,
               workdir: Path | str = ".costmeter", threads: int | None = 1,
