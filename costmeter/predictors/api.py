@@ -139,7 +139,6 @@ def ofa_array(archs: Any) -> np.ndarray:
                 return s.to_array(np.concatenate(parts))
             except ConfigError:
                 pass  # out of the space: let the parser name the field in its own words
-
     return s.to_array(items)
 
 
@@ -174,8 +173,8 @@ def _decode_ofa_strings(items: Sequence[str]) -> np.ndarray | None:
               & ((end == ord(",")) | (end == ord("|")) | (end == ord(" "))))
     if not tok_ok.all():
         return None
-    pipe_cols = np.nonzero(is_pipe)[1].reshape(n, s.N_STAGES)
-    stage = (cols[:, None] > pipe_cols[rows]).sum(axis=1) - 1
+    pipes = np.flatnonzero(is_pipe)  # flat positions, sorted; five per row
+    stage = np.searchsorted(pipes, rows * width + cols) - rows * s.N_STAGES - 1
     depth = np.bincount(rows * s.N_STAGES + stage, minlength=n * s.N_STAGES).reshape(n, s.N_STAGES)
     if depth.max() > s.MAX_DEPTH:
         return None
