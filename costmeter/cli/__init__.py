@@ -24,7 +24,7 @@ def bench() -> None:
 
 
 def _register() -> None:
-    from costmeter.cli import env_cmd, predictor_cmd, report_cmd, results_cmd, run_cmd
+    from costmeter.cli import env_cmd, lut_cmd, predictor_cmd, report_cmd, results_cmd, run_cmd
 
     bench.add_command(run_cmd.run)
     bench.add_command(env_cmd.env)
@@ -35,6 +35,7 @@ def _register() -> None:
     bench.add_command(predictor_cmd.traces)
     bench.add_command(predictor_cmd.predictor)
     bench.add_command(predictor_cmd.predict)
+    bench.add_command(lut_cmd.lut)
 
 
 _register()

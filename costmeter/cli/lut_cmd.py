@@ -1,0 +1,104 @@
+"""``bench lut build|check``: latency lookup tables for NAS, and how far they can be trusted."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from costmeter.cli.common import open_store, store_option, workdir_option
+from costmeter.harness.config import default_workdir, parse_int_list
+
+
+@click.group()
+def lut() -> None:
+    """Per-block latency lookup tables (OFA-style keys) for search spaces."""
+
+
+@lut.command()
+@click.option("--space", required=True, help="ofa_mbv3 or nb201")
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--runtime", default="onnxruntime", show_default=True)
+@click.option("--resolution", default=None, help="Comma-separated input resolutions (default: all the space has)")
+@click.option("--predicted", is_flag=True, help="Predict entries with --predictor instead of measuring")
+@click.option("--predictor", "predictor_path", type=click.Path(dir_okay=False), default=None,
+              help="Kernel-level .costmodel used with --predicted")
+@click.option("--threads", default=1, show_default=True)
+@click.option("--min-time", default=0.05, show_default=True, help="Sampling seconds per block")
+@click.option("--interleave", type=int, default=None, help="Blocks measured round-robin in groups of N")
+@click.option("--output", "-o", type=click.Path(dir_okay=False), default=None)
+@workdir_option
+def build(space: str, device: str, runtime: str, resolution: str | None, predicted: bool,
+          predictor_path: str | None, threads: int, min_time: float, interleave: int | None,
+          output: str | None, workdir: Path | None) -> None:
+    """Measure (or predict) every block configuration at every input shape; write JSON + CSV."""
+    from costmeter.errors import ConfigError
+    from costmeter.predictors.lut import build_lut, default_lut_path
+
+    if predicted and not predictor_path:
+        raise ConfigError("--predicted needs --predictor FILE.costmodel (a kernel-level cost model)")
+    if predictor_path and not predicted:
+        raise ConfigError("--predictor is used only with --predicted; add --predicted or drop --predictor")
+    wd = workdir or default_workdir()
+    res = parse_int_list(resolution, "--resolution") if resolution else None
+    out = output or default_lut_path(wd, space, device, runtime, res, predicted)
+    predictor = None
+    if predicted:
+        from costmeter.predictors.artifacts import load_predictor
+
+        predictor = load_predictor(predictor_path)
+    table = _with_progress(lambda cb: build_lut(space, device, runtime, res, predictor=predictor, workdir=wd,
+                                               threads=threads, min_time_s=min_time, interleave=interleave,
+                                               output=out, progress=cb), "blocks")
+    json_path = Path(out).with_suffix(".json")
+    click.echo(f"{len(table.entries)} entries, per-run overhead {table.overhead_ms * 1e3:.1f} us; "
+               f"wrote {json_path} and {json_path.with_suffix('.csv')}")
+
+
+@lut.command()
+@click.argument("table_path", type=click.Path(dir_okay=False))
+@click.option("--networks", default=30, show_default=True, help="Whole sampled networks to measure")
+@click.option("--predictor", "predictor_path", type=click.Path(dir_okay=False), default=None,
+              help="A .costmodel to compare side by side")
+@click.option("--device", default=None, help="Refuse the table unless it was built for this device")
+@click.option("--runtime", default=None, help="Refuse the table unless it was built for this runtime")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--min-time", default=0.5, show_default=True, help="Sampling seconds per network")
+@click.option("--update", is_flag=True, help="Record the check in the table's manifest")
+@store_option
+@workdir_option
+def check(table_path: str, networks: int, predictor_path: str | None, device: str | None, runtime: str | None,
+          seed: int, min_time: float, update: bool, store_url: str | None, workdir: Path | None) -> None:
+    """Measure sampled networks; report LUT-sum (and predictor) bias, MAPE, ±10% share, Spearman."""
+    from costmeter.predictors.lut import load_table
+    from costmeter.predictors.lut_check import check_lut, record_check
+
+    table = load_table(table_path, device=device, runtime=runtime)
+    store = open_store(store_url, workdir)
+    try:
+        report = _with_progress(lambda cb: check_lut(table, networks, predictor_path, seed=seed,
+                                                     workdir=workdir or default_workdir(), min_time_s=min_time,
+                                                     store=store, progress=cb), "networks")
+    finally:
+        store.close()
+    fmt = {"float_format": lambda v: f"{v:.3f}"}
+    click.echo("against each network's median latency:")
+    click.echo(report.metrics("median").to_string(**fmt))
+    if report.measured_p10_ms is not None:
+        click.echo("against each network's 10th-percentile latency (less preemption noise):")
+        click.echo(report.metrics("p10").to_string(**fmt))
+    if update:
+        click.echo(f"recorded the check in {record_check(table, report, table_path)}")
+
+
+def _with_progress(call, unit: str):
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress(TextColumn(unit), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=Console(stderr=True)) as bar:
+        task = bar.add_task(unit, total=None)
+
+        def progress(done: int, total: int, *_: object) -> None:
+            bar.update(task, completed=done, total=total)
+
+        return call(progress)
