@@ -65,3 +65,19 @@ def test_processes_keep_per_process_samples(workdir: Path) -> None:
     assert len(result.measurement.samples_ns) == 3
     assert all(len(p) >= 50 for p in result.measurement.samples_ns)
     assert result.extra["per_process_samples"] == [len(p) for p in result.measurement.samples_ns]
+
+
+def test_peak_rss_is_this_process_image_not_the_parents(workdir: Path, tmp_path: Path) -> None:
+    """A parent holding a big buffer must not inflate the worker's peak (ru_maxrss would)."""
+    from costmeter.harness.worker import peak_rss_bytes
+
+    status = tmp_path / "status"
+    status.write_text("Name:\tpython\nVmPeak:\t 900000 kB\nVmHWM:\t   12345 kB\nVmRSS:\t 1000 kB\n")
+    assert peak_rss_bytes(str(status)) == 12345 * 1024
+    ballast = bytearray(400 * 2**20)  # 400 MiB resident in the parent
+    ballast[:: 4096] = b"x" * len(ballast[:: 4096])
+    cfg = RunConfig(model="rss", device="fake", runtime="fake", protocol=FAST, workdir=str(workdir),
+                    options=(("latency_us", "20"),))
+    (result,) = Runner(None, workdir).run(validate([cfg]))
+    assert result.memory.peak_rss_bytes < 300 * 2**20
+    del ballast

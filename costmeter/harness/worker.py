@@ -160,7 +160,7 @@ def _child_measure(job: WorkerJob, baseline_rss: int) -> dict[str, Any]:
     if meter is not None and hasattr(meter, "idle_power_w"):
         idle_power_w = meter.idle_power_w(0.5)  # measured before the run, so energy above idle can be told
     outcome = sample(session, config.protocol, energy_meter=meter)
-    peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+    peak_rss = peak_rss_bytes()
     memory: dict[str, Any] = {
         "peak_rss_bytes": peak_rss,
         "baseline_rss_bytes": baseline_rss,
@@ -197,6 +197,23 @@ def _child_measure(job: WorkerJob, baseline_rss: int) -> dict[str, Any]:
         "environment": environment,
         "extra": runtime_info,
     }
+
+
+def peak_rss_bytes(status_path: str = "/proc/self/status") -> int:
+    """Peak resident memory of this process image, in bytes.
+
+    Reads ``VmHWM`` (the high-water mark of this address space, which starts afresh at exec).
+    ``getrusage``'s ``ru_maxrss`` is only the fallback: Linux carries it across fork and exec, so a
+    worker started from a parent holding torch would report the parent's size.
+    """
+    try:
+        with open(status_path) as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024  # kB
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
 
 
 def _device_index(device: str) -> int:
