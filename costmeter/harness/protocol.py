@@ -186,3 +186,37 @@ def judge(
             f"(limit {config.max_throttled_share:.0%}); let it cool or fix its clocks"
         )
     return not reasons, reasons
+
+
+def sample_interleaved(sessions: list[Any], protocol: ProtocolConfig,
+                       clock: Clock = time.perf_counter_ns) -> list[list[int]]:
+    """Samples (ns) per session. One session: the harness protocol as is. Several: the
+    protocol's rules applied round-robin -- warm-up runs, then rounds in which every session
+    runs once, timed alone, until every session has ``min_count`` samples and the rounds took
+    ``min_time_s`` per session, stopping at ``max_time_s`` per session."""
+    if len(sessions) == 1:
+        return [sample(sessions[0], protocol, clock).samples_ns]
+    runs = [(s.run_once, None if getattr(s, "synchronous", False) else s.synchronize)
+            for s in sessions]
+    warm_until = clock() + int(protocol.warmup_s * 1e9)
+    rounds = 0
+    while rounds < protocol.warmup_count or clock() < warm_until:
+        for run, sync in runs:
+            run()
+            if sync is not None:
+                sync()
+        rounds += 1
+    samples: list[list[int]] = [[] for _ in sessions]
+    min_ns = int(protocol.min_time_s * 1e9) * len(sessions)
+    max_ns = int(protocol.max_time_s * 1e9) * len(sessions)
+    start = clock()
+    while True:
+        for (run, sync), out in zip(runs, samples):
+            t0 = clock()
+            run()
+            if sync is not None:
+                sync()
+            out.append(clock() - t0)
+        elapsed = clock() - start
+        if (len(samples[0]) >= protocol.min_count and elapsed >= min_ns) or elapsed >= max_ns:
+            return samples

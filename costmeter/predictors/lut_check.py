@@ -125,7 +125,7 @@ def measure_networks(space: str, archs: Sequence[str], device: str = "cpu",
     from costmeter.harness.config import RunConfig
     from costmeter.harness.runner import Runner, validate
     from costmeter.predictors.collect import CollectItem, collect_protocol, export_item
-    from costmeter.predictors.lut_measure import check_runtime
+    from costmeter.harness.batch_worker import check_local_onnx_runtime as check_runtime
     from costmeter.predictors.microbench import median_ms
     from costmeter.predictors.spaces import get_space
 

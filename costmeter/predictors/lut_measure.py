@@ -4,7 +4,7 @@ Cost model of the choice: a harness worker process per benchmark pays ~1-2 s of 
 (interpreter, numpy, ONNX Runtime, environment capture) before it times anything; a table of
 ~1,250 blocks (ofa_mbv3 at all 25 resolutions) would spend most of its time starting processes.
 So blocks are measured in *chunks* (:data:`DEFAULT_CHUNK` blocks): one child process
-(``python -m costmeter.predictors.lut_measure``) prepares the blocks with the device's runtime
+(``costmeter.harness.batch_worker``) prepares the blocks with the device's runtime
 adapter and samples them, writing one JSON line per block as it finishes. A child that dies
 (crash, timeout) loses nothing measured so far: the parent reruns the rest of the chunk one
 block at a time in a fresh process and reports the block that killed it as failed.
@@ -35,11 +35,6 @@ subtracts from every block and adds back once per network.
 from __future__ import annotations
 
 import io
-import json
-import subprocess
-import sys
-import tempfile
-import time
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -47,13 +42,21 @@ from pathlib import Path
 from typing import Any
 
 from costmeter.errors import ConfigError, MeasurementError
+from costmeter.harness.batch_worker import (  # noqa: F401  (re-exported for callers and tests)
+    OPSET,
+    check_local_onnx_runtime,
+    overhead_model_bytes,
+    pinned_model,
+    run_batch,
+    static_copy,
+    trim_output,
+)
 from costmeter.predictors.lut_blocks import (
     BlockSpec,
     block_input_count,
     build_block_module,
 )
 
-OPSET = 17
 OVERHEAD_KEY = "__overhead__"
 DEFAULT_CHUNK = 160
 # round-robin group size per space: the best additivity of the sizes tried (1, 4, 20) on an x86 CPU
@@ -110,57 +113,6 @@ def _export(spec: BlockSpec, path: Path) -> None:
     path.write_bytes(buffer.getvalue())
 
 
-def pinned_model(onnx_bytes: bytes, shape: Sequence[int]) -> Any:
-    """The ONNX model in ``onnx_bytes`` with every graph input pinned to ``shape``."""
-    import onnx
-
-    model = onnx.load_from_string(onnx_bytes)
-    initializers = {t.name for t in model.graph.initializer}
-    for value in model.graph.input:
-        if value.name in initializers:
-            continue
-        for dim, size in zip(value.type.tensor_type.shape.dim, shape):
-            dim.dim_value = int(size)
-    return model
-
-
-def trim_output(model: Any) -> Any:
-    """Return only the first element of the model's output (a Slice appended): the runtime still
-    computes the whole block, but does not copy a large output back on every run, a cost that
-    the same block inside a network does not pay."""
-    import numpy as np
-    from onnx import TensorProto, helper, numpy_helper
-
-    out = model.graph.output[0]
-    rank = len(out.type.tensor_type.shape.dim)
-    for name, value in (("trim_starts", 0), ("trim_ends", 1)):
-        model.graph.initializer.append(numpy_helper.from_array(np.full(rank, value, np.int64), name))
-    model.graph.node.append(helper.make_node("Slice", [out.name, "trim_starts", "trim_ends"],
-                                             ["trimmed_output"]))
-    del model.graph.output[:]
-    model.graph.output.append(helper.make_tensor_value_info("trimmed_output", TensorProto.FLOAT,
-                                                            [1] * rank))
-    return model
-
-
-def static_copy(onnx_bytes: bytes, shape: Sequence[int], target: Path) -> Path:
-    """Write the model with its inputs pinned to ``shape`` (see :func:`pinned_model`) and its
-    output trimmed (see :func:`trim_output`), ready to be timed."""
-    target.write_bytes(trim_output(pinned_model(onnx_bytes, shape)).SerializeToString())
-    return target
-
-
-def overhead_model_bytes() -> bytes:
-    """An almost empty model: one Relu on a (1, 1) float tensor."""
-    from onnx import TensorProto, helper
-
-    graph = helper.make_graph([helper.make_node("Relu", ["input"], ["output"])], "overhead",
-                              [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 1])],
-                              [helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, 1])])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
-    return model.SerializeToString()
-
-
 # ----------------------------------------------------------------------------- parent side
 def measure_blocks(specs: Sequence[BlockSpec], device: str = "cpu", runtime: str = "onnxruntime",
                    workdir: Path | str = ".costmeter", threads: int | None = 1,
@@ -176,7 +128,7 @@ def measure_blocks(specs: Sequence[BlockSpec], device: str = "cpu", runtime: str
     """
     import random
 
-    check_runtime(device, runtime)
+    check_local_onnx_runtime(device, runtime)
     if interleave < 1 or chunk_size < 1:
         raise ConfigError(f"--interleave and the chunk size must be >= 1 (got {interleave}, "
                           f"{chunk_size})")
@@ -199,7 +151,7 @@ def measure_blocks(specs: Sequence[BlockSpec], device: str = "cpu", runtime: str
         pending = entries[start:start + chunk_size]
         group = interleave
         while pending:
-            lines, started, env, failure = _run_chunk({**base, "interleave": group}, pending,
+            lines, started, env, failure = run_batch({**base, "interleave": group}, pending,
                                                       timeout_s)
             environment = environment or env
             for line in lines:
@@ -228,57 +180,12 @@ def measure_blocks(specs: Sequence[BlockSpec], device: str = "cpu", runtime: str
     return timings, facts
 
 
-def check_runtime(device: str, runtime: str) -> None:
-    """Fail early unless ``runtime`` on ``device`` is installed, local and takes ONNX files."""
-    from costmeter.devices.base import get_runtime, require_available
-    from costmeter.harness.config import parse_device
-
-    kind = parse_device(device)[0]
-    if kind in ("ssh", "adb"):
-        raise ConfigError(f"lookup tables are measured on local devices; {device!r} is remote -- "
-                          "build the table on the board itself, or use --predicted")
-    rt = get_runtime(kind, runtime)
-    require_available(rt)
-    if rt.artifact_kind != "onnx":
-        raise ConfigError(f"lookup tables measure ONNX blocks; runtime {runtime!r} takes "
-                          f"{rt.artifact_kind} artifacts; use an ONNX runtime such as onnxruntime")
-
-
 def _protocol_dict(protocol: Any) -> dict[str, Any]:
     from dataclasses import asdict
 
     d = asdict(protocol)
     d["percentiles"] = list(protocol.percentiles)
     return d
-
-
-def _run_chunk(base: dict[str, Any], entries: list[dict[str, Any]], timeout_s: float
-               ) -> tuple[list[dict[str, Any]], str | None, dict[str, Any], str | None]:
-    """Run one child on ``entries``: (result lines, key of the last block it started,
-    environment, failure reason or None)."""
-    with tempfile.TemporaryDirectory(prefix="costmeter-lut-") as tmp:
-        job_path, out_path, err_path = (Path(tmp) / n for n in ("job.json", "out.jsonl", "err.txt"))
-        job_path.write_text(json.dumps({**base, "entries": entries}))
-        failure = None
-        with open(err_path, "wb") as err:
-            proc = subprocess.Popen([sys.executable, "-m", "costmeter.predictors.lut_measure",
-                                     str(job_path), str(out_path)], stdin=subprocess.DEVNULL,
-                                    stdout=subprocess.DEVNULL, stderr=err, start_new_session=True)
-            try:
-                rc = proc.wait(timeout=timeout_s)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-                rc, failure = -9, f"timed out after {timeout_s:g} s"
-        records = [json.loads(line) for line in out_path.read_text().splitlines()
-                   if line.strip()] if out_path.exists() else []
-        env = next((r["environment"] for r in records if "environment" in r), {})
-        started = next((r["started"] for r in reversed(records) if "started" in r), None)
-        lines = [r for r in records if "key" in r]
-        if failure is None and rc != 0:
-            tail = [ln for ln in err_path.read_text(errors="replace").splitlines() if ln.strip()]
-            failure = f"worker exited with code {rc}" + (f": {tail[-1][:200]}" if tail else "")
-        return lines, started, env, failure
 
 
 # ----------------------------------------------------------------------------- predicted
@@ -336,104 +243,3 @@ def _kernel_predictor(predictor: Any, device: str, runtime: str) -> tuple[Any, d
     info["estimator"] = type(estimator).__name__
     info["kernel_types"] = list(getattr(estimator, "kernel_types_", ()))
     return estimator, info
-
-
-# ----------------------------------------------------------------------------- child side
-def _child(job_path: str, out_path: str) -> int:
-    import numpy as np
-
-    from costmeter.devices.base import Artifact, SessionOptions, get_runtime
-    from costmeter.harness.config import ProtocolConfig, parse_device
-    from costmeter.harness.environment import capture
-
-    job = json.loads(Path(job_path).read_text())
-    proto = dict(job["protocol"])
-    proto["percentiles"] = tuple(proto["percentiles"])
-    protocol = ProtocolConfig(**proto)
-    kind, index = parse_device(job["device"])
-    runtime = get_runtime(kind, job["runtime"])
-    options = SessionOptions(threads=job["threads"], device_index=index,
-                             options=tuple(tuple(kv) for kv in job["options"]))
-    rng = np.random.default_rng(0)
-    entries = job["entries"]
-    group = max(1, int(job.get("interleave", 1)))
-    with open(out_path, "a") as out, tempfile.TemporaryDirectory(prefix="lut-block-") as tmp:
-        def emit(record: dict[str, Any]) -> None:
-            out.write(json.dumps(record) + "\n")
-            out.flush()
-
-        def prepare(entry: dict[str, Any], n: int) -> Any:
-            data = Path(entry["onnx"]).read_bytes()
-            path = static_copy(data, entry["shape"], Path(tmp) / f"b{n}.onnx")
-            names = ["input"] if entry["inputs"] == 1 else [f"input_{i}" for i in range(entry["inputs"])]
-            feeds = {name: rng.standard_normal(entry["shape"], dtype=np.float32) for name in names}
-            return runtime.prepare(Artifact(kind="onnx", inputs=feeds, path=str(path)), options)
-
-        emit({"environment": capture(threads=job["threads"])})
-        overhead = job.get("overhead")
-        plan = [[overhead]] if overhead else []
-        plan += [entries[i:i + group] for i in range(0, len(entries), group)]
-        plan += [[overhead]] if overhead else []
-        for number, members in enumerate(plan):
-            sessions = []
-            try:
-                for k, entry in enumerate(members):
-                    emit({"started": entry["key"]})
-                    sessions.append(prepare(entry, number * group + k))
-                samples = _sample_group(sessions, protocol)
-            finally:
-                for session in sessions:
-                    session.close()
-            for entry, ns in zip(members, samples):
-                emit(_summary(entry["key"], ns))
-    return 0
-
-
-def _summary(key: str, samples_ns: list[int]) -> dict[str, Any]:
-    import numpy as np
-
-    ns = np.asarray(samples_ns, dtype=np.float64)
-    median = float(np.median(ns))
-    mad = float(np.median(np.abs(ns - median)))
-    return {"key": key, "median_ms": median / 1e6, "spread_ms": 1.4826 * mad / 1e6,
-            "samples": int(ns.size)}
-
-
-def _sample_group(sessions: list[Any], protocol: Any) -> list[list[int]]:
-    """Samples (ns) per session. One session: the harness protocol as is. Several: the
-    protocol's rules applied round-robin -- warm-up runs, then rounds in which every session
-    runs once, timed alone, until every session has ``min_count`` samples and the rounds took
-    ``min_time_s`` per session, stopping at ``max_time_s`` per session."""
-    from costmeter.harness.protocol import sample
-
-    if len(sessions) == 1:
-        return [sample(sessions[0], protocol).samples_ns]
-    clock = time.perf_counter_ns
-    runs = [(s.run_once, None if getattr(s, "synchronous", False) else s.synchronize)
-            for s in sessions]
-    warm_until = clock() + int(protocol.warmup_s * 1e9)
-    rounds = 0
-    while rounds < protocol.warmup_count or clock() < warm_until:
-        for run, sync in runs:
-            run()
-            if sync is not None:
-                sync()
-        rounds += 1
-    samples: list[list[int]] = [[] for _ in sessions]
-    min_ns = int(protocol.min_time_s * 1e9) * len(sessions)
-    max_ns = int(protocol.max_time_s * 1e9) * len(sessions)
-    start = clock()
-    while True:
-        for (run, sync), out in zip(runs, samples):
-            t0 = clock()
-            run()
-            if sync is not None:
-                sync()
-            out.append(clock() - t0)
-        elapsed = clock() - start
-        if (len(samples[0]) >= protocol.min_count and elapsed >= min_ns) or elapsed >= max_ns:
-            return samples
-
-
-if __name__ == "__main__":
-    raise SystemExit(_child(sys.argv[1], sys.argv[2]))

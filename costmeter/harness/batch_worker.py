@@ -1,0 +1,185 @@
+"""Many small ONNX benchmarks in one isolated child process (lookup-table blocks, kernels).
+
+A worker process per benchmark pays ~1-2 s of start-up before it times anything, which dominates
+when thousands of blocks of tens of microseconds are measured. ``run_batch`` starts one child
+(``python -m costmeter.harness.batch_worker JOB OUT``) that prepares each entry with the device's
+runtime adapter and samples it with the protocol (alone, or interleaved round-robin in groups),
+writing one JSON line per entry as it finishes, so a crash loses nothing measured before it.
+Each entry's model is pinned to static input shapes and its output trimmed to one element before
+it is timed (see :func:`static_copy`).
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from costmeter.errors import ConfigError
+
+OPSET = 17
+
+
+def pinned_model(onnx_bytes: bytes, shape: Sequence[int]) -> Any:
+    """The ONNX model in ``onnx_bytes`` with every graph input pinned to ``shape``."""
+    import onnx
+
+    model = onnx.load_from_string(onnx_bytes)
+    initializers = {t.name for t in model.graph.initializer}
+    for value in model.graph.input:
+        if value.name in initializers:
+            continue
+        for dim, size in zip(value.type.tensor_type.shape.dim, shape):
+            dim.dim_value = int(size)
+    return model
+
+
+def trim_output(model: Any) -> Any:
+    """Return only the first element of the model's output (a Slice appended): the runtime still
+    computes the whole block, but does not copy a large output back on every run, a cost that
+    the same block inside a network does not pay."""
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    out = model.graph.output[0]
+    rank = len(out.type.tensor_type.shape.dim)
+    for name, value in (("trim_starts", 0), ("trim_ends", 1)):
+        model.graph.initializer.append(numpy_helper.from_array(np.full(rank, value, np.int64), name))
+    model.graph.node.append(helper.make_node("Slice", [out.name, "trim_starts", "trim_ends"],
+                                             ["trimmed_output"]))
+    del model.graph.output[:]
+    model.graph.output.append(helper.make_tensor_value_info("trimmed_output", TensorProto.FLOAT,
+                                                            [1] * rank))
+    return model
+
+
+def static_copy(onnx_bytes: bytes, shape: Sequence[int], target: Path) -> Path:
+    """Write the model with its inputs pinned to ``shape`` (see :func:`pinned_model`) and its
+    output trimmed (see :func:`trim_output`), ready to be timed."""
+    target.write_bytes(trim_output(pinned_model(onnx_bytes, shape)).SerializeToString())
+    return target
+
+
+def overhead_model_bytes() -> bytes:
+    """An almost empty model: one Relu on a (1, 1) float tensor."""
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph([helper.make_node("Relu", ["input"], ["output"])], "overhead",
+                              [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 1])],
+                              [helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, 1])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
+    return model.SerializeToString()
+
+
+def check_local_onnx_runtime(device: str, runtime: str) -> None:
+    """Fail early unless ``runtime`` on ``device`` is installed, local and takes ONNX files."""
+    from costmeter.devices.base import get_runtime, require_available
+    from costmeter.harness.config import parse_device
+
+    kind = parse_device(device)[0]
+    if kind in ("ssh", "adb"):
+        raise ConfigError(f"batches of blocks are measured on local devices; {device!r} is remote -- "
+                          "build the table on the board itself, or use --predicted")
+    rt = get_runtime(kind, runtime)
+    require_available(rt)
+    if rt.artifact_kind != "onnx":
+        raise ConfigError(f"batches measure ONNX blocks; runtime {runtime!r} takes "
+                          f"{rt.artifact_kind} artifacts; use an ONNX runtime such as onnxruntime")
+
+
+def run_batch(base: dict[str, Any], entries: list[dict[str, Any]], timeout_s: float
+               ) -> tuple[list[dict[str, Any]], str | None, dict[str, Any], str | None]:
+    """Run one child on ``entries`` (each: key, onnx path, shape, inputs): (result lines, key of
+    the last entry it started, environment, failure reason or None). Never raises for what the
+    child does: a crash or timeout comes back as the failure reason."""
+    with tempfile.TemporaryDirectory(prefix="costmeter-batch-") as tmp:
+        job_path, out_path, err_path = (Path(tmp) / n for n in ("job.json", "out.jsonl", "err.txt"))
+        job_path.write_text(json.dumps({**base, "entries": entries}))
+        failure = None
+        with open(err_path, "wb") as err:
+            proc = subprocess.Popen([sys.executable, "-m", "costmeter.harness.batch_worker",
+                                     str(job_path), str(out_path)], stdin=subprocess.DEVNULL,
+                                    stdout=subprocess.DEVNULL, stderr=err, start_new_session=True)
+            try:
+                rc = proc.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+                rc, failure = -9, f"timed out after {timeout_s:g} s"
+        records = [json.loads(line) for line in out_path.read_text().splitlines()
+                   if line.strip()] if out_path.exists() else []
+        env = next((r["environment"] for r in records if "environment" in r), {})
+        started = next((r["started"] for r in reversed(records) if "started" in r), None)
+        lines = [r for r in records if "key" in r]
+        if failure is None and rc != 0:
+            tail = [ln for ln in err_path.read_text(errors="replace").splitlines() if ln.strip()]
+            failure = f"worker exited with code {rc}" + (f": {tail[-1][:200]}" if tail else "")
+        return lines, started, env, failure
+
+
+def _child(job_path: str, out_path: str) -> int:
+    import numpy as np
+
+    from costmeter.devices.base import Artifact, SessionOptions, get_runtime
+    from costmeter.harness.config import ProtocolConfig, parse_device
+    from costmeter.harness.environment import capture
+    from costmeter.harness.protocol import sample_interleaved
+
+    job = json.loads(Path(job_path).read_text())
+    proto = dict(job["protocol"])
+    proto["percentiles"] = tuple(proto["percentiles"])
+    protocol = ProtocolConfig(**proto)
+    kind, index = parse_device(job["device"])
+    runtime = get_runtime(kind, job["runtime"])
+    options = SessionOptions(threads=job["threads"], device_index=index,
+                             options=tuple(tuple(kv) for kv in job["options"]))
+    rng = np.random.default_rng(0)
+    entries = job["entries"]
+    group = max(1, int(job.get("interleave", 1)))
+    with open(out_path, "a") as out, tempfile.TemporaryDirectory(prefix="lut-block-") as tmp:
+        def emit(record: dict[str, Any]) -> None:
+            out.write(json.dumps(record) + "\n")
+            out.flush()
+
+        def prepare(entry: dict[str, Any], n: int) -> Any:
+            data = Path(entry["onnx"]).read_bytes()
+            path = static_copy(data, entry["shape"], Path(tmp) / f"b{n}.onnx")
+            names = ["input"] if entry["inputs"] == 1 else [f"input_{i}" for i in range(entry["inputs"])]
+            feeds = {name: rng.standard_normal(entry["shape"], dtype=np.float32) for name in names}
+            return runtime.prepare(Artifact(kind="onnx", inputs=feeds, path=str(path)), options)
+
+        emit({"environment": capture(threads=job["threads"])})
+        overhead = job.get("overhead")
+        plan = [[overhead]] if overhead else []
+        plan += [entries[i:i + group] for i in range(0, len(entries), group)]
+        plan += [[overhead]] if overhead else []
+        for number, members in enumerate(plan):
+            sessions = []
+            try:
+                for k, entry in enumerate(members):
+                    emit({"started": entry["key"]})
+                    sessions.append(prepare(entry, number * group + k))
+                samples = sample_interleaved(sessions, protocol)
+            finally:
+                for session in sessions:
+                    session.close()
+            for entry, ns in zip(members, samples):
+                emit(_summary(entry["key"], ns))
+    return 0
+
+
+def _summary(key: str, samples_ns: list[int]) -> dict[str, Any]:
+    import numpy as np
+
+    ns = np.asarray(samples_ns, dtype=np.float64)
+    median = float(np.median(ns))
+    mad = float(np.median(np.abs(ns - median)))
+    return {"key": key, "median_ms": median / 1e6, "spread_ms": 1.4826 * mad / 1e6,
+            "samples": int(ns.size)}
+
+
+if __name__ == "__main__":
+    raise SystemExit(_child(sys.argv[1], sys.argv[2]))
