@@ -24,7 +24,7 @@ def bench() -> None:
 
 
 def _register() -> None:
-    from costmeter.cli import env_cmd, lut_cmd, predictor_cmd, report_cmd, results_cmd, run_cmd
+    from costmeter.cli import collect_cmd, env_cmd, lut_cmd, predictor_cmd, report_cmd, results_cmd, run_cmd
 
     bench.add_command(run_cmd.run)
     bench.add_command(env_cmd.env)
@@ -36,6 +36,8 @@ def _register() -> None:
     bench.add_command(predictor_cmd.predictor)
     bench.add_command(predictor_cmd.predict)
     bench.add_command(lut_cmd.lut)
+    bench.add_command(collect_cmd.collect)
+    bench.add_command(collect_cmd.kernels)
 
 
 _register()

@@ -44,3 +44,21 @@ def query_frame(store_url: str | None, workdir: Path | None):
         return store.query()
     finally:
         store.close()
+
+
+def with_run_progress(call: Callable[[Callable[..., None]], Any], quiet: bool = False) -> Any:
+    """Run ``call(progress)`` under a progress bar on stderr; ``progress`` takes the runner's
+    ``(done, total, config, result)`` arguments."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=Console(stderr=True), disable=quiet) as bar:
+        task = bar.add_task("benchmarks", total=None)
+
+        def progress(done: int, total: int, cfg: Any = None, result: Any = None) -> None:
+            desc = f"{Path(cfg.model).stem if cfg.model.endswith('.onnx') else cfg.model}/{cfg.runtime} " \
+                   f"b{cfg.batch} t{cfg.threads or 'auto'}" if cfg is not None else "benchmarks"
+            bar.update(task, completed=done, total=total, description=desc[:60])
+
+        return call(progress)

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import click
 
-from costmeter.cli.common import open_store, store_option, workdir_option
+from costmeter.cli.common import open_store, store_option, with_run_progress, workdir_option
 from costmeter.harness.config import default_workdir, parse_int_list
 
 
@@ -46,9 +46,9 @@ def build(space: str, device: str, runtime: str, resolution: str | None, predict
         from costmeter.predictors.artifacts import load_predictor
 
         predictor = load_predictor(predictor_path)
-    table = _with_progress(lambda cb: build_lut(space, device, runtime, res, predictor=predictor, workdir=wd,
+    table = with_run_progress(lambda cb: build_lut(space, device, runtime, res, predictor=predictor, workdir=wd,
                                                threads=threads, min_time_s=min_time, interleave=interleave,
-                                               output=out, progress=cb), "blocks")
+                                               output=out, progress=cb))
     json_path = Path(out).with_suffix(".json")
     click.echo(f"{len(table.entries)} entries, per-run overhead {table.overhead_ms * 1e3:.1f} us; "
                f"wrote {json_path} and {json_path.with_suffix('.csv')}")
@@ -75,9 +75,9 @@ def check(table_path: str, networks: int, predictor_path: str | None, device: st
     table = load_table(table_path, device=device, runtime=runtime)
     store = open_store(store_url, workdir)
     try:
-        report = _with_progress(lambda cb: check_lut(table, networks, predictor_path, seed=seed,
+        report = with_run_progress(lambda cb: check_lut(table, networks, predictor_path, seed=seed,
                                                      workdir=workdir or default_workdir(), min_time_s=min_time,
-                                                     store=store, progress=cb), "networks")
+                                                     store=store, progress=cb))
     finally:
         store.close()
     fmt = {"float_format": lambda v: f"{v:.3f}"}
@@ -88,17 +88,3 @@ def check(table_path: str, networks: int, predictor_path: str | None, device: st
         click.echo(report.metrics("p10").to_string(**fmt))
     if update:
         click.echo(f"recorded the check in {record_check(table, report, table_path)}")
-
-
-def _with_progress(call, unit: str):
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    with Progress(TextColumn(unit), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=Console(stderr=True)) as bar:
-        task = bar.add_task(unit, total=None)
-
-        def progress(done: int, total: int, *_: object) -> None:
-            bar.update(task, completed=done, total=total)
-
-        return call(progress)

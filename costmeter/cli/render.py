@@ -139,3 +139,16 @@ def print_results(results: list[RunResult], percentiles: tuple[float, ...]) -> N
     if any(row["runtime"].endswith(" *") for row in rows):
         console.print("* fastest VALID runtime for its model, device, batch and threads; "
                       "'prepare s' = export + conversion + compile + load, apart from latency")
+
+
+def print_summary_line(results: list[RunResult], what: str) -> None:
+    """One line: how many results were VALID, INVALID, failed or unsupported."""
+    import click
+
+    counts = {"VALID": 0, "INVALID": 0, "failed": 0, "unsupported": 0}
+    for r in results:
+        counts[r.validity.value if r.status is Status.OK else r.status.value] += 1
+    click.echo(f"measured {len(results)} {what}: " + ", ".join(f"{n} {k}" for k, n in counts.items()))
+    for r in results:
+        if r.status is not Status.OK:
+            click.echo(f"{r.status.value} {r.key.label()}: {r.error}", err=True)

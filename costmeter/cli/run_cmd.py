@@ -132,17 +132,10 @@ def _floats(text: str, what: str) -> list[float]:
 
 
 def _run_with_progress(runner, jobs, tag, quiet: bool):
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from costmeter.cli.common import with_run_progress
 
-    console = Console(stderr=True)
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=console, disable=quiet, transient=False) as bar:
-        task = bar.add_task("benchmarks", total=len(jobs))
-
-        def progress(done, total, cfg, result):
-            desc = f"{cfg.model}/{cfg.runtime} b{cfg.batch} t{cfg.threads or 'auto'}"
-            bar.update(task, completed=done, description=desc)
-
+    def call(progress):
         runner.progress = progress
         return runner.run(jobs, tag=tag)
+
+    return with_run_progress(call, quiet=quiet)
