@@ -10,8 +10,8 @@ harness runner (one isolated worker per model or kernel, ONNX Runtime, 1 thread)
    models and samples of the two search spaces (not from the test variants), then one round
    of adaptive re-sampling around kernels whose cross-validated error exceeds 10%.
 
-Every architecture and every kernel is measured twice, minutes apart, and the lower of the two
-medians is kept: on this shared 2-vCPU machine other work only ever adds time.
+Every architecture and every kernel is measured ``--rounds`` times (3), minutes apart, and the
+lowest median is kept: on this shared 2-vCPU machine other work only ever adds time.
 
 Predictors compared on the test families: the kernel-level forest sum (nn-Meter's scheme: one
 forest per kernel type, summed, plus the measured per-run overhead), the same sum with a
