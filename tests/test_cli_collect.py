@@ -40,3 +40,31 @@ def test_bad_pair_is_one_line(capsys: pytest.CaptureFixture) -> None:
     rc = main(["kernels", "detect", "--pairs", "Conv+Banana"])
     err = capsys.readouterr().err.strip()
     assert rc == 2 and len(err.splitlines()) == 1 and "Banana" in err
+
+
+def test_kernels_show_lists_kernels_and_unpriced_ops(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main(["kernels", "show", "--model", "tiny_cnn", "--workdir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "kernels (onnxruntime rules on cpu)" in out and "conv" in out.lower()
+
+
+@pytest.mark.slow
+def test_kernel_sample_fit_then_predicted_lut(tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch) -> None:
+    from costmeter.predictors import kernel_prior
+
+    monkeypatch.setattr(kernel_prior, "DEFAULT_COUNTS", {"conv": 6, "dwconv": 4, "fc": 2, "pool": 2,
+                                                         "global_pool": 2, "elementwise": 2, "activation": 2})
+    wd = tmp_path / "wd"
+    store = f"sqlite:///{tmp_path / 'k.db'}"
+    assert main(["kernels", "sample", "--min-time", "0.02", "--space-samples", "2", "--adaptive-rounds", "0",
+                 "--store", store, "--workdir", str(wd)]) == 0
+    assert "kernel samples in" in capsys.readouterr().out
+    model = tmp_path / "k.costmodel"
+    assert main(["kernels", "fit", "-o", str(model), "--workdir", str(wd)]) == 0
+    assert model.exists()
+    capsys.readouterr()
+    out = tmp_path / "pred.json"
+    assert main(["lut", "build", "--space", "nb201", "--predicted", "--predictor", str(model), "-o", str(out),
+                 "--workdir", str(wd)]) == 0
+    body = json.loads(out.read_text())
+    assert body["entries"] and all(e["latency_ms"] > 0 for e in body["entries"])

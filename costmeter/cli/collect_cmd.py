@@ -68,3 +68,82 @@ def detect(device: str, runtime: str, pairs: str | None, threads: int, repeats: 
     for row in rule_set.evidence:
         click.echo("  ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
     click.echo(f"{len(rule_set.rules)} fusion rules; wrote {rules_path(wd, device, runtime)}")
+
+
+@kernels.command()
+@click.option("--model", "-m", required=True, help="Zoo name, FILE.onnx, space:arch or pkg.mod:func")
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--runtime", default="onnxruntime", show_default=True, help="Whose fusion rules to apply")
+@click.option("--batch", default=1, show_default=True)
+@workdir_option
+def show(model: str, device: str, runtime: str, batch: int, workdir: Path | None) -> None:
+    """The kernels a runtime runs for a model, and the ops the cost model cannot price (never dropped)."""
+    from costmeter.harness.export import export_onnx
+    from costmeter.harness.models import resolve_model
+    from costmeter.predictors.graph import load_graph
+    from costmeter.predictors.kernel_rules import load_rules
+    from costmeter.predictors.kernels import fuse
+
+    wd = workdir or default_workdir()
+    graph = load_graph(export_onnx(resolve_model(model), wd), batch=batch)
+    kgraph = fuse(graph, load_rules(runtime, device, wd))
+    click.echo(f"{model}: {len(kgraph.kernels)} kernels ({runtime} rules on {device})")
+    for row in kgraph.summary():
+        click.echo(f"  {row['kernel_type']:<16} x{row['count']:<4} {row['flops'] / 1e6:10.2f} MFLOP "
+                   f"{row['bytes'] / 2**20:8.2f} MiB")
+    unknown = kgraph.unknown_report()
+    if not unknown:
+        click.echo("every op is priced")
+    for row in unknown:
+        click.echo("  not priced: " + ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
+                                               for k, v in row.items()))
+
+
+@kernels.command()
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--runtime", default="onnxruntime", show_default=True)
+@click.option("--threads", type=int, default=1, show_default=True)
+@click.option("--min-time", default=0.2, show_default=True, help="Sampling seconds per kernel")
+@click.option("--space-samples", default=30, show_default=True, help="Search-space archs added to the prior")
+@click.option("--adaptive-rounds", default=1, show_default=True, help="Re-sampling rounds around >10% errors")
+@click.option("--seed", default=0, show_default=True)
+@store_option
+@workdir_option
+def sample(device: str, runtime: str, threads: int, min_time: float, space_samples: int, adaptive_rounds: int,
+           seed: int, store_url: str | None, workdir: Path | None) -> None:
+    """Measure kernel micro-benchmarks drawn from the zoo's and the spaces' kernels."""
+    from costmeter.predictors.kernel_prior import sample_kernels
+    from costmeter.predictors.kernel_rules import load_rules
+    from costmeter.predictors.kernel_samples import samples_path
+
+    wd = workdir or default_workdir()
+    store = open_store(store_url, workdir)
+    try:
+        samples = sample_kernels(load_rules(runtime, device, wd), device=device, workdir=wd, store=store,
+                                 threads=threads, min_time_s=min_time, seed=seed, space_samples=space_samples,
+                                 adaptive_rounds=adaptive_rounds, log=click.echo)
+    finally:
+        store.close()
+    click.echo(f"{len(samples.rows)} kernel samples in {samples_path(wd, device, runtime)}")
+
+
+@kernels.command()
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--runtime", default="onnxruntime", show_default=True)
+@click.option("--output", "-o", type=click.Path(dir_okay=False), required=True, help="FILE.costmodel")
+@workdir_option
+def fit(device: str, runtime: str, output: str, workdir: Path | None) -> None:
+    """Fit per-kernel forests on the measured kernel samples (for `bench lut build --predicted`)."""
+    from costmeter.errors import ConfigError
+    from costmeter.predictors.artifacts import save_predictor
+    from costmeter.predictors.forest import KernelForest, ModelForest
+    from costmeter.predictors.kernel_samples import KernelSamples, samples_path
+
+    path = samples_path(workdir or default_workdir(), device, runtime)
+    if not path.exists():
+        raise ConfigError(f"no kernel samples at {path}; run `bench kernels sample --device {device} "
+                          f"--runtime {runtime}` first")
+    samples = KernelSamples.load(path)
+    model = KernelForest(ModelForest(), on_unknown="flops_linear").fit(samples.tables(), samples.latencies())
+    save_predictor(model, output, device=device, runtime=runtime, training_rows=len(samples.rows))
+    click.echo(f"wrote {output} ({len(samples.rows)} kernel samples, {len(samples.tables())} kernel types)")
