@@ -66,14 +66,11 @@ def validate(configs: list[RunConfig]) -> list[PreparedJob]:
 
     sources: dict[str, Any] = {}
     jobs: list[PreparedJob] = []
-    checked: set[tuple[str, str]] = set()
+    checked: dict[tuple[str, str], str] = {}
     for cfg in configs:
-        runtime = get_runtime(cfg.device_kind, cfg.runtime)
         if (cfg.device_kind, cfg.runtime) not in checked:
-            if cfg.device_kind not in REMOTE_KINDS:  # a remote's runtimes are checked there (preflight)
-                require_available(runtime)
-            _require_converter(runtime.artifact_kind)
-            checked.add((cfg.device_kind, cfg.runtime))
+            checked[(cfg.device_kind, cfg.runtime)] = check_runtime(cfg)
+        runtime = get_runtime(cfg.device_kind, cfg.runtime)
         if runtime.artifact_kind == "none":
             digest = hashlib.sha256(cfg.model.encode()).hexdigest()[:16]
             jobs.append(PreparedJob(cfg, None, "none", digest, (cfg.batch,)))
@@ -87,6 +84,16 @@ def validate(configs: list[RunConfig]) -> list[PreparedJob]:
 
 
 REMOTE_KINDS = ("ssh", "adb")
+
+
+def check_runtime(cfg: RunConfig) -> str:
+    """Raise ConfigError/UnavailableError unless ``cfg``'s runtime is known, installed (checked on
+    the board itself for remote devices) and has its converter; returns its artifact kind."""
+    runtime = get_runtime(cfg.device_kind, cfg.runtime)
+    if cfg.device_kind not in REMOTE_KINDS:  # a remote's runtimes are checked there (preflight)
+        require_available(runtime)
+    _require_converter(runtime.artifact_kind)
+    return runtime.artifact_kind
 
 
 def _require_converter(artifact_kind: str) -> None:

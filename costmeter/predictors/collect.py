@@ -197,12 +197,9 @@ def collect(space: str, samples: int, device: str = "cpu", runtime: str = "onnxr
 
 def _check_runtime(config: Any) -> None:
     """Fail before exporting anything when the device or runtime is unknown or missing."""
-    from costmeter.devices.base import get_runtime, require_available
-    from costmeter.harness.runner import REMOTE_KINDS
+    from costmeter.harness.runner import check_runtime
 
-    runtime = get_runtime(config.device_kind, config.runtime)
-    if config.device_kind not in REMOTE_KINDS:
-        require_available(runtime)
-    if runtime.artifact_kind != "onnx":
+    kind = check_runtime(config)
+    if kind != "onnx":
         raise ConfigError(f"bench collect measures ONNX files; runtime {config.runtime!r} takes "
-                          f"{runtime.artifact_kind} artifacts; use an ONNX runtime such as onnxruntime")
+                          f"{kind} artifacts; use an ONNX runtime such as onnxruntime")

@@ -87,6 +87,8 @@ def family_of(model_id: str) -> str:
     """Model family of a model id: the space of ``space:arch`` ids, else the name without size
     suffixes and trailing depth digits (``resnet50`` -> ``resnet``, ``mobilenet_v3_large`` ->
     ``mobilenet_v3``, ``efficientnet_b0`` -> ``efficientnet``)."""
+    if model_id.startswith("onnx:") and "-" in model_id:
+        return model_id[5:].split("-", 1)[0]  # `bench collect` stems: <space or family>-<arch>-<hash>
     if ":" in model_id:
         return model_id.split(":", 1)[0]
     base = model_id.rsplit("/", 1)[-1]
