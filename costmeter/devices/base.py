@@ -100,6 +100,21 @@ class EnergyMeter(Protocol):
         """End the window and return its energy."""
 
 
+def flatten_outputs(out: Any) -> list[Any]:
+    """Leaves of nested tuples/lists/dicts of model outputs, in order (None leaves dropped)."""
+    flat: list[Any] = []
+    stack = [out]
+    while stack:
+        item = stack.pop(0)
+        if isinstance(item, (list, tuple)):
+            stack[:0] = list(item)
+        elif isinstance(item, dict):
+            stack[:0] = list(item.values())
+        elif item is not None:
+            flat.append(item)
+    return flat
+
+
 # name -> "module:Class"; adapters are imported only when asked for.
 _RUNTIMES: dict[tuple[str, str], str] = {
     ("cpu", "torch"): "costmeter.devices.cpu.torch_eager:TorchCPURuntime",

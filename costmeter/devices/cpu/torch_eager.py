@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from costmeter.devices.base import Artifact, SessionOptions
+from costmeter.devices.base import Artifact, SessionOptions, flatten_outputs
 
 
 class TorchSession:
@@ -29,18 +29,7 @@ class TorchSession:
 
     def outputs(self) -> list[Any]:
         """Outputs of one forward pass as numpy arrays (nested tuples/lists flattened)."""
-        out = self._module(*self._args)
-        flat: list[Any] = []
-        stack = [out]
-        while stack:
-            item = stack.pop(0)
-            if isinstance(item, (list, tuple)):
-                stack[:0] = list(item)
-            elif isinstance(item, dict):
-                stack[:0] = list(item.values())
-            else:
-                flat.append(item.detach().cpu().numpy())
-        return flat
+        return [t.detach().cpu().numpy() for t in flatten_outputs(self._module(*self._args))]
 
     def close(self) -> None:
         """Leave inference mode."""

@@ -220,6 +220,17 @@ class NvmlDevice:
         known = [int(u) for u in used if u is not None]
         return sum(known) if known else None
 
+    def memory_figures(self) -> dict[str, int]:
+        """``nvml_process_used_bytes`` and ``nvml_device_used_bytes`` (MemoryInfo field names);
+        a figure NVML cannot give is left out, never guessed."""
+        figures: dict[str, int] = {}
+        process, device = self.process_used_bytes(), self.memory_used_bytes()
+        if process is not None:
+            figures["nvml_process_used_bytes"] = process
+        if device is not None:
+            figures["nvml_device_used_bytes"] = device
+        return figures
+
     # -- power and energy (errors propagate: the energy meter needs to tell NOT_SUPPORTED apart)
 
     def total_energy_mj(self) -> int:

@@ -63,12 +63,7 @@ class OnnxRuntimeCUDASession:
         """NVML memory used by this process and by the whole device (bytes); absent if unknown."""
         figures: dict[str, int] = {}
         if self.guard.device is not None:
-            process = self.guard.device.process_used_bytes()
-            device = self.guard.device.memory_used_bytes()
-            if process is not None:
-                figures["nvml_process_used_bytes"] = process
-            if device is not None:
-                figures["nvml_device_used_bytes"] = device
+            figures.update(self.guard.device.memory_figures())
         return figures
 
     def environment(self) -> dict[str, Any]:

@@ -25,7 +25,7 @@ import importlib.util
 import time
 from typing import Any, Callable
 
-from costmeter.devices.base import Artifact, SessionOptions
+from costmeter.devices.base import Artifact, SessionOptions, flatten_outputs
 from costmeter.devices.cuda.guard import ThrottleGuard
 from costmeter.devices.cuda.nvml import NvmlDevice
 from costmeter.errors import ConfigError, UnavailableError, UnsupportedError
@@ -120,12 +120,7 @@ class TorchCUDASession:
             "cuda_max_reserved_bytes": max(0, int(cuda.max_memory_reserved(self.device_index)) - self._flush_bytes),
         }
         if self.guard.device is not None:
-            process = self.guard.device.process_used_bytes()
-            device = self.guard.device.memory_used_bytes()
-            if process is not None:
-                figures["nvml_process_used_bytes"] = process
-            if device is not None:
-                figures["nvml_device_used_bytes"] = device
+            figures.update(self.guard.device.memory_figures())
         return figures
 
     def environment(self) -> dict[str, Any]:
@@ -146,7 +141,7 @@ class TorchCUDASession:
         """Run once and return the outputs as numpy arrays (floating outputs as float32)."""
         out = self._produce_outputs()
         self.synchronize()
-        return [_to_numpy(t) for t in _flatten(out)]
+        return [_to_numpy(t) for t in flatten_outputs(out)]
 
     def close(self) -> None:
         """Leave inference mode, drop the model and buffers, release NVML."""
@@ -378,20 +373,6 @@ def _to_device(torch: Any, value: Any, device: Any, dtype: Any) -> Any:
     if dtype is not None and tensor.is_floating_point():
         tensor = tensor.to(dtype=dtype)
     return tensor
-
-
-def _flatten(out: Any) -> list[Any]:
-    flat: list[Any] = []
-    stack = [out]
-    while stack:
-        item = stack.pop(0)
-        if isinstance(item, (list, tuple)):
-            stack[:0] = list(item)
-        elif isinstance(item, dict):
-            stack[:0] = list(item.values())
-        elif item is not None:
-            flat.append(item)
-    return flat
 
 
 def _to_numpy(tensor: Any) -> Any:
