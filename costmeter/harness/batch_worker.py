@@ -6,7 +6,10 @@ when thousands of blocks of tens of microseconds are measured. ``run_batch`` sta
 runtime adapter and samples it with the protocol (alone, or interleaved round-robin in groups),
 writing one JSON line per entry as it finishes, so a crash loses nothing measured before it.
 Each entry's model is pinned to static input shapes and its output trimmed to one element before
-it is timed (see :func:`static_copy`).
+it is timed (see :func:`static_copy`). Entries that carry the same ``group`` value, one after the
+other, are sampled round-robin together (an in-context kernel measurement and its baselines, so
+drift of the machine cancels in their difference); otherwise the job's ``interleave`` size groups them.
+:func:`measure_entries` runs a list of entries in chunks, recovering from a child that dies.
 """
 from __future__ import annotations
 
@@ -14,17 +17,20 @@ import json
 import subprocess
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from costmeter.errors import ConfigError
+from costmeter.errors import ConfigError, MeasurementError
 
 OPSET = 17
+OVERHEAD_KEY = "__overhead__"
+Progress = Callable[[int, int], None]  # (entries done, entries total)
 
 
-def pinned_model(onnx_bytes: bytes, shape: Sequence[int]) -> Any:
-    """The ONNX model in ``onnx_bytes`` with every graph input pinned to ``shape``."""
+def pinned_model(onnx_bytes: bytes, shape: Sequence[int] | None) -> Any:
+    """The ONNX model in ``onnx_bytes`` with every graph input pinned to ``shape``, or, when
+    ``shape`` is None, with each input's symbolic dimensions (the batch) pinned to 1."""
     import onnx
 
     model = onnx.load_from_string(onnx_bytes)
@@ -32,9 +38,18 @@ def pinned_model(onnx_bytes: bytes, shape: Sequence[int]) -> Any:
     for value in model.graph.input:
         if value.name in initializers:
             continue
-        for dim, size in zip(value.type.tensor_type.shape.dim, shape):
+        dims = value.type.tensor_type.shape.dim
+        sizes = shape if shape is not None else [d.dim_value or 1 for d in dims]
+        for dim, size in zip(dims, sizes):
             dim.dim_value = int(size)
     return model
+
+
+def input_shapes(model: Any) -> dict[str, list[int]]:
+    """Static shape of every graph input (initializers excluded) of a pinned model."""
+    initializers = {t.name for t in model.graph.initializer}
+    return {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim]
+            for v in model.graph.input if v.name not in initializers}
 
 
 def trim_output(model: Any) -> Any:
@@ -56,11 +71,12 @@ def trim_output(model: Any) -> Any:
     return model
 
 
-def static_copy(onnx_bytes: bytes, shape: Sequence[int], target: Path) -> Path:
-    """Write the model with its inputs pinned to ``shape`` (see :func:`pinned_model`) and its
-    output trimmed (see :func:`trim_output`), ready to be timed."""
-    target.write_bytes(trim_output(pinned_model(onnx_bytes, shape)).SerializeToString())
-    return target
+def static_copy(onnx_bytes: bytes, shape: Sequence[int] | None, target: Path) -> dict[str, list[int]]:
+    """Write the model with its inputs pinned (see :func:`pinned_model`) and its output trimmed
+    (see :func:`trim_output`), ready to be timed; returns the input shapes."""
+    model = pinned_model(onnx_bytes, shape)
+    target.write_bytes(trim_output(model).SerializeToString())
+    return input_shapes(model)
 
 
 def overhead_model_bytes() -> bytes:
@@ -146,15 +162,16 @@ def _child(job_path: str, out_path: str) -> int:
 
         def prepare(entry: dict[str, Any], n: int) -> Any:
             data = Path(entry["onnx"]).read_bytes()
-            path = static_copy(data, entry["shape"], Path(tmp) / f"b{n}.onnx")
-            names = ["input"] if entry["inputs"] == 1 else [f"input_{i}" for i in range(entry["inputs"])]
-            feeds = {name: rng.standard_normal(entry["shape"], dtype=np.float32) for name in names}
+            path = Path(tmp) / f"b{n}.onnx"
+            shapes = static_copy(data, entry.get("shape"), path)
+            feeds = {name: rng.standard_normal(shape, dtype=np.float32)
+                     for name, shape in shapes.items()}
             return runtime.prepare(Artifact(kind="onnx", inputs=feeds, path=str(path)), options)
 
         emit({"environment": capture(threads=job["threads"])})
         overhead = job.get("overhead")
         plan = [[overhead]] if overhead else []
-        plan += [entries[i:i + group] for i in range(0, len(entries), group)]
+        plan += _groups(entries, group)
         plan += [[overhead]] if overhead else []
         for number, members in enumerate(plan):
             sessions = []
@@ -169,6 +186,65 @@ def _child(job_path: str, out_path: str) -> int:
             for entry, ns in zip(members, samples):
                 emit(_summary(entry["key"], ns))
     return 0
+
+
+def _groups(entries: list[dict[str, Any]], size: int) -> list[list[dict[str, Any]]]:
+    """Consecutive entries with the same ``group`` value together; others in runs of ``size``."""
+    if not any("group" in e for e in entries):
+        return [entries[i:i + size] for i in range(0, len(entries), size)]
+    plan: list[list[dict[str, Any]]] = []
+    for entry in entries:
+        if plan and "group" in entry and plan[-1][0].get("group") == entry["group"]:
+            plan[-1].append(entry)
+        else:
+            plan.append([entry])
+    return plan
+
+
+def measure_entries(base: dict[str, Any], entries: list[dict[str, Any]], chunk_size: int,
+                    timeout_s: float, progress: Progress | None = None
+                    ) -> tuple[dict[str, dict[str, Any]], list[float], dict[str, Any]]:
+    """Run ``entries`` (key, onnx path, optional shape and group) in children of ``chunk_size``
+    entries each; returns (key -> result line, per-run overhead medians in ms, environment).
+
+    A child that dies loses nothing measured before: the rest of its chunk is rerun one
+    entry (or one group) at a time, and the entry it was preparing or timing when it died is
+    reported as failed (a line with ``error`` and a NaN median).
+    """
+    timings: dict[str, dict[str, Any]] = {}
+    overheads: list[float] = []
+    environment: dict[str, Any] = {}
+    for start in range(0, len(entries), chunk_size):
+        pending = entries[start:start + chunk_size]
+        group = int(base.get("interleave", 1))
+        while pending:
+            lines, started, env, failure = run_batch({**base, "interleave": group}, pending,
+                                                      timeout_s)
+            environment = environment or env
+            for line in lines:
+                if line["key"] == OVERHEAD_KEY:
+                    overheads.append(line["median_ms"])
+                else:
+                    timings[line["key"]] = line
+            pending = [e for e in pending if e["key"] not in timings]
+            if failure is None or not pending:
+                break
+            if group > 1 and not any("group" in e for e in pending):
+                group = 1  # find the culprit: run the rest one entry at a time
+                continue
+            culprit = next((e for e in pending if e["key"] == started), pending[0])
+            dead = [e for e in pending if e is culprit or
+                    ("group" in e and e.get("group") == culprit.get("group"))]
+            for entry in dead:
+                timings[entry["key"]] = {"key": entry["key"], "median_ms": float("nan"),
+                                         "spread_ms": float("nan"), "samples": 0, "error": failure}
+            pending = [e for e in pending if e not in dead]
+        if progress:
+            progress(min(start + chunk_size, len(entries)), len(entries))
+    if not overheads:
+        raise MeasurementError("the per-run overhead model could not be measured; "
+                               "check the runtime with `bench run --model <file.onnx>`")
+    return timings, sorted(overheads), environment
 
 
 def _summary(key: str, samples_ns: list[int]) -> dict[str, Any]:

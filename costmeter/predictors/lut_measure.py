@@ -36,15 +36,18 @@ from __future__ import annotations
 
 import io
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from costmeter.errors import ConfigError, MeasurementError
+from costmeter.errors import ConfigError
 from costmeter.harness.batch_worker import (  # noqa: F401  (re-exported for callers and tests)
     OPSET,
+    OVERHEAD_KEY,
+    Progress,
     check_local_onnx_runtime,
+    measure_entries,
     overhead_model_bytes,
     pinned_model,
     run_batch,
@@ -57,11 +60,9 @@ from costmeter.predictors.lut_blocks import (
     build_block_module,
 )
 
-OVERHEAD_KEY = "__overhead__"
 DEFAULT_CHUNK = 160
 # round-robin group size per space: the best additivity of the sizes tried (1, 4, 20) on an x86 CPU
 DEFAULT_INTERLEAVE: dict[str, int] = {"ofa_mbv3": 4, "nb201": 1}
-Progress = Callable[[int, int], None]  # (blocks done, blocks total)
 
 
 @dataclass(frozen=True)
@@ -144,37 +145,9 @@ def measure_blocks(specs: Sequence[BlockSpec], device: str = "cpu", runtime: str
     overhead = {"key": OVERHEAD_KEY, "onnx": str(overhead_path), "shape": [1, 1], "inputs": 1}
     base = {"device": device, "runtime": runtime, "threads": threads, "overhead": overhead,
             "options": [list(kv) for kv in options], "protocol": _protocol_dict(protocol)}
-    timings: dict[str, BlockTiming] = {}
-    overheads: list[float] = []
-    environment: dict[str, Any] = {}
-    for start in range(0, len(entries), chunk_size):
-        pending = entries[start:start + chunk_size]
-        group = interleave
-        while pending:
-            lines, started, env, failure = run_batch({**base, "interleave": group}, pending,
-                                                      timeout_s)
-            environment = environment or env
-            for line in lines:
-                if line["key"] == OVERHEAD_KEY:
-                    overheads.append(line["median_ms"])
-                else:
-                    timings[line["key"]] = BlockTiming(**line)
-            pending = [e for e in pending if e["key"] not in timings]
-            if failure is None or not pending:
-                break
-            if group > 1:  # find the culprit: run the rest one block at a time
-                group = 1
-                continue
-            culprit = next((e for e in pending if e["key"] == started), pending[0])
-            timings[culprit["key"]] = BlockTiming(culprit["key"], float("nan"), float("nan"), 0,
-                                                  failure)
-            pending = [e for e in pending if e is not culprit]
-        if progress:
-            progress(min(start + chunk_size, len(entries)), len(entries))
-    if not overheads:
-        raise MeasurementError("the per-run overhead model could not be measured; "
-                               "check the runtime with `bench run --model <file.onnx>`")
-    overheads.sort()
+    lines, overheads, environment = measure_entries(
+        {**base, "interleave": interleave}, entries, chunk_size, timeout_s, progress)
+    timings = {key: BlockTiming(**line) for key, line in lines.items()}
     facts = {"overhead_ms": overheads[len(overheads) // 2], "environment": environment,
              "protocol": base["protocol"], "chunk_size": chunk_size, "interleave": interleave}
     return timings, facts
