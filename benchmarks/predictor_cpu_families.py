@@ -83,12 +83,16 @@ def kernel_graph(onnx_path: Path, rules: Any) -> Any:
     return fuse(load_graph(onnx_path), rules)
 
 
-def kernel_samples(workdir: Path, rules: Any, quick: bool, store: Any, rounds: int) -> Any:
-    """Kernel micro-benchmarks (cached in the working folder once measured)."""
+def kernel_samples(workdir: Path, rules: Any, quick: bool, store: Any, rounds: int,
+                   context: bool = True) -> Any:
+    """Kernel micro-benchmarks (cached in the working folder once measured): in context, or
+    alone (``context=False``, kept in the sub-folder ``isolated``)."""
     from costmeter.predictors.kernel_prior import DEFAULT_COUNTS, sample_kernels
     from costmeter.predictors.kernel_samples import KernelSamples, measure_kernels, samples_path
     from costmeter.predictors.sampling import KernelConfig
 
+    if not context:
+        workdir = workdir / "isolated"
     path = samples_path(workdir, "cpu", "onnxruntime")
     if path.exists():
         samples = KernelSamples.load(path)
@@ -98,7 +102,7 @@ def kernel_samples(workdir: Path, rules: Any, quick: bool, store: Any, rounds: i
         started = time.perf_counter()
         samples = sample_kernels(rules, "cpu", workdir, counts, store, threads=THREADS,
                                  space_samples=4 if quick else 30,
-                                 adaptive_max=10 if quick else 160, log=_log)
+                                 adaptive_max=10 if quick else 160, log=_log, context=context)
         _log(f"kernel sampling took {time.perf_counter() - started:.0f} s "
              f"(configs the rules split: {len(samples.split)})")
     once = [r for r in samples.rows if r["source"] == "measured" and int(r["rounds"]) < rounds]
@@ -106,7 +110,7 @@ def kernel_samples(workdir: Path, rules: Any, quick: bool, store: Any, rounds: i
         started = time.perf_counter()
         configs = [KernelConfig.from_dict(json.loads(r["config"])) for r in once]
         samples.merge_lower(measure_kernels(configs, rules, "cpu", workdir, threads=THREADS,
-                                            sink=store))
+                                            sink=store, context=context))
         samples.save(path)
         _log(f"re-measured {len(configs)} kernels in {time.perf_counter() - started:.0f} s")
     return samples

@@ -92,32 +92,80 @@ def test_adaptive_configs_only_around_large_errors() -> None:
         adaptive_configs(configs, [0.5])
 
 
-def _fake_measure(latency_by_type: dict[str, float], overhead_ms: float) -> Any:
-    calls: list[list[Path]] = []
+def _fake_measure(latency_by_type: dict[str, float], overhead_ms: float,
+                  baseline_ms: float = 0.0) -> Any:
+    """Groups of files -> medians: a kernel in context costs its latency plus half a baseline per
+    boundary tensor (its input and output); a baseline (two context ops) costs ``baseline_ms``."""
+    calls: list[list[list[Path]]] = []
 
-    def measure(paths: list[Path]) -> list[float]:
-        calls.append(list(paths))
-        return [overhead_ms if p.name.startswith("overhead") else
-                latency_by_type[p.name.split("-")[0]] for p in paths]
+    def median(path: Path, boundaries: int) -> float:
+        if path.name.startswith("overhead"):
+            return overhead_ms
+        if path.name.startswith("baseline"):
+            return baseline_ms
+        kernel_type, _, rest = path.name.partition("-")
+        if kernel_type.endswith("_ctx"):
+            return latency_by_type[kernel_type[:-4]] + boundaries * (baseline_ms - overhead_ms) / 2 + overhead_ms
+        return latency_by_type[kernel_type] + overhead_ms
+
+    def measure(groups: list[list[Path]]) -> list[list[float]]:
+        calls.append([list(g) for g in groups])
+        return [[median(p, 2) for p in group] for group in groups]
 
     measure.calls = calls  # type: ignore[attr-defined]
     return measure
 
 
-def test_measure_kernels_subtracts_overhead_and_reports_split_configs(tmp_path: Path) -> None:
+@pytest.mark.parametrize("context", [True, False])
+def test_measure_kernels_subtracts_baselines_and_reports_split_configs(tmp_path: Path, context: bool) -> None:
     good = [make_config("conv", (1, 8, 8, 8), [("Conv", {"c_out": 8}), ("Relu", {})]),
-            make_config("activation", (1, 8, 8, 8), [("Sigmoid", {})])]
+            make_config("activation", (1, 8, 8, 8), [("Sigmoid", {})]),
+            make_config("fc", (1, 64), [("Gemm", {"n": 10})])]
     # SiLU after a conv is its own kernel on ONNX Runtime: this config cannot be one conv kernel
     split = make_config("conv", (1, 8, 8, 8), [("Conv", {"c_out": 8}), ("SiLU", {})])
-    measure = _fake_measure({"conv": 0.5, "activation": 0.01}, overhead_ms=0.02)
-    samples = measure_kernels([*good, split], RULES, workdir=tmp_path, measure=measure)
-    assert samples.split == [split]
-    assert [r["latency_ms"] for r in samples.rows] == [pytest.approx(0.48), MIN_KERNEL_MS]
-    assert sum(p.name.startswith("overhead") for p in measure.calls[0]) >= 2
+    measure = _fake_measure({"conv": 0.5, "activation": 0.00001, "fc": 0.1}, overhead_ms=0.02,
+                            baseline_ms=0.3)
+    samples = measure_kernels([*good, split], RULES, workdir=tmp_path, measure=measure,
+                              context=context)
+    assert samples.split == [split] and samples.method == ("context" if context else "isolated")
+    assert [r["latency_ms"] for r in samples.rows] == [pytest.approx(0.5), MIN_KERNEL_MS,
+                                                       pytest.approx(0.1)]
+    groups = measure.calls[0]
+    assert sum(g == [g[0]] and g[0].name.startswith("overhead") for g in groups) >= 2
+    kernel_groups = [g for g in groups if not g[0].name.startswith("overhead")]
+    # in context, image kernels are timed with one baseline (input and output shapes agree);
+    # the fc kernel on a 2-D tensor is timed alone either way
+    assert [len(g) for g in kernel_groups] == ([2, 2, 1] if context else [1, 1, 1])
+    if context:
+        assert kernel_groups[0][0].name.startswith("conv_ctx-")
+        assert samples.rows[0]["baseline_ms"] == pytest.approx(0.3)
     tables, latencies = samples.tables(), samples.latencies()
-    assert list(tables) == ["activation", "conv"]
-    assert list(tables["conv"].index) == [good[0].key] and list(latencies["conv"]) == [pytest.approx(0.48)]
+    assert list(tables) == ["activation", "conv", "fc"]
+    assert list(tables["conv"].index) == [good[0].key] and list(latencies["conv"]) == [pytest.approx(0.5)]
     assert samples.configs() == good
+
+
+def test_context_model_wraps_every_image_input_and_output() -> None:
+    from costmeter.predictors.microbench import CONTEXT_OP, context_baseline, context_chain
+
+    model, boundary = context_chain([("Mul", {"broadcast": True}), ("Relu", {})], (1, 16, 8, 8))
+    ops = [n.op_type for n in model.graph.node]
+    assert ops.count(CONTEXT_OP[0]) == 3 and ops[-1] == CONTEXT_OP[0]  # both inputs, the output
+    assert boundary == [(1, 16, 8, 8), (1, 16, 1, 1), (1, 16, 8, 8)]
+    assert [n.op_type for n in context_baseline((1, 16, 8, 8)).graph.node] == [CONTEXT_OP[0]] * 2
+    # nothing of the kernel fuses with its context: it is still one elementwise kernel
+    kernels = [k.kernel_type for k in fuse(load_graph(model), RULES).kernels]
+    assert kernels.count("elementwise") == 1 and kernels.count("activation") == 1
+
+
+def test_samples_of_two_methods_do_not_mix(tmp_path: Path) -> None:
+    config = [make_config("dwconv", (1, 8, 8, 8), [("DWConv", {"kernel": 3})])]
+    alone = measure_kernels(config, RULES, workdir=tmp_path, measure=_fake_measure({"dwconv": 0.3}, 0.01),
+                            context=False)
+    other = [make_config("dwconv", (1, 16, 8, 8), [("DWConv", {"kernel": 3})])]
+    in_context = measure_kernels(other, RULES, workdir=tmp_path, measure=_fake_measure({"dwconv": 0.3}, 0.01))
+    with pytest.raises(ConfigError, match="timed context into samples timed isolated"):
+        alone.extend(in_context)
 
 
 def test_samples_save_load_and_refuse_another_schema(tmp_path: Path) -> None:
@@ -149,18 +197,27 @@ def _clip_with_constant_nodes() -> Any:
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
 
-def test_real_kernels_measured_through_the_runner_into_a_store(workdir: Path) -> None:
-    from costmeter.results.store import ResultStore
-
+def test_real_kernels_measured_in_context_in_a_batch_worker(workdir: Path) -> None:
     configs = [make_config("conv", (1, 8, 16, 16), [("Conv", {"c_out": 16}), ("Relu", {})]),
                make_config("global_pool", (1, 32, 8, 8), [("GlobalAveragePool", {})])]
-    with ResultStore(f"sqlite:///{workdir / 'store.db'}") as store:
-        samples = measure_kernels(configs, RULES, workdir=workdir, min_time_s=0.02, sink=store)
-        stored = store.query(tag="kernels-sample")
+    samples = measure_kernels(configs, RULES, workdir=workdir, min_time_s=0.02)
     assert [r["kernel_type"] for r in samples.rows] == ["conv", "global_pool"]
     assert all(r["raw_ms"] > 0 and r["latency_ms"] >= MIN_KERNEL_MS for r in samples.rows)
-    assert all(r["overhead_ms"] < r["raw_ms"] for r in samples.rows[:1])
-    assert len(stored) == 5 and set(stored["status"]) == {"ok"}  # 2 kernels + 3 overhead runs
+    # the baselines (context ops and the run call) cost more than an empty run, less than the kernel
+    assert all(r["overhead_ms"] < r["baseline_ms"] < r["raw_ms"] for r in samples.rows)
+
+
+def test_real_kernels_measured_through_the_runner_into_a_store(workdir: Path) -> None:
+    from costmeter.predictors.kernel_samples import _runner_measure
+    from costmeter.results.store import ResultStore
+
+    configs = [make_config("global_pool", (1, 32, 8, 8), [("GlobalAveragePool", {})])]
+    with ResultStore(f"sqlite:///{workdir / 'store.db'}") as store:
+        measure = _runner_measure("cpu", "onnxruntime", workdir, 1, 0.02, store, None)
+        samples = measure_kernels(configs, RULES, workdir=workdir, measure=measure, context=False)
+        stored = store.query(tag="kernels-sample")
+    assert samples.rows[0]["raw_ms"] > samples.rows[0]["overhead_ms"] > 0
+    assert len(stored) == 3 and set(stored["status"]) == {"ok"}  # the kernel + 2 overhead runs
 
 
 def test_sample_kernels_measures_resamples_and_extends_the_saved_samples(tmp_path: Path) -> None:
@@ -170,11 +227,11 @@ def test_sample_kernels_measures_resamples_and_extends_the_saved_samples(tmp_pat
     graphs = [fuse(load_graph(_mobile_block()), RULES)]
     measured: list[str] = []
 
-    def measure(paths: list[Path]) -> list[float]:
-        measured.extend(p.name for p in paths if not p.name.startswith("overhead"))
+    def measure(groups: list[list[Path]]) -> list[list[float]]:
+        measured.extend(g[0].name for g in groups if not g[0].name.startswith("overhead"))
         # latency from the file's content hash: irregular, so the forests miss some kernels
-        return [0.01 if p.name.startswith("overhead") else 0.05 + int(p.stem[-4:], 16) / 65536
-                for p in paths]
+        return [[0.01 if p.name.startswith(("overhead", "baseline")) else
+                 0.05 + int(p.stem[-4:], 16) / 65536 for p in g] for g in groups]
 
     messages: list[str] = []
     samples = sample_kernels(RULES, workdir=tmp_path, counts={"conv": 12, "dwconv": 12},
@@ -198,4 +255,4 @@ def test_a_second_round_keeps_the_lower_latency(tmp_path: Path) -> None:
                              measure=_fake_measure({"dwconv": 0.2, "conv": 0.9}, 0.01))
     first.merge_lower(second)
     assert [(r["kernel_type"], r["latency_ms"], r["rounds"]) for r in first.rows] == [
-        ("dwconv", pytest.approx(0.19), 2), ("conv", pytest.approx(0.49), 2)]
+        ("dwconv", pytest.approx(0.2), 2), ("conv", pytest.approx(0.5), 2)]

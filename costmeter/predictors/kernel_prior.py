@@ -12,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from costmeter.errors import ConfigError
 from costmeter.predictors.kernel_rules import RuleSet
 from costmeter.predictors.kernel_samples import KernelSamples, measure_kernels, samples_path
 from costmeter.predictors.sampling import adaptive_configs, build_prior, sample_configs
@@ -76,26 +77,34 @@ def sample_kernels(rules: RuleSet, device: str = "cpu", workdir: Path | str = ".
                    space_samples: int = 30, adaptive_rounds: int = 1, per_point: int = 2,
                    adaptive_max: int = 160, threshold: float = 0.10,
                    graphs: Sequence[Any] | None = None, log: Any = None,
-                   measure: Any = None) -> KernelSamples:
+                   measure: Any = None, context: bool = True) -> KernelSamples:
     """Measure kernel samples for ``rules.runtime`` on ``device``; see the module docstring.
 
     Kernel types that the prior does not contain are skipped. Existing samples in the working
     folder are extended (configs already measured are not measured again). ``log`` receives
-    one-line progress messages; ``measure`` replaces the runner (ONNX files -> median ms).
+    one-line progress messages; ``measure`` replaces the measuring (groups of ONNX files ->
+    median ms). ``context``: image kernels timed in context (see
+    :func:`~costmeter.predictors.kernel_samples.measure_kernels`); samples already in the folder
+    must have been timed the same way.
     """
     say = log or (lambda message: None)
     graphs = list(graphs) if graphs is not None else prior_graphs(workdir, rules, space_samples)
     prior = build_prior(graphs)
     say(f"kernel prior: {prior.counts()}; without a micro-benchmark: {prior.unbuildable}")
     path = samples_path(workdir, device, rules.runtime)
+    method = "context" if context else "isolated"
     samples = KernelSamples.load(path) if path.exists() else KernelSamples(device, rules.runtime)
-    if not samples.device:
-        samples = KernelSamples(device, rules.runtime)
+    if not samples.rows:
+        samples = KernelSamples(device, rules.runtime, method=method)
+    elif samples.method != method:
+        raise ConfigError(f"{path} holds kernels timed {samples.method}; time the new ones the same "
+                          f"way ({'--isolated' if samples.method == 'isolated' else 'without --isolated'})"
+                          " or use another --workdir")
     wanted = {t: n for t, n in (counts or DEFAULT_COUNTS).items() if n and prior.configs.get(t)}
     known = {r["key"] for r in samples.rows}
     configs = [c for c in sample_configs(prior, wanted, seed=seed) if c.key not in known]
     kwargs = dict(device=device, workdir=workdir, threads=threads, min_time_s=min_time_s,
-                  sink=store, measure=measure)
+                  sink=store, measure=measure, context=context)
     samples.extend(measure_kernels(configs, rules, **kwargs))
     say(f"measured {len(configs)} kernel configs")
     for round_index in range(adaptive_rounds):

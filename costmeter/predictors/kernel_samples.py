@@ -30,9 +30,15 @@ FOLDED_LATENCY_MS = 1e-4
 FOLDED_TYPES: tuple[str, ...] = ("constant",)
 OVERHEAD_REPEATS = 3
 _ROW_COLUMNS = ["key", "kernel_type", "config", "features", "raw_ms", "overhead_ms",
-                "latency_ms", "source", "rounds"]
+                "baseline_ms", "latency_ms", "source", "rounds"]
 
-MeasureFn = Callable[[list[Path]], list[float]]  # ONNX files -> median latency (ms)
+# groups of ONNX files (each group timed together) -> their median latencies (ms)
+GroupMeasureFn = Callable[[list[list[Path]]], list[list[float]]]
+CONTEXT_TYPES: tuple[str, ...] = ("conv", "dwconv", "conv_transpose", "pool", "global_pool",
+                                  "elementwise", "activation", "concat", "norm")
+METHODS: tuple[str, ...] = ("context", "isolated")
+BATCH_CHUNK = 240  # files per batch worker
+BATCH_TIMEOUT_S = 1800.0
 
 
 @dataclass
@@ -42,6 +48,7 @@ class KernelSamples:
     device: str
     runtime: str
     rows: list[dict[str, Any]] = field(default_factory=list)
+    method: str = "context"  # how image kernels were timed: "context" or "isolated"
     split: list[KernelConfig] = field(default_factory=list)  # configs the rules cut in pieces
 
     def tables(self) -> dict[str, Any]:
@@ -75,13 +82,17 @@ class KernelSamples:
         if (other.device, other.runtime) != (self.device, self.runtime):
             raise ConfigError(f"cannot merge kernel samples of {other.device}/{other.runtime} "
                               f"into {self.device}/{self.runtime}; keep them apart")
+        if other.rows and self.rows and other.method != self.method:
+            raise ConfigError(f"cannot merge kernels timed {other.method} into samples timed "
+                              f"{self.method}; measure them all one way (a new working folder)")
         known = {r["key"] for r in self.rows}
         self.rows += [r for r in other.rows if r["key"] not in known]
         self.split += other.split
         return self
 
     def merge_lower(self, other: KernelSamples) -> KernelSamples:
-        """Fold in a re-measurement: per config key keep the lower latency, count the rounds.
+        """Fold in a re-measurement: per config key keep the round whose kernel run was the
+        fastest (with that round's baselines), count the rounds.
 
         Contention on a shared machine only adds time, so the lower of two medians taken at
         different times is the better estimate; new keys are added as in :meth:`extend`.
@@ -90,12 +101,12 @@ class KernelSamples:
         for row in other.rows:
             mine = by_key.get(row["key"])
             if mine is None:
-                self.extend(KernelSamples(self.device, self.runtime, [row]))
+                self.extend(KernelSamples(self.device, self.runtime, [row], method=other.method))
                 continue
             mine["rounds"] = int(mine.get("rounds", 1)) + 1
-            if row["latency_ms"] < mine["latency_ms"]:
-                mine.update(raw_ms=row["raw_ms"], overhead_ms=row["overhead_ms"],
-                            latency_ms=row["latency_ms"])
+            if row["raw_ms"] < mine["raw_ms"]:
+                mine.update({k: row[k] for k in ("raw_ms", "overhead_ms", "baseline_ms",
+                                                   "latency_ms")})
         return self
 
     def add_folded(self, kernel_graphs: Iterable[KernelGraph]) -> KernelSamples:
@@ -111,7 +122,7 @@ class KernelSamples:
                     known.add(key)
                     self.rows.append({"key": key, "kernel_type": kernel.kernel_type, "config": "",
                                       "features": values, "raw_ms": float("nan"),
-                                      "overhead_ms": float("nan"),
+                                      "overhead_ms": float("nan"), "baseline_ms": float("nan"),
                                       "latency_ms": FOLDED_LATENCY_MS, "source": "folded",
                                       "rounds": 0})
         return self
@@ -132,7 +143,7 @@ class KernelSamples:
         frame = pd.DataFrame(self.rows, columns=_ROW_COLUMNS)
         frame["features"] = [json.dumps(f, sort_keys=True) for f in frame["features"]]
         frame["feature_schema_version"] = FEATURE_SCHEMA_VERSION
-        frame["device"], frame["runtime"] = self.device, self.runtime
+        frame["device"], frame["runtime"], frame["method"] = self.device, self.runtime, self.method
         tmp = path.with_suffix(".tmp")
         frame.to_csv(tmp, index=False)
         tmp.replace(path)
@@ -157,9 +168,16 @@ class KernelSamples:
                              f"costmeter uses {FEATURE_SCHEMA_VERSION}; measure the kernels again")
         if frame.empty:
             return cls(device="", runtime="")
-        samples = cls(device=str(frame["device"].iloc[0]), runtime=str(frame["runtime"].iloc[0]))
+        method = str(frame["method"].iloc[0]) if "method" in frame else "isolated"
+        if method not in METHODS:
+            raise StoreError(f"kernel samples {path} were timed by an unknown method {method!r}; "
+                             "measure the kernels again")
+        samples = cls(device=str(frame["device"].iloc[0]), runtime=str(frame["runtime"].iloc[0]),
+                      method=method)
         if "rounds" not in frame:  # written before re-measurement rounds were counted
             frame["rounds"] = (frame["source"] == "measured").astype(int)
+        if "baseline_ms" not in frame:  # written before kernels were timed in context
+            frame["baseline_ms"] = frame["overhead_ms"]
         for record in frame[_ROW_COLUMNS].to_dict("records"):
             record["features"] = json.loads(record["features"])
             record["config"] = record["config"] if isinstance(record["config"], str) else ""
@@ -168,35 +186,83 @@ class KernelSamples:
 
 
 def _runner_measure(device: str, runtime: str, workdir: Path, threads: int | None,
-                    min_time_s: float, sink: Any, progress: Any) -> MeasureFn:
+                    min_time_s: float, sink: Any, progress: Any) -> GroupMeasureFn:
+    """Each file in its own harness worker (any runtime the runner knows, remote devices too)."""
     from costmeter.predictors.microbench import measure_onnx, median_ms, micro_protocol
 
-    def measure(paths: list[Path]) -> list[float]:
+    def measure(groups: list[list[Path]]) -> list[list[float]]:
+        paths = [p for group in groups for p in group]
         results = measure_onnx(paths, device, runtime, workdir, micro_protocol(min_time_s),
                                threads, sink, tag="kernels-sample", progress=progress)
-        return [median_ms(r) for r in results]
+        medians = iter(median_ms(r) for r in results)
+        return [[next(medians) for _ in group] for group in groups]
 
     return measure
 
 
+def _batch_measure(device: str, runtime: str, threads: int | None, min_time_s: float,
+                   progress: Any) -> GroupMeasureFn:
+    """Every group sampled round-robin in a batch worker (local runtimes taking ONNX files)."""
+    from dataclasses import asdict
+
+    from costmeter.harness.batch_worker import OVERHEAD_KEY, measure_entries, overhead_model_bytes
+    from costmeter.predictors.microbench import micro_protocol
+
+    def measure(groups: list[list[Path]]) -> list[list[float]]:
+        import tempfile
+
+        entries = [{"key": f"{g}/{i}", "onnx": str(path), "group": g}
+                   for g, group in enumerate(groups) for i, path in enumerate(group)]
+        protocol = {**asdict(micro_protocol(min_time_s)), "percentiles": [50.0]}
+        with tempfile.TemporaryDirectory(prefix="costmeter-kernels-") as tmp:
+            overhead_path = Path(tmp) / "overhead.onnx"
+            overhead_path.write_bytes(overhead_model_bytes())
+            base = {"device": device, "runtime": runtime, "threads": threads, "options": [],
+                    "protocol": protocol, "overhead": {"key": OVERHEAD_KEY,
+                                                       "onnx": str(overhead_path), "shape": [1, 1]}}
+            lines, overheads, _ = measure_entries(base, entries, BATCH_CHUNK, BATCH_TIMEOUT_S,
+                                                  progress)
+        by_key = {k: float(line["median_ms"]) for k, line in lines.items()}
+        return [[by_key.get(f"{g}/{i}", float("nan")) for i in range(len(group))]
+                for g, group in enumerate(groups)]
+
+    return measure
+
+
+def _default_measure(device: str, runtime: str, workdir: Path, threads: int | None,
+                     min_time_s: float, sink: Any, progress: Any) -> GroupMeasureFn:
+    from costmeter.harness.batch_worker import check_local_onnx_runtime
+
+    try:
+        check_local_onnx_runtime(device, runtime)
+    except ConfigError:
+        return _runner_measure(device, runtime, workdir, threads, min_time_s, sink, progress)
+    return _batch_measure(device, runtime, threads, min_time_s, progress)
+
+
 def measure_kernels(configs: Sequence[KernelConfig], rules: RuleSet, device: str = "cpu",
                     workdir: Path | str = ".costmeter", threads: int | None = 1,
-                    min_time_s: float = 0.2, sink: Any = None, measure: MeasureFn | None = None,
-                    progress: Any = None) -> KernelSamples:
+                    min_time_s: float = 0.2, sink: Any = None,
+                    measure: GroupMeasureFn | None = None, progress: Any = None,
+                    context: bool = True) -> KernelSamples:
     """Measure ``configs`` on ``device`` with ``rules.runtime``; see the module docstring.
 
-    Failed runs are left out of the rows (their configs are neither split nor measured);
-    ``measure`` replaces the harness runner (ONNX files -> median ms), for tests.
+    ``context``: image kernels measured between context ops, minus their baselines (else alone,
+    minus the per-run overhead). Failed runs are left out of the rows (their configs are
+    neither split nor measured); ``measure`` replaces the measuring (groups of ONNX files ->
+    their medians in ms), for tests. ``sink`` receives harness results where each file runs
+    in its own worker (runtimes that do not take ONNX files, remote devices).
     """
     from costmeter.predictors.graph import load_graph
     from costmeter.predictors.microbench import chain_model, write_model
 
     workdir = Path(workdir)
     folder = workdir / "kernels" / "micro"
-    measure = measure or _runner_measure(device, rules.runtime, workdir, threads, min_time_s,
-                                         sink, progress)
-    samples = KernelSamples(device=device, runtime=rules.runtime)
-    planned: list[tuple[KernelConfig, dict[str, float], Path]] = []
+    measure = measure or _default_measure(device, rules.runtime, workdir, threads, min_time_s,
+                                          sink, progress)
+    samples = KernelSamples(device=device, runtime=rules.runtime,
+                            method="context" if context else "isolated")
+    planned: list[tuple[KernelConfig, dict[str, float], list[Path], list[int]]] = []
     for config in configs:
         model = config.build()
         kernels = [k for k in fuse(load_graph(model), rules).kernels
@@ -204,34 +270,51 @@ def measure_kernels(configs: Sequence[KernelConfig], rules: RuleSet, device: str
         if len(kernels) != 1 or kernels[0].kernel_type != config.kernel_type:
             samples.split.append(config)
             continue
-        planned.append((config, kernel_features(kernels[0]),
-                        write_model(model, folder, config.kernel_type)))
+        files, weights = _kernel_files(config, model, folder, context)
+        planned.append((config, kernel_features(kernels[0]), files, weights))
     if not planned:
         return samples
-    overhead_path = write_model(chain_model([("Relu", {})], (1, 1), "overhead"), folder, "overhead")
+    overhead_file = write_model(chain_model([("Relu", {})], (1, 1), "overhead"), folder, "overhead")
     step = max(1, len(planned) // (OVERHEAD_REPEATS - 1))
-    paths: list[Path] = []
-    overhead_slots: list[int] = []
-    for index, (_, _, path) in enumerate(planned):
+    groups: list[list[Path]] = []
+    for index, (_, _, files, _) in enumerate(planned):
         if index % step == 0:
-            overhead_slots.append(len(paths))
-            paths.append(overhead_path)
-        paths.append(path)
-    overhead_slots.append(len(paths))
-    paths.append(overhead_path)
-    medians = measure(paths)
-    overhead_values = [medians[i] for i in overhead_slots if medians[i] == medians[i]]
+            groups.append([overhead_file])
+        groups.append(files)
+    groups.append([overhead_file])
+    medians = measure(groups)
+    overhead_values = [m[0] for g, m in zip(groups, medians) if g == [overhead_file] and m[0] == m[0]]
     overhead = statistics.median(overhead_values) if overhead_values else 0.0
-    kernel_medians = [m for i, m in enumerate(medians) if i not in overhead_slots]
-    for (config, values, _), raw in zip(planned, kernel_medians):
-        if raw != raw:  # NaN: the run failed
+    kernel_medians = iter(m for g, m in zip(groups, medians) if g != [overhead_file])
+    for (config, values, _, weights), timed in zip(planned, kernel_medians):
+        if any(t != t for t in timed):  # NaN: a run failed
             continue
+        # in context: A - sum(B)/2 + (|B|/2 - 1) * overhead; alone: A - overhead
+        boundaries = sum(weights)
+        baseline = sum(w * t for w, t in zip(weights, timed[1:])) / 2 + (1 - boundaries / 2) * overhead
         samples.rows.append({
             "key": config.key, "kernel_type": config.kernel_type,
             "config": json.dumps(config.to_dict(), sort_keys=True), "features": values,
-            "raw_ms": raw, "overhead_ms": overhead,
-            "latency_ms": max(raw - overhead, MIN_KERNEL_MS), "source": "measured", "rounds": 1})
+            "raw_ms": timed[0], "overhead_ms": overhead, "baseline_ms": baseline,
+            "latency_ms": max(timed[0] - baseline, MIN_KERNEL_MS), "source": "measured",
+            "rounds": 1})
     return samples
+
+
+def _kernel_files(config: KernelConfig, model: Any, folder: Path, context: bool
+                  ) -> tuple[list[Path], list[int]]:
+    """The files timed for one kernel (the kernel, then one baseline per distinct boundary
+    shape) and how many boundaries each baseline stands for."""
+    from costmeter.predictors.microbench import context_baseline, context_chain, write_model
+
+    if not context or config.kernel_type not in CONTEXT_TYPES or len(config.input_shape) != 4:
+        return [write_model(model, folder, config.kernel_type)], []
+    in_context, boundary = context_chain([(op, dict(p)) for op, p in config.ops],
+                                         config.input_shape, f"{config.kernel_type}_{config.key}")
+    shapes = sorted(set(boundary))
+    files = [write_model(in_context, folder, f"{config.kernel_type}_ctx")]
+    files += [write_model(context_baseline(shape), folder, "baseline") for shape in shapes]
+    return files, [boundary.count(shape) for shape in shapes]
 
 
 def samples_path(workdir: Path | str, device: str, runtime: str) -> Path:

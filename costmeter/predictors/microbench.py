@@ -6,6 +6,16 @@ that torch's exporters write (BatchNormalization folded or not, ReLU6 as Clip, S
 Sigmoid*Mul, GELU as the erf chain). Models are written into the working folder under a
 content-derived name and measured with the harness runner like any model
 (:func:`measure_onnx`): one isolated worker per micro-benchmark, results optionally stored.
+
+In context (:func:`context_chain`): a kernel timed alone is not the kernel inside a network.
+ONNX Runtime on x86 runs convolutions, pools and many element-wise ops in a blocked layout
+(NCHWc) and converts a lone kernel's input and output around it (ReorderInput/ReorderOutput),
+which a network pays only at a few boundaries: a 96-channel 3x3 depthwise conv at 28x28 took
+43 us alone and 20 us per conv inside a chain of eight (one thread, AVX-512 x86). So a kernel is
+also built between context ops (:data:`CONTEXT_OP`, a 1x1 max pool, which every layout keeps and
+into which nothing fuses) on each image input and output, and each boundary tensor gets a
+baseline model of two context ops (:func:`context_baseline`); the difference is the kernel's
+cost in context (see :mod:`costmeter.predictors.kernel_samples`).
 """
 from __future__ import annotations
 
@@ -27,6 +37,8 @@ ANY_OPS = ("Relu", "Clip", "HardSwish", "HardSigmoid", "Sigmoid", "Tanh", "Leaky
            "GELU", "Add", "AddConst", "Mul", "MulConst")
 TOKEN_OPS = ("MatMul", "Gemm", "LayerNormalization", "Softmax", "Transpose", "Flatten")
 APPLY_OPS = IMAGE_OPS + ANY_OPS + TOKEN_OPS
+# the op put before and after a kernel measured in context: layout-neutral, fuses with nothing
+CONTEXT_OP: tuple[str, dict[str, Any]] = ("MaxPool", {"kernel": 1, "stride": 1})
 
 
 @dataclass
@@ -38,6 +50,8 @@ class GraphBuilder:
     nodes: list[Any] = field(default_factory=list)
     initializers: list[Any] = field(default_factory=list)
     inputs: list[Any] = field(default_factory=list)
+    context: tuple[str, dict[str, Any]] | None = None  # applied to every 4-D input and output
+    boundary: list[tuple[int, ...]] = field(default_factory=list)  # 4-D inputs/outputs in context
     _count: int = 0
 
     def fresh(self, prefix: str) -> str:
@@ -46,13 +60,21 @@ class GraphBuilder:
         return f"{prefix}_{self._count}"
 
     def input(self, shape: Sequence[int], name: str | None = None) -> str:
-        """Declare a float32 graph input of ``shape`` (batch dim symbolic); returns its name."""
+        """Declare a float32 graph input of ``shape`` (batch dim symbolic); returns its name, or
+        in context the output of the context op applied to it."""
         from onnx import TensorProto, helper
 
         name = name if name is not None else f"input_{len(self.inputs)}"
         dims = ["batch", *shape[1:]]  # symbolic batch, as exported models have
         self.inputs.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, dims))
-        return name
+        return self._in_context(name, tuple(shape))
+
+    def _in_context(self, x: str, shape: tuple[int, ...]) -> str:
+        if self.context is None or len(shape) != 4:
+            return x
+        self.boundary.append(shape)
+        op, params = self.context
+        return self.apply(op, x, shape, **params)[0]
 
     def weight(self, shape: Sequence[int], scale: float | None = None) -> str:
         """A seeded random float32 initializer (He-like scale); returns its name."""
@@ -216,6 +238,7 @@ class GraphBuilder:
         import onnx
         from onnx import TensorProto, helper
 
+        outputs = [(self._in_context(name, tuple(shape)), shape) for name, shape in outputs]
         outs = [helper.make_tensor_value_info(name, TensorProto.FLOAT, ["batch", *shape[1:]])
                 for name, shape in outputs]
         graph = helper.make_graph(self.nodes, self.name, self.inputs, outs, self.initializers)
@@ -234,6 +257,24 @@ def chain_model(ops: Sequence[tuple[str, dict[str, Any]]], input_shape: tuple[in
     for op, params in ops:
         x, shape = builder.apply(op, x, shape, **params)
     return builder.model([(x, shape)])
+
+
+def context_chain(ops: Sequence[tuple[str, dict[str, Any]]], input_shape: tuple[int, ...],
+                  name: str = "micro") -> tuple[Any, list[tuple[int, ...]]]:
+    """:func:`chain_model` in context: :data:`CONTEXT_OP` applied to every 4-D input and output.
+    Returns the model and the shapes of those boundary tensors (one baseline each)."""
+    builder = GraphBuilder(name, context=CONTEXT_OP)
+    x = builder.input(input_shape, "input")
+    shape = tuple(input_shape)
+    for op, params in ops:
+        x, shape = builder.apply(op, x, shape, **params)
+    return builder.model([(x, shape)]), list(builder.boundary)
+
+
+def context_baseline(shape: tuple[int, ...]) -> Any:
+    """Two context ops on a 4-D tensor of ``shape``: the price of one boundary of a kernel
+    measured in context, twice (a model's start and end, and the op on each side)."""
+    return chain_model([CONTEXT_OP, CONTEXT_OP], shape, "context")
 
 
 def write_model(model: Any, folder: Path | str, stem: str) -> Path:
