@@ -8,15 +8,19 @@ harness runner (one isolated worker per model or kernel, ONNX Runtime, 1 thread)
 1. the architectures (``predictors.collect``) into a SQLite store in the working folder;
 2. kernel micro-benchmarks (``predictors.sampling``) drawn from a prior built from the zoo's
    models and samples of the two search spaces (not from the test variants), then one round
-   of adaptive re-sampling around kernels whose cross-validated error exceeds 10%.
+   of adaptive re-sampling around kernels whose cross-validated error exceeds 10%. Image
+   kernels are timed in context (``predictors.kernel_samples``: between 1x1 max pools, minus
+   the baselines); ``--isolated`` also times them alone, the old way, in ``<workdir>/isolated``,
+   and prints both.
 
 Every architecture and every kernel is measured ``--rounds`` times (3), minutes apart, and the
 lowest median is kept: on this shared 2-vCPU machine other work only ever adds time.
 
 Predictors compared on the test families: the kernel-level forest sum (nn-Meter's scheme: one
 forest per kernel type, summed, plus the measured per-run overhead), the same sum with a
-per-executed-kernel offset and an intercept fitted on the training models (what isolated
-micro-benchmarks pay that a model does not: layout reorders around each kernel, cold caches),
+per-executed-kernel offset and an intercept fitted on the training models (what the
+micro-benchmarks pay that a model does not, or the reverse: the layout conversions at a
+network's edges, cold caches),
 the model-level forest on aggregated features, and the FLOPs-linear baseline. Everything measured is cached in
 the working folder (``COSTMETER_BENCH_DIR``, default ``.costmeter/bench-families``), so a rerun
 only fits and prints. ``--quick`` shrinks every count for a smoke run.
@@ -116,18 +120,17 @@ def kernel_samples(workdir: Path, rules: Any, quick: bool, store: Any, rounds: i
     return samples
 
 
-def evaluate(samples: Any, train: dict[str, Any], test: dict[str, Any], rules: Any, workdir: Path) -> Any:
+def kernel_sums(samples: Any, graphs: dict[str, Any], train: dict[str, Any],
+                test: dict[str, Any], label: str) -> dict[str, Any]:
+    """Test-model predictions of the kernel-forest sum fitted on ``samples``: as is (plus the
+    per-run overhead), and with a per-executed-kernel offset and an intercept fitted on the
+    training models."""
     import numpy as np
-    import pandas as pd
 
-    from costmeter.predictors.collect import onnx_path
-    from costmeter.predictors.evaluate import metrics
-    from costmeter.predictors.features import model_feature_table, stack_tables
-    from costmeter.predictors.forest import FlopsLinear, KernelForest, ModelForest
+    from costmeter.predictors.features import stack_tables
+    from costmeter.predictors.forest import KernelForest, ModelForest
     from costmeter.predictors.kernel_samples import FOLDED_TYPES
 
-    graphs = {m: kernel_graph(onnx_path(item, workdir), rules)
-              for m, (item, _) in {**train, **test}.items()}
     overhead = float(np.nanmedian([r["overhead_ms"] for r in samples.rows if r["source"] == "measured"]))
     kernel_forest = KernelForest(ModelForest(n_estimators=200), on_unknown="flops_linear")
     kernel_forest.fit(samples.tables(), samples.latencies())
@@ -141,21 +144,41 @@ def evaluate(samples: Any, train: dict[str, Any], test: dict[str, Any], rules: A
                          for m in models], dtype=float)
 
     y_train = np.array([ms for _, ms in train.values()])
-    y_test = np.array([ms for _, ms in test.values()])
     raw_train, raw_test = kernel_sum(train), kernel_sum(test)
     # y = sum - offset * executed kernels + intercept, least squares on relative error
     design = np.column_stack([-executed(train), np.ones(len(train))]) / y_train[:, None]
     offset, intercept = np.linalg.lstsq(design, (y_train - raw_train) / y_train, rcond=None)[0]
+    fallback = kernel_forest.predict_with_uncertainty(stack_tables({m: graphs[m] for m in test}))
+    _log(f"{label}: kernel-sum share priced by the FLOPs-linear fallback: max "
+         f"{float(fallback['fallback_share'].max()):.4f}; offset fit on training models "
+         f"{offset * 1e3:.2f} us per executed kernel, intercept {intercept * 1e3:.1f} us")
+    return {f"kernel forest sum, {label}": raw_test,
+            f"kernel sum + offset fit on train, {label}": raw_test - offset * executed(test) + intercept}
+
+
+def evaluate(samples_by_method: dict[str, Any], train: dict[str, Any], test: dict[str, Any],
+             rules: Any, workdir: Path) -> Any:
+    import numpy as np
+    import pandas as pd
+
+    from costmeter.predictors.collect import onnx_path
+    from costmeter.predictors.evaluate import metrics
+    from costmeter.predictors.features import model_feature_table
+    from costmeter.predictors.forest import FlopsLinear, ModelForest
+
+    graphs = {m: kernel_graph(onnx_path(item, workdir), rules)
+              for m, (item, _) in {**train, **test}.items()}
+    y_train = np.array([ms for _, ms in train.values()])
+    y_test = np.array([ms for _, ms in test.values()])
+    predictions: dict[str, Any] = {}
+    for label, samples in samples_by_method.items():
+        predictions.update(kernel_sums(samples, graphs, train, test, label))
     features = model_feature_table(graphs)
     x_train, x_test = features.loc[list(train)], features.loc[list(test)]
     model_forest = ModelForest(n_estimators=300).fit(x_train, y_train)
     flops_linear = FlopsLinear(feature="flops").fit(x_train, y_train)
-    predictions = {
-        "kernel forest sum": raw_test,
-        "kernel sum, offset fit on train": raw_test - offset * executed(test) + intercept,
-        "model-level forest": model_forest.predict(x_test),
-        "FLOPs-linear": flops_linear.predict(x_test),
-    }
+    predictions["model-level forest"] = model_forest.predict(x_test)
+    predictions["FLOPs-linear"] = flops_linear.predict(x_test)
     families = np.array([item.space for item, _ in test.values()])
     rows = []
     for name, predicted in predictions.items():
@@ -166,11 +189,6 @@ def evaluate(samples: Any, train: dict[str, Any], test: dict[str, Any], rules: A
             mask = families == family
             row[f"{family} ±10%"] = metrics(y_test[mask], predicted[mask])["within_10_pct"]
         rows.append(row)
-    fallback = kernel_forest.predict_with_uncertainty(stack_tables({m: graphs[m] for m in test}))
-    _log(f"kernel-sum share priced by the FLOPs-linear fallback: "
-         f"max {float(fallback['fallback_share'].max()):.4f}")
-    _log(f"offset fit on training models: {offset * 1e3:.2f} us per executed kernel, "
-         f"intercept {intercept * 1e3:.1f} us")
     return pd.DataFrame(rows).set_index("predictor")
 
 
@@ -178,6 +196,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="tiny counts: a smoke run")
     parser.add_argument("--min-time", type=float, default=0.3, help="seconds sampled per model")
+    parser.add_argument("--isolated", action="store_true",
+                        help="also time the kernels alone (the old way) and compare")
     parser.add_argument("--rounds", type=int, default=3,
                         help="measurements per architecture and per kernel (lowest median kept)")
     args = parser.parse_args()
@@ -196,11 +216,15 @@ def main() -> None:
     with ResultStore(f"sqlite:///{(workdir / 'store.db').resolve()}") as store:
         measure_architectures(workdir, store, {**train_counts, **test_counts}, args.min_time,
                               args.rounds)
-        samples = kernel_samples(workdir, rules, args.quick, store, args.rounds)
+        samples = {"in context": kernel_samples(workdir, rules, args.quick, store, args.rounds)}
+        if args.isolated:
+            samples["alone"] = kernel_samples(workdir, rules, args.quick, store, args.rounds,
+                                              context=False)
         train = measured_models(workdir, store, list(train_counts))
         test = measured_models(workdir, store, list(test_counts))
-    _log(f"{len(train)} training models, {len(test)} test models, {len(samples.rows)} kernel rows "
-         f"{samples.summary()}")
+    _log(f"{len(train)} training models, {len(test)} test models")
+    for label, kernel_rows in samples.items():
+        _log(f"kernels timed {label}: {len(kernel_rows.rows)} rows {kernel_rows.summary()}")
     import pandas as pd
 
     table = evaluate(samples, train, test, rules, workdir)

@@ -244,6 +244,9 @@ def test_sample_kernels_measures_resamples_and_extends_the_saved_samples(tmp_pat
                            graphs=graphs, measure=measure, adaptive_rounds=0)
     assert len(measured) == first  # nothing measured twice
     assert len(again.rows) == len(samples.rows)
+    with pytest.raises(ConfigError, match="timed context.*--isolated"):
+        sample_kernels(RULES, workdir=tmp_path, counts={"conv": 12}, graphs=graphs, measure=measure,
+                       context=False)
 
 
 def test_a_second_round_keeps_the_lower_latency(tmp_path: Path) -> None:

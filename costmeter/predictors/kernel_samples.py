@@ -1,11 +1,30 @@
-"""Measuring kernel micro-benchmarks through the harness runner, and keeping the results.
+"""Measuring kernel micro-benchmarks, and keeping the results.
 
 :func:`measure_kernels` writes each :class:`~costmeter.predictors.sampling.KernelConfig` as a
 tiny ONNX file, checks with the rule set that it forms exactly one kernel of its type (a config
-that a runtime's rules split is reported, not measured), measures all files with the runner
-(one isolated worker each; an almost empty model measured alongside gives the per-run overhead,
-subtracted from every median) and returns :class:`KernelSamples`: per kernel type, the named
-feature table and the latencies that :class:`~costmeter.predictors.forest.KernelForest` fits.
+that a runtime's rules split is reported, not measured), times it and returns
+:class:`KernelSamples`: per kernel type, the named feature table and the latencies that
+:class:`~costmeter.predictors.forest.KernelForest` fits.
+
+Image kernels (:data:`CONTEXT_TYPES` on 4-D tensors) are timed *in context* by default: the
+kernel between context ops (``A``: a 1x1 max pool on every image input and on the output, see
+:func:`~costmeter.predictors.microbench.context_chain`) and, for every boundary tensor ``T``, a
+baseline of two context ops (``B_T``). With ``O`` the per-run overhead of an almost empty model,
+
+    latency = A - sum_T B_T / 2 + (|T| / 2 - 1) * O
+
+which removes the context ops, the run call and the layout conversions at the model's edges,
+and keeps what the kernel costs between other kernels. Alone (``context=False``), a kernel is
+``A - O`` with ``A`` the kernel by itself, which on ONNX Runtime's x86 CPU provider includes a
+blocked-layout conversion of its input and output that a network does not pay per kernel: the
+kernel-forest sum then over-predicts small networks (see ``benchmarks/predictor_cpu_families.py``).
+Token kernels (matmul, attention, softmax, layer norm, fc) are timed alone either way.
+
+The kernel and its baselines are sampled round-robin in one worker process (a batch worker,
+for local runtimes that take ONNX files), so slow drift of a shared machine cancels in the
+difference; other runtimes and remote devices run each file through the harness runner in its
+own worker, results optionally stored. Almost empty models timed at the start, middle and end
+give ``O``.
 
 Kernels the runtime folds at load time (kernel type ``constant``: ops computing only from
 constants) never run; :meth:`KernelSamples.add_folded` gives them rows at
