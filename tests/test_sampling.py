@@ -259,3 +259,14 @@ def test_a_second_round_keeps_the_lower_latency(tmp_path: Path) -> None:
     first.merge_lower(second)
     assert [(r["kernel_type"], r["latency_ms"], r["rounds"]) for r in first.rows] == [
         ("dwconv", pytest.approx(0.2), 2), ("conv", pytest.approx(0.5), 2)]
+
+
+def test_batch_chunks_never_cut_a_kernel_from_its_baselines() -> None:
+    from costmeter.harness.batch_worker import _chunks, _groups
+
+    entries = [{"key": str(i), "group": i // 3} for i in range(10)]
+    assert _chunks(entries, 4) == [(0, 6), (6, 10)]
+    assert [[e["key"] for e in g] for g in _groups(entries[:6], 1)] == [["0", "1", "2"], ["3", "4", "5"]]
+    plain = [{"key": str(i)} for i in range(5)]
+    assert _chunks(plain, 2) == [(0, 2), (2, 4), (4, 5)]
+    assert [len(g) for g in _groups(plain, 2)] == [2, 2, 1]

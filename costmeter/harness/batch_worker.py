@@ -201,6 +201,20 @@ def _groups(entries: list[dict[str, Any]], size: int) -> list[list[dict[str, Any
     return plan
 
 
+def _chunks(entries: list[dict[str, Any]], size: int) -> list[tuple[int, int]]:
+    """(start, stop) of chunks of about ``size`` entries; a group is never cut in two."""
+    bounds: list[tuple[int, int]] = []
+    start = 0
+    while start < len(entries):
+        stop = min(start + size, len(entries))
+        while 0 < stop < len(entries) and "group" in entries[stop] and \
+                entries[stop]["group"] == entries[stop - 1].get("group"):
+            stop += 1
+        bounds.append((start, stop))
+        start = stop
+    return bounds
+
+
 def measure_entries(base: dict[str, Any], entries: list[dict[str, Any]], chunk_size: int,
                     timeout_s: float, progress: Progress | None = None
                     ) -> tuple[dict[str, dict[str, Any]], list[float], dict[str, Any]]:
@@ -214,8 +228,8 @@ def measure_entries(base: dict[str, Any], entries: list[dict[str, Any]], chunk_s
     timings: dict[str, dict[str, Any]] = {}
     overheads: list[float] = []
     environment: dict[str, Any] = {}
-    for start in range(0, len(entries), chunk_size):
-        pending = entries[start:start + chunk_size]
+    for start, stop in _chunks(entries, chunk_size):
+        pending = entries[start:stop]
         group = int(base.get("interleave", 1))
         while pending:
             lines, started, env, failure = run_batch({**base, "interleave": group}, pending,
@@ -240,7 +254,7 @@ def measure_entries(base: dict[str, Any], entries: list[dict[str, Any]], chunk_s
                                          "spread_ms": float("nan"), "samples": 0, "error": failure}
             pending = [e for e in pending if e not in dead]
         if progress:
-            progress(min(start + chunk_size, len(entries)), len(entries))
+            progress(stop, len(entries))
     if not overheads:
         raise MeasurementError("the per-run overhead model could not be measured; "
                                "check the runtime with `bench run --model <file.onnx>`")
