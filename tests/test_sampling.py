@@ -146,16 +146,24 @@ def test_measure_kernels_subtracts_baselines_and_reports_split_configs(tmp_path:
 
 
 def test_context_model_wraps_every_image_input_and_output() -> None:
-    from costmeter.predictors.microbench import CONTEXT_OP, context_baseline, context_chain
+    from costmeter.predictors.kernel_samples import _fuses_into_edge
+    from costmeter.predictors.microbench import context_baseline, context_chain
 
     model, boundary = context_chain([("Mul", {"broadcast": True}), ("Relu", {})], (1, 16, 8, 8))
     ops = [n.op_type for n in model.graph.node]
-    assert ops.count(CONTEXT_OP[0]) == 3 and ops[-1] == CONTEXT_OP[0]  # both inputs, the output
+    assert ops.count("Conv") == 3 and ops[-1] == "Conv"  # a 1x1 depthwise conv on both inputs, the output
     assert boundary == [(1, 16, 8, 8), (1, 16, 1, 1), (1, 16, 8, 8)]
-    assert [n.op_type for n in context_baseline((1, 16, 8, 8)).graph.node] == [CONTEXT_OP[0]] * 2
-    # nothing of the kernel fuses with its context: it is still one elementwise kernel
+    assert [n.op_type for n in context_baseline((1, 16, 8, 8)).graph.node] == ["Conv", "Conv"]
+    # nothing of the kernel fuses with its context: it is still one elementwise, one activation kernel
     kernels = [k.kernel_type for k in fuse(load_graph(model), RULES).kernels]
     assert kernels.count("elementwise") == 1 and kernels.count("activation") == 1
+    # a ReLU would fuse into the conv before it: a max pool goes in between, in the baseline too
+    relu = make_config("activation", (1, 16, 8, 8), [("Relu", {})])
+    assert _fuses_into_edge(relu, RULES)
+    assert not _fuses_into_edge(make_config("activation", (1, 16, 8, 8), [("SiLU", {})]), RULES)
+    model, _ = context_chain([("Relu", {})], (1, 16, 8, 8), barrier=True)
+    assert [k.kernel_type for k in fuse(load_graph(model), RULES).kernels] == ["dwconv", "pool", "activation", "dwconv"]
+    assert [n.op_type for n in context_baseline((1, 16, 8, 8), barrier=True).graph.node] == ["Conv", "MaxPool", "Conv"]
 
 
 def test_samples_of_two_methods_do_not_mix(tmp_path: Path) -> None:

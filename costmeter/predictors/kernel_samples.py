@@ -289,7 +289,7 @@ def measure_kernels(configs: Sequence[KernelConfig], rules: RuleSet, device: str
         if len(kernels) != 1 or kernels[0].kernel_type != config.kernel_type:
             samples.split.append(config)
             continue
-        files, weights = _kernel_files(config, model, folder, context)
+        files, weights = _kernel_files(config, model, folder, context, rules)
         planned.append((config, kernel_features(kernels[0]), files, weights))
     if not planned:
         return samples
@@ -320,20 +320,32 @@ def measure_kernels(configs: Sequence[KernelConfig], rules: RuleSet, device: str
     return samples
 
 
-def _kernel_files(config: KernelConfig, model: Any, folder: Path, context: bool
-                  ) -> tuple[list[Path], list[int]]:
+def _kernel_files(config: KernelConfig, model: Any, folder: Path, context: bool,
+                  rules: RuleSet) -> tuple[list[Path], list[int]]:
     """The files timed for one kernel (the kernel, then one baseline per distinct boundary
     shape) and how many boundaries each baseline stands for."""
     from costmeter.predictors.microbench import context_baseline, context_chain, write_model
 
     if not context or config.kernel_type not in CONTEXT_TYPES or len(config.input_shape) != 4:
         return [write_model(model, folder, config.kernel_type)], []
+    barrier = _fuses_into_edge(config, rules)
     in_context, boundary = context_chain([(op, dict(p)) for op, p in config.ops],
-                                         config.input_shape, f"{config.kernel_type}_{config.key}")
+                                         config.input_shape, f"{config.kernel_type}_{config.key}",
+                                         barrier)
     shapes = sorted(set(boundary))
     files = [write_model(in_context, folder, f"{config.kernel_type}_ctx")]
-    files += [write_model(context_baseline(shape), folder, "baseline") for shape in shapes]
+    files += [write_model(context_baseline(shape, barrier), folder, "baseline") for shape in shapes]
     return files, [boundary.count(shape) for shape in shapes]
+
+
+def _fuses_into_edge(config: KernelConfig, rules: RuleSet) -> bool:
+    """Whether the rules fuse the kernel's first op into a conv right before it."""
+    from costmeter.predictors.graph import load_graph
+    from costmeter.predictors.microbench import EDGE_OP, chain_model
+
+    model = chain_model([EDGE_OP, *[(op, dict(p)) for op, p in config.ops]], config.input_shape)
+    first = fuse(load_graph(model), rules).kernels[0]
+    return len(first.ops) > 1
 
 
 def samples_path(workdir: Path | str, device: str, runtime: str) -> Path:

@@ -12,10 +12,11 @@ ONNX Runtime on x86 runs convolutions, pools and many element-wise ops in a bloc
 (NCHWc) and converts a lone kernel's input and output around it (ReorderInput/ReorderOutput),
 which a network pays only at a few boundaries: a 96-channel 3x3 depthwise conv at 28x28 took
 43 us alone and 20 us per conv inside a chain of eight (one thread, AVX-512 x86). So a kernel is
-also built between context ops (:data:`CONTEXT_OP`, a 1x1 max pool, which every layout keeps and
-into which nothing fuses) on each image input and output, and each boundary tensor gets a
-baseline model of two context ops (:func:`context_baseline`); the difference is the kernel's
-cost in context (see :mod:`costmeter.predictors.kernel_samples`).
+also built between context ops (:func:`context_ops`: a 1x1 depthwise conv on each image input
+and on the output, the neighbours a CNN kernel has, run in the layout convs run in; a 1x1 max
+pool after the input's conv when the kernel's first op would fuse into it), and each boundary
+tensor gets a baseline model of the context ops alone (:func:`context_baseline`); the
+difference is the kernel's cost in context (see :mod:`costmeter.predictors.kernel_samples`).
 """
 from __future__ import annotations
 
@@ -37,8 +38,10 @@ ANY_OPS = ("Relu", "Clip", "HardSwish", "HardSigmoid", "Sigmoid", "Tanh", "Leaky
            "GELU", "Add", "AddConst", "Mul", "MulConst")
 TOKEN_OPS = ("MatMul", "Gemm", "LayerNormalization", "Softmax", "Transpose", "Flatten")
 APPLY_OPS = IMAGE_OPS + ANY_OPS + TOKEN_OPS
-# the op put before and after a kernel measured in context: layout-neutral, fuses with nothing
-CONTEXT_OP: tuple[str, dict[str, Any]] = ("MaxPool", {"kernel": 1, "stride": 1})
+# a kernel measured in context sits between these: a cheap conv, as a CNN kernel's neighbours are
+EDGE_OP: tuple[str, dict[str, Any]] = ("DWConv", {"kernel": 1})
+# put after the input edge when the kernel's first op would fuse into it: nothing fuses into a pool
+BARRIER_OP: tuple[str, dict[str, Any]] = ("MaxPool", {"kernel": 1, "stride": 1})
 
 
 @dataclass
@@ -50,7 +53,7 @@ class GraphBuilder:
     nodes: list[Any] = field(default_factory=list)
     initializers: list[Any] = field(default_factory=list)
     inputs: list[Any] = field(default_factory=list)
-    context: tuple[str, dict[str, Any]] | None = None  # applied to every 4-D input and output
+    context: tuple[list[Any], list[Any]] | None = None  # ops on every 4-D input, on the output
     boundary: list[tuple[int, ...]] = field(default_factory=list)  # 4-D inputs/outputs in context
     _count: int = 0
 
@@ -69,12 +72,13 @@ class GraphBuilder:
         self.inputs.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, dims))
         return self._in_context(name, tuple(shape))
 
-    def _in_context(self, x: str, shape: tuple[int, ...]) -> str:
+    def _in_context(self, x: str, shape: tuple[int, ...], side: int = 0) -> str:
         if self.context is None or len(shape) != 4:
             return x
         self.boundary.append(shape)
-        op, params = self.context
-        return self.apply(op, x, shape, **params)[0]
+        for op, params in self.context[side]:
+            x = self.apply(op, x, shape, **params)[0]
+        return x
 
     def weight(self, shape: Sequence[int], scale: float | None = None) -> str:
         """A seeded random float32 initializer (He-like scale); returns its name."""
@@ -238,7 +242,7 @@ class GraphBuilder:
         import onnx
         from onnx import TensorProto, helper
 
-        outputs = [(self._in_context(name, tuple(shape)), shape) for name, shape in outputs]
+        outputs = [(self._in_context(name, tuple(shape), 1), shape) for name, shape in outputs]
         outs = [helper.make_tensor_value_info(name, TensorProto.FLOAT, ["batch", *shape[1:]])
                 for name, shape in outputs]
         graph = helper.make_graph(self.nodes, self.name, self.inputs, outs, self.initializers)
@@ -259,11 +263,16 @@ def chain_model(ops: Sequence[tuple[str, dict[str, Any]]], input_shape: tuple[in
     return builder.model([(x, shape)])
 
 
+def context_ops(barrier: bool) -> tuple[list[Any], list[Any]]:
+    """The ops before a kernel (on each image input) and after it, in context."""
+    return ([EDGE_OP, BARRIER_OP] if barrier else [EDGE_OP]), [EDGE_OP]
+
+
 def context_chain(ops: Sequence[tuple[str, dict[str, Any]]], input_shape: tuple[int, ...],
-                  name: str = "micro") -> tuple[Any, list[tuple[int, ...]]]:
-    """:func:`chain_model` in context: :data:`CONTEXT_OP` applied to every 4-D input and output.
+                  name: str = "micro", barrier: bool = False) -> tuple[Any, list[tuple[int, ...]]]:
+    """:func:`chain_model` in context (:func:`context_ops` on every 4-D input and the output).
     Returns the model and the shapes of those boundary tensors (one baseline each)."""
-    builder = GraphBuilder(name, context=CONTEXT_OP)
+    builder = GraphBuilder(name, context=context_ops(barrier))
     x = builder.input(input_shape, "input")
     shape = tuple(input_shape)
     for op, params in ops:
@@ -271,10 +280,11 @@ def context_chain(ops: Sequence[tuple[str, dict[str, Any]]], input_shape: tuple[
     return builder.model([(x, shape)]), list(builder.boundary)
 
 
-def context_baseline(shape: tuple[int, ...]) -> Any:
-    """Two context ops on a 4-D tensor of ``shape``: the price of one boundary of a kernel
-    measured in context, twice (a model's start and end, and the op on each side)."""
-    return chain_model([CONTEXT_OP, CONTEXT_OP], shape, "context")
+def context_baseline(shape: tuple[int, ...], barrier: bool = False) -> Any:
+    """The context ops alone on a 4-D tensor of ``shape`` (what comes before a kernel, then what
+    comes after it): the price of one boundary of a kernel measured in context, twice."""
+    before, after = context_ops(barrier)
+    return chain_model([*before, *after], shape, "context")
 
 
 def write_model(model: Any, folder: Path | str, stem: str) -> Path:
