@@ -18,9 +18,11 @@ lowest median is kept: on this shared 2-vCPU machine other work only ever adds t
 
 Predictors compared on the test families: the kernel-level forest sum (nn-Meter's scheme: one
 forest per kernel type, summed, plus the measured per-run overhead), the same sum with a
-per-executed-kernel offset and an intercept fitted on the training models (what the
-micro-benchmarks pay that a model does not, or the reverse: the layout conversions at a
-network's edges, cold caches),
+per-executed-kernel offset and an intercept fitted on the training models, the same sum with a
+cost per MB of activations of image kernels, per MB of weights and an intercept fitted on the
+training models (what the micro-benchmarks pay that a network does not, or the reverse: layout
+conversions; weights that stay in cache when a kernel runs again and again, but come from
+memory in a network whose other kernels ran in between),
 the model-level forest on aggregated features, and the FLOPs-linear baseline. Everything measured is cached in
 the working folder (``COSTMETER_BENCH_DIR``, default ``.costmeter/bench-families``), so a rerun
 only fits and prints. ``--quick`` shrinks every count for a smoke run.
@@ -120,16 +122,35 @@ def kernel_samples(workdir: Path, rules: Any, quick: bool, store: Any, rounds: i
     return samples
 
 
+def traffic_terms(graph: Any) -> tuple[float, float, float]:
+    """(MB of activations read and written by image kernels, MB of weights, executed kernels)
+    of a kernel graph: what a kernel pays inside a network and not in a micro-benchmark, or the
+    reverse (layout conversions, caches emptied by the other kernels)."""
+    from costmeter.predictors.features import kernel_features
+    from costmeter.predictors.kernel_samples import CONTEXT_TYPES, FOLDED_TYPES
+
+    activations = weights = executed = 0.0
+    for kernel in graph.kernels:
+        if kernel.kernel_type in FOLDED_TYPES:
+            continue
+        values = kernel_features(kernel)
+        executed += 1
+        weights += values["weight_bytes"] / 1e6
+        if kernel.kernel_type in CONTEXT_TYPES:
+            activations += (values["bytes_read"] - values["weight_bytes"] + values["bytes_written"]) / 1e6
+    return activations, weights, executed
+
+
 def kernel_sums(samples: Any, graphs: dict[str, Any], train: dict[str, Any],
                 test: dict[str, Any], label: str) -> dict[str, Any]:
     """Test-model predictions of the kernel-forest sum fitted on ``samples``: as is (plus the
-    per-run overhead), and with a per-executed-kernel offset and an intercept fitted on the
-    training models."""
+    per-run overhead); with a per-executed-kernel offset and an intercept; and with a cost per
+    MB of activations of image kernels and per MB of weights and an intercept -- the terms
+    fitted by least squares on the training models' relative errors."""
     import numpy as np
 
     from costmeter.predictors.features import stack_tables
     from costmeter.predictors.forest import KernelForest, ModelForest
-    from costmeter.predictors.kernel_samples import FOLDED_TYPES
 
     overhead = float(np.nanmedian([r["overhead_ms"] for r in samples.rows if r["source"] == "measured"]))
     kernel_forest = KernelForest(ModelForest(n_estimators=200), on_unknown="flops_linear")
@@ -139,21 +160,31 @@ def kernel_sums(samples: Any, graphs: dict[str, Any], train: dict[str, Any],
         predicted = kernel_forest.predict(stack_tables({m: graphs[m] for m in models}))
         return predicted.reindex(list(models)).to_numpy() + overhead
 
-    def executed(models: dict[str, Any]) -> Any:
-        return np.array([sum(k.kernel_type not in FOLDED_TYPES for k in graphs[m].kernels)
-                         for m in models], dtype=float)
+    def terms(models: dict[str, Any]) -> Any:
+        return np.array([traffic_terms(graphs[m]) for m in models])
+
+    def fitted(design_train: Any, design_test: Any) -> tuple[Any, Any]:
+        weights = np.linalg.lstsq(design_train / y_train[:, None],
+                                  (y_train - raw_train) / y_train, rcond=None)[0]
+        return raw_test + design_test @ weights, weights
 
     y_train = np.array([ms for _, ms in train.values()])
     raw_train, raw_test = kernel_sum(train), kernel_sum(test)
-    # y = sum - offset * executed kernels + intercept, least squares on relative error
-    design = np.column_stack([-executed(train), np.ones(len(train))]) / y_train[:, None]
-    offset, intercept = np.linalg.lstsq(design, (y_train - raw_train) / y_train, rcond=None)[0]
+    t_train, t_test = terms(train), terms(test)
+    one_train, one_test = np.ones((len(train), 1)), np.ones((len(test), 1))
+    offset_test, (offset, intercept) = fitted(np.hstack([t_train[:, 2:], one_train]),
+                                              np.hstack([t_test[:, 2:], one_test]))
+    traffic_test, traffic = fitted(np.hstack([t_train[:, :2], one_train]),
+                                   np.hstack([t_test[:, :2], one_test]))
     fallback = kernel_forest.predict_with_uncertainty(stack_tables({m: graphs[m] for m in test}))
     _log(f"{label}: kernel-sum share priced by the FLOPs-linear fallback: max "
-         f"{float(fallback['fallback_share'].max()):.4f}; offset fit on training models "
-         f"{offset * 1e3:.2f} us per executed kernel, intercept {intercept * 1e3:.1f} us")
+         f"{float(fallback['fallback_share'].max()):.4f}; fitted on the training models: "
+         f"{offset * 1e3:.2f} us per executed kernel + {intercept * 1e3:.1f} us; or "
+         f"{traffic[0] * 1e3:.2f} us per MB of activations, {traffic[1] * 1e3:.2f} us per MB of "
+         f"weights + {traffic[2] * 1e3:.1f} us")
     return {f"kernel forest sum, {label}": raw_test,
-            f"kernel sum + offset fit on train, {label}": raw_test - offset * executed(test) + intercept}
+            f"  + per-kernel offset fit on train, {label}": offset_test,
+            f"  + traffic terms fit on train, {label}": traffic_test}
 
 
 def evaluate(samples_by_method: dict[str, Any], train: dict[str, Any], test: dict[str, Any],
@@ -198,11 +229,14 @@ def main() -> None:
     parser.add_argument("--min-time", type=float, default=0.3, help="seconds sampled per model")
     parser.add_argument("--isolated", action="store_true",
                         help="also time the kernels alone (the old way) and compare")
+    parser.add_argument("--samples", action="append", default=[], metavar="LABEL=CSV",
+                        help="also compare kernel samples saved elsewhere (repeatable)")
     parser.add_argument("--rounds", type=int, default=3,
                         help="measurements per architecture and per kernel (lowest median kept)")
     args = parser.parse_args()
 
     from costmeter.predictors.kernel_rules import builtin_rules
+    from costmeter.predictors.kernel_samples import KernelSamples
     from costmeter.results.store import ResultStore
 
     workdir = Path(os.environ.get("COSTMETER_BENCH_DIR", ".costmeter/bench-families"))
@@ -220,6 +254,9 @@ def main() -> None:
         if args.isolated:
             samples["alone"] = kernel_samples(workdir, rules, args.quick, store, args.rounds,
                                               context=False)
+        for spec in args.samples:
+            label, _, path = spec.partition("=")
+            samples[label] = KernelSamples.load(path)
         train = measured_models(workdir, store, list(train_counts))
         test = measured_models(workdir, store, list(test_counts))
     _log(f"{len(train)} training models, {len(test)} test models")
