@@ -164,11 +164,15 @@ def kernel_sums(samples: Any, graphs: dict[str, Any], train: dict[str, Any],
         return np.array([traffic_terms(graphs[m]) for m in models])
 
     def fitted(design_train: Any, design_test: Any) -> tuple[Any, Any]:
-        weights = np.linalg.lstsq(design_train / y_train[:, None],
-                                  (y_train - raw_train) / y_train, rcond=None)[0]
+        # each training family weighs the same (NB201's 60 small networks would rule otherwise)
+        scale = np.sqrt(family_weight)[:, None] / y_train[:, None]
+        weights = np.linalg.lstsq(design_train * scale, (y_train - raw_train) * scale[:, 0],
+                                  rcond=None)[0]
         return raw_test + design_test @ weights, weights
 
     y_train = np.array([ms for _, ms in train.values()])
+    families = [item.space for item, _ in train.values()]
+    family_weight = np.array([1.0 / families.count(f) for f in families])
     raw_train, raw_test = kernel_sum(train), kernel_sum(test)
     t_train, t_test = terms(train), terms(test)
     one_train, one_test = np.ones((len(train), 1)), np.ones((len(test), 1))

@@ -171,7 +171,8 @@ def test_samples_of_two_methods_do_not_mix(tmp_path: Path) -> None:
     alone = measure_kernels(config, RULES, workdir=tmp_path, measure=_fake_measure({"dwconv": 0.3}, 0.01),
                             context=False)
     other = [make_config("dwconv", (1, 16, 8, 8), [("DWConv", {"kernel": 3})])]
-    in_context = measure_kernels(other, RULES, workdir=tmp_path, measure=_fake_measure({"dwconv": 0.3}, 0.01))
+    in_context = measure_kernels(other, RULES, workdir=tmp_path, measure=_fake_measure({"dwconv": 0.3}, 0.01),
+                                 context=True)
     with pytest.raises(ConfigError, match="timed context into samples timed isolated"):
         alone.extend(in_context)
 
@@ -208,7 +209,7 @@ def _clip_with_constant_nodes() -> Any:
 def test_real_kernels_measured_in_context_in_a_batch_worker(workdir: Path) -> None:
     configs = [make_config("conv", (1, 8, 16, 16), [("Conv", {"c_out": 16}), ("Relu", {})]),
                make_config("global_pool", (1, 32, 8, 8), [("GlobalAveragePool", {})])]
-    samples = measure_kernels(configs, RULES, workdir=workdir, min_time_s=0.02)
+    samples = measure_kernels(configs, RULES, workdir=workdir, min_time_s=0.02, context=True)
     assert [r["kernel_type"] for r in samples.rows] == ["conv", "global_pool"]
     assert all(r["raw_ms"] > 0 and r["latency_ms"] >= MIN_KERNEL_MS for r in samples.rows)
     # the baselines (context ops and the run call) cost more than an empty run, less than the kernel
@@ -252,9 +253,9 @@ def test_sample_kernels_measures_resamples_and_extends_the_saved_samples(tmp_pat
                            graphs=graphs, measure=measure, adaptive_rounds=0)
     assert len(measured) == first  # nothing measured twice
     assert len(again.rows) == len(samples.rows)
-    with pytest.raises(ConfigError, match="timed context.*--isolated"):
+    with pytest.raises(ConfigError, match="timed isolated.*without --context"):
         sample_kernels(RULES, workdir=tmp_path, counts={"conv": 12}, graphs=graphs, measure=measure,
-                       context=False)
+                       context=True)
 
 
 def test_a_second_round_keeps_the_lower_latency(tmp_path: Path) -> None:

@@ -107,12 +107,12 @@ def show(model: str, device: str, runtime: str, batch: int, workdir: Path | None
 @click.option("--space-samples", default=30, show_default=True, help="Search-space archs added to the prior")
 @click.option("--adaptive-rounds", default=1, show_default=True, help="Re-sampling rounds around >10% errors")
 @click.option("--seed", default=0, show_default=True)
-@click.option("--isolated", is_flag=True,
-              help="Time image kernels alone (default: between context ops, minus their baselines)")
+@click.option("--context", is_flag=True,
+              help="Time image kernels between context ops, minus their baselines (default: alone)")
 @store_option
 @workdir_option
 def sample(device: str, runtime: str, threads: int, min_time: float, space_samples: int, adaptive_rounds: int,
-           seed: int, isolated: bool, store_url: str | None, workdir: Path | None) -> None:
+           seed: int, context: bool, store_url: str | None, workdir: Path | None) -> None:
     """Measure kernel micro-benchmarks drawn from the zoo's and the spaces' kernels.
 
     Local runtimes that take ONNX files time them in batch workers; others (and remote devices)
@@ -126,7 +126,7 @@ def sample(device: str, runtime: str, threads: int, min_time: float, space_sampl
     try:
         samples = sample_kernels(load_rules(runtime, device, wd), device=device, workdir=wd, store=store,
                                  threads=threads, min_time_s=min_time, seed=seed, space_samples=space_samples,
-                                 adaptive_rounds=adaptive_rounds, log=click.echo, context=not isolated)
+                                 adaptive_rounds=adaptive_rounds, log=click.echo, context=context)
     finally:
         store.close()
     click.echo(f"{len(samples.rows)} kernel samples in {samples_path(wd, device, runtime)}")

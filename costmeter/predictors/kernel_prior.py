@@ -77,7 +77,7 @@ def sample_kernels(rules: RuleSet, device: str = "cpu", workdir: Path | str = ".
                    space_samples: int = 30, adaptive_rounds: int = 1, per_point: int = 2,
                    adaptive_max: int = 160, threshold: float = 0.10,
                    graphs: Sequence[Any] | None = None, log: Any = None,
-                   measure: Any = None, context: bool = True) -> KernelSamples:
+                   measure: Any = None, context: bool = False) -> KernelSamples:
     """Measure kernel samples for ``rules.runtime`` on ``device``; see the module docstring.
 
     Kernel types that the prior does not contain are skipped. Existing samples in the working
@@ -98,7 +98,7 @@ def sample_kernels(rules: RuleSet, device: str = "cpu", workdir: Path | str = ".
         samples = KernelSamples(device, rules.runtime, method=method)
     elif samples.method != method:
         raise ConfigError(f"{path} holds kernels timed {samples.method}; time the new ones the same "
-                          f"way ({'--isolated' if samples.method == 'isolated' else 'without --isolated'})"
+                          f"way ({'--context' if samples.method == 'context' else 'without --context'})"
                           " or use another --workdir")
     wanted = {t: n for t, n in (counts or DEFAULT_COUNTS).items() if n and prior.configs.get(t)}
     known = {r["key"] for r in samples.rows}

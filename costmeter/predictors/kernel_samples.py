@@ -6,22 +6,27 @@ that a runtime's rules split is reported, not measured), times it and returns
 :class:`KernelSamples`: per kernel type, the named feature table and the latencies that
 :class:`~costmeter.predictors.forest.KernelForest` fits.
 
-Image kernels (:data:`CONTEXT_TYPES` on 4-D tensors) are timed *in context* by default: the
-kernel between context ops (``A``: a 1x1 max pool on every image input and on the output, see
+Two ways to time a kernel. *Alone* (the default, nn-Meter's way): the kernel by itself, ``A``,
+minus the per-run overhead ``O`` of an almost empty model. *In context* (``context=True``, for
+image kernels, :data:`CONTEXT_TYPES` on 4-D tensors): the kernel between context ops (``A``: a
+1x1 depthwise conv on every image input and on the output, see
 :func:`~costmeter.predictors.microbench.context_chain`) and, for every boundary tensor ``T``, a
-baseline of two context ops (``B_T``). With ``O`` the per-run overhead of an almost empty model,
+baseline of the context ops alone (``B_T``):
 
     latency = A - sum_T B_T / 2 + (|T| / 2 - 1) * O
 
-which removes the context ops, the run call and the layout conversions at the model's edges,
-and keeps what the kernel costs between other kernels. Alone (``context=False``), a kernel is
-``A - O`` with ``A`` the kernel by itself, which on ONNX Runtime's x86 CPU provider includes a
-blocked-layout conversion of its input and output that a network does not pay per kernel: the
-kernel-forest sum then over-predicts small networks (see ``benchmarks/predictor_cpu_families.py``).
-Token kernels (matmul, attention, softmax, layer norm, fc) are timed alone either way.
+What differs, on ONNX Runtime's x86 CPU provider: a kernel alone also pays a blocked-layout
+(NCHWc) conversion of its input and output that a network pays only at a few places, so summed
+kernels timed alone over-predict small networks; in context that cost is gone, but so is what
+a network adds -- weights that stay in cache when one kernel runs again and again come from
+memory when other kernels ran in between (a 960x1000 fully connected layer: 56 us warm, 248 us
+after the caches were written over). Neither sum is right for every network:
+``benchmarks/predictor_cpu_families.py`` compares both, raw and with correction terms fitted
+on training networks. Token kernels (matmul, attention, softmax, layer norm, fc) are timed
+alone either way.
 
-The kernel and its baselines are sampled round-robin in one worker process (a batch worker,
-for local runtimes that take ONNX files), so slow drift of a shared machine cancels in the
+Local runtimes that take ONNX files time the files in batch workers, a kernel and its baselines
+sampled round-robin in one process, so slow drift of a shared machine cancels in their
 difference; other runtimes and remote devices run each file through the harness runner in its
 own worker, results optionally stored. Almost empty models timed at the start, middle and end
 give ``O``.
@@ -67,7 +72,7 @@ class KernelSamples:
     device: str
     runtime: str
     rows: list[dict[str, Any]] = field(default_factory=list)
-    method: str = "context"  # how image kernels were timed: "context" or "isolated"
+    method: str = "isolated"  # how image kernels were timed: "isolated" or "context"
     split: list[KernelConfig] = field(default_factory=list)  # configs the rules cut in pieces
 
     def tables(self) -> dict[str, Any]:
@@ -263,11 +268,11 @@ def measure_kernels(configs: Sequence[KernelConfig], rules: RuleSet, device: str
                     workdir: Path | str = ".costmeter", threads: int | None = 1,
                     min_time_s: float = 0.2, sink: Any = None,
                     measure: GroupMeasureFn | None = None, progress: Any = None,
-                    context: bool = True) -> KernelSamples:
+                    context: bool = False) -> KernelSamples:
     """Measure ``configs`` on ``device`` with ``rules.runtime``; see the module docstring.
 
-    ``context``: image kernels measured between context ops, minus their baselines (else alone,
-    minus the per-run overhead). Failed runs are left out of the rows (their configs are
+    ``context``: image kernels measured between context ops, minus their baselines (default:
+    alone, minus the per-run overhead). Failed runs are left out of the rows (their configs are
     neither split nor measured); ``measure`` replaces the measuring (groups of ONNX files ->
     their medians in ms), for tests. ``sink`` receives harness results where each file runs
     in its own worker (runtimes that do not take ONNX files, remote devices).
