@@ -279,3 +279,33 @@ def test_batch_chunks_never_cut_a_kernel_from_its_baselines() -> None:
     plain = [{"key": str(i)} for i in range(5)]
     assert _chunks(plain, 2) == [(0, 2), (2, 4), (4, 5)]
     assert [len(g) for g in _groups(plain, 2)] == [2, 2, 1]
+
+
+def test_heavy_kernels_in_context_are_also_timed_with_cold_weights(tmp_path: Path) -> None:
+    from costmeter.predictors.kernel_samples import MAX_COLD_COPIES, cold_copies
+
+    assert cold_copies(1000) == 0 and cold_copies(64 * 2**20) == 2 and cold_copies(300_000) == MAX_COLD_COPIES
+    heavy = make_config("conv", (1, 256, 8, 8), [("Conv", {"c_out": 256, "kernel": 1})])  # 256 KiB of weights
+    light = make_config("dwconv", (1, 16, 8, 8), [("DWConv", {"kernel": 3})])
+    seen: list[list[Path]] = []
+
+    def measure(groups: list[list[Path]]) -> list[list[float]]:
+        seen.extend(groups)
+        out = []
+        for group in groups:
+            kernels = sum(p.name.startswith(("conv_ctx", "dwconv_ctx")) for p in group)
+            out.append([0.01 if p.name.startswith("overhead") else 0.3 if p.name.startswith("baseline")
+                        else (0.9 if kernels > 1 else 0.5) + 0.3 for p in group])
+        return out
+
+    samples = measure_kernels([heavy, light], RULES, workdir=tmp_path, measure=measure, context=True)
+    conv, dw = samples.rows
+    assert conv["latency_ms"] == pytest.approx(0.5) and conv["cold_ms"] == pytest.approx(0.9)
+    assert dw["latency_ms"] == pytest.approx(0.5) and dw["cold_ms"] == pytest.approx(0.5)  # light: cold = warm
+    cold_group = next(g for g in seen if sum(p.name.startswith("conv_ctx") for p in g) > 1)
+    copies = [p for p in cold_group if p.name.startswith("conv_ctx")]
+    assert len(copies) == MAX_COLD_COPIES and len({p.name for p in copies}) == MAX_COLD_COPIES  # own weights each
+    assert samples.latencies(cold=True)["conv"].tolist() == [pytest.approx(0.9)]
+    alone = measure_kernels([light], RULES, workdir=tmp_path, measure=measure)
+    with pytest.raises(ConfigError, match="--context"):
+        alone.latencies(cold=True)

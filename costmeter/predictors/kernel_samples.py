@@ -38,6 +38,7 @@ constants) never run; :meth:`KernelSamples.add_folded` gives them rows at
 from __future__ import annotations
 
 import json
+import math
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,7 +55,7 @@ FOLDED_LATENCY_MS = 1e-4
 FOLDED_TYPES: tuple[str, ...] = ("constant",)
 OVERHEAD_REPEATS = 3
 _ROW_COLUMNS = ["key", "kernel_type", "config", "features", "raw_ms", "overhead_ms",
-                "baseline_ms", "latency_ms", "source", "rounds"]
+                "baseline_ms", "latency_ms", "cold_ms", "source", "rounds"]
 
 # groups of ONNX files (each group timed together) -> their median latencies (ms)
 GroupMeasureFn = Callable[[list[list[Path]]], list[list[float]]]
@@ -62,6 +63,12 @@ CONTEXT_TYPES: tuple[str, ...] = ("conv", "dwconv", "conv_transpose", "pool", "g
                                   "elementwise", "activation", "concat", "norm")
 METHODS: tuple[str, ...] = ("context", "isolated")
 BATCH_CHUNK = 240  # files per batch worker
+# in context, a kernel with at least this much weight is timed as copies with their own weights,
+# round-robin, so that its weights come from memory as in a network (whose other kernels evict
+# them): a 960x1000 fully connected layer took 56 us with its weights in cache, 248 us without
+COLD_WEIGHT_BYTES = 256 * 1024
+COLD_FOOTPRINT_BYTES = 64 * 1024 * 1024
+MAX_COLD_COPIES = 12
 BATCH_TIMEOUT_S = 1800.0
 
 
@@ -89,12 +96,17 @@ class KernelSamples:
             out[kernel_type] = frame
         return out
 
-    def latencies(self) -> dict[str, Any]:
-        """kernel_type -> overhead-corrected latencies (ms), aligned with :meth:`tables`."""
+    def latencies(self, cold: bool = False) -> dict[str, Any]:
+        """kernel_type -> overhead-corrected latencies (ms), aligned with :meth:`tables`;
+        ``cold``: with the weights out of cache (kernels timed in context only)."""
         import numpy as np
 
+        if cold and self.method != "context":
+            raise ConfigError("cold-weight latencies exist only for kernels timed in context; "
+                              "measure them with --context")
+        column = "cold_ms" if cold else "latency_ms"
         types = sorted({r["kernel_type"] for r in self.rows})
-        return {t: np.array([r["latency_ms"] for r in self.rows if r["kernel_type"] == t])
+        return {t: np.array([r[column] for r in self.rows if r["kernel_type"] == t])
                 for t in types}
 
     def configs(self) -> list[KernelConfig]:
@@ -130,7 +142,7 @@ class KernelSamples:
             mine["rounds"] = int(mine.get("rounds", 1)) + 1
             if row["raw_ms"] < mine["raw_ms"]:
                 mine.update({k: row[k] for k in ("raw_ms", "overhead_ms", "baseline_ms",
-                                                   "latency_ms")})
+                                                   "latency_ms", "cold_ms")})
         return self
 
     def add_folded(self, kernel_graphs: Iterable[KernelGraph]) -> KernelSamples:
@@ -147,7 +159,8 @@ class KernelSamples:
                     self.rows.append({"key": key, "kernel_type": kernel.kernel_type, "config": "",
                                       "features": values, "raw_ms": float("nan"),
                                       "overhead_ms": float("nan"), "baseline_ms": float("nan"),
-                                      "latency_ms": FOLDED_LATENCY_MS, "source": "folded",
+                                      "latency_ms": FOLDED_LATENCY_MS,
+                                      "cold_ms": FOLDED_LATENCY_MS, "source": "folded",
                                       "rounds": 0})
         return self
 
@@ -202,6 +215,8 @@ class KernelSamples:
             frame["rounds"] = (frame["source"] == "measured").astype(int)
         if "baseline_ms" not in frame:  # written before kernels were timed in context
             frame["baseline_ms"] = frame["overhead_ms"]
+        if "cold_ms" not in frame:
+            frame["cold_ms"] = frame["latency_ms"] if method == "context" else float("nan")
         for record in frame[_ROW_COLUMNS].to_dict("records"):
             record["features"] = json.loads(record["features"])
             record["config"] = record["config"] if isinstance(record["config"], str) else ""
@@ -286,7 +301,7 @@ def measure_kernels(configs: Sequence[KernelConfig], rules: RuleSet, device: str
                                           sink, progress)
     samples = KernelSamples(device=device, runtime=rules.runtime,
                             method="context" if context else "isolated")
-    planned: list[tuple[KernelConfig, dict[str, float], list[Path], list[int]]] = []
+    planned: list[tuple[KernelConfig, dict[str, float], list[list[Path]], list[int]]] = []
     for config in configs:
         model = config.build()
         kernels = [k for k in fuse(load_graph(model), rules).kernels
@@ -294,53 +309,93 @@ def measure_kernels(configs: Sequence[KernelConfig], rules: RuleSet, device: str
         if len(kernels) != 1 or kernels[0].kernel_type != config.kernel_type:
             samples.split.append(config)
             continue
-        files, weights = _kernel_files(config, model, folder, context, rules)
-        planned.append((config, kernel_features(kernels[0]), files, weights))
+        values = kernel_features(kernels[0])
+        kernel_groups, weights = _kernel_files(config, model, folder, context, rules,
+                                               values["weight_bytes"])
+        planned.append((config, values, kernel_groups, weights))
     if not planned:
         return samples
     overhead_file = write_model(chain_model([("Relu", {})], (1, 1), "overhead"), folder, "overhead")
     step = max(1, len(planned) // (OVERHEAD_REPEATS - 1))
     groups: list[list[Path]] = []
-    for index, (_, _, files, _) in enumerate(planned):
+    for index, (_, _, kernel_groups, _) in enumerate(planned):
         if index % step == 0:
             groups.append([overhead_file])
-        groups.append(files)
+        groups += kernel_groups
     groups.append([overhead_file])
     medians = measure(groups)
     overhead_values = [m[0] for g, m in zip(groups, medians) if g == [overhead_file] and m[0] == m[0]]
     overhead = statistics.median(overhead_values) if overhead_values else 0.0
     kernel_medians = iter(m for g, m in zip(groups, medians) if g != [overhead_file])
-    for (config, values, _, weights), timed in zip(planned, kernel_medians):
-        if any(t != t for t in timed):  # NaN: a run failed
+    for config, values, kernel_groups, weights in planned:
+        timed = [next(kernel_medians) for _ in kernel_groups]
+        if any(t != t for group in timed for t in group):  # NaN: a run failed
             continue
         # in context: A - sum(B)/2 + (|B|/2 - 1) * overhead; alone: A - overhead
-        boundaries = sum(weights)
-        baseline = sum(w * t for w, t in zip(weights, timed[1:])) / 2 + (1 - boundaries / 2) * overhead
-        samples.rows.append({
-            "key": config.key, "kernel_type": config.kernel_type,
-            "config": json.dumps(config.to_dict(), sort_keys=True), "features": values,
-            "raw_ms": timed[0], "overhead_ms": overhead, "baseline_ms": baseline,
-            "latency_ms": max(timed[0] - baseline, MIN_KERNEL_MS), "source": "measured",
-            "rounds": 1})
+        raw, baseline = _corrected(timed[0], weights, overhead)
+        row = {"key": config.key, "kernel_type": config.kernel_type,
+               "config": json.dumps(config.to_dict(), sort_keys=True), "features": values,
+               "raw_ms": raw, "overhead_ms": overhead, "baseline_ms": baseline,
+               "latency_ms": max(raw - baseline, MIN_KERNEL_MS), "cold_ms": float("nan"),
+               "source": "measured", "rounds": 1}
+        if context:
+            cold_raw, cold_baseline = _corrected(timed[-1], weights, overhead)
+            row["cold_ms"] = max(cold_raw - cold_baseline, MIN_KERNEL_MS)
+        samples.rows.append(row)
     return samples
 
 
-def _kernel_files(config: KernelConfig, model: Any, folder: Path, context: bool,
-                  rules: RuleSet) -> tuple[list[Path], list[int]]:
-    """The files timed for one kernel (the kernel, then one baseline per distinct boundary
-    shape) and how many boundaries each baseline stands for."""
-    from costmeter.predictors.microbench import context_baseline, context_chain, write_model
+def _corrected(timed: list[float], weights: list[int], overhead: float) -> tuple[float, float]:
+    """(kernel median, baseline) of one timed group: the kernel copies, then the baselines."""
+    copies = len(timed) - len(weights)
+    boundaries = sum(weights)
+    baseline = (sum(w * t for w, t in zip(weights, timed[copies:])) / 2
+                + (1 - boundaries / 2) * overhead)
+    return statistics.median(timed[:copies]), baseline
 
-    if not context or config.kernel_type not in CONTEXT_TYPES or len(config.input_shape) != 4:
-        return [write_model(model, folder, config.kernel_type)], []
+
+def _kernel_files(config: KernelConfig, model: Any, folder: Path, context: bool,
+                  rules: RuleSet, weight_bytes: float) -> tuple[list[list[Path]], list[int]]:
+    """The groups of files timed for one kernel and how many boundaries each baseline stands
+    for. Alone: the kernel. In context: the kernel and one baseline per distinct boundary shape;
+    when its weights are large (:func:`cold_copies`), a second group with copies of the kernel
+    that have their own weights, and the baselines again."""
+    from costmeter.predictors.microbench import (
+        chain_model,
+        context_baseline,
+        context_chain,
+        write_model,
+    )
+
+    if not context:
+        return [[write_model(model, folder, config.kernel_type)]], []
+    ops = [(op, dict(p)) for op, p in config.ops]
+    name = f"{config.kernel_type}_{config.key}"
+    seeds = range(cold_copies(weight_bytes) + 1)
+    if config.kernel_type not in CONTEXT_TYPES or len(config.input_shape) != 4:
+        files = [write_model(chain_model(ops, config.input_shape, name, seed), folder,
+                             config.kernel_type) for seed in seeds]
+        return ([files[:1], files[1:]] if len(files) > 2 else [files[:1]]), []
     barrier = _fuses_into_edge(config, rules)
-    in_context, boundary = context_chain([(op, dict(p)) for op, p in config.ops],
-                                         config.input_shape, f"{config.kernel_type}_{config.key}",
-                                         barrier)
+    files = []
+    for seed in seeds:
+        in_context, boundary = context_chain(ops, config.input_shape, name, barrier, seed)
+        files.append(write_model(in_context, folder, f"{config.kernel_type}_ctx"))
     shapes = sorted(set(boundary))
-    files = [write_model(in_context, folder, f"{config.kernel_type}_ctx")]
-    files += [write_model(context_baseline(shape, barrier), folder, "baseline") for shape in shapes]
-    return files, [boundary.count(shape) for shape in shapes]
+    baselines = [write_model(context_baseline(shape, barrier), folder, "baseline")
+                 for shape in shapes]
+    groups = [[files[0], *baselines]] + ([[*files[1:], *baselines]] if len(files) > 2 else [])
+    return groups, [boundary.count(shape) for shape in shapes]
+
+
+def cold_copies(weight_bytes: float) -> int:
+    """Copies of a kernel, each with its own weights, timed round-robin so that each finds its
+    weights evicted by the others' (:data:`COLD_FOOTPRINT_BYTES` in all, at most
+    :data:`MAX_COLD_COPIES`); none for kernels with less than :data:`COLD_WEIGHT_BYTES` of
+    weights (their cold latency is the warm one)."""
+    if weight_bytes < COLD_WEIGHT_BYTES:
+        return 0
+    return max(2, min(MAX_COLD_COPIES, math.ceil(COLD_FOOTPRINT_BYTES / weight_bytes)))
 
 
 def _fuses_into_edge(config: KernelConfig, rules: RuleSet) -> bool:

@@ -254,9 +254,10 @@ class GraphBuilder:
 
 
 def chain_model(ops: Sequence[tuple[str, dict[str, Any]]], input_shape: tuple[int, ...],
-                name: str = "micro") -> Any:
-    """A model applying ``ops`` (``(op, params)`` pairs) one after the other to one input."""
-    builder = GraphBuilder(name)
+                name: str = "micro", seed: int = WEIGHT_SEED) -> Any:
+    """A model applying ``ops`` (``(op, params)`` pairs) one after the other to one input,
+    weights drawn from ``seed``."""
+    builder = GraphBuilder(name, seed=seed)
     x, shape = builder.input(input_shape, "input"), tuple(input_shape)
     for op, params in ops:
         x, shape = builder.apply(op, x, shape, **params)
@@ -269,10 +270,12 @@ def context_ops(barrier: bool) -> tuple[list[Any], list[Any]]:
 
 
 def context_chain(ops: Sequence[tuple[str, dict[str, Any]]], input_shape: tuple[int, ...],
-                  name: str = "micro", barrier: bool = False) -> tuple[Any, list[tuple[int, ...]]]:
-    """:func:`chain_model` in context (:func:`context_ops` on every 4-D input and the output).
-    Returns the model and the shapes of those boundary tensors (one baseline each)."""
-    builder = GraphBuilder(name, context=context_ops(barrier))
+                  name: str = "micro", barrier: bool = False,
+                  seed: int = WEIGHT_SEED) -> tuple[Any, list[tuple[int, ...]]]:
+    """:func:`chain_model` in context (:func:`context_ops` on every 4-D input and the output),
+    weights drawn from ``seed``. Returns the model and the shapes of those boundary tensors
+    (one baseline each)."""
+    builder = GraphBuilder(name, seed=seed, context=context_ops(barrier))
     x = builder.input(input_shape, "input")
     shape = tuple(input_shape)
     for op, params in ops:
