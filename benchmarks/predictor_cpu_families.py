@@ -180,15 +180,61 @@ def kernel_sums(samples: Any, graphs: dict[str, Any], train: dict[str, Any],
                                               np.hstack([t_test[:, 2:], one_test]))
     traffic_test, traffic = fitted(np.hstack([t_train[:, :2], one_train]),
                                    np.hstack([t_test[:, :2], one_test]))
+    out = {f"kernel forest sum, {label}": raw_test,
+           f"  + per-kernel offset fit on train, {label}": offset_test,
+           f"  + traffic terms fit on train, {label}": traffic_test}
+    if samples.method == "context":
+        cold = cold_weight_sums(samples, graphs, train, test, label, overhead, raw_train,
+                                raw_test, family_weight, t_train[:, 1], t_test[:, 1])
+        cold_train, cold_test = cold.pop("train"), cold[f"kernel sum, cold weights, {label}"]
+        weights = np.linalg.lstsq(
+            np.hstack([t_train[:, :2], one_train]) * (np.sqrt(family_weight) / y_train)[:, None],
+            (y_train - cold_train) * np.sqrt(family_weight) / y_train, rcond=None)[0]
+        cold[f"  + traffic terms fit on train, cold weights, {label}"] = (
+            cold_test + np.hstack([t_test[:, :2], one_test]) @ weights)
+        out.update(cold)
     fallback = kernel_forest.predict_with_uncertainty(stack_tables({m: graphs[m] for m in test}))
     _log(f"{label}: kernel-sum share priced by the FLOPs-linear fallback: max "
          f"{float(fallback['fallback_share'].max()):.4f}; fitted on the training models: "
          f"{offset * 1e3:.2f} us per executed kernel + {intercept * 1e3:.1f} us; or "
          f"{traffic[0] * 1e3:.2f} us per MB of activations, {traffic[1] * 1e3:.2f} us per MB of "
          f"weights + {traffic[2] * 1e3:.1f} us")
-    return {f"kernel forest sum, {label}": raw_test,
-            f"  + per-kernel offset fit on train, {label}": offset_test,
-            f"  + traffic terms fit on train, {label}": traffic_test}
+    return out
+
+
+def cold_weight_sums(samples: Any, graphs: dict[str, Any], train: dict[str, Any],
+                     test: dict[str, Any], label: str, overhead: float, warm_train: Any,
+                     warm_test: Any, family_weight: Any, weights_train: Any,
+                     weights_test: Any) -> dict[str, Any]:
+    """Kernel sums with the weights of large kernels out of cache (timed as copies with their
+    own weights): for every network, and for networks whose weights (MB) exceed a threshold
+    chosen on the training networks -- a network that fits in the cache keeps its weights
+    there from one run to the next."""
+    import numpy as np
+
+    from costmeter.predictors.features import stack_tables
+    from costmeter.predictors.forest import KernelForest, ModelForest
+
+    cold_forest = KernelForest(ModelForest(n_estimators=200), on_unknown="flops_linear")
+    cold_forest.fit(samples.tables(), samples.latencies(cold=True))
+
+    def cold_sum(models: dict[str, Any]) -> Any:
+        predicted = cold_forest.predict(stack_tables({m: graphs[m] for m in models}))
+        return predicted.reindex(list(models)).to_numpy() + overhead
+
+    y_train = np.array([ms for _, ms in train.values()])
+    cold_train, cold_test = cold_sum(train), cold_sum(test)
+
+    def score(threshold: float) -> float:
+        predicted = np.where(weights_train > threshold, cold_train, warm_train)
+        return float(np.sum(family_weight * (np.abs(predicted / y_train - 1) <= 0.10)))
+
+    thresholds = np.geomspace(0.5, 256.0, 37)
+    best = max(thresholds, key=score)
+    _log(f"{label}: weights out of cache above {best:.1f} MB of network weights (chosen on train)")
+    return {"train": cold_train, f"kernel sum, cold weights, {label}": cold_test,
+            f"  + cold only above a weight size fit on train, {label}":
+                np.where(weights_test > best, cold_test, warm_test)}
 
 
 def evaluate(samples_by_method: dict[str, Any], train: dict[str, Any], test: dict[str, Any],
