@@ -18,8 +18,8 @@ from costmeter.predictors.kernel_samples import KernelSamples, measure_kernels, 
 from costmeter.predictors.sampling import adaptive_configs, build_prior, sample_configs
 
 DEFAULT_COUNTS: dict[str, int] = {
-    "conv": 260, "dwconv": 200, "fc": 40, "pool": 16, "global_pool": 40, "elementwise": 70,
-    "activation": 50, "view": 8, "norm": 8, "concat": 8, "softmax": 8, "layernorm": 8,
+    "conv": 260, "dwconv": 200, "fc": 40, "pool": 16, "global_pool": 40, "elementwise": 200,
+    "activation": 150, "view": 8, "norm": 8, "concat": 8, "softmax": 8, "layernorm": 8,
     "matmul": 12, "data": 8,
 }
 PRIOR_SPACES: tuple[str, ...] = ("nb201", "ofa_mbv3")
