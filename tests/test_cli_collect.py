@@ -68,3 +68,29 @@ def test_kernel_sample_fit_then_predicted_lut(tmp_path: Path, capsys: pytest.Cap
                  "--workdir", str(wd)]) == 0
     body = json.loads(out.read_text())
     assert body["entries"] and all(e["latency_ms"] > 0 for e in body["entries"])
+
+
+def test_kernels_fit_cold_needs_samples_timed_in_context(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from costmeter.predictors.artifacts import read_manifest
+    from costmeter.predictors.kernel_rules import builtin_rules
+    from costmeter.predictors.kernel_samples import measure_kernels, samples_path
+    from costmeter.predictors.sampling import make_config
+
+    configs = [make_config("conv", (1, c, 8, 8), [("Conv", {"c_out": c, "kernel": 1})]) for c in (16, 32, 64, 256)]
+
+    def measure(groups: list[list[Path]]) -> list[list[float]]:  # cold groups hold several kernel copies
+        return [[0.01 if p.name.startswith("overhead") else 0.1 if p.name.startswith("baseline")
+                 else 0.5 * sum(q.name.startswith("conv_ctx") for q in g) for p in g] for g in groups]
+
+    for context, wd in ((True, tmp_path / "ctx"), (False, tmp_path / "alone")):
+        samples = measure_kernels(configs, builtin_rules("onnxruntime"), workdir=wd, measure=measure,
+                                  context=context)
+        samples.save(samples_path(wd, "cpu", "onnxruntime"))
+    model = tmp_path / "cold.costmodel"
+    assert main(["kernels", "fit", "--cold", "-o", str(model), "--workdir", str(tmp_path / "ctx")]) == 0
+    assert read_manifest(model)["extra"]["kernel_timing"] == "context, cold weights"
+    capsys.readouterr()
+    rc = main(["kernels", "fit", "--cold", "-o", str(tmp_path / "x.costmodel"), "--workdir", str(tmp_path / "alone")])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and "--context" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "x.costmodel").exists()

@@ -136,8 +136,10 @@ def sample(device: str, runtime: str, threads: int, min_time: float, space_sampl
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--runtime", default="onnxruntime", show_default=True)
 @click.option("--output", "-o", type=click.Path(dir_okay=False), required=True, help="FILE.costmodel")
+@click.option("--cold", is_flag=True,
+              help="Fit the latencies with the weights out of cache (samples taken with --context)")
 @workdir_option
-def fit(device: str, runtime: str, output: str, workdir: Path | None) -> None:
+def fit(device: str, runtime: str, output: str, cold: bool, workdir: Path | None) -> None:
     """Fit per-kernel forests on the measured kernel samples (for `bench lut build --predicted`)."""
     from costmeter.errors import ConfigError
     from costmeter.predictors.artifacts import save_predictor
@@ -149,6 +151,8 @@ def fit(device: str, runtime: str, output: str, workdir: Path | None) -> None:
         raise ConfigError(f"no kernel samples at {path}; run `bench kernels sample --device {device} "
                           f"--runtime {runtime}` first")
     samples = KernelSamples.load(path)
-    model = KernelForest(ModelForest(), on_unknown="flops_linear").fit(samples.tables(), samples.latencies())
-    save_predictor(model, output, device=device, runtime=runtime, training_rows=len(samples.rows))
+    latencies = samples.latencies(cold=cold)
+    model = KernelForest(ModelForest(), on_unknown="flops_linear").fit(samples.tables(), latencies)
+    save_predictor(model, output, device=device, runtime=runtime, training_rows=len(samples.rows),
+                   extra={"kernel_timing": samples.method + (", cold weights" if cold else "")})
     click.echo(f"wrote {output} ({len(samples.rows)} kernel samples, {len(samples.tables())} kernel types)")
