@@ -141,100 +141,90 @@ def traffic_terms(graph: Any) -> tuple[float, float, float]:
     return activations, weights, executed
 
 
+def forest_sums(samples: Any, graphs: dict[str, Any], models: list[list[str]], overhead: float,
+                cold: bool = False) -> list[Any]:
+    """Kernel-forest sums (ms, plus the per-run overhead) of each list of ``models``, from
+    forests fitted on ``samples`` (``cold``: their cold-weight latencies)."""
+    from costmeter.predictors.features import stack_tables
+    from costmeter.predictors.forest import KernelForest, ModelForest
+
+    forest = KernelForest(ModelForest(n_estimators=200), on_unknown="flops_linear")
+    forest.fit(samples.tables(), samples.latencies(cold=cold))
+    fallback = forest.predict_with_uncertainty(stack_tables({m: graphs[m] for m in models[-1]}))
+    _log(f"kernel-sum share priced by the FLOPs-linear fallback: max "
+         f"{float(fallback['fallback_share'].max()):.4f}")
+    return [forest.predict(stack_tables({m: graphs[m] for m in names})).reindex(names).to_numpy()
+            + overhead for names in models]
+
+
+def corrected(base_train: Any, base_test: Any, design_train: Any, design_test: Any,
+              y_train: Any, family_weight: Any) -> tuple[Any, Any]:
+    """``base + design @ w`` on the test models, ``w`` by least squares on the training models'
+    relative errors, each training family weighing the same (NB201's 60 small networks would
+    rule otherwise); returns (test predictions, w)."""
+    import numpy as np
+
+    scale = np.sqrt(family_weight) / y_train
+    w = np.linalg.lstsq(design_train * scale[:, None], (y_train - base_train) * scale,
+                        rcond=None)[0]
+    return base_test + design_test @ w, w
+
+
 def kernel_sums(samples: Any, graphs: dict[str, Any], train: dict[str, Any],
                 test: dict[str, Any], label: str) -> dict[str, Any]:
     """Test-model predictions of the kernel-forest sum fitted on ``samples``: as is (plus the
     per-run overhead); with a per-executed-kernel offset and an intercept; and with a cost per
-    MB of activations of image kernels and per MB of weights and an intercept -- the terms
-    fitted by least squares on the training models' relative errors."""
+    MB of activations of image kernels and per MB of weights and an intercept, the terms fitted
+    on the training models (:func:`corrected`). Samples timed in context add the same with
+    cold-weight latencies (:func:`cold_weight_sums`)."""
     import numpy as np
 
-    from costmeter.predictors.features import stack_tables
-    from costmeter.predictors.forest import KernelForest, ModelForest
-
     overhead = float(np.nanmedian([r["overhead_ms"] for r in samples.rows if r["source"] == "measured"]))
-    kernel_forest = KernelForest(ModelForest(n_estimators=200), on_unknown="flops_linear")
-    kernel_forest.fit(samples.tables(), samples.latencies())
-
-    def kernel_sum(models: dict[str, Any]) -> Any:
-        predicted = kernel_forest.predict(stack_tables({m: graphs[m] for m in models}))
-        return predicted.reindex(list(models)).to_numpy() + overhead
-
-    def terms(models: dict[str, Any]) -> Any:
-        return np.array([traffic_terms(graphs[m]) for m in models])
-
-    def fitted(design_train: Any, design_test: Any) -> tuple[Any, Any]:
-        # each training family weighs the same (NB201's 60 small networks would rule otherwise)
-        scale = np.sqrt(family_weight)[:, None] / y_train[:, None]
-        weights = np.linalg.lstsq(design_train * scale, (y_train - raw_train) * scale[:, 0],
-                                  rcond=None)[0]
-        return raw_test + design_test @ weights, weights
-
+    names = [list(train), list(test)]
     y_train = np.array([ms for _, ms in train.values()])
     families = [item.space for item, _ in train.values()]
     family_weight = np.array([1.0 / families.count(f) for f in families])
-    raw_train, raw_test = kernel_sum(train), kernel_sum(test)
-    t_train, t_test = terms(train), terms(test)
+    t_train, t_test = (np.array([traffic_terms(graphs[m]) for m in group]) for group in names)
     one_train, one_test = np.ones((len(train), 1)), np.ones((len(test), 1))
-    offset_test, (offset, intercept) = fitted(np.hstack([t_train[:, 2:], one_train]),
-                                              np.hstack([t_test[:, 2:], one_test]))
-    traffic_test, traffic = fitted(np.hstack([t_train[:, :2], one_train]),
-                                   np.hstack([t_test[:, :2], one_test]))
+    per_kernel = np.hstack([t_train[:, 2:], one_train]), np.hstack([t_test[:, 2:], one_test])
+    traffic = np.hstack([t_train[:, :2], one_train]), np.hstack([t_test[:, :2], one_test])
+
+    raw_train, raw_test = forest_sums(samples, graphs, names, overhead)
+    offset_test, (offset, intercept) = corrected(raw_train, raw_test, *per_kernel, y_train,
+                                                 family_weight)
+    traffic_test, terms = corrected(raw_train, raw_test, *traffic, y_train, family_weight)
+    _log(f"{label}: fitted on the training models: {offset * 1e3:.2f} us per executed kernel + "
+         f"{intercept * 1e3:.1f} us; or {terms[0] * 1e3:.2f} us per MB of activations, "
+         f"{terms[1] * 1e3:.2f} us per MB of weights + {terms[2] * 1e3:.1f} us")
     out = {f"kernel forest sum, {label}": raw_test,
            f"  + per-kernel offset fit on train, {label}": offset_test,
            f"  + traffic terms fit on train, {label}": traffic_test}
     if samples.method == "context":
-        cold = cold_weight_sums(samples, graphs, train, test, label, overhead, raw_train,
-                                raw_test, family_weight, t_train[:, 1], t_test[:, 1])
-        cold_train, cold_test = cold.pop("train"), cold[f"kernel sum, cold weights, {label}"]
-        weights = np.linalg.lstsq(
-            np.hstack([t_train[:, :2], one_train]) * (np.sqrt(family_weight) / y_train)[:, None],
-            (y_train - cold_train) * np.sqrt(family_weight) / y_train, rcond=None)[0]
-        cold[f"  + traffic terms fit on train, cold weights, {label}"] = (
-            cold_test + np.hstack([t_test[:, :2], one_test]) @ weights)
-        out.update(cold)
-    fallback = kernel_forest.predict_with_uncertainty(stack_tables({m: graphs[m] for m in test}))
-    _log(f"{label}: kernel-sum share priced by the FLOPs-linear fallback: max "
-         f"{float(fallback['fallback_share'].max()):.4f}; fitted on the training models: "
-         f"{offset * 1e3:.2f} us per executed kernel + {intercept * 1e3:.1f} us; or "
-         f"{traffic[0] * 1e3:.2f} us per MB of activations, {traffic[1] * 1e3:.2f} us per MB of "
-         f"weights + {traffic[2] * 1e3:.1f} us")
+        cold_train, cold_test = forest_sums(samples, graphs, names, overhead, cold=True)
+        out[f"kernel sum, cold weights, {label}"] = cold_test
+        out[f"  + cold only above a weight size fit on train, {label}"] = cold_weight_sums(
+            cold_train, cold_test, raw_train, raw_test, y_train, family_weight, t_train[:, 1],
+            t_test[:, 1], label)
+        out[f"  + traffic terms fit on train, cold weights, {label}"] = corrected(
+            cold_train, cold_test, *traffic, y_train, family_weight)[0]
     return out
 
 
-def cold_weight_sums(samples: Any, graphs: dict[str, Any], train: dict[str, Any],
-                     test: dict[str, Any], label: str, overhead: float, warm_train: Any,
-                     warm_test: Any, family_weight: Any, weights_train: Any,
-                     weights_test: Any) -> dict[str, Any]:
-    """Kernel sums with the weights of large kernels out of cache (timed as copies with their
-    own weights): for every network, and for networks whose weights (MB) exceed a threshold
-    chosen on the training networks -- a network that fits in the cache keeps its weights
-    there from one run to the next."""
+def cold_weight_sums(cold_train: Any, cold_test: Any, warm_train: Any, warm_test: Any,
+                     y_train: Any, family_weight: Any, weights_train: Any, weights_test: Any,
+                     label: str) -> Any:
+    """Cold-weight sums for networks whose weights (MB) exceed a threshold chosen on the training
+    networks, warm sums for the others: a network that fits in the cache keeps its weights there
+    from one run to the next."""
     import numpy as np
-
-    from costmeter.predictors.features import stack_tables
-    from costmeter.predictors.forest import KernelForest, ModelForest
-
-    cold_forest = KernelForest(ModelForest(n_estimators=200), on_unknown="flops_linear")
-    cold_forest.fit(samples.tables(), samples.latencies(cold=True))
-
-    def cold_sum(models: dict[str, Any]) -> Any:
-        predicted = cold_forest.predict(stack_tables({m: graphs[m] for m in models}))
-        return predicted.reindex(list(models)).to_numpy() + overhead
-
-    y_train = np.array([ms for _, ms in train.values()])
-    cold_train, cold_test = cold_sum(train), cold_sum(test)
 
     def score(threshold: float) -> float:
         predicted = np.where(weights_train > threshold, cold_train, warm_train)
         return float(np.sum(family_weight * (np.abs(predicted / y_train - 1) <= 0.10)))
 
-    thresholds = np.geomspace(0.5, 256.0, 37)
-    best = max(thresholds, key=score)
+    best = max(np.geomspace(0.5, 256.0, 37), key=score)
     _log(f"{label}: weights out of cache above {best:.1f} MB of network weights (chosen on train)")
-    return {"train": cold_train, f"kernel sum, cold weights, {label}": cold_test,
-            f"  + cold only above a weight size fit on train, {label}":
-                np.where(weights_test > best, cold_test, warm_test)}
+    return np.where(weights_test > best, cold_test, warm_test)
 
 
 def evaluate(samples_by_method: dict[str, Any], train: dict[str, Any], test: dict[str, Any],

@@ -136,13 +136,13 @@ def measure_blocks(specs: Sequence[BlockSpec], device: str = "cpu", runtime: str
     protocol = protocol or lut_protocol()
     workdir = Path(workdir)
     entries = [{"key": spec.key, "onnx": str(export_block(spec, workdir)),
-                "shape": list(spec.input_shape()), "inputs": block_input_count(spec)}
+                "shape": list(spec.input_shape())}
                for spec in specs]
     random.Random(0).shuffle(entries)  # groups mix large and small blocks, as networks do
     overhead_path = workdir / "cache" / "lut" / "overhead.onnx"
     overhead_path.parent.mkdir(parents=True, exist_ok=True)
     overhead_path.write_bytes(overhead_model_bytes())
-    overhead = {"key": OVERHEAD_KEY, "onnx": str(overhead_path), "shape": [1, 1], "inputs": 1}
+    overhead = {"key": OVERHEAD_KEY, "onnx": str(overhead_path), "shape": [1, 1]}
     base = {"device": device, "runtime": runtime, "threads": threads, "overhead": overhead,
             "options": [list(kv) for kv in options], "protocol": _protocol_dict(protocol)}
     lines, overheads, environment = measure_entries(

@@ -257,7 +257,11 @@ def chain_model(ops: Sequence[tuple[str, dict[str, Any]]], input_shape: tuple[in
                 name: str = "micro", seed: int = WEIGHT_SEED) -> Any:
     """A model applying ``ops`` (``(op, params)`` pairs) one after the other to one input,
     weights drawn from ``seed``."""
-    builder = GraphBuilder(name, seed=seed)
+    return _chain(GraphBuilder(name, seed=seed), ops, input_shape)
+
+
+def _chain(builder: GraphBuilder, ops: Sequence[tuple[str, dict[str, Any]]],
+           input_shape: tuple[int, ...]) -> Any:
     x, shape = builder.input(input_shape, "input"), tuple(input_shape)
     for op, params in ops:
         x, shape = builder.apply(op, x, shape, **params)
@@ -276,11 +280,7 @@ def context_chain(ops: Sequence[tuple[str, dict[str, Any]]], input_shape: tuple[
     weights drawn from ``seed``. Returns the model and the shapes of those boundary tensors
     (one baseline each)."""
     builder = GraphBuilder(name, seed=seed, context=context_ops(barrier))
-    x = builder.input(input_shape, "input")
-    shape = tuple(input_shape)
-    for op, params in ops:
-        x, shape = builder.apply(op, x, shape, **params)
-    return builder.model([(x, shape)]), list(builder.boundary)
+    return _chain(builder, ops, input_shape), list(builder.boundary)
 
 
 def context_baseline(shape: tuple[int, ...], barrier: bool = False) -> Any:
