@@ -82,3 +82,44 @@ def test_few_shot_input_errors(setup: dict) -> None:
     cloned = clone(FewShotTransfer(frozen)).fit(F.iloc[:10], y[:10])
     direct = FewShotTransfer(setup["forests"]).fit(F.iloc[:10], y[:10])
     np.testing.assert_allclose(cloned.predict(F.iloc[20:30]), direct.predict(F.iloc[20:30]))
+
+
+def _rho_w10(y: np.ndarray, pred: np.ndarray) -> tuple[float, float]:
+    return spearmanr(y, pred)[0], float(np.mean(np.abs(pred / y - 1) <= 0.1) * 100)
+
+
+def test_local_model_joins_through_out_of_fold_predictions(setup: dict) -> None:
+    """With K = 150 target points, the target's own forest joins the sources: it helps where
+    no source ranks like the target (pixel3), and, being weighted by its out-of-fold
+    predictions (not its in-sample fit), it stays out where a source already explains the
+    target (1080ti_1 from titan_rtx_32)."""
+    data, F, forests = setup["data"], setup["F"], setup["forests"]
+    connected = F["connected"].to_numpy() > 0
+    train, test = np.arange(150), np.arange(150, len(data))
+    test = test[connected[test]]
+    y = data["pixel3_ms"].to_numpy()
+    sources = {d: f for d, f in forests.items() if d != "pixel3_ms"}
+    plain = FewShotTransfer(sources).fit(F.iloc[train], y[train])
+    mixed = FewShotTransfer(sources, local=ModelForest(n_estimators=16)).fit(F.iloc[train], y[train])
+    rho_plain, w10_plain = _rho_w10(y[test], plain.predict(F.iloc[test]))
+    rho_mixed, w10_mixed = _rho_w10(y[test], mixed.predict(F.iloc[test]))
+    assert rho_mixed > rho_plain + 0.03 and w10_mixed > w10_plain + 10
+    assert mixed.weights_["(local)"] > 0.3 and "(local)" not in plain.weights_.index
+    # predictions are the fitted combination of the sources and the local model fitted on all K
+    logs = np.column_stack([np.log(sources[d].predict(F.iloc[test])) for d in mixed.source_names_]
+                           + [np.log(mixed.local_.predict(F.iloc[test]))])
+    np.testing.assert_allclose(mixed.predict(F.iloc[test]),
+                               np.exp(mixed.intercept_ + logs @ mixed.coef_), rtol=1e-9)
+    mean, std = mixed.predict_with_uncertainty(F.iloc[test])
+    assert np.all(std > 0) and np.allclose(mean, mixed.predict(F.iloc[test]))
+
+    y = data["1080ti_1_ms"].to_numpy()
+    sources = {d: f for d, f in forests.items() if d != "1080ti_1_ms"}
+    mixed = FewShotTransfer(sources, local=ModelForest(n_estimators=16)).fit(F.iloc[train], y[train])
+    assert mixed.weights_["titan_rtx_32_ms"] > 0.8 and mixed.weights_["(local)"] < 0.2
+
+
+def test_local_model_needs_enough_points(setup: dict) -> None:
+    F, y = setup["F"], setup["data"]["pixel3_ms"].to_numpy()
+    with pytest.raises(ConfigError, match="needs >= 10 target measurements"):
+        FewShotTransfer(setup["forests"], local=ModelForest(n_estimators=4)).fit(F.iloc[:9], y[:9])

@@ -11,6 +11,12 @@ Non-negativity keeps the fit stable with K = 10 points and 20 sources (most weig
 it picks the few devices that rank like the target). The K architectures are a fixed,
 hardware-independent reference set (:func:`reference_architectures`), as in HELP (Lee et al.,
 NeurIPS 2021), so the same K can be measured on any new device.
+
+With many target measurements (K in the hundreds) a ``local`` model of the target alone (e.g.
+a ``ModelForest`` on the architecture features) can join the sources: it is fitted on the K
+points and enters the least squares through its out-of-fold predictions (``cv`` folds), so its
+weight reflects how it generalises, not how well it memorised the K points. The target can
+then follow the sources where they rank like it and its own model where none does.
 """
 from __future__ import annotations
 
@@ -19,13 +25,15 @@ from typing import Any
 
 import numpy as np
 from scipy.optimize import nnls
-from sklearn.base import BaseEstimator, RegressorMixin
+from sklearn.base import BaseEstimator, RegressorMixin, clone
+from sklearn.model_selection import KFold, cross_val_predict
 from sklearn.utils.validation import check_is_fitted
 
 from costmeter.errors import ConfigError
 from costmeter.predictors.spaces import get_space
 
 MIN_TARGET_POINTS = 3
+LOCAL_NAME = "(local)"
 
 
 def reference_architectures(space: str, k: int = 10, seed: int = 0, pool_size: int = 20_000,
@@ -72,12 +80,38 @@ class FewShotTransfer(RegressorMixin, BaseEstimator):
     the same feature table ``X`` and returns latencies in ms (e.g. ``ModelForest``). Like any
     meta-estimator's, the sources are unfitted by ``sklearn.base.clone``; wrap them in
     ``sklearn.frozen.FrozenEstimator`` to keep them fitted through cloning.
+    ``local`` -- optional unfitted estimator of the target alone (ms from ``X``), fitted on the
+    K points; it joins the combination as source ``"(local)"`` through its ``cv``-fold
+    out-of-fold predictions (needs K >= 2 * ``cv``).
     Fitted: ``weights_`` (Series: source -> weight, non-negative), ``intercept_`` (log ms),
-    ``residual_std_`` (log-space residual std on the K points), ``source_names_``.
+    ``residual_std_`` (log-space residual std on the K points), ``source_names_``, and
+    ``local_`` (the local estimator fitted on all K points, or None).
     """
 
-    def __init__(self, sources: Mapping[str, Any] | None = None) -> None:
+    def __init__(self, sources: Mapping[str, Any] | None = None, local: Any = None,
+                 cv: int = 5) -> None:
         self.sources = sources
+        self.local = local
+        self.cv = cv
+
+    def _all_logs(self, X: Any) -> np.ndarray:
+        """Log ms of every source (and of the fitted local model, last column) per row."""
+        logs = self._source_logs(X)
+        if getattr(self, "local_", None) is None:
+            return logs
+        local = np.asarray(self.local_.predict(X), dtype=np.float64)
+        return np.column_stack([logs, np.log(np.maximum(local, 1e-9))])
+
+    def _local_out_of_fold(self, X: Any, target: np.ndarray) -> np.ndarray:
+        """Fit ``local_`` on all K rows; return its out-of-fold log ms on them."""
+        if self.cv < 2 or target.size < 2 * self.cv:
+            raise ConfigError(f"a local model needs >= {2 * max(self.cv, 2)} target "
+                              f"measurements for {self.cv}-fold out-of-fold predictions, "
+                              f"got {target.size}")
+        folds = KFold(self.cv, shuffle=True, random_state=0)
+        oof = cross_val_predict(clone(self.local), X, target, cv=folds)
+        self.local_ = clone(self.local).fit(X, target)
+        return np.log(np.maximum(np.asarray(oof, dtype=np.float64), 1e-9))
 
     def _source_logs(self, X: Any) -> np.ndarray:
         sources = dict(self.sources or {})
@@ -102,9 +136,12 @@ class FewShotTransfer(RegressorMixin, BaseEstimator):
         if np.any(~(target > 0)):
             raise ConfigError("target latencies must be positive")
         self.source_names_ = tuple(self.sources)
+        self.local_ = None
         logs = self._source_logs(X)
         if logs.shape[0] != target.size:
             raise ConfigError(f"{logs.shape[0]} feature rows but {target.size} latencies")
+        if self.local is not None:
+            logs = np.column_stack([logs, self._local_out_of_fold(X, target)])
         log_y = np.log(target)
         centre = logs.mean(axis=0)
         weights, _ = nnls(logs - centre, log_y - log_y.mean())
@@ -129,19 +166,20 @@ class FewShotTransfer(RegressorMixin, BaseEstimator):
         import pandas as pd
 
         check_is_fitted(self)
-        return pd.Series(self.coef_, index=list(self.source_names_)).sort_values(ascending=False)
+        names = list(self.source_names_) + ([LOCAL_NAME] if self.local_ is not None else [])
+        return pd.Series(self.coef_, index=names).sort_values(ascending=False)
 
     def predict(self, X: Any) -> np.ndarray:
         """Predicted target latency (ms) per row."""
         check_is_fitted(self)
-        return np.exp(self.intercept_ + self._source_logs(X) @ self.coef_)
+        return np.exp(self.intercept_ + self._all_logs(X) @ self.coef_)
 
     def predict_with_uncertainty(self, X: Any) -> tuple[np.ndarray, np.ndarray]:
         """(latency ms, uncertainty ms): the weighted spread of the individually calibrated
         sources around the combination, combined with the residual of the K-point fit; both in
         log space, so the uncertainty is relative."""
         check_is_fitted(self)
-        logs = self._source_logs(X)
+        logs = self._all_logs(X)
         pred_log = self.intercept_ + logs @ self.coef_
         w = self.coef_ / self.coef_.sum()
         used = np.flatnonzero(w > 0)
