@@ -94,3 +94,33 @@ def test_kernels_fit_cold_needs_samples_timed_in_context(tmp_path: Path, capsys:
     err = capsys.readouterr().err.strip()
     assert rc == 2 and "--context" in err and len(err.splitlines()) == 1
     assert not (tmp_path / "x.costmodel").exists()
+
+
+@pytest.mark.slow
+def test_kernels_fit_calibrated_on_collected_networks_then_predict(tmp_path: Path,
+                                                                  capsys: pytest.CaptureFixture) -> None:
+    from costmeter.predictors.artifacts import read_manifest
+    from test_calibration import _kernel_samples
+
+    wd, store = tmp_path / "wd", f"sqlite:///{tmp_path / 'c.db'}"
+    _kernel_samples(wd)
+    for space, n in (("nb201", "3"), ("resnet", "2")):
+        assert main(["collect", "--space", space, "--samples", n, "--min-time", "0.02", "--threads", "1",
+                     "--store", store, "--workdir", str(wd)]) == 0
+    capsys.readouterr()
+    model = tmp_path / "k.costmodel"
+    base = ["kernels", "fit", "-o", str(model), "--workdir", str(wd), "--store", store, "--llc-mb", "32"]
+    for bad, message in ((["--calibrate-on", "nb201,bogus"], "bogus"), (["--calibrate-on", "nb201"], "at least 2")):
+        assert main(base + bad) == 2
+        err = capsys.readouterr().err.strip()
+        assert message in err and len(err.splitlines()) == 1 and not model.exists()
+    assert main(base + ["--calibrate-on", "nb201,resnet"]) == 0
+    assert "calibrated" in capsys.readouterr().out
+    calibration = read_manifest(model)["extra"]["calibration"]
+    assert calibration["networks"] == 5 and calibration["families"] == ["nb201", "resnet"]
+    assert main(["predict", str(model), "-m", "tiny_cnn", "--workdir", str(wd)]) == 0
+    out = capsys.readouterr().out
+    line = next(x for x in out.splitlines() if x.startswith("tiny_cnn"))
+    assert float(line.split("\t")[1].split(" ms")[0]) > 0 and "kernel sum" in line
+    assert "not calibrated" in line  # far smaller than every calibration network: no extrapolation
+    assert "conv" in out  # the per kernel type breakdown

@@ -138,21 +138,29 @@ def sample(device: str, runtime: str, threads: int, min_time: float, space_sampl
 @click.option("--output", "-o", type=click.Path(dir_okay=False), required=True, help="FILE.costmodel")
 @click.option("--cold", is_flag=True,
               help="Fit the latencies with the weights out of cache (samples taken with --context)")
+@click.option("--calibrate-on", default=None, metavar="SPACES",
+              help="Comma-separated spaces collected in the working folder (`bench collect`) whose "
+                   "measured networks fit a cache model on top of the kernel sum")
+@click.option("--llc-mb", type=float, default=None,
+              help="Last-level cache of the device, MB (default: this machine's, from sysfs)")
+@store_option
 @workdir_option
-def fit(device: str, runtime: str, output: str, cold: bool, workdir: Path | None) -> None:
-    """Fit per-kernel forests on the measured kernel samples (for `bench lut build --predicted`)."""
-    from costmeter.errors import ConfigError
+def fit(device: str, runtime: str, output: str, cold: bool, calibrate_on: str | None, llc_mb: float | None,
+        store_url: str | None, workdir: Path | None) -> None:
+    """Fit per-kernel forests on the measured kernel samples: a network predictor for `bench predict`
+    and `bench lut build --predicted`, optionally calibrated on measured networks."""
+    from costmeter.cli.common import split_list
     from costmeter.predictors.artifacts import save_predictor
-    from costmeter.predictors.forest import KernelForest, ModelForest
-    from costmeter.predictors.kernel_samples import KernelSamples, samples_path
+    from costmeter.predictors.network import fit_network_predictor
 
-    path = samples_path(workdir or default_workdir(), device, runtime)
-    if not path.exists():
-        raise ConfigError(f"no kernel samples at {path}; run `bench kernels sample --device {device} "
-                          f"--runtime {runtime}` first")
-    samples = KernelSamples.load(path)
-    latencies = samples.latencies(cold=cold)
-    model = KernelForest(ModelForest(), on_unknown="flops_linear").fit(samples.tables(), latencies)
-    save_predictor(model, output, device=device, runtime=runtime, training_rows=len(samples.rows),
-                   extra={"kernel_timing": samples.method + (", cold weights" if cold else "")})
-    click.echo(f"wrote {output} ({len(samples.rows)} kernel samples, {len(samples.tables())} kernel types)")
+    spaces = split_list(calibrate_on) if calibrate_on else []
+    store = open_store(store_url, workdir) if spaces else None
+    try:
+        model, extra = fit_network_predictor(workdir or default_workdir(), device, runtime, cold=cold,
+                                             calibrate_on=spaces, store=store, llc_mb=llc_mb)
+    finally:
+        if store is not None:
+            store.close()
+    save_predictor(model, output, device=device, runtime=runtime, extra=extra,
+                   training_rows=extra["kernel_samples"])
+    click.echo(f"wrote {output}: {model.describe()}")

@@ -150,17 +150,53 @@ def _cross_validate(frame, space, device, runtime, split, train_share, held_out,
 
 @click.command()
 @click.argument("model_file", type=click.Path(dir_okay=False))
-@click.option("--model", "-m", "archs", required=True, help="Architecture(s), comma- or semicolon-separated; space: prefix optional")
-def predict(model_file: str, archs: str) -> None:
+@click.option("--model", "-m", "archs", required=True,
+              help="Architecture(s), comma- or semicolon-separated; space: prefix optional. For a kernel-level "
+                   "predictor (`bench kernels fit`): zoo names, FILE.onnx or space:arch")
+@click.option("--breakdown/--no-breakdown", default=True, show_default=True,
+              help="Per kernel type latencies (kernel-level predictors)")
+@workdir_option
+def predict(model_file: str, archs: str, breakdown: bool, workdir: Path | None) -> None:
     """Predicted latency ± uncertainty (ms) of architectures, from a saved predictor."""
-    from costmeter.predictors.artifacts import load_predictor
+    from costmeter.predictors.artifacts import load_predictor, read_manifest
+    from costmeter.predictors.network import NetworkPredictor
     from costmeter.predictors.spaces import split_model_id
 
     pred = load_predictor(model_file)
     items = [a.strip() for a in archs.replace(";", "\n").splitlines() if a.strip()]
+    if isinstance(pred, NetworkPredictor):
+        manifest = read_manifest(model_file)
+        _predict_networks(pred, split_list(",".join(items)), manifest, breakdown, workdir)
+        return
     if len(items) == 1 and "," in items[0] and pred.space != "nb201":
         items = split_list(items[0])
     clean = [(split_model_id(a) or (pred.space, a))[1] for a in items]
     mean, std = pred.predict_with_uncertainty(clean)
     for arch, m, s in zip(clean, mean, std):
         click.echo(f"{pred.space}:{arch}\t{m:.4g} ms ± {s:.2g} ({pred.device or '?'}, {pred.runtime or '?'})")
+
+
+def _predict_networks(pred, models: list[str], manifest: dict, breakdown: bool, workdir: Path | None) -> None:
+    """Export each model, apply the runtime's fusion rules, print the network prediction and its kernels."""
+    from costmeter.harness.export import export_onnx
+    from costmeter.harness.models import resolve_model
+    from costmeter.predictors.graph import load_graph
+    from costmeter.predictors.kernel_rules import load_rules
+    from costmeter.predictors.kernels import fuse
+
+    wd = workdir or default_workdir()
+    device, runtime = manifest.get("device") or "cpu", manifest.get("runtime") or "onnxruntime"
+    rules = load_rules(runtime, device, wd)
+    graphs = {m: fuse(load_graph(export_onnx(resolve_model(m), wd)), rules) for m in models}
+    frame = pred.predict_frame(graphs)
+    parts = pred.breakdown(graphs) if breakdown else None
+    click.echo(pred.describe())
+    for name, row in frame.iterrows():
+        note = "" if row["calibrated"] or pred.calibration_ is None else \
+            "; outside the calibration networks' range, not calibrated"
+        click.echo(f"{name}\t{row['latency_ms']:.4g} ms ± {row['std_ms']:.2g} ({device}, {runtime}; "
+                   f"kernel sum {row['kernel_sum_ms']:.4g} ms{note})")
+        if parts is not None:
+            for (_, kernel_type), k in parts.loc[[name]].iterrows():
+                click.echo(f"  {kernel_type:<16} x{int(k['count']):<4} {k['latency_ms']:9.4f} ms "
+                           f"{k['share']:6.1%}")

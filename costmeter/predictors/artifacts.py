@@ -37,6 +37,8 @@ TRUSTED_TYPES: tuple[str, ...] = (
     "costmeter.predictors.forest.FlopsLinear",
     "costmeter.predictors.forest.KernelForest",
     "costmeter.predictors.fewshot.FewShotTransfer",
+    "costmeter.predictors.network.NetworkPredictor",
+    "costmeter.predictors.calibration.TrafficCalibration",
     "sklearn.tree._tree.Tree",
 )
 

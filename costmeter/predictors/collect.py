@@ -203,3 +203,24 @@ def _check_runtime(config: Any) -> None:
     if kind != "onnx":
         raise ConfigError(f"bench collect measures ONNX files; runtime {config.runtime!r} takes "
                           f"{kind} artifacts; use an ONNX runtime such as onnxruntime")
+
+
+def measured_latencies(workdir: Path | str, store: Any, spaces: list[str] | tuple[str, ...],
+                       device: str = "cpu", runtime: str = "onnxruntime") -> dict[str, Any]:
+    """model_id -> (CollectItem, latency ms) of every architecture of ``spaces`` collected in
+    ``workdir`` and measured on ``device``/``runtime`` in ``store``.
+
+    A model measured several times keeps the lowest of its medians: on a shared machine other
+    work only ever adds time."""
+    import numpy as np
+
+    manifest = load_manifest(workdir)
+    out: dict[str, Any] = {}
+    for result in store.results(device=device, runtime=runtime, status="ok"):
+        item = manifest.get(result.key.model_id)
+        if item is None or item.space not in spaces or result.measurement is None:
+            continue
+        median = float(np.median(result.measurement.all_samples_ns())) / 1e6
+        previous = out.get(result.key.model_id, (item, float("inf")))[1]
+        out[result.key.model_id] = (item, min(median, previous))
+    return out

@@ -197,6 +197,7 @@ def predict_blocks(specs: Sequence[BlockSpec], predictor: Any, device: str, runt
 
 def _kernel_predictor(predictor: Any, device: str, runtime: str) -> tuple[Any, dict[str, Any]]:
     from costmeter.predictors.forest import KernelForest
+    from costmeter.predictors.network import NetworkPredictor
 
     info: dict[str, Any] = {"path": None}
     if isinstance(predictor, (str, Path)):
@@ -209,6 +210,8 @@ def _kernel_predictor(predictor: Any, device: str, runtime: str) -> tuple[Any, d
                     created_at=manifest.get("created_at"))
     else:
         estimator = predictor
+    if isinstance(estimator, NetworkPredictor):  # block sums use its kernel forests alone
+        estimator = estimator.kernel_forest_
     if not isinstance(estimator, KernelForest):
         raise ConfigError(f"--predicted needs a kernel-level predictor (KernelForest); got "
                           f"{type(estimator).__name__}; fit a KernelForest on kernel micro-benchmarks "

@@ -1,0 +1,159 @@
+"""Network-level calibration (cache model on top of a kernel sum) and the network predictor."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pandas as pd
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from costmeter.errors import ConfigError, UnsupportedError
+from costmeter.predictors.calibration import (TrafficCalibration, cache_sizes, network_terms)
+
+
+def _fake_cache_tree(root: Path, levels: dict[tuple[int, str], str]) -> Path:
+    for number, ((level, kind), size) in enumerate(levels.items()):
+        index = root / f"index{number}"
+        index.mkdir(parents=True)
+        (index / "level").write_text(f"{level}\n")
+        (index / "type").write_text(f"{kind}\n")
+        (index / "size").write_text(f"{size}\n")
+    return root
+
+
+def test_cache_sizes_from_sysfs_tree(tmp_path: Path) -> None:
+    root = _fake_cache_tree(tmp_path / "cache", {(1, "Data"): "48K", (1, "Instruction"): "32K",
+                                                 (2, "Unified"): "1024K", (3, "Unified"): "32768K"})
+    assert cache_sizes(root).l2_bytes == 1024 * 1024
+    assert cache_sizes(root).l3_bytes == 32 * 1024 * 1024
+    only_l1 = _fake_cache_tree(tmp_path / "small", {(1, "Data"): "32K"})
+    with pytest.raises(UnsupportedError, match="L2"):
+        cache_sizes(only_l1)
+
+
+def _conv_model(path: Path) -> Path:
+    """1x3x8x8 -> Conv 3->16, 3x3, pad 1 (weights 16*3*3*3 floats + 16 bias) -> Relu."""
+    weight = numpy_helper.from_array(np.ones((16, 3, 3, 3), np.float32), "w")
+    bias = numpy_helper.from_array(np.zeros(16, np.float32), "b")
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w", "b"], ["y"], pads=[1, 1, 1, 1], kernel_shape=[3, 3]),
+         helper.make_node("Relu", ["y"], ["z"])],
+        "conv", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+        [helper.make_tensor_value_info("z", TensorProto.FLOAT, [1, 16, 8, 8])], [weight, bias])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    return path
+
+
+def test_network_terms_of_a_conv_by_hand(tmp_path: Path) -> None:
+    from costmeter.predictors.graph import load_graph
+    from costmeter.predictors.kernel_rules import builtin_rules
+    from costmeter.predictors.kernels import fuse
+
+    graph = fuse(load_graph(_conv_model(tmp_path / "c.onnx")), builtin_rules("onnxruntime"))
+    terms = network_terms(graph)
+    assert terms["kernels"] == 1  # conv + relu fuse into one kernel
+    assert terms["weight_mb"] == pytest.approx((16 * 3 * 3 * 3 + 16) * 4 / 1e6)
+    # reads the 3x8x8 input, writes the 16x8x8 output (float32)
+    assert terms["activation_mb"] == pytest.approx((3 * 64 + 16 * 64) * 4 / 1e6)
+
+
+def _synthetic(seed: int = 0) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
+    """Networks of 3 families whose latency follows the cache model exactly (threshold 16 MB)."""
+    rng = np.random.default_rng(seed)
+    weights = np.concatenate([rng.uniform(1, 30, 30), [13.0, 15.0, 17.0, 19.0]])
+    frame = pd.DataFrame({"kernel_sum_ms": rng.uniform(1, 10, len(weights)), "weight_mb": weights,
+                          "activation_mb": rng.uniform(5, 80, len(weights))})
+    y = (frame.kernel_sum_ms + 0.010 * frame.weight_mb + 0.005 * frame.activation_mb
+         + 0.030 * frame.weight_mb * (frame.weight_mb > 16) + 0.1).to_numpy()
+    groups = np.array(["a", "b", "c"] * (len(weights) // 3) + ["a"] * (len(weights) % 3))
+    return frame, y, groups
+
+
+def test_calibration_recovers_the_cache_model() -> None:
+    frame, y, groups = _synthetic()
+    model = TrafficCalibration(llc_mb=32.0).fit(frame, y, groups)
+    assert model.threshold_mb_ == pytest.approx(16.0)
+    assert model.coef_ == pytest.approx([0.010, 0.005, 0.030], abs=1e-9)
+    assert model.intercept_ms_ == pytest.approx(0.1, abs=1e-9)
+    assert model.cv_within_[16.0] == 1.0 and model.cv_rel_rmse_ < 1e-9
+    assert model.predict(frame) == pytest.approx(y)
+    assert "16.0 MB" in model.describe() and "3 families" in model.describe()
+    outside = frame.head(2).assign(kernel_sum_ms=[frame.kernel_sum_ms.min() / 2, 100.0])
+    assert model.in_range(frame).all() and not model.in_range(outside).any()
+
+
+def test_calibration_weighs_families_equally() -> None:
+    """A family with many networks does not outvote the others: its rows weigh 1/count."""
+    frame, y, groups = _synthetic()
+    biased = y.copy()
+    biased[groups == "c"] *= 1.2  # one family runs 20% slower than the model says
+    crowded = pd.concat([frame] + [frame[groups == "a"]] * 5, ignore_index=True)
+    crowded_y = np.concatenate([biased] + [biased[groups == "a"]] * 5)
+    crowded_groups = np.concatenate([groups] + [groups[groups == "a"]] * 5)
+    equal = TrafficCalibration(llc_mb=32.0).fit(frame, biased, groups)
+    weighted = TrafficCalibration(llc_mb=32.0).fit(crowded, crowded_y, crowded_groups)
+    assert weighted.coef_ == pytest.approx(equal.coef_, rel=1e-6)
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda f, y, g: (f.head(3), y[:3], g[:3]), "at least 4"),
+    (lambda f, y, g: (f.drop(columns="weight_mb"), y, g), "weight_mb"),
+    (lambda f, y, g: (f, np.where(np.arange(len(y)) == 2, 0.0, y), g), "positive"),
+    (lambda f, y, g: (f, y, np.full(len(y), "a")), "2 families"),
+])
+def test_calibration_refuses_bad_input(change, message) -> None:
+    frame, y, groups = _synthetic()
+    with pytest.raises(ConfigError, match=message):
+        TrafficCalibration().fit(*change(frame, y, groups))
+
+
+def _kernel_samples(wd: Path) -> None:
+    """Kernel samples of 1x1 and 3x3 convs timed by a fake clock (linear in FLOPs)."""
+    from costmeter.predictors.kernel_rules import builtin_rules
+    from costmeter.predictors.kernel_samples import measure_kernels, samples_path
+    from costmeter.predictors.sampling import make_config
+
+    configs = [make_config("conv", (1, c, s, s), [("Conv", {"c_out": o, "kernel": k})])
+               for c in (3, 8, 16) for o in (8, 16, 32) for s in (8, 16) for k in (1, 3)]
+
+    def measure(groups: list[list[Path]]) -> list[list[float]]:
+        return [[0.01 if p.name.startswith("overhead") else 0.05 + 0.001 * len(p.name) for p in g]
+                for g in groups]
+
+    samples = measure_kernels(configs, builtin_rules("onnxruntime"), workdir=wd, measure=measure)
+    samples.save(samples_path(wd, "cpu", "onnxruntime"))
+
+
+def test_network_predictor_calibrates_and_round_trips(tmp_path: Path) -> None:
+    from costmeter.predictors.artifacts import load_predictor, save_predictor
+    from costmeter.predictors.features import stack_tables
+    from costmeter.predictors.graph import load_graph
+    from costmeter.predictors.kernel_rules import builtin_rules
+    from costmeter.predictors.kernel_samples import KernelSamples, samples_path
+    from costmeter.predictors.kernels import fuse
+    from costmeter.predictors.network import NetworkPredictor
+
+    _kernel_samples(tmp_path)
+    samples = KernelSamples.load(samples_path(tmp_path, "cpu", "onnxruntime"))
+    graph = fuse(load_graph(_conv_model(tmp_path / "c.onnx")), builtin_rules("onnxruntime"))
+    graphs = {f"net{i}": graph for i in range(6)}
+    plain = NetworkPredictor(overhead_ms=0.02).fit(samples.tables(), samples.latencies())
+    base = plain.predict(graphs)
+    assert plain.calibration_ is None and "not calibrated" in plain.describe()
+    kernel_sum = plain.kernel_forest_.predict(stack_tables(graphs)).reindex(list(graphs))
+    assert base.to_numpy() == pytest.approx(kernel_sum.to_numpy() + 0.02)
+    measured = base.to_numpy() * np.array([1.1, 1.3, 1.2, 1.25, 1.15, 1.2])
+    model = NetworkPredictor(overhead_ms=0.02).fit(samples.tables(), samples.latencies(), graphs,
+                                                   measured, ["a", "a", "b", "b", "c", "c"])
+    frame = model.predict_frame(graphs)
+    # identical networks get the calibrated mean of their measurements; spread widens the std
+    assert frame["latency_ms"].to_numpy() == pytest.approx(np.full(6, measured.mean()), rel=0.02)
+    assert (frame["std_ms"] > plain.predict_frame(graphs)["std_ms"]).all()
+    assert "calibrated" in model.describe()
+    path = tmp_path / "n.costmodel"
+    save_predictor(model, path, device="cpu", runtime="onnxruntime")
+    assert load_predictor(path).predict(graphs).to_numpy() == pytest.approx(frame["latency_ms"].to_numpy())
+    with pytest.raises(ConfigError, match="one measured latency per network"):
+        NetworkPredictor().fit(samples.tables(), samples.latencies(), graphs, measured[:3])
