@@ -18,11 +18,12 @@ lowest median is kept: on this shared 2-vCPU machine other work only ever adds t
 
 Predictors compared on the test families: the kernel-level forest sum (nn-Meter's scheme: one
 forest per kernel type, summed, plus the measured per-run overhead), the same sum with a
-per-executed-kernel offset and an intercept fitted on the training models, the same sum with a
-cost per MB of activations of image kernels, per MB of weights and an intercept fitted on the
-training models (what the micro-benchmarks pay that a network does not, or the reverse: layout
-conversions; weights that stay in cache when a kernel runs again and again, but come from
-memory in a network whose other kernels ran in between),
+per-executed-kernel offset and an intercept fitted on the training models, the same sum
+calibrated on the training models by the cache model of ``bench kernels fit --calibrate-on``
+(:class:`~costmeter.predictors.calibration.TrafficCalibration`: a cost per MB of weights and of
+activations, plus all weights from memory once the network's weights exceed a share of the
+last-level cache, the share chosen by leave-one-family-out cross-validation on the training
+families; the log lists what every candidate share would have given on test, as a diagnostic),
 the model-level forest on aggregated features, and the FLOPs-linear baseline. Everything measured is cached in
 the working folder (``COSTMETER_BENCH_DIR``, default ``.costmeter/bench-families``), so a rerun
 only fits and prints. ``--quick`` shrinks every count for a smoke run.
@@ -63,23 +64,10 @@ def measure_architectures(workdir: Path, store: Any, counts: dict[str, int], min
 
 
 def measured_models(workdir: Path, store: Any, spaces: list[str]) -> dict[str, Any]:
-    """model_id -> (item, latency ms) of every collected model of ``spaces`` in the store.
+    """model_id -> (item, latency ms): the lowest of the per-round medians."""
+    from costmeter.predictors.collect import measured_latencies
 
-    The latency is the lowest of the per-round medians: contention only ever adds time.
-    """
-    import numpy as np
-
-    from costmeter.predictors.collect import load_manifest
-
-    manifest = load_manifest(workdir)
-    out: dict[str, Any] = {}
-    for result in store.results(runtime="onnxruntime", status="ok"):
-        item = manifest.get(result.key.model_id)
-        if item is not None and item.space in spaces and result.measurement is not None:
-            median = float(np.median(result.measurement.all_samples_ns())) / 1e6
-            previous = out.get(result.key.model_id, (item, float("inf")))[1]
-            out[result.key.model_id] = (item, min(median, previous))
-    return out
+    return measured_latencies(workdir, store, spaces, "cpu", "onnxruntime")
 
 
 def kernel_graph(onnx_path: Path, rules: Any) -> Any:
@@ -122,25 +110,6 @@ def kernel_samples(workdir: Path, rules: Any, quick: bool, store: Any, rounds: i
     return samples
 
 
-def traffic_terms(graph: Any) -> tuple[float, float, float]:
-    """(MB of activations read and written by image kernels, MB of weights, executed kernels)
-    of a kernel graph: what a kernel pays inside a network and not in a micro-benchmark, or the
-    reverse (layout conversions, caches emptied by the other kernels)."""
-    from costmeter.predictors.features import kernel_features
-    from costmeter.predictors.kernel_samples import CONTEXT_TYPES, FOLDED_TYPES
-
-    activations = weights = executed = 0.0
-    for kernel in graph.kernels:
-        if kernel.kernel_type in FOLDED_TYPES:
-            continue
-        values = kernel_features(kernel)
-        executed += 1
-        weights += values["weight_bytes"] / 1e6
-        if kernel.kernel_type in CONTEXT_TYPES:
-            activations += (values["bytes_read"] - values["weight_bytes"] + values["bytes_written"]) / 1e6
-    return activations, weights, executed
-
-
 def forest_sums(samples: Any, graphs: dict[str, Any], models: list[list[str]], overhead: float,
                 cold: bool = False) -> list[Any]:
     """Kernel-forest sums (ms, plus the per-run overhead) of each list of ``models``, from
@@ -173,58 +142,69 @@ def corrected(base_train: Any, base_test: Any, design_train: Any, design_test: A
 def kernel_sums(samples: Any, graphs: dict[str, Any], train: dict[str, Any],
                 test: dict[str, Any], label: str) -> dict[str, Any]:
     """Test-model predictions of the kernel-forest sum fitted on ``samples``: as is (plus the
-    per-run overhead); with a per-executed-kernel offset and an intercept; and with a cost per
-    MB of activations of image kernels and per MB of weights and an intercept, the terms fitted
-    on the training models (:func:`corrected`). Samples timed in context add the same with
-    cold-weight latencies (:func:`cold_weight_sums`)."""
+    per-run overhead); with a per-executed-kernel offset and an intercept fitted on the
+    training models (:func:`corrected`); and calibrated by the cache model of
+    :class:`~costmeter.predictors.network.NetworkPredictor` on the training models (what
+    ``bench kernels fit --calibrate-on`` does). Samples timed in context add the same with
+    cold-weight latencies."""
     import numpy as np
+
+    from costmeter.predictors.calibration import network_terms
 
     overhead = float(np.nanmedian([r["overhead_ms"] for r in samples.rows if r["source"] == "measured"]))
     names = [list(train), list(test)]
     y_train = np.array([ms for _, ms in train.values()])
     families = [item.space for item, _ in train.values()]
     family_weight = np.array([1.0 / families.count(f) for f in families])
-    t_train, t_test = (np.array([traffic_terms(graphs[m]) for m in group]) for group in names)
-    one_train, one_test = np.ones((len(train), 1)), np.ones((len(test), 1))
-    per_kernel = np.hstack([t_train[:, 2:], one_train]), np.hstack([t_test[:, 2:], one_test])
-    traffic = np.hstack([t_train[:, :2], one_train]), np.hstack([t_test[:, :2], one_test])
-
+    kernels_train, kernels_test = (np.array([[network_terms(graphs[m])["kernels"], 1.0] for m in group])
+                                   for group in names)
     raw_train, raw_test = forest_sums(samples, graphs, names, overhead)
-    offset_test, (offset, intercept) = corrected(raw_train, raw_test, *per_kernel, y_train,
-                                                 family_weight)
-    traffic_test, terms = corrected(raw_train, raw_test, *traffic, y_train, family_weight)
+    offset_test, (offset, intercept) = corrected(raw_train, raw_test, kernels_train, kernels_test,
+                                                 y_train, family_weight)
     _log(f"{label}: fitted on the training models: {offset * 1e3:.2f} us per executed kernel + "
-         f"{intercept * 1e3:.1f} us; or {terms[0] * 1e3:.2f} us per MB of activations, "
-         f"{terms[1] * 1e3:.2f} us per MB of weights + {terms[2] * 1e3:.1f} us")
+         f"{intercept * 1e3:.1f} us")
     out = {f"kernel forest sum, {label}": raw_test,
            f"  + per-kernel offset fit on train, {label}": offset_test,
-           f"  + traffic terms fit on train, {label}": traffic_test}
+           f"  + cache model calibrated on train, {label}": calibrated_sums(
+               samples, graphs, train, test, overhead, False, label)}
     if samples.method == "context":
-        cold_train, cold_test = forest_sums(samples, graphs, names, overhead, cold=True)
-        out[f"kernel sum, cold weights, {label}"] = cold_test
-        out[f"  + cold only above a weight size fit on train, {label}"] = cold_weight_sums(
-            cold_train, cold_test, raw_train, raw_test, y_train, family_weight, t_train[:, 1],
-            t_test[:, 1], label)
-        out[f"  + traffic terms fit on train, cold weights, {label}"] = corrected(
-            cold_train, cold_test, *traffic, y_train, family_weight)[0]
+        out[f"kernel sum, cold weights, {label}"] = forest_sums(samples, graphs, names, overhead,
+                                                                cold=True)[1]
+        out[f"  + cache model calibrated on train, cold weights, {label}"] = calibrated_sums(
+            samples, graphs, train, test, overhead, True, label)
     return out
 
 
-def cold_weight_sums(cold_train: Any, cold_test: Any, warm_train: Any, warm_test: Any,
-                     y_train: Any, family_weight: Any, weights_train: Any, weights_test: Any,
-                     label: str) -> Any:
-    """Cold-weight sums for networks whose weights (MB) exceed a threshold chosen on the training
-    networks, warm sums for the others: a network that fits in the cache keeps its weights there
-    from one run to the next."""
+def calibrated_sums(samples: Any, graphs: dict[str, Any], train: dict[str, Any],
+                    test: dict[str, Any], overhead: float, cold: bool, label: str) -> Any:
+    """Test-model latencies of a :class:`NetworkPredictor` calibrated on the training models
+    (each family a group). Logs the fitted model and, as a diagnostic, the held-out share that
+    every candidate threshold would have given (the predictor uses only the one chosen on
+    train)."""
     import numpy as np
 
-    def score(threshold: float) -> float:
-        predicted = np.where(weights_train > threshold, cold_train, warm_train)
-        return float(np.sum(family_weight * (np.abs(predicted / y_train - 1) <= 0.10)))
+    from costmeter.predictors.calibration import TrafficCalibration, cache_sizes
+    from costmeter.predictors.forest import KernelForest, ModelForest
+    from costmeter.predictors.network import NetworkPredictor
 
-    best = max(np.geomspace(0.5, 256.0, 37), key=score)
-    _log(f"{label}: weights out of cache above {best:.1f} MB of network weights (chosen on train)")
-    return np.where(weights_test > best, cold_test, warm_test)
+    llc_mb = cache_sizes().l3_bytes / 1e6
+    model = NetworkPredictor(KernelForest(ModelForest(n_estimators=200), on_unknown="flops_linear"),
+                             overhead_ms=overhead, calibration=TrafficCalibration(llc_mb=llc_mb))
+    model.fit(samples.tables(), samples.latencies(cold=cold), {m: graphs[m] for m in train},
+              [ms for _, ms in train.values()], [item.space for item, _ in train.values()])
+    frame = model.predict_frame({m: graphs[m] for m in test})
+    y_test = np.array([ms for _, ms in test.values()])
+    calibration = model.calibration_
+    _log(f"{label}{', cold weights' if cold else ''}: {calibration.describe()}; "
+         f"{int((~frame['calibrated']).sum())} test models outside the calibration range")
+    train_frame = model.predict_frame({m: graphs[m] for m in train})
+    for threshold, cv in calibration.cv_within_.items():
+        other = TrafficCalibration(llc_mb=llc_mb, fractions=(threshold / llc_mb,))
+        other.fit(train_frame, [ms for _, ms in train.values()], [item.space for item, _ in train.values()])
+        within = float(np.mean(np.abs(other.predict(frame) / y_test - 1) <= 0.10))
+        _log(f"  threshold {threshold:5.1f} MB: leave-one-family-out on train {cv:.0%}, "
+             f"test {within:.0%}{'  <- chosen' if threshold == calibration.threshold_mb_ else ''}")
+    return frame["latency_ms"].to_numpy()
 
 
 def evaluate(samples_by_method: dict[str, Any], train: dict[str, Any], test: dict[str, Any],
