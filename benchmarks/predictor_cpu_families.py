@@ -26,7 +26,10 @@ last-level cache, the share chosen by leave-one-family-out cross-validation on t
 families; the log lists what every candidate share would have given on test, as a diagnostic),
 the model-level forest on aggregated features, and the FLOPs-linear baseline. Everything measured is cached in
 the working folder (``COSTMETER_BENCH_DIR``, default ``.costmeter/bench-families``), so a rerun
-only fits and prints. ``--quick`` shrinks every count for a smoke run.
+only fits and prints. ``--quick`` shrinks every count for a smoke run. ``--fresh SEED``
+measures new architectures of the test families (all MobileNetV3 variants, new EfficientNet and
+OFA draws) into ``<workdir>-fresh<SEED>`` and scores the same predictors on those that are not
+in the main test set -- a check on networks nobody looked at while designing the predictors.
 
     python benchmarks/predictor_cpu_families.py [--quick] [--min-time 0.3]
 """
@@ -41,6 +44,8 @@ from typing import Any
 
 TRAIN = {"resnet": 14, "mobilenet_v2": 24, "nb201": 60}
 TEST = {"mobilenet_v3": 24, "efficientnet": 20, "ofa_mbv3": 30}
+# --fresh: every MobileNetV3 variant, and new draws of the other two test families
+FRESH = {"mobilenet_v3": 40, "efficientnet": 40, "ofa_mbv3": 30}
 THREADS = 1
 
 
@@ -49,7 +54,7 @@ def _log(message: str) -> None:
 
 
 def measure_architectures(workdir: Path, store: Any, counts: dict[str, int], min_time: float,
-                          rounds: int) -> None:
+                          rounds: int, seed: int = 1) -> None:
     """Every architecture measured ``rounds`` times, the rounds minutes apart."""
     from costmeter.predictors.collect import collect, collect_protocol
 
@@ -57,7 +62,7 @@ def measure_architectures(workdir: Path, store: Any, counts: dict[str, int], min
         for space, n in counts.items():
             started = time.perf_counter()
             results = collect(space, n, device="cpu", runtime="onnxruntime", workdir=workdir,
-                              store=store, seed=1, threads=THREADS, min_results=round_number,
+                              store=store, seed=seed, threads=THREADS, min_results=round_number,
                               protocol=collect_protocol(min_time))
             _log(f"round {round_number}: measured {len(results)} {space} models in "
                  f"{time.perf_counter() - started:.0f} s")
@@ -208,7 +213,7 @@ def calibrated_sums(samples: Any, graphs: dict[str, Any], train: dict[str, Any],
 
 
 def evaluate(samples_by_method: dict[str, Any], train: dict[str, Any], test: dict[str, Any],
-             rules: Any, workdir: Path) -> Any:
+             rules: Any, workdir: Path, test_workdir: Path | None = None) -> Any:
     import numpy as np
     import pandas as pd
 
@@ -217,8 +222,9 @@ def evaluate(samples_by_method: dict[str, Any], train: dict[str, Any], test: dic
     from costmeter.predictors.features import model_feature_table
     from costmeter.predictors.forest import FlopsLinear, ModelForest
 
-    graphs = {m: kernel_graph(onnx_path(item, workdir), rules)
-              for m, (item, _) in {**train, **test}.items()}
+    graphs = {m: kernel_graph(onnx_path(item, workdir), rules) for m, (item, _) in train.items()}
+    graphs.update({m: kernel_graph(onnx_path(item, test_workdir or workdir), rules)
+                   for m, (item, _) in test.items()})
     y_train = np.array([ms for _, ms in train.values()])
     y_test = np.array([ms for _, ms in test.values()])
     predictions: dict[str, Any] = {}
@@ -251,6 +257,9 @@ def main() -> None:
                         help="also time the kernels alone (the old way) and compare")
     parser.add_argument("--samples", action="append", default=[], metavar="LABEL=CSV",
                         help="also compare kernel samples saved elsewhere (repeatable)")
+    parser.add_argument("--fresh", type=int, default=None, metavar="SEED",
+                        help="also test on test-family architectures drawn with SEED into "
+                             "<workdir>-fresh<SEED>, leaving out those of the main test set")
     parser.add_argument("--rounds", type=int, default=3,
                         help="measurements per architecture and per kernel (lowest median kept)")
     args = parser.parse_args()
@@ -287,6 +296,38 @@ def main() -> None:
     table = evaluate(samples, train, test, rules, workdir)
     with pd.option_context("display.width", 200, "display.precision", 3):
         print(table.to_string())
+    if args.fresh is not None:
+        fresh_dir = workdir.with_name(f"{workdir.name}-fresh{args.fresh}")
+        fresh = fresh_architectures(fresh_dir, {s: scale(n) for s, n in FRESH.items()}, test,
+                                    args.min_time, args.rounds, args.fresh)
+        table = evaluate(samples, train, fresh, rules, workdir, fresh_dir)
+        print(f"fresh test architectures (seed {args.fresh}), none in the main test set:")
+        with pd.option_context("display.width", 200, "display.precision", 3):
+            print(table.to_string())
+
+
+def fresh_architectures(fresh_dir: Path, counts: dict[str, int], test: dict[str, Any],
+                        min_time: float, rounds: int, seed: int) -> dict[str, Any]:
+    """Architectures of the test families drawn with ``seed`` and measured into ``fresh_dir``,
+    without those of the main ``test`` set (whose re-measured latencies are compared with the
+    earlier ones, as a check of the ground truth)."""
+    import numpy as np
+
+    from costmeter.results.store import ResultStore
+
+    fresh_dir.mkdir(parents=True, exist_ok=True)
+    with ResultStore(f"sqlite:///{(fresh_dir / 'store.db').resolve()}") as store:
+        measure_architectures(fresh_dir, store, counts, min_time, rounds, seed=seed)
+        measured = measured_models(fresh_dir, store, list(counts))
+    again = [measured[m][1] / test[m][1] for m in measured if m in test]
+    if again:
+        ratio = np.array(again)
+        _log(f"{len(again)} main-test architectures measured again: latency now / before "
+             f"median {np.median(ratio):.3f}, |ratio - 1| median {np.median(np.abs(ratio - 1)):.3f}, "
+             f"max {np.max(np.abs(ratio - 1)):.3f}")
+    fresh = {m: v for m, v in measured.items() if m not in test}
+    _log(f"{len(fresh)} fresh test architectures")
+    return fresh
 
 
 if __name__ == "__main__":
