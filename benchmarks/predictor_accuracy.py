@@ -109,9 +109,12 @@ def noise_from_duplicates(y: np.ndarray, pairs: np.ndarray, proxy_ms: np.ndarray
     """(relative noise of one measurement in %, % of pairs within ±10% of each other, Spearman
     ceiling) of latencies ``y`` (ms) from duplicate ``pairs``. The ceiling is the mean Spearman
     rho between ``proxy_ms`` (stand-ins for the true latencies of the evaluated cells) and the
-    same values times noise resampled from the pairs' log ratios / sqrt(2), both signs."""
+    same values times noise resampled from the pairs' log ratios / sqrt(2), both signs. All NaN
+    with fewer than 2 pairs (a small slice of the space may hold none)."""
     from scipy.stats import spearmanr
 
+    if len(pairs) < 2:
+        return float("nan"), float("nan"), float("nan")
     log_ratio = np.log(y[pairs[:, 0]] / y[pairs[:, 1]])
     noise = float(np.std(log_ratio) / np.sqrt(2))
     within = float(np.mean(np.abs(np.exp(log_ratio) - 1) <= 0.1 + 1e-12) * 100)
