@@ -22,15 +22,16 @@ metrics); the ``all`` columns include them.
 Diagnostics (not predictors): measurement noise from duplicates. When edge 1->2 is ``none``,
 nodes 1 and 2 are interchangeable: swapping (0->1, 1->3) with (0->2, 2->3) gives the same
 network (same operations, same graph) under another index; the connected pairs (1,464 in the
-full table) were measured separately. On 1080ti_256 and 2080ti_256 a pair differs by ~0.1%,
-so a pair is one workload and its spread elsewhere is measurement noise. ``noise%`` is the
-std of their log ratio / sqrt(2) (one measurement's relative noise, drift included), ``dup±10`` the share of pairs where one measurement is within
-±10% of the other, and ``rho-max`` an estimate of the Spearman rho that even an exact model of
-each network's latency would reach against such measurements: the measured latencies of the
-test cells stand in for the true ones (slightly more spread out than those, so the estimate
-leans high), multiplied by noise drawn from the pairs' log ratios / sqrt(2) (both signs; mean
-of 5 draws). It assumes the noise does not depend on the architecture (the measurement order is
-not something a model of the architecture should learn).
+full table) were measured separately. On 1080ti_256 and 2080ti_256 a pair differs by ~0.1%, so
+a pair is one workload and its spread elsewhere is measurement noise. ``noise%`` is the std of
+their log ratio / sqrt(2) (one measurement's relative noise, drift included), ``dup±10`` the
+share of pairs where one measurement is within ±10% of the other, and ``rho-max`` an estimate
+of the Spearman rho that even an exact model of each network's latency would reach against such
+measurements: the measured latencies of the test cells stand in for the true ones (slightly
+more spread out than those, so the estimate leans high), multiplied by noise drawn from the
+pairs' log ratios / sqrt(2) (both signs; mean of 5 draws). It assumes the noise does not depend
+on the architecture (the measurement order is not something a model of the architecture should
+learn).
 ``lag1`` is the autocorrelation of the forest's log residuals
 in NAS-Bench-201 index order. Neighbouring indices hold unrelated architectures, so a high
 value means the error follows the index -- most likely the order of measurement, i.e. a slow
