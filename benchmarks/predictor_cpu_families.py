@@ -260,6 +260,8 @@ def main() -> None:
     parser.add_argument("--fresh", type=int, default=None, metavar="SEED",
                         help="also test on test-family architectures drawn with SEED into "
                              "<workdir>-fresh<SEED>, leaving out those of the main test set")
+    parser.add_argument("--fresh-rounds", type=int, default=3,
+                        help="measurements per fresh architecture (lowest median kept)")
     parser.add_argument("--rounds", type=int, default=3,
                         help="measurements per architecture and per kernel (lowest median kept)")
     args = parser.parse_args()
@@ -299,7 +301,7 @@ def main() -> None:
     if args.fresh is not None:
         fresh_dir = workdir.with_name(f"{workdir.name}-fresh{args.fresh}")
         fresh = fresh_architectures(fresh_dir, {s: scale(n) for s, n in FRESH.items()}, test,
-                                    args.min_time, args.rounds, args.fresh)
+                                    args.min_time, args.fresh_rounds, args.fresh)
         table = evaluate(samples, train, fresh, rules, workdir, fresh_dir)
         print(f"fresh test architectures (seed {args.fresh}), none in the main test set:")
         with pd.option_context("display.width", 200, "display.precision", 3):
