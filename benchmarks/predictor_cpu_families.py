@@ -21,9 +21,8 @@ forest per kernel type, summed, plus the measured per-run overhead), the same su
 per-executed-kernel offset and an intercept fitted on the training models, the same sum
 calibrated on the training models by the cache model of ``bench kernels fit --calibrate-on``
 (:class:`~costmeter.predictors.calibration.TrafficCalibration`: a cost per MB of weights and of
-activations, plus all weights from memory once the network's weights exceed a share of the
-last-level cache, the share chosen by leave-one-family-out cross-validation on the training
-families; the log lists what every candidate share would have given on test, as a diagnostic),
+activations, plus a cost per MB of the weights that miss the cache, the missing share read off
+this machine's measured cache curve at the network's weight footprint),
 the model-level forest on aggregated features, and the FLOPs-linear baseline. Everything measured is cached in
 the working folder (``COSTMETER_BENCH_DIR``, default ``.costmeter/bench-families``), so a rerun
 only fits and prints. ``--quick`` shrinks every count for a smoke run. ``--fresh SEED``
@@ -145,7 +144,7 @@ def corrected(base_train: Any, base_test: Any, design_train: Any, design_test: A
 
 
 def kernel_sums(samples: Any, graphs: dict[str, Any], train: dict[str, Any],
-                test: dict[str, Any], label: str) -> dict[str, Any]:
+                test: dict[str, Any], label: str, curve: tuple[Any, Any]) -> dict[str, Any]:
     """Test-model predictions of the kernel-forest sum fitted on ``samples``: as is (plus the
     per-run overhead); with a per-executed-kernel offset and an intercept fitted on the
     training models (:func:`corrected`); and calibrated by the cache model of
@@ -171,44 +170,47 @@ def kernel_sums(samples: Any, graphs: dict[str, Any], train: dict[str, Any],
     out = {f"kernel forest sum, {label}": raw_test,
            f"  + per-kernel offset fit on train, {label}": offset_test,
            f"  + cache model calibrated on train, {label}": calibrated_sums(
-               samples, graphs, train, test, overhead, False, label)}
+               samples, graphs, train, test, overhead, False, label, curve)}
     if samples.method == "context":
         out[f"kernel sum, cold weights, {label}"] = forest_sums(samples, graphs, names, overhead,
                                                                 cold=True)[1]
         out[f"  + cache model calibrated on train, cold weights, {label}"] = calibrated_sums(
-            samples, graphs, train, test, overhead, True, label)
+            samples, graphs, train, test, overhead, True, label, curve)
     return out
 
 
-def calibrated_sums(samples: Any, graphs: dict[str, Any], train: dict[str, Any],
-                    test: dict[str, Any], overhead: float, cold: bool, label: str) -> Any:
-    """Test-model latencies of a :class:`NetworkPredictor` calibrated on the training models
-    (each family a group). Logs the fitted model and, as a diagnostic, the held-out share that
-    every candidate threshold would have given (the predictor uses only the one chosen on
-    train)."""
-    import numpy as np
+def cache_curve(workdir: Path) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """This machine's cache curve (:func:`measure_cache_curve`), measured once and kept in the
+    working folder so that reruns fit the same calibration."""
+    from costmeter.predictors.calibration import measure_cache_curve
 
-    from costmeter.predictors.calibration import TrafficCalibration, cache_sizes
+    path = workdir / "cache-curve.json"
+    if not path.exists():
+        sizes, costs = measure_cache_curve()
+        path.write_text(json.dumps({"mb": sizes, "us_per_mb": costs}))
+    curve = json.loads(path.read_text())
+    _log("cache curve (MB: us per MB): " + ", ".join(
+        f"{mb:g}: {us:.1f}" for mb, us in zip(curve["mb"], curve["us_per_mb"])))
+    return tuple(curve["mb"]), tuple(curve["us_per_mb"])
+
+
+def calibrated_sums(samples: Any, graphs: dict[str, Any], train: dict[str, Any],
+                    test: dict[str, Any], overhead: float, cold: bool, label: str,
+                    curve: tuple[Any, Any]) -> Any:
+    """Test-model latencies of a :class:`NetworkPredictor` calibrated on the training models
+    (each family a group), with this machine's cache curve."""
+    from costmeter.predictors.calibration import TrafficCalibration
     from costmeter.predictors.forest import KernelForest, ModelForest
     from costmeter.predictors.network import NetworkPredictor
 
-    llc_mb = cache_sizes().l3_bytes / 1e6
     model = NetworkPredictor(KernelForest(ModelForest(n_estimators=200), on_unknown="flops_linear"),
-                             overhead_ms=overhead, calibration=TrafficCalibration(llc_mb=llc_mb))
+                             overhead_ms=overhead,
+                             calibration=TrafficCalibration(curve_mb=curve[0], curve_us_per_mb=curve[1]))
     model.fit(samples.tables(), samples.latencies(cold=cold), {m: graphs[m] for m in train},
               [ms for _, ms in train.values()], [item.space for item, _ in train.values()])
     frame = model.predict_frame({m: graphs[m] for m in test})
-    y_test = np.array([ms for _, ms in test.values()])
-    calibration = model.calibration_
-    _log(f"{label}{', cold weights' if cold else ''}: {calibration.describe()}; "
+    _log(f"{label}{', cold weights' if cold else ''}: {model.calibration_.describe()}; "
          f"{int((~frame['calibrated']).sum())} test models outside the calibration range")
-    train_frame = model.predict_frame({m: graphs[m] for m in train})
-    for threshold, cv in calibration.cv_within_.items():
-        other = TrafficCalibration(llc_mb=llc_mb, fractions=(threshold / llc_mb,))
-        other.fit(train_frame, [ms for _, ms in train.values()], [item.space for item, _ in train.values()])
-        within = float(np.mean(np.abs(other.predict(frame) / y_test - 1) <= 0.10))
-        _log(f"  threshold {threshold:5.1f} MB: leave-one-family-out on train {cv:.0%}, "
-             f"test {within:.0%}{'  <- chosen' if threshold == calibration.threshold_mb_ else ''}")
     return frame["latency_ms"].to_numpy()
 
 
@@ -229,7 +231,7 @@ def evaluate(samples_by_method: dict[str, Any], train: dict[str, Any], test: dic
     y_test = np.array([ms for _, ms in test.values()])
     predictions: dict[str, Any] = {}
     for label, samples in samples_by_method.items():
-        predictions.update(kernel_sums(samples, graphs, train, test, label))
+        predictions.update(kernel_sums(samples, graphs, train, test, label, cache_curve(workdir)))
     features = model_feature_table(graphs)
     x_train, x_test = features.loc[list(train)], features.loc[list(test)]
     model_forest = ModelForest(n_estimators=300).fit(x_train, y_train)

@@ -9,28 +9,24 @@ import pandas as pd
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from costmeter.errors import ConfigError, UnsupportedError
-from costmeter.predictors.calibration import (TrafficCalibration, cache_sizes, network_terms)
+from costmeter.errors import ConfigError
+from costmeter.predictors.calibration import (TrafficCalibration, measure_cache_curve, miss_fraction,
+                                              network_terms)
+
+CURVE = ((1.0, 16.0, 32.0, 64.0), (10.0, 12.0, 30.0, 50.0))  # MB, us per MB
 
 
-def _fake_cache_tree(root: Path, levels: dict[tuple[int, str], str]) -> Path:
-    for number, ((level, kind), size) in enumerate(levels.items()):
-        index = root / f"index{number}"
-        index.mkdir(parents=True)
-        (index / "level").write_text(f"{level}\n")
-        (index / "type").write_text(f"{kind}\n")
-        (index / "size").write_text(f"{size}\n")
-    return root
+def test_cache_curve_is_measured_per_size() -> None:
+    sizes, costs = measure_cache_curve((0.5, 2.0), chunk_mb=0.25, repeats=1)
+    assert sizes == (0.5, 2.0) and len(costs) == 2 and all(c > 0 for c in costs)
+    with pytest.raises(ConfigError):
+        measure_cache_curve(())
 
 
-def test_cache_sizes_from_sysfs_tree(tmp_path: Path) -> None:
-    root = _fake_cache_tree(tmp_path / "cache", {(1, "Data"): "48K", (1, "Instruction"): "32K",
-                                                 (2, "Unified"): "1024K", (3, "Unified"): "32768K"})
-    assert cache_sizes(root).l2_bytes == 1024 * 1024
-    assert cache_sizes(root).l3_bytes == 32 * 1024 * 1024
-    only_l1 = _fake_cache_tree(tmp_path / "small", {(1, "Data"): "32K"})
-    with pytest.raises(UnsupportedError, match="L2"):
-        cache_sizes(only_l1)
+def test_miss_fraction_interpolates_between_cheapest_and_dearest_reads() -> None:
+    misses = miss_fraction([0.5, 1.0, 16.0, 24.0, 64.0, 500.0], *CURVE)
+    assert misses == pytest.approx([0.0, 0.0, 0.05, 0.275, 1.0, 1.0])  # (cost - 10) / (50 - 10)
+    assert miss_fraction([8.0], (1.0, 64.0), (10.0, 10.0)) == pytest.approx([0.0])  # flat curve
 
 
 def _conv_model(path: Path) -> Path:
@@ -60,26 +56,25 @@ def test_network_terms_of_a_conv_by_hand(tmp_path: Path) -> None:
 
 
 def _synthetic(seed: int = 0) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
-    """Networks of 3 families whose latency follows the cache model exactly (threshold 16 MB)."""
+    """Networks of 3 families whose latency follows the cache model exactly."""
     rng = np.random.default_rng(seed)
-    weights = np.concatenate([rng.uniform(1, 30, 30), [13.0, 15.0, 17.0, 19.0]])
+    weights = np.concatenate([rng.uniform(1, 60, 30), [13.0, 15.0, 17.0, 19.0]])
     frame = pd.DataFrame({"kernel_sum_ms": rng.uniform(1, 10, len(weights)), "weight_mb": weights,
                           "activation_mb": rng.uniform(5, 80, len(weights))})
     y = (frame.kernel_sum_ms + 0.010 * frame.weight_mb + 0.005 * frame.activation_mb
-         + 0.030 * frame.weight_mb * (frame.weight_mb > 16) + 0.1).to_numpy()
+         + 0.030 * frame.weight_mb * miss_fraction(frame.weight_mb, *CURVE) + 0.1).to_numpy()
     groups = np.array(["a", "b", "c"] * (len(weights) // 3) + ["a"] * (len(weights) % 3))
     return frame, y, groups
 
 
 def test_calibration_recovers_the_cache_model() -> None:
     frame, y, groups = _synthetic()
-    model = TrafficCalibration(llc_mb=32.0).fit(frame, y, groups)
-    assert model.threshold_mb_ == pytest.approx(16.0)
+    model = TrafficCalibration(*CURVE).fit(frame, y, groups)
     assert model.coef_ == pytest.approx([0.010, 0.005, 0.030], abs=1e-9)
     assert model.intercept_ms_ == pytest.approx(0.1, abs=1e-9)
-    assert model.cv_within_[16.0] == 1.0 and model.cv_rel_rmse_ < 1e-9
+    assert model.cv_within_ == 1.0 and model.cv_rel_rmse_ < 1e-9
     assert model.predict(frame) == pytest.approx(y)
-    assert "16.0 MB" in model.describe() and "3 families" in model.describe()
+    assert "50% of 32 MB" in model.describe() and "3 families" in model.describe()
     outside = frame.head(2).assign(kernel_sum_ms=[frame.kernel_sum_ms.min() / 2, 100.0])
     assert model.in_range(frame).all() and not model.in_range(outside).any()
 
@@ -92,8 +87,8 @@ def test_calibration_weighs_families_equally() -> None:
     crowded = pd.concat([frame] + [frame[groups == "a"]] * 5, ignore_index=True)
     crowded_y = np.concatenate([biased] + [biased[groups == "a"]] * 5)
     crowded_groups = np.concatenate([groups] + [groups[groups == "a"]] * 5)
-    equal = TrafficCalibration(llc_mb=32.0).fit(frame, biased, groups)
-    weighted = TrafficCalibration(llc_mb=32.0).fit(crowded, crowded_y, crowded_groups)
+    equal = TrafficCalibration(*CURVE).fit(frame, biased, groups)
+    weighted = TrafficCalibration(*CURVE).fit(crowded, crowded_y, crowded_groups)
     assert weighted.coef_ == pytest.approx(equal.coef_, rel=1e-6)
 
 
@@ -106,7 +101,9 @@ def test_calibration_weighs_families_equally() -> None:
 def test_calibration_refuses_bad_input(change, message) -> None:
     frame, y, groups = _synthetic()
     with pytest.raises(ConfigError, match=message):
-        TrafficCalibration().fit(*change(frame, y, groups))
+        TrafficCalibration(*CURVE).fit(*change(frame, y, groups))
+    with pytest.raises(ConfigError, match="cache curve"):
+        TrafficCalibration().fit(frame, y, groups)
 
 
 def _kernel_samples(wd: Path) -> None:
@@ -145,7 +142,8 @@ def test_network_predictor_calibrates_and_round_trips(tmp_path: Path) -> None:
     kernel_sum = plain.kernel_forest_.predict(stack_tables(graphs)).reindex(list(graphs))
     assert base.to_numpy() == pytest.approx(kernel_sum.to_numpy() + 0.02)
     measured = base.to_numpy() * np.array([1.1, 1.3, 1.2, 1.25, 1.15, 1.2])
-    model = NetworkPredictor(overhead_ms=0.02).fit(samples.tables(), samples.latencies(), graphs,
+    model = NetworkPredictor(overhead_ms=0.02, calibration=TrafficCalibration(*CURVE)).fit(
+        samples.tables(), samples.latencies(), graphs,
                                                    measured, ["a", "a", "b", "b", "c", "c"])
     frame = model.predict_frame(graphs)
     # identical networks get the calibrated mean of their measurements; spread widens the std

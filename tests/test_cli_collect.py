@@ -109,7 +109,7 @@ def test_kernels_fit_calibrated_on_collected_networks_then_predict(tmp_path: Pat
                      "--store", store, "--workdir", str(wd)]) == 0
     capsys.readouterr()
     model = tmp_path / "k.costmodel"
-    base = ["kernels", "fit", "-o", str(model), "--workdir", str(wd), "--store", store, "--llc-mb", "32"]
+    base = ["kernels", "fit", "-o", str(model), "--workdir", str(wd), "--store", store]
     for bad, message in ((["--calibrate-on", "nb201,bogus"], "bogus"), (["--calibrate-on", "nb201"], "at least 2")):
         assert main(base + bad) == 2
         err = capsys.readouterr().err.strip()

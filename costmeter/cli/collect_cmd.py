@@ -141,12 +141,9 @@ def sample(device: str, runtime: str, threads: int, min_time: float, space_sampl
 @click.option("--calibrate-on", default=None, metavar="SPACES",
               help="Comma-separated spaces collected in the working folder (`bench collect`) whose "
                    "measured networks fit a cache model on top of the kernel sum")
-@click.option("--llc-mb", type=float, default=None,
-              help="Last-level cache of the device, MB (default: this machine's, from sysfs)")
 @store_option
 @workdir_option
-def fit(device: str, runtime: str, output: str, cold: bool, calibrate_on: str | None, llc_mb: float | None,
-        store_url: str | None, workdir: Path | None) -> None:
+def fit(device: str, runtime: str, output: str, cold: bool, calibrate_on: str | None, store_url: str | None, workdir: Path | None) -> None:
     """Fit per-kernel forests on the measured kernel samples: a network predictor for `bench predict`
     and `bench lut build --predicted`, optionally calibrated on measured networks."""
     from costmeter.cli.common import split_list
@@ -157,7 +154,7 @@ def fit(device: str, runtime: str, output: str, cold: bool, calibrate_on: str | 
     store = open_store(store_url, workdir) if spaces else None
     try:
         model, extra = fit_network_predictor(workdir or default_workdir(), device, runtime, cold=cold,
-                                             calibrate_on=spaces, store=store, llc_mb=llc_mb)
+                                             calibrate_on=spaces, store=store)
     finally:
         if store is not None:
             store.close()

@@ -1,18 +1,19 @@
 """Network-level calibration of summed kernel latencies: what a network pays that its kernels,
 timed one by one, do not (or the reverse).
 
-A sum of micro-benchmarked kernels misses effects that belong to the whole network. On ONNX
-Runtime's x86 CPU provider: layout conversions (NCHWc reorders) appear only where the layout
-changes; weights that stay in cache while a micro-benchmark repeats one kernel come from memory
-in a network whose other kernels ran in between, and whether they do depends on the network's
-whole weight footprint against the last-level cache. :func:`network_terms` gives the
-quantities per network from its kernel graph; :class:`TrafficCalibration` fits a small cache
-model on them against measured networks; :func:`cache_sizes` reads the cache sizes it needs.
+A sum of micro-benchmarked kernels misses effects that belong to the whole network. A
+micro-benchmark repeating one kernel keeps its weights in cache; in a network, the other kernels
+ran in between, and whether the weights are still cached depends on the network's whole weight
+footprint against the caches. On ONNX Runtime's x86 CPU provider layout conversions (NCHWc
+reorders) also appear only where the layout changes. :func:`network_terms` gives the quantities
+per network from its kernel graph; :func:`measure_cache_curve` measures how this machine's read
+cost grows with the working set (a cyclic pass over many buffers, as a network's weights are
+read once per run); :class:`TrafficCalibration` fits a small cache model on both against
+measured networks.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from pathlib import Path
+import time
 from typing import Any, Sequence
 
 import numpy as np
@@ -20,50 +21,52 @@ from sklearn.base import BaseEstimator, RegressorMixin
 from sklearn.linear_model import LinearRegression
 from sklearn.utils.validation import check_is_fitted
 
-from costmeter.errors import ConfigError, UnsupportedError
+from costmeter.errors import ConfigError
 
 BASE_COLUMN = "kernel_sum_ms"
 TERMS: tuple[str, ...] = ("weight_mb", "activation_mb")
-# candidate thresholds of a network's weights, as fractions of the last-level cache, beyond which
-# its weights are taken to stream from memory on every run
-THRESHOLD_FRACTIONS: tuple[float, ...] = (0.125, 0.25, 0.375, 0.5, 0.625, 0.75, 0.875, 1.0)
-SYSFS_CACHE = Path("/sys/devices/system/cpu/cpu0/cache")
+CURVE_SIZES_MB: tuple[float, ...] = (0.5, 1, 2, 4, 8, 12, 16, 20, 24, 32, 40, 48, 64, 96, 128)
+CURVE_CHUNK_MB = 0.25
 _NOT_EXECUTED = ("constant",)  # kernels a runtime folds at load time
 
 
-@dataclass(frozen=True)
-class CacheSizes:
-    """A CPU core's private L2 and the shared last-level cache, in bytes."""
+def measure_cache_curve(sizes_mb: Sequence[float] = CURVE_SIZES_MB,
+                        chunk_mb: float = CURVE_CHUNK_MB,
+                        repeats: int = 5) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """This machine's read cost (us per MB) against the working set (MB): every size is a set
+    of ``chunk_mb`` float32 buffers read in turn (a dot product each, one thread), over and over,
+    like a network reading each kernel's weights once per run; the fastest of ``repeats`` timed
+    passes is kept. Returns (sizes MB, us per MB)."""
+    from threadpoolctl import threadpool_limits
 
-    l2_bytes: int
-    l3_bytes: int
+    if not sizes_mb or chunk_mb <= 0 or repeats < 1:
+        raise ConfigError("the cache curve needs at least one size, a positive chunk and repeats >= 1")
+    costs = []
+    with threadpool_limits(limits=1):
+        for size in sizes_mb:
+            buffers = [np.ones(int(chunk_mb * 1e6 / 4), np.float32)
+                       for _ in range(max(1, round(size / chunk_mb)))]
+            total_mb = len(buffers) * chunk_mb
+            passes = max(2, int(256 / total_mb))
+            best = float("inf")
+            for _ in range(repeats + 1):  # the first pass only warms up
+                started = time.perf_counter()
+                for _ in range(passes):
+                    for buffer in buffers:
+                        np.dot(buffer, buffer)
+                best = min(best, (time.perf_counter() - started) / passes / total_mb * 1e6)
+            costs.append(best)
+    return tuple(float(s) for s in sizes_mb), tuple(costs)
 
 
-def _size_bytes(text: str) -> int:
-    text = text.strip().upper()
-    scale = {"K": 1024, "M": 1024 ** 2, "G": 1024 ** 3}.get(text[-1:], 1)
-    return int(text.rstrip("KMG")) * scale
-
-
-def cache_sizes(root: Path | str = SYSFS_CACHE) -> CacheSizes:
-    """This machine's L2 and last-level cache sizes (bytes) from sysfs.
-
-    Raises UnsupportedError when sysfs does not list a unified level-2 cache; pass
-    :class:`CacheSizes` explicitly then (for a remote device, its own figures)."""
-    levels: dict[int, int] = {}
-    for index in sorted(Path(root).glob("index*")):
-        try:
-            kind = (index / "type").read_text().strip()
-            level = int((index / "level").read_text())
-            size = _size_bytes((index / "size").read_text())
-        except (OSError, ValueError):
-            continue
-        if kind == "Unified":
-            levels[level] = size
-    if 2 not in levels:
-        raise UnsupportedError(f"no unified L2 cache listed under {root}; give the cache sizes "
-                               "explicitly (CacheSizes(l2_bytes=..., l3_bytes=...))")
-    return CacheSizes(levels[2], levels.get(max(levels), levels[2]))
+def miss_fraction(weight_mb: Any, curve_mb: Sequence[float],
+                  curve_us_per_mb: Sequence[float]) -> np.ndarray:
+    """Where a working set of ``weight_mb`` lies between the cheapest and dearest reads of the
+    cache curve (0: all from cache, 1: all from memory), interpolated; beyond the curve, its
+    last point."""
+    low, high = min(curve_us_per_mb), max(curve_us_per_mb)
+    cost = np.interp(np.asarray(weight_mb, dtype=np.float64), curve_mb, curve_us_per_mb)
+    return np.clip((cost - low) / (high - low), 0.0, 1.0) if high > low else np.zeros_like(cost)
 
 
 def network_terms(graph: Any) -> dict[str, float]:
@@ -95,36 +98,34 @@ class TrafficCalibration(RegressorMixin, BaseEstimator):
     """A cache model on top of a kernel sum, fitted on measured networks:
 
         latency = kernel_sum + a * weight_mb + b * activation_mb
-                  + c * weight_mb * [weight_mb > threshold_mb_] + intercept
+                  + c * weight_mb * miss(weight_mb) + intercept
 
-    ``a``: every weight comes from beyond the L2 once per run (a micro-benchmark repeating one
-    kernel keeps it there); ``b``: activations of large feature maps spill the same way;
-    ``c``: when the network's weights exceed what the last-level cache keeps between runs, a
-    cyclic pass over them misses on every access (least-recently-used replacement), so *all*
-    of them stream from memory -- a step, not a slope. The threshold is chosen among
-    ``fractions`` of ``llc_mb`` (the last-level cache, MB) by leave-one-group-out
-    cross-validation on the measured networks (share within ``tolerance``, ties by mean
-    relative error), so it is picked on families other than the one scored.
+    ``a``: every weight comes from beyond the small caches once per run (a micro-benchmark
+    repeating one kernel keeps it there); ``b``: activations of large feature maps spill the
+    same way; ``c``: the share of the network's weights that the last-level cache cannot keep
+    from one run to the next streams from memory -- ``miss`` is :func:`miss_fraction` of the
+    device's measured cache curve (``curve_mb``, ``curve_us_per_mb``; from
+    :func:`measure_cache_curve`), so no threshold is fitted.
 
     ``fit(X, y, groups)``: ``X`` a DataFrame with :data:`BASE_COLUMN` (ms) and :data:`TERMS`
     (:func:`network_terms`), ``y`` measured latencies (ms), ``groups`` each network's family
     (without: every row its own group). Least squares on relative errors, each group weighing
-    the same. Fitted: ``threshold_mb_``, ``coef_`` (ms per MB: a, b, c), ``intercept_ms_``,
-    ``cv_within_`` (threshold MB -> cross-validated share), ``cv_rel_rmse_`` (root mean square
-    of the held-out relative errors at the chosen threshold: the calibrated prediction's
+    the same (a family with many small networks would rule otherwise). Fitted: ``coef_`` (ms per
+    MB: a, b, c), ``intercept_ms_``, ``cv_within_`` and ``cv_rel_rmse_`` (leave-one-group-out
+    share within ``tolerance`` and root mean square relative error: the calibrated prediction's
     one-sigma relative uncertainty on an unseen family), ``n_groups_``, ``base_range_ms_`` (the
     smallest and largest kernel sum among the networks: :meth:`in_range` tells whether a
     network lies inside, where the correction was fitted rather than extrapolated).
     """
 
-    def __init__(self, llc_mb: float = 32.0, fractions: Sequence[float] = THRESHOLD_FRACTIONS,
+    def __init__(self, curve_mb: Sequence[float] = (), curve_us_per_mb: Sequence[float] = (),
                  tolerance: float = 0.10) -> None:
-        self.llc_mb = llc_mb
-        self.fractions = fractions
+        self.curve_mb = curve_mb
+        self.curve_us_per_mb = curve_us_per_mb
         self.tolerance = tolerance
 
     def fit(self, X: Any, y: Any, groups: Any = None) -> TrafficCalibration:
-        """Choose the threshold and fit the coefficients (see the class docstring)."""
+        """Fit the coefficients and cross-validate them (see the class docstring)."""
         from sklearn.model_selection import LeaveOneGroupOut
 
         frame, y = _frame(X), np.asarray(y, dtype=np.float64)
@@ -133,36 +134,26 @@ class TrafficCalibration(RegressorMixin, BaseEstimator):
                               f"each; got {len(frame)} rows and {len(y)} latencies")
         if not np.all(np.isfinite(y) & (y > 0)):
             raise ConfigError("calibration latencies must be positive and finite")
-        if not self.llc_mb > 0 or not self.fractions:
-            raise ConfigError("calibration needs a positive last-level cache size and at least "
-                              "one threshold fraction")
+        if len(self.curve_mb) < 2 or len(self.curve_mb) != len(self.curve_us_per_mb):
+            raise ConfigError("calibration needs the device's cache curve (sizes and costs, at "
+                              "least 2 points); measure it with measure_cache_curve()")
         groups = np.arange(len(y)) if groups is None else np.asarray(groups)
         if len(set(groups.tolist())) < 2:
-            raise ConfigError("calibration needs networks of at least 2 families (groups) to "
-                              "choose its threshold on families it was not fitted on")
-        splits = list(LeaveOneGroupOut().split(frame, y, groups))
-        scores = {}
-        for fraction in self.fractions:
-            threshold = fraction * self.llc_mb
-            design = _design(frame, threshold)
-            within, errors, squares = [], [], []
-            for train, test in splits:
-                model = _weighted_fit(design[train], frame, y, groups, train)
-                relative = np.abs((frame[BASE_COLUMN].to_numpy()[test] + model.predict(design[test]))
-                                  / y[test] - 1)
-                within.append(float(np.mean(relative <= self.tolerance)))
-                errors.append(float(np.mean(relative)))
-                squares.extend((relative ** 2).tolist())
-            scores[threshold] = (float(np.mean(within)), -float(np.mean(errors)),
-                                 float(np.sqrt(np.mean(squares))))
-        self.threshold_mb_ = float(max(scores, key=lambda t: scores[t][:2]))
-        self.cv_within_ = {float(t): score[0] for t, score in scores.items()}
-        self.cv_rel_rmse_ = scores[self.threshold_mb_][2]
-        self.n_groups_ = int(len(set(groups.tolist())))
+            raise ConfigError("calibration needs networks of at least 2 families (groups), so "
+                              "that its error is measured on families it was not fitted on")
+        design = self._design(frame)
         base = frame[BASE_COLUMN].to_numpy(dtype=np.float64)
+        within, squares = [], []
+        for train, test in LeaveOneGroupOut().split(frame, y, groups):
+            model = _weighted_fit(design, base, y, groups, train)
+            relative = np.abs((base[test] + model.predict(design[test])) / y[test] - 1)
+            within.append(float(np.mean(relative <= self.tolerance)))
+            squares.extend((relative ** 2).tolist())
+        self.cv_within_ = float(np.mean(within))
+        self.cv_rel_rmse_ = float(np.sqrt(np.mean(squares)))
+        self.n_groups_ = int(len(set(groups.tolist())))
         self.base_range_ms_ = (float(base.min()), float(base.max()))
-        model = _weighted_fit(_design(frame, self.threshold_mb_), frame, y, groups,
-                              np.arange(len(y)))
+        model = _weighted_fit(design, base, y, groups, np.arange(len(y)))
         self.coef_ = np.asarray(model.coef_, dtype=np.float64)
         self.intercept_ms_ = float(model.intercept_)
         return self
@@ -171,8 +162,8 @@ class TrafficCalibration(RegressorMixin, BaseEstimator):
         """Calibrated latencies (ms), one per row of ``X``."""
         check_is_fitted(self)
         frame = _frame(X)
-        return (frame[BASE_COLUMN].to_numpy(dtype=np.float64)
-                + _design(frame, self.threshold_mb_) @ self.coef_ + self.intercept_ms_)
+        return (frame[BASE_COLUMN].to_numpy(dtype=np.float64) + self._design(frame) @ self.coef_
+                + self.intercept_ms_)
 
     def in_range(self, X: Any) -> np.ndarray:
         """Boolean per row: its kernel sum lies within those of the calibration networks."""
@@ -185,11 +176,18 @@ class TrafficCalibration(RegressorMixin, BaseEstimator):
         """One line: the fitted correction, with units."""
         check_is_fitted(self)
         a, b, c = self.coef_ * 1e3
+        misses = miss_fraction([16.0, 32.0], self.curve_mb, self.curve_us_per_mb)
         return (f"{a:+.2f} us per MB of weights, {b:+.2f} us per MB of activations, {c:+.2f} us "
-                f"per MB of weights when they exceed {self.threshold_mb_:.1f} MB, "
-                f"{self.intercept_ms_ * 1e3:+.1f} us (threshold chosen by leave-one-family-out "
-                f"over {self.n_groups_} families: {self.cv_within_[self.threshold_mb_]:.0%} "
-                f"within ±{self.tolerance:.0%})")
+                f"per MB of weights missing the cache (measured: {misses[0]:.0%} of 16 MB, "
+                f"{misses[1]:.0%} of 32 MB), {self.intercept_ms_ * 1e3:+.1f} us; leave-one-family-"
+                f"out over {self.n_groups_} families: {self.cv_within_:.0%} within "
+                f"±{self.tolerance:.0%}")
+
+    def _design(self, frame: Any) -> np.ndarray:
+        weights = frame["weight_mb"].to_numpy(dtype=np.float64)
+        misses = miss_fraction(weights, self.curve_mb, self.curve_us_per_mb)
+        return np.column_stack([weights, frame["activation_mb"].to_numpy(dtype=np.float64),
+                                weights * misses])
 
 
 def _frame(X: Any) -> Any:
@@ -203,17 +201,10 @@ def _frame(X: Any) -> Any:
     return frame
 
 
-def _design(frame: Any, threshold_mb: float) -> np.ndarray:
-    weights = frame["weight_mb"].to_numpy(dtype=np.float64)
-    return np.column_stack([weights, frame["activation_mb"].to_numpy(dtype=np.float64),
-                            weights * (weights > threshold_mb)])
-
-
-def _weighted_fit(design: np.ndarray, frame: Any, y: np.ndarray, groups: np.ndarray,
+def _weighted_fit(design: np.ndarray, base: np.ndarray, y: np.ndarray, groups: np.ndarray,
                   rows: np.ndarray) -> LinearRegression:
-    """Least squares of ``y - kernel_sum`` on ``design`` plus an intercept over ``rows``,
-    minimising relative errors, every group weighing the same."""
+    """Least squares of ``y - base`` on ``design`` plus an intercept over ``rows``, minimising
+    relative errors, every group weighing the same."""
     _, inverse, counts = np.unique(groups[rows], return_inverse=True, return_counts=True)
     weight = 1.0 / counts[inverse] / y[rows] ** 2
-    residual = y[rows] - frame[BASE_COLUMN].to_numpy(dtype=np.float64)[rows]
-    return LinearRegression().fit(design, residual, sample_weight=weight)
+    return LinearRegression().fit(design[rows], y[rows] - base[rows], sample_weight=weight)

@@ -122,18 +122,18 @@ class NetworkPredictor(BaseEstimator):
 
 def fit_network_predictor(workdir: Any, device: str = "cpu", runtime: str = "onnxruntime",
                           cold: bool = False, calibrate_on: tuple[str, ...] | list[str] = (),
-                          store: Any = None, llc_mb: float | None = None,
-                          log: Any = None) -> tuple[NetworkPredictor, dict[str, Any]]:
+                          store: Any = None, log: Any = None) -> tuple[NetworkPredictor, dict[str, Any]]:
     """A :class:`NetworkPredictor` from the kernel samples in ``workdir`` (``bench kernels
     sample``), calibrated on the architectures of the ``calibrate_on`` spaces collected there
     (``bench collect``) and measured in ``store``; returns it and the manifest's extra fields.
 
-    ``cold``: fit the cold-weight latencies (samples timed in context). ``llc_mb``: the
-    device's last-level cache (MB); default this machine's, from sysfs (a remote device needs
-    it given). Raises ConfigError, saying what to run, when samples or networks are missing."""
+    ``cold``: fit the cold-weight latencies (samples timed in context). Calibrating measures
+    this machine's cache curve (:func:`~costmeter.predictors.calibration.measure_cache_curve`,
+    a few seconds), so it is offered for the local ``cpu`` only. Raises ConfigError, saying what
+    to run, when samples or networks are missing."""
     from pathlib import Path
 
-    from costmeter.predictors.calibration import cache_sizes
+    from costmeter.predictors.calibration import measure_cache_curve
     from costmeter.predictors.collect import SPACES, measured_latencies, onnx_path
     from costmeter.predictors.graph import load_graph
     from costmeter.predictors.kernel_rules import load_rules
@@ -159,11 +159,10 @@ def fit_network_predictor(workdir: Any, device: str = "cpu", runtime: str = "onn
     if calibrate_on:
         if store is None:
             raise ConfigError("calibration needs the results store holding the measured networks")
-        if llc_mb is None:
-            if device != "cpu":
-                raise ConfigError(f"give the last-level cache size of {device} (--llc-mb) to "
-                                  "calibrate for it")
-            llc_mb = cache_sizes().l3_bytes / 1e6
+        if device != "cpu":
+            raise ConfigError(f"calibration measures the cache curve of this machine; it is not "
+                              f"available for {device} (use the kernel sum, or calibrate on the "
+                              "device itself)")
         measured = measured_latencies(workdir, store, list(calibrate_on), device, runtime)
         if len(measured) < 4 or len({item.space for item, _ in measured.values()}) < 2:
             raise ConfigError(f"calibration needs measured networks of at least 2 of "
@@ -175,12 +174,15 @@ def fit_network_predictor(workdir: Any, device: str = "cpu", runtime: str = "onn
                   for m, (item, _) in measured.items()}
         network_ms = [ms for _, ms in measured.values()]
         groups = [item.space for item, _ in measured.values()]
-        calibration = TrafficCalibration(llc_mb=float(llc_mb))
+        curve_mb, curve_us = measure_cache_curve()
+        calibration = TrafficCalibration(curve_mb=curve_mb, curve_us_per_mb=curve_us)
     model = NetworkPredictor(overhead_ms=overhead, calibration=calibration).fit(
         samples.tables(), samples.latencies(cold=cold), graphs, network_ms, groups)
     if model.calibration_ is not None:
         extra["calibration"] = {"networks": len(network_ms or []), "families": sorted(set(groups or [])),
-                                "llc_mb": llc_mb, "summary": model.calibration_.describe()}
+                                "cache_curve": {"mb": list(model.calibration_.curve_mb),
+                                                "us_per_mb": list(model.calibration_.curve_us_per_mb)},
+                                "summary": model.calibration_.describe()}
     if log is not None:
         log(model.describe())
     return model, extra
