@@ -161,3 +161,6 @@ def fit(device: str, runtime: str, output: str, cold: bool, calibrate_on: str | 
     save_predictor(model, output, device=device, runtime=runtime, extra=extra,
                    training_rows=extra["kernel_samples"])
     click.echo(f"wrote {output}: {model.describe()}")
+    if spaces and extra["kernel_timing"].startswith("isolated"):
+        click.echo("note: these kernels were timed alone; calibration fits best on kernels timed in context "
+                   "(`bench kernels sample --context`): see benchmarks/predictor_cpu_families.py")
