@@ -31,32 +31,36 @@ _NOT_EXECUTED = ("constant",)  # kernels a runtime folds at load time
 
 
 def measure_cache_curve(sizes_mb: Sequence[float] = CURVE_SIZES_MB,
-                        chunk_mb: float = CURVE_CHUNK_MB,
-                        repeats: int = 5) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """This machine's read cost (us per MB) against the working set (MB): every size is a set
-    of ``chunk_mb`` float32 buffers read in turn (a dot product each, one thread), over and over,
-    like a network reading each kernel's weights once per run; the fastest of ``repeats`` timed
-    passes is kept. Returns (sizes MB, us per MB)."""
+                        chunk_mb: float = CURVE_CHUNK_MB, repeats: int = 9,
+                        block_mb: float = 512.0) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """This machine's read cost (us per MB) against the working set (MB).
+
+    A working set of S MB is the first S / ``chunk_mb`` of a pool of float32 buffers, read in
+    turn (a dot product each, one thread) over and over, like a network reading each kernel's
+    weights once per run. Each of ``repeats`` rounds times about ``block_mb`` of reads at every
+    size, the sizes interleaved so that a burst of other work on a shared machine touches them
+    alike; the fastest round per size is kept (other work only adds time). Returns
+    (sizes MB, us per MB)."""
     from threadpoolctl import threadpool_limits
 
     if not sizes_mb or chunk_mb <= 0 or repeats < 1:
         raise ConfigError("the cache curve needs at least one size, a positive chunk and repeats >= 1")
-    costs = []
+    counts = [max(1, round(size / chunk_mb)) for size in sizes_mb]
+    pool = [np.ones(int(chunk_mb * 1e6 / 4), np.float32) for _ in range(max(counts))]
+    best = [float("inf")] * len(counts)
     with threadpool_limits(limits=1):
-        for size in sizes_mb:
-            buffers = [np.ones(int(chunk_mb * 1e6 / 4), np.float32)
-                       for _ in range(max(1, round(size / chunk_mb)))]
-            total_mb = len(buffers) * chunk_mb
-            passes = max(2, int(256 / total_mb))
-            best = float("inf")
-            for _ in range(repeats + 1):  # the first pass only warms up
+        for round_number in range(repeats + 1):  # round 0 only warms up
+            for index, count in enumerate(counts):
+                buffers = pool[:count]
+                passes = max(2, int(block_mb / (count * chunk_mb)))
                 started = time.perf_counter()
                 for _ in range(passes):
                     for buffer in buffers:
                         np.dot(buffer, buffer)
-                best = min(best, (time.perf_counter() - started) / passes / total_mb * 1e6)
-            costs.append(best)
-    return tuple(float(s) for s in sizes_mb), tuple(costs)
+                cost = (time.perf_counter() - started) / passes / (count * chunk_mb) * 1e6
+                if round_number:
+                    best[index] = min(best[index], cost)
+    return tuple(float(s) for s in sizes_mb), tuple(best)
 
 
 def miss_fraction(weight_mb: Any, curve_mb: Sequence[float],
