@@ -107,7 +107,7 @@ def test_calibration_refuses_bad_input(change, message) -> None:
 
 
 def _kernel_samples(wd: Path) -> None:
-    """Kernel samples of 1x1 and 3x3 convs timed by a fake clock (linear in FLOPs)."""
+    """Kernel samples of 1x1 and 3x3 convs timed by a fake clock (a latency per file, no runtime)."""
     from costmeter.predictors.kernel_rules import builtin_rules
     from costmeter.predictors.kernel_samples import measure_kernels, samples_path
     from costmeter.predictors.sampling import make_config

@@ -122,7 +122,7 @@ class NetworkPredictor(BaseEstimator):
 
 def fit_network_predictor(workdir: Any, device: str = "cpu", runtime: str = "onnxruntime",
                           cold: bool = False, calibrate_on: tuple[str, ...] | list[str] = (),
-                          store: Any = None, log: Any = None) -> tuple[NetworkPredictor, dict[str, Any]]:
+                          store: Any = None) -> tuple[NetworkPredictor, dict[str, Any]]:
     """A :class:`NetworkPredictor` from the kernel samples in ``workdir`` (``bench kernels
     sample``), calibrated on the architectures of the ``calibrate_on`` spaces collected there
     (``bench collect``) and measured in ``store``; returns it and the manifest's extra fields.
@@ -183,6 +183,4 @@ def fit_network_predictor(workdir: Any, device: str = "cpu", runtime: str = "onn
                                 "cache_curve": {"mb": list(model.calibration_.curve_mb),
                                                 "us_per_mb": list(model.calibration_.curve_us_per_mb)},
                                 "summary": model.calibration_.describe()}
-    if log is not None:
-        log(model.describe())
     return model, extra
