@@ -9,7 +9,7 @@ from costmeter.devices.fake import FakeClock, FakeRuntime
 from costmeter.errors import ConfigError
 from costmeter.harness.config import ProtocolConfig
 from costmeter.harness.protocol import judge, sample
-from costmeter.harness.stats import min_samples_for_percentile
+from costmeter.results.stats import min_samples_for_percentile
 
 
 def _session(clock: FakeClock, **opts: str):

@@ -1,4 +1,4 @@
-"""Tests of costmeter.harness.stats against numpy/scipy references, simulation and properties."""
+"""Tests of costmeter.results.stats against numpy/scipy references, simulation and properties."""
 from __future__ import annotations
 
 import math
@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from scipy import stats as sps
 
 from costmeter.errors import ConfigError
-from costmeter.harness.stats import (
+from costmeter.results.stats import (
     min_samples_for_percentile,
     outliers_iqr,
     percentile_ci_indices,

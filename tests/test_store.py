@@ -15,7 +15,7 @@ import pytest
 import sqlalchemy as sa
 
 from costmeter.errors import ConfigError, StoreError
-from costmeter.harness.stats import summarize
+from costmeter.results.stats import summarize
 from costmeter.results import migrations
 from costmeter.results.schema import (
     SCHEMA_VERSION,

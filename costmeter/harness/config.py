@@ -61,7 +61,7 @@ class ProtocolConfig:
         """Samples to aim for: ``min_count``, raised to what the percentiles' CIs need."""
         if not self.auto_min_count:
             return self.min_count
-        from costmeter.harness.stats import min_samples_for_percentile
+        from costmeter.results.stats import min_samples_for_percentile
 
         need = max(min_samples_for_percentile(p, self.confidence) for p in self.percentiles)
         return max(self.min_count, need)

@@ -154,7 +154,7 @@ def judge(
     throttled_blocks: int = 0,
 ) -> tuple[bool, list[str]]:
     """Decide validity. Returns (valid, reasons); each reason says what to change."""
-    from costmeter.harness.stats import min_samples_for_percentile, summarize
+    from costmeter.results.stats import min_samples_for_percentile, summarize
 
     reasons: list[str] = []
     n = len(samples_ns)

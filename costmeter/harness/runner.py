@@ -237,7 +237,7 @@ def assemble(cfg: RunConfig, outcomes: list[WorkerOutcome], base: dict[str, Any]
              artifact_path: str | None, info: dict[str, Any]) -> RunResult:
     """Merge per-process outcomes into one judged RunResult."""
     from costmeter.harness.protocol import judge
-    from costmeter.harness.stats import summarize
+    from costmeter.results.stats import summarize
 
     datas = [o.data for o in outcomes]
     m = Measurement(

@@ -135,8 +135,8 @@ class Measurement:
         return sum(len(p) for p in self.samples_ns)
 
     def summary(self, percentiles: tuple[float, ...] = (50, 90, 95, 99), confidence: float = 0.95):
-        """Statistics of :meth:`all_samples_ns` (see ``costmeter.harness.stats.summarize``)."""
-        from costmeter.harness.stats import summarize
+        """Statistics of :meth:`all_samples_ns` (see ``costmeter.results.stats.summarize``)."""
+        from costmeter.results.stats import summarize
 
         return summarize(self.all_samples_ns(), percentiles=percentiles, confidence=confidence)
 
