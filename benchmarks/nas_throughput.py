@@ -37,8 +37,8 @@ def timed(fn: Callable[[], Any], n: int, repeats: int) -> tuple[float, float]:
 
 def synthetic_table(space: str) -> Any:
     """A lookup table over every block of ``space`` with MAC-proportional entries."""
-    from costmeter.predictors import lut_blocks
-    from costmeter.predictors.lut import LatencyTable, LutEntry
+    from costmeter.predictors.lut import blocks as lut_blocks
+    from costmeter.predictors.lut.table import LatencyTable, LutEntry
 
     entries = []
     for spec in lut_blocks.space_blocks(space):
@@ -55,8 +55,8 @@ def synthetic_forest(space: str, train: int) -> Any:
     import numpy as np
 
     from costmeter.predictors.api import ForestPredictor
-    from costmeter.predictors.arch import ArchPredictor
-    from costmeter.predictors.spaces import get_space
+    from costmeter.predictors.estimators.arch import ArchPredictor
+    from costmeter.models.spaces import get_space
 
     module = get_space(space)
     archs = module.sample(train, seed=123)
@@ -70,12 +70,12 @@ def synthetic_forest(space: str, train: int) -> Any:
 def export_path_rate(space: str, count: int) -> float:
     """Architectures per second when each is built in torch, exported to ONNX and featurised
     from its graph (kernels with the ONNX Runtime rules, then model-level features)."""
-    from costmeter.predictors.collect import CollectItem, export_item
-    from costmeter.predictors.features import model_features
-    from costmeter.predictors.graph import load_graph
-    from costmeter.predictors.kernel_rules import builtin_rules
-    from costmeter.predictors.kernels import fuse
-    from costmeter.predictors.spaces import get_space
+    from costmeter.predictors.workflows.collect import CollectItem, export_item
+    from costmeter.predictors.kernels.features import model_features
+    from costmeter.models.onnx.graph import load_graph
+    from costmeter.predictors.kernels.rules import builtin_rules
+    from costmeter.predictors.kernels.fuse import fuse
+    from costmeter.models.spaces import get_space
 
     module = get_space(space)
     rules = builtin_rules("onnxruntime")
@@ -90,7 +90,7 @@ def export_path_rate(space: str, count: int) -> float:
 
 def space_inputs(space: str, n: int) -> tuple[Any, list[str]]:
     """(array encodings, strings) of ``n`` random architectures."""
-    from costmeter.predictors.spaces import nb201, ofa_mbv3
+    from costmeter.models.spaces import nb201, ofa_mbv3
 
     if space == "nb201":
         strings = nb201.sample(n, seed=5)

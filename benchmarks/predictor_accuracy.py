@@ -57,11 +57,11 @@ from typing import Any
 import numpy as np
 from sklearn.base import clone
 
-from costmeter.predictors.evaluate import metrics
-from costmeter.predictors.fewshot import FewShotTransfer, reference_architectures
-from costmeter.predictors.forest import FlopsLinear, ModelForest
-from costmeter.predictors.spaces import nb201
-from costmeter.predictors.traces import read_traces
+from costmeter.predictors.estimators.evaluate import metrics
+from costmeter.predictors.estimators.fewshot import FewShotTransfer, reference_architectures
+from costmeter.predictors.estimators.forest import FlopsLinear, ModelForest
+from costmeter.models.spaces import nb201
+from costmeter.results.traces import read_traces
 
 DEFAULT_PATH = Path(__file__).resolve().parents[2] / "shared" / "data" / "nb201_latency.csv.gz"
 _GPU_BATCH = re.compile(r"^(1080ti|2080ti|titan_rtx|titanx|titanxp)_(\d+)$")

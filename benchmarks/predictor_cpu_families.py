@@ -20,7 +20,7 @@ Predictors compared on the test families: the kernel-level forest sum (nn-Meter'
 forest per kernel type, summed, plus the measured per-run overhead), the same sum with a
 per-executed-kernel offset and an intercept fitted on the training models, the same sum
 calibrated on the training models by the cache model of ``bench kernels fit --calibrate-on``
-(:class:`~costmeter.predictors.calibration.TrafficCalibration`: a cost per MB of weights and of
+(:class:`~costmeter.predictors.estimators.calibration.TrafficCalibration`: a cost per MB of weights and of
 activations, plus a cost per MB of the weights that miss the cache, the missing share read off
 this machine's measured cache curve at the network's weight footprint),
 the model-level forest on aggregated features, and the FLOPs-linear baseline. Everything measured is cached in
@@ -55,7 +55,7 @@ def _log(message: str) -> None:
 def measure_architectures(workdir: Path, store: Any, counts: dict[str, int], min_time: float,
                           rounds: int, seed: int = 1) -> None:
     """Every architecture measured ``rounds`` times, the rounds minutes apart."""
-    from costmeter.predictors.collect import collect, collect_protocol
+    from costmeter.predictors.workflows.collect import collect, collect_protocol
 
     for round_number in range(1, rounds + 1):
         for space, n in counts.items():
@@ -69,14 +69,14 @@ def measure_architectures(workdir: Path, store: Any, counts: dict[str, int], min
 
 def measured_models(workdir: Path, store: Any, spaces: list[str]) -> dict[str, Any]:
     """model_id -> (item, latency ms): the lowest of the per-round medians."""
-    from costmeter.predictors.collect import measured_latencies
+    from costmeter.predictors.workflows.collect import measured_latencies
 
     return measured_latencies(workdir, store, spaces, "cpu", "onnxruntime")
 
 
 def kernel_graph(onnx_path: Path, rules: Any) -> Any:
-    from costmeter.predictors.graph import load_graph
-    from costmeter.predictors.kernels import fuse
+    from costmeter.models.onnx.graph import load_graph
+    from costmeter.predictors.kernels.fuse import fuse
 
     return fuse(load_graph(onnx_path), rules)
 
@@ -85,9 +85,9 @@ def kernel_samples(workdir: Path, rules: Any, quick: bool, store: Any, rounds: i
                    context: bool = True) -> Any:
     """Kernel micro-benchmarks (cached in the working folder once measured): in context, or
     alone (``context=False``, kept in the sub-folder ``isolated``)."""
-    from costmeter.predictors.kernel_prior import DEFAULT_COUNTS, sample_kernels
-    from costmeter.predictors.kernel_samples import KernelSamples, measure_kernels, samples_path
-    from costmeter.predictors.sampling import KernelConfig
+    from costmeter.predictors.sampling.prior import DEFAULT_COUNTS, sample_kernels
+    from costmeter.predictors.sampling.measure import KernelSamples, measure_kernels, samples_path
+    from costmeter.predictors.sampling.configs import KernelConfig
 
     if not context:
         workdir = workdir / "isolated"
@@ -118,8 +118,8 @@ def forest_sums(samples: Any, graphs: dict[str, Any], models: list[list[str]], o
                 cold: bool = False) -> list[Any]:
     """Kernel-forest sums (ms, plus the per-run overhead) of each list of ``models``, from
     forests fitted on ``samples`` (``cold``: their cold-weight latencies)."""
-    from costmeter.predictors.features import stack_tables
-    from costmeter.predictors.forest import KernelForest, ModelForest
+    from costmeter.predictors.kernels.features import stack_tables
+    from costmeter.predictors.estimators.forest import KernelForest, ModelForest
 
     forest = KernelForest(ModelForest(n_estimators=200), on_unknown="flops_linear")
     forest.fit(samples.tables(), samples.latencies(cold=cold))
@@ -148,12 +148,12 @@ def kernel_sums(samples: Any, graphs: dict[str, Any], train: dict[str, Any],
     """Test-model predictions of the kernel-forest sum fitted on ``samples``: as is (plus the
     per-run overhead); with a per-executed-kernel offset and an intercept fitted on the
     training models (:func:`corrected`); and calibrated by the cache model of
-    :class:`~costmeter.predictors.network.NetworkPredictor` on the training models (what
+    :class:`~costmeter.predictors.estimators.network.NetworkPredictor` on the training models (what
     ``bench kernels fit --calibrate-on`` does). Samples timed in context add the same with
     cold-weight latencies."""
     import numpy as np
 
-    from costmeter.predictors.calibration import network_terms
+    from costmeter.predictors.estimators.calibration import network_terms
 
     overhead = float(np.nanmedian([r["overhead_ms"] for r in samples.rows if r["source"] == "measured"]))
     names = [list(train), list(test)]
@@ -182,7 +182,7 @@ def kernel_sums(samples: Any, graphs: dict[str, Any], train: dict[str, Any],
 def cache_curve(workdir: Path) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """This machine's cache curve (:func:`measure_cache_curve`), measured once and kept in the
     working folder so that reruns fit the same calibration."""
-    from costmeter.predictors.calibration import measure_cache_curve
+    from costmeter.predictors.estimators.calibration import measure_cache_curve
 
     path = workdir / "cache-curve.json"
     if not path.exists():
@@ -199,9 +199,9 @@ def calibrated_sums(samples: Any, graphs: dict[str, Any], train: dict[str, Any],
                     curve: tuple[Any, Any]) -> Any:
     """Test-model latencies of a :class:`NetworkPredictor` calibrated on the training models
     (each family a group), with this machine's cache curve."""
-    from costmeter.predictors.calibration import TrafficCalibration
-    from costmeter.predictors.forest import KernelForest, ModelForest
-    from costmeter.predictors.network import NetworkPredictor
+    from costmeter.predictors.estimators.calibration import TrafficCalibration
+    from costmeter.predictors.estimators.forest import KernelForest, ModelForest
+    from costmeter.predictors.estimators.network import NetworkPredictor
 
     model = NetworkPredictor(KernelForest(ModelForest(n_estimators=200), on_unknown="flops_linear"),
                              overhead_ms=overhead,
@@ -219,10 +219,10 @@ def evaluate(samples_by_method: dict[str, Any], train: dict[str, Any], test: dic
     import numpy as np
     import pandas as pd
 
-    from costmeter.predictors.collect import onnx_path
-    from costmeter.predictors.evaluate import metrics
-    from costmeter.predictors.features import model_feature_table
-    from costmeter.predictors.forest import FlopsLinear, ModelForest
+    from costmeter.predictors.workflows.collect import onnx_path
+    from costmeter.predictors.estimators.evaluate import metrics
+    from costmeter.predictors.kernels.features import model_feature_table
+    from costmeter.predictors.estimators.forest import FlopsLinear, ModelForest
 
     graphs = {m: kernel_graph(onnx_path(item, workdir), rules) for m, (item, _) in train.items()}
     graphs.update({m: kernel_graph(onnx_path(item, test_workdir or workdir), rules)
@@ -268,8 +268,8 @@ def main() -> None:
                         help="measurements per architecture and per kernel (lowest median kept)")
     args = parser.parse_args()
 
-    from costmeter.predictors.kernel_rules import builtin_rules
-    from costmeter.predictors.kernel_samples import KernelSamples
+    from costmeter.predictors.kernels.rules import builtin_rules
+    from costmeter.predictors.sampling.measure import KernelSamples
     from costmeter.results.store import ResultStore
 
     workdir = Path(os.environ.get("COSTMETER_BENCH_DIR", ".costmeter/bench-families"))

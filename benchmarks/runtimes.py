@@ -21,7 +21,7 @@ from typing import Any
 
 from costmeter.devices.base import get_runtime
 from costmeter.harness.config import ProtocolConfig, RunConfig
-from costmeter.harness.convert import CONVERTED_KINDS, converter_problem
+from costmeter.harness.convert.artifacts import CONVERTED_KINDS, converter_problem
 from costmeter.harness.runner import Runner, validate
 from costmeter.results.schema import Status, Validity
 

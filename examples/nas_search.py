@@ -84,7 +84,7 @@ class Proxy:
     """The accuracy objective: a zero-cost proxy (cached per architecture) or a table."""
 
     def __init__(self, space: str, name: str, batch: int, table: str | None) -> None:
-        from costmeter.predictors.spaces import get_space
+        from costmeter.models.spaces import get_space
 
         self.space, self.name, self.batch = space, name, batch
         self.module = get_space(space)
@@ -126,7 +126,7 @@ def suggest_arch(trial: Any, space: str, resolutions: Sequence[int]) -> str:
     """One architecture from Optuna's categorical choices (every slot always suggested, so the
     search space stays fixed for NSGA-II; slots beyond a stage's depth are ignored)."""
     if space == "nb201":
-        from costmeter.predictors.spaces import nb201
+        from costmeter.models.spaces import nb201
 
         ops = [trial.suggest_categorical(f"edge{i}{j}", list(nb201.OPS)) for i, j in nb201.EDGES]
         return (f"|{ops[0]}~0|+|{ops[1]}~0|{ops[2]}~1|+|{ops[3]}~0|{ops[4]}~1|{ops[5]}~2|")
@@ -145,7 +145,7 @@ def suggest_arch(trial: Any, space: str, resolutions: Sequence[int]) -> str:
 def latency_model(args: argparse.Namespace, resolutions: Sequence[int], say: Any) -> Any:
     """The table or predictor given, else a table measured now (cached in the working folder)."""
     from costmeter import load_lut, load_predictor
-    from costmeter.predictors.lut import build_lut, default_lut_path
+    from costmeter.predictors.lut.table import build_lut, default_lut_path
 
     if args.predictor:
         return load_predictor(args.predictor, device=args.device, runtime=args.runtime,
@@ -287,9 +287,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Run the search; returns the trials and the Pareto frames and the output paths."""
     import pandas as pd
 
-    from costmeter.predictors.evaluate import metrics
-    from costmeter.predictors.lut import check_budget
-    from costmeter.predictors.spaces import get_space
+    from costmeter.predictors.estimators.evaluate import metrics
+    from costmeter.predictors.lut.table import check_budget
+    from costmeter.models.spaces import get_space
 
     args = parse_args(argv)
     started = time.perf_counter()
@@ -337,7 +337,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         print(front.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     ok = np.isfinite(front["measured_ms"].to_numpy())
     for column, label in (("measured_ms", "median"), ("measured_p10_ms", "10th percentile")):
-        if ok.sum() >= 2:  # p10: what a quiet machine would show (see costmeter.predictors.lut_check)
+        if ok.sum() >= 2:  # p10: what a quiet machine would show (see costmeter.predictors.lut.check)
             m = metrics(front[column][ok], front["predicted_ms"][ok])
             print(f"predicted vs measured {label} over {int(ok.sum())} networks: bias "
                   f"{m['bias_pct']:+.1f} %, MAPE {m['mape_pct']:.1f} %, within +-10 % "

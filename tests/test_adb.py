@@ -20,8 +20,8 @@ from costmeter.devices.remote.benchmark_model import parse_benchmark_model
 from costmeter.devices.remote.transport import CommandResult
 from costmeter.errors import ConfigError, MeasurementError, UnavailableError
 from costmeter.harness.config import ProtocolConfig, RunConfig
-from costmeter.harness.remote import DeviceExecutors, RemoteSettings
-from costmeter.harness.remote_adb import AdbExecutor
+from costmeter.harness.executors.remote import DeviceExecutors, RemoteSettings
+from costmeter.harness.executors.adb import AdbExecutor
 from costmeter.harness.worker import WorkerJob
 from costmeter.results.schema import EnergyProvenance, Status, Validity
 

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 from costmeter.errors import ConfigError, StoreError
-from costmeter.predictors.arch import ArchPredictor
+from costmeter.predictors.estimators.arch import ArchPredictor
 from costmeter.predictors.artifacts import (
     MANIFEST_NAME,
     PAYLOAD_NAME,
@@ -22,8 +22,8 @@ from costmeter.predictors.artifacts import (
     save_predictor,
     training_set_hash,
 )
-from costmeter.predictors.forest import FlopsLinear, KernelForest, ModelForest
-from costmeter.predictors.spaces import nb201
+from costmeter.predictors.estimators.forest import FlopsLinear, KernelForest, ModelForest
+from costmeter.models.spaces import nb201
 
 FIXTURE = Path(__file__).parent / "fixtures" / "nb201_slice.csv.gz"
 

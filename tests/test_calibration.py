@@ -10,7 +10,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from costmeter.errors import ConfigError
-from costmeter.predictors.calibration import (TrafficCalibration, measure_cache_curve, miss_fraction,
+from costmeter.predictors.estimators.calibration import (TrafficCalibration, measure_cache_curve, miss_fraction,
                                               network_terms)
 
 CURVE = ((1.0, 16.0, 32.0, 64.0), (10.0, 12.0, 30.0, 50.0))  # MB, us per MB
@@ -43,9 +43,9 @@ def _conv_model(path: Path) -> Path:
 
 
 def test_network_terms_of_a_conv_by_hand(tmp_path: Path) -> None:
-    from costmeter.predictors.graph import load_graph
-    from costmeter.predictors.kernel_rules import builtin_rules
-    from costmeter.predictors.kernels import fuse
+    from costmeter.models.onnx.graph import load_graph
+    from costmeter.predictors.kernels.rules import builtin_rules
+    from costmeter.predictors.kernels.fuse import fuse
 
     graph = fuse(load_graph(_conv_model(tmp_path / "c.onnx")), builtin_rules("onnxruntime"))
     terms = network_terms(graph)
@@ -108,9 +108,9 @@ def test_calibration_refuses_bad_input(change, message) -> None:
 
 def _kernel_samples(wd: Path) -> None:
     """Kernel samples of 1x1 and 3x3 convs timed by a fake clock (a latency per file, no runtime)."""
-    from costmeter.predictors.kernel_rules import builtin_rules
-    from costmeter.predictors.kernel_samples import measure_kernels, samples_path
-    from costmeter.predictors.sampling import make_config
+    from costmeter.predictors.kernels.rules import builtin_rules
+    from costmeter.predictors.sampling.measure import measure_kernels, samples_path
+    from costmeter.predictors.sampling.configs import make_config
 
     configs = [make_config("conv", (1, c, s, s), [("Conv", {"c_out": o, "kernel": k})])
                for c in (3, 8, 16) for o in (8, 16, 32) for s in (8, 16) for k in (1, 3)]
@@ -125,12 +125,12 @@ def _kernel_samples(wd: Path) -> None:
 
 def test_network_predictor_calibrates_and_round_trips(tmp_path: Path) -> None:
     from costmeter.predictors.artifacts import load_predictor, save_predictor
-    from costmeter.predictors.features import stack_tables
-    from costmeter.predictors.graph import load_graph
-    from costmeter.predictors.kernel_rules import builtin_rules
-    from costmeter.predictors.kernel_samples import KernelSamples, samples_path
-    from costmeter.predictors.kernels import fuse
-    from costmeter.predictors.network import NetworkPredictor
+    from costmeter.predictors.kernels.features import stack_tables
+    from costmeter.models.onnx.graph import load_graph
+    from costmeter.predictors.kernels.rules import builtin_rules
+    from costmeter.predictors.sampling.measure import KernelSamples, samples_path
+    from costmeter.predictors.kernels.fuse import fuse
+    from costmeter.predictors.estimators.network import NetworkPredictor
 
     _kernel_samples(tmp_path)
     samples = KernelSamples.load(samples_path(tmp_path, "cpu", "onnxruntime"))

@@ -50,7 +50,7 @@ def test_kernels_show_lists_kernels_and_unpriced_ops(tmp_path: Path, capsys: pyt
 
 @pytest.mark.slow
 def test_kernel_sample_fit_then_predicted_lut(tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch) -> None:
-    from costmeter.predictors import kernel_prior
+    from costmeter.predictors.sampling import prior as kernel_prior
 
     monkeypatch.setattr(kernel_prior, "DEFAULT_COUNTS", {"conv": 6, "dwconv": 4, "fc": 2, "pool": 2,
                                                          "global_pool": 2, "elementwise": 2, "activation": 2})
@@ -72,9 +72,9 @@ def test_kernel_sample_fit_then_predicted_lut(tmp_path: Path, capsys: pytest.Cap
 
 def test_kernels_fit_cold_needs_samples_timed_in_context(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     from costmeter.predictors.artifacts import read_manifest
-    from costmeter.predictors.kernel_rules import builtin_rules
-    from costmeter.predictors.kernel_samples import measure_kernels, samples_path
-    from costmeter.predictors.sampling import make_config
+    from costmeter.predictors.kernels.rules import builtin_rules
+    from costmeter.predictors.sampling.measure import measure_kernels, samples_path
+    from costmeter.predictors.sampling.configs import make_config
 
     configs = [make_config("conv", (1, c, 8, 8), [("Conv", {"c_out": c, "kernel": 1})]) for c in (16, 32, 64, 256)]
 

@@ -6,8 +6,8 @@ from pathlib import Path
 import pytest
 
 from costmeter.errors import ConfigError, UnavailableError
-from costmeter.predictors import families
-from costmeter.predictors.collect import (
+from costmeter.models import families
+from costmeter.predictors.workflows.collect import (
     collect,
     collect_protocol,
     load_manifest,
@@ -49,7 +49,7 @@ def test_bad_spaces_and_variants_are_refused_with_a_fix() -> None:
     ("efficientnet:w=1,d=1,r=224", "efficientnet_b0"),
 ])
 def test_default_variants_have_the_zoo_models_parameter_counts(variant: str, zoo_name: str) -> None:
-    from costmeter.harness.zoo import build_zoo_model
+    from costmeter.models.zoo import build_zoo_model
 
     def count(module: object) -> int:
         return sum(p.numel() for p in module.parameters())  # type: ignore[attr-defined]

@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 from scipy.stats import kendalltau, spearmanr
 
 from costmeter.errors import ConfigError
-from costmeter.predictors.evaluate import (
+from costmeter.predictors.estimators.evaluate import (
     METRIC_NAMES,
     evaluate_split,
     family_of,
@@ -17,7 +17,7 @@ from costmeter.predictors.evaluate import (
     metrics_table,
     random_split,
 )
-from costmeter.predictors.forest import ModelForest
+from costmeter.predictors.estimators.forest import ModelForest
 
 
 def test_metrics_by_hand() -> None:

@@ -12,9 +12,9 @@ onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
 from costmeter.errors import ConfigError, UnsupportedError  # noqa: E402
-from costmeter.harness import export  # noqa: E402
-from costmeter.harness.export import cached_artifact, export_onnx, onnx_cache_path  # noqa: E402
-from costmeter.harness.models import InputSpec, ModelSource, resolve_model  # noqa: E402
+from costmeter.models import export  # noqa: E402
+from costmeter.models.export import cached_artifact, export_onnx, onnx_cache_path  # noqa: E402
+from costmeter.models.source import InputSpec, ModelSource, resolve_model  # noqa: E402
 
 
 def _cache_entries(workdir: Path, subdir: str) -> list[str]:

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from costmeter.predictors.features import (
+from costmeter.predictors.kernels.features import (
     ACTIVATION_CODES,
     FEATURE_SCHEMA_VERSION,
     KERNEL_FEATURES,
@@ -19,9 +19,9 @@ from costmeter.predictors.features import (
     model_features,
     stack_tables,
 )
-from costmeter.predictors.graph import load_graph
-from costmeter.predictors.kernels import fuse
-from costmeter.predictors.microbench import GraphBuilder, chain_model
+from costmeter.models.onnx.graph import load_graph
+from costmeter.predictors.kernels.fuse import fuse
+from costmeter.predictors.sampling.microbench import GraphBuilder, chain_model
 
 
 def _only(model: Any, runtime: str = "onnxruntime") -> dict[str, float]:

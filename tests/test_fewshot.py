@@ -12,9 +12,9 @@ from sklearn.base import clone
 from sklearn.frozen import FrozenEstimator
 
 from costmeter.errors import ConfigError
-from costmeter.predictors.fewshot import FewShotTransfer, reference_architectures
-from costmeter.predictors.forest import ModelForest
-from costmeter.predictors.spaces import nb201
+from costmeter.predictors.estimators.fewshot import FewShotTransfer, reference_architectures
+from costmeter.predictors.estimators.forest import ModelForest
+from costmeter.models.spaces import nb201
 
 FIXTURE = Path(__file__).parent / "fixtures" / "nb201_slice.csv.gz"
 DEVICES = ("1080ti_1_ms", "gold_6240_ms", "pixel3_ms", "samsung_a50_ms", "titan_rtx_32_ms")

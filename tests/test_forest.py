@@ -13,9 +13,9 @@ from sklearn.base import clone
 from sklearn.utils.estimator_checks import check_estimator
 
 from costmeter.errors import ConfigError, UnsupportedError
-from costmeter.predictors.arch import ArchPredictor
-from costmeter.predictors.forest import FlopsLinear, KernelForest, ModelForest
-from costmeter.predictors.spaces import nb201, ofa_mbv3
+from costmeter.predictors.estimators.arch import ArchPredictor
+from costmeter.predictors.estimators.forest import FlopsLinear, KernelForest, ModelForest
+from costmeter.models.spaces import nb201, ofa_mbv3
 
 FIXTURE = Path(__file__).parent / "fixtures" / "nb201_slice.csv.gz"
 

@@ -13,9 +13,9 @@ torch = pytest.importorskip("torch")
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
 from costmeter.errors import ConfigError  # noqa: E402
-from costmeter.harness.export import export_onnx  # noqa: E402
-from costmeter.harness.models import resolve_model, zoo_names  # noqa: E402
-from costmeter.predictors.graph import OpGraph, load_graph  # noqa: E402
+from costmeter.models.export import export_onnx  # noqa: E402
+from costmeter.models.source import resolve_model, zoo_names  # noqa: E402
+from costmeter.models.onnx.graph import OpGraph, load_graph  # noqa: E402
 
 F32, I64 = TensorProto.FLOAT, TensorProto.INT64
 
@@ -300,7 +300,7 @@ def _torch_macs(name: str) -> int:
 
 @pytest.mark.slow
 def test_legacy_and_dynamo_exports_agree(tmp_path: Path) -> None:
-    from costmeter.harness import export
+    from costmeter.models import export
 
     source = resolve_model("tiny_cnn")
     legacy = load_graph(export_onnx(source, tmp_path))

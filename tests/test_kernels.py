@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 
 from costmeter.errors import ConfigError
-from costmeter.predictors.graph import load_graph
-from costmeter.predictors.kernel_rules import (
+from costmeter.models.onnx.graph import load_graph
+from costmeter.predictors.kernels.rules import (
     FusionRule,
     RuleSet,
     builtin_rules,
@@ -22,8 +22,8 @@ from costmeter.predictors.kernel_rules import (
     rules_path,
     save_rules,
 )
-from costmeter.predictors.kernels import KERNEL_TYPES, fuse
-from costmeter.predictors.microbench import GraphBuilder, chain_model
+from costmeter.predictors.kernels.fuse import KERNEL_TYPES, fuse
+from costmeter.predictors.sampling.microbench import GraphBuilder, chain_model
 
 
 def _kernels(model: Any, runtime: str = "onnxruntime") -> list[tuple[str, list[str]]]:
@@ -136,7 +136,8 @@ def test_bad_rule_files_are_refused(tmp_path: Path) -> None:
 
 # ------------------------------------------------------------------------- every zoo model
 def _zoo_source_digest() -> str:
-    from costmeter.harness import zoo, zoo_cnn
+    from costmeter.models import zoo
+    from costmeter.models.zoo import cnn as zoo_cnn
 
     digest = hashlib.sha256()
     for module in (zoo, zoo_cnn):
@@ -149,7 +150,7 @@ def zoo_onnx(request: pytest.FixtureRequest) -> dict[str, Path]:
     """Every zoo model exported once (legacy exporter), cached across runs by zoo source."""
     import torch
 
-    from costmeter.harness import zoo
+    from costmeter.models import zoo
 
     folder = Path(request.config.cache.mkdir(f"zoo-onnx-{_zoo_source_digest()}"))
     paths = {}
@@ -237,7 +238,7 @@ def test_onnxruntime_rules_match_the_graph_onnxruntime_runs(zoo_onnx: dict[str, 
 
 # ------------------------------------------------------------------------ fusion detection
 def test_pairs_become_chain_rules_with_nn_meters_verdict() -> None:
-    from costmeter.predictors.fusion_detect import PairTiming, rules_from_pairs
+    from costmeter.predictors.sampling.fusion_detect import PairTiming, rules_from_pairs
 
     timings = [PairTiming("Conv", "Relu", 1.0, 0.2, 1.02, 0.01),       # saving 0.18 > 0.1: fused
                PairTiming("Conv", "Add", 1.0, 0.3, 1.05, 0.01),        # 0.25 > 0.15: fused
@@ -256,7 +257,7 @@ def test_pairs_become_chain_rules_with_nn_meters_verdict() -> None:
 
 
 def test_detect_fusion_measures_three_models_per_pair_and_stores_the_rules(tmp_path: Path) -> None:
-    from costmeter.predictors.fusion_detect import detect_fusion
+    from costmeter.predictors.sampling.fusion_detect import detect_fusion
 
     times = {"overhead": 0.01, "Conv": 0.51, "Relu": 0.11, "Conv_Relu": 0.52,
              "Gemm": 0.21, "Sigmoid": 0.11, "Gemm_Sigmoid": 0.31}
@@ -276,7 +277,7 @@ def test_detect_fusion_measures_three_models_per_pair_and_stores_the_rules(tmp_p
 
 
 def test_bad_pairs_are_refused() -> None:
-    from costmeter.predictors.fusion_detect import detect_fusion, parse_pairs
+    from costmeter.predictors.sampling.fusion_detect import detect_fusion, parse_pairs
 
     assert parse_pairs("Conv+Relu, Gemm+Relu") == [("Conv", "Relu"), ("Gemm", "Relu")]
     with pytest.raises(ConfigError, match="bad op pair 'Conv-Relu'"):
@@ -286,7 +287,7 @@ def test_bad_pairs_are_refused() -> None:
 
 
 def test_detect_fusion_through_the_real_runner(workdir: Path) -> None:
-    from costmeter.predictors.fusion_detect import detect_fusion
+    from costmeter.predictors.sampling.fusion_detect import detect_fusion
 
     rule_set = detect_fusion([("Conv", "Relu")], workdir=workdir, repeats=1, min_time_s=0.02)
     (evidence,) = rule_set.evidence

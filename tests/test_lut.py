@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 
 from costmeter.errors import ConfigError, StoreError
-from costmeter.predictors import lut_blocks as blocks
-from costmeter.predictors.lut import LatencyTable, LutEntry, build_lut, load_table
-from costmeter.predictors.lut_check import check_lut, record_check, sample_archs
-from costmeter.predictors.spaces import nb201, ofa_mbv3
+from costmeter.predictors.lut import blocks
+from costmeter.predictors.lut.table import LatencyTable, LutEntry, build_lut, load_table
+from costmeter.predictors.lut.check import check_lut, record_check, sample_archs
+from costmeter.models.spaces import nb201, ofa_mbv3
 
 
 def synthetic_table(space: str, resolutions: tuple[int, ...] | None = None, seed: int = 0,
@@ -186,7 +186,7 @@ def test_foreign_and_damaged_files_are_refused(tmp_path: Path) -> None:
 
 
 def test_default_paths_name_space_device_runtime_and_resolutions(tmp_path: Path) -> None:
-    from costmeter.predictors.lut import default_lut_path
+    from costmeter.predictors.lut.table import default_lut_path
 
     assert default_lut_path(tmp_path, "nb201", "cpu", "onnxruntime").name == "nb201-cpu-onnxruntime.json"
     assert default_lut_path(tmp_path, "ofa_mbv3", "cuda:1", "onnxruntime", [224, 160],
@@ -223,7 +223,7 @@ def test_measured_nb201_table(block_workdir: Path) -> None:
 
 def test_a_crashing_block_is_reported_and_the_rest_measured(block_workdir: Path,
                                                             monkeypatch: pytest.MonkeyPatch) -> None:
-    from costmeter.predictors import lut_measure
+    from costmeter.predictors.lut import measure as lut_measure
 
     specs = blocks.nb201_space_blocks()[:4]
     real_export = lut_measure.export_block
@@ -243,12 +243,12 @@ def test_a_crashing_block_is_reported_and_the_rest_measured(block_workdir: Path,
 
 def test_predicted_table_sums_kernel_predictions(block_workdir: Path, tmp_path: Path) -> None:
     from costmeter.predictors.artifacts import save_predictor
-    from costmeter.predictors.features import stack_tables
-    from costmeter.predictors.forest import KernelForest, ModelForest
-    from costmeter.predictors.graph import load_graph
-    from costmeter.predictors.kernel_rules import builtin_rules
-    from costmeter.predictors.kernels import fuse
-    from costmeter.predictors.lut_measure import export_block, pinned_model
+    from costmeter.predictors.kernels.features import stack_tables
+    from costmeter.predictors.estimators.forest import KernelForest, ModelForest
+    from costmeter.models.onnx.graph import load_graph
+    from costmeter.predictors.kernels.rules import builtin_rules
+    from costmeter.predictors.kernels.fuse import fuse
+    from costmeter.predictors.lut.measure import export_block, pinned_model
 
     specs = blocks.nb201_space_blocks()
     rules = builtin_rules("onnxruntime")
@@ -270,7 +270,7 @@ def test_predicted_table_sums_kernel_predictions(block_workdir: Path, tmp_path: 
 
 
 def test_predicted_mode_refuses_an_architecture_level_model(tmp_path: Path) -> None:
-    from costmeter.predictors.arch import ArchPredictor
+    from costmeter.predictors.estimators.arch import ArchPredictor
 
     archs = nb201.sample(40, seed=0)
     model = ArchPredictor("nb201").fit(archs, np.linspace(1, 2, 40))

@@ -15,8 +15,8 @@ onnx = pytest.importorskip("onnx")
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
 from costmeter.errors import ConfigError, UnsupportedError  # noqa: E402
-from costmeter.harness import zoo  # noqa: E402
-from costmeter.harness.models import InputSpec, ModelSource, resolve_model, zoo_names  # noqa: E402
+from costmeter.models import zoo  # noqa: E402
+from costmeter.models.source import InputSpec, ModelSource, resolve_model, zoo_names  # noqa: E402
 
 PUBLISHED = [
     "resnet18", "resnet50", "mobilenet_v2", "mobilenet_v3_small", "mobilenet_v3_large",
@@ -122,7 +122,7 @@ def test_content_hash_is_stable_and_distinguishes_models() -> None:
 
 
 def test_content_hash_is_the_same_in_another_process() -> None:
-    code = "from costmeter.harness.models import resolve_model; " \
+    code = "from costmeter.models.source import resolve_model; " \
            "print(resolve_model('tiny_mlp').content_hash())"
     other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                            check=True).stdout.strip()
@@ -359,7 +359,7 @@ def test_model_source_is_a_plain_dataclass() -> None:
 
 
 def test_search_space_architectures_are_model_sources() -> None:
-    from costmeter.predictors.spaces import get_space
+    from costmeter.models.spaces import get_space
 
     arch = "|nor_conv_3x3~0|+|none~0|skip_connect~1|+|skip_connect~0|nor_conv_1x1~1|avg_pool_3x3~2|"
     source = resolve_model(f"nb201:{arch}")

@@ -12,13 +12,13 @@ from hypothesis import strategies as st
 
 from costmeter.errors import ConfigError
 from costmeter.predictors.api import ForestPredictor, ofa_array
-from costmeter.predictors.spaces import nb201, ofa_mbv3
+from costmeter.models.spaces import nb201, ofa_mbv3
 
 
 def _fit(space: str, n: int = 300) -> object:
     """An ArchPredictor fitted on a latency that is a smooth function of the MACs."""
-    from costmeter.predictors.arch import ArchPredictor
-    from costmeter.predictors.forest import ModelForest
+    from costmeter.predictors.estimators.arch import ArchPredictor
+    from costmeter.predictors.estimators.forest import ModelForest
 
     module = ofa_mbv3 if space == "ofa_mbv3" else nb201
     archs = module.sample(n, seed=1)
@@ -116,7 +116,7 @@ def test_a_kernel_level_file_is_not_a_batch_predictor(tmp_path: Path) -> None:
 
     from costmeter import load_predictor
     from costmeter.predictors.artifacts import save_predictor
-    from costmeter.predictors.forest import KernelForest, ModelForest
+    from costmeter.predictors.estimators.forest import KernelForest, ModelForest
 
     table = pd.DataFrame({"flops": np.arange(1.0, 21.0)})
     forest = KernelForest(ModelForest(n_estimators=4)).fit({"conv": table}, {"conv": np.arange(1.0, 21.0)})
@@ -175,8 +175,8 @@ def test_fast_decoder_agrees_with_the_space_parser(text: str) -> None:
 def test_analytic_features_match_the_exported_onnx_graph(space: str, tmp_path: Path) -> None:
     """MACs computed from the encoding alone equal those counted on the exported ONNX graph,
     in total and (ofa_mbv3) for the depthwise convolutions; the graph has no unknown op."""
-    from costmeter.predictors.collect import CollectItem, export_item
-    from costmeter.predictors.graph import load_graph
+    from costmeter.predictors.workflows.collect import CollectItem, export_item
+    from costmeter.models.onnx.graph import load_graph
 
     module = ofa_mbv3 if space == "ofa_mbv3" else nb201
     archs = module.sample(3, seed=21)

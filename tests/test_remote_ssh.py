@@ -20,8 +20,8 @@ from costmeter.devices.base import get_runtime
 from costmeter.devices.remote.ssh import SshOptions, SshTarget, SshTransport
 from costmeter.errors import ConfigError, UnavailableError
 from costmeter.harness.config import ProtocolConfig, RunConfig
-from costmeter.harness.convert import converter_problem
-from costmeter.harness.remote import (DeviceExecutors, RemoteSettings, WorkerExecutor, check_local_pinning,
+from costmeter.harness.convert.artifacts import converter_problem
+from costmeter.harness.executors.remote import (DeviceExecutors, RemoteSettings, WorkerExecutor, check_local_pinning,
                                       parse_cpus)
 from costmeter.harness.runner import Runner, validate
 from costmeter.results.schema import Status

@@ -15,7 +15,7 @@ import pytest
 from costmeter.devices.base import get_runtime
 from costmeter.errors import UnsupportedError
 from costmeter.harness.config import ProtocolConfig, RunConfig
-from costmeter.harness.convert import CONVERTED_KINDS, _run_child, converter_problem, host_cpu_fingerprint
+from costmeter.harness.convert.artifacts import CONVERTED_KINDS, _run_child, converter_problem, host_cpu_fingerprint
 from costmeter.harness.runner import Runner, validate
 from costmeter.results.schema import Status
 
@@ -159,8 +159,8 @@ def test_tvm_runs_the_transformer_encoder(tmp_path: Path) -> None:
     import numpy as np
 
     from costmeter.devices.base import Artifact, SessionOptions
-    from costmeter.harness.convert import convert
-    from costmeter.harness.models import resolve_model
+    from costmeter.harness.convert.artifacts import convert
+    from costmeter.models.source import resolve_model
     from costmeter.harness.runner import torch_reference
 
     source = resolve_model("bert_tiny")

@@ -10,18 +10,18 @@ import pandas as pd
 import pytest
 
 from costmeter.errors import ConfigError, StoreError
-from costmeter.predictors.features import kernel_features
-from costmeter.predictors.graph import load_graph
-from costmeter.predictors.kernel_rules import builtin_rules
-from costmeter.predictors.kernel_samples import (
+from costmeter.predictors.kernels.features import kernel_features
+from costmeter.models.onnx.graph import load_graph
+from costmeter.predictors.kernels.rules import builtin_rules
+from costmeter.predictors.sampling.measure import (
     FOLDED_LATENCY_MS,
     MIN_KERNEL_MS,
     KernelSamples,
     measure_kernels,
 )
-from costmeter.predictors.kernels import fuse
-from costmeter.predictors.microbench import chain_model
-from costmeter.predictors.sampling import (
+from costmeter.predictors.kernels.fuse import fuse
+from costmeter.predictors.sampling.microbench import chain_model
+from costmeter.predictors.sampling.configs import (
     KernelConfig,
     adaptive_configs,
     build_prior,
@@ -146,8 +146,8 @@ def test_measure_kernels_subtracts_baselines_and_reports_split_configs(tmp_path:
 
 
 def test_context_model_wraps_every_image_input_and_output() -> None:
-    from costmeter.predictors.kernel_samples import _fuses_into_edge
-    from costmeter.predictors.microbench import context_baseline, context_chain
+    from costmeter.predictors.sampling.measure import _fuses_into_edge
+    from costmeter.predictors.sampling.microbench import context_baseline, context_chain
 
     model, boundary = context_chain([("Mul", {"broadcast": True}), ("Relu", {})], (1, 16, 8, 8))
     ops = [n.op_type for n in model.graph.node]
@@ -217,7 +217,7 @@ def test_real_kernels_measured_in_context_in_a_batch_worker(workdir: Path) -> No
 
 
 def test_real_kernels_measured_through_the_runner_into_a_store(workdir: Path) -> None:
-    from costmeter.predictors.kernel_samples import _runner_measure
+    from costmeter.predictors.sampling.measure import _runner_measure
     from costmeter.results.store import ResultStore
 
     configs = [make_config("global_pool", (1, 32, 8, 8), [("GlobalAveragePool", {})])]
@@ -230,8 +230,8 @@ def test_real_kernels_measured_through_the_runner_into_a_store(workdir: Path) ->
 
 
 def test_sample_kernels_measures_resamples_and_extends_the_saved_samples(tmp_path: Path) -> None:
-    from costmeter.predictors.kernel_prior import sample_kernels
-    from costmeter.predictors.kernel_samples import samples_path
+    from costmeter.predictors.sampling.prior import sample_kernels
+    from costmeter.predictors.sampling.measure import samples_path
 
     graphs = [fuse(load_graph(_mobile_block()), RULES)]
     measured: list[str] = []
@@ -271,7 +271,7 @@ def test_a_second_round_keeps_the_lower_latency(tmp_path: Path) -> None:
 
 
 def test_batch_chunks_never_cut_a_kernel_from_its_baselines() -> None:
-    from costmeter.harness.batch_worker import _chunks, _groups
+    from costmeter.harness.batch import _chunks, _groups
 
     entries = [{"key": str(i), "group": i // 3} for i in range(10)]
     assert _chunks(entries, 4) == [(0, 6), (6, 10)]
@@ -282,7 +282,7 @@ def test_batch_chunks_never_cut_a_kernel_from_its_baselines() -> None:
 
 
 def test_heavy_kernels_in_context_are_also_timed_with_cold_weights(tmp_path: Path) -> None:
-    from costmeter.predictors.kernel_samples import MAX_COLD_COPIES, cold_copies
+    from costmeter.predictors.sampling.measure import MAX_COLD_COPIES, cold_copies
 
     assert cold_copies(1000) == 0 and cold_copies(64 * 2**20) == 2 and cold_copies(300_000) == MAX_COLD_COPIES
     heavy = make_config("conv", (1, 256, 8, 8), [("Conv", {"c_out": 256, "kernel": 1})])  # 256 KiB of weights

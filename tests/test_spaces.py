@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from costmeter.errors import ConfigError, UnsupportedError
-from costmeter.predictors.spaces import (
+from costmeter.models.spaces import (
     arch_hash,
     get_space,
     model_id,
@@ -224,7 +224,7 @@ def test_search_space_model_ids_build_exportable_networks(tmp_path: Path) -> Non
     import onnx
     import torch
 
-    from costmeter.predictors.spaces import (
+    from costmeter.models.spaces import (
         build_model,
         sample_model_ids,
         split_model_id,

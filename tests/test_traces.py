@@ -9,9 +9,9 @@ import pandas as pd
 import pytest
 
 from costmeter.errors import ConfigError
-from costmeter.predictors.arch import ArchPredictor
-from costmeter.predictors.spaces import nb201
-from costmeter.predictors.traces import (
+from costmeter.predictors.estimators.arch import ArchPredictor
+from costmeter.models.spaces import nb201
+from costmeter.results.traces import (
     PROVENANCE,
     import_traces,
     read_traces,
@@ -132,8 +132,8 @@ def test_missing_or_unknown_file_type(tmp_path: Path) -> None:
 
 
 def test_fit_and_evaluate_from_stored_results(workdir: Path) -> None:
-    from costmeter.predictors.arch import fit_from_results
-    from costmeter.predictors.evaluate import evaluate_predictor
+    from costmeter.predictors.estimators.arch import fit_from_results
+    from costmeter.predictors.estimators.evaluate import evaluate_predictor
 
     with ResultStore(f"sqlite:///{workdir / 'r.db'}") as store:
         import_traces(FIXTURE, store, space="nb201", device="titan_rtx_32", runtime="pytorch")

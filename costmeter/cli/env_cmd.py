@@ -50,7 +50,7 @@ def env(as_json: bool) -> None:
 @click.command()
 def models() -> None:
     """List the built-in zoo models."""
-    from costmeter.harness.models import zoo_names
+    from costmeter.models.source import zoo_names
 
     for name in zoo_names():
         click.echo(name)

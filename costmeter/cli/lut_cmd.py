@@ -32,7 +32,7 @@ def build(space: str, device: str, runtime: str, resolution: str | None, predict
           output: str | None, workdir: Path | None) -> None:
     """Measure (or predict) every block configuration at every input shape; write JSON + CSV."""
     from costmeter.errors import ConfigError
-    from costmeter.predictors.lut import build_lut, default_lut_path
+    from costmeter.predictors.lut.table import build_lut, default_lut_path
 
     if predicted and not predictor_path:
         raise ConfigError("--predicted needs --predictor FILE.costmodel (a kernel-level cost model)")
@@ -69,8 +69,8 @@ def build(space: str, device: str, runtime: str, resolution: str | None, predict
 def check(table_path: str, networks: int, predictor_path: str | None, device: str | None, runtime: str | None,
           seed: int, min_time: float, update: bool, store_url: str | None, workdir: Path | None) -> None:
     """Measure sampled networks; report LUT-sum (and predictor) bias, MAPE, ±10% share, Spearman."""
-    from costmeter.predictors.lut import load_table
-    from costmeter.predictors.lut_check import check_lut, record_check
+    from costmeter.predictors.lut.table import load_table
+    from costmeter.predictors.lut.check import check_lut, record_check
 
     table = load_table(table_path, device=device, runtime=runtime)
     store = open_store(store_url, workdir)

@@ -11,7 +11,7 @@ from costmeter.harness.config import default_workdir
 
 def _arch_of(workdir: Path | None, space: str) -> dict[str, str]:
     """model id -> architecture for results that `bench collect` measured from exported files."""
-    from costmeter.predictors.collect import load_manifest
+    from costmeter.predictors.workflows.collect import load_manifest
 
     return {mid: item.arch for mid, item in load_manifest(workdir or default_workdir()).items()
             if item.space == space}
@@ -34,7 +34,7 @@ def traces() -> None:
 def import_(path: str, space: str | None, device: str | None, runtime: str, batch: int, tag: str,
             store_url: str | None, workdir: Path | None) -> None:
     """Load measured latencies (CSV/Parquet: arch or ONNX path + latency ms) into the store."""
-    from costmeter.predictors.traces import import_traces
+    from costmeter.results.traces import import_traces
 
     store = open_store(store_url, workdir)
     try:
@@ -63,7 +63,7 @@ def predictor() -> None:
 def fit(space: str, device: str, runtime: str | None, holdout: float, seed: int, output: str,
         store_url: str | None, workdir: Path | None) -> None:
     """Fit a forest on stored measurements of a search space and save it with a manifest."""
-    from costmeter.predictors.arch import fit_from_results
+    from costmeter.predictors.estimators.arch import fit_from_results
     from costmeter.predictors.artifacts import save_predictor
 
     frame = query_frame(store_url, workdir)
@@ -92,12 +92,12 @@ def eval_(model_file: str | None, space: str | None, device: str | None, runtime
           store_url: str | None, workdir: Path | None) -> None:
     """RMSE, MAPE, share within ±5/10/15%, Spearman and Kendall, overall and per family."""
     from costmeter.errors import ConfigError
-    from costmeter.predictors.evaluate import family_of, metrics_table
+    from costmeter.predictors.estimators.evaluate import family_of, metrics_table
 
     frame = query_frame(store_url, workdir)
     if model_file:
         from costmeter.predictors.artifacts import load_predictor
-        from costmeter.predictors.traces import training_frame
+        from costmeter.results.traces import training_frame
 
         pred = load_predictor(model_file)
         test = training_frame(frame, pred.space, device=pred.device, runtime=pred.runtime,
@@ -122,7 +122,7 @@ def eval_(model_file: str | None, space: str | None, device: str | None, runtime
 
 
 def _family(arch: str) -> str:
-    from costmeter.predictors.evaluate import family_of
+    from costmeter.predictors.estimators.evaluate import family_of
 
     return family_of(arch)
 
@@ -131,9 +131,9 @@ def _cross_validate(frame, space, device, runtime, split, train_share, held_out,
     import numpy as np
 
     from costmeter.errors import ConfigError
-    from costmeter.predictors.arch import ArchPredictor
-    from costmeter.predictors.evaluate import family_of, family_split, random_split
-    from costmeter.predictors.traces import training_frame
+    from costmeter.predictors.estimators.arch import ArchPredictor
+    from costmeter.predictors.estimators.evaluate import family_of, family_split, random_split
+    from costmeter.results.traces import training_frame
 
     data = training_frame(frame, space, device=device, runtime=runtime, arch_of=arch_of)
     archs, y = list(data["arch"]), data["latency_ms"].to_numpy(dtype=np.float64)
@@ -159,8 +159,8 @@ def _cross_validate(frame, space, device, runtime, split, train_share, held_out,
 def predict(model_file: str, archs: str, breakdown: bool, workdir: Path | None) -> None:
     """Predicted latency ± uncertainty (ms) of architectures, from a saved predictor."""
     from costmeter.predictors.artifacts import load_predictor, read_manifest
-    from costmeter.predictors.network import NetworkPredictor
-    from costmeter.predictors.spaces import split_model_id
+    from costmeter.predictors.estimators.network import NetworkPredictor
+    from costmeter.models.spaces import split_model_id
 
     pred = load_predictor(model_file)
     items = [a.strip() for a in archs.replace(";", "\n").splitlines() if a.strip()]
@@ -178,11 +178,11 @@ def predict(model_file: str, archs: str, breakdown: bool, workdir: Path | None) 
 
 def _predict_networks(pred, models: list[str], manifest: dict, breakdown: bool, workdir: Path | None) -> None:
     """Export each model, apply the runtime's fusion rules, print the network prediction and its kernels."""
-    from costmeter.harness.export import export_onnx
-    from costmeter.harness.models import resolve_model
-    from costmeter.predictors.graph import load_graph
-    from costmeter.predictors.kernel_rules import load_rules
-    from costmeter.predictors.kernels import fuse
+    from costmeter.models.export import export_onnx
+    from costmeter.models.source import resolve_model
+    from costmeter.models.onnx.graph import load_graph
+    from costmeter.predictors.kernels.rules import load_rules
+    from costmeter.predictors.kernels.fuse import fuse
 
     wd = workdir or default_workdir()
     device, runtime = manifest.get("device") or "cpu", manifest.get("runtime") or "onnxruntime"

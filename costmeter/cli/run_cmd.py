@@ -61,7 +61,7 @@ def run(device: str, runtime: str, model: str, batch: str, threads: str | None, 
                               min_time_s=min_time, max_time_s=max_time, percentiles=pct, max_cv=max_cv)
     run_options = parse_options(options)
     if cpus:
-        from costmeter.harness.remote import parse_cpus
+        from costmeter.harness.executors.remote import parse_cpus
 
         parse_cpus(cpus)
         run_options = tuple(sorted({**dict(run_options), "cpus": cpus}.items()))
@@ -91,7 +91,7 @@ def run(device: str, runtime: str, model: str, batch: str, threads: str | None, 
 def _executors(python: str, pythonpath: str | None, identity: str | None, known_hosts: str | None,
                accept_new: bool, benchmark_model: str | None):
     from costmeter.devices.remote.ssh import SshOptions
-    from costmeter.harness.remote import DeviceExecutors, RemoteSettings
+    from costmeter.harness.executors.remote import DeviceExecutors, RemoteSettings
 
     ssh = SshOptions(identity=identity, known_hosts=known_hosts, accept_new_host_key=accept_new)
     return DeviceExecutors(RemoteSettings(python=python, pythonpath=pythonpath, ssh=ssh,
@@ -102,7 +102,7 @@ def _runtimes(spec: str, devices: list[str], executors) -> list[str]:
     """The runtimes to run: the list given, or for 'all' every one installed (on each ssh board,
     those its Python has) whose converter is installed here."""
     from costmeter.devices.base import get_runtime, runtime_names
-    from costmeter.harness.convert import CONVERTED_KINDS, converter_problem
+    from costmeter.harness.convert.artifacts import CONVERTED_KINDS, converter_problem
 
     if spec.strip() != "all":
         return split_list(spec)

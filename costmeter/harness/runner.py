@@ -62,7 +62,7 @@ def validate(configs: list[RunConfig]) -> list[PreparedJob]:
 
     Raises ConfigError/UnavailableError with a one-line fix; nothing is written on failure.
     """
-    from costmeter.harness.models import resolve_model
+    from costmeter.models.source import resolve_model
 
     sources: dict[str, Any] = {}
     jobs: list[PreparedJob] = []
@@ -98,7 +98,7 @@ def check_runtime(cfg: RunConfig) -> str:
 
 def _require_converter(artifact_kind: str) -> None:
     """UnavailableError naming the extra when the converter for ``artifact_kind`` is missing."""
-    from costmeter.harness.convert import CONVERTED_KINDS, converter_problem
+    from costmeter.harness.convert.artifacts import CONVERTED_KINDS, converter_problem
 
     problem = converter_problem(artifact_kind) if artifact_kind in CONVERTED_KINDS else None
     if problem:
@@ -166,11 +166,11 @@ class Runner:
 
     def _artifact(self, job: PreparedJob, extra: dict[str, Any] | None = None) -> str | None:
         if job.artifact_kind == "onnx":
-            from costmeter.harness.export import export_onnx
+            from costmeter.models.export import export_onnx
 
             return str(export_onnx(job.source, self.workdir))
         if job.artifact_kind in ("tflite", "pte", "tvm"):
-            from costmeter.harness.convert import convert
+            from costmeter.harness.convert.artifacts import convert
 
             converted = convert(job.artifact_kind, job.source, self.workdir, job.config.batch,
                                 dict(job.config.options))

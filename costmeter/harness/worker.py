@@ -145,7 +145,7 @@ def _child_measure(job: WorkerJob, baseline_rss: int) -> dict[str, Any]:
             inputs = {name: npz[name] for name in npz.files}
     module = None
     if job.artifact_kind == "torch":
-        from costmeter.harness.models import resolve_model
+        from costmeter.models.source import resolve_model
 
         module = resolve_model(config.model).build_torch()
     runtime = get_runtime(config.device_kind, config.runtime)

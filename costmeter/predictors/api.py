@@ -11,7 +11,7 @@ export::
 
 - :class:`ForestPredictor` wraps a fitted ``ArchPredictor`` (a forest on the space's analytic
   features) loaded safely from a ``.costmodel`` file; the uncertainty is the spread across trees.
-- ``load_lut`` returns a :class:`~costmeter.predictors.lut.LatencyTable`; its uncertainty is
+- ``load_lut`` returns a :class:`~costmeter.predictors.lut.table.LatencyTable`; its uncertainty is
   the run-to-run spread of the summed blocks (plus the additivity error once checked).
 
 Throughput: NB201 predictions are looked up (the space has 15,625 cells); OFA-MobileNetV3
@@ -72,7 +72,7 @@ class ForestPredictor:
 
     def satisfies(self, archs: Any, budget_ms: float, sigmas: float = 0.0) -> np.ndarray:
         """Boolean mask: predicted latency (+ ``sigmas`` x uncertainty) <= ``budget_ms``."""
-        from costmeter.predictors.lut import check_budget
+        from costmeter.predictors.lut.table import check_budget
 
         budget = check_budget(budget_ms)
         mean, std = self.predict(archs)
@@ -95,7 +95,7 @@ def load_predictor(path: str | Path, device: str | None = None, runtime: str | N
     p = Path(path)
     if p.suffix.lower() in (".json", ".csv"):
         return load_lut(p, device=device, runtime=runtime, space=space)
-    from costmeter.predictors.arch import ArchPredictor
+    from costmeter.predictors.estimators.arch import ArchPredictor
     from costmeter.predictors.artifacts import load_predictor as load_artifact
     from costmeter.predictors.artifacts import read_manifest
 
@@ -111,9 +111,9 @@ def load_predictor(path: str | Path, device: str | None = None, runtime: str | N
 
 def load_lut(path: str | Path, device: str | None = None, runtime: str | None = None,
              resolutions: Sequence[int] | None = None, space: str | None = None) -> Any:
-    """A :class:`~costmeter.predictors.lut.LatencyTable` (``.json``, or the ``.csv`` beside
+    """A :class:`~costmeter.predictors.lut.table.LatencyTable` (``.json``, or the ``.csv`` beside
     it); refused when built for another device/runtime/resolution/space than asked."""
-    from costmeter.predictors.lut import load_table
+    from costmeter.predictors.lut.table import load_table
 
     return load_table(path, device=device, runtime=runtime, resolutions=resolutions, space=space)
 
@@ -126,7 +126,7 @@ def ofa_array(archs: Any) -> np.ndarray:
     anything else, and any string the fast path cannot vouch for, goes through
     ``ofa_mbv3.to_array`` (which raises a ConfigError naming the bad field).
     """
-    from costmeter.predictors.spaces import ofa_mbv3 as s
+    from costmeter.models.spaces import ofa_mbv3 as s
 
     if isinstance(archs, np.ndarray) and archs.dtype.kind in "iu":
         return s.to_array(archs)
@@ -144,7 +144,7 @@ def ofa_array(archs: Any) -> np.ndarray:
 
 def _decode_ofa_strings(items: Sequence[str]) -> np.ndarray | None:
     """Vectorised decoder of canonical strings; None when any string is not canonical."""
-    from costmeter.predictors.spaces import ofa_mbv3 as s
+    from costmeter.models.spaces import ofa_mbv3 as s
 
     n = len(items)
     lengths = np.fromiter(map(len, items), dtype=np.int64, count=n)

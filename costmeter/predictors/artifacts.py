@@ -32,13 +32,13 @@ PAYLOAD_NAME = "model.skops"
 # Every type a predictor file may contain beyond skops' defaults (numpy arrays, builtins and
 # scikit-learn's own estimators, which skops trusts by default).
 TRUSTED_TYPES: tuple[str, ...] = (
-    "costmeter.predictors.arch.ArchPredictor",
-    "costmeter.predictors.forest.ModelForest",
-    "costmeter.predictors.forest.FlopsLinear",
-    "costmeter.predictors.forest.KernelForest",
-    "costmeter.predictors.fewshot.FewShotTransfer",
-    "costmeter.predictors.network.NetworkPredictor",
-    "costmeter.predictors.calibration.TrafficCalibration",
+    "costmeter.predictors.estimators.arch.ArchPredictor",
+    "costmeter.predictors.estimators.forest.ModelForest",
+    "costmeter.predictors.estimators.forest.FlopsLinear",
+    "costmeter.predictors.estimators.forest.KernelForest",
+    "costmeter.predictors.estimators.fewshot.FewShotTransfer",
+    "costmeter.predictors.estimators.network.NetworkPredictor",
+    "costmeter.predictors.estimators.calibration.TrafficCalibration",
     "sklearn.tree._tree.Tree",
 )
 
@@ -77,10 +77,10 @@ def current_feature_schema(schema: str | None) -> str | None:
         return None
     family = schema.split("/", 1)[0]
     if family == "kernels":
-        from costmeter.predictors.features import FEATURE_SCHEMA_VERSION
+        from costmeter.predictors.kernels.features import FEATURE_SCHEMA_VERSION
 
         return f"kernels/v{FEATURE_SCHEMA_VERSION}"
-    from costmeter.predictors.spaces import feature_schema, space_names
+    from costmeter.models.spaces import feature_schema, space_names
 
     return feature_schema(family) if family in space_names() else None
 

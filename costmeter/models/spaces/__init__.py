@@ -1,0 +1,118 @@
+"""Search spaces: architecture encodings <-> torch modules and analytic features.
+
+A small explicit registry of modules; each space module provides ``NAME``, ``SIZE`` (number
+of architectures), ``FEATURE_SCHEMA_VERSION``, ``parse``, ``format_arch``, ``canonical``,
+``sample``, ``enumerate_archs`` (UnsupportedError where the space is too large),
+``feature_names``, ``feature_matrix``, ``features``, ``param_count``, ``macs``,
+``input_shape`` and ``build_torch``. Space modules import torch only inside ``build_torch``.
+
+Example::
+
+    space = get_space("nb201")
+    archs = space.sample(1000, seed=0)
+    X = space.features(archs)          # pandas DataFrame, named columns, no torch
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib
+from collections.abc import Sequence
+from types import ModuleType
+from typing import Any, Protocol
+
+from costmeter.errors import ConfigError
+
+_SPACES: dict[str, str] = {
+    "nb201": "costmeter.models.spaces.nb201",
+    "ofa_mbv3": "costmeter.models.spaces.ofa_mbv3",
+}
+
+
+class SearchSpace(Protocol):
+    """What every space module offers (modules satisfy this structurally)."""
+
+    NAME: str
+    SIZE: int
+    FEATURE_SCHEMA_VERSION: int
+
+    def canonical(self, arch: Any) -> str: ...
+    def sample(self, n: int, seed: int = 0) -> list[str]: ...
+    def enumerate_archs(self) -> list[str]: ...
+    def feature_names(self) -> tuple[str, ...]: ...
+    def feature_matrix(self, archs: Any) -> Any: ...
+    def features(self, archs: Any) -> Any: ...
+    def param_count(self, arch: Any) -> int: ...
+    def macs(self, arch: Any) -> int: ...
+    def input_shape(self, arch: Any, batch: int = 1) -> tuple[int, ...]: ...
+    def build_torch(self, arch: Any, num_classes: int = ...) -> Any: ...
+
+
+def space_names() -> tuple[str, ...]:
+    """Names of the registered spaces."""
+    return tuple(_SPACES)
+
+
+def get_space(name: str) -> SearchSpace:
+    """The space module registered as ``name``; ConfigError naming the known spaces otherwise."""
+    if name not in _SPACES:
+        raise ConfigError(f"unknown search space {name!r}; known spaces: {', '.join(_SPACES)}")
+    module: ModuleType = importlib.import_module(_SPACES[name])
+    return module  # type: ignore[return-value]
+
+
+def feature_schema(name: str) -> str:
+    """Feature schema id of a space, e.g. ``nb201/v1``: predictors record and check it."""
+    return f"{name}/v{get_space(name).FEATURE_SCHEMA_VERSION}"
+
+
+def model_id(space: str, arch: Any) -> str:
+    """Model identifier of an architecture, e.g. ``nb201:|nor_conv_3x3~0|+...``."""
+    return f"{space}:{get_space(space).canonical(arch)}"
+
+
+def arch_hash(space: str, arch: Any) -> str:
+    """Content hash (16 hex digits) of an architecture's canonical encoding."""
+    return hashlib.sha256(model_id(space, arch).encode()).hexdigest()[:16]
+
+
+def sample(space: str, n: int, seed: int = 0) -> list[str]:
+    """``n`` random architectures of ``space`` as canonical strings."""
+    if n < 0:
+        raise ConfigError(f"sample size must be >= 0, got {n}")
+    return get_space(space).sample(n, seed=seed)
+
+
+def enumerate_space(space: str) -> Sequence[str]:
+    """All architectures of a finite space (UnsupportedError for spaces too large)."""
+    return get_space(space).enumerate_archs()
+
+
+def split_model_id(spec: str) -> tuple[str, str] | None:
+    """``(space, canonical arch)`` of a ``space:arch`` model id, or None if ``spec`` names no
+    registered space. ConfigError when the space is known but the architecture is malformed."""
+    head, sep, arch = str(spec).partition(":")
+    if not sep or head not in _SPACES:
+        return None
+    return head, get_space(head).canonical(arch)
+
+
+def build_model(spec: str) -> tuple[Any, Any]:
+    """``(torch module, example input at batch 1)`` of a ``space:arch`` model id: the contract
+    of python-callable model sources, so the harness can measure search-space architectures."""
+    import torch
+
+    parsed = split_model_id(spec)
+    if parsed is None:
+        raise ConfigError(f"{spec!r} is not a search-space model id; write it as "
+                          f"<space>:<arch> with space one of {', '.join(_SPACES)}")
+    space, arch = parsed
+    sp = get_space(space)
+    generator = torch.Generator().manual_seed(0)
+    example = torch.randn(sp.input_shape(arch, 1), generator=generator)
+    torch.manual_seed(0)
+    return sp.build_torch(arch), example
+
+
+def sample_model_ids(space: str, n: int, seed: int = 0) -> list[str]:
+    """``n`` random ``space:arch`` model ids (what ``bench collect`` measures)."""
+    return [f"{space}:{arch}" for arch in sample(space, n, seed=seed)]

@@ -1,0 +1,154 @@
+"""Batch latency prediction straight from architecture encodings (no torch, no ONNX export).
+
+:class:`ArchPredictor` ties a search space's analytic features to a fitted regressor
+(:class:`~costmeter.predictors.estimators.forest.ModelForest` by default) and remembers the device,
+runtime and feature schema it was trained for. ``predict(archs)`` featurises a list (or an
+array) of encodings with vectorised numpy and predicts all of them in one call.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from sklearn.base import BaseEstimator, RegressorMixin, clone
+from sklearn.utils.validation import check_is_fitted
+
+from costmeter.errors import ConfigError
+from costmeter.models.spaces import feature_schema, get_space
+
+FULL_TABLE_MAX = 100_000  # spaces up to this size are predicted once, then looked up
+
+
+class ArchPredictor(RegressorMixin, BaseEstimator):
+    """Latency (ms) of search-space architectures on one device/runtime.
+
+    Parameters: ``space`` (registered space name), ``regressor`` (template estimator on the
+    space's named features; default ``ModelForest()``), ``device`` and ``runtime`` (labels
+    recorded in the artifact manifest and checked by the NAS API).
+    Fitted: ``regressor_``, ``feature_schema_`` (e.g. ``nb201/v1``), ``n_train_``.
+    """
+
+    def __init__(self, space: str = "nb201", regressor: Any = None, device: str | None = None,
+                 runtime: str | None = None) -> None:
+        self.space = space
+        self.regressor = regressor
+        self.device = device
+        self.runtime = runtime
+
+    def _features(self, archs: Any) -> Any:
+        return get_space(self.space).features(archs)
+
+    def fit(self, archs: Any, latency_ms: Any) -> ArchPredictor:
+        """Fit the regressor on the analytic features of ``archs`` and latencies (ms)."""
+        from costmeter.predictors.estimators.forest import ModelForest
+
+        space = get_space(self.space)
+        y = np.asarray(latency_ms, dtype=np.float64).ravel()
+        features = self._features(archs)
+        if len(features) != len(y):
+            raise ConfigError(f"{len(features)} architectures but {len(y)} latencies")
+        template = self.regressor if self.regressor is not None else ModelForest()
+        self.regressor_ = clone(template).fit(features, y)
+        self.feature_schema_ = feature_schema(self.space)
+        names = getattr(self.regressor_, "feature_names_in_", None)
+        all_names = list(space.feature_names())
+        self.columns_ = (np.asarray([all_names.index(n) for n in names], dtype=np.int64)
+                         if names is not None else None)
+        self.n_train_ = len(y)
+        self.__dict__.pop("_table", None)
+        return self
+
+    def _check_schema(self) -> None:
+        check_is_fitted(self)
+        current = feature_schema(self.space)
+        if self.feature_schema_ != current:
+            raise ConfigError(f"predictor was fitted on features {self.feature_schema_}, this "
+                              f"costmeter computes {current}; refit the predictor")
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = super().__getstate__()
+        state.pop("_table", None)  # derived cache, rebuilt on demand
+        return state
+
+    def _space_table(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """Predictions (ms) and uncertainties for every architecture of a small finite space,
+        computed once, so that predicting is a lookup; None for large spaces."""
+        space = get_space(self.space)
+        if space.SIZE > FULL_TABLE_MAX or not hasattr(space, "to_index"):
+            return None
+        table = self.__dict__.get("_table")
+        if table is None:
+            everything = np.arange(space.SIZE)
+            inputs = self._inputs_from_matrix(space.feature_matrix(space.index_to_codes(everything)))
+            mean, std = self.regressor_.predict_with_uncertainty(inputs)
+            table = (np.asarray(mean, dtype=np.float64), np.asarray(std, dtype=np.float64))
+            self.__dict__["_table"] = table
+        return table
+
+    def _inputs_from_matrix(self, matrix: np.ndarray) -> Any:
+        if self.columns_ is None:
+            import pandas as pd
+
+            return pd.DataFrame(matrix, columns=list(get_space(self.space).feature_names()))
+        return np.ascontiguousarray(matrix[:, self.columns_], dtype=np.float32)
+
+    def _regressor_input(self, archs: Any) -> Any:
+        self._check_schema()
+        if self.columns_ is None:
+            return self._features(archs)
+        return self._inputs_from_matrix(get_space(self.space).feature_matrix(archs))
+
+    def predict(self, archs: Any) -> np.ndarray:
+        """Predicted latency (ms) of each architecture (strings, dicts or an encoding array)."""
+        self._check_schema()
+        table = self._space_table()
+        if table is not None:
+            return table[0][get_space(self.space).to_index(archs)]
+        return np.asarray(self.regressor_.predict(self._regressor_input(archs)), dtype=np.float64)
+
+    def predict_with_uncertainty(self, archs: Any) -> tuple[np.ndarray, np.ndarray]:
+        """(latency ms, one-sigma uncertainty ms) of each architecture."""
+        self._check_schema()
+        table = self._space_table()
+        if table is not None:
+            index = get_space(self.space).to_index(archs)
+            return table[0][index], table[1][index]
+        mean, std = self.regressor_.predict_with_uncertainty(self._regressor_input(archs))
+        return np.asarray(mean, dtype=np.float64), np.asarray(std, dtype=np.float64)
+
+    def satisfies(self, archs: Any, budget_ms: float, sigmas: float = 0.0) -> np.ndarray:
+        """Boolean mask: predicted latency (+ ``sigmas`` x uncertainty) <= ``budget_ms``."""
+        if not budget_ms > 0:
+            raise ConfigError(f"latency budget must be positive, got {budget_ms} ms")
+        if sigmas:
+            mean, std = self.predict_with_uncertainty(archs)
+            return mean + sigmas * std <= budget_ms
+        return self.predict(archs) <= budget_ms
+
+
+def fit_from_results(frame: Any, *, space: str, device: str, runtime: str | None = None,
+                     regressor: Any = None, holdout: float = 0.2, seed: int = 0,
+                     arch_of: Any = None) -> tuple[ArchPredictor, dict[str, Any], str]:
+    """Fit an ArchPredictor from a ``ResultStore.query()`` frame (what ``bench predictor fit``
+    does). Returns ``(predictor fitted on all rows, held-out metrics, training-set hash)``.
+
+    With ``holdout`` > 0 (and at least 20 architectures) a copy is first fitted on a random
+    ``1 - holdout`` share and scored on the rest; the metrics go into the artifact manifest.
+    ``arch_of`` maps other model ids to architectures (see ``traces.training_frame``).
+    """
+    from costmeter.predictors.artifacts import training_set_hash
+    from costmeter.predictors.estimators.evaluate import metrics, random_split
+    from costmeter.results.traces import training_frame
+
+    train = training_frame(frame, space, device=device, runtime=runtime, arch_of=arch_of)
+    archs, y = list(train["arch"]), train["latency_ms"].to_numpy(dtype=np.float64)
+    template = ArchPredictor(space=space, regressor=regressor, device=device, runtime=runtime)
+    scores: dict[str, Any] = {}
+    if holdout > 0 and len(archs) >= 20:
+        tr, te = random_split(len(archs), train=1.0 - holdout, seed=seed)
+        probe = clone(template).fit([archs[i] for i in tr], y[tr])
+        scores = {"holdout": holdout, "seed": seed,
+                  **metrics(y[te], probe.predict([archs[i] for i in te]))}
+    predictor = clone(template).fit(archs, y)
+    digest = training_set_hash(get_space(space).features(archs), y)
+    return predictor, scores, digest

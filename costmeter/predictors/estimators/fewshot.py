@@ -1,0 +1,189 @@
+"""Few-shot transfer to a new device: K measured architectures plus the traces of known devices.
+
+Method (a correction on top of source-device predictors): every known (source) device has a
+fitted predictor. On the K target architectures, the target's log-latency is regressed on
+the sources' predicted log-latencies with non-negative weights (non-negative least squares on
+centred values, plus an intercept):
+
+    log t(x) = b + sum_s w_s * log f_s(x),   w_s >= 0
+
+Non-negativity keeps the fit stable with K = 10 points and 20 sources (most weights are zero:
+it picks the few devices that rank like the target). The K architectures are a fixed,
+hardware-independent reference set (:func:`reference_architectures`), as in HELP (Lee et al.,
+NeurIPS 2021), so the same K can be measured on any new device.
+
+With many target measurements (K in the hundreds) a ``local`` model of the target alone (e.g.
+a ``ModelForest`` on the architecture features) can join the sources: it is fitted on the K
+points and enters the least squares through its out-of-fold predictions (``cv`` folds), so its
+weight reflects how it generalises, not how well it memorised the K points. The target can
+then follow the sources where they rank like it and its own model where none does.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+from scipy.optimize import nnls
+from sklearn.base import BaseEstimator, RegressorMixin, clone
+from sklearn.model_selection import KFold, cross_val_predict
+from sklearn.utils.validation import check_is_fitted
+
+from costmeter.errors import ConfigError
+from costmeter.models.spaces import get_space
+
+MIN_TARGET_POINTS = 3
+LOCAL_NAME = "(local)"
+
+
+def reference_architectures(space: str, k: int = 10, seed: int = 0, pool_size: int = 20_000,
+                            pool: Sequence[Any] | None = None) -> list[str]:
+    """``k`` architectures spread over the space's MACs range (one per MACs quantile bin).
+
+    The pool is ``pool`` when given (e.g. architectures already measured), else the whole
+    space when it is finite and small, else ``pool_size`` random samples; for NB201, cells
+    whose output is disconnected from the input are excluded. Deterministic for a given
+    ``seed``; independent of any device. Returns canonical strings.
+    """
+    if k < 1:
+        raise ConfigError(f"number of reference architectures must be >= 1, got {k}")
+    sp = get_space(space)
+    if pool is not None:
+        pool = [sp.canonical(a) for a in pool]
+        if len(pool) < k:
+            raise ConfigError(f"pool of {len(pool)} architectures is smaller than k = {k}")
+    else:
+        pool = sp.enumerate_archs() if sp.SIZE <= pool_size else sp.sample(pool_size, seed=seed)
+    feats = sp.features(pool)
+    keep = np.ones(len(pool), dtype=bool)
+    if "connected" in feats.columns:
+        keep &= feats["connected"].to_numpy() > 0
+    candidates = np.flatnonzero(keep)
+    macs = feats["macs_total"].to_numpy()[candidates]
+    edges = np.quantile(macs, np.linspace(0, 1, k + 1))
+    rng = np.random.default_rng(seed)
+    chosen: list[int] = []
+    for i in range(k):
+        upper = macs <= edges[i + 1] if i == k - 1 else macs < edges[i + 1]
+        in_bin = candidates[(macs >= edges[i]) & upper]
+        in_bin = np.setdiff1d(in_bin, chosen)
+        if in_bin.size == 0:
+            in_bin = np.setdiff1d(candidates, chosen)
+        chosen.append(int(rng.choice(in_bin)))
+    return [pool[i] for i in chosen]
+
+
+class FewShotTransfer(RegressorMixin, BaseEstimator):
+    """Target-device latency from source-device predictors plus K target measurements.
+
+    Parameters: ``sources`` -- mapping of source device name to a fitted predictor that takes
+    the same feature table ``X`` and returns latencies in ms (e.g. ``ModelForest``). Like any
+    meta-estimator's, the sources are unfitted by ``sklearn.base.clone``; wrap them in
+    ``sklearn.frozen.FrozenEstimator`` to keep them fitted through cloning.
+    ``local`` -- optional unfitted estimator of the target alone (ms from ``X``), fitted on the
+    K points; it joins the combination as source ``"(local)"`` through its ``cv``-fold
+    out-of-fold predictions (needs K >= 2 * ``cv``).
+    Fitted: ``weights_`` (Series: source -> weight, non-negative), ``intercept_`` (log ms),
+    ``residual_std_`` (log-space residual std on the K points), ``source_names_``, and
+    ``local_`` (the local estimator fitted on all K points, or None).
+    """
+
+    def __init__(self, sources: Mapping[str, Any] | None = None, local: Any = None,
+                 cv: int = 5) -> None:
+        self.sources = sources
+        self.local = local
+        self.cv = cv
+
+    def _all_logs(self, X: Any) -> np.ndarray:
+        """Log ms of every source (and of the fitted local model, last column) per row."""
+        logs = self._source_logs(X)
+        if getattr(self, "local_", None) is None:
+            return logs
+        local = np.asarray(self.local_.predict(X), dtype=np.float64)
+        return np.column_stack([logs, np.log(np.maximum(local, 1e-9))])
+
+    def _local_out_of_fold(self, X: Any, target: np.ndarray) -> np.ndarray:
+        """Fit ``local_`` on all K rows; return its out-of-fold log ms on them."""
+        if self.cv < 2 or target.size < 2 * self.cv:
+            raise ConfigError(f"a local model needs >= {2 * max(self.cv, 2)} target "
+                              f"measurements for {self.cv}-fold out-of-fold predictions, "
+                              f"got {target.size}")
+        folds = KFold(self.cv, shuffle=True, random_state=0)
+        oof = cross_val_predict(clone(self.local), X, target, cv=folds)
+        self.local_ = clone(self.local).fit(X, target)
+        return np.log(np.maximum(np.asarray(oof, dtype=np.float64), 1e-9))
+
+    def _source_logs(self, X: Any) -> np.ndarray:
+        sources = dict(self.sources or {})
+        names = getattr(self, "source_names_", tuple(sources))
+        missing = [n for n in names if n not in sources]
+        if missing:
+            raise ConfigError(f"few-shot transfer lost its source predictors {missing}")
+        cols = []
+        for name in names:
+            pred = np.asarray(sources[name].predict(X), dtype=np.float64)
+            cols.append(np.log(np.maximum(pred, 1e-9)))
+        return np.column_stack(cols)
+
+    def fit(self, X: Any, y: Any) -> FewShotTransfer:
+        """Fit the non-negative combination on the K target rows ``X`` and latencies ``y`` (ms)."""
+        if not self.sources:
+            raise ConfigError("few-shot transfer needs at least one source-device predictor")
+        target = np.asarray(y, dtype=np.float64).ravel()
+        if target.size < MIN_TARGET_POINTS:
+            raise ConfigError(f"few-shot transfer needs >= {MIN_TARGET_POINTS} target "
+                              f"measurements, got {target.size}")
+        if np.any(~(target > 0)):
+            raise ConfigError("target latencies must be positive")
+        self.source_names_ = tuple(self.sources)
+        self.local_ = None
+        logs = self._source_logs(X)
+        if logs.shape[0] != target.size:
+            raise ConfigError(f"{logs.shape[0]} feature rows but {target.size} latencies")
+        if self.local is not None:
+            logs = np.column_stack([logs, self._local_out_of_fold(X, target)])
+        log_y = np.log(target)
+        centre = logs.mean(axis=0)
+        weights, _ = nnls(logs - centre, log_y - log_y.mean())
+        if not np.any(weights > 0):  # no source ranks like the target: fall back to the best one
+            best = int(np.argmax([np.corrcoef(c, log_y)[0, 1] if np.ptp(c) else -1.0
+                                  for c in logs.T]))
+            weights[best] = 1.0
+        self.intercept_ = float(log_y.mean() - centre @ weights)
+        self.coef_ = weights
+        resid = log_y - (self.intercept_ + logs @ weights)
+        self.residual_std_ = float(np.sqrt(np.mean(resid ** 2)))
+        # each source alone, linearly calibrated on the K points (for the uncertainty)
+        self.calibration_ = np.zeros((logs.shape[1], 2))
+        for i, column in enumerate(logs.T):
+            if weights[i] > 0:
+                self.calibration_[i] = np.polyfit(column, log_y, 1) if np.ptp(column) else (0.0, log_y.mean())
+        return self
+
+    @property
+    def weights_(self) -> Any:
+        """Source weights as a pandas Series (largest first)."""
+        import pandas as pd
+
+        check_is_fitted(self)
+        names = list(self.source_names_) + ([LOCAL_NAME] if self.local_ is not None else [])
+        return pd.Series(self.coef_, index=names).sort_values(ascending=False)
+
+    def predict(self, X: Any) -> np.ndarray:
+        """Predicted target latency (ms) per row."""
+        check_is_fitted(self)
+        return np.exp(self.intercept_ + self._all_logs(X) @ self.coef_)
+
+    def predict_with_uncertainty(self, X: Any) -> tuple[np.ndarray, np.ndarray]:
+        """(latency ms, uncertainty ms): the weighted spread of the individually calibrated
+        sources around the combination, combined with the residual of the K-point fit; both in
+        log space, so the uncertainty is relative."""
+        check_is_fitted(self)
+        logs = self._all_logs(X)
+        pred_log = self.intercept_ + logs @ self.coef_
+        w = self.coef_ / self.coef_.sum()
+        used = np.flatnonzero(w > 0)
+        calibrated = logs[:, used] * self.calibration_[used, 0] + self.calibration_[used, 1]
+        spread2 = ((calibrated - pred_log[:, None]) ** 2) @ w[used]
+        latency = np.exp(pred_log)
+        return latency, latency * np.sqrt(spread2 + self.residual_std_ ** 2)

@@ -1,0 +1,186 @@
+"""Whole-network latency from kernel micro-benchmarks: :class:`NetworkPredictor`.
+
+The kernel-level forests (:class:`~costmeter.predictors.estimators.forest.KernelForest`, one per kernel
+type) price every kernel a runtime runs for a network; their sum plus the measured per-run
+overhead is nn-Meter's prediction. Optionally, a :class:`~costmeter.predictors.estimators.calibration.
+TrafficCalibration` fitted on networks measured on the same device adds what a network pays
+that its kernels timed one by one do not (weights and activations coming from beyond the
+caches). This is what ``bench kernels fit`` writes and ``bench predict`` reads.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+from sklearn.base import BaseEstimator, clone
+from sklearn.utils.validation import check_is_fitted
+
+from costmeter.errors import ConfigError
+from costmeter.predictors.estimators.calibration import BASE_COLUMN, TrafficCalibration, network_terms
+
+
+class NetworkPredictor(BaseEstimator):
+    """Kernel-forest sum (+ per-run overhead, + optional calibration) per network.
+
+    ``kernel_forest``: the template :class:`KernelForest` (cloned and fitted); ``overhead_ms``:
+    the runtime's per-run cost of an almost empty model (ms), added once per network;
+    ``calibration``: a :class:`TrafficCalibration` template, fitted when :meth:`fit` is given
+    measured networks. Fitted: ``kernel_forest_``, ``calibration_`` (None without networks).
+    """
+
+    def __init__(self, kernel_forest: Any = None, overhead_ms: float = 0.0,
+                 calibration: Any = None) -> None:
+        self.kernel_forest = kernel_forest
+        self.overhead_ms = overhead_ms
+        self.calibration = calibration
+
+    def fit(self, tables: Mapping[str, Any], kernel_latency_ms: Mapping[str, Any],
+            graphs: Mapping[str, Any] | None = None, network_ms: Any = None,
+            groups: Any = None) -> NetworkPredictor:
+        """Fit the kernel forests on micro-benchmarks (``kernel_type -> features`` and
+        ``kernel_type -> latencies ms``); with ``graphs`` (name -> KernelGraph) and their
+        measured ``network_ms`` (same order), also the calibration, ``groups`` naming each
+        network's family."""
+        from costmeter.predictors.estimators.forest import KernelForest, ModelForest
+
+        if not np.isfinite(self.overhead_ms) or self.overhead_ms < 0:
+            raise ConfigError(f"overhead_ms must be a finite non-negative number, got {self.overhead_ms}")
+        template = self.kernel_forest if self.kernel_forest is not None else KernelForest(
+            ModelForest(), on_unknown="flops_linear")
+        self.kernel_forest_ = clone(template).fit(tables, kernel_latency_ms)
+        self.calibration_ = None
+        if graphs is not None:
+            if network_ms is None or len(network_ms) != len(graphs):
+                raise ConfigError(f"calibration needs one measured latency per network: "
+                                  f"{len(graphs)} networks, "
+                                  f"{0 if network_ms is None else len(network_ms)} latencies")
+            frame = self._sums(graphs)
+            template = self.calibration if self.calibration is not None else TrafficCalibration()
+            self.calibration_ = clone(template).fit(frame, np.asarray(network_ms, dtype=np.float64),
+                                                    groups)
+        return self
+
+    def predict_frame(self, graphs: Mapping[str, Any]) -> Any:
+        """Per network (index: the names of ``graphs``): ``latency_ms``, ``std_ms``,
+        ``kernel_sum_ms`` (forests plus overhead), ``fallback_share`` (share priced by the
+        FLOPs-linear fallback, kernel types without a forest), the calibration terms and
+        ``calibrated``: False where the network's kernel sum lies outside those of the
+        calibration networks -- the correction is not extrapolated, the kernel sum is returned.
+
+        ``std_ms`` combines the kernels' spread across trees (independent) and, when
+        calibrated, the calibration's cross-validated relative error on unseen families."""
+        check_is_fitted(self)
+        frame = self._sums(graphs)
+        frame["latency_ms"] = frame[BASE_COLUMN]
+        frame["calibrated"] = False
+        if self.calibration_ is None:
+            return frame
+        inside = self.calibration_.in_range(frame)
+        calibrated = self.calibration_.predict(frame)
+        frame["latency_ms"] = np.where(inside, calibrated, frame[BASE_COLUMN])
+        frame["calibrated"] = inside
+        calibration_std = np.where(inside, self.calibration_.cv_rel_rmse_ * frame["latency_ms"], 0.0)
+        frame["std_ms"] = np.sqrt(frame["std_ms"] ** 2 + calibration_std ** 2)
+        return frame
+
+    def predict(self, graphs: Mapping[str, Any]) -> Any:
+        """Predicted latency (ms) per network, a pandas Series indexed by name."""
+        return self.predict_frame(graphs)["latency_ms"]
+
+    def breakdown(self, graphs: Mapping[str, Any]) -> Any:
+        """Per network and kernel type: summed kernel latency (ms), count and share."""
+        from costmeter.predictors.kernels.features import stack_tables
+
+        check_is_fitted(self)
+        return self.kernel_forest_.breakdown(stack_tables(dict(graphs)))
+
+    def describe(self) -> str:
+        """One line: what the prediction is made of."""
+        check_is_fitted(self)
+        text = (f"kernel forests for {len(self.kernel_forest_.kernel_types_)} kernel types + "
+                f"{self.overhead_ms * 1e3:.1f} us per-run overhead")
+        return text + (f"; calibrated: {self.calibration_.describe()}" if self.calibration_ is not None
+                       else "; not calibrated")
+
+    def _sums(self, graphs: Mapping[str, Any]) -> Any:
+        import pandas as pd
+
+        from costmeter.predictors.kernels.features import stack_tables
+
+        if not graphs:
+            raise ConfigError("no networks to predict")
+        sums = self.kernel_forest_.predict_with_uncertainty(stack_tables(dict(graphs)))
+        names = list(graphs)
+        frame = pd.DataFrame({m: network_terms(graphs[m]) for m in names}).T
+        frame[BASE_COLUMN] = sums["latency_ms"].reindex(names).fillna(0.0) + self.overhead_ms
+        frame["std_ms"] = sums["std_ms"].reindex(names).fillna(0.0)
+        frame["fallback_share"] = sums["fallback_share"].reindex(names).fillna(0.0)
+        frame.index.name = "model"
+        return frame
+
+
+def fit_network_predictor(workdir: Any, device: str = "cpu", runtime: str = "onnxruntime",
+                          cold: bool = False, calibrate_on: tuple[str, ...] | list[str] = (),
+                          store: Any = None) -> tuple[NetworkPredictor, dict[str, Any]]:
+    """A :class:`NetworkPredictor` from the kernel samples in ``workdir`` (``bench kernels
+    sample``), calibrated on the architectures of the ``calibrate_on`` spaces collected there
+    (``bench collect``) and measured in ``store``; returns it and the manifest's extra fields.
+
+    ``cold``: fit the cold-weight latencies (samples timed in context). Calibrating measures
+    this machine's cache curve (:func:`~costmeter.predictors.estimators.calibration.measure_cache_curve`,
+    a few seconds), so it is offered for the local ``cpu`` only. Raises ConfigError, saying what
+    to run, when samples or networks are missing."""
+    from pathlib import Path
+
+    from costmeter.predictors.estimators.calibration import measure_cache_curve
+    from costmeter.predictors.workflows.collect import SPACES, measured_latencies, onnx_path
+    from costmeter.models.onnx.graph import load_graph
+    from costmeter.predictors.kernels.rules import load_rules
+    from costmeter.predictors.sampling.measure import KernelSamples, samples_path
+    from costmeter.predictors.kernels.fuse import fuse
+
+    workdir = Path(workdir)
+    path = samples_path(workdir, device, runtime)
+    if not path.exists():
+        raise ConfigError(f"no kernel samples at {path}; run `bench kernels sample --device {device} "
+                          f"--runtime {runtime}` first")
+    samples = KernelSamples.load(path)
+    overheads = [float(r["overhead_ms"]) for r in samples.rows if r["source"] == "measured"]
+    overhead = float(np.nanmedian(overheads)) if overheads else 0.0
+    extra: dict[str, Any] = {"kernel_timing": samples.method + (", cold weights" if cold else ""),
+                             "overhead_ms": overhead, "kernel_samples": len(samples.rows)}
+    unknown = [s for s in calibrate_on if s not in SPACES]
+    if unknown:
+        raise ConfigError(f"--calibrate-on: unknown space {', '.join(unknown)}; choose from "
+                          f"{', '.join(SPACES)}")
+    graphs = network_ms = groups = None
+    calibration = None
+    if calibrate_on:
+        if store is None:
+            raise ConfigError("calibration needs the results store holding the measured networks")
+        if device != "cpu":
+            raise ConfigError(f"calibration measures the cache curve of this machine; it is not "
+                              f"available for {device} (use the kernel sum, or calibrate on the "
+                              "device itself)")
+        measured = measured_latencies(workdir, store, list(calibrate_on), device, runtime)
+        if len(measured) < 4 or len({item.space for item, _ in measured.values()}) < 2:
+            raise ConfigError(f"calibration needs measured networks of at least 2 of "
+                              f"{', '.join(calibrate_on)} (found {len(measured)}); run `bench "
+                              f"collect --space SPACE --device {device} --runtime {runtime}` "
+                              "for each")
+        rules = load_rules(runtime, device, workdir)
+        graphs = {m: fuse(load_graph(onnx_path(item, workdir)), rules)
+                  for m, (item, _) in measured.items()}
+        network_ms = [ms for _, ms in measured.values()]
+        groups = [item.space for item, _ in measured.values()]
+        curve_mb, curve_us = measure_cache_curve()
+        calibration = TrafficCalibration(curve_mb=curve_mb, curve_us_per_mb=curve_us)
+    model = NetworkPredictor(overhead_ms=overhead, calibration=calibration).fit(
+        samples.tables(), samples.latencies(cold=cold), graphs, network_ms, groups)
+    if model.calibration_ is not None:
+        extra["calibration"] = {"networks": len(network_ms or []), "families": sorted(set(groups or [])),
+                                "cache_curve": {"mb": list(model.calibration_.curve_mb),
+                                                "us_per_mb": list(model.calibration_.curve_us_per_mb)},
+                                "summary": model.calibration_.describe()}
+    return model, extra

@@ -1,0 +1,434 @@
+"""Latency lookup tables (LUTs) for NAS: per-block latencies summed into a network latency.
+
+:func:`build_lut` measures (through :mod:`costmeter.predictors.lut.measure`: the harness
+protocol and runtime adapters, many blocks per isolated worker) or, given a kernel-level
+predictor, predicts the latency of every block a search space can produce at the requested
+resolutions, keyed as Once-for-All's tables are (see :mod:`costmeter.predictors.lut.blocks`).
+A :class:`LatencyTable` is saved as JSON (manifest + entries) with a CSV of the entries beside
+it; :func:`load_table` reads it back and refuses a table built for another device, runtime or
+resolution set than the caller asks for.
+
+Estimates (ms): ``estimate(arch) = sum of the arch's block entries + overhead_ms``. A measured
+entry is its block's median minus the per-run overhead of the runtime (the median of an almost
+empty model measured alongside), so a network of ~25 blocks pays that overhead once, not 25
+times; ``corrected=False`` sums the raw medians instead (the additivity check reports both).
+:meth:`LatencyTable.estimate_batch` gathers from dense numpy tables: no per-architecture
+Python loop for array encodings.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from costmeter.errors import ConfigError, StoreError
+from costmeter.predictors.lut import blocks
+from costmeter.predictors.lut.blocks import BlockSpec
+
+FORMAT = "costmeter-lut"
+FORMAT_VERSION = 1
+MIN_ENTRY_MS = 1e-4  # floor of an overhead-corrected entry (0.1 us)
+SOURCES = ("measured", "predicted")
+ENTRY_COLUMNS = ("key", "kind", "input", "output", "expand", "kernel", "stride", "idskip", "se",
+                 "hs", "latency_ms", "raw_ms", "spread_ms", "samples", "source")
+
+
+@dataclass(frozen=True)
+class LutEntry:
+    """One table row: a block key and its latency (ms, overhead-corrected), raw median,
+    robust spread of single runs (1.4826 x MAD, ms), sample count and source."""
+
+    key: str
+    kind: str
+    latency_ms: float
+    raw_ms: float
+    spread_ms: float
+    samples: int
+    source: str
+    fields: tuple[tuple[str, Any], ...] = ()
+
+    def to_row(self) -> dict[str, Any]:
+        """A flat dict with :data:`ENTRY_COLUMNS`."""
+        row = {"key": self.key, "kind": self.kind, **dict(self.fields),
+               "latency_ms": self.latency_ms, "raw_ms": self.raw_ms, "spread_ms": self.spread_ms,
+               "samples": self.samples, "source": self.source}
+        return {c: row.get(c, "") for c in ENTRY_COLUMNS}
+
+
+def _entry_fields(spec: BlockSpec) -> tuple[tuple[str, Any], ...]:
+    return (("input", "x".join(map(str, spec.input_hwc))),
+            ("output", "x".join(map(str, spec.output_hwc))), ("expand", spec.expand),
+            ("kernel", spec.kernel), ("stride", spec.stride), ("idskip", int(spec.idskip)),
+            ("se", int(spec.se)), ("hs", int(spec.hs)))
+
+
+class LatencyTable:
+    """A latency lookup table of one search space on one device and runtime.
+
+    ``manifest`` holds space, device, runtime, threads, resolutions, source
+    (measured/predicted), overhead_ms, environment, protocol, creation date and versions.
+    ``predict``/``satisfies`` follow the batch prediction API of :mod:`costmeter.predictors.api`.
+    """
+
+    def __init__(self, manifest: dict[str, Any], entries: Sequence[LutEntry]) -> None:
+        self.manifest = dict(manifest)
+        self.entries: dict[str, LutEntry] = {e.key: e for e in entries}
+        self._dense: dict[bool, tuple[Any, ...]] = {}
+
+    # -- identity
+    @property
+    def space(self) -> str:
+        return str(self.manifest["space"])
+
+    @property
+    def device(self) -> str:
+        return str(self.manifest["device"])
+
+    @property
+    def runtime(self) -> str:
+        return str(self.manifest["runtime"])
+
+    @property
+    def resolutions(self) -> tuple[int, ...]:
+        return tuple(int(r) for r in self.manifest["resolutions"])
+
+    @property
+    def overhead_ms(self) -> float:
+        return float(self.manifest.get("overhead_ms") or 0.0)
+
+    def __repr__(self) -> str:
+        return (f"LatencyTable({self.space}, {self.device}/{self.runtime}, "
+                f"resolutions={list(self.resolutions)}, {len(self.entries)} entries)")
+
+    def check_compatible(self, device: str | None = None, runtime: str | None = None,
+                         resolutions: Sequence[int] | None = None, space: str | None = None,
+                         where: str = "this table") -> None:
+        """ConfigError naming the mismatch when the table was built for something else."""
+        for field, wanted in (("space", space), ("device", device), ("runtime", runtime)):
+            have = self.manifest.get(field)
+            if wanted is not None and str(wanted) != str(have):
+                raise ConfigError(f"{where} was built for {field} {have!r}, not {wanted!r}; "
+                                  f"build one with `bench lut build --{field} {wanted}`")
+        missing = sorted({int(r) for r in resolutions or ()} - set(self.resolutions))
+        if missing:
+            raise ConfigError(f"{where} was built for resolutions "
+                              f"{', '.join(map(str, self.resolutions))}, not "
+                              f"{', '.join(map(str, missing))}; rebuild it with `bench lut build "
+                              f"--resolution {','.join(map(str, sorted(set(self.resolutions) | set(missing))))}`")
+
+    # -- per architecture
+    def keys_of(self, arch: Any) -> list[str]:
+        """Block keys of one architecture in network order (repeats included)."""
+        return [spec.key for spec in blocks.arch_blocks(self.space, arch)]
+
+    def missing_keys(self, archs: Sequence[Any]) -> list[str]:
+        """Keys needed by ``archs`` that the table lacks (empty when it covers them all)."""
+        needed = {k for a in archs for k in self.keys_of(a)}
+        return sorted(needed - set(self.entries))
+
+    def breakdown(self, arch: Any, corrected: bool = True) -> list[tuple[str, float]]:
+        """(key, latency ms) of every block of ``arch``; ConfigError for a resolution or block
+        the table lacks."""
+        self._check_resolution(blocks.arch_resolution(self.space, arch))
+        out = []
+        for key in self.keys_of(arch):
+            entry = self.entries.get(key)
+            if entry is None:
+                raise ConfigError(f"table has no entry {key}; rebuild it with `bench lut build`")
+            out.append((key, entry.latency_ms if corrected else entry.raw_ms))
+        return out
+
+    def estimate(self, arch: Any, corrected: bool = True) -> float:
+        """Latency (ms) of one architecture: its blocks' entries plus, corrected, the overhead."""
+        total = math.fsum(ms for _, ms in self.breakdown(arch, corrected))
+        return total + (self.overhead_ms if corrected else 0.0)
+
+    def _check_resolution(self, resolution: int) -> None:
+        if int(resolution) not in self.resolutions:
+            raise ConfigError(f"architecture resolution {resolution} is not in this table (built "
+                              f"for resolutions {', '.join(map(str, self.resolutions))}); rebuild "
+                              "it with `bench lut build --resolution ...` including it")
+
+    # -- vectorised
+    def estimate_batch(self, archs: Any, corrected: bool = True) -> np.ndarray:
+        """Latency (ms) of every architecture, vectorised (see :meth:`predict`)."""
+        return self.predict(archs, corrected=corrected)[0]
+
+    def predict(self, archs: Any, corrected: bool = True) -> tuple[np.ndarray, np.ndarray]:
+        """(latency ms, uncertainty ms) per architecture (strings, dicts, or encoding arrays).
+
+        The uncertainty is the root-sum-square of the blocks' single-run spreads (run-to-run
+        variation of the sum of independent blocks); when the table carries an additivity check
+        (``manifest["check"]``), its RMS relative error times the latency is added in quadrature.
+        """
+        if self.space == "ofa_mbv3":
+            mean, var = self._predict_ofa(archs, corrected)
+        else:
+            mean, var = self._predict_nb201(archs, corrected)
+        rel = float((self.manifest.get("check") or {}).get("rms_rel_error") or 0.0)
+        return mean, np.sqrt(var + (rel * mean) ** 2)
+
+    def satisfies(self, archs: Any, budget_ms: float, sigmas: float = 0.0) -> np.ndarray:
+        """Boolean mask: estimate (+ ``sigmas`` x uncertainty) <= ``budget_ms``."""
+        budget = check_budget(budget_ms)
+        mean, unc = self.predict(archs)
+        return mean + sigmas * unc <= budget
+
+    def _dense_tables(self, corrected: bool) -> tuple[Any, ...]:
+        if corrected not in self._dense:
+            build = _ofa_dense if self.space == "ofa_mbv3" else _nb201_dense
+            self._dense[corrected] = build(self, corrected)
+        return self._dense[corrected]
+
+    def _value(self, key: str, corrected: bool) -> tuple[float, float]:
+        entry = self.entries.get(key)
+        if entry is None:
+            return float("nan"), float("nan")
+        return (entry.latency_ms if corrected else entry.raw_ms), entry.spread_ms ** 2
+
+    def _predict_ofa(self, archs: Any, corrected: bool) -> tuple[np.ndarray, np.ndarray]:
+        from costmeter.predictors.api import ofa_array
+        from costmeter.models.spaces import ofa_mbv3 as s
+
+        slot_mean, slot_var, fixed_mean, fixed_var = self._dense_tables(corrected)
+        a = ofa_array(archs)
+        r_index = (a[:, 0] - s.RESOLUTIONS[0]) // 4
+        if not np.isfinite(fixed_mean[r_index]).all():
+            self._check_resolution(int(a[~np.isfinite(fixed_mean[r_index]), 0][0]))
+        ks = a[:, 1 + s.N_STAGES:1 + s.N_STAGES + s.N_SLOTS]
+        es = a[:, 1 + s.N_STAGES + s.N_SLOTS:]
+        flat = ((r_index[:, None] * s.N_SLOTS + np.arange(s.N_SLOTS)) * 16
+                + _K_CODE[ks] * 4 + _E_CODE[es])
+        mean = slot_mean[flat].sum(axis=1) + fixed_mean[r_index]
+        var = slot_var[flat].sum(axis=1) + fixed_var[r_index]
+        if not np.isfinite(mean).all():
+            row = int(np.flatnonzero(~np.isfinite(mean))[0])
+            self.breakdown(s.format_arch(a[row]), corrected)  # raises naming the missing key
+        return mean, var
+
+    def _predict_nb201(self, archs: Any, corrected: bool) -> tuple[np.ndarray, np.ndarray]:
+        from costmeter.models.spaces import nb201 as n
+
+        op_mean, op_var, const_mean, const_var = self._dense_tables(corrected)
+        codes = n.to_codes(archs).astype(np.int64)
+        return op_mean[codes].sum(axis=1) + const_mean, op_var[codes].sum(axis=1) + const_var
+
+    # -- files
+    def to_frame(self) -> Any:
+        """Entries as a pandas DataFrame with :data:`ENTRY_COLUMNS`."""
+        import pandas as pd
+
+        return pd.DataFrame([e.to_row() for e in self.entries.values()], columns=list(ENTRY_COLUMNS))
+
+    def save(self, path: str | Path) -> tuple[Path, Path]:
+        """Write ``<stem>.json`` (manifest + entries) and ``<stem>.csv``; returns both paths."""
+        json_path = Path(path).with_suffix(".json")
+        csv_path = json_path.with_suffix(".csv")
+        body = {"format": FORMAT, "format_version": FORMAT_VERSION, "manifest": self.manifest,
+                "entries": [e.to_row() for e in self.entries.values()]}
+        try:
+            json_path.parent.mkdir(parents=True, exist_ok=True)
+            _atomic_write(json_path, json.dumps(body, indent=1, sort_keys=True, default=str))
+            _atomic_write(csv_path, self.to_frame().to_csv(index=False))
+        except OSError as exc:
+            raise StoreError(f"cannot write lookup table {json_path}: {exc.strerror or exc}; "
+                             "check the folder exists and is writable") from exc
+        return json_path, csv_path
+
+
+_K_CODE = np.zeros(8, dtype=np.int64)
+_K_CODE[[3, 5, 7]] = [1, 2, 3]
+_E_CODE = np.zeros(7, dtype=np.int64)
+_E_CODE[[3, 4, 6]] = [1, 2, 3]
+
+
+def _ofa_dense(table: LatencyTable, corrected: bool) -> tuple[np.ndarray, ...]:
+    """(slot mean, slot var) flat over (resolution, slot, kernel code, expand code) and
+    (fixed mean, fixed var) per resolution; NaN where the table has no entry."""
+    from costmeter.models.spaces import ofa_mbv3 as s
+
+    n_res = len(s.RESOLUTIONS)
+    slot = np.full((n_res, s.N_SLOTS, 4, 4, 2), np.nan)
+    slot[:, :, 0, :, :] = 0.0  # inactive slots cost nothing
+    slot[:, :, :, 0, :] = 0.0
+    fixed = np.full((n_res, 2), np.nan)
+    overhead = table.overhead_ms if corrected else 0.0
+    for ri, r in enumerate(s.RESOLUTIONS):
+        if r not in table.resolutions:
+            continue
+        values = [table._value(spec.key, corrected) for spec in blocks.ofa_fixed_specs(r)]
+        fixed[ri] = [sum(v[0] for v in values) + overhead, sum(v[1] for v in values)]
+        for stage in range(s.N_STAGES):
+            for b in range(s.MAX_DEPTH):
+                for ki, k in enumerate(s.KERNELS, start=1):
+                    for ei, e in enumerate(s.EXPANDS, start=1):
+                        spec = blocks.ofa_block_spec(r, stage, b == 0, k, e)
+                        slot[ri, stage * s.MAX_DEPTH + b, ki, ei] = table._value(spec.key, corrected)
+    flat = slot.reshape(-1, 2)
+    return (np.ascontiguousarray(flat[:, 0]), np.ascontiguousarray(flat[:, 1]),
+            fixed[:, 0].copy(), fixed[:, 1].copy())
+
+
+def _nb201_dense(table: LatencyTable, corrected: bool) -> tuple[Any, ...]:
+    """(per-op mean, per-op var) summed over the 15 cells, and the constant part."""
+    from costmeter.models.spaces import nb201 as n
+
+    op_mean, op_var = np.zeros(len(n.OPS)), np.zeros(len(n.OPS))
+    const_mean = table.overhead_ms if corrected else 0.0
+    const_var = 0.0
+    for spec in blocks.nb201_fixed_specs():
+        m, v = table._value(spec.key, corrected)
+        const_mean, const_var = const_mean + m, const_var + v
+    for stage in range(len(n.STAGE_CHANNELS)):
+        ops, add = blocks.nb201_stage_specs(stage)
+        for code, spec in enumerate(ops):
+            m, v = table._value(spec.key, corrected)
+            op_mean[code] += n.CELLS_PER_STAGE * m
+            op_var[code] += n.CELLS_PER_STAGE * v
+        m, v = table._value(add.key, corrected)
+        const_mean += n.CELLS_PER_STAGE * blocks.NB201_CELL_ADDS * m
+        const_var += n.CELLS_PER_STAGE * blocks.NB201_CELL_ADDS * v
+    if not (np.isfinite(op_mean).all() and math.isfinite(const_mean)):
+        missing = table.missing_keys([n.format_arch(np.arange(6) % 5)])
+        raise ConfigError(f"table lacks entries {', '.join(missing[:3])}; rebuild it with "
+                          "`bench lut build --space nb201`")
+    return op_mean, op_var, const_mean, const_var
+
+
+def check_budget(budget_ms: Any) -> float:
+    """The budget as a float; ConfigError unless it is a positive finite number of ms."""
+    try:
+        value = float(budget_ms)
+    except (TypeError, ValueError):
+        raise ConfigError(f"latency budget must be a positive number of ms, got {budget_ms!r}") from None
+    if not (value > 0 and math.isfinite(value)):
+        raise ConfigError(f"latency budget must be positive, got {budget_ms} ms")
+    return value
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+# ----------------------------------------------------------------------------- build / load
+def default_lut_path(workdir: Path | str, space: str, device: str, runtime: str,
+                     resolutions: Sequence[int] | None = None, predicted: bool = False) -> Path:
+    """``<workdir>/lut/<space>-<device>-<runtime>[-r<res>-...][-predicted].json``."""
+    safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in device)
+    res = blocks.check_resolutions(space, resolutions)
+    tag = "" if res == blocks.space_resolutions(space) else "-r" + "-".join(map(str, res))
+    return Path(workdir) / "lut" / f"{space}-{safe}-{runtime}{tag}{'-predicted' if predicted else ''}.json"
+
+
+def build_lut(space: str, device: str = "cpu", runtime: str = "onnxruntime",
+              resolutions: Sequence[int] | None = None, predictor: Any = None,
+              workdir: Path | str = ".costmeter", threads: int | None = 1,
+              min_time_s: float = 0.05, chunk_size: int | None = None,
+              interleave: int | None = None, output: str | Path | None = None,
+              progress: Callable[[int, int], None] | None = None) -> LatencyTable:
+    """Measure (or, with ``predictor``, predict) every block of ``space`` at ``resolutions``.
+
+    ``interleave``: blocks sampled round-robin in groups of this size (default per space:
+    ofa_mbv3 4, nb201 1 = each block alone); see :mod:`~costmeter.predictors.lut.measure`.
+    ``predictor``: a kernel-level predictor (``KernelForest``) or the path of a
+    ``.costmodel`` file holding one; blocks are then priced from their ONNX graphs' kernels
+    with the runtime's fusion rules and nothing is timed. ``output`` (optional) saves the
+    table as ``.json`` + ``.csv``. Everything is validated before anything runs.
+    """
+    from costmeter import __version__
+    from costmeter.predictors.lut import measure as lut_measure
+
+    res = blocks.check_resolutions(space, resolutions)
+    if min_time_s <= 0:
+        raise ConfigError(f"--min-time must be > 0 s, got {min_time_s}")
+    specs = blocks.space_blocks(space, res)
+    predictor_info: dict[str, Any] | None = None
+    if predictor is not None:
+        timings, facts, predictor_info = lut_measure.predict_blocks(
+            specs, predictor, device, runtime, workdir)
+    else:
+        timings, facts = lut_measure.measure_blocks(
+            specs, device, runtime, workdir, threads, lut_measure.lut_protocol(min_time_s),
+            chunk_size=chunk_size or lut_measure.DEFAULT_CHUNK,
+            interleave=interleave or lut_measure.DEFAULT_INTERLEAVE[space], progress=progress)
+    failed = [k for k, t in timings.items() if t.error or not t.median_ms > 0]
+    if failed:
+        first = timings[failed[0]]
+        raise ConfigError(f"{len(failed)} of {len(specs)} blocks could not be measured (first: "
+                          f"{failed[0]}: {first.error or 'no latency'}); check the runtime with "
+                          "`bench run` and build again")
+    overhead = float(facts.get("overhead_ms", 0.0))
+    source = "predicted" if predictor is not None else "measured"
+    entries = [LutEntry(spec.key, spec.kind,
+                        max(timings[spec.key].median_ms - overhead, MIN_ENTRY_MS),
+                        timings[spec.key].median_ms, timings[spec.key].spread_ms,
+                        timings[spec.key].samples, source, _entry_fields(spec)) for spec in specs]
+    manifest = {
+        "space": space, "device": device, "runtime": runtime, "threads": threads,
+        "resolutions": list(res), "source": source, "overhead_ms": overhead,
+        "entries": len(entries), "predictor": predictor_info,
+        "protocol": facts.get("protocol"), "chunk_size": facts.get("chunk_size"),
+        "interleave": facts.get("interleave"),
+        "environment": facts.get("environment") or {},
+        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "costmeter_version": __version__, "check": None,
+    }
+    table = LatencyTable(manifest, entries)
+    if output is not None:
+        table.save(output)
+    return table
+
+
+def load_table(path: str | Path, device: str | None = None, runtime: str | None = None,
+               resolutions: Sequence[int] | None = None, space: str | None = None) -> LatencyTable:
+    """Read a table (``.json``, or the ``.csv`` beside it); refuse one built for another
+    device/runtime/resolution/space than asked (ConfigError saying which)."""
+    p = Path(path)
+    json_path = p.with_suffix(".json") if p.suffix.lower() == ".csv" else p
+    if not json_path.is_file():
+        raise ConfigError(f"lookup table {json_path} not found; build one with `bench lut build`")
+    try:
+        body = json.loads(json_path.read_text())
+    except (OSError, ValueError) as exc:
+        raise StoreError(f"{json_path} is not a readable lookup table ({type(exc).__name__}); "
+                         "build it again with `bench lut build`") from exc
+    if not isinstance(body, dict) or body.get("format") != FORMAT:
+        raise StoreError(f"{json_path} is not a costmeter lookup table (no '{FORMAT}' format "
+                         "field); build one with `bench lut build`")
+    if body.get("format_version") != FORMAT_VERSION:
+        raise StoreError(f"{json_path} has lookup-table format version "
+                         f"{body.get('format_version')!r}; this costmeter reads version "
+                         f"{FORMAT_VERSION}; build it again with `bench lut build`")
+    manifest = body.get("manifest") or {}
+    lacking = [f for f in ("space", "device", "runtime", "resolutions") if f not in manifest]
+    if lacking:
+        raise StoreError(f"{json_path} manifest lacks {', '.join(lacking)}; build it again")
+    entries = []
+    for number, row in enumerate(body.get("entries") or []):
+        try:
+            entry = LutEntry(str(row["key"]), str(row["kind"]), float(row["latency_ms"]),
+                             float(row["raw_ms"]), float(row["spread_ms"]), int(row["samples"]),
+                             str(row["source"]),
+                             tuple((c, row.get(c, "")) for c in ENTRY_COLUMNS[2:10]))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise StoreError(f"{json_path} entry {number} is malformed ({type(exc).__name__}: "
+                             f"{exc}); build the table again") from exc
+        if not (entry.latency_ms > 0 and math.isfinite(entry.latency_ms)):
+            raise StoreError(f"{json_path} entry {entry.key} has latency {entry.latency_ms} ms; "
+                             "latencies must be positive -- build the table again")
+        entries.append(entry)
+    table = LatencyTable(manifest, entries)
+    table.check_compatible(device, runtime, resolutions, space, where=str(json_path))
+    return table

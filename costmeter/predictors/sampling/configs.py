@@ -1,0 +1,298 @@
+"""Kernel micro-benchmark configurations: a prior from real models, sampling, re-sampling.
+
+A :class:`KernelConfig` is a small op chain (the micro-benchmark ops of
+:mod:`costmeter.predictors.sampling.microbench`) on an input shape that forms one kernel of one type,
+e.g. Conv(k=5, stride 2) + HardSwish on ``[1, 72, 56, 56]``. :func:`config_from_kernel` turns any
+kernel of a fused model into its config, so :func:`build_prior` collects the configs that the zoo
+and the search spaces really contain. :func:`sample_configs` draws from that prior: a real config,
+then with probability ``jitter`` each dimension moved within the values the prior holds (channels
+scaled and rounded to multiples of 8, spatial sizes, kernel sizes, strides and epilogues of that
+kernel type), as nn-Meter samples around the distributions of real models.
+:func:`adaptive_configs` draws neighbours of configurations whose cross-validated prediction
+error exceeds a threshold (10% by default). Measuring lives in
+:mod:`costmeter.predictors.sampling.measure`.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import random
+from dataclasses import dataclass
+from typing import Any, Iterable, Mapping, Sequence
+
+from costmeter.errors import ConfigError
+from costmeter.predictors.kernels.fuse import Kernel, KernelGraph
+
+SAMPLED_TYPES: tuple[str, ...] = (
+    "conv", "dwconv", "fc", "matmul", "attention", "pool", "global_pool", "elementwise",
+    "activation", "concat", "softmax", "layernorm", "norm", "view", "data",
+)
+MAX_ACTIVATION_ELEMENTS = 4_000_000  # keeps one micro-benchmark under ~50 ms on a CPU core
+MAX_WEIGHT_ELEMENTS = 8_000_000
+MAX_MACS = 1_500_000_000  # the largest conv of the zoo at 224 px is ~0.23 G MACs
+_ACTS = ("Relu", "Clip", "HardSwish", "HardSigmoid", "Sigmoid", "Tanh", "LeakyRelu", "SiLU", "GELU")
+_CHANNEL_SCALES = (0.5, 0.75, 1.0, 1.25, 1.5, 2.0)
+
+
+@dataclass(frozen=True)
+class KernelConfig:
+    """One micro-benchmark: ``ops`` ((op, params) pairs) applied in order to ``input_shape``."""
+
+    kernel_type: str
+    input_shape: tuple[int, ...]
+    ops: tuple[tuple[str, tuple[tuple[str, Any], ...]], ...]
+
+    @property
+    def key(self) -> str:
+        """Stable 12-hex-digit identity of the config."""
+        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:12]
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict; inverse of :meth:`from_dict`."""
+        return {"kernel_type": self.kernel_type, "input_shape": list(self.input_shape),
+                "ops": [[op, {k: list(v) if isinstance(v, tuple) else v for k, v in params}]
+                        for op, params in self.ops]}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> KernelConfig:
+        """Inverse of :meth:`to_dict`."""
+        return make_config(str(data["kernel_type"]), tuple(data["input_shape"]),
+                           [(str(op), dict(params)) for op, params in data["ops"]])
+
+    def build(self) -> Any:
+        """The micro-benchmark as an ``onnx.ModelProto``."""
+        from costmeter.predictors.sampling.microbench import chain_model
+
+        return chain_model([(op, dict(params)) for op, params in self.ops], self.input_shape,
+                           f"{self.kernel_type}_{self.key}")
+
+    def activation_elements(self) -> int:
+        """Elements of the input tensor (a size guard for micro-benchmarks)."""
+        return math.prod(self.input_shape)
+
+
+def make_config(kernel_type: str, input_shape: Sequence[int],
+                ops: Sequence[tuple[str, Mapping[str, Any]]]) -> KernelConfig:
+    """Build a :class:`KernelConfig` (params frozen as sorted tuples)."""
+    frozen = tuple((op, tuple(sorted((k, tuple(v) if isinstance(v, list) else v)
+                                     for k, v in params.items()))) for op, params in ops)
+    return KernelConfig(kernel_type, tuple(int(d) for d in input_shape), frozen)
+
+
+def _dims(tensor: Any) -> list[int] | None:
+    if tensor is None or tensor.shape is None or not all(isinstance(d, int) for d in tensor.shape):
+        return None
+    return list(tensor.shape)
+
+
+def _epilogue(kernel: Kernel, start: int = 1) -> list[tuple[str, dict[str, Any]]] | None:
+    """Micro ops for the units after the anchor; None when one has no micro-benchmark op."""
+    ops: list[tuple[str, dict[str, Any]]] = []
+    produced = {o.name for u in kernel.units for o in u.outputs}
+    for position, unit in enumerate(kernel.units[start:], start=start):
+        kind = unit.op_type
+        if kind in _ACTS or kind == "BatchNormalization":
+            ops.append((kind, {}))
+        elif kind in ("Add", "Mul"):
+            others = [t for t in unit.inputs if t.name not in produced]
+            if position == 0 and others:  # the anchor: its largest input is the flow
+                others.remove(max(others, key=lambda t: math.prod(_dims(t) or [0])))
+            if others and all(t.constant for t in others):
+                ops.append((f"{kind}Const", {}))
+            else:
+                out, other = _dims(unit.outputs[0]), _dims(others[0]) if others else None
+                broadcast = bool(out and other and math.prod(other) < math.prod(out))
+                ops.append((kind, {"broadcast": broadcast}))
+        else:
+            return None
+    return ops
+
+
+def config_from_kernel(kernel: Kernel) -> KernelConfig | None:
+    """The micro-benchmark config that rebuilds ``kernel``; None when it cannot be built."""
+    op, kind = kernel.anchor, kernel.kernel_type
+    x = _dims(next((t for t in op.inputs if t.name and not t.constant), None))
+    if x is None or kind not in SAMPLED_TYPES:
+        return None
+    attrs = op.attributes
+    first: tuple[str, dict[str, Any]] | None = None
+    rest = _epilogue(kernel)
+    if kind in ("conv", "dwconv") and len(x) == 4:
+        kernel_size = int((attrs.get("kernel_shape") or [1])[0])
+        stride = int((attrs.get("strides") or [1])[0])
+        if kind == "dwconv":
+            first = ("DWConv", {"kernel": kernel_size, "stride": stride})
+        elif int(attrs.get("group", 1)) == 1:
+            c_out = _dims(op.outputs[0])
+            first = ("Conv", {"c_out": c_out[1] if c_out else x[1], "kernel": kernel_size,
+                              "stride": stride})
+    elif kind == "fc":
+        out = _dims(op.outputs[0])
+        if out and op.op_type == "Gemm" and len(x) == 2:
+            first = ("Gemm", {"n": out[-1]})
+        elif out and op.op_type == "MatMul":
+            first = ("MatMul", {"n": out[-1]})
+    elif kind == "matmul" and op.op_type == "MatMul":
+        out = _dims(op.outputs[0])
+        first = ("MatMul", {"n": out[-1], "weight": False}) if out else None
+    elif kind == "attention" and len(x) == 4:
+        return make_config(kind, x, [("MatMul", {"n": x[2], "weight": False}), ("MulConst", {}),
+                                     ("Softmax", {}), ("MatMul", {"n": x[3], "weight": False})])
+    elif kind == "pool" and len(x) == 4 and op.op_type in ("MaxPool", "AveragePool"):
+        first = (op.op_type, {"kernel": int((attrs.get("kernel_shape") or [1])[0]),
+                              "stride": int((attrs.get("strides") or [1])[0])})
+    elif kind == "global_pool" and len(x) == 4:
+        first = ("GlobalAveragePool", {})
+    elif kind in ("elementwise", "activation"):
+        rest = _epilogue(kernel, start=0)
+        if rest:
+            return make_config(kind, x, rest)
+    elif kind == "concat" and len(x) == 4 and int(attrs.get("axis", 0)) in (1, -3):
+        others = [_dims(t) for t in op.inputs[1:] if t.name]
+        if all(o is not None for o in others):
+            first = ("Concat", {"others": [o[1] for o in others if o]})
+    elif kind == "softmax" and op.op_type == "Softmax":
+        first = ("Softmax", {})
+    elif kind == "layernorm":
+        first = ("LayerNormalization", {})
+    elif kind == "norm" and op.op_type == "BatchNormalization" and len(x) == 4:
+        first = ("BatchNormalization", {})
+    elif kind == "view" and op.op_type in ("Flatten", "Reshape") and len(x) >= 2:
+        first = ("Flatten", {})
+    elif kind == "data" and op.op_type == "Transpose" and len(x) >= 2:
+        first = ("Transpose", {})
+    if first is None or rest is None:
+        return None
+    return make_config(kind, x, [first, *rest])
+
+
+@dataclass
+class KernelPrior:
+    """Observed configs per kernel type (with repeats: a common config is drawn more often)."""
+
+    configs: dict[str, list[KernelConfig]]
+    unbuildable: dict[str, int]  # kernel type -> kernels seen that no micro-benchmark rebuilds
+
+    def counts(self) -> dict[str, int]:
+        """Observed configs per kernel type."""
+        return {t: len(c) for t, c in self.configs.items()}
+
+
+def build_prior(kernel_graphs: Iterable[KernelGraph]) -> KernelPrior:
+    """Collect the micro-benchmark configs of every kernel in ``kernel_graphs``."""
+    configs: dict[str, list[KernelConfig]] = {}
+    unbuildable: dict[str, int] = {}
+    for kernel_graph in kernel_graphs:
+        for kernel in kernel_graph.kernels:
+            config = config_from_kernel(kernel)
+            if config is None:
+                if kernel.kernel_type not in ("constant", "shape"):
+                    unbuildable[kernel.kernel_type] = unbuildable.get(kernel.kernel_type, 0) + 1
+            elif config.activation_elements() <= MAX_ACTIVATION_ELEMENTS:
+                configs.setdefault(config.kernel_type, []).append(config)
+    return KernelPrior(configs, unbuildable)
+
+
+def _round8(value: float) -> int:
+    return max(8, int(round(value / 8.0)) * 8)
+
+
+def _values(configs: Sequence[KernelConfig], op_index: int, name: str) -> list[Any]:
+    return sorted({dict(c.ops[op_index][1]).get(name) for c in configs
+                   if len(c.ops) > op_index and dict(c.ops[op_index][1]).get(name) is not None})
+
+
+def perturb(config: KernelConfig, pool: Sequence[KernelConfig], rng: random.Random,
+            jitter: float = 0.7, scales: Sequence[float] = _CHANNEL_SCALES) -> KernelConfig:
+    """Move each dimension of ``config`` with probability ``jitter`` within ``pool``'s values."""
+    shape = list(config.input_shape)
+    ops = [(op, dict(params)) for op, params in config.ops]
+    image = len(shape) == 4 and ops[0][0] not in ("MatMul", "Softmax", "LayerNormalization")
+    if image:
+        if rng.random() < jitter:
+            shape[1] = _round8(shape[1] * rng.choice(scales))
+        spatial = sorted({c.input_shape[2] for c in pool if len(c.input_shape) == 4})
+        if spatial and rng.random() < jitter:
+            shape[2] = shape[3] = rng.choice(spatial)
+    elif len(shape) >= 2 and rng.random() < jitter:
+        shape[-1] = _round8(shape[-1] * rng.choice(scales))
+        if len(shape) >= 3 and rng.random() < jitter:
+            shape[-2] = max(1, int(shape[-2] * rng.choice(scales)))
+    first_op, params = ops[0]
+    for name in ("c_out", "n"):
+        if name in params and rng.random() < jitter and params.get("weight", True):
+            params[name] = _round8(params[name] * rng.choice(scales))
+    for name in ("kernel", "stride"):
+        choices = _values(pool, 0, name)
+        if name in params and choices and rng.random() < jitter:
+            params[name] = rng.choice(choices)
+    if "others" in params:
+        params["others"] = [_round8(c * rng.choice(scales)) for c in params["others"]]
+    epilogues = list(dict.fromkeys(c.ops[1:] for c in pool if c.ops[0][0] == first_op))
+    if len(ops) > 1 and epilogues and rng.random() < jitter / 2:
+        ops = ops[:1] + [(op, dict(p)) for op, p in rng.choice(epilogues)]
+    return make_config(config.kernel_type, shape, ops)
+
+
+def _fits(config: KernelConfig) -> bool:
+    if config.activation_elements() > MAX_ACTIVATION_ELEMENTS:
+        return False
+    params = dict(config.ops[0][1])
+    shape = config.input_shape
+    channels_in = shape[1] if len(shape) == 4 else shape[-1]
+    weights = params.get("c_out", params.get("n", 0)) * channels_in * int(params.get("kernel", 1)) ** 2
+    macs = weights * math.prod(shape[2:]) if len(shape) == 4 else weights * math.prod(shape[:-1])
+    return weights <= MAX_WEIGHT_ELEMENTS and macs <= MAX_MACS
+
+
+def sample_configs(prior: KernelPrior, counts: Mapping[str, int], seed: int = 0,
+                   jitter: float = 0.7) -> list[KernelConfig]:
+    """Draw ``counts[kernel_type]`` distinct configs per type from ``prior`` (deterministic)."""
+    rng = random.Random(seed)
+    out: list[KernelConfig] = []
+    for kernel_type, count in counts.items():
+        pool = prior.configs.get(kernel_type, [])
+        if count and not pool:
+            raise ConfigError(
+                f"the kernel prior has no {kernel_type} kernels; add models that contain them "
+                f"or drop {kernel_type} from the sample counts"
+            )
+        seen: set[str] = set()
+        for _ in range(count * 20):
+            if len(seen) >= count:
+                break
+            base = rng.choice(pool)
+            config = perturb(base, pool, rng, jitter) if rng.random() < 0.85 else base
+            if config.key not in seen and _fits(config):
+                seen.add(config.key)
+                out.append(config)
+    return out
+
+
+def adaptive_configs(configs: Sequence[KernelConfig], relative_errors: Sequence[float],
+                     per_point: int = 3, threshold: float = 0.10, seed: int = 0) -> list[KernelConfig]:
+    """Neighbours of the configs whose |prediction / measurement - 1| exceeds ``threshold``.
+
+    Neighbours move each dimension a little (channels x0.75..1.25, the other values of the
+    same pool), so the new measurements land where the model was wrong.
+    """
+    if len(configs) != len(relative_errors):
+        raise ConfigError(f"{len(configs)} configs but {len(relative_errors)} errors; align them")
+    rng = random.Random(seed)
+    known = {c.key for c in configs}
+    out: list[KernelConfig] = []
+    for config, error in zip(configs, relative_errors):
+        if not abs(error) > threshold:
+            continue
+        pool = [c for c in configs if c.kernel_type == config.kernel_type]
+        made = 0
+        for _ in range(per_point * 10):
+            if made >= per_point:
+                break
+            candidate = perturb(config, pool, rng, jitter=0.5, scales=(0.75, 0.875, 1.125, 1.25))
+            if candidate.key not in known and _fits(candidate):
+                known.add(candidate.key)
+                out.append(candidate)
+                made += 1
+    return out

@@ -1,0 +1,414 @@
+"""Measuring kernel micro-benchmarks, and keeping the results.
+
+:func:`measure_kernels` writes each :class:`~costmeter.predictors.sampling.configs.KernelConfig` as a
+tiny ONNX file, checks with the rule set that it forms exactly one kernel of its type (a config
+that a runtime's rules split is reported, not measured), times it and returns
+:class:`KernelSamples`: per kernel type, the named feature table and the latencies that
+:class:`~costmeter.predictors.estimators.forest.KernelForest` fits.
+
+Two ways to time a kernel. *Alone* (the default, nn-Meter's way): the kernel by itself, ``A``,
+minus the per-run overhead ``O`` of an almost empty model. *In context* (``context=True``, for
+image kernels, :data:`CONTEXT_TYPES` on 4-D tensors): the kernel between context ops (``A``: a
+1x1 depthwise conv on every image input and on the output, see
+:func:`~costmeter.predictors.sampling.microbench.context_chain`) and, for every boundary tensor ``T``, a
+baseline of the context ops alone (``B_T``):
+
+    latency = A - sum_T B_T / 2 + (|T| / 2 - 1) * O
+
+What differs, on ONNX Runtime's x86 CPU provider: a kernel alone also pays a blocked-layout
+(NCHWc) conversion of its input and output that a network pays only at a few places, so summed
+kernels timed alone over-predict small networks; in context that cost is gone, but so is what
+a network adds -- weights that stay in cache when one kernel runs again and again come from
+memory when other kernels ran in between (a 960x1000 fully connected layer: 56 us warm, 248 us
+after the caches were written over). Neither sum is right for every network:
+``benchmarks/predictor_cpu_families.py`` compares both, raw and with correction terms fitted
+on training networks. Token kernels (matmul, attention, softmax, layer norm, fc) are timed
+alone either way.
+
+Local runtimes that take ONNX files time the files in batch workers, a kernel and its baselines
+sampled round-robin in one process, so slow drift of a shared machine cancels in their
+difference; other runtimes and remote devices run each file through the harness runner in its
+own worker, results optionally stored. Almost empty models timed at the start, middle and end
+give ``O``.
+
+Kernels the runtime folds at load time (kernel type ``constant``: ops computing only from
+constants) never run; :meth:`KernelSamples.add_folded` gives them rows at
+:data:`FOLDED_LATENCY_MS` so they are priced (at ~0) rather than dropped.
+"""
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+from costmeter.errors import ConfigError, StoreError
+from costmeter.predictors.kernels.features import FEATURE_SCHEMA_VERSION, KERNEL_FEATURES, kernel_features
+from costmeter.predictors.kernels.rules import RuleSet
+from costmeter.predictors.kernels.fuse import KernelGraph, fuse
+from costmeter.predictors.sampling.configs import KernelConfig
+
+MIN_KERNEL_MS = 1e-4  # floor of an overhead-corrected kernel latency (0.1 us)
+FOLDED_LATENCY_MS = 1e-4
+FOLDED_TYPES: tuple[str, ...] = ("constant",)
+OVERHEAD_REPEATS = 3
+_ROW_COLUMNS = ["key", "kernel_type", "config", "features", "raw_ms", "overhead_ms",
+                "baseline_ms", "latency_ms", "cold_ms", "source", "rounds"]
+
+# groups of ONNX files (each group timed together) -> their median latencies (ms)
+GroupMeasureFn = Callable[[list[list[Path]]], list[list[float]]]
+CONTEXT_TYPES: tuple[str, ...] = ("conv", "dwconv", "conv_transpose", "pool", "global_pool",
+                                  "elementwise", "activation", "concat", "norm")
+METHODS: tuple[str, ...] = ("context", "isolated")
+BATCH_CHUNK = 240  # files per batch worker
+# in context, a kernel with at least this much weight is timed as copies with their own weights,
+# round-robin, so that its weights come from memory as in a network (whose other kernels evict
+# them): a 960x1000 fully connected layer took 56 us with its weights in cache, 248 us without
+COLD_WEIGHT_BYTES = 256 * 1024
+COLD_FOOTPRINT_BYTES = 64 * 1024 * 1024
+MAX_COLD_COPIES = 12
+BATCH_TIMEOUT_S = 1800.0
+
+
+@dataclass
+class KernelSamples:
+    """Measured kernels: one row each (config, raw and corrected latency, named features)."""
+
+    device: str
+    runtime: str
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    method: str = "isolated"  # how image kernels were timed: "isolated" or "context"
+    split: list[KernelConfig] = field(default_factory=list)  # configs the rules cut in pieces
+
+    def tables(self) -> dict[str, Any]:
+        """kernel_type -> DataFrame of :data:`KERNEL_FEATURES` (index: config key)."""
+        import pandas as pd
+
+        out: dict[str, Any] = {}
+        for kernel_type in sorted({r["kernel_type"] for r in self.rows}):
+            rows = [r for r in self.rows if r["kernel_type"] == kernel_type]
+            frame = pd.DataFrame([r["features"] for r in rows], index=[r["key"] for r in rows],
+                                 columns=list(KERNEL_FEATURES[kernel_type]), dtype="float64")
+            frame.attrs.update(feature_schema_version=FEATURE_SCHEMA_VERSION,
+                               kernel_type=kernel_type)
+            out[kernel_type] = frame
+        return out
+
+    def latencies(self, cold: bool = False) -> dict[str, Any]:
+        """kernel_type -> overhead-corrected latencies (ms), aligned with :meth:`tables`;
+        ``cold``: with the weights out of cache (kernels timed in context only)."""
+        import numpy as np
+
+        if cold and self.method != "context":
+            raise ConfigError("cold-weight latencies exist only for kernels timed in context; "
+                              "measure them with --context")
+        column = "cold_ms" if cold else "latency_ms"
+        types = sorted({r["kernel_type"] for r in self.rows})
+        return {t: np.array([r[column] for r in self.rows if r["kernel_type"] == t])
+                for t in types}
+
+    def configs(self) -> list[KernelConfig]:
+        """The measured configs (folded rows have none and are skipped)."""
+        return [KernelConfig.from_dict(json.loads(r["config"])) for r in self.rows if r["config"]]
+
+    def extend(self, other: KernelSamples) -> KernelSamples:
+        """Add ``other``'s rows (same device and runtime); rows with a known key are skipped."""
+        if (other.device, other.runtime) != (self.device, self.runtime):
+            raise ConfigError(f"cannot merge kernel samples of {other.device}/{other.runtime} "
+                              f"into {self.device}/{self.runtime}; keep them apart")
+        if other.rows and self.rows and other.method != self.method:
+            raise ConfigError(f"cannot merge kernels timed {other.method} into samples timed "
+                              f"{self.method}; measure them all one way (a new working folder)")
+        known = {r["key"] for r in self.rows}
+        self.rows += [r for r in other.rows if r["key"] not in known]
+        self.split += other.split
+        return self
+
+    def merge_lower(self, other: KernelSamples) -> KernelSamples:
+        """Fold in a re-measurement: per config key keep the round whose kernel run was the
+        fastest (with that round's baselines), count the rounds.
+
+        Contention on a shared machine only adds time, so the lower of two medians taken at
+        different times is the better estimate; new keys are added as in :meth:`extend`.
+        """
+        by_key = {r["key"]: r for r in self.rows}
+        for row in other.rows:
+            mine = by_key.get(row["key"])
+            if mine is None:
+                self.extend(KernelSamples(self.device, self.runtime, [row], method=other.method))
+                continue
+            mine["rounds"] = int(mine.get("rounds", 1)) + 1
+            if row["raw_ms"] < mine["raw_ms"]:
+                mine.update({k: row[k] for k in ("raw_ms", "overhead_ms", "baseline_ms",
+                                                   "latency_ms", "cold_ms")})
+        return self
+
+    def add_folded(self, kernel_graphs: Iterable[KernelGraph]) -> KernelSamples:
+        """Rows for kernels folded at load time (:data:`FOLDED_TYPES`), at FOLDED_LATENCY_MS."""
+        known = {r["key"] for r in self.rows}
+        for kernel_graph in kernel_graphs:
+            for kernel in kernel_graph.kernels:
+                if kernel.kernel_type not in FOLDED_TYPES:
+                    continue
+                values = kernel_features(kernel)
+                key = "folded-" + json.dumps(values, sort_keys=True)
+                if key not in known:
+                    known.add(key)
+                    self.rows.append({"key": key, "kernel_type": kernel.kernel_type, "config": "",
+                                      "features": values, "raw_ms": float("nan"),
+                                      "overhead_ms": float("nan"), "baseline_ms": float("nan"),
+                                      "latency_ms": FOLDED_LATENCY_MS,
+                                      "cold_ms": FOLDED_LATENCY_MS, "source": "folded",
+                                      "rounds": 0})
+        return self
+
+    def summary(self) -> dict[str, int]:
+        """Measured rows per kernel type."""
+        counts: dict[str, int] = {}
+        for row in self.rows:
+            counts[row["kernel_type"]] = counts.get(row["kernel_type"], 0) + 1
+        return counts
+
+    def save(self, path: Path | str) -> Path:
+        """Write as CSV (features as JSON, schema version in a column); returns the path."""
+        import pandas as pd
+
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        frame = pd.DataFrame(self.rows, columns=_ROW_COLUMNS)
+        frame["features"] = [json.dumps(f, sort_keys=True) for f in frame["features"]]
+        frame["feature_schema_version"] = FEATURE_SCHEMA_VERSION
+        frame["device"], frame["runtime"], frame["method"] = self.device, self.runtime, self.method
+        tmp = path.with_suffix(".tmp")
+        frame.to_csv(tmp, index=False)
+        tmp.replace(path)
+        return path
+
+    @classmethod
+    def load(cls, path: Path | str) -> KernelSamples:
+        """Read :meth:`save` output; StoreError for another feature schema or a bad file."""
+        import pandas as pd
+
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"kernel sample file not found: {path}; measure kernels first")
+        try:
+            frame = pd.read_csv(path, keep_default_na=False, na_values=[""])
+        except (OSError, ValueError) as error:
+            raise StoreError(f"cannot read kernel samples {path} ({type(error).__name__}); "
+                             "measure the kernels again") from error
+        versions = set(frame.get("feature_schema_version", []))
+        if versions and versions != {FEATURE_SCHEMA_VERSION}:
+            raise StoreError(f"kernel samples {path} use feature schema {sorted(versions)}, this "
+                             f"costmeter uses {FEATURE_SCHEMA_VERSION}; measure the kernels again")
+        if frame.empty:
+            return cls(device="", runtime="")
+        method = str(frame["method"].iloc[0]) if "method" in frame else "isolated"
+        if method not in METHODS:
+            raise StoreError(f"kernel samples {path} were timed by an unknown method {method!r}; "
+                             "measure the kernels again")
+        samples = cls(device=str(frame["device"].iloc[0]), runtime=str(frame["runtime"].iloc[0]),
+                      method=method)
+        if "rounds" not in frame:  # written before re-measurement rounds were counted
+            frame["rounds"] = (frame["source"] == "measured").astype(int)
+        if "baseline_ms" not in frame:  # written before kernels were timed in context
+            frame["baseline_ms"] = frame["overhead_ms"]
+        if "cold_ms" not in frame:
+            frame["cold_ms"] = frame["latency_ms"] if method == "context" else float("nan")
+        for record in frame[_ROW_COLUMNS].to_dict("records"):
+            record["features"] = json.loads(record["features"])
+            record["config"] = record["config"] if isinstance(record["config"], str) else ""
+            samples.rows.append(record)
+        return samples
+
+
+def _runner_measure(device: str, runtime: str, workdir: Path, threads: int | None,
+                    min_time_s: float, sink: Any, progress: Any) -> GroupMeasureFn:
+    """Each file in its own harness worker (any runtime the runner knows, remote devices too)."""
+    from costmeter.predictors.sampling.microbench import measure_onnx, median_ms, micro_protocol
+
+    def measure(groups: list[list[Path]]) -> list[list[float]]:
+        paths = [p for group in groups for p in group]
+        results = measure_onnx(paths, device, runtime, workdir, micro_protocol(min_time_s),
+                               threads, sink, tag="kernels-sample", progress=progress)
+        medians = iter(median_ms(r) for r in results)
+        return [[next(medians) for _ in group] for group in groups]
+
+    return measure
+
+
+def _batch_measure(device: str, runtime: str, threads: int | None, min_time_s: float,
+                   progress: Any) -> GroupMeasureFn:
+    """Every group sampled round-robin in a batch worker (local runtimes taking ONNX files)."""
+    from dataclasses import asdict
+
+    from costmeter.harness.batch import OVERHEAD_KEY, measure_entries, overhead_model_bytes
+    from costmeter.predictors.sampling.microbench import micro_protocol
+
+    def measure(groups: list[list[Path]]) -> list[list[float]]:
+        import tempfile
+
+        entries = [{"key": f"{g}/{i}", "onnx": str(path), "group": g}
+                   for g, group in enumerate(groups) for i, path in enumerate(group)]
+        protocol = {**asdict(micro_protocol(min_time_s)), "percentiles": [50.0]}
+        with tempfile.TemporaryDirectory(prefix="costmeter-kernels-") as tmp:
+            overhead_path = Path(tmp) / "overhead.onnx"
+            overhead_path.write_bytes(overhead_model_bytes())
+            base = {"device": device, "runtime": runtime, "threads": threads, "options": [],
+                    "protocol": protocol, "overhead": {"key": OVERHEAD_KEY,
+                                                       "onnx": str(overhead_path), "shape": [1, 1]}}
+            lines, overheads, _ = measure_entries(base, entries, BATCH_CHUNK, BATCH_TIMEOUT_S,
+                                                  progress)
+        by_key = {k: float(line["median_ms"]) for k, line in lines.items()}
+        return [[by_key.get(f"{g}/{i}", float("nan")) for i in range(len(group))]
+                for g, group in enumerate(groups)]
+
+    return measure
+
+
+def _default_measure(device: str, runtime: str, workdir: Path, threads: int | None,
+                     min_time_s: float, sink: Any, progress: Any) -> GroupMeasureFn:
+    from costmeter.harness.batch import check_local_onnx_runtime
+
+    try:
+        check_local_onnx_runtime(device, runtime)
+    except ConfigError:
+        return _runner_measure(device, runtime, workdir, threads, min_time_s, sink, progress)
+    return _batch_measure(device, runtime, threads, min_time_s, progress)
+
+
+def measure_kernels(configs: Sequence[KernelConfig], rules: RuleSet, device: str = "cpu",
+                    workdir: Path | str = ".costmeter", threads: int | None = 1,
+                    min_time_s: float = 0.2, sink: Any = None,
+                    measure: GroupMeasureFn | None = None, progress: Any = None,
+                    context: bool = False) -> KernelSamples:
+    """Measure ``configs`` on ``device`` with ``rules.runtime``; see the module docstring.
+
+    ``context``: image kernels measured between context ops, minus their baselines (default:
+    alone, minus the per-run overhead). Failed runs are left out of the rows (their configs are
+    neither split nor measured); ``measure`` replaces the measuring (groups of ONNX files ->
+    their medians in ms), for tests. ``sink`` receives harness results where each file runs
+    in its own worker (runtimes that do not take ONNX files, remote devices).
+    """
+    from costmeter.models.onnx.graph import load_graph
+    from costmeter.predictors.sampling.microbench import chain_model, write_model
+
+    workdir = Path(workdir)
+    folder = workdir / "kernels" / "micro"
+    measure = measure or _default_measure(device, rules.runtime, workdir, threads, min_time_s,
+                                          sink, progress)
+    samples = KernelSamples(device=device, runtime=rules.runtime,
+                            method="context" if context else "isolated")
+    planned: list[tuple[KernelConfig, dict[str, float], list[list[Path]], list[int]]] = []
+    for config in configs:
+        model = config.build()
+        kernels = [k for k in fuse(load_graph(model), rules).kernels
+                   if k.kernel_type not in FOLDED_TYPES]
+        if len(kernels) != 1 or kernels[0].kernel_type != config.kernel_type:
+            samples.split.append(config)
+            continue
+        values = kernel_features(kernels[0])
+        kernel_groups, weights = _kernel_files(config, model, folder, context, rules,
+                                               values["weight_bytes"])
+        planned.append((config, values, kernel_groups, weights))
+    if not planned:
+        return samples
+    overhead_file = write_model(chain_model([("Relu", {})], (1, 1), "overhead"), folder, "overhead")
+    step = max(1, len(planned) // (OVERHEAD_REPEATS - 1))
+    groups: list[list[Path]] = []
+    for index, (_, _, kernel_groups, _) in enumerate(planned):
+        if index % step == 0:
+            groups.append([overhead_file])
+        groups += kernel_groups
+    groups.append([overhead_file])
+    medians = measure(groups)
+    overhead_values = [m[0] for g, m in zip(groups, medians) if g == [overhead_file] and m[0] == m[0]]
+    overhead = statistics.median(overhead_values) if overhead_values else 0.0
+    kernel_medians = iter(m for g, m in zip(groups, medians) if g != [overhead_file])
+    for config, values, kernel_groups, weights in planned:
+        timed = [next(kernel_medians) for _ in kernel_groups]
+        if any(t != t for group in timed for t in group):  # NaN: a run failed
+            continue
+        # in context: A - sum(B)/2 + (|B|/2 - 1) * overhead; alone: A - overhead
+        raw, baseline = _corrected(timed[0], weights, overhead)
+        row = {"key": config.key, "kernel_type": config.kernel_type,
+               "config": json.dumps(config.to_dict(), sort_keys=True), "features": values,
+               "raw_ms": raw, "overhead_ms": overhead, "baseline_ms": baseline,
+               "latency_ms": max(raw - baseline, MIN_KERNEL_MS), "cold_ms": float("nan"),
+               "source": "measured", "rounds": 1}
+        if context:
+            cold_raw, cold_baseline = _corrected(timed[-1], weights, overhead)
+            row["cold_ms"] = max(cold_raw - cold_baseline, MIN_KERNEL_MS)
+        samples.rows.append(row)
+    return samples
+
+
+def _corrected(timed: list[float], weights: list[int], overhead: float) -> tuple[float, float]:
+    """(kernel median, baseline) of one timed group: the kernel copies, then the baselines."""
+    copies = len(timed) - len(weights)
+    boundaries = sum(weights)
+    baseline = (sum(w * t for w, t in zip(weights, timed[copies:])) / 2
+                + (1 - boundaries / 2) * overhead)
+    return statistics.median(timed[:copies]), baseline
+
+
+def _kernel_files(config: KernelConfig, model: Any, folder: Path, context: bool,
+                  rules: RuleSet, weight_bytes: float) -> tuple[list[list[Path]], list[int]]:
+    """The groups of files timed for one kernel and how many boundaries each baseline stands
+    for. Alone: the kernel. In context: the kernel and one baseline per distinct boundary shape;
+    when its weights are large (:func:`cold_copies`), a second group with copies of the kernel
+    that have their own weights, and the baselines again."""
+    from costmeter.predictors.sampling.microbench import (
+        chain_model,
+        context_baseline,
+        context_chain,
+        write_model,
+    )
+
+    if not context:
+        return [[write_model(model, folder, config.kernel_type)]], []
+    ops = [(op, dict(p)) for op, p in config.ops]
+    name = f"{config.kernel_type}_{config.key}"
+    seeds = range(cold_copies(weight_bytes) + 1)
+    if config.kernel_type not in CONTEXT_TYPES or len(config.input_shape) != 4:
+        files = [write_model(chain_model(ops, config.input_shape, name, seed), folder,
+                             config.kernel_type) for seed in seeds]
+        return ([files[:1], files[1:]] if len(files) > 2 else [files[:1]]), []
+    barrier = _fuses_into_edge(config, rules)
+    files = []
+    for seed in seeds:
+        in_context, boundary = context_chain(ops, config.input_shape, name, barrier, seed)
+        files.append(write_model(in_context, folder, f"{config.kernel_type}_ctx"))
+    shapes = sorted(set(boundary))
+    baselines = [write_model(context_baseline(shape, barrier), folder, "baseline")
+                 for shape in shapes]
+    groups = [[files[0], *baselines]] + ([[*files[1:], *baselines]] if len(files) > 2 else [])
+    return groups, [boundary.count(shape) for shape in shapes]
+
+
+def cold_copies(weight_bytes: float) -> int:
+    """Copies of a kernel, each with its own weights, timed round-robin so that each finds its
+    weights evicted by the others' (:data:`COLD_FOOTPRINT_BYTES` in all, at most
+    :data:`MAX_COLD_COPIES`); none for kernels with less than :data:`COLD_WEIGHT_BYTES` of
+    weights (their cold latency is the warm one)."""
+    if weight_bytes < COLD_WEIGHT_BYTES:
+        return 0
+    return max(2, min(MAX_COLD_COPIES, math.ceil(COLD_FOOTPRINT_BYTES / weight_bytes)))
+
+
+def _fuses_into_edge(config: KernelConfig, rules: RuleSet) -> bool:
+    """Whether the rules fuse the kernel's first op into a conv right before it."""
+    from costmeter.models.onnx.graph import load_graph
+    from costmeter.predictors.sampling.microbench import EDGE_OP, chain_model
+
+    model = chain_model([EDGE_OP, *[(op, dict(p)) for op, p in config.ops]], config.input_shape)
+    first = fuse(load_graph(model), rules).kernels[0]
+    return len(first.ops) > 1
+
+
+def samples_path(workdir: Path | str, device: str, runtime: str) -> Path:
+    """Where the kernel samples of ``runtime`` on ``device`` are kept."""
+    safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in device)
+    return Path(workdir) / "kernels" / f"samples-{safe}-{runtime}.csv"

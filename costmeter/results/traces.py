@@ -1,0 +1,340 @@
+"""Import latency traces measured elsewhere (CSV or Parquet) as RunResults with provenance.
+
+Accepted layouts (column names are case-sensitive):
+
+- *long*: one row per measurement: an architecture column (``arch``, ``architecture`` or
+  ``encoding``; needs ``space``) or an ONNX column (``onnx_path``, ``onnx`` or ``model_path``;
+  relative paths are resolved against the trace file's folder), ``latency_ms``, and optionally
+  ``device`` (else pass ``device``);
+- *wide*: an architecture/ONNX column and one ``<device>_ms`` column per device, like the
+  NB201 table of the HELP data release (``1080ti_1_ms``, ``pixel3_ms``, ...). ``device``
+  selects columns (a name or a comma-separated list); by default all are imported.
+
+Each measurement becomes a RunResult whose Measurement holds one sample (the source's value,
+no raw samples), ``extra["provenance"] = "imported"`` plus the source file, its SHA-256, the
+row and the column. Validation happens before anything is returned or written: missing
+columns, non-positive or missing latencies (rows named), unknown space, malformed
+architectures (row and reason named) raise ConfigError and nothing is written.
+"""
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from costmeter.errors import ConfigError
+
+ARCH_COLUMNS: tuple[str, ...] = ("arch", "architecture", "encoding")
+ONNX_COLUMNS: tuple[str, ...] = ("onnx_path", "onnx", "model_path")
+LATENCY_COLUMN = "latency_ms"
+DEVICE_COLUMN = "device"
+PROVENANCE = "imported"
+_MAX_ROWS_NAMED = 5
+
+
+@dataclass(frozen=True)
+class Traces:
+    """Validated traces in long form.
+
+    ``frame`` columns: ``source_row`` (1 = first data row), ``source_column``, ``device``,
+    ``latency_ms``, ``model_id``, ``model_hash``, ``arch`` (canonical; None for ONNX rows),
+    ``onnx_path`` (None for architectures).
+    """
+
+    frame: Any
+    source: str
+    source_sha256: str
+    space: str | None
+
+
+def _rows_named(rows: np.ndarray) -> str:
+    shown = ", ".join(str(int(r)) for r in rows[:_MAX_ROWS_NAMED])
+    more = f" and {len(rows) - _MAX_ROWS_NAMED} more" if len(rows) > _MAX_ROWS_NAMED else ""
+    return f"data row{'s' if len(rows) > 1 else ''} {shown}{more}"
+
+
+def _read_table(path: Path) -> Any:
+    import pandas as pd
+
+    if not path.is_file():
+        raise ConfigError(f"trace file {path} not found; check the path")
+    suffixes = "".join(path.suffixes[-2:]).lower()
+    try:
+        if path.suffix.lower() in (".parquet", ".pq"):
+            return pd.read_parquet(path)
+        if ".csv" in suffixes or ".tsv" in suffixes:
+            return pd.read_csv(path, sep="\t" if ".tsv" in suffixes else ",")
+    except (OSError, ValueError, ImportError) as exc:
+        raise ConfigError(f"cannot read trace file {path} ({type(exc).__name__}: "
+                          f"{str(exc).splitlines()[0] if str(exc) else ''}); "
+                          "check it is CSV or Parquet") from exc
+    raise ConfigError(f"trace file {path} must be .csv, .csv.gz, .tsv or .parquet")
+
+
+def _file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _latency_columns(table: Any, path: Path, device: str | None) -> tuple[list[str], bool]:
+    """(latency columns, long layout?)."""
+    columns = [str(c) for c in table.columns]
+    if LATENCY_COLUMN in columns:
+        return [LATENCY_COLUMN], True
+    wide = [c for c in columns if c.endswith("_ms")]
+    if not wide:
+        raise ConfigError(f"trace file {path.name} has no '{LATENCY_COLUMN}' column and no "
+                          f"'<device>_ms' columns; columns found: {', '.join(columns[:10])}")
+    if device is None:
+        return wide, False
+    wanted = [d.strip() for d in device.split(",") if d.strip()]
+    missing = [d for d in wanted if f"{d}_ms" not in wide]
+    if missing:
+        known = ", ".join(c[:-3] for c in wide)
+        raise ConfigError(f"trace file {path.name} has no column for device(s) "
+                          f"{', '.join(missing)}; devices in the file: {known}")
+    return [f"{d}_ms" for d in wanted], False
+
+
+def _check_latencies(values: np.ndarray, column: str, path: Path) -> None:
+    bad_missing = np.flatnonzero(~np.isfinite(values)) + 1
+    if bad_missing.size:
+        raise ConfigError(f"trace file {path.name}: missing or non-numeric latency in column "
+                          f"{column}, {_rows_named(bad_missing)}; fix or drop those rows")
+    bad = np.flatnonzero(values <= 0) + 1
+    if bad.size:
+        raise ConfigError(f"trace file {path.name}: non-positive latency in column {column}, "
+                          f"{_rows_named(bad)}; latencies must be > 0 ms")
+
+
+def _canonical_archs(raw: Sequence[Any], space: str, path: Path) -> list[str]:
+    """Canonical strings per row; ConfigError naming the first malformed row."""
+    from costmeter.models.spaces import get_space
+
+    sp = get_space(space)
+    cache: dict[str, str] = {}
+    out = []
+    for i, value in enumerate(raw):
+        text = str(value).strip() if value is not None else ""
+        if text not in cache:
+            try:
+                cache[text] = sp.canonical(text)
+            except ConfigError as exc:
+                raise ConfigError(f"trace file {path.name}, data row {i + 1}: {exc}") from exc
+        out.append(cache[text])
+    return out
+
+
+def _onnx_rows(raw: Sequence[Any], path: Path) -> tuple[list[str], list[str], list[str]]:
+    """(resolved paths, model ids, model hashes) of an ONNX column."""
+    hashes: dict[str, str] = {}
+    resolved, ids, digests = [], [], []
+    for i, value in enumerate(raw):
+        p = Path(str(value))
+        p = p if p.is_absolute() else path.parent / p
+        key = str(p)
+        if key not in hashes:
+            if not p.is_file():
+                raise ConfigError(f"trace file {path.name}, data row {i + 1}: ONNX file {p} "
+                                  "not found; paths are relative to the trace file")
+            hashes[key] = _file_sha256(p)[:16]
+        resolved.append(key)
+        ids.append(p.stem)
+        digests.append(hashes[key])
+    return resolved, ids, digests
+
+
+def read_traces(path: str | Path, *, space: str | None = None,
+                device: str | None = None) -> Traces:
+    """Read and validate a trace file into long form (see the module docstring)."""
+    import pandas as pd
+
+    from costmeter.models.spaces import arch_hash, get_space
+
+    p = Path(path)
+    if space is not None:
+        get_space(space)  # unknown space -> ConfigError before reading anything
+    table = _read_table(p)
+    columns = [str(c) for c in table.columns]
+    table.columns = columns
+    arch_col = next((c for c in ARCH_COLUMNS if c in columns), None)
+    onnx_col = next((c for c in ONNX_COLUMNS if c in columns), None)
+    if arch_col is None and onnx_col is None:
+        raise ConfigError(f"trace file {p.name} needs an architecture column "
+                          f"({' or '.join(ARCH_COLUMNS)}) or an ONNX column "
+                          f"({' or '.join(ONNX_COLUMNS)}); columns found: {', '.join(columns[:10])}")
+    if arch_col is not None and space is None:
+        raise ConfigError(f"trace file {p.name} holds architectures ({arch_col!r}); pass the "
+                          "search space (--space nb201 or ofa_mbv3)")
+    lat_cols, long_layout = _latency_columns(table, p, device)
+    rows = np.arange(1, len(table) + 1)
+    if long_layout and DEVICE_COLUMN not in columns and device is None:
+        raise ConfigError(f"trace file {p.name} has no '{DEVICE_COLUMN}' column; "
+                          "pass the device name (--device NAME)")
+    for col in lat_cols:
+        _check_latencies(pd.to_numeric(table[col], errors="coerce").to_numpy(dtype=np.float64),
+                         col, p)
+    if arch_col is not None:
+        archs = _canonical_archs(table[arch_col].tolist(), space or "", p)
+        ids = [f"{space}:{a}" for a in archs]
+        digests = [arch_hash(space or "", a) for a in archs]
+        onnx_paths: list[str | None] = [None] * len(archs)
+        arch_values: list[str | None] = list(archs)
+    else:
+        resolved, ids, digests = _onnx_rows(table[onnx_col].tolist(), p)
+        onnx_paths, arch_values = list(resolved), [None] * len(resolved)
+    parts = []
+    for col in lat_cols:
+        if long_layout:
+            devices = (table[DEVICE_COLUMN].astype(str).to_numpy() if DEVICE_COLUMN in columns
+                       else np.full(len(table), device, dtype=object))
+        else:
+            devices = np.full(len(table), col[:-3], dtype=object)
+        parts.append(pd.DataFrame({
+            "source_row": rows, "source_column": col, "device": devices,
+            "latency_ms": pd.to_numeric(table[col]).to_numpy(dtype=np.float64),
+            "model_id": ids, "model_hash": digests, "arch": arch_values, "onnx_path": onnx_paths,
+        }))
+    frame = pd.concat(parts, ignore_index=True)
+    if long_layout and device is not None and DEVICE_COLUMN in columns:
+        frame = frame[frame["device"] == device].reset_index(drop=True)
+        if frame.empty:
+            raise ConfigError(f"trace file {p.name} has no rows for device {device!r}")
+    return Traces(frame=frame, source=p.name, source_sha256=_file_sha256(p), space=space)
+
+
+def _onnx_input_shape(path: str, batch: int) -> tuple[int, ...]:
+    import onnx
+
+    model = onnx.load(path, load_external_data=False)
+    dims = model.graph.input[0].type.tensor_type.shape.dim
+    shape = [d.dim_value if d.dim_value > 0 else batch for d in dims]
+    if shape:
+        shape[0] = batch
+    return tuple(shape)
+
+
+def traces_to_results(traces: Traces, *, runtime: str = "unknown", batch: int = 1,
+                      tag: str | None = "imported", run_id: str | None = None) -> list[Any]:
+    """One RunResult per trace row: status ok, VALID, one-sample Measurement, provenance."""
+    from costmeter.models.spaces import get_space
+    from costmeter.results.schema import (
+        BenchKey,
+        Measurement,
+        RunResult,
+        Status,
+        Validity,
+    )
+
+    if batch < 1:
+        raise ConfigError(f"batch must be >= 1, got {batch}")
+    now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    run = run_id or f"import-{traces.source_sha256[:12]}"
+    frame = traces.frame
+    info: dict[str, dict[str, int]] = {}
+    shapes: dict[str, tuple[int, ...]] = {}
+    if traces.space is not None and frame["arch"].notna().any():
+        sp = get_space(traces.space)
+        unique = sorted(set(frame["arch"].dropna()))
+        matrix = sp.feature_matrix(unique)
+        names = list(sp.feature_names())
+        for a, row in zip(unique, matrix):
+            info[a] = {"params": int(row[names.index("params_total")]),
+                       "macs": int(row[names.index("macs_total")]) * batch}
+            shapes[a] = tuple(sp.input_shape(a, batch))
+    warning = (f"imported trace: one value per architecture from {traces.source}; "
+               "no raw samples")
+    results = []
+    for rec in frame.itertuples(index=False):
+        if rec.arch is not None:
+            shape = shapes[rec.arch]
+        else:
+            shape = shapes.setdefault(rec.onnx_path, _onnx_input_shape(rec.onnx_path, batch))
+        key = BenchKey(model_id=rec.model_id, model_hash=rec.model_hash, device=str(rec.device),
+                       runtime=runtime, batch=batch, input_shape=shape, dtype="float32",
+                       threads=None)
+        results.append(RunResult(
+            key=key, status=Status.OK, run_id=run, started_at=now, finished_at=now, tag=tag,
+            measurement=Measurement(samples_ns=[[round(rec.latency_ms * 1e6)]]),
+            validity=Validity.VALID, warnings=[warning],
+            model_info=dict(info.get(rec.arch, {})) if rec.arch is not None else {},
+            extra={"provenance": PROVENANCE, "source_file": traces.source,
+                   "source_sha256": traces.source_sha256, "source_row": int(rec.source_row),
+                   "source_column": rec.source_column, "latency_ms": float(rec.latency_ms),
+                   "space": traces.space, "arch": rec.arch, "onnx_path": rec.onnx_path},
+        ))
+    return results
+
+
+@dataclass(frozen=True)
+class ImportSummary:
+    """What an import wrote: result count, devices, run id, source file and its hash."""
+
+    n_results: int
+    devices: tuple[str, ...]
+    run_id: str
+    source: str
+    source_sha256: str
+
+
+def import_traces(path: str | Path, store: Any, *, space: str | None = None,
+                  device: str | None = None, runtime: str = "unknown", batch: int = 1,
+                  tag: str | None = "imported") -> ImportSummary:
+    """Read, validate and write a trace file into ``store`` (a ResultStore). All rows are
+    validated before the first write, so a bad file writes nothing."""
+    traces = read_traces(path, space=space, device=device)
+    results = traces_to_results(traces, runtime=runtime, batch=batch, tag=tag)
+    write_many = getattr(store, "write_many", None)
+    if callable(write_many):
+        write_many(results)
+    else:
+        for result in results:
+            store.write(result)
+    return ImportSummary(n_results=len(results),
+                         devices=tuple(sorted(set(traces.frame["device"].astype(str)))),
+                         run_id=results[0].run_id if results else "", source=traces.source,
+                         source_sha256=traces.source_sha256)
+
+
+def training_frame(frame: Any, space: str, device: str | None = None,
+                   runtime: str | None = None, statistic: str = "latency_p50_ms",
+                   arch_of: Mapping[str, str] | None = None) -> Any:
+    """(arch, latency_ms) per architecture of ``space`` from a ``ResultStore.query()`` frame.
+
+    Keeps ok results of that space -- model ids ``space:arch`` (imported traces), plus any
+    model id listed in ``arch_of`` (model id -> architecture, e.g. the ``onnx:<stem>`` ids of
+    ``bench collect``, from its manifest) -- filtered by device/runtime; repeated measurements
+    of one architecture are reduced to their median.
+    """
+    import pandas as pd
+
+    from costmeter.models.spaces import get_space
+
+    ids = frame["model_id"].astype(str)
+    prefix = f"{space}:"
+    arch = ids.str.slice(len(prefix)).where(ids.str.startswith(prefix))
+    if arch_of:
+        arch = arch.fillna(ids.map(dict(arch_of)))
+    keep = arch.notna()
+    if "status" in frame.columns:
+        keep &= frame["status"].astype(str) == "ok"
+    if device is not None:
+        keep &= frame["device"] == device
+    if runtime is not None:
+        keep &= frame["runtime"] == runtime
+    df = frame.loc[keep, [statistic]].assign(arch=arch[keep])
+    if df.empty:
+        raise ConfigError(f"no {space} results for device {device!r} runtime {runtime!r} in the "
+                          "store; import traces or run `bench collect` first")
+    sp = get_space(space)
+    df["arch"] = [sp.canonical(a) for a in df["arch"]]
+    out = df.groupby("arch", sort=True)[statistic].median().rename("latency_ms").reset_index()
+    return pd.DataFrame(out)
