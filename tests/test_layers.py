@@ -1,0 +1,38 @@
+"""The design's layer rules (the data flows one way), checked with import-linter's contracts in
+pyproject.toml: a new import that crosses a layer boundary fails this test."""
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _lint_imports() -> subprocess.CompletedProcess[str]:
+    exe = shutil.which("lint-imports") or str(Path(sys.executable).with_name("lint-imports"))
+    if not Path(exe).exists():
+        pytest.skip("import-linter is not installed (pip install 'costmeter[dev]')")
+    return subprocess.run([exe, "--config", str(ROOT / "pyproject.toml")], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_layer_contracts_hold() -> None:
+    proc = _lint_imports()
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+    assert "0 broken" in proc.stdout
+
+
+def test_a_forbidden_import_is_caught(tmp_path: Path) -> None:
+    """The contracts can fail: a models module importing the harness breaks one."""
+    bad = ROOT / "costmeter" / "models" / "_layer_probe.py"
+    bad.write_text("from costmeter.harness import config  # noqa: F401\n")
+    try:
+        proc = _lint_imports()
+    finally:
+        bad.unlink()
+    assert proc.returncode != 0
+    assert "BROKEN" in proc.stdout
