@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 
 from costmeter.errors import ConfigError, StoreError
+from costmeter.models.spaces.nb201 import lut as nb201_lut
+from costmeter.models.spaces.ofa_mbv3 import lut as ofa_lut
 from costmeter.predictors.lut import blocks
 from costmeter.predictors.lut.table import LatencyTable, LutEntry, build_lut, load_table
 from costmeter.predictors.lut.check import check_lut, record_check, sample_archs
@@ -38,11 +40,11 @@ def block_workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 # ----------------------------------------------------------------------------- keys
 def test_keys_follow_ofa_spelling() -> None:
-    spec = blocks.ofa_block_spec(224, stage=1, first=True, kernel=5, expand=6)
+    spec = ofa_lut.block_spec(224, stage=1, first=True, kernel=5, expand=6)
     assert spec.key == ("expanded_conv-input:56x56x24-output:28x28x40-expand:6-kernel:5-stride:2"
                         "-idskip:0-se:1-hs:0")
-    assert blocks.ofa_fixed_specs(224)[0].key == "Conv-input:224x224x3-output:112x112x16"
-    assert blocks.ofa_block_spec(224, 3, False, 3, 4).idskip  # stage 4, later block: skip
+    assert ofa_lut.fixed_specs(224)[0].key == "Conv-input:224x224x3-output:112x112x16"
+    assert ofa_lut.block_spec(224, 3, False, 3, 4).idskip  # stage 4, later block: skip
 
 
 @pytest.mark.parametrize("space", ["ofa_mbv3", "nb201"])
@@ -194,11 +196,20 @@ def test_default_paths_name_space_device_runtime_and_resolutions(tmp_path: Path)
     assert default_lut_path(tmp_path, "ofa_mbv3", "cpu", "tvm").parent == tmp_path / "lut"
 
 
-def test_bad_build_options_fail_before_anything_runs(tmp_path: Path) -> None:
+def test_bad_build_options_fail_before_anything_runs(tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    from costmeter.models.spaces import nb201
+
     with pytest.raises(ConfigError, match="resolution 150 is not in the space"):
         build_lut("ofa_mbv3", resolutions=[150], workdir=tmp_path)
-    with pytest.raises(ConfigError, match="no lookup-table blocks for space 'fbnet'"):
-        build_lut("fbnet", workdir=tmp_path)
+    with pytest.raises(ConfigError, match="unknown search space 'nosuch'"):
+        build_lut("nosuch", workdir=tmp_path)
+    # a space that does not declare lookup-table blocks is refused by name, with the ones that do
+    monkeypatch.setattr(nb201, "CAPABILITIES", frozenset({"enumerate", "index"}))
+    with pytest.raises(ConfigError, match="space 'nb201' has no lookup-table blocks; "
+                                          "spaces that have it: ofa_mbv3"):
+        build_lut("nb201", workdir=tmp_path)
+    monkeypatch.undo()
     with pytest.raises(ConfigError, match="unknown device"):
         build_lut("nb201", device="tpu", workdir=tmp_path)
     assert not any(tmp_path.iterdir())
@@ -225,7 +236,7 @@ def test_a_crashing_block_is_reported_and_the_rest_measured(block_workdir: Path,
                                                             monkeypatch: pytest.MonkeyPatch) -> None:
     from costmeter.predictors.lut import measure as lut_measure
 
-    specs = blocks.nb201_space_blocks()[:4]
+    specs = nb201_lut.space_blocks()[:4]
     real_export = lut_measure.export_block
     broken = block_workdir / "broken.onnx"
     broken.write_bytes(b"not an onnx file")
@@ -250,7 +261,7 @@ def test_predicted_table_sums_kernel_predictions(block_workdir: Path, tmp_path: 
     from costmeter.predictors.kernels.fuse import fuse
     from costmeter.predictors.lut.measure import export_block, pinned_model
 
-    specs = blocks.nb201_space_blocks()
+    specs = nb201_lut.space_blocks()
     rules = builtin_rules("onnxruntime")
     graphs = {s.key: fuse(load_graph(pinned_model(export_block(s, block_workdir).read_bytes(),
                                                   s.input_shape())), rules) for s in specs}

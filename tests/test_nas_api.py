@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from costmeter.errors import ConfigError
-from costmeter.predictors.api import ForestPredictor, ofa_array
+from costmeter.predictors.api import ForestPredictor
 from costmeter.models.spaces import nb201, ofa_mbv3
 
 
@@ -75,6 +75,7 @@ def test_ofa_predictions_do_not_depend_on_the_encoding_or_chunking(saved: tuple,
     dicts = [ofa_mbv3.to_ofa_dict(s) for s in strings]
     whole = model.predict(array)[0]
     monkeypatch.setattr(api, "CHUNK_ROWS", 7)
+    monkeypatch.setattr(ofa_mbv3, "DECODE_CHUNK", 5)
     assert model.predict(strings)[0] == pytest.approx(whole)
     assert model.predict(dicts)[0] == pytest.approx(whole)
 
@@ -159,15 +160,27 @@ def ofa_strings(draw: st.DrawFn) -> str:
 @settings(max_examples=300, deadline=None)
 @given(ofa_strings())
 def test_fast_decoder_agrees_with_the_space_parser(text: str) -> None:
+    """``to_array`` of strings (vectorised decoder first) against parsing string by string."""
     try:
-        expected = ofa_mbv3.to_array([text])
+        expected = ofa_mbv3._validate_array(np.stack([ofa_mbv3.parse(text)]))
     except ConfigError as error:
         with pytest.raises(ConfigError) as raised:
-            ofa_array([text])
+            ofa_mbv3.to_array([text])
         assert str(raised.value) == str(error)
         return
-    assert (ofa_array([text]) == expected).all()
-    assert (ofa_array([text, text]) == np.vstack([expected, expected])).all()
+    assert (ofa_mbv3.to_array([text]) == expected).all()
+    assert (ofa_mbv3.to_array([text, text]) == np.vstack([expected, expected])).all()
+
+
+def test_the_vectorised_decoder_is_used_for_canonical_strings() -> None:
+    """The fast path really decodes (it is not silently falling back to the parser)."""
+    from costmeter.models.spaces.ofa_mbv3.strings import decode_canonical
+
+    strings = ofa_mbv3.sample(50, seed=3)
+    decoded = decode_canonical(strings)
+    assert decoded is not None
+    assert (decoded == ofa_mbv3.sample_array(50, seed=3)).all()
+    assert decode_canonical(["r176|k3e4"]) is None
 
 
 # ----------------------------------------------------------------------------- the two paths agree

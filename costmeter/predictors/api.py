@@ -14,11 +14,11 @@ export::
 - ``load_lut`` returns a :class:`~costmeter.predictors.lut.table.LatencyTable`; its uncertainty is
   the run-to-run spread of the summed blocks (plus the additivity error once checked).
 
-Throughput: NB201 predictions are looked up (the space has 15,625 cells); OFA-MobileNetV3
-rows are featurised and predicted in chunks of :data:`CHUNK_ROWS` so that the working set stays
-in cache. Canonical OFA strings are decoded by a vectorised parser (:func:`ofa_array`); other
-forms go through the space's own parser. Bad input raises a ``ConfigError`` (a ValueError)
-that names the field and its allowed values.
+Throughput: architectures are first turned into the space's canonical integer array by its
+vectorised ``to_array`` (canonical strings never go through a per-string parser), then
+featurised and predicted in chunks of :data:`CHUNK_ROWS` so that the working set stays in
+cache; spaces with a dense index (NB201: 15,625 cells) are tabulated once and looked up. Bad
+input raises a ``ConfigError`` (a ValueError) that names the field and its allowed values.
 """
 from __future__ import annotations
 
@@ -31,7 +31,6 @@ import numpy as np
 from costmeter.errors import ConfigError
 
 CHUNK_ROWS = 8192
-_OFA_MAX_CHARS = 4 + 5 * 20  # 'r224' + five stages of up to four 'k?e?' tokens with separators
 
 
 class ForestPredictor:
@@ -60,10 +59,9 @@ class ForestPredictor:
 
     def predict(self, archs: Any) -> tuple[np.ndarray, np.ndarray]:
         """(latency ms, one-sigma uncertainty ms) per architecture."""
-        if self.space != "ofa_mbv3":
-            mean, std = self.estimator.predict_with_uncertainty(_as_items(archs))
-            return np.asarray(mean, dtype=np.float64), np.asarray(std, dtype=np.float64)
-        a = ofa_array(archs)
+        from costmeter.models.spaces import get_space
+
+        a = get_space(self.space).to_array(_as_items(archs))
         mean, std = np.empty(len(a)), np.empty(len(a))
         for start in range(0, len(a), CHUNK_ROWS):
             part = slice(start, start + CHUNK_ROWS)
@@ -116,77 +114,3 @@ def load_lut(path: str | Path, device: str | None = None, runtime: str | None = 
     from costmeter.predictors.lut.table import load_table
 
     return load_table(path, device=device, runtime=runtime, resolutions=resolutions, space=space)
-
-
-# ----------------------------------------------------------------------------- OFA strings
-def ofa_array(archs: Any) -> np.ndarray:
-    """Canonical ``(n, 46)`` int array of ofa_mbv3 architectures (strings, dicts or arrays).
-
-    Lists of canonical strings (``r176|k3e4,k5e6|...``) are decoded with vectorised numpy;
-    anything else, and any string the fast path cannot vouch for, goes through
-    ``ofa_mbv3.to_array`` (which raises a ConfigError naming the bad field).
-    """
-    from costmeter.models.spaces import ofa_mbv3 as s
-
-    if isinstance(archs, np.ndarray) and archs.dtype.kind in "iu":
-        return s.to_array(archs)
-    items = _as_items(archs)
-    if isinstance(items, list) and items and all(type(x) is str for x in items):
-        parts = [_decode_ofa_strings(items[i:i + CHUNK_ROWS])
-                 for i in range(0, len(items), CHUNK_ROWS)]  # chunks stay in cache
-        if all(p is not None for p in parts):
-            try:
-                return s.to_array(np.concatenate(parts))
-            except ConfigError:
-                pass  # out of the space: let the parser name the field in its own words
-    return s.to_array(items)
-
-
-def _decode_ofa_strings(items: Sequence[str]) -> np.ndarray | None:
-    """Vectorised decoder of canonical strings; None when any string is not canonical."""
-    from costmeter.models.spaces import ofa_mbv3 as s
-
-    n = len(items)
-    lengths = np.fromiter(map(len, items), dtype=np.int64, count=n)
-    if lengths.max() > _OFA_MAX_CHARS:
-        return None
-    width = _OFA_MAX_CHARS + 1  # at least one space after every string
-    try:
-        text = "".join(x.ljust(width) for x in items).encode("ascii")
-    except UnicodeEncodeError:
-        return None
-    c = np.frombuffer(text, dtype=np.uint8).reshape(n, width)
-    digit = (c >= ord("0")) & (c <= ord("9"))
-    is_k, is_pipe, is_comma = c == ord("k"), c == ord("|"), c == ord(",")
-    n_k = is_k.sum(axis=1)
-    ok = ((c[:, 0] == ord("r")) & digit[:, 1:4].all(axis=1) & (c[:, 4] == ord("|"))
-          & (is_pipe.sum(axis=1) == s.N_STAGES) & (is_comma.sum(axis=1) == n_k - s.N_STAGES)
-          & (lengths == 4 + 5 * n_k))
-    # every separator (columns 4..) is followed by a token and follows a digit
-    sep = (is_pipe | is_comma)[:, 4:-1]
-    ok &= ~(sep & ((c[:, 5:] != ord("k")) | ~digit[:, 3:-2])).any(axis=1)
-    rows, cols = np.nonzero(is_k)
-    if not ok.all() or cols.max(initial=0) + 4 >= c.shape[1]:
-        return None
-    end = c[rows, cols + 4]
-    tok_ok = ((c[rows, cols + 2] == ord("e")) & digit[rows, cols + 1] & digit[rows, cols + 3]
-              & ((end == ord(",")) | (end == ord("|")) | (end == ord(" "))))
-    if not tok_ok.all():
-        return None
-    pipes = np.flatnonzero(is_pipe)  # flat positions, sorted; five per row
-    stage = np.searchsorted(pipes, rows * width + cols) - rows * s.N_STAGES - 1
-    depth = np.bincount(rows * s.N_STAGES + stage, minlength=n * s.N_STAGES).reshape(n, s.N_STAGES)
-    if depth.max() > s.MAX_DEPTH:
-        return None
-    row_start = np.concatenate([[0], np.cumsum(n_k)[:-1]])
-    order = np.arange(len(rows)) - row_start[rows]  # token number within the row
-    stage_start = np.concatenate([np.zeros((n, 1), np.int64), np.cumsum(depth, axis=1)[:, :-1]], 1)
-    slot = stage * s.MAX_DEPTH + order - stage_start[rows, stage]
-    out = np.zeros((n, s.ARRAY_WIDTH), dtype=np.int64)
-    digits = c[:, 1:4].astype(np.int64) - ord("0")
-    out[:, 0] = digits[:, 0] * 100 + digits[:, 1] * 10 + digits[:, 2]
-    out[:, 1:1 + s.N_STAGES] = depth
-    out[rows, 1 + s.N_STAGES + slot] = c[rows, cols + 1].astype(np.int64) - ord("0")
-    out[rows, 1 + s.N_STAGES + s.N_SLOTS + slot] = c[rows, cols + 3].astype(np.int64) - ord("0")
-    return out
-

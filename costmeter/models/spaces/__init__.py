@@ -1,10 +1,21 @@
-"""Search spaces: architecture encodings <-> torch modules and analytic features.
+"""Search spaces: architecture encodings <-> torch modules, analytic features and LUT blocks.
 
-A small explicit registry of modules; each space module provides ``NAME``, ``SIZE`` (number
-of architectures), ``FEATURE_SCHEMA_VERSION``, ``parse``, ``format_arch``, ``canonical``,
-``sample``, ``enumerate_archs`` (UnsupportedError where the space is too large),
-``feature_names``, ``feature_matrix``, ``features``, ``param_count``, ``macs``,
-``input_shape`` and ``build_torch``. Space modules import torch only inside ``build_torch``.
+One registry (:data:`_SPACES`) of space subpackages; each is a module following
+:class:`SearchSpace`. What every space offers: ``NAME``, ``SIZE`` (number of architectures),
+``FEATURE_SCHEMA_VERSION``, ``CAPABILITIES``, ``parse`` (one string -> canonical encoding row),
+``format_arch`` (row -> canonical string), ``canonical``, ``to_array`` (many architectures ->
+canonical integer array, vectorised), ``sample`` (seeded and nested: ``sample(60, s)`` starts
+with ``sample(30, s)``), ``feature_names``, ``feature_matrix``, ``features``, ``param_count``,
+``macs``, ``input_shape`` and ``build_torch``. Space modules import torch only inside
+``build_torch`` and their block modules.
+
+Optional parts are *declared* in ``CAPABILITIES`` (never probed):
+
+- ``"enumerate"``: ``enumerate_archs()`` lists the whole space;
+- ``"index"``: ``to_index(archs)`` and ``index_to_codes(index)`` -- a dense index over a small
+  space, so a predictor can tabulate the whole space once;
+- ``"lut"``: a ``lut`` submodule following :class:`~costmeter.models.spaces.blocks.LutBlocks`
+  (lookup-table blocks; see :func:`lut_blocks`).
 
 Example::
 
@@ -26,6 +37,9 @@ _SPACES: dict[str, str] = {
     "nb201": "costmeter.models.spaces.nb201",
     "ofa_mbv3": "costmeter.models.spaces.ofa_mbv3",
 }
+CAPABILITY_NAMES = ("enumerate", "index", "lut")
+_LACKS = {"enumerate": "is too large to enumerate", "index": "has no dense index",
+          "lut": "has no lookup-table blocks"}
 
 
 class SearchSpace(Protocol):
@@ -34,10 +48,13 @@ class SearchSpace(Protocol):
     NAME: str
     SIZE: int
     FEATURE_SCHEMA_VERSION: int
+    CAPABILITIES: frozenset[str]
 
+    def parse(self, text: str) -> Any: ...
+    def format_arch(self, row: Any) -> str: ...
     def canonical(self, arch: Any) -> str: ...
+    def to_array(self, archs: Any) -> Any: ...
     def sample(self, n: int, seed: int = 0) -> list[str]: ...
-    def enumerate_archs(self) -> list[str]: ...
     def feature_names(self) -> tuple[str, ...]: ...
     def feature_matrix(self, archs: Any) -> Any: ...
     def features(self, archs: Any) -> Any: ...
@@ -58,6 +75,33 @@ def get_space(name: str) -> SearchSpace:
         raise ConfigError(f"unknown search space {name!r}; known spaces: {', '.join(_SPACES)}")
     module: ModuleType = importlib.import_module(_SPACES[name])
     return module  # type: ignore[return-value]
+
+
+def has_capability(name: str, capability: str) -> bool:
+    """Whether space ``name`` declares ``capability`` (one of :data:`CAPABILITY_NAMES`)."""
+    if capability not in CAPABILITY_NAMES:
+        raise ConfigError(f"unknown space capability {capability!r}; known: "
+                          f"{', '.join(CAPABILITY_NAMES)}")
+    return capability in get_space(name).CAPABILITIES
+
+
+def spaces_with(capability: str) -> tuple[str, ...]:
+    """Registered spaces that declare ``capability``."""
+    return tuple(n for n in _SPACES if has_capability(n, capability))
+
+
+def require_capability(name: str, capability: str) -> None:
+    """ConfigError naming the spaces that have ``capability`` when ``name`` lacks it."""
+    if not has_capability(name, capability):
+        others = ", ".join(spaces_with(capability)) or "none"
+        raise ConfigError(f"space {name!r} {_LACKS[capability]}; spaces that have it: {others}")
+
+
+def lut_blocks(name: str) -> Any:
+    """The ``lut`` module of space ``name`` (a
+    :class:`~costmeter.models.spaces.blocks.LutBlocks`); ConfigError if it has none."""
+    require_capability(name, "lut")
+    return importlib.import_module(f"{_SPACES[name]}.lut")
 
 
 def feature_schema(name: str) -> str:
@@ -83,8 +127,9 @@ def sample(space: str, n: int, seed: int = 0) -> list[str]:
 
 
 def enumerate_space(space: str) -> Sequence[str]:
-    """All architectures of a finite space (UnsupportedError for spaces too large)."""
-    return get_space(space).enumerate_archs()
+    """All architectures of a finite space (ConfigError for spaces that cannot be listed)."""
+    require_capability(space, "enumerate")
+    return get_space(space).enumerate_archs()  # type: ignore[attr-defined]
 
 
 def split_model_id(spec: str) -> tuple[str, str] | None:

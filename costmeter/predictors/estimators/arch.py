@@ -74,7 +74,7 @@ class ArchPredictor(RegressorMixin, BaseEstimator):
         """Predictions (ms) and uncertainties for every architecture of a small finite space,
         computed once, so that predicting is a lookup; None for large spaces."""
         space = get_space(self.space)
-        if space.SIZE > FULL_TABLE_MAX or not hasattr(space, "to_index"):
+        if space.SIZE > FULL_TABLE_MAX or "index" not in space.CAPABILITIES:
             return None
         table = self.__dict__.get("_table")
         if table is None:

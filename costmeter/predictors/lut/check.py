@@ -97,15 +97,9 @@ def sample_archs(space: str, n: int, resolutions: Sequence[int], seed: int = 0) 
     """``n`` random architectures of ``space`` whose resolution is one of ``resolutions``."""
     if n < 2:
         raise ConfigError(f"--networks must be >= 2 to compare rankings (got {n})")
-    if space == "nb201":
-        from costmeter.models.spaces import nb201
+    from costmeter.models.spaces import lut_blocks
 
-        return nb201.sample(n, seed=seed)
-    from costmeter.models.spaces import ofa_mbv3
-
-    a = ofa_mbv3.sample_array(n, seed=seed)
-    a[:, 0] = np.random.default_rng(seed + 1).choice(np.asarray(resolutions), size=n)
-    return [ofa_mbv3.format_arch(row) for row in a]
+    return lut_blocks(space).sample_at(n, resolutions, seed=seed)
 
 
 def _stem(space: str, arch: str) -> str:

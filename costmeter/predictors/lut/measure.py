@@ -12,7 +12,7 @@ block at a time in a fresh process and reports the block that killed it as faile
 Sampling: a block timed alone, run after run, keeps its weights and activations in cache,
 which the same block inside a network does not (other blocks run in between and evict them),
 so isolated blocks sum to less than the network. Blocks can be *interleaved*: groups of
-``interleave`` blocks (default per space: :data:`DEFAULT_INTERLEAVE`) (shuffled, so a group mixes large and small ones) are
+``interleave`` blocks (default per space: its ``lut.INTERLEAVE``) (shuffled, so a group mixes large and small ones) are
 sampled round-robin, each run timed alone, with the harness protocol's rules (warm-up count
 and time, minimum count and time, maximum time). Too large a group overshoots (every block's
 input is then cold, while in a network it was just written by the previous block): against
@@ -62,7 +62,6 @@ from costmeter.predictors.lut.blocks import (
 
 DEFAULT_CHUNK = 160
 # round-robin group size per space: the best additivity of the sizes tried (1, 4, 20) on an x86 CPU
-DEFAULT_INTERLEAVE: dict[str, int] = {"ofa_mbv3": 4, "nb201": 1}
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from costmeter.errors import ConfigError, StoreError
+from costmeter.models.spaces import get_space, lut_blocks
 from costmeter.predictors.lut import blocks
 from costmeter.predictors.lut.blocks import BlockSpec
 
@@ -168,10 +169,12 @@ class LatencyTable:
         variation of the sum of independent blocks); when the table carries an additivity check
         (``manifest["check"]``), its RMS relative error times the latency is added in quadrature.
         """
-        if self.space == "ofa_mbv3":
-            mean, var = self._predict_ofa(archs, corrected)
-        else:
-            mean, var = self._predict_nb201(archs, corrected)
+        space = get_space(self.space)
+        encoded = space.to_array(archs)
+        mean, var = lut_blocks(self.space).dense_predict(self._dense_tables(corrected), encoded)
+        if not np.isfinite(mean).all():
+            row = int(np.flatnonzero(~np.isfinite(mean))[0])
+            self.breakdown(space.format_arch(encoded[row]), corrected)  # raises naming the gap
         rel = float((self.manifest.get("check") or {}).get("rms_rel_error") or 0.0)
         return mean, np.sqrt(var + (rel * mean) ** 2)
 
@@ -183,8 +186,9 @@ class LatencyTable:
 
     def _dense_tables(self, corrected: bool) -> tuple[Any, ...]:
         if corrected not in self._dense:
-            build = _ofa_dense if self.space == "ofa_mbv3" else _nb201_dense
-            self._dense[corrected] = build(self, corrected)
+            self._dense[corrected] = lut_blocks(self.space).dense_tables(
+                lambda key: self._value(key, corrected), self.resolutions,
+                self.overhead_ms if corrected else 0.0)
         return self._dense[corrected]
 
     def _value(self, key: str, corrected: bool) -> tuple[float, float]:
@@ -192,33 +196,6 @@ class LatencyTable:
         if entry is None:
             return float("nan"), float("nan")
         return (entry.latency_ms if corrected else entry.raw_ms), entry.spread_ms ** 2
-
-    def _predict_ofa(self, archs: Any, corrected: bool) -> tuple[np.ndarray, np.ndarray]:
-        from costmeter.predictors.api import ofa_array
-        from costmeter.models.spaces import ofa_mbv3 as s
-
-        slot_mean, slot_var, fixed_mean, fixed_var = self._dense_tables(corrected)
-        a = ofa_array(archs)
-        r_index = (a[:, 0] - s.RESOLUTIONS[0]) // 4
-        if not np.isfinite(fixed_mean[r_index]).all():
-            self._check_resolution(int(a[~np.isfinite(fixed_mean[r_index]), 0][0]))
-        ks = a[:, 1 + s.N_STAGES:1 + s.N_STAGES + s.N_SLOTS]
-        es = a[:, 1 + s.N_STAGES + s.N_SLOTS:]
-        flat = ((r_index[:, None] * s.N_SLOTS + np.arange(s.N_SLOTS)) * 16
-                + _K_CODE[ks] * 4 + _E_CODE[es])
-        mean = slot_mean[flat].sum(axis=1) + fixed_mean[r_index]
-        var = slot_var[flat].sum(axis=1) + fixed_var[r_index]
-        if not np.isfinite(mean).all():
-            row = int(np.flatnonzero(~np.isfinite(mean))[0])
-            self.breakdown(s.format_arch(a[row]), corrected)  # raises naming the missing key
-        return mean, var
-
-    def _predict_nb201(self, archs: Any, corrected: bool) -> tuple[np.ndarray, np.ndarray]:
-        from costmeter.models.spaces import nb201 as n
-
-        op_mean, op_var, const_mean, const_var = self._dense_tables(corrected)
-        codes = n.to_codes(archs).astype(np.int64)
-        return op_mean[codes].sum(axis=1) + const_mean, op_var[codes].sum(axis=1) + const_var
 
     # -- files
     def to_frame(self) -> Any:
@@ -241,65 +218,6 @@ class LatencyTable:
             raise StoreError(f"cannot write lookup table {json_path}: {exc.strerror or exc}; "
                              "check the folder exists and is writable") from exc
         return json_path, csv_path
-
-
-_K_CODE = np.zeros(8, dtype=np.int64)
-_K_CODE[[3, 5, 7]] = [1, 2, 3]
-_E_CODE = np.zeros(7, dtype=np.int64)
-_E_CODE[[3, 4, 6]] = [1, 2, 3]
-
-
-def _ofa_dense(table: LatencyTable, corrected: bool) -> tuple[np.ndarray, ...]:
-    """(slot mean, slot var) flat over (resolution, slot, kernel code, expand code) and
-    (fixed mean, fixed var) per resolution; NaN where the table has no entry."""
-    from costmeter.models.spaces import ofa_mbv3 as s
-
-    n_res = len(s.RESOLUTIONS)
-    slot = np.full((n_res, s.N_SLOTS, 4, 4, 2), np.nan)
-    slot[:, :, 0, :, :] = 0.0  # inactive slots cost nothing
-    slot[:, :, :, 0, :] = 0.0
-    fixed = np.full((n_res, 2), np.nan)
-    overhead = table.overhead_ms if corrected else 0.0
-    for ri, r in enumerate(s.RESOLUTIONS):
-        if r not in table.resolutions:
-            continue
-        values = [table._value(spec.key, corrected) for spec in blocks.ofa_fixed_specs(r)]
-        fixed[ri] = [sum(v[0] for v in values) + overhead, sum(v[1] for v in values)]
-        for stage in range(s.N_STAGES):
-            for b in range(s.MAX_DEPTH):
-                for ki, k in enumerate(s.KERNELS, start=1):
-                    for ei, e in enumerate(s.EXPANDS, start=1):
-                        spec = blocks.ofa_block_spec(r, stage, b == 0, k, e)
-                        slot[ri, stage * s.MAX_DEPTH + b, ki, ei] = table._value(spec.key, corrected)
-    flat = slot.reshape(-1, 2)
-    return (np.ascontiguousarray(flat[:, 0]), np.ascontiguousarray(flat[:, 1]),
-            fixed[:, 0].copy(), fixed[:, 1].copy())
-
-
-def _nb201_dense(table: LatencyTable, corrected: bool) -> tuple[Any, ...]:
-    """(per-op mean, per-op var) summed over the 15 cells, and the constant part."""
-    from costmeter.models.spaces import nb201 as n
-
-    op_mean, op_var = np.zeros(len(n.OPS)), np.zeros(len(n.OPS))
-    const_mean = table.overhead_ms if corrected else 0.0
-    const_var = 0.0
-    for spec in blocks.nb201_fixed_specs():
-        m, v = table._value(spec.key, corrected)
-        const_mean, const_var = const_mean + m, const_var + v
-    for stage in range(len(n.STAGE_CHANNELS)):
-        ops, add = blocks.nb201_stage_specs(stage)
-        for code, spec in enumerate(ops):
-            m, v = table._value(spec.key, corrected)
-            op_mean[code] += n.CELLS_PER_STAGE * m
-            op_var[code] += n.CELLS_PER_STAGE * v
-        m, v = table._value(add.key, corrected)
-        const_mean += n.CELLS_PER_STAGE * blocks.NB201_CELL_ADDS * m
-        const_var += n.CELLS_PER_STAGE * blocks.NB201_CELL_ADDS * v
-    if not (np.isfinite(op_mean).all() and math.isfinite(const_mean)):
-        missing = table.missing_keys([n.format_arch(np.arange(6) % 5)])
-        raise ConfigError(f"table lacks entries {', '.join(missing[:3])}; rebuild it with "
-                          "`bench lut build --space nb201`")
-    return op_mean, op_var, const_mean, const_var
 
 
 def check_budget(budget_ms: Any) -> float:
@@ -362,7 +280,7 @@ def build_lut(space: str, device: str = "cpu", runtime: str = "onnxruntime",
         timings, facts = lut_measure.measure_blocks(
             specs, device, runtime, workdir, threads, lut_measure.lut_protocol(min_time_s),
             chunk_size=chunk_size or lut_measure.DEFAULT_CHUNK,
-            interleave=interleave or lut_measure.DEFAULT_INTERLEAVE[space], progress=progress)
+            interleave=interleave or lut_blocks(space).INTERLEAVE, progress=progress)
     failed = [k for k, t in timings.items() if t.error or not t.median_ms > 0]
     if failed:
         first = timings[failed[0]]

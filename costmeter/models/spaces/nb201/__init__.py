@@ -37,6 +37,7 @@ EDGES: tuple[tuple[int, int], ...] = ((0, 1), (0, 2), (1, 2), (0, 3), (1, 3), (2
 N_EDGES = 6
 SIZE = len(OPS) ** N_EDGES  # 15,625
 FEATURE_SCHEMA_VERSION = 1
+CAPABILITIES: frozenset[str] = frozenset({"enumerate", "index", "lut"})
 
 STAGE_CHANNELS: tuple[int, ...] = (16, 32, 64)
 STAGE_RESOLUTION: tuple[int, ...] = (32, 16, 8)
@@ -129,6 +130,11 @@ def to_codes(archs: Iterable[Any] | np.ndarray | str) -> np.ndarray:
                      else _check_codes(np.asarray(a).reshape(1, -1))[0] for a in items])
 
 
+def to_array(archs: Iterable[Any] | np.ndarray | str) -> np.ndarray:
+    """The canonical integer encoding: op codes ``(n, 6)`` (see :func:`to_codes`)."""
+    return to_codes(archs)
+
+
 def index_to_codes(index: np.ndarray | Sequence[int]) -> np.ndarray:
     """Op codes of space indices (this module's base-5 enumeration order)."""
     idx = np.asarray(index, dtype=np.int64)
@@ -150,9 +156,12 @@ def enumerate_archs() -> list[str]:
 
 
 def sample(n: int, seed: int = 0) -> list[str]:
-    """``n`` cell strings drawn uniformly without replacement (with replacement above 15,625)."""
+    """``n`` cell strings drawn uniformly without replacement (with replacement beyond the
+    15,625). Nested: ``sample(k, seed)`` is the start of ``sample(n, seed)`` for ``k <= n``."""
     rng = np.random.default_rng(seed)
-    idx = rng.choice(SIZE, size=n, replace=n > SIZE)
+    idx = rng.permutation(SIZE)[:n]
+    if n > SIZE:
+        idx = np.concatenate([idx, rng.integers(SIZE, size=n - SIZE)])
     strings = _string_table()[0]
     return [strings[int(i)] for i in idx]
 
