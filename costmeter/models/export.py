@@ -97,7 +97,7 @@ def export_onnx(source: ModelSource, workdir: Path | str, opset: int = DEFAULT_O
 
 
 def _export_torch_to_onnx(source: ModelSource, path: Path, opset: int) -> None:
-    """Write ``source``'s module to ``path``: legacy exporter first, dynamo exporter second."""
+    """Write ``source``'s module to ``path`` with a symbolic batch on every input and output."""
     import torch
 
     module = source.build_torch()
@@ -107,29 +107,42 @@ def _export_torch_to_onnx(source: ModelSource, path: Path, opset: int) -> None:
         outputs = module(*(a[:1] for a in args))
     count = len(outputs) if isinstance(outputs, (tuple, list)) else 1
     output_names = ["output"] if count == 1 else [f"output_{i}" for i in range(count)]
+    axes = {name: {0: "batch"} for name in [*input_names, *output_names]}
+    export_module(module, args, path, opset, input_names, output_names, axes, source.model_id)
+
+
+def export_module(module: Any, args: tuple, path: Path, opset: int, input_names: list[str],
+                  output_names: list[str], dynamic_axes: dict[str, dict[int, str]],
+                  label: str = "the model", check_batch: bool = True) -> None:
+    """The one torch -> ONNX export of the project: write ``module`` called on ``args`` to
+    ``path`` with the named symbolic axes (``{tensor name: {axis: symbol}}``).
+
+    The legacy exporter is tried first, the dynamo exporter second (see the module docstring);
+    the file must pass ``onnx.checker`` (and, with ``check_batch``, keep a symbolic batch).
+    UnsupportedError with both exporters' reasons when neither succeeds; nothing is left at
+    ``path`` then.
+    """
     reasons = []
     for exporter in (_legacy_export, _dynamo_export):
         try:
-            exporter(module, args, path, opset, input_names, output_names)
-            _check_exported(path)
+            exporter(module, args, path, opset, input_names, output_names, dynamic_axes)
+            _check_exported(path, check_batch)
             return
         except Exception as error:  # exporters raise many unrelated types; all mean "cannot"
             reasons.append(f"{exporter.__name__.strip('_').split('_')[0]}: {_first_line(error)}")
             for leftover in path.parent.glob(f"{path.name}*"):
                 leftover.unlink()
     raise UnsupportedError(
-        f"ONNX export of {source.model_id} failed ({'; '.join(reasons)}); simplify the model's "
+        f"ONNX export of {label} failed ({'; '.join(reasons)}); simplify the model's "
         "forward (no data-dependent control flow) or give an exported .onnx file instead"
     )
 
 
-def _legacy_export(
-    module: Any, args: tuple, path: Path, opset: int, input_names: list, output_names: list
-) -> None:
+def _legacy_export(module: Any, args: tuple, path: Path, opset: int, input_names: list,
+                   output_names: list, axes: dict[str, dict[int, str]]) -> None:
     import torch
 
-    axes = {name: {0: "batch"} for name in [*input_names, *output_names]}
-    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+    with torch.no_grad(), warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")
         torch.onnx.export(
             module, args, str(path), dynamo=False, opset_version=opset,
@@ -138,13 +151,13 @@ def _legacy_export(
         )
 
 
-def _dynamo_export(
-    module: Any, args: tuple, path: Path, opset: int, input_names: list, output_names: list
-) -> None:
+def _dynamo_export(module: Any, args: tuple, path: Path, opset: int, input_names: list,
+                   output_names: list, axes: dict[str, dict[int, str]]) -> None:
     import torch
 
-    batch = torch.export.Dim("batch", min=1)
-    shapes = tuple({0: batch} for _ in args)
+    dims: dict[str, Any] = {}
+    shapes = tuple({axis: dims.setdefault(symbol, torch.export.Dim(symbol, min=1))
+                    for axis, symbol in axes.get(name, {}).items()} for name in input_names)
     loggers = [logging.getLogger(name) for name in ("torch.onnx", "onnxscript", "torch.export")]
     levels = [logger.level for logger in loggers]
     try:
@@ -161,11 +174,13 @@ def _dynamo_export(
             logger.setLevel(level)
 
 
-def _check_exported(path: Path) -> None:
+def _check_exported(path: Path, check_batch: bool = True) -> None:
     """The file must pass onnx.checker and keep a symbolic batch dim on every input."""
     import onnx
 
     onnx.checker.check_model(str(path))
+    if not check_batch:
+        return
     model = onnx.load(str(path), load_external_data=False)
     initializers = {t.name for t in model.graph.initializer}
     for value in model.graph.input:

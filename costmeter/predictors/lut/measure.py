@@ -34,8 +34,6 @@ subtracts from every block and adds back once per network.
 """
 from __future__ import annotations
 
-import io
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -97,6 +95,8 @@ def export_block(spec: BlockSpec, workdir: Path | str) -> Path:
 def _export(spec: BlockSpec, path: Path) -> None:
     import torch
 
+    from costmeter.models.export import export_module
+
     module = build_block_module(spec)
     n_inputs = block_input_count(spec)
     names = ["input"] if n_inputs == 1 else [f"input_{i}" for i in range(n_inputs)]
@@ -104,13 +104,7 @@ def _export(spec: BlockSpec, path: Path) -> None:
     axes: dict[str, dict[int, str]] = {n: {0: "batch", 2: "height", 3: "width"} for n in names}
     axes["output"] = {0: "batch"} if spec.output_hwc[:2] == (1, 1) else {
         0: "batch", 2: "out_height", 3: "out_width"}
-    buffer = io.BytesIO()
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(module, args, buffer, dynamo=False, opset_version=OPSET,
-                          input_names=names, output_names=["output"], dynamic_axes=axes,
-                          do_constant_folding=True)
-    path.write_bytes(buffer.getvalue())
+    export_module(module, args, path, OPSET, names, ["output"], axes, spec.key)
 
 
 # ----------------------------------------------------------------------------- parent side
