@@ -59,8 +59,27 @@ def format_variant(family: str, width: float, depth: float, resolution: int) -> 
     return f"{family}:w={width:g},d={depth:g},r={resolution}"
 
 
+def canonical(spec: str) -> str:
+    """The one spelling of a variant (``mobilenet_v2:w=0.75,d=1,r=160``): its model id."""
+    return format_variant(*parse(spec))
+
+
+def is_variant(spec: str) -> bool:
+    """Whether ``spec`` is written as a family variant (``<family>:w=..,d=..,r=..``) of a known
+    family; a malformed variant of a known family is still one (``parse`` says what is wrong)."""
+    head, sep, _ = str(spec).strip().partition(":")
+    return bool(sep) and head in FAMILIES
+
+
+def grid(family: str) -> list[str]:
+    """Every variant of ``family`` on the sampling grid (widths x depths x resolutions)."""
+    return [format_variant(family, w, d, r) for w in WIDTHS[family] for d in DEPTHS[family]
+            for r in RESOLUTIONS]
+
+
 def sample(family: str, n: int, seed: int = 0) -> list[str]:
-    """``n`` distinct random variants of ``family`` (deterministic for a seed)."""
+    """``n`` distinct random variants of ``family`` (deterministic for a seed, and nested: the
+    first ``k`` of ``sample(f, n, s)`` are ``sample(f, k, s)``)."""
     if family not in FAMILIES:
         raise ConfigError(f"unknown family {family!r}; use one of {', '.join(FAMILIES)}")
     rng = random.Random(f"{family}-{seed}")
