@@ -82,8 +82,8 @@ def export_path_rate(space: str, count: int) -> float:
     archs = module.sample(count, seed=77)
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
-        for i, arch in enumerate(archs):
-            item = CollectItem(space, arch, f"bench-{i}", tuple(module.input_shape(arch, 1)))
+        for arch in archs:
+            item = CollectItem(space, arch, tuple(module.input_shape(arch, 1)))
             model_features(fuse(load_graph(export_item(item, Path(tmp))), rules))
         return count / (time.perf_counter() - start)
 

@@ -71,7 +71,7 @@ def measured_models(workdir: Path, store: Any, spaces: list[str]) -> dict[str, A
     """model_id -> (item, latency ms): the lowest of the per-round medians."""
     from costmeter.predictors.workflows.collect import measured_latencies
 
-    return measured_latencies(workdir, store, spaces, "cpu", "onnxruntime")
+    return measured_latencies(store, spaces, "cpu", "onnxruntime", threads=THREADS)
 
 
 def kernel_graph(onnx_path: Path, rules: Any) -> Any:
@@ -219,13 +219,13 @@ def evaluate(samples_by_method: dict[str, Any], train: dict[str, Any], test: dic
     import numpy as np
     import pandas as pd
 
-    from costmeter.predictors.workflows.collect import onnx_path
+    from costmeter.predictors.workflows.collect import export_item
     from costmeter.predictors.estimators.evaluate import metrics
     from costmeter.predictors.kernels.features import model_feature_table
     from costmeter.predictors.estimators.forest import FlopsLinear, ModelForest
 
-    graphs = {m: kernel_graph(onnx_path(item, workdir), rules) for m, (item, _) in train.items()}
-    graphs.update({m: kernel_graph(onnx_path(item, test_workdir or workdir), rules)
+    graphs = {m: kernel_graph(export_item(item, workdir), rules) for m, (item, _) in train.items()}
+    graphs.update({m: kernel_graph(export_item(item, test_workdir or workdir), rules)
                    for m, (item, _) in test.items()})
     y_train = np.array([ms for _, ms in train.values()])
     y_test = np.array([ms for _, ms in test.values()])

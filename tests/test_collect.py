@@ -10,8 +10,8 @@ from costmeter.models import families
 from costmeter.predictors.workflows.collect import (
     collect,
     collect_protocol,
-    load_manifest,
-    manifest_path,
+    item_of,
+    measured_latencies,
     plan,
 )
 
@@ -19,8 +19,9 @@ from costmeter.predictors.workflows.collect import (
 def test_plans_are_deterministic_distinct_and_shaped() -> None:
     first = plan("nb201", 5, seed=3)
     assert first == plan("nb201", 5, seed=3) and first != plan("nb201", 5, seed=4)
-    assert len({i.stem for i in first}) == 5
-    assert all(i.input_shape == (1, 3, 32, 32) and i.model_id == f"onnx:{i.stem}" for i in first)
+    assert len({i.model_id for i in first}) == 5
+    assert all(i.input_shape == (1, 3, 32, 32) and i.model_id == f"nb201:{i.arch}" for i in first)
+    assert all(item_of(i.model_id) == i for i in first)
     variants = plan("mobilenet_v2", 4, seed=0)
     for item in variants:
         family, width, depth, resolution = families.parse(item.arch)
@@ -74,9 +75,9 @@ def test_collect_measures_into_the_store_and_skips_what_it_has(workdir: Path) ->
         results = collect("nb201", 2, workdir=workdir, store=store, seed=7, threads=1,
                           protocol=protocol)
         assert [r.status.value for r in results] == ["ok", "ok"]
-        manifest = load_manifest(workdir)
-        assert {r.key.model_id for r in results} == set(manifest)
-        assert {i.arch for i in manifest.values()} == {i.arch for i in plan("nb201", 2, seed=7)}
+        # stable ids: the stored rows name the architectures themselves, no local manifest
+        assert {r.key.model_id for r in results} == {i.model_id for i in plan("nb201", 2, seed=7)}
+        assert set(measured_latencies(store, ["nb201"])) == {r.key.model_id for r in results}
         stored = store.query(tag="collect:nb201")
         assert len(stored) == 2 and (stored["latency_p50_ms"] > 0).all()
         again = collect("nb201", 2, workdir=workdir, store=store, seed=7, protocol=protocol)
@@ -84,11 +85,33 @@ def test_collect_measures_into_the_store_and_skips_what_it_has(workdir: Path) ->
         second = collect("nb201", 2, workdir=workdir, store=store, seed=7, protocol=protocol,
                          min_results=2)  # a second round for every architecture
         assert len(second) == 2 and len(store.query()) == 4
-    assert len(manifest_path(workdir).read_text().splitlines()) == 2
+    assert not (workdir / "collect").exists()
 
 
 def test_collect_refuses_a_missing_runtime_before_writing_anything(workdir: Path) -> None:
     with pytest.raises((ConfigError, UnavailableError)):
         collect("nb201", 2, runtime="no_such_runtime", workdir=workdir)
-    assert not manifest_path(workdir).exists()
     assert not (workdir / "collect").exists()
+    assert not (workdir / "cache").exists()
+
+
+def test_bench_run_and_bench_collect_give_one_architecture_one_id(workdir: Path) -> None:
+    """The same architecture measured by `bench run` and by `bench collect` lands under one
+    model id and one benchmark key in the store."""
+    from costmeter.harness.config import RunConfig
+    from costmeter.harness.runner import Runner, validate
+    from costmeter.results.store import ResultStore
+
+    protocol = collect_protocol(min_time_s=0.02, min_count=3)
+    item = plan("nb201", 1, seed=11)[0]
+    spelled = item.arch.replace("|+|", "| + |").replace("|", " |", 1)  # a sloppier spelling
+    with ResultStore(f"sqlite:///{workdir / 'store.db'}") as store:
+        collected = collect("nb201", 1, workdir=workdir, store=store, seed=11, threads=1,
+                            protocol=protocol)
+        config = RunConfig(model=f"nb201:{item.arch}", threads=1, protocol=protocol,
+                           check_outputs=False, workdir=str(workdir))
+        ran = Runner(store, workdir).run(validate([config]))
+        assert collected[0].key.model_id == ran[0].key.model_id == item.model_id
+        assert collected[0].key.digest() == ran[0].key.digest()
+        assert set(store.query()["model_id"]) == {item.model_id}
+    assert spelled != item.arch

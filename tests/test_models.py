@@ -160,7 +160,12 @@ def _linear_onnx(path: Path, batch_dim: int | str = "N") -> Path:
 def test_onnx_source_from_file(tmp_path: Path) -> None:
     path = _linear_onnx(tmp_path / "lin.onnx")
     source = resolve_model(str(path))
-    assert (source.model_id, source.kind, source.onnx_path) == ("onnx:lin", "onnx", str(path))
+    assert (source.model_id, source.kind, source.onnx_path) == (
+        f"onnx:{source.content_hash()}", "onnx", str(path))
+    assert source.display_name == "lin"
+    copy = tmp_path / "renamed.onnx"
+    copy.write_bytes(path.read_bytes())
+    assert resolve_model(str(copy)).model_id == source.model_id  # the id follows the content
     assert source.inputs == [InputSpec("x", (4,), "float32")] and source.fixed_batch is None
     assert not source.has_torch()
     assert source.example_inputs(5)["x"].shape == (5, 4)

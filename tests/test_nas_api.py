@@ -197,7 +197,7 @@ def test_analytic_features_match_the_exported_onnx_graph(space: str, tmp_path: P
         archs = ["r128|" + archs[0].split("|", 1)[1], "r224|" + archs[1].split("|", 1)[1], archs[2]]
     features = module.features(archs)
     for i, arch in enumerate(archs):
-        item = CollectItem(space, arch, f"agree-{space}-{i}", tuple(module.input_shape(arch, 1)))
+        item = CollectItem(space, arch, tuple(module.input_shape(arch, 1)))
         graph = load_graph(export_item(item, tmp_path))
         assert not graph.unknown_ops() and not graph.incomplete_ops()
         assert graph.totals()["macs"] == features.loc[i, "macs_total"]

@@ -148,11 +148,12 @@ def test_fit_and_evaluate_from_stored_results(workdir: Path) -> None:
         fit_from_results(frame, space="nb201", device="pixel3")
 
 
-def test_training_frame_maps_collected_model_ids() -> None:
+def test_training_frame_takes_the_space_ids_and_merges_repeats() -> None:
+    empty = "|none~0|+|none~0|none~1|+|none~0|none~1|none~2|"
     frame = pd.DataFrame({
-        "model_id": ["onnx:nb201-a", "onnx:nb201-a", f"nb201:{ARCH}", "resnet18", "onnx:other"],
+        "model_id": [f"nb201:{empty}", f"nb201:{empty}", f"nb201:{ARCH}", "resnet18",
+                     "onnx:3eb335be84430336"],
         "status": ["ok", "ok", "ok", "ok", "ok"], "device": "cpu", "runtime": "onnxruntime",
         "latency_p50_ms": [2.0, 4.0, 5.0, 9.0, 1.0]})
-    empty = "|none~0|+|none~0|none~1|+|none~0|none~1|none~2|"
-    out = training_frame(frame, "nb201", device="cpu", arch_of={"onnx:nb201-a": empty})
+    out = training_frame(frame, "nb201", device="cpu")
     assert dict(zip(out["arch"], out["latency_ms"])) == {empty: 3.0, ARCH: 5.0}

@@ -9,14 +9,6 @@ from costmeter.cli.common import open_store, query_frame, split_list, store_opti
 from costmeter.harness.config import default_workdir
 
 
-def _arch_of(workdir: Path | None, space: str) -> dict[str, str]:
-    """model id -> architecture for results that `bench collect` measured from exported files."""
-    from costmeter.predictors.workflows.collect import load_manifest
-
-    return {mid: item.arch for mid, item in load_manifest(workdir or default_workdir()).items()
-            if item.space == space}
-
-
 @click.group()
 def traces() -> None:
     """Measurements made elsewhere."""
@@ -68,7 +60,7 @@ def fit(space: str, device: str, runtime: str | None, holdout: float, seed: int,
 
     frame = query_frame(store_url, workdir)
     pred, scores, digest = fit_from_results(frame, space=space, device=device, runtime=runtime, holdout=holdout,
-                                            seed=seed, arch_of=_arch_of(workdir, space))
+                                            seed=seed)
     save_predictor(pred, output, training_hash=digest, metrics=scores)
     shown = ", ".join(f"{k} {v:.3g}" for k, v in scores.items() if k in ("spearman", "mape_pct", "within_10_pct"))
     click.echo(f"wrote {output} ({pred.n_train_} architectures; held-out: {shown or 'not enough data'})")
@@ -100,14 +92,13 @@ def eval_(model_file: str | None, space: str | None, device: str | None, runtime
         from costmeter.results.traces import training_frame
 
         pred = load_predictor(model_file)
-        test = training_frame(frame, pred.space, device=pred.device, runtime=pred.runtime,
-                              arch_of=_arch_of(workdir, pred.space))
+        test = training_frame(frame, pred.space, device=pred.device, runtime=pred.runtime)
         archs, measured = list(test["arch"]), test["latency_ms"].to_numpy()
         predicted = pred.predict(archs)
         ids = [f"{pred.space}:{a}" for a in archs]
     elif space and device:
         ids, archs, measured, predicted = _cross_validate(frame, space, device, runtime, split, train_share,
-                                                          held_out, seed, _arch_of(workdir, space))
+                                                          held_out, seed)
     else:
         raise ConfigError("give a predictor file, or --space and --device to cross-validate a fresh forest")
     families = [family_of(i) if split != "family" else _family(a) for i, a in zip(ids, archs)]
@@ -127,7 +118,7 @@ def _family(arch: str) -> str:
     return family_of(arch)
 
 
-def _cross_validate(frame, space, device, runtime, split, train_share, held_out, seed, arch_of):
+def _cross_validate(frame, space, device, runtime, split, train_share, held_out, seed):
     import numpy as np
 
     from costmeter.errors import ConfigError
@@ -135,7 +126,7 @@ def _cross_validate(frame, space, device, runtime, split, train_share, held_out,
     from costmeter.predictors.estimators.evaluate import family_of, family_split, random_split
     from costmeter.results.traces import training_frame
 
-    data = training_frame(frame, space, device=device, runtime=runtime, arch_of=arch_of)
+    data = training_frame(frame, space, device=device, runtime=runtime)
     archs, y = list(data["arch"]), data["latency_ms"].to_numpy(dtype=np.float64)
     if split == "family":
         if not held_out:

@@ -137,6 +137,8 @@ class Runner:
         started = _now()
         key = make_key(job)
         info = job.source.info() if job.source is not None else {}
+        if job.source is not None and job.source.display_name:
+            info["name"] = job.source.display_name
         base = dict(key=key, run_id=run_id, tag=tag or cfg.tag, started_at=started, model_info=info)
         extra: dict[str, Any] = {}
         try:

@@ -4,9 +4,16 @@
 inputs, builds the torch module on demand, makes deterministic example inputs, and gives a
 content hash (the cache key of every converted artifact) and size figures (params, MACs).
 
-Specs: a zoo name (``"resnet18"``, see :func:`zoo_names`), a path to an ``.onnx`` file, or
+Specs: a zoo name (``"resnet18"``, see :func:`zoo_names`), a search-space architecture
+(``"nb201:|nor_conv_3x3~0|+|..."``, ``"ofa_mbv3:r160|k3e4,..."``), a family variant
+(``"mobilenet_v3:w=0.75,d=1,r=160"``), a path to an ``.onnx`` file, or
 ``"package.module:function"`` (optionally prefixed ``"py:"``), where ``function()`` returns
 ``(torch.nn.Module, example_input)`` with the example at batch 1.
+
+Model ids are stable, whatever command measured the model: the zoo name; ``space:<canonical
+arch>`` (isomorphic spellings of one architecture map to one id); the canonical family variant;
+``onnx:<content hash>`` for ONNX files (the file name is kept as ``display_name``); and
+``py:pkg.mod:func`` for python callables.
 """
 from __future__ import annotations
 
@@ -58,9 +65,12 @@ class InputSpec:
 class ModelSource:
     """A resolved model: identity, inputs, and lazily built torch module / hash / info.
 
-    ``model_id`` is ``"resnet18"`` for zoo models, ``"onnx:<file stem>"`` for ONNX files and
-    ``"py:pkg.mod:func"`` for python callables; ``kind`` is ``"zoo"``, ``"onnx"`` or ``"python"``.
-    ``fixed_batch`` is set when an ONNX file pins its batch dimension.
+    ``model_id`` is ``"resnet18"`` for zoo models, ``"nb201:<arch>"`` for search-space
+    architectures, ``"resnet:w=..,d=..,r=.."`` for family variants, ``"onnx:<content hash>"``
+    for ONNX files and ``"py:pkg.mod:func"`` for python callables; ``kind`` is ``"zoo"``,
+    ``"space"``, ``"family"``, ``"onnx"`` or ``"python"``. ``fixed_batch`` is set when an ONNX
+    file pins its batch dimension; ``display_name`` is a short human name (the file stem of an
+    ONNX file, else the model id).
     """
 
     model_id: str
@@ -68,14 +78,15 @@ class ModelSource:
     inputs: list[InputSpec]
     onnx_path: str | None = None
     fixed_batch: int | None = None
-    target: str | None = None  # zoo name, or "pkg.mod:func" for python sources
+    target: str | None = None  # zoo name, space/family model id, or "pkg.mod:func"
+    display_name: str | None = None
     _module: Any = field(default=None, repr=False, compare=False)
     _hash: str | None = field(default=None, repr=False, compare=False)
     _info: dict[str, Any] | None = field(default=None, repr=False, compare=False)
 
     def has_torch(self) -> bool:
-        """True when a torch module is available (zoo and python sources)."""
-        return self.kind in ("zoo", "python")
+        """True when a torch module is available (every kind but ONNX files)."""
+        return self.kind in _BUILT_IN or self.kind == "python"
 
     def build_torch(self) -> Any:
         """The torch module in eval mode, built once and cached on this object.
@@ -90,6 +101,14 @@ class ModelSource:
         if self._module is None:
             if self.kind == "zoo":
                 self._module = zoo.build_zoo_model(str(self.target))
+            elif self.kind == "space":
+                from costmeter.models.spaces import build_model
+
+                self._module = build_model(str(self.target))[0]
+            elif self.kind == "family":
+                from costmeter.models import families
+
+                self._module = families.build_torch(str(self.target))
             else:
                 self._module, _ = _call_python_target(str(self.target))
         return self._module
@@ -137,11 +156,11 @@ class ModelSource:
             digest.update(repr([s.to_dict() for s in self.inputs]).encode())
             if self.kind == "onnx":
                 _hash_onnx_file(digest, Path(str(self.onnx_path)))
-            elif self.kind == "zoo":
-                # zoo weights are a pure function of the recipe (code + seed); their last bits
-                # differ between CPUs (BatchNorm calibration runs ISA-specific kernels), so the
-                # recipe is hashed: one zoo model gets one hash on every machine
-                digest.update(f"zoo|{self.target}|{zoo.ZOO_SEED}|{zoo.ZOO_RECIPE}".encode())
+            elif self.kind in _BUILT_IN:
+                # built-in weights are a pure function of the recipe (code + seed); their last
+                # bits can differ between CPUs (BatchNorm calibration runs ISA-specific kernels),
+                # so the recipe is hashed: one built-in model gets one hash on every machine
+                digest.update(f"{self.kind}|{self.target}|{zoo.ZOO_SEED}|{zoo.ZOO_RECIPE}".encode())
                 _hash_torch_module(digest, self.build_torch(), with_weights=False)
             else:
                 _hash_torch_module(digest, self.build_torch(), with_weights=True)
@@ -189,12 +208,12 @@ class ModelSource:
         }
 
 
+_BUILT_IN = ("zoo", "space", "family")  # built here from code and a fixed seed
+
+
 def zoo_names() -> list[str]:
     """Names of the built-in zoo models."""
     return list(zoo.zoo_entries())
-
-
-_SPACE_PREFIX = "space:"
 
 
 def resolve_model(spec: str) -> ModelSource:
@@ -213,12 +232,9 @@ def resolve_model(spec: str) -> ModelSource:
         return ModelSource(model_id=spec, kind="zoo", inputs=inputs, target=spec)
     if spec.lower().endswith(".onnx") or os.path.isfile(spec):
         return _resolve_onnx(Path(spec))
-    from costmeter.models.spaces import split_model_id
-
-    if split_model_id(spec) is not None:  # a search-space architecture, e.g. nb201:|...|
-        source = _resolve_python(_SPACE_PREFIX + spec)
-        source.model_id = spec
-        return source
+    built_in = _resolve_built_in(spec)
+    if built_in is not None:
+        return built_in
     target = spec.removeprefix("py:")
     if ":" in target:
         return _resolve_python(target)
@@ -228,6 +244,29 @@ def resolve_model(spec: str) -> ModelSource:
         f"unknown model {spec!r}; {hint}choose a zoo model ({', '.join(entries)}), "
         "an .onnx file path, or pkg.module:function"
     )
+
+
+def _resolve_built_in(spec: str) -> ModelSource | None:
+    """A search-space architecture (``nb201:|...|``) or a family variant
+    (``resnet:w=..,d=..,r=..``) under its canonical id; None for other specs. ConfigError when
+    the space or family is known but the encoding is malformed (saying which part)."""
+    from costmeter.models import families
+    from costmeter.models.spaces import get_space, split_model_id
+
+    if families.is_variant(spec):
+        model_id = families.canonical(spec)
+        shape = families.input_shape(model_id)
+        kind = "family"
+    else:
+        parsed = split_model_id(spec)
+        if parsed is None:
+            return None
+        space, arch = parsed
+        model_id = f"{space}:{arch}"
+        shape = get_space(space).input_shape(arch, 1)
+        kind = "space"
+    inputs = [InputSpec("input", tuple(int(d) for d in shape[1:]))]
+    return ModelSource(model_id=model_id, kind=kind, inputs=inputs, target=model_id)
 
 
 def _first_line(error: BaseException) -> str:
@@ -262,13 +301,16 @@ def _resolve_onnx(path: Path) -> ModelSource:
         low, high = _int_input_range(model, value.name, initializers) if dtype.startswith(
             ("int", "uint")) else (None, None)
         inputs.append(InputSpec(value.name, tuple(dims[1:]), dtype, low, high))
-    return ModelSource(
-        model_id=f"onnx:{path.stem}",
+    source = ModelSource(
+        model_id="onnx:pending",
         kind="onnx",
         inputs=inputs,
         onnx_path=str(path.resolve()),
         fixed_batch=min(fixed) if fixed else None,
+        display_name=path.stem,
     )
+    source.model_id = f"onnx:{source.content_hash()}"
+    return source
 
 
 def _int_input_range(model: Any, name: str, initializers: set[str]) -> tuple[int, int]:
@@ -294,13 +336,7 @@ def _initializer_size(tensor: Any) -> tuple[int, int]:
 
 
 def _python_callable(target: str) -> Any:
-    """The function behind ``pkg.mod:func``, or a search-space builder for ``space:<space>:<arch>``."""
-    if target.startswith(_SPACE_PREFIX):
-        import functools
-
-        from costmeter.models.spaces import build_model
-
-        return functools.partial(build_model, target[len(_SPACE_PREFIX):])
+    """The function behind ``pkg.mod:func``."""
     module_name, _, func_name = target.partition(":")
     if not module_name or not func_name:
         raise ConfigError(f"bad python model spec {target!r}; write it as pkg.module:function")

@@ -305,14 +305,12 @@ def import_traces(path: str | Path, store: Any, *, space: str | None = None,
 
 
 def training_frame(frame: Any, space: str, device: str | None = None,
-                   runtime: str | None = None, statistic: str = "latency_p50_ms",
-                   arch_of: Mapping[str, str] | None = None) -> Any:
+                   runtime: str | None = None, statistic: str = "latency_p50_ms") -> Any:
     """(arch, latency_ms) per architecture of ``space`` from a ``ResultStore.query()`` frame.
 
-    Keeps ok results of that space -- model ids ``space:arch`` (imported traces), plus any
-    model id listed in ``arch_of`` (model id -> architecture, e.g. the ``onnx:<stem>`` ids of
-    ``bench collect``, from its manifest) -- filtered by device/runtime; repeated measurements
-    of one architecture are reduced to their median.
+    Keeps ok results of that space (model ids ``space:arch``, whether imported, collected or
+    run), filtered by device/runtime; repeated measurements of one architecture are reduced to
+    their median.
     """
     import pandas as pd
 
@@ -321,8 +319,6 @@ def training_frame(frame: Any, space: str, device: str | None = None,
     ids = frame["model_id"].astype(str)
     prefix = f"{space}:"
     arch = ids.str.slice(len(prefix)).where(ids.str.startswith(prefix))
-    if arch_of:
-        arch = arch.fillna(ids.map(dict(arch_of)))
     keep = arch.notna()
     if "status" in frame.columns:
         keep &= frame["status"].astype(str) == "ok"

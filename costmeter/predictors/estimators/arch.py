@@ -127,20 +127,18 @@ class ArchPredictor(RegressorMixin, BaseEstimator):
 
 
 def fit_from_results(frame: Any, *, space: str, device: str, runtime: str | None = None,
-                     regressor: Any = None, holdout: float = 0.2, seed: int = 0,
-                     arch_of: Any = None) -> tuple[ArchPredictor, dict[str, Any], str]:
+                     regressor: Any = None, holdout: float = 0.2, seed: int = 0) -> tuple[ArchPredictor, dict[str, Any], str]:
     """Fit an ArchPredictor from a ``ResultStore.query()`` frame (what ``bench predictor fit``
     does). Returns ``(predictor fitted on all rows, held-out metrics, training-set hash)``.
 
     With ``holdout`` > 0 (and at least 20 architectures) a copy is first fitted on a random
     ``1 - holdout`` share and scored on the rest; the metrics go into the artifact manifest.
-    ``arch_of`` maps other model ids to architectures (see ``traces.training_frame``).
     """
     from costmeter.predictors.artifacts import training_set_hash
     from costmeter.predictors.estimators.evaluate import metrics, random_split
     from costmeter.results.traces import training_frame
 
-    train = training_frame(frame, space, device=device, runtime=runtime, arch_of=arch_of)
+    train = training_frame(frame, space, device=device, runtime=runtime)
     archs, y = list(train["arch"]), train["latency_ms"].to_numpy(dtype=np.float64)
     template = ArchPredictor(space=space, regressor=regressor, device=device, runtime=runtime)
     scores: dict[str, Any] = {}

@@ -87,8 +87,6 @@ def family_of(model_id: str) -> str:
     """Model family of a model id: the space of ``space:arch`` ids, else the name without size
     suffixes and trailing depth digits (``resnet50`` -> ``resnet``, ``mobilenet_v3_large`` ->
     ``mobilenet_v3``, ``efficientnet_b0`` -> ``efficientnet``)."""
-    if model_id.startswith("onnx:") and "-" in model_id:
-        return model_id[5:].split("-", 1)[0]  # `bench collect` stems: <space or family>-<arch>-<hash>
     if ":" in model_id:
         return model_id.split(":", 1)[0]
     base = model_id.rsplit("/", 1)[-1]
@@ -139,14 +137,13 @@ def evaluate_split(make_estimator: Callable[[], Any], X: Any, y_ms: Any,
     return metrics_table(y[test_idx], np.asarray(pred, dtype=np.float64), g)
 
 
-def evaluate_predictor(predictor: Any, frame: Any, statistic: str = "latency_p50_ms",
-                       arch_of: Any = None) -> Any:
+def evaluate_predictor(predictor: Any, frame: Any, statistic: str = "latency_p50_ms") -> Any:
     """Score a fitted ArchPredictor on stored results (a ``ResultStore.query()`` frame):
     :func:`metrics_table` on the ok results of the predictor's space, device and runtime
     (what ``bench predictor eval MODEL`` reports)."""
     from costmeter.results.traces import training_frame
 
     test = training_frame(frame, predictor.space, device=predictor.device,
-                          runtime=predictor.runtime, statistic=statistic, arch_of=arch_of)
+                          runtime=predictor.runtime, statistic=statistic)
     pred = predictor.predict(list(test["arch"]))
     return metrics_table(test["latency_ms"].to_numpy(), pred)

@@ -134,7 +134,7 @@ def fit_network_predictor(workdir: Any, device: str = "cpu", runtime: str = "onn
     from pathlib import Path
 
     from costmeter.predictors.estimators.calibration import measure_cache_curve
-    from costmeter.predictors.workflows.collect import SPACES, measured_latencies, onnx_path
+    from costmeter.predictors.workflows.collect import collect_spaces, export_item, measured_latencies
     from costmeter.models.onnx.graph import load_graph
     from costmeter.predictors.kernels.rules import load_rules
     from costmeter.predictors.sampling.measure import KernelSamples, samples_path
@@ -150,10 +150,10 @@ def fit_network_predictor(workdir: Any, device: str = "cpu", runtime: str = "onn
     overhead = float(np.nanmedian(overheads)) if overheads else 0.0
     extra: dict[str, Any] = {"kernel_timing": samples.method + (", cold weights" if cold else ""),
                              "overhead_ms": overhead, "kernel_samples": len(samples.rows)}
-    unknown = [s for s in calibrate_on if s not in SPACES]
+    unknown = [s for s in calibrate_on if s not in collect_spaces()]
     if unknown:
         raise ConfigError(f"--calibrate-on: unknown space {', '.join(unknown)}; choose from "
-                          f"{', '.join(SPACES)}")
+                          f"{', '.join(collect_spaces())}")
     graphs = network_ms = groups = None
     calibration = None
     if calibrate_on:
@@ -163,14 +163,14 @@ def fit_network_predictor(workdir: Any, device: str = "cpu", runtime: str = "onn
             raise ConfigError(f"calibration measures the cache curve of this machine; it is not "
                               f"available for {device} (use the kernel sum, or calibrate on the "
                               "device itself)")
-        measured = measured_latencies(workdir, store, list(calibrate_on), device, runtime)
+        measured = measured_latencies(store, list(calibrate_on), device, runtime)
         if len(measured) < 4 or len({item.space for item, _ in measured.values()}) < 2:
             raise ConfigError(f"calibration needs measured networks of at least 2 of "
                               f"{', '.join(calibrate_on)} (found {len(measured)}); run `bench "
                               f"collect --space SPACE --device {device} --runtime {runtime}` "
                               "for each")
         rules = load_rules(runtime, device, workdir)
-        graphs = {m: fuse(load_graph(onnx_path(item, workdir)), rules)
+        graphs = {m: fuse(load_graph(export_item(item, workdir)), rules)
                   for m, (item, _) in measured.items()}
         network_ms = [ms for _, ms in measured.values()]
         groups = [item.space for item, _ in measured.values()]

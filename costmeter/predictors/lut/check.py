@@ -22,7 +22,6 @@ the table; the p10 comparison separates that from the table's own (additivity) e
 """
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -102,11 +101,6 @@ def sample_archs(space: str, n: int, resolutions: Sequence[int], seed: int = 0) 
     return lut_blocks(space).sample_at(n, resolutions, seed=seed)
 
 
-def _stem(space: str, arch: str) -> str:
-    digest = hashlib.sha256(f"{space}|{arch}".encode()).hexdigest()[:12]
-    return f"{space}-{digest}"
-
-
 def measure_networks(space: str, archs: Sequence[str], device: str = "cpu",
                      runtime: str = "onnxruntime", workdir: Path | str = ".costmeter",
                      threads: int | None = 1, min_time_s: float = 0.5, store: Any = None,
@@ -118,20 +112,18 @@ def measure_networks(space: str, archs: Sequence[str], device: str = "cpu",
 
     from costmeter.harness.config import RunConfig
     from costmeter.harness.runner import Runner, validate
-    from costmeter.predictors.workflows.collect import CollectItem, collect_protocol, export_item
+    from costmeter.predictors.workflows.collect import CollectItem, collect_protocol
     from costmeter.harness.batch import check_local_onnx_runtime as check_runtime
     from costmeter.predictors.sampling.microbench import median_ms
     from costmeter.models.spaces import get_space
 
     check_runtime(device, runtime)
     module = get_space(space)
-    items = [CollectItem(space, a, _stem(space, a), tuple(module.input_shape(a, batch=1)))
-             for a in archs]
-    paths = [export_item(item, workdir) for item in items]
+    items = [CollectItem(space, a, tuple(module.input_shape(a, batch=1))) for a in archs]
     base = RunConfig(model="placeholder", device=device, runtime=runtime, threads=threads,
                      protocol=collect_protocol(min_time_s), check_outputs=False,
                      workdir=str(workdir), tag=tag or f"lut-check:{space}")
-    jobs = validate([replace(base, model=str(p)) for p in paths])
+    jobs = validate([replace(base, model=item.model_id) for item in items])
     results = Runner(store, Path(workdir), progress=progress).run(jobs, tag=base.tag)
     medians = np.asarray([median_ms(r) for r in results], dtype=np.float64)
     p10 = np.asarray([np.percentile(r.measurement.all_samples_ns(), 10) / 1e6
