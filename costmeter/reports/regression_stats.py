@@ -78,11 +78,14 @@ def as_processes(samples: Any) -> list[np.ndarray]:
     return [np.asarray(items, dtype=float)]
 
 
+def _sem(values: np.ndarray) -> float:
+    """Standard error of the mean (ddof=1)."""
+    return float(np.std(values, ddof=1) / math.sqrt(len(values)))
+
+
 def run_level(processes_ms: Sequence[np.ndarray], n_batches: int = 10) -> RunLevel:
     """The level of one run from its per-process latencies (ms); see the module doc for the
     estimator and its assumptions. Raises ValueError when no process holds a positive sample."""
-    from scipy import stats
-
     processes = [np.asarray(p, dtype=float) for p in processes_ms if len(p)]
     processes = [p[p > 0] for p in processes]
     processes = [p for p in processes if len(p)]
@@ -91,16 +94,14 @@ def run_level(processes_ms: Sequence[np.ndarray], n_batches: int = 10) -> RunLev
     n = int(sum(len(p) for p in processes))
     if len(processes) >= 2:
         logs = np.log([np.median(p) for p in processes])
-        return RunLevel(float(np.mean(logs)), float(stats.sem(logs)), len(logs) - 1.0,
-                        len(processes), n)
+        return RunLevel(float(np.mean(logs)), _sem(logs), len(logs) - 1.0, len(processes), n)
     values = processes[0]
     batches = max(2, min(n_batches, len(values) // 5))
     if len(values) < 2 * batches:
         return RunLevel(float(np.log(np.median(values))), math.inf, 1.0, 1, n)
     usable = len(values) - len(values) % batches
     batch_logs = np.log(np.median(values[:usable].reshape(batches, -1), axis=1))
-    return RunLevel(float(np.log(np.median(values))), float(stats.sem(batch_logs)),
-                    batches - 1.0, 1, n)
+    return RunLevel(float(np.log(np.median(values))), _sem(batch_logs), batches - 1.0, 1, n)
 
 
 @dataclass(frozen=True)
@@ -160,7 +161,7 @@ def _interval(diff: float, se: float, df: float, confidence: float) -> dict[str,
 
 
 def _replicates(level: RunLevel) -> str:
-    return f"{level.processes} processes" if level.processes > 1 else "1 process"
+    return f"{level.processes} processes" if level.processes > 1 else "batches of 1 process"
 
 
 def _unit(noise: RunNoise, from_noise: bool, within: str) -> str:
