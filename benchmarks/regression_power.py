@@ -96,11 +96,24 @@ def verdicts_at(levels: list[RunLevel], t: int, first: int, window: int,
 def key_verdicts(rng: np.random.Generator, model: NoiseModel, settings: RegressionSettings, *,
                  nights: int, step: float, step_detect) -> list[dict[str, str]]:
     """Verdicts on the first ``AFTER`` nights of a key whose step (0 for a null key) starts
-    after ``nights`` nights of history."""
+    after ``nights`` nights of history; the first verdict also carries ``sd``, the SD of the
+    key's history levels (log units)."""
     history = simulate_key(rng, model, nights + AFTER, step=step, step_at=nights)
     levels = [run_level(night, settings.n_batches) for night in history]
-    return [verdicts_at(levels, t, nights, nights, settings, step_detect)
-            for t in range(nights, nights + AFTER)]
+    out = [verdicts_at(levels, t, nights, nights, settings, step_detect)
+           for t in range(nights, nights + AFTER)]
+    out[0]["sd"] = float(np.std([lv.log_level for lv in levels[:nights]], ddof=1))
+    return out
+
+
+def one_night_bound(sd: float, nights: int, step: float = 0.07, null_rate: float = 0.01) -> float:
+    """Detection probability of the best one-night rule that knows the run-level SD ``sd`` (log
+    units) and flags ``null_rate`` of null keys (two-sided), tonight against the mean of
+    ``nights`` normal nights: ``Phi(log(1 + step) / (sd sqrt(1 + 1/nights)) - z)``."""
+    from scipy import stats
+
+    spread = sd * np.sqrt(1.0 + 1.0 / nights)
+    return float(stats.norm.cdf(np.log1p(step) / spread - stats.norm.ppf(1 - null_rate / 2)))
 
 
 def _share(keys: list[list[dict[str, str]]], method: str, flags: tuple[str, ...],
@@ -118,7 +131,7 @@ def rates(model: NoiseModel, settings: RegressionSettings, *, nights: int, null_
     stepped = {step: [key_verdicts(rng, model, settings, nights=nights, step=step,
                                    step_detect=step_detect) for _ in range(step_keys)]
                for step in STEPS}
-    tables: dict[int, dict[str, dict[str, float]]] = {}
+    tables: dict[int, dict[str, dict[str, float]]] = {}  # 0: the history SD summary
     for judged in (1, AFTER):
         table: dict[str, dict[str, float]] = {m: {} for m in METHODS}
         for m in METHODS:
@@ -127,6 +140,8 @@ def rates(model: NoiseModel, settings: RegressionSettings, *, nights: int, null_
             for step, keys in stepped.items():
                 table[m][f"{step:.0%} step"] = _share(keys, m, ("regressed",), judged)
         tables[judged] = table
+    tables[0] = {"sd": {"median": float(np.median([key[0]["sd"] for key in null])),
+                        "p90": float(np.quantile([key[0]["sd"] for key in null], 0.9))}}
     return tables
 
 
@@ -164,6 +179,10 @@ def main(argv: list[str] | None = None) -> int:
           f"asv {asv.__version__}; seed {args.seed}")
     print(f"noise: AR(1) phi U{base.phi}, within-run SD {base.within_sd:.0%}, stalls "
           f"{base.stall_share:.1%} x U{base.stall_factor}, process SD {base.process_sd:.1%}")
+    bounds = ", ".join(f"SD {sd:.1%}: {one_night_bound(sd, args.nights):.1%}"
+                       for sd in (0.01, 0.015, 0.02, 0.025))
+    print(f"reference: the best one-night rule that knows a key's run-level SD and flags 1% of "
+          f"null keys finds a 7% step on its first night with probability {bounds}")
     scenarios = [(f"{p} process(es) per night, night-to-night SD U[1%, 2%] per key",
                   replace(base, processes=p)) for p in args.processes]
     scenarios += [(f"1 process per night, night-to-night SD {sd:.0%}",
@@ -173,7 +192,10 @@ def main(argv: list[str] | None = None) -> int:
         tables = rates(model, settings, nights=args.nights, null_keys=args.null_keys,
                        step_keys=args.step_keys, seed=args.seed + index, step_detect=step_detect)
         seconds = time.perf_counter() - started
+        sd = tables[0]["sd"]
         print(f"\n=== {title}  [{seconds:.0f} s]")
+        print(f"run-level SD over the history nights of null keys (night offset + within-run "
+              f"noise): median {sd['median']:.2%}, 90th percentile {sd['p90']:.2%}")
         print_table("first night of the step (what tonight's gate sees):", tables[1],
                     args.nights)
         print_table(f"any of the first {AFTER} nights (each judged against the nights before "

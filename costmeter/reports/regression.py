@@ -262,10 +262,12 @@ def compare_to_window(
             used_runs.update(str(r) for r in window["run_id"])
             row["baseline"] = (f"window of {len(window_levels)} runs "
                                f"({window['run_id'].iloc[0]}..{window['run_id'].iloc[-1]})")
-            mid = window_levels[-1]
-            row.update(_sides(mid, c_level))
-            row["median_baseline_ms"] = float(np.exp(np.mean([w.log_level for w in window_levels])))
-            row["n_baseline"] = int(sum(w.n_samples for w in window_levels))
+            row.update(_sides(window_levels[-1], c_level))
+            row.update(  # the window's geometric mean level and all its samples
+                median_baseline_ms=float(np.exp(np.mean([w.log_level for w in window_levels]))),
+                n_baseline=int(sum(w.n_samples for w in window_levels)),
+                processes_baseline=int(sum(w.processes for w in window_levels)),
+            )
             row.update(compare_window(window_levels, c_level, min_history=settings.min_history,
                                       assumed_sd=settings.assumed_run_sd,
                                       confidence=settings.confidence))
