@@ -109,9 +109,9 @@ class RunNoise:
     """Run-to-run standard deviation used for a comparison (log units = relative).
 
     ``sd``: the value used. ``df``: its degrees of freedom (``inf`` when assumed). ``n_runs``:
-    history runs it came from. ``source``: ``"history"`` (measured over at least the minimum
-    number of runs) or ``"assumed"`` (the floor, because the history was too short or the
-    measured SD fell below the floor of a short history).
+    history runs it came from. ``source``: ``"history"`` (measured: over at least the minimum
+    number of runs, or over a shorter history that is noisier than the floor) or ``"assumed"``
+    (the floor: no history, or a short one that measured less than the floor).
     """
 
     sd: float
