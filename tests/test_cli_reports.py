@@ -35,11 +35,11 @@ def store_url(tmp_path: Path) -> str:
 
 def test_regress_exit_codes(store_url: str, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     rc = main(["report", "regress", "--baseline", "tag:base", "--current", "tag:same", "--store", store_url,
-               "--no-history", "--resamples", "300"])
+               "--no-history"])
     assert rc == 0, capsys.readouterr()
     out = tmp_path / "rep"
     rc = main(["report", "regress", "--baseline", "tag:base", "--current", "tag:slow", "--store", store_url,
-               "--resamples", "300", "--out", str(out)])
+               "--out", str(out)])
     captured = capsys.readouterr()
     assert rc == 1
     assert "resnet18" in captured.out and "regress" in captured.out.lower()

@@ -60,7 +60,7 @@ def report_with_regression_and_step(tmp_path: Path) -> Path:
                       samples_ns=rng.lognormal(np.log(2e6 * slower), 0.03, 150),
                       started_at=f"2024-07-{i + 1:02d}T03:00:00+00:00")
     report = regression_report(store.frame(), "run:nightly-6", "latest", store.samples_for,
-                               RegressionSettings(n_resamples=500))
+                               RegressionSettings())
     assert report.significant_regression and len(report.steps) == 1
     return write_reports(report, tmp_path / "out")["html"]
 

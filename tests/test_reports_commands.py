@@ -76,7 +76,7 @@ def test_table_command_formats(store, tmp_path) -> None:
 
 def test_regress_command_gates_and_writes_files(store, tmp_path) -> None:
     outcome = report_regress(store.frame(), store.samples_for, baseline="run:run1",
-                             current="latest", n_resamples=500, out_dir=tmp_path)
+                             current="latest", out_dir=tmp_path)
     assert outcome.significant_regression
     assert set(outcome.paths) == {"html", "md", "json"}
     data = json.loads(outcome.paths["json"].read_text())
@@ -84,7 +84,7 @@ def test_regress_command_gates_and_writes_files(store, tmp_path) -> None:
     assert regressed == ["vit_tiny/torch@cpu b1 t4"]
     assert "REGRESSION FOUND" in outcome.markdown
     calm = report_regress(store.frame(), store.samples_for, baseline="run:run0",
-                          current="run:run1", n_resamples=500, with_history=False)
+                          current="run:run1", with_history=False)
     assert not calm.significant_regression and calm.paths == {}
 
 

@@ -46,7 +46,7 @@ def test_reports_read_the_real_store(tmp_path) -> None:
             store.write(result("mobilenet_v2", run, 1.5, rng))
         frame = store.query()
         outcome = report_regress(frame, store.samples, baseline="run:run1", current="latest",
-                                 n_resamples=500, out_dir=tmp_path / "out")
+                                 out_dir=tmp_path / "out")
         table = report_table(frame)
         pareto, _ = report_pareto(frame, x="latency_p50", y="top1")
     verdicts = {v["label"]: v["verdict"] for v in json.loads(outcome.report.to_json())["verdicts"]}

@@ -78,22 +78,28 @@ def table(store_url, workdir, no_published, out, **kw) -> None:
 @click.option("--current", required=True, metavar="SELECTOR")
 @click.option("--threshold", default=0.05, show_default=True, help="Practical threshold (fraction)")
 @click.option("--alpha", default=0.05, show_default=True, help="False discovery rate")
-@click.option("--resamples", "n_resamples", default=2000, show_default=True)
 @click.option("--min-samples", default=10, show_default=True)
-@click.option("--seed", default=0, show_default=True)
+@click.option("--history-runs", default=20, show_default=True,
+              help="Stored runs per key that measure its run-to-run noise (0: none)")
+@click.option("--min-history", default=5, show_default=True,
+              help="Fewer stored runs than this: assume --assumed-noise at least")
+@click.option("--assumed-noise", "assumed_run_sd", default=0.01, show_default=True,
+              help="Run-to-run SD (fraction) assumed for keys without enough history")
 @click.option("--no-history", is_flag=True, help="Skip step detection over each key's history")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
               help="Write regression.html/.md/.json here")
 @store_option
 @workdir_option
 def regress(store_url, workdir, no_history, **kw) -> None:
-    """Compare two runs key by key; exit code 1 on a significant regression beyond the threshold."""
+    """Compare two runs (or --baseline window:N) key by key; exit code 1 on a regression."""
     from costmeter.cli import GateFailed
     from costmeter.reports.commands import report_regress
+    from costmeter.reports.regression import per_process_samples
 
     frame, store = _frame(store_url, workdir)
     try:
-        outcome = report_regress(frame, store.samples, with_history=not no_history, **kw)
+        outcome = report_regress(frame, per_process_samples(store), with_history=not no_history,
+                                 **kw)
     finally:
         store.close()
     click.echo(outcome.markdown)

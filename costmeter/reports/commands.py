@@ -11,7 +11,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
 import pandas as pd
 
 from costmeter.errors import ConfigError
@@ -118,25 +117,29 @@ class RegressOutcome:
 
 def report_regress(
     results: pd.DataFrame,
-    samples_for: Callable[[Any], np.ndarray],
+    samples_for: Callable[[Any], Any],
     *,
     baseline: str,
     current: str,
     threshold: float = 0.05,
     alpha: float = 0.05,
-    n_resamples: int = 2000,
     min_samples: int = 10,
-    seed: int = 0,
+    history_runs: int = 20,
+    min_history: int = 5,
+    assumed_run_sd: float = 0.01,
     with_history: bool = True,
     out_dir: str | Path | None = None,
 ) -> RegressOutcome:
-    """``bench report regress``: compare two selections; writes regression.html/.md/.json into
-    ``out_dir`` when given. The CLI exits 1 when ``outcome.significant_regression``."""
+    """``bench report regress``: compare two selections (or ``--baseline window:N``); writes
+    regression.html/.md/.json into ``out_dir`` when given. ``samples_for(result_id)`` returns
+    latencies in ns, one array per process where there are several. The CLI exits 1 when
+    ``outcome.significant_regression``."""
     from costmeter.reports.regression import RegressionSettings, regression_report
     from costmeter.reports.regression_render import render_markdown, write_reports
 
-    settings = RegressionSettings(threshold=threshold, alpha=alpha, n_resamples=n_resamples,
-                                  min_samples=min_samples, seed=seed)
+    settings = RegressionSettings(threshold=threshold, alpha=alpha, min_samples=min_samples,
+                                  history_runs=history_runs, min_history=min_history,
+                                  assumed_run_sd=assumed_run_sd)
     report = regression_report(results, baseline, current, samples_for, settings,
                                with_history=with_history)
     paths = write_reports(report, out_dir) if out_dir is not None else {}

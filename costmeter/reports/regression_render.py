@@ -38,6 +38,8 @@ def _change_cell(row: pd.Series) -> str:
         return fmt.MISSING
     pct = (row["ratio"] - 1) * 100
     low, high = (row["ratio_low"] - 1) * 100, (row["ratio_high"] - 1) * 100
+    if not np.isfinite(high):
+        return f"{pct:+.1f}% [unbounded]"
     return f"{pct:+.1f}% [{low:+.1f}, {high:+.1f}]"
 
 
@@ -53,19 +55,25 @@ def _settings_line(report: RegressionReport) -> str:
     s = report.settings
     return (
         f"threshold ±{s.threshold * 100:g}%, FDR {s.alpha * 100:g}% (Benjamini-Hochberg), "
-        f"{s.confidence * 100:g}% bootstrap CI of the ratio of medians, Mann-Whitney U"
+        f"{s.confidence * 100:g}% t interval of the ratio of run levels; run-to-run noise from "
+        f"each key's last {s.history_runs} stored runs, assumed {s.assumed_run_sd * 100:g}% "
+        f"where fewer than {s.min_history} exist"
     )
+
+
+def _text(value: Any) -> str:
+    return fmt.MISSING if fmt.is_missing(value) else str(value)
 
 
 def verdict_rows(verdicts: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
     """Header and display rows of a verdict table (ordered: regressed, improved, inconclusive,
-    unchanged; larger changes first)."""
-    header = ["Key", "Verdict", "Baseline p50 ms", "Current p50 ms", "Change [95% CI]", "q",
-              "Reason"]
+    unchanged; larger changes first). ``Unit`` is the replication unit the interval used."""
+    header = ["Key", "Verdict", "Baseline p50 ms", "Current p50 ms", "Change [CI]", "q",
+              "Baseline", "Unit", "Reason"]
     rows = [
         [row["label"], row["verdict"], fmt.significant(row["median_baseline_ms"]),
          fmt.significant(row["median_current_ms"]), _change_cell(row), _q_cell(row["q_value"]),
-         str(row["reason"])]
+         _text(row.get("baseline")), _text(row.get("unit")), str(row["reason"])]
         for _, row in _ordered(verdicts).iterrows()
     ]
     return header, rows
@@ -93,7 +101,7 @@ def render_markdown(report: RegressionReport, *, max_rows: int = 20) -> str:
     notable = report.verdicts[report.verdicts["verdict"] != "unchanged"]
     if len(notable):
         header, rows = verdict_rows(notable)
-        align = ["l", "l", "r", "r", "r", "r", "l"]
+        align = ["l", "l", "r", "r", "r", "r", "l", "l", "l"]
         lines.append(fmt.markdown_table(header, rows[:max_rows], align))
         if len(rows) > max_rows:
             lines.append(f"\n… and {len(rows) - max_rows} more (see the HTML or JSON report).")
@@ -123,7 +131,7 @@ def _step_text(step: pd.Series) -> str:
 
 
 def ratio_figure(report: RegressionReport) -> Any:
-    """Forest plot: each key's ratio of medians with its CI, the threshold band shaded."""
+    """Forest plot: each key's ratio of run levels with its CI, the threshold band shaded."""
     from costmeter.reports.plotting import new_figure
 
     rows = report.verdicts.dropna(subset=["ratio"]).iloc[::-1]
@@ -137,12 +145,13 @@ def ratio_figure(report: RegressionReport) -> Any:
         axes.errorbar(
             row["ratio"], position,
             xerr=[[max(row["ratio"] - row["ratio_low"], 0)],
-                  [max(row["ratio_high"] - row["ratio"], 0)]],
+                  [max(row["ratio_high"] - row["ratio"], 0) if np.isfinite(row["ratio_high"])
+                   else 0.0]],
             fmt="o", color=color, capsize=3,
         )
     axes.set_yticks(positions, [str(label) for label in rows["label"]], fontsize=7)
-    axes.set_xlabel("current / baseline median latency (95% CI)")
-    axes.set_title("Ratio of medians per key", fontsize=10)
+    axes.set_xlabel(f"current / baseline level ({report.settings.confidence * 100:g}% CI)")
+    axes.set_title("Ratio of run levels per key", fontsize=10)
     axes.grid(True, axis="x", alpha=0.3)
     return figure
 
@@ -252,10 +261,10 @@ def render_html(report: RegressionReport, *, max_detail_plots: int = MAX_DETAIL_
             parts.append(f"<p>{title} (not compared): {esc(', '.join(labels))}</p>")
     parts += ["</section>", '<section id="verdicts">\n<h2>Verdicts</h2>',
               _verdict_table(report.verdicts), "</section>"]
-    parts.append('<section id="ratios">\n<h2>Ratios of medians</h2>')
+    parts.append('<section id="ratios">\n<h2>Ratios of run levels</h2>')
     if report.verdicts["ratio"].notna().any():
         parts.append(
-            _img(ratio_figure(report), "ratio of medians per key with confidence intervals")
+            _img(ratio_figure(report), "ratio of run levels per key with confidence intervals")
         )
     else:
         parts.append("<p>No key could be compared.</p>")
@@ -264,15 +273,20 @@ def render_html(report: RegressionReport, *, max_detail_plots: int = MAX_DETAIL_
     parts.append(_history_section(report, max_detail_plots))
     parts += [
         '<section id="method">\n<h2>Method</h2>',
-        "<p>Per benchmark key present in both selections (the latest result of each side): the "
-        "ratio of median per-run latencies, current over baseline, with a percentile bootstrap "
-        "confidence interval; a two-sided Mann-Whitney U test on the raw samples; "
-        "Benjamini-Hochberg correction of the p-values across all keys compared (q-values). "
-        "Unchanged: the whole CI lies inside the threshold band. Regressed / improved: the test is "
-        "significant at the FDR level and the CI reaches past the band. Inconclusive: failed, "
-        "unsupported or INVALID input, too few samples, or a CI wider than the band without a "
-        "significant test. Steps in the history are change points found by PELT (ruptures) on "
-        "the log of each key's median latency per run.</p>",
+        "<p>Per benchmark key: the level of a run is the geometric mean of its process "
+        "medians (the median when it has one process). Current is compared with one baseline "
+        "run, or with the mean of a window of the key's last runs. The interval of the ratio "
+        "of levels is a t interval whose width comes from the key's run-to-run noise, measured "
+        "as the SD of its last stored runs' levels (or an assumed SD where the history is too "
+        "short: the samples of one run share its offset and are not replicates of it), or from "
+        "the processes of the compared runs when they disagree more; the Unit column says "
+        "which. p-values come from the same t-test, with Benjamini-Hochberg correction across "
+        "all keys compared (q-values). Regressed / improved: the change is beyond the threshold "
+        "and the interval excludes no change and q is at most the FDR. Unchanged: the whole "
+        "interval lies inside the threshold band. Inconclusive: failed, unsupported or INVALID "
+        "input, too few samples, or an interval that reaches past the band without a verdict. "
+        "Steps in the history are change points found by PELT (ruptures) on the log of each "
+        "key's median latency per run.</p>",
         "</section>\n</body>\n</html>\n",
     ]
     return "\n".join(parts)
