@@ -245,7 +245,7 @@ def test_fake_v0_store_is_migrated(tmp_path: Path) -> None:
     with ResultStore(f"sqlite:///{path}") as store:
         result_id = store.write(make_result())
         assert store.get(result_id) == make_result()
-    assert _store_version(path) == migrations.STORE_VERSION == 1
+    assert _store_version(path) == migrations.STORE_VERSION == 2
     assert {"meta", "results", "samples", "notes"} <= set(sa.inspect(sa.create_engine(f"sqlite:///{path}")).get_table_names())
 
 
@@ -258,11 +258,11 @@ def test_migration_chain_and_rollback(tmp_path: Path, monkeypatch: pytest.Monkey
         conn.execute(sa.text("ALTER TABLE results ADD COLUMN half_done INTEGER"))
         raise RuntimeError("migration bug")
 
-    monkeypatch.setattr(migrations, "STORE_VERSION", 2)
-    monkeypatch.setitem(migrations.MIGRATIONS, 1, failing)
+    monkeypatch.setattr(migrations, "STORE_VERSION", 3)
+    monkeypatch.setitem(migrations.MIGRATIONS, 2, failing)
     with pytest.raises(RuntimeError, match="migration bug"):
         ResultStore(f"sqlite:///{path}")
-    assert _store_version(path) == 1  # nothing of the failed step stayed
+    assert _store_version(path) == 2  # nothing of the failed step stayed
     columns = {c["name"] for c in sa.inspect(sa.create_engine(f"sqlite:///{path}")).get_columns("results")}
     assert "half_done" not in columns
 
@@ -270,10 +270,10 @@ def test_migration_chain_and_rollback(tmp_path: Path, monkeypatch: pytest.Monkey
         conn.execute(sa.text("ALTER TABLE results ADD COLUMN label TEXT"))
         conn.execute(sa.text("UPDATE results SET label = model_id || '@' || device"))
 
-    monkeypatch.setitem(migrations.MIGRATIONS, 1, add_label)
+    monkeypatch.setitem(migrations.MIGRATIONS, 2, add_label)
     with ResultStore(f"sqlite:///{path}") as store:
         assert len(store.results()) == 1
-    assert _store_version(path) == 2
+    assert _store_version(path) == 3
     engine = sa.create_engine(f"sqlite:///{path}")
     with engine.connect() as conn:
         assert conn.execute(sa.text("SELECT label FROM results")).scalar_one() == "resnet18@cpu"
@@ -439,3 +439,55 @@ def test_write_many_round_trips_in_chunks(tmp_path) -> None:
         assert store.samples(np.int64(ids[4])).tolist() == [1004.0]
     finally:
         store.close()
+
+
+# ----------------------------------------------------------------------------- v1 -> v2: model ids
+V1_FIXTURE = Path(__file__).parent / "fixtures" / "store_v1"
+
+
+def _copy_v1_store(tmp_path: Path, with_manifest: bool) -> Path:
+    import shutil
+
+    folder = tmp_path / "workdir"
+    folder.mkdir()
+    shutil.copy(V1_FIXTURE / "results.db", folder / "results.db")
+    if with_manifest:
+        shutil.copytree(V1_FIXTURE / "collect", folder / "collect")
+    return folder / "results.db"
+
+
+@pytest.mark.parametrize("with_manifest", [True, False])
+def test_a_store_written_by_v1_gets_stable_model_ids(tmp_path: Path, with_manifest: bool,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fixture was written by the version-1 store code: collected architectures under
+    ``onnx:<file stem>`` ids (with the manifest v1 kept beside the store), a `lut check` stem,
+    an ONNX file, a zoo model and a `bench run` of an NB201 cell."""
+    import json
+
+    monkeypatch.chdir(tmp_path)  # no stray ./.costmeter manifest
+    monkeypatch.delenv("COSTMETER_HOME", raising=False)
+    path = _copy_v1_store(tmp_path, with_manifest)
+    assert _store_version(path) == 1
+    expected = json.loads((V1_FIXTURE / "expected_ids.json").read_text())
+    with ResultStore(f"sqlite:///{path}") as store:
+        results = store.results()
+        ids = {r.key.model_id for r in results}
+        for result in results:  # every stored digest is the digest of the stored key
+            assert store.query(run_id=result.run_id)["key_digest"].isin([result.key.digest()]).any()
+    assert _store_version(path) == 2
+    ofa = {old for old, new in expected.items() if new.startswith("ofa_mbv3:")}
+    for old, new in expected.items():
+        if with_manifest or old not in ofa:
+            assert new in ids and old not in ids
+        else:  # OFA stems need the manifest: kept as they were, and reported
+            assert old in ids
+    assert "resnet18" in ids and "onnx:lin" not in ids
+    assert any(i.startswith("onnx:") and len(i) == 5 + 16 for i in ids)  # the file: its hash
+    engine = sa.create_engine(f"sqlite:///{path}")
+    with engine.connect() as conn:
+        noted = conn.execute(sa.text(
+            f"SELECT value FROM meta WHERE name = '{migrations.UNRESOLVED_KEY}'")).scalar()
+    engine.dispose()
+    assert (noted is None) == with_manifest
+    if not with_manifest:
+        assert set(json.loads(noted)) == ofa

@@ -6,20 +6,25 @@ one is upgraded step by step by :data:`MIGRATIONS` (``MIGRATIONS[v]`` turns vers
 ``v + 1``), all steps in the caller's single transaction, so a failed step changes nothing.
 
 Version 0 is a database without costmeter tables: a new store, or one whose ``meta`` table
-records 0. When version 2 arrives, freeze the version-1 table definitions inside
-:func:`_migrate_0_to_1` (it must keep creating version 1, not the newest layout) and add
-``MIGRATIONS[1]``.
+records 0. Version 1 -> 2 keeps the tables and rewrites model ids to the stable ids of
+:mod:`costmeter.results.legacy_ids` (``onnx:<file stem>`` of collected architectures becomes
+``space:<arch>``; other ONNX files become ``onnx:<content hash>``), recomputing each row's key
+digest. (When a version changes the tables, freeze the older definitions inside the migration
+that creates them: :func:`_migrate_0_to_1` must keep creating version 1.)
 """
 from __future__ import annotations
 
+import json
+import os
+from pathlib import Path
 from typing import Callable
 
-from sqlalchemy import Connection, delete, insert, inspect, select, text
+from sqlalchemy import Connection, delete, insert, inspect, select, text, update
 
 from costmeter.errors import StoreError
 from costmeter.results.tables import meta_table, metadata, results_table, samples_table
 
-STORE_VERSION = 1
+STORE_VERSION = 2
 VERSION_KEY = "store_version"
 # Serializes concurrent upgrades of one PostgreSQL database (any constant works; "costm").
 _PG_UPGRADE_LOCK_ID = 0x636F73746D
@@ -32,7 +37,41 @@ def _migrate_0_to_1(conn: Connection) -> None:
     metadata.create_all(conn, tables=[results_table, samples_table])
 
 
-MIGRATIONS: dict[int, Migration] = {0: _migrate_0_to_1}
+def _manifest_paths(conn: Connection) -> list[Path]:
+    """Where a version-1 ``bench collect`` manifest may lie: beside a SQLite store, and in the
+    working folders ($COSTMETER_HOME, ./.costmeter)."""
+    folders = []
+    database = conn.engine.url.database if conn.dialect.name == "sqlite" else None
+    if database and database != ":memory:":
+        folders.append(Path(database).resolve().parent)
+    folders += [Path(os.environ["COSTMETER_HOME"])] if os.environ.get("COSTMETER_HOME") else []
+    folders.append(Path(".costmeter"))
+    return [folder / "collect" / "manifest.jsonl" for folder in folders]
+
+
+def _migrate_1_to_2(conn: Connection) -> None:
+    """Stable model ids: rewrite ``onnx:`` ids and the key digests that depend on them."""
+    from costmeter.results.legacy_ids import legacy_id_map
+    from costmeter.results.tables import row_to_key
+
+    rows = conn.execute(select(results_table).where(results_table.c.model_id.like("onnx:%")))
+    rows = [dict(r._mapping) for r in rows]
+    mapping, unresolved = legacy_id_map(((r["model_id"], r["model_hash"]) for r in rows),
+                                        _manifest_paths(conn))
+    for row in rows:
+        new_id = mapping.get(row["model_id"])
+        if new_id is None or new_id == row["model_id"]:
+            continue
+        digest = row_to_key({**row, "model_id": new_id}).digest()
+        conn.execute(update(results_table).where(results_table.c.id == row["id"])
+                     .values(model_id=new_id, key_digest=digest))
+    if unresolved:
+        conn.execute(delete(meta_table).where(meta_table.c.name == UNRESOLVED_KEY))
+        conn.execute(insert(meta_table).values(name=UNRESOLVED_KEY, value=json.dumps(unresolved)))
+
+
+UNRESOLVED_KEY = "unresolved_v1_model_ids"
+MIGRATIONS: dict[int, Migration] = {0: _migrate_0_to_1, 1: _migrate_1_to_2}
 
 
 def read_version(conn: Connection) -> int:

@@ -38,7 +38,7 @@ from sqlalchemy import (
 )
 
 from costmeter.errors import StoreError
-from costmeter.results.schema import SCHEMA_VERSION, RunResult, check_schema_version
+from costmeter.results.schema import SCHEMA_VERSION, BenchKey, RunResult, check_schema_version
 
 PERCENTILES: tuple[int, ...] = (50, 90, 95, 99)
 # Summary statistics kept per result, in ns (``cv`` is unitless). Names match Summary.to_dict().
@@ -277,6 +277,18 @@ def sample_rows(result: RunResult) -> list[dict[str, Any]]:
         dtype, data, count = encode_samples(process_samples)
         rows.append({"process_index": index, "n": count, "dtype": dtype, "data": data})
     return rows
+
+
+def row_to_key(row: Mapping[str, Any]) -> BenchKey:
+    """The BenchKey of a ``results`` row."""
+    shape = str(row["input_shape"])
+    return BenchKey(
+        model_id=row["model_id"], model_hash=row["model_hash"], device=row["device"],
+        runtime=row["runtime"], batch=int(row["batch"]),
+        input_shape=tuple(int(d) for d in shape.split("x")) if shape else (),
+        dtype=row["dtype"], threads=None if row["threads"] is None else int(row["threads"]),
+        options=tuple(json.loads(row["options"]).items()),
+    )
 
 
 def row_to_result(row: Mapping[str, Any], processes: Sequence[np.ndarray]) -> RunResult:
