@@ -21,7 +21,7 @@ from costmeter.predictors.kernels.features import (
 )
 from costmeter.models.onnx.graph import load_graph
 from costmeter.predictors.kernels.fuse import fuse
-from costmeter.predictors.sampling.microbench import GraphBuilder, chain_model
+from costmeter.models.onnx.microbench import GraphBuilder, chain_model
 
 
 def _only(model: Any, runtime: str = "onnxruntime") -> dict[str, float]:

@@ -23,7 +23,7 @@ from costmeter.predictors.kernels.rules import (
     save_rules,
 )
 from costmeter.predictors.kernels.fuse import KERNEL_TYPES, fuse
-from costmeter.predictors.sampling.microbench import GraphBuilder, chain_model
+from costmeter.models.onnx.microbench import GraphBuilder, chain_model
 
 
 def _kernels(model: Any, runtime: str = "onnxruntime") -> list[tuple[str, list[str]]]:

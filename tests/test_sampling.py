@@ -20,7 +20,7 @@ from costmeter.predictors.sampling.measure import (
     measure_kernels,
 )
 from costmeter.predictors.kernels.fuse import fuse
-from costmeter.predictors.sampling.microbench import chain_model
+from costmeter.models.onnx.microbench import chain_model
 from costmeter.predictors.sampling.configs import (
     KernelConfig,
     adaptive_configs,
@@ -147,7 +147,7 @@ def test_measure_kernels_subtracts_baselines_and_reports_split_configs(tmp_path:
 
 def test_context_model_wraps_every_image_input_and_output() -> None:
     from costmeter.predictors.sampling.measure import _fuses_into_edge
-    from costmeter.predictors.sampling.microbench import context_baseline, context_chain
+    from costmeter.models.onnx.microbench import context_baseline, context_chain
 
     model, boundary = context_chain([("Mul", {"broadcast": True}), ("Relu", {})], (1, 16, 8, 8))
     ops = [n.op_type for n in model.graph.node]

@@ -114,7 +114,7 @@ def measure_networks(space: str, archs: Sequence[str], device: str = "cpu",
     from costmeter.harness.runner import Runner, validate
     from costmeter.predictors.workflows.collect import CollectItem, collect_protocol
     from costmeter.harness.batch import check_local_onnx_runtime as check_runtime
-    from costmeter.predictors.sampling.microbench import median_ms
+    from costmeter.predictors.sampling.micro_measure import median_ms
     from costmeter.models.spaces import get_space
 
     check_runtime(device, runtime)

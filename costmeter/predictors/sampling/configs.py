@@ -1,7 +1,7 @@
 """Kernel micro-benchmark configurations: a prior from real models, sampling, re-sampling.
 
 A :class:`KernelConfig` is a small op chain (the micro-benchmark ops of
-:mod:`costmeter.predictors.sampling.microbench`) on an input shape that forms one kernel of one type,
+:mod:`costmeter.models.onnx.microbench`) on an input shape that forms one kernel of one type,
 e.g. Conv(k=5, stride 2) + HardSwish on ``[1, 72, 56, 56]``. :func:`config_from_kernel` turns any
 kernel of a fused model into its config, so :func:`build_prior` collects the configs that the zoo
 and the search spaces really contain. :func:`sample_configs` draws from that prior: a real config,
@@ -62,7 +62,7 @@ class KernelConfig:
 
     def build(self) -> Any:
         """The micro-benchmark as an ``onnx.ModelProto``."""
-        from costmeter.predictors.sampling.microbench import chain_model
+        from costmeter.models.onnx.microbench import chain_model
 
         return chain_model([(op, dict(params)) for op, params in self.ops], self.input_shape,
                            f"{self.kernel_type}_{self.key}")

@@ -30,7 +30,7 @@ from costmeter.predictors.kernels.rules import (
     builtin_rules,
     save_rules,
 )
-from costmeter.predictors.sampling.microbench import APPLY_OPS, TOKEN_OPS, chain_model, write_model
+from costmeter.models.onnx.microbench import APPLY_OPS, TOKEN_OPS, chain_model, write_model
 
 FUSION_THRESHOLD = 0.5  # nn-Meter: fused when the saving exceeds half of the cheaper op
 
@@ -109,7 +109,7 @@ def _input_shape(op: str) -> tuple[int, ...]:
 
 def pair_models(op1: str, op2: str) -> tuple[Any, Any, Any]:
     """(op1 alone, op2 alone on op1's output shape, op1 then op2) as ONNX models."""
-    from costmeter.predictors.sampling.microbench import GraphBuilder
+    from costmeter.models.onnx.microbench import GraphBuilder
 
     shape = _input_shape(op1)
     first = (op1, _OP_PARAMS.get(op1, {}))
@@ -122,7 +122,7 @@ def pair_models(op1: str, op2: str) -> tuple[Any, Any, Any]:
 
 def _runner_measure(device: str, runtime: str, workdir: Path, threads: int | None,
                     min_time_s: float, sink: Any) -> MeasureFn:
-    from costmeter.predictors.sampling.microbench import measure_onnx, median_ms, micro_protocol
+    from costmeter.predictors.sampling.micro_measure import measure_onnx, median_ms, micro_protocol
 
     def measure(paths: list[Path]) -> list[float]:
         results = measure_onnx(paths, device, runtime, workdir, micro_protocol(min_time_s),

@@ -10,7 +10,7 @@ Two ways to time a kernel. *Alone* (the default, nn-Meter's way): the kernel by 
 minus the per-run overhead ``O`` of an almost empty model. *In context* (``context=True``, for
 image kernels, :data:`CONTEXT_TYPES` on 4-D tensors): the kernel between context ops (``A``: a
 1x1 depthwise conv on every image input and on the output, see
-:func:`~costmeter.predictors.sampling.microbench.context_chain`) and, for every boundary tensor ``T``, a
+:func:`~costmeter.models.onnx.microbench.context_chain`) and, for every boundary tensor ``T``, a
 baseline of the context ops alone (``B_T``):
 
     latency = A - sum_T B_T / 2 + (|T| / 2 - 1) * O
@@ -227,7 +227,7 @@ class KernelSamples:
 def _runner_measure(device: str, runtime: str, workdir: Path, threads: int | None,
                     min_time_s: float, sink: Any, progress: Any) -> GroupMeasureFn:
     """Each file in its own harness worker (any runtime the runner knows, remote devices too)."""
-    from costmeter.predictors.sampling.microbench import measure_onnx, median_ms, micro_protocol
+    from costmeter.predictors.sampling.micro_measure import measure_onnx, median_ms, micro_protocol
 
     def measure(groups: list[list[Path]]) -> list[list[float]]:
         paths = [p for group in groups for p in group]
@@ -245,7 +245,7 @@ def _batch_measure(device: str, runtime: str, threads: int | None, min_time_s: f
     from dataclasses import asdict
 
     from costmeter.harness.batch import OVERHEAD_KEY, measure_entries, overhead_model_bytes
-    from costmeter.predictors.sampling.microbench import micro_protocol
+    from costmeter.predictors.sampling.micro_measure import micro_protocol
 
     def measure(groups: list[list[Path]]) -> list[list[float]]:
         import tempfile
@@ -293,7 +293,7 @@ def measure_kernels(configs: Sequence[KernelConfig], rules: RuleSet, device: str
     in its own worker (runtimes that do not take ONNX files, remote devices).
     """
     from costmeter.models.onnx.graph import load_graph
-    from costmeter.predictors.sampling.microbench import chain_model, write_model
+    from costmeter.models.onnx.microbench import chain_model, write_model
 
     workdir = Path(workdir)
     folder = workdir / "kernels" / "micro"
@@ -360,7 +360,7 @@ def _kernel_files(config: KernelConfig, model: Any, folder: Path, context: bool,
     for. Alone: the kernel. In context: the kernel and one baseline per distinct boundary shape;
     when its weights are large (:func:`cold_copies`), a second group with copies of the kernel
     that have their own weights, and the baselines again."""
-    from costmeter.predictors.sampling.microbench import (
+    from costmeter.models.onnx.microbench import (
         chain_model,
         context_baseline,
         context_chain,
@@ -401,7 +401,7 @@ def cold_copies(weight_bytes: float) -> int:
 def _fuses_into_edge(config: KernelConfig, rules: RuleSet) -> bool:
     """Whether the rules fuse the kernel's first op into a conv right before it."""
     from costmeter.models.onnx.graph import load_graph
-    from costmeter.predictors.sampling.microbench import EDGE_OP, chain_model
+    from costmeter.models.onnx.microbench import EDGE_OP, chain_model
 
     model = chain_model([EDGE_OP, *[(op, dict(p)) for op, p in config.ops]], config.input_shape)
     first = fuse(load_graph(model), rules).kernels[0]
