@@ -148,7 +148,7 @@ def fit(device: str, runtime: str, output: str, cold: bool, calibrate_on: str | 
     and `bench lut build --predicted`, optionally calibrated on measured networks."""
     from costmeter.cli.common import split_list
     from costmeter.predictors.artifacts import save_predictor
-    from costmeter.predictors.estimators.network import fit_network_predictor
+    from costmeter.predictors.workflows.network import fit_network_predictor
 
     spaces = split_list(calibrate_on) if calibrate_on else []
     store = open_store(store_url, workdir) if spaces else None
