@@ -36,3 +36,24 @@ def test_a_forbidden_import_is_caught(tmp_path: Path) -> None:
         bad.unlink()
     assert proc.returncode != 0
     assert "BROKEN" in proc.stdout
+
+
+def test_the_cli_uses_the_public_predictor_api_and_every_public_name_resolves() -> None:
+    import ast
+
+    import costmeter.predictors as predictors
+
+    for path in (ROOT / "costmeter" / "cli").glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("costmeter.predictors."):
+                raise AssertionError(f"{path.name} imports {node.module}; use costmeter.predictors")
+    for name in predictors.__all__:
+        assert getattr(predictors, name) is not None, name
+
+
+def test_importing_the_predictor_package_loads_no_heavy_library() -> None:
+    code = ("import sys, costmeter.predictors; "
+            "print(sorted(m for m in ('sklearn', 'torch', 'onnx', 'onnxruntime') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"

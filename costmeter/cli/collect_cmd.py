@@ -28,8 +28,8 @@ def collect(space: str, samples: int, device: str, runtime: str, threads: int | 
     """Measure sampled architectures of a search space through the harness, into the store."""
     from costmeter.cli.render import print_summary_line
     from costmeter.cli.common import with_run_progress
-    from costmeter.predictors.workflows.collect import collect as run_collect
-    from costmeter.predictors.workflows.collect import collect_protocol
+    from costmeter.predictors import collect as run_collect
+    from costmeter.predictors import collect_protocol
 
     store = open_store(store_url, workdir)
     try:
@@ -58,8 +58,8 @@ def kernels() -> None:
 def detect(device: str, runtime: str, pairs: str | None, threads: int, repeats: int, min_time: float,
            workdir: Path | None) -> None:
     """Find fused op pairs with micro-benchmarks (T1 + T2 - T12 > 0.5 min(T1, T2)); store the rules."""
-    from costmeter.predictors.sampling.fusion_detect import detect_fusion, parse_pairs
-    from costmeter.predictors.kernels.rules import rules_path
+    from costmeter.predictors import detect_fusion, parse_pairs
+    from costmeter.predictors import rules_path
 
     wd = workdir or default_workdir()
     chosen = parse_pairs(pairs) if pairs else None
@@ -81,8 +81,8 @@ def show(model: str, device: str, runtime: str, batch: int, workdir: Path | None
     from costmeter.models.export import export_onnx
     from costmeter.models.source import resolve_model
     from costmeter.models.onnx.graph import load_graph
-    from costmeter.predictors.kernels.rules import load_rules
-    from costmeter.predictors.kernels.fuse import fuse
+    from costmeter.predictors import load_rules
+    from costmeter.predictors import fuse
 
     wd = workdir or default_workdir()
     graph = load_graph(export_onnx(resolve_model(model), wd), batch=batch)
@@ -117,9 +117,9 @@ def sample(device: str, runtime: str, threads: int, min_time: float, space_sampl
 
     Local runtimes that take ONNX files time them in batch workers; others (and remote devices)
     run each file through the harness, whose results go to the store."""
-    from costmeter.predictors.sampling.prior import sample_kernels
-    from costmeter.predictors.kernels.rules import load_rules
-    from costmeter.predictors.sampling.measure import samples_path
+    from costmeter.predictors import sample_kernels
+    from costmeter.predictors import load_rules
+    from costmeter.predictors import samples_path
 
     wd = workdir or default_workdir()
     store = open_store(store_url, workdir)
@@ -147,8 +147,8 @@ def fit(device: str, runtime: str, output: str, cold: bool, calibrate_on: str | 
     """Fit per-kernel forests on the measured kernel samples: a network predictor for `bench predict`
     and `bench lut build --predicted`, optionally calibrated on measured networks."""
     from costmeter.cli.common import split_list
-    from costmeter.predictors.artifacts import save_predictor
-    from costmeter.predictors.workflows.network import fit_network_predictor
+    from costmeter.predictors import save_predictor
+    from costmeter.predictors import fit_network_predictor
 
     spaces = split_list(calibrate_on) if calibrate_on else []
     store = open_store(store_url, workdir) if spaces else None

@@ -32,7 +32,7 @@ def build(space: str, device: str, runtime: str, resolution: str | None, predict
           output: str | None, workdir: Path | None) -> None:
     """Measure (or predict) every block configuration at every input shape; write JSON + CSV."""
     from costmeter.errors import ConfigError
-    from costmeter.predictors.lut.table import build_lut, default_lut_path
+    from costmeter.predictors import build_lut, default_lut_path
 
     if predicted and not predictor_path:
         raise ConfigError("--predicted needs --predictor FILE.costmodel (a kernel-level cost model)")
@@ -43,7 +43,7 @@ def build(space: str, device: str, runtime: str, resolution: str | None, predict
     out = output or default_lut_path(wd, space, device, runtime, res, predicted)
     predictor = None
     if predicted:
-        from costmeter.predictors.artifacts import load_predictor
+        from costmeter.predictors import load_artifact as load_predictor
 
         predictor = load_predictor(predictor_path)
     table = with_run_progress(lambda cb: build_lut(space, device, runtime, res, predictor=predictor, workdir=wd,
@@ -69,8 +69,8 @@ def build(space: str, device: str, runtime: str, resolution: str | None, predict
 def check(table_path: str, networks: int, predictor_path: str | None, device: str | None, runtime: str | None,
           seed: int, min_time: float, update: bool, store_url: str | None, workdir: Path | None) -> None:
     """Measure sampled networks; report LUT-sum (and predictor) bias, MAPE, ±10% share, Spearman."""
-    from costmeter.predictors.lut.table import load_table
-    from costmeter.predictors.lut.check import check_lut, record_check
+    from costmeter.predictors import load_table
+    from costmeter.predictors import check_lut, record_check
 
     table = load_table(table_path, device=device, runtime=runtime)
     store = open_store(store_url, workdir)

@@ -55,8 +55,8 @@ def predictor() -> None:
 def fit(space: str, device: str, runtime: str | None, holdout: float, seed: int, output: str,
         store_url: str | None, workdir: Path | None) -> None:
     """Fit a forest on stored measurements of a search space and save it with a manifest."""
-    from costmeter.predictors.estimators.arch import fit_from_results
-    from costmeter.predictors.artifacts import save_predictor
+    from costmeter.predictors import fit_from_results
+    from costmeter.predictors import save_predictor
 
     frame = query_frame(store_url, workdir)
     pred, scores, digest = fit_from_results(frame, space=space, device=device, runtime=runtime, holdout=holdout,
@@ -84,11 +84,11 @@ def eval_(model_file: str | None, space: str | None, device: str | None, runtime
           store_url: str | None, workdir: Path | None) -> None:
     """RMSE, MAPE, share within ±5/10/15%, Spearman and Kendall, overall and per family."""
     from costmeter.errors import ConfigError
-    from costmeter.predictors.estimators.evaluate import family_of, metrics_table
+    from costmeter.predictors import family_of, metrics_table
 
     frame = query_frame(store_url, workdir)
     if model_file:
-        from costmeter.predictors.artifacts import load_predictor
+        from costmeter.predictors import load_artifact as load_predictor
         from costmeter.results.traces import training_frame
 
         pred = load_predictor(model_file)
@@ -113,7 +113,7 @@ def eval_(model_file: str | None, space: str | None, device: str | None, runtime
 
 
 def _family(arch: str) -> str:
-    from costmeter.predictors.estimators.evaluate import family_of
+    from costmeter.predictors import family_of
 
     return family_of(arch)
 
@@ -122,8 +122,8 @@ def _cross_validate(frame, space, device, runtime, split, train_share, held_out,
     import numpy as np
 
     from costmeter.errors import ConfigError
-    from costmeter.predictors.estimators.arch import ArchPredictor
-    from costmeter.predictors.estimators.evaluate import family_of, family_split, random_split
+    from costmeter.predictors import ArchPredictor
+    from costmeter.predictors import family_of, family_split, random_split
     from costmeter.results.traces import training_frame
 
     data = training_frame(frame, space, device=device, runtime=runtime)
@@ -149,8 +149,8 @@ def _cross_validate(frame, space, device, runtime, split, train_share, held_out,
 @workdir_option
 def predict(model_file: str, archs: str, breakdown: bool, workdir: Path | None) -> None:
     """Predicted latency ± uncertainty (ms) of architectures, from a saved predictor."""
-    from costmeter.predictors.artifacts import load_predictor, read_manifest
-    from costmeter.predictors.estimators.network import NetworkPredictor
+    from costmeter.predictors import load_artifact as load_predictor, read_manifest
+    from costmeter.predictors import NetworkPredictor
     from costmeter.models.spaces import split_model_id
 
     pred = load_predictor(model_file)
@@ -172,8 +172,8 @@ def _predict_networks(pred, models: list[str], manifest: dict, breakdown: bool, 
     from costmeter.models.export import export_onnx
     from costmeter.models.source import resolve_model
     from costmeter.models.onnx.graph import load_graph
-    from costmeter.predictors.kernels.rules import load_rules
-    from costmeter.predictors.kernels.fuse import fuse
+    from costmeter.predictors import load_rules
+    from costmeter.predictors import fuse
 
     wd = workdir or default_workdir()
     device, runtime = manifest.get("device") or "cpu", manifest.get("runtime") or "onnxruntime"
