@@ -57,3 +57,14 @@ def test_importing_the_predictor_package_loads_no_heavy_library() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+def test_working_folder_paths_are_named_in_one_place() -> None:
+    """No module outside costmeter/workdir.py spells the working folder's sub-folders."""
+    import re
+
+    spelled = re.compile(r"""(workdir|wd|self\.workdir)\)? */ *["'](cache|kernels|lut|tmp|spool|probes)["']""")
+    offenders = [f"{p.relative_to(ROOT)}:{n}" for p in (ROOT / "costmeter").rglob("*.py")
+                 if p.name != "workdir.py"
+                 for n, line in enumerate(p.read_text().splitlines(), start=1) if spelled.search(line)]
+    assert offenders == []

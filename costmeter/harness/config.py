@@ -1,7 +1,6 @@
 """Frozen, validated run configurations. No side effects until a runner uses them."""
 from __future__ import annotations
 
-import os
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -13,8 +12,11 @@ DEFAULT_PERCENTILES: tuple[float, ...] = (50.0, 90.0, 95.0, 99.0)
 
 
 def default_workdir() -> Path:
-    """The working folder for stores, caches and reports: $COSTMETER_HOME or ./.costmeter."""
-    return Path(os.environ.get("COSTMETER_HOME") or ".costmeter")
+    """The working folder for stores, caches and reports: $COSTMETER_HOME or ./.costmeter
+    (see :class:`costmeter.workdir.Workdir`)."""
+    from costmeter.workdir import Workdir
+
+    return Workdir.default().root
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ from costmeter.devices.base import get_runtime, require_available
 from costmeter.errors import UnavailableError, UnsupportedError
 from costmeter.harness.config import RunConfig
 from costmeter.harness.worker import WorkerJob, WorkerOutcome, run_in_worker
+from costmeter.workdir import Workdir
 from costmeter.results.schema import (
     BenchKey,
     EnergyInfo,
@@ -149,7 +150,7 @@ class Runner:
         except UnsupportedError as exc:
             return RunResult(status=Status.UNSUPPORTED, error=str(exc), finished_at=_now(), **base)
         parity = cfg.check_outputs and job.source is not None and job.source.has_torch()
-        outs_dir = self.workdir / "tmp"
+        outs_dir = Workdir.of(self.workdir).tmp
         outs_dir.mkdir(parents=True, exist_ok=True)
         outcomes: list[WorkerOutcome] = []
         for p in range(cfg.processes):
@@ -185,13 +186,13 @@ class Runner:
         if job.source is None:
             import numpy as np
 
-            path = self.workdir / "cache" / "inputs" / f"none-b{job.config.batch}.npz"
+            path = Workdir.of(self.workdir).inputs_cache / f"none-b{job.config.batch}.npz"
             path.parent.mkdir(parents=True, exist_ok=True)
             np.savez(path, x=np.zeros((job.config.batch, 1), dtype=np.float32))
             return str(path)
         import numpy as np
 
-        path = self.workdir / "cache" / "inputs" / f"{job.model_hash}-b{job.config.batch}.npz"
+        path = Workdir.of(self.workdir).inputs_cache / f"{job.model_hash}-b{job.config.batch}.npz"
         if not path.exists():
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_suffix(".tmp.npz")

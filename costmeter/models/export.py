@@ -29,6 +29,7 @@ from typing import Any
 
 from costmeter.errors import ConfigError, UnsupportedError
 from costmeter.models.source import ModelSource
+from costmeter.workdir import Workdir
 
 DEFAULT_OPSET = 17
 EXPORT_BATCH = 2  # example batch used while exporting (batch 1 lets torch.export specialize it)
@@ -51,7 +52,7 @@ def cached_artifact(
             raise ConfigError(
                 f"cache {label} {part!r} is not a plain name; use letters, digits, '.', '_', '-'"
             )
-    final = Path(workdir) / "cache" / subdir / f"{key}{suffix}"
+    final = Workdir.of(workdir).cache(subdir) / f"{key}{suffix}"
     if final.exists():
         return final
     final.parent.mkdir(parents=True, exist_ok=True)
@@ -75,7 +76,7 @@ def cached_artifact(
 
 def onnx_cache_path(source: ModelSource, workdir: Path | str, opset: int = DEFAULT_OPSET) -> Path:
     """Where :func:`export_onnx` keeps (or will keep) this model's ONNX file."""
-    return Path(workdir) / "cache" / "onnx" / f"{source.content_hash()}-opset{opset}.onnx"
+    return Workdir.of(workdir).onnx_cache / f"{source.content_hash()}-opset{opset}.onnx"
 
 
 def export_onnx(source: ModelSource, workdir: Path | str, opset: int = DEFAULT_OPSET) -> Path:

@@ -57,9 +57,9 @@ def default_store_url(workdir: Path | None = None) -> str:
     from_env = os.environ.get("COSTMETER_STORE", "").strip()
     if from_env:
         return from_env
-    if workdir is None:
-        workdir = Path(os.environ.get("COSTMETER_HOME", "").strip() or ".costmeter")
-    return f"sqlite:///{(Path(workdir) / 'results.db').absolute()}"
+    from costmeter.workdir import Workdir
+
+    return Workdir.of(workdir).store_url
 
 
 def _reason(exc: BaseException) -> str:

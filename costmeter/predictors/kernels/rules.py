@@ -236,8 +236,9 @@ def builtin_rules(runtime: str) -> RuleSet:
 
 def rules_path(workdir: Path | str, device: str, runtime: str) -> Path:
     """Where a detected rule set of ``runtime`` on ``device`` is kept."""
-    safe_device = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in device)
-    return Path(workdir) / "kernels" / f"rules-{safe_device}-{runtime}.json"
+    from costmeter.workdir import Workdir
+
+    return Workdir.of(workdir).kernel_rules(device, runtime)
 
 
 def save_rules(rule_set: RuleSet, workdir: Path | str) -> Path:

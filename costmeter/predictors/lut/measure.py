@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from costmeter.errors import ConfigError
+from costmeter.workdir import Workdir
 from costmeter.harness.batch import (  # noqa: F401  (re-exported for callers and tests)
     OPSET,
     OVERHEAD_KEY,
@@ -132,7 +133,7 @@ def measure_blocks(specs: Sequence[BlockSpec], device: str = "cpu", runtime: str
                 "shape": list(spec.input_shape())}
                for spec in specs]
     random.Random(0).shuffle(entries)  # groups mix large and small blocks, as networks do
-    overhead_path = workdir / "cache" / "lut" / "overhead.onnx"
+    overhead_path = Workdir.of(workdir).cache("lut") / "overhead.onnx"
     overhead_path.parent.mkdir(parents=True, exist_ok=True)
     overhead_path.write_bytes(overhead_model_bytes())
     overhead = {"key": OVERHEAD_KEY, "onnx": str(overhead_path), "shape": [1, 1]}

@@ -30,6 +30,7 @@ import numpy as np
 
 from costmeter.errors import ConfigError, StoreError
 from costmeter.models.spaces import get_space, lut_blocks
+from costmeter.workdir import Workdir
 from costmeter.predictors.lut import blocks
 from costmeter.predictors.lut.blocks import BlockSpec
 
@@ -247,7 +248,7 @@ def default_lut_path(workdir: Path | str, space: str, device: str, runtime: str,
     safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in device)
     res = blocks.check_resolutions(space, resolutions)
     tag = "" if res == blocks.space_resolutions(space) else "-r" + "-".join(map(str, res))
-    return Path(workdir) / "lut" / f"{space}-{safe}-{runtime}{tag}{'-predicted' if predicted else ''}.json"
+    return Workdir.of(workdir).lut / f"{space}-{safe}-{runtime}{tag}{'-predicted' if predicted else ''}.json"
 
 
 def build_lut(space: str, device: str = "cpu", runtime: str = "onnxruntime",

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from costmeter.errors import ConfigError, MeasurementError
+from costmeter.workdir import Workdir
 from costmeter.predictors.kernels.rules import (
     ACTIVATION_TYPES,
     BINARY_TYPES,
@@ -155,7 +156,7 @@ def detect_fusion(pairs: Sequence[tuple[str, str]] | None = None, device: str = 
     for pair in pairs:
         parse_pairs("+".join(pair))
     workdir = Path(workdir)
-    folder = workdir / "kernels" / "detect"
+    folder = Workdir.of(workdir).detect_models
     measure = measure or _runner_measure(device, runtime, workdir, threads, min_time_s, sink)
     overhead_path = write_model(chain_model([("Relu", {})], (1, 1), "overhead"), folder, "overhead")
     files = [overhead_path]

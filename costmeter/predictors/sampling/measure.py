@@ -45,6 +45,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 from costmeter.errors import ConfigError, StoreError
+from costmeter.workdir import Workdir
 from costmeter.predictors.kernels.features import FEATURE_SCHEMA_VERSION, KERNEL_FEATURES, kernel_features
 from costmeter.predictors.kernels.rules import RuleSet
 from costmeter.predictors.kernels.fuse import KernelGraph, fuse
@@ -296,7 +297,7 @@ def measure_kernels(configs: Sequence[KernelConfig], rules: RuleSet, device: str
     from costmeter.models.onnx.microbench import chain_model, write_model
 
     workdir = Path(workdir)
-    folder = workdir / "kernels" / "micro"
+    folder = Workdir.of(workdir).micro_models
     measure = measure or _default_measure(device, rules.runtime, workdir, threads, min_time_s,
                                           sink, progress)
     samples = KernelSamples(device=device, runtime=rules.runtime,
@@ -410,5 +411,4 @@ def _fuses_into_edge(config: KernelConfig, rules: RuleSet) -> bool:
 
 def samples_path(workdir: Path | str, device: str, runtime: str) -> Path:
     """Where the kernel samples of ``runtime`` on ``device`` are kept."""
-    safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in device)
-    return Path(workdir) / "kernels" / f"samples-{safe}-{runtime}.csv"
+    return Workdir.of(workdir).kernel_samples(device, runtime)
