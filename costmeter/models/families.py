@@ -1,30 +1,35 @@
 """Width / depth / resolution variants of the zoo's CNN families, for cost-model training data.
 
 A variant is written ``family:w=<width>,d=<depth>,r=<resolution>``, e.g.
-``mobilenet_v2:w=0.75,d=1.0,r=160``:
+``mobilenet_v2:w=0.75,d=1.0,r=160``, and is built by the family's zoo builder
+(:mod:`costmeter.models.zoo.cnn`) at that width and depth; the resolution is the input's:
 
-- ``resnet``: basic-block ResNet; ``d`` picks the blocks per stage (:data:`RESNET_DEPTHS`,
-  18 = [2, 2, 2, 2]); stage widths ``64 * w * 2^i``;
-- ``mobilenet_v2``: repeats per stage ``ceil(n * d)``, channels rounded to multiples of 8;
-- ``mobilenet_v3``: ``d`` is 0 for Small, 1 for Large; width as in the paper's multipliers;
-- ``efficientnet``: B0 stages with ``ceil(n * d)`` repeats (compound scaling's depth).
+- ``resnet``: :func:`~costmeter.models.zoo.cnn.resnet`; ``d`` is the ResNet depth, which picks
+  the basic blocks per stage (:data:`RESNET_DEPTHS`, 18 = [2, 2, 2, 2]); stage widths
+  ``max(8, int(64 * w)) * 2^i``;
+- ``mobilenet_v2``: :func:`~costmeter.models.zoo.cnn.mobilenet_v2`; repeats per stage
+  ``ceil(n * d)``, channels rounded to multiples of 8;
+- ``mobilenet_v3``: :func:`~costmeter.models.zoo.cnn.mobilenet_v3`; ``d`` is 0 for Small,
+  1 for Large; width as in the paper's multipliers;
+- ``efficientnet``: :func:`~costmeter.models.zoo.cnn.efficientnet`; B0 stages with
+  ``ceil(n * d)`` repeats (compound scaling's depth).
 
-Blocks, activations and squeeze-excite follow :mod:`costmeter.models.zoo.cnn` (whose block
-builders this module reuses), so a variant at ``w=1, d=<default>, r=224`` has the zoo model's
-architecture.
+A variant at ``w=1``, the default depth and ``r=224`` is the zoo model of :data:`ZOO_MODELS`
+(same architecture; the zoo model's BatchNorm statistics are calibrated, a variant's are not).
 """
 from __future__ import annotations
 
-import math
 import random
 import re
+from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 from costmeter.errors import ConfigError
+from costmeter.models.zoo import build_seeded, cnn
 
 FAMILIES: tuple[str, ...] = ("resnet", "mobilenet_v2", "mobilenet_v3", "efficientnet")
-RESNET_DEPTHS: dict[int, list[int]] = {10: [1, 1, 1, 1], 14: [1, 2, 2, 1], 18: [2, 2, 2, 2],
-                                       26: [2, 3, 4, 3], 34: [3, 4, 6, 3]}
+RESNET_DEPTHS: dict[int, list[int]] = {d: list(s) for d, s in cnn.RESNET_BASIC.items()}
 WIDTHS: dict[str, tuple[float, ...]] = {
     "resnet": (0.25, 0.5, 0.75, 1.0), "mobilenet_v2": (0.35, 0.5, 0.75, 1.0, 1.25),
     "mobilenet_v3": (0.5, 0.75, 1.0, 1.25), "efficientnet": (0.5, 0.75, 1.0, 1.1),
@@ -34,6 +39,14 @@ DEPTHS: dict[str, tuple[float, ...]] = {
     "mobilenet_v3": (0.0, 1.0), "efficientnet": (0.5, 0.75, 1.0, 1.2),
 }
 RESOLUTIONS: tuple[int, ...] = tuple(range(96, 225, 32))
+# the variant of each family that is a zoo model: variant -> zoo name
+ZOO_MODELS: dict[str, str] = {
+    "resnet:w=1,d=18,r=224": "resnet18",
+    "mobilenet_v2:w=1,d=1,r=224": "mobilenet_v2",
+    "mobilenet_v3:w=1,d=0,r=224": "mobilenet_v3_small",
+    "mobilenet_v3:w=1,d=1,r=224": "mobilenet_v3_large",
+    "efficientnet:w=1,d=1,r=224": "efficientnet_b0",
+}
 _SPEC = re.compile(r"^([a-z0-9_]+):w=([0-9.]+),d=([0-9.]+),r=(\d+)$")
 
 
@@ -99,129 +112,18 @@ def input_shape(spec: str, batch: int = 1) -> tuple[int, int, int, int]:
     return (batch, 3, resolution, resolution)
 
 
-def build_torch(spec: str) -> Any:
-    """The variant as a torch module (eval mode, seeded random weights)."""
-    import torch
-
+def builder(spec: str) -> Callable[[], Any]:
+    """The zoo builder call that makes variant ``spec`` (no arguments left; weights unseeded)."""
     family, width, depth, _ = parse(spec)
-    builders = {"resnet": _resnet, "mobilenet_v2": _mobilenet_v2, "mobilenet_v3": _mobilenet_v3,
-                "efficientnet": _efficientnet}
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        return builders[family](width, depth).eval()
+    if family == "resnet":
+        return partial(cnn.resnet, depth=int(depth), width=width)
+    if family == "mobilenet_v2":
+        return partial(cnn.mobilenet_v2, width=width, depth=depth)
+    if family == "mobilenet_v3":
+        return partial(cnn.mobilenet_v3, "large" if depth >= 1 else "small", width=width)
+    return partial(cnn.efficientnet, width=width, depth=depth)
 
 
-def _resnet(width: float, depth: float) -> Any:
-    import torch.nn as nn
-
-    from costmeter.models.zoo.cnn import _conv_bn_act, _init_cnn
-
-    class Block(nn.Module):
-        def __init__(self, cin: int, cout: int, stride: int) -> None:
-            super().__init__()
-            self.body = nn.Sequential(_conv_bn_act(cin, cout, 3, stride, act=nn.ReLU()),
-                                      _conv_bn_act(cout, cout, 3))
-            self.shortcut = (_conv_bn_act(cin, cout, 1, stride)
-                             if stride != 1 or cin != cout else nn.Identity())
-            self.relu = nn.ReLU()
-
-        def forward(self, x: Any) -> Any:
-            return self.relu(self.body(x) + self.shortcut(x))
-
-    stem = max(8, int(64 * width))
-    layers: list[Any] = [_conv_bn_act(3, stem, 7, 2, act=nn.ReLU()), nn.MaxPool2d(3, 2, 1)]
-    cin = stem
-    for stage, count in enumerate(RESNET_DEPTHS[int(depth)]):
-        cout = max(8, int(64 * width)) * 2**stage
-        for index in range(count):
-            layers.append(Block(cin, cout, 2 if stage > 0 and index == 0 else 1))
-            cin = cout
-    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(cin, 1000)]
-    return _init_cnn(nn.Sequential(*layers))
-
-
-def _mobilenet_v2(width: float, depth: float) -> Any:
-    import torch.nn as nn
-
-    from costmeter.models.zoo.cnn import _conv_bn_act, _init_cnn, _inverted_residual, round_channels
-
-    settings = [(1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2),
-                (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1)]
-    stem = round_channels(32 * width)
-    layers: list[Any] = [_conv_bn_act(3, stem, 3, 2, act=nn.ReLU6())]
-    cin = stem
-    for t, c, n, s in settings:
-        cout = round_channels(c * width)
-        for index in range(max(1, math.ceil(n * depth))):
-            layers.append(_inverted_residual(cin, cin * t, cout, 3, s if index == 0 else 1, nn.ReLU6))
-            cin = cout
-    last = round_channels(1280 * max(1.0, width))
-    layers += [_conv_bn_act(cin, last, 1, act=nn.ReLU6()), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-               nn.Linear(last, 1000)]
-    return _init_cnn(nn.Sequential(*layers))
-
-
-def _mobilenet_v3(width: float, depth: float) -> Any:
-    import torch.nn as nn
-
-    from costmeter.models.zoo.cnn import (
-        _MBV3_LARGE,
-        _MBV3_SMALL,
-        _conv_bn_act,
-        _init_cnn,
-        _inverted_residual,
-        _squeeze_excite,
-        round_channels,
-    )
-
-    config, last_channel = (_MBV3_LARGE, 1280) if depth >= 1 else (_MBV3_SMALL, 1024)
-    acts = {"RE": nn.ReLU, "HS": nn.Hardswish}
-
-    def se(channels: int) -> Any:
-        return _squeeze_excite(channels, round_channels(channels // 4), nn.ReLU, nn.Hardsigmoid)
-
-    stem = round_channels(16 * width)
-    layers: list[Any] = [_conv_bn_act(3, stem, 3, 2, act=nn.Hardswish(), bn_eps=1e-3)]
-    cin = stem
-    for kernel, expanded, cout, use_se, act, stride in config:
-        cout, expanded = round_channels(cout * width), round_channels(expanded * width)
-        layers.append(_inverted_residual(cin, expanded, cout, kernel, stride, acts[act],
-                                         se if use_se else None, 1e-3))
-        cin = cout
-    layers += [_conv_bn_act(cin, 6 * cin, 1, act=nn.Hardswish(), bn_eps=1e-3),
-               nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(6 * cin, last_channel),
-               nn.Hardswish(), nn.Linear(last_channel, 1000)]
-    return _init_cnn(nn.Sequential(*layers))
-
-
-def _efficientnet(width: float, depth: float) -> Any:
-    import torch.nn as nn
-
-    from costmeter.models.zoo.cnn import (
-        _conv_bn_act,
-        _init_cnn,
-        _inverted_residual,
-        _squeeze_excite,
-        round_channels,
-    )
-
-    stages = [(1, 3, 1, 16, 1), (6, 3, 2, 24, 2), (6, 5, 2, 40, 2), (6, 3, 2, 80, 3),
-              (6, 5, 1, 112, 3), (6, 5, 2, 192, 4), (6, 3, 1, 320, 1)]
-    stem = round_channels(32 * width)
-    layers: list[Any] = [_conv_bn_act(3, stem, 3, 2, act=nn.SiLU())]
-    cin = stem
-    for expansion, kernel, stride, cout, repeats in stages:
-        cout = round_channels(cout * width)
-        for index in range(max(1, math.ceil(repeats * depth))):
-            squeezed = max(1, cin // 4)
-
-            def se(channels: int, squeezed: int = squeezed) -> Any:
-                return _squeeze_excite(channels, squeezed, nn.SiLU, nn.Sigmoid)
-
-            layers.append(_inverted_residual(cin, cin * expansion, cout, kernel,
-                                             stride if index == 0 else 1, nn.SiLU, se))
-            cin = cout
-    last = round_channels(1280 * width)
-    layers += [_conv_bn_act(cin, last, 1, act=nn.SiLU()), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-               nn.Linear(last, 1000)]
-    return _init_cnn(nn.Sequential(*layers))
+def build_torch(spec: str) -> Any:
+    """The variant as a torch module (eval mode, random weights from the zoo's seed)."""
+    return build_seeded(builder(spec))

@@ -5,8 +5,11 @@ the same weights (and the same content hash) without any download. The architect
 the published definitions closely enough that parameter counts match the reference figures in
 :data:`REFERENCE_PARAMS` (checked by the tests to within 1%).
 
-The CNN definitions live in :mod:`costmeter.models.zoo.cnn`; the transformers and the tiny
-test models are here. Torch is imported inside functions only, so importing this module is cheap.
+The CNN definitions live in :mod:`costmeter.models.zoo.cnn`, built from the layer library
+:mod:`costmeter.models.layers` and parameterised by width and depth (the family variants of
+:mod:`costmeter.models.families` are those builders at other widths and depths); the
+transformers and the tiny test models are here. Torch is imported inside functions only, so
+importing this module is cheap.
 """
 from __future__ import annotations
 
@@ -66,7 +69,12 @@ class ZooEntry:
     description: str
 
 
-IMAGE_224 = (ZooInput("input", (3, 224, 224)),)
+def image_inputs(resolution: int = 224) -> tuple[ZooInput, ...]:
+    """The input spec of an image classifier at ``resolution`` (pixels per side, RGB)."""
+    return (ZooInput("input", (3, resolution, resolution)),)
+
+
+IMAGE_224 = image_inputs(224)
 BERT_SEQ_LEN = 128
 BERT_VOCAB = 30522
 
@@ -248,18 +256,30 @@ def zoo_entries() -> dict[str, ZooEntry]:
 
 
 def build_zoo_model(name: str) -> Any:
-    """Build zoo model ``name`` in eval mode with weights from :data:`ZOO_SEED`.
+    """Build zoo model ``name`` in eval mode with weights from :data:`ZOO_SEED`, BatchNorm
+    statistics calibrated on one seeded input (see :func:`build_seeded`).
 
     The global torch RNG state is left untouched. Raises KeyError for unknown names (the caller,
-    ``harness.models``, turns that into a ConfigError with suggestions).
+    ``models.source``, turns that into a ConfigError with suggestions).
+    """
+    entry = _registry()[name]
+    return build_seeded(entry.build, entry.inputs)
+
+
+def build_seeded(build: Callable[[], Any], inputs: tuple[ZooInput, ...] | None = None) -> Any:
+    """``build()`` with the torch RNG seeded from :data:`ZOO_SEED`, in eval mode.
+
+    The same builder gives the same weights every time, and the global torch RNG state is left
+    untouched. With ``inputs``, BatchNorm running statistics are set from one seeded random
+    input of that spec (:func:`_calibrate_batchnorm`); without, they keep their initial values.
     """
     import torch
 
-    entry = _registry()[name]
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(ZOO_SEED)
-        module = entry.build()
-        _calibrate_batchnorm(torch, module, entry.inputs)
+        module = build()
+        if inputs is not None:
+            _calibrate_batchnorm(torch, module, inputs)
     return module.eval()
 
 
