@@ -1,6 +1,8 @@
 """Torch modules of the NAS-Bench-201 CIFAR network (imported lazily: this module loads torch).
 
-Written from the definition in Dong & Yang, "NAS-Bench-201" (ICLR 2020), section 2.
+Written from the definition in Dong & Yang, "NAS-Bench-201" (ICLR 2020), section 2. The stem is
+the shared conv-BN of :mod:`costmeter.models.layers`; the cell convolutions are pre-activation
+(ReLU -> conv -> BN), a different order from the library's conv-BN-act, so they are defined here.
 """
 from __future__ import annotations
 
@@ -8,6 +10,8 @@ from collections.abc import Sequence
 
 import torch
 from torch import nn
+
+from costmeter.models.layers import ConvBNAct
 
 EDGES: tuple[tuple[int, int], ...] = ((0, 1), (0, 2), (1, 2), (0, 3), (1, 3), (2, 3))
 
@@ -87,9 +91,7 @@ class NB201Network(nn.Module):
     def __init__(self, ops: Sequence[str], num_classes: int = 10,
                  channels: Sequence[int] = (16, 32, 64), cells_per_stage: int = 5) -> None:
         super().__init__()
-        self.stem = nn.Sequential(
-            nn.Conv2d(3, channels[0], 3, padding=1, bias=False), nn.BatchNorm2d(channels[0])
-        )
+        self.stem = ConvBNAct(3, channels[0], 3, act=None)
         layers: list[nn.Module] = []
         for s, c in enumerate(channels):
             if s > 0:

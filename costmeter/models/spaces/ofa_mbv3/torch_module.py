@@ -3,7 +3,8 @@
 Written from the architecture description in Cai et al., "Once-for-All" (ICLR 2020) and
 Howard et al., "Searching for MobileNetV3" (ICCV 2019): MBConv blocks (1x1 expand, kxk
 depthwise, optional squeeze-excite with h-sigmoid gate, 1x1 linear projection), ReLU or
-h-swish activations, residual connections where shapes allow.
+h-swish activations, residual connections where shapes allow. The blocks are the shared
+layers of :mod:`costmeter.models.layers`; this module maps the space's block specs onto them.
 """
 from __future__ import annotations
 
@@ -13,79 +14,48 @@ from typing import Any
 import torch
 from torch import nn
 
+from costmeter.models import layers
 from costmeter.models.spaces.ofa_mbv3 import (
     FEATURE_MIX_WIDTH,
     FINAL_EXPAND_WIDTH,
     STEM_WIDTH,
 )
 
-
-def _act(name: str) -> nn.Module:
-    return nn.Hardswish() if name == "h_swish" else nn.ReLU()
+# the space's activation names -> the layer library's
+_ACTS = {"relu": "relu", "h_swish": "hswish"}
 
 
 def conv_bn_act(c_in: int, c_out: int, kernel: int, stride: int, groups: int = 1,
-                act: str | None = "relu") -> nn.Sequential:
-    """Convolution (no bias, 'same' padding), batch norm, optional activation."""
-    layers: list[nn.Module] = [
-        nn.Conv2d(c_in, c_out, kernel, stride=stride, padding=kernel // 2, groups=groups,
-                  bias=False),
-        nn.BatchNorm2d(c_out),
-    ]
-    if act is not None:
-        layers.append(_act(act))
-    return nn.Sequential(*layers)
+                act: str | None = "relu") -> layers.ConvBNAct:
+    """Convolution (no bias, 'same' padding), batch norm, optional activation ("relu",
+    "h_swish" or None): ``(N, c_in, H, W)`` -> ``(N, c_out, ceil(H / stride),
+    ceil(W / stride))``."""
+    return layers.ConvBNAct(c_in, c_out, kernel, stride, groups=groups,
+                            act=None if act is None else _ACTS[act])
 
 
-class SqueezeExcite(nn.Module):
-    """Global pool, 1x1 reduce (bias) + ReLU, 1x1 expand (bias) + h-sigmoid, channel gate."""
-
-    def __init__(self, channels: int, reduced: int) -> None:
-        super().__init__()
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.reduce = nn.Conv2d(channels, reduced, 1, bias=True)
-        self.relu = nn.ReLU()
-        self.expand = nn.Conv2d(reduced, channels, 1, bias=True)
-        self.gate = nn.Hardsigmoid()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * self.gate(self.expand(self.relu(self.reduce(self.pool(x)))))
-
-
-class MBConv(nn.Module):
-    """Inverted bottleneck block described by one entry of ``ofa_mbv3.blocks(arch)``."""
+class MBConv(layers.InvertedResidual):
+    """Inverted bottleneck block described by one entry of ``ofa_mbv3.blocks(arch)``: 1x1 expand
+    (left out when ``mid_channels == in_channels``), depthwise, squeeze-excite (ReLU, h-sigmoid;
+    ``se_channels`` wide) when ``se``, linear 1x1 projection, residual where shapes allow."""
 
     def __init__(self, spec: dict[str, Any]) -> None:
-        super().__init__()
-        c_in, mid, c_out = spec["in_channels"], spec["mid_channels"], spec["out_channels"]
-        layers: list[nn.Module] = []
-        if mid != c_in:
-            layers.append(conv_bn_act(c_in, mid, 1, 1, act=spec["act"]))
-        layers.append(conv_bn_act(mid, mid, spec["kernel"], spec["stride"], groups=mid,
-                                  act=spec["act"]))
-        if spec["se"]:
-            layers.append(SqueezeExcite(mid, spec["se_channels"]))
-        layers.append(conv_bn_act(mid, c_out, 1, 1, act=None))
-        self.body = nn.Sequential(*layers)
-        self.residual = bool(spec["residual"])
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.body(x)
-        return x + y if self.residual else y
+        super().__init__(spec["in_channels"], spec["mid_channels"], spec["out_channels"],
+                         spec["kernel"], spec["stride"], act=_ACTS[spec["act"]],
+                         se_channels=spec["se_channels"] if spec["se"] else None,
+                         se_act="relu", se_gate="hsigmoid")
+        if bool(spec["residual"]) != self.residual:
+            raise ValueError(f"ofa_mbv3 block spec asks residual={spec['residual']} but stride "
+                             f"{spec['stride']}, {spec['in_channels']} -> "
+                             f"{spec['out_channels']} channels decide {self.residual}")
 
 
-class FirstBlock(nn.Module):
-    """Fixed first block: depthwise 3x3 + ReLU, pointwise projection, residual."""
+class FirstBlock(layers.InvertedResidual):
+    """Fixed first block: depthwise 3x3 + ReLU, pointwise projection, residual (an inverted
+    residual of expansion 1 at ``channels`` channels, stride 1)."""
 
     def __init__(self, channels: int) -> None:
-        super().__init__()
-        self.body = nn.Sequential(
-            conv_bn_act(channels, channels, 3, 1, groups=channels, act="relu"),
-            conv_bn_act(channels, channels, 1, 1, act=None),
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.body(x)
+        super().__init__(channels, channels, channels, 3, 1, act="relu")
 
 
 class OFAMobileNetV3(nn.Module):
