@@ -136,12 +136,12 @@ def test_bad_rule_files_are_refused(tmp_path: Path) -> None:
 
 # ------------------------------------------------------------------------- every zoo model
 def _zoo_source_digest() -> str:
-    from costmeter.models import zoo
-    from costmeter.models.zoo import cnn as zoo_cnn
+    """The zoo's source and the layer library it builds on: the key of the exported-ONNX cache."""
+    from costmeter.models import layers, zoo
 
     digest = hashlib.sha256()
-    for module in (zoo, zoo_cnn):
-        digest.update(Path(str(module.__file__)).read_bytes())
+    for path in [*sorted(Path(str(zoo.__file__)).parent.glob("*.py")), Path(layers.__file__)]:
+        digest.update(path.read_bytes())
     return digest.hexdigest()[:12]
 
 
