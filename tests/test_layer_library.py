@@ -229,3 +229,16 @@ def test_family_builds_are_seeded_and_leave_the_global_rng_alone() -> None:
     assert all(torch.equal(a, b) for a, b in zip(first.state_dict().values(),
                                                   second.state_dict().values()))
     assert not first.training
+
+
+def test_ofa_blocks_are_the_library_blocks_and_their_specs_must_agree() -> None:
+    from costmeter.models.spaces.ofa_mbv3.torch_module import FirstBlock, MBConv
+
+    spec = {"in_channels": 24, "out_channels": 24, "mid_channels": 72, "kernel": 5, "stride": 1,
+            "act": "h_swish", "se": True, "se_channels": 24, "residual": True}
+    block = MBConv(spec)
+    assert isinstance(block, layers.InvertedResidual) and block.residual
+    assert isinstance(block.body[2], layers.SqueezeExcite)
+    assert FirstBlock(16).residual and len(FirstBlock(16).body) == 2  # no 1x1 expansion
+    with pytest.raises(ValueError, match="residual=True"):
+        MBConv({**spec, "stride": 2})
