@@ -115,7 +115,8 @@ def parse_manifest(raw: bytes, label: str, *, format_name: str, format_version: 
         raise StoreError(f"{label} is not a costmeter predictor file (no '{format_name}' manifest)")
     version = manifest.get("format_version")
     if type(version) is not int or version != format_version:
-        raise StoreError(f"{label} has predictor format version {_brief(version)}; this costmeter reads "
+        shown = _brief(version) + ("" if type(version) is int else f" (a JSON {_json_type(version)}, not an integer)")
+        raise StoreError(f"{label} has predictor format version {shown}; this costmeter reads "
                          f"version {format_version}; refit it with `bench predictor fit`")
     from jsonschema.exceptions import best_match
 
@@ -130,6 +131,12 @@ def parse_manifest(raw: bytes, label: str, *, format_name: str, format_version: 
                          f"({_brief(error.message, 160)}); refusing to load it -- refit it with "
                          "`bench predictor fit`")
     return manifest
+
+
+def _json_type(value: Any) -> str:
+    names = {bool: "boolean", int: "integer", float: "number", str: "string", list: "array",
+             dict: "object", type(None): "null"}
+    return names.get(type(value), type(value).__name__)
 
 
 def _brief(value: Any, width: int = 40) -> str:

@@ -13,8 +13,8 @@ here (:func:`check_tree`), as are the widths that feed it (:func:`check_owner`):
   reaches the root through its parents (no cycle, no orphan);
 - an internal node's feature lies in [0, n_features) and its threshold is finite;
 - ``value`` has shape (node_count, n_outputs, max_n_classes) and finite entries;
-- an estimator's ``n_features_in_`` equals its tree's ``n_features`` and its sub-estimators'
-  (``estimator_``, ``estimators_``), ``feature_names_in_`` has that many names, and a
+- an estimator's ``n_features_in_`` and ``n_outputs_`` equal its tree's and its fitted
+  sub-estimators' (``estimator_``, ``estimators_``), ``feature_names_in_`` has that many names, and a
   search-space predictor's column selection (``columns_``) lies within its space's features.
 """
 from __future__ import annotations
@@ -109,9 +109,10 @@ def check_tree(tree: Any, where: str) -> None:
         raise TreeError(f"{where}: class counts {per_output.tolist()[:8]} disagree with "
                         f"max_n_classes {n_classes}")
     value = tree.value
-    if value.shape != (n, n_outputs, n_classes) or not np.isfinite(value).all():
-        raise TreeError(f"{where}: value array of shape {value.shape} (expected "
-                        f"{(n, n_outputs, n_classes)}) or with non-finite entries")
+    if value.shape != (n, n_outputs, n_classes):
+        raise TreeError(f"{where}: value array of shape {value.shape}, expected {(n, n_outputs, n_classes)}")
+    if not np.isfinite(value).all():
+        raise TreeError(f"{where}: a node value is not finite")
     left = np.asarray(tree.children_left, dtype=np.int64)
     right = np.asarray(tree.children_right, dtype=np.int64)
     leaf = left == -1
@@ -156,11 +157,11 @@ def check_owner(obj: Any, where: str, tree_type: type, space_width: Any = None) 
     width = attrs.get("n_features_in_")
     tree = attrs.get("tree_")
     if isinstance(tree, tree_type):
-        if not _is_int(width) or width != tree.n_features:
+        if not _same(width, tree.n_features):
             raise TreeError(f"{where}: n_features_in_ {_brief(width)} differs from its tree's "
                             f"{tree.n_features} features")
         outputs = attrs.get("n_outputs_", tree.n_outputs)
-        if not _is_int(outputs) or outputs != tree.n_outputs:
+        if not _same(outputs, tree.n_outputs):
             raise TreeError(f"{where}: n_outputs_ {_brief(outputs)} differs from its tree's "
                             f"{tree.n_outputs}")
     if width is None:
@@ -174,11 +175,15 @@ def check_owner(obj: Any, where: str, tree_type: type, space_width: Any = None) 
                         f"{width} features")
     for attr in SUB_ESTIMATORS:
         subs = attrs.get(attr)
-        for i, sub in enumerate(subs if isinstance(subs, (list, tuple)) else [subs]):
+        many = isinstance(subs, (list, tuple))
+        for i, sub in enumerate(subs if many else [subs]):
             inner = getattr(sub, "__dict__", None)
-            if isinstance(inner, dict) and "n_features_in_" in inner and inner["n_features_in_"] != width:
-                raise TreeError(f"{where}.{attr}" + (f"[{i}]" if isinstance(subs, (list, tuple)) else "")
-                                + f": {_brief(inner['n_features_in_'])} features, its owner {width}")
+            if not isinstance(inner, dict):
+                continue
+            for name in ("n_features_in_", "n_outputs_"):
+                if name in inner and name in attrs and not _same(inner[name], attrs[name]):
+                    raise TreeError(f"{where}.{attr}" + (f"[{i}]" if many else "") + f": {name} "
+                                    f"{_brief(inner[name])}, its owner's {_brief(attrs[name])}")
 
 
 def _check_columns(attrs: dict[str, Any], where: str, space_width: Any) -> None:
@@ -199,12 +204,17 @@ def _check_columns(attrs: dict[str, Any], where: str, space_width: Any) -> None:
             raise TreeError(f"{where}: a column index lies outside the space's {total} features")
         fed = int(columns.size)
     width = getattr(attrs["regressor_"], "__dict__", {}).get("n_features_in_")
-    if width is not None and width != fed:
+    if width is not None and not _same(width, fed):
         raise TreeError(f"{where}: its regressor expects {_brief(width)} features, it passes {fed}")
 
 
 def _is_int(value: Any) -> bool:
     return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Both are integers and equal (a hostile file may put an array where a count belongs)."""
+    return _is_int(a) and _is_int(b) and int(a) == int(b)
 
 
 def _brief(value: Any) -> str:
