@@ -234,8 +234,6 @@ def load_predictor(path: str | Path, *, device: str | None = None, runtime: str 
     malformed, tampered, foreign-version, foreign-schema, untrusted or inconsistent files and
     ConfigError when ``device``/``runtime`` differ from the manifest's.
     """
-    import skops.io as sio
-
     p = Path(path)
     limits = Limits.resolve(max_payload_bytes)
     manifest, payload = _open(p, limits)
@@ -244,6 +242,8 @@ def load_predictor(path: str | Path, *, device: str | None = None, runtime: str 
             raise ConfigError(f"{p} predicts for {field} {manifest.get(field)!r}, not {wanted!r}; "
                               f"fit a predictor for {wanted!r}")
     check_payload_zip(payload, limits, str(p))
+    import skops.io as sio  # only now: a file refused above never loads scikit-learn
+
     try:
         untrusted = [t for t in sio.get_untrusted_types(data=payload) if t not in TRUSTED_TYPES]
     except Exception as exc:  # skops raises assorted errors on a malformed payload
