@@ -4,11 +4,18 @@ A ``.costmodel`` file holds ``manifest.json`` (device, runtime, feature schema, 
 versions, training-set hash, metrics, SHA-256 of the payload) and ``model.skops``. Loading
 never runs plain pickle: the payload is read by ``skops.io`` with an explicit list of trusted
 types (:data:`TRUSTED_TYPES`); a file naming any other type is refused before anything is
-built. A payload whose hash differs from the manifest's (tampered or corrupted), a manifest
-of another format version, or a feature schema other than the one this costmeter computes is
-refused with a one-line StoreError. The hash detects modification and corruption; it is not
-a signature (anyone can rewrite both) -- safety against hostile files comes from skops'
-trusted-type loading.
+built. The hash detects modification and corruption; it is not a signature (anyone can
+rewrite both) -- safety against hostile files comes from the checks around loading, each a
+one-line StoreError (:mod:`costmeter.predictors.artifact_checks`):
+
+1. sizes, from the zip's central directory before any member is read: manifest <= 1 MiB,
+   payload <= 512 MiB (``max_payload_bytes=`` or ``$COSTMETER_PREDICTOR_MAX_BYTES``, bytes),
+   at most 8 members, compression ratio <= 100:1;
+2. the manifest against its JSON Schema (types, required fields, string lengths, nesting depth),
+   its format version, the payload's hash and size, and the feature schema's version;
+3. the payload's own zip (members, sizes) and every array header against its member's size;
+4. skops' trusted-type list, then the rebuilt object: a fitted costmeter estimator whose every
+   tree is well formed (node counts, child and feature indices, acyclic, value shapes, widths).
 """
 from __future__ import annotations
 
@@ -23,6 +30,14 @@ from pathlib import Path
 from typing import Any
 
 from costmeter.errors import ConfigError, StoreError
+from costmeter.predictors.artifact_checks import (
+    MAX_MEMBERS,
+    Limits,
+    check_payload_zip,
+    open_zip,
+    parse_manifest,
+    read_member,
+)
 
 FORMAT = "costmeter-predictor"
 FORMAT_VERSION = 1
@@ -134,36 +149,40 @@ def save_predictor(estimator: Any, path: str | Path, *, device: str | None = Non
     return manifest
 
 
-def _open(path: str | Path) -> tuple[dict[str, Any], bytes]:
+def _open(path: str | Path, limits: Limits) -> tuple[dict[str, Any], bytes]:
+    """(validated manifest, payload bytes): sizes checked on the zip's central directory first,
+    then the manifest against its schema, then the payload's hash and size."""
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"predictor file {p} not found; fit one with `bench predictor fit`")
     try:
-        with zipfile.ZipFile(p) as zf:
-            manifest = json.loads(zf.read(MANIFEST_NAME))
-            payload = zf.read(PAYLOAD_NAME)
-    except (zipfile.BadZipFile, KeyError, ValueError, OSError) as exc:
-        raise StoreError(f"{p} is not a readable costmeter predictor file ({type(exc).__name__}); "
-                         "refit it with `bench predictor fit`") from exc
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        raise StoreError(f"{p} is not a costmeter predictor file (no '{FORMAT}' manifest)")
+        with open(p, "rb") as fh:
+            size = os.fstat(fh.fileno()).st_size
+            with open_zip(fh, size, str(p), max_members=MAX_MEMBERS,
+                          max_bytes=limits.manifest_bytes + limits.payload_bytes) as zf:
+                raw = read_member(zf, MANIFEST_NAME, limits.manifest_bytes, str(p))
+                manifest = parse_manifest(raw, str(p), format_name=FORMAT,
+                                          format_version=FORMAT_VERSION, payload_name=PAYLOAD_NAME)
+                payload = read_member(zf, PAYLOAD_NAME, limits.payload_bytes, str(p))
+    except OSError as exc:
+        raise StoreError(f"cannot read predictor file {p}: {exc.strerror or exc}; check the path "
+                         "and its permissions") from exc
+    _check(manifest, payload, p)
     return manifest, payload
 
 
-def read_manifest(path: str | Path) -> dict[str, Any]:
-    """The manifest of a predictor file (checks format and payload hash, builds nothing)."""
-    manifest, payload = _open(path)
-    _check(manifest, payload, Path(path))
-    return manifest
+def read_manifest(path: str | Path, *, max_payload_bytes: int | None = None) -> dict[str, Any]:
+    """The manifest of a predictor file (checks sizes, schema and payload hash; builds nothing).
+
+    ``max_payload_bytes`` overrides the payload limit (default ``$COSTMETER_PREDICTOR_MAX_BYTES``
+    or 512 MiB; see :mod:`costmeter.predictors.artifact_checks.container`).
+    """
+    return _open(path, Limits.resolve(max_payload_bytes))[0]
 
 
 def _check(manifest: dict[str, Any], payload: bytes, path: Path) -> None:
-    version = manifest.get("format_version")
-    if version != FORMAT_VERSION:
-        raise StoreError(f"{path} has predictor format version {version!r}; this costmeter reads "
-                         f"version {FORMAT_VERSION}; refit it with `bench predictor fit`")
-    expected = (manifest.get("payload") or {}).get("sha256")
-    if hashlib.sha256(payload).hexdigest() != expected:
+    expected = manifest["payload"]
+    if len(payload) != expected["bytes"] or hashlib.sha256(payload).hexdigest() != expected["sha256"]:
         raise StoreError(f"{path} was modified or corrupted (payload hash does not match the "
                          "manifest); refusing to load it -- refit or fetch the original file")
     schema = manifest.get("feature_schema")
@@ -173,35 +192,73 @@ def _check(manifest: dict[str, Any], payload: bytes, path: Path) -> None:
                          f"{current}; refit it with `bench predictor fit`")
 
 
-def load_predictor(path: str | Path, *, device: str | None = None,
-                   runtime: str | None = None) -> Any:
+def _space_width(space: str) -> int | None:
+    """Number of analytic features of search space ``space`` (None if unknown)."""
+    from costmeter.models.spaces import get_space, space_names
+
+    return len(get_space(space).feature_names()) if space in space_names() else None
+
+
+def _check_loaded(estimator: Any, path: Path) -> None:
+    """The root must be a fitted costmeter estimator named in TRUSTED_TYPES, and every tree in
+    it well formed (see :mod:`costmeter.predictors.artifact_checks.structure`)."""
+    from sklearn.exceptions import NotFittedError
+    from sklearn.utils.validation import check_is_fitted
+
+    from costmeter.predictors.artifact_checks.structure import check_structure
+
+    kind = f"{type(estimator).__module__}.{type(estimator).__qualname__}"
+    if kind not in TRUSTED_TYPES or not kind.startswith("costmeter."):
+        raise StoreError(f"{path} holds a {type(estimator).__name__}, not a costmeter predictor; "
+                         "refit it with `bench predictor fit`")
+    try:
+        check_is_fitted(estimator)
+    except NotFittedError as exc:
+        raise StoreError(f"{path} holds an unfitted {type(estimator).__name__}; refit it with "
+                         "`bench predictor fit`") from exc
+    try:
+        check_structure(estimator, space_width=_space_width)
+    except StoreError as exc:
+        raise StoreError(f"{path} is inconsistent: {exc}; refusing to use it -- refit it with "
+                         "`bench predictor fit` or fetch the original file") from exc
+
+
+def load_predictor(path: str | Path, *, device: str | None = None, runtime: str | None = None,
+                   max_payload_bytes: int | None = None) -> Any:
     """Load a predictor file safely (trusted types only); optionally insist on device/runtime.
 
-    Raises StoreError for tampered, foreign-version, foreign-schema or untrusted files and
+    Before skops builds anything: member sizes (manifest <= 1 MiB, payload <= 512 MiB or
+    ``max_payload_bytes`` / ``$COSTMETER_PREDICTOR_MAX_BYTES``, bytes), the manifest's schema,
+    the payload hash, and the payload's own zip and array headers. After: the root is a fitted
+    costmeter estimator and every tree in it is well formed. Raises StoreError for oversized,
+    malformed, tampered, foreign-version, foreign-schema, untrusted or inconsistent files and
     ConfigError when ``device``/``runtime`` differ from the manifest's.
     """
-    import skops.io as sio
-
     p = Path(path)
-    manifest, payload = _open(p)
-    _check(manifest, payload, p)
+    limits = Limits.resolve(max_payload_bytes)
+    manifest, payload = _open(p, limits)
     for field, wanted in (("device", device), ("runtime", runtime)):
         if wanted is not None and manifest.get(field) not in (None, wanted):
             raise ConfigError(f"{p} predicts for {field} {manifest.get(field)!r}, not {wanted!r}; "
                               f"fit a predictor for {wanted!r}")
+    check_payload_zip(payload, limits, str(p))
+    import skops.io as sio  # only now: a file refused above never loads scikit-learn
+
     try:
         untrusted = [t for t in sio.get_untrusted_types(data=payload) if t not in TRUSTED_TYPES]
     except Exception as exc:  # skops raises assorted errors on a malformed payload
         raise StoreError(f"{p}: unreadable payload ({type(exc).__name__}); refit it") from exc
     if untrusted:
-        raise StoreError(f"{p} contains types outside the trusted list ({', '.join(untrusted)}); "
+        shown = ", ".join(" ".join(t[:80].split()) for t in untrusted[:5]) + (", ..." if len(untrusted) > 5 else "")
+        raise StoreError(f"{p} contains types outside the trusted list ({shown}); "
                          "refusing to load it")
     try:
-        return sio.loads(payload, trusted=list(TRUSTED_TYPES))
+        estimator = sio.loads(payload, trusted=list(TRUSTED_TYPES))
     except Exception as exc:  # version skew in scikit-learn internals shows up here
-        saved = (manifest.get("library_versions") or {}).get("scikit-learn")
+        saved = manifest["library_versions"].get("scikit-learn")
         now = library_versions().get("scikit-learn")
         raise StoreError(f"{p} could not be rebuilt ({type(exc).__name__}; saved with "
                          f"scikit-learn {saved}, running {now}); refit it with "
                          "`bench predictor fit`") from exc
-
+    _check_loaded(estimator, p)
+    return estimator

@@ -17,6 +17,12 @@ from costmeter.errors import ConfigError
 from costmeter.models.spaces import feature_schema, get_space
 
 FULL_TABLE_MAX = 100_000  # spaces up to this size are predicted once, then looked up
+MIN_FIT_ROWS = 20
+"""Fewest distinct architectures :func:`fit_from_results` fits on. At 20, the default 0.2
+holdout still leaves 16 to train (a forest with ``min_samples_leaf=2`` gets at most 8 leaves
+per tree) and 4 to score, so every saved file carries held-out metrics; below it a forest is
+a lookup of a handful of points and its metrics, if any, come from 1-3 rows. A floor, not a
+target: the NB201 fixture slice has 300."""
 
 
 class ArchPredictor(RegressorMixin, BaseEstimator):
@@ -131,8 +137,9 @@ def fit_from_results(frame: Any, *, space: str, device: str, runtime: str | None
     """Fit an ArchPredictor from a ``ResultStore.query()`` frame (what ``bench predictor fit``
     does). Returns ``(predictor fitted on all rows, held-out metrics, training-set hash)``.
 
-    With ``holdout`` > 0 (and at least 20 architectures) a copy is first fitted on a random
-    ``1 - holdout`` share and scored on the rest; the metrics go into the artifact manifest.
+    Fewer than :data:`MIN_FIT_ROWS` distinct architectures is a ConfigError saying so. With
+    ``holdout`` > 0 a copy is first fitted on a random ``1 - holdout`` share and scored on the
+    rest; the metrics go into the artifact manifest.
     """
     from costmeter.predictors.artifacts import training_set_hash
     from costmeter.predictors.estimators.evaluate import metrics, random_split
@@ -140,9 +147,14 @@ def fit_from_results(frame: Any, *, space: str, device: str, runtime: str | None
 
     train = training_frame(frame, space, device=device, runtime=runtime)
     archs, y = list(train["arch"]), train["latency_ms"].to_numpy(dtype=np.float64)
+    if len(archs) < MIN_FIT_ROWS:
+        raise ConfigError(f"only {len(archs)} distinct {space} architectures are measured for device "
+                          f"{device!r}{f' runtime {runtime!r}' if runtime else ''}; a predictor needs at "
+                          f"least {MIN_FIT_ROWS}: import or measure more (`bench traces import`, "
+                          "`bench collect`)")
     template = ArchPredictor(space=space, regressor=regressor, device=device, runtime=runtime)
     scores: dict[str, Any] = {}
-    if holdout > 0 and len(archs) >= 20:
+    if holdout > 0:
         tr, te = random_split(len(archs), train=1.0 - holdout, seed=seed)
         probe = clone(template).fit([archs[i] for i in tr], y[tr])
         scores = {"holdout": holdout, "seed": seed,
