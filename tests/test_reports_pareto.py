@@ -182,3 +182,77 @@ def test_plot_rejects_unknown_suffix(tmp_path) -> None:
     result = pareto_analysis(results_frame(), "latency_p50", "top1")
     with pytest.raises(ConfigError, match=r"\.png, \.svg, \.pdf"):
         plot_pareto(result, tmp_path / "front.jpg")
+
+
+def crowded_frame() -> pd.DataFrame:
+    """resnet18 on two runtimes at the same accuracy and nearly the same latency (the labels
+    used to print on top of each other), plus neighbours; latencies span 2 ms to 60 ms."""
+    rows = [
+        ("resnet18", "onnxruntime", 10.0, 69.76),
+        ("resnet18", "openvino", 10.2, 69.76),
+        ("resnet50", "onnxruntime", 24.0, 76.13),
+        ("resnet50", "openvino", 23.5, 76.13),
+        ("mobilenet_v2", "onnxruntime", 2.0, 71.88),
+        ("mobilenet_v2", "openvino", 2.1, 71.88),
+        ("vit_tiny", "onnxruntime", 60.0, 72.2),
+    ]
+    frame = pd.DataFrame(rows, columns=["model_id", "runtime", "latency_p50_ms", "acc_top1"])
+    frame["device"], frame["batch"], frame["threads"], frame["options"] = "cpu", 1, 4, "{}"
+    frame["validity"] = "VALID"
+    return frame
+
+
+def label_boxes(figure, texts) -> dict[str, object]:
+    renderer = figure.canvas.get_renderer()
+    figure.draw(renderer)  # the boxes of the figure as rendered
+    return {t.get_text(): t.get_window_extent(renderer) for t in texts}
+
+
+def test_labels_of_two_runtimes_at_one_accuracy_do_not_overlap() -> None:
+    from costmeter.reports.pareto import pareto_figure
+
+    result = pareto_analysis(crowded_frame(), "latency_p50", "top1")
+    figure, texts = pareto_figure(result)
+    boxes = label_boxes(figure, texts)
+    assert len(boxes) == 7  # one distinct label per point: the series tells runtimes apart
+    ort, ov = boxes["resnet18 (cpu/onnxruntime)"], boxes["resnet18 (cpu/openvino)"]
+    assert not ort.overlaps(ov), (ort, ov)
+    for (a, box_a), (b, box_b) in itertools.combinations(boxes.items(), 2):
+        assert not box_a.overlaps(box_b), f"{a} overlaps {b}"
+    # the labels stay inside the axes
+    axes_box = figure.axes[0].get_window_extent()
+    assert all(axes_box.x0 - 1 <= b.x0 and b.x1 <= axes_box.x1 + 1 for b in boxes.values())
+
+
+def test_unadjusted_labels_would_overlap() -> None:
+    """The check above can fail: the same labels at their points, unadjusted, do overlap."""
+    from costmeter.reports.pareto import pareto_figure
+
+    result = pareto_analysis(crowded_frame(), "latency_p50", "top1")
+    figure, _ = pareto_figure(result, label_points=False)
+    axes = figure.axes[0]
+    rows = result.points.set_index("label")
+    texts = [axes.text(rows.loc[k, "x"], rows.loc[k, "y"], k, fontsize=7)
+             for k in ("resnet18/onnxruntime@cpu b1 t4", "resnet18/openvino@cpu b1 t4")]
+    from costmeter.reports.pareto import _ensure_canvas
+
+    _ensure_canvas(figure)
+    first, second = label_boxes(figure, texts).values()
+    assert first.overlaps(second)
+
+
+def test_log_axis_only_beyond_tenfold_span() -> None:
+    from costmeter.reports.pareto import pareto_figure, wants_log
+
+    assert wants_log([2.0, 60.0]) and not wants_log([2.0, 19.0]) and not wants_log([0.0, 50.0])
+    figure, _ = pareto_figure(pareto_analysis(crowded_frame(), "latency_p50", "top1"),
+                              label_points=False)
+    assert figure.axes[0].get_xscale() == "log"  # 2 ms .. 60 ms
+    assert figure.axes[0].get_yscale() == "linear"  # accuracy 69.8 .. 76.1
+    narrow = crowded_frame()
+    narrow = narrow[narrow["model_id"] != "vit_tiny"]  # 2 ms .. 24 ms: 12x, still log
+    figure, _ = pareto_figure(pareto_analysis(narrow, "latency_p50", "top1"), label_points=False)
+    assert figure.axes[0].get_xscale() == "log"
+    narrower = narrow[narrow["model_id"] != "mobilenet_v2"]  # 10 ms .. 24 ms: linear
+    figure, _ = pareto_figure(pareto_analysis(narrower, "latency_p50", "top1"), label_points=False)
+    assert figure.axes[0].get_xscale() == "linear"

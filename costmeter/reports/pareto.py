@@ -203,21 +203,35 @@ def pareto_analysis(
     )
 
 
-def _wants_log(values: np.ndarray) -> bool:
-    positive = values[np.isfinite(values)]
-    return len(positive) > 1 and bool((positive > 0).all()) and positive.max() / positive.min() > 20
+LOG_SPAN = 10.0  # a metric whose largest value exceeds LOG_SPAN times its smallest gets a log axis
 
 
-def plot_pareto(result: ParetoResult, path: str | Path, *, label_points: bool = True) -> Path:
-    """Draw the front to ``path`` (.png, .svg or .pdf); returns the path.
+def wants_log(values: Any, span: float = LOG_SPAN) -> bool:
+    """True when the finite ``values`` are all positive and span more than ``span`` times."""
+    finite = np.asarray(values, dtype=float)
+    finite = finite[np.isfinite(finite)]
+    return len(finite) > 1 and bool((finite > 0).all()) and finite.max() / finite.min() > span
+
+
+def point_labels(points: pd.DataFrame) -> list[str]:
+    """A label per point: the model id, with its series added where the same model appears in
+    more than one series (two runtimes of one model would otherwise print the same text)."""
+    repeated = points.groupby("model_id")["series"].transform("nunique") > 1
+    return [f"{m} ({s})" if r else str(m)
+            for m, s, r in zip(points["model_id"], points["series"], repeated)]
+
+
+def pareto_figure(result: ParetoResult, *, label_points: bool = True) -> tuple[Any, list[Any]]:
+    """The front as a matplotlib figure, and its point labels (matplotlib Text objects).
 
     One colour per series; front points are drawn large with a black edge and joined by a step
     line; INVALID results are hollow; error bars show the metrics' confidence intervals (latency
     CI). Each series' points are one SVG group with id ``pareto-points-<n>`` (one path each).
+    An axis is logarithmic when its metric spans more than :data:`LOG_SPAN` times. Labels are
+    placed by adjustText so that they overlap neither each other nor the points.
     """
-    from costmeter.reports.plotting import new_figure, plot_format, save_figure, series_color
+    from costmeter.reports.plotting import new_figure, series_color
 
-    plot_format(path)
     figure, axes = new_figure()
     points = result.points
     for index, (series, group) in enumerate(points.groupby("series", sort=True)):
@@ -236,12 +250,6 @@ def plot_pareto(result: ParetoResult, path: str | Path, *, label_points: bool = 
             linewidths=np.where(group["on_front"], 1.4, 1.0), label=series, zorder=3,
             gid=f"pareto-points-{index}",
         )
-        if label_points:
-            for _, row in group.iterrows():
-                axes.annotate(
-                    row["model_id"], (row["x"], row["y"]), textcoords="offset points",
-                    xytext=(4, 4), fontsize=7,
-                )
     front = result.front
     axes.step(
         front["x"], front["y"], where="post" if result.x.goal == "min" else "pre",
@@ -249,15 +257,63 @@ def plot_pareto(result: ParetoResult, path: str | Path, *, label_points: bool = 
     )
     axes.set_xlabel(_axis_title(result.x))
     axes.set_ylabel(_axis_title(result.y))
-    if _wants_log(points["x"].to_numpy()):
+    if wants_log(points["x"]):
         axes.set_xscale("log")
-    if _wants_log(points["y"].to_numpy()):
+    if wants_log(points["y"]):
         axes.set_yscale("log")
     axes.set_title(
         f"{result.y.label} vs {result.x.label}: hypervolume {result.hypervolume:.4g}", fontsize=10
     )
     axes.grid(True, alpha=0.3)
     axes.legend(fontsize=8, loc="best")
+    texts = []
+    if label_points and len(points):
+        from adjustText import adjust_text
+
+        low, high = axes.get_ylim()
+        y = points["y"].to_numpy(dtype=float)
+        if axes.get_yscale() == "log":  # stagger by a share of the decades shown
+            starts = np.exp(_staggered(np.log(y), 0.02 * np.log(high / low)))
+        else:
+            starts = _staggered(y, 0.02 * (high - low))
+        texts = [axes.text(x, y, text, fontsize=7, zorder=4)
+                 for x, y, text in zip(points["x"], starts, point_labels(points))]
+        _ensure_canvas(figure)
+        figure.draw_without_rendering()  # settle the layout first: labels are placed in pixels
+        figure.set_layout_engine("none")
+        adjust_text(texts, x=points["x"].to_numpy(dtype=float),
+                    y=points["y"].to_numpy(dtype=float), ax=axes,
+                    arrowprops={"arrowstyle": "-", "color": "#777777", "lw": 0.5})
+    return figure, texts
+
+
+def _staggered(values: np.ndarray, step: float) -> np.ndarray:
+    """Start positions for labels: points that share a value are spread by ``step`` around it
+    (adjustText pushes overlapping labels apart along the line between their centres, so
+    labels that start at exactly the same height would only ever be pushed sideways)."""
+    out = values.copy()
+    for value in np.unique(values[np.isfinite(values)]):
+        tied = np.flatnonzero(values == value)
+        out[tied] = value + (np.arange(len(tied)) - (len(tied) - 1) / 2) * step
+    return out
+
+
+def _ensure_canvas(figure: Any) -> None:
+    """Give a pyplot-free figure an Agg canvas, so text can be measured before saving."""
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    if type(figure.canvas) is FigureCanvasBase:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+        FigureCanvasAgg(figure)
+
+
+def plot_pareto(result: ParetoResult, path: str | Path, *, label_points: bool = True) -> Path:
+    """Draw the front (:func:`pareto_figure`) to ``path`` (.png, .svg or .pdf); returns it."""
+    from costmeter.reports.plotting import plot_format, save_figure
+
+    plot_format(path)
+    figure, _ = pareto_figure(result, label_points=label_points)
     return save_figure(figure, path)
 
 
