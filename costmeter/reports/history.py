@@ -87,7 +87,27 @@ def change_points(values: Any, *, penalty_scale: float = 3.0, min_size: int = 2)
     sigma = robust_sigma(series)
     penalty = penalty_scale * sigma**2 * math.log(n)
     algorithm = ruptures.Pelt(model="l2", min_size=min_size, jump=1).fit(series.reshape(-1, 1))
-    return [int(b) for b in algorithm.predict(pen=penalty) if b < n]
+    bounds = [int(b) for b in algorithm.predict(pen=penalty) if b < n]
+    return _refined(series, bounds, min_size)
+
+
+def _refined(series: np.ndarray, bounds: list[int], min_size: int) -> list[int]:
+    """Each boundary moved to the best split (least squares) between its neighbours, then kept
+    only when both sides still hold ``min_size`` runs. PELT cannot cut off fewer than
+    ``min_size`` runs, so a change on the last night alone shows up as a boundary one run too
+    early with a half-sized step; refined, it moves onto the last night and is dropped: one
+    night at a new level is the regression verdict's business, not a step yet."""
+    edges = [*bounds, len(series)]
+    kept: list[int] = []
+    for i, bound in enumerate(bounds):
+        start, stop = (kept[-1] if kept else 0), edges[i + 1]
+        costs = {cut: float(((series[start:cut] - series[start:cut].mean()) ** 2).sum()
+                            + ((series[cut:stop] - series[cut:stop].mean()) ** 2).sum())
+                 for cut in range(start + 1, stop)}
+        cut = min(costs, key=lambda c: (costs[c], abs(c - bound)))
+        if cut - start >= min_size and stop - cut >= min_size:
+            kept.append(cut)
+    return kept
 
 
 def detect_steps(
