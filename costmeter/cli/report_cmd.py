@@ -156,3 +156,56 @@ def calibrate(workdir, **kw) -> None:
     wd.mkdir(parents=True, exist_ok=True)
     calibration, path = run_calibration(wd, **kw)
     click.echo(calibration_summary(calibration, path))
+
+
+@report.command("history")
+@click.option("--out", required=True, type=click.Path(file_okay=False),
+              help="Folder for the site (created; a site written here before is replaced)")
+@click.option("--baseline", default="window:20", show_default=True, metavar="SELECTOR|window:N",
+              help="What the current run is compared with")
+@click.option("--current", default="latest", show_default=True, metavar="SELECTOR")
+@click.option("--tag", default=None, help="Only runs with this tag (e.g. nightly)")
+@click.option("--device", default=None, help="Only this device")
+@click.option("--runtime", default=None, help="Only this runtime")
+@click.option("--threshold", default=0.05, show_default=True,
+              help="Practical threshold of verdicts and steps (fraction)")
+@click.option("--alpha", default=0.05, show_default=True, help="False discovery rate")
+@store_option
+@workdir_option
+def history(store_url, workdir, **kw) -> None:
+    """A static site of every key's history: trends with intervals, steps, runs, verdicts."""
+    from costmeter.reports.nightly_commands import report_history
+    from costmeter.reports.regression import per_process_samples
+
+    frame, store = _frame(store_url, workdir)
+    try:
+        outcome = report_history(frame, per_process_samples(store), **kw)
+    finally:
+        store.close()
+    click.echo(outcome.summary())
+
+
+@report.command("subset")
+@click.option("--history", required=True, metavar="SELECTOR",
+              help="The suite's stored history, e.g. tag:nightly")
+@click.option("--budget", required=True, type=float, help="Share of the suite to keep, e.g. 0.1")
+@click.option("--by", "budget_by", type=click.Choice(["keys", "time"]), default="keys",
+              show_default=True, help="Budget as a share of keys or of measuring time")
+@click.option("--rank-by", default="device,runtime", show_default=True,
+              help="Key fields that name what the suite ranks")
+@click.option("--nights", type=click.Choice(["run", "date"]), default="run", show_default=True,
+              help="A night is one run, or one date")
+@click.option("--held-out", default=1 / 3, show_default=True,
+              help="Share of the latest nights kept for scoring")
+@click.option("--json", "json_out", type=click.Path(dir_okay=False), default=None,
+              help="Write the subset report as JSON here")
+@store_option
+@workdir_option
+def subset(store_url, workdir, rank_by, **kw) -> None:
+    """Choose a cheap nightly subset; Kendall tau and alarm recall on held-out nights."""
+    from costmeter.cli.common import split_list
+    from costmeter.reports.nightly_commands import report_subset
+
+    frame = query_frame(store_url, workdir)
+    _, text = report_subset(frame, rank_by=split_list(rank_by), **kw)
+    click.echo(text)

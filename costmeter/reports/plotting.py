@@ -69,3 +69,9 @@ def figure_data_uri(figure: Any, fmt: str = "png") -> str:
 def series_color(index: int) -> str:
     """A distinct colour for series number ``index`` (cycles after ten)."""
     return SERIES_COLORS[index % len(SERIES_COLORS)]
+
+
+def figure_svg(figure: Any) -> str:
+    """The figure as SVG markup to put inline in an HTML page (no XML prolog or doctype)."""
+    text = figure_bytes(figure, "svg").decode("utf-8")
+    return text[text.index("<svg"):]
