@@ -31,7 +31,8 @@ def _frame(store_url: str | None, workdir: Path | None):
 
 @click.group()
 def report() -> None:
-    """Pareto plots, efficiency tables, regression reports, predictor and roofline reports."""
+    """Pareto plots, efficiency tables, regression reports, the history site, nightly subsets,
+    predictor and roofline reports."""
 
 
 @report.command()

@@ -13,7 +13,7 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from costmeter.errors import ConfigError
+from costmeter.errors import ConfigError, UnavailableError
 from costmeter.reports.metrics import Metric, key_label, resolve_metric
 
 SERIES_CHOICES = ("device", "runtime", "device_runtime")
@@ -268,7 +268,12 @@ def pareto_figure(result: ParetoResult, *, label_points: bool = True) -> tuple[A
     axes.legend(fontsize=8, loc="best")
     texts = []
     if label_points and len(points):
-        from adjustText import adjust_text
+        try:
+            from adjustText import adjust_text
+        except ImportError as err:
+            raise UnavailableError(
+                "placing Pareto labels needs adjustText; pip install 'costmeter[reports]'"
+            ) from err
 
         low, high = axes.get_ylim()
         y = points["y"].to_numpy(dtype=float)

@@ -52,7 +52,7 @@ def trend_figure(points: pd.DataFrame, steps: pd.DataFrame, *, link_prefix: str 
     if len(points):
         first, last = (pd.Timestamp(points["started_at"].iloc[i]) for i in (0, -1))
         bottom.set_xlabel(f"runs in time order, {first:%Y-%m-%d} .. {last:%Y-%m-%d} "
-                          "(labelled by git SHA)")
+                          "(labelled by git SHA, or run id where none)")
     top.legend(fontsize=7, loc="upper left")
     bottom.legend(fontsize=7, loc="upper left")
     return figure
