@@ -160,3 +160,17 @@ def test_suite_history_from_the_store_finds_planted_steps(tmp_path: Path) -> Non
     assert choose_subset(history, 0.4, random_draws=0).held_out.nights == 4
     with pytest.raises(ConfigError, match="rank_by"):
         suite_history(frame, rank_by=("colour",))
+
+
+def test_choose_subset_takes_stored_results_too(tmp_path: Path) -> None:
+    rng = np.random.default_rng(4)
+    with ResultStore(f"sqlite:///{tmp_path / 'results.db'}") as store:
+        for night in range(8):
+            for m, model in enumerate(("resnet18", "mobilenet_v2", "vit_tiny", "bert_tiny")):
+                for r, runtime in enumerate(("onnxruntime", "openvino")):
+                    add(store, f"n{night}", night, model, runtime, (1.0 + m) * (1 + 0.2 * r), rng)
+        frame = store.query()
+    report = choose_subset(frame, 0.25, random_draws=0)
+    assert len(report.items) == 1 and len(report.keys) == 2
+    assert set(report.keys) <= set(frame["key_digest"])  # key digests, to filter a suite by
+    assert report.held_out.tau == pytest.approx(1.0)  # openvino is slower on every model

@@ -304,7 +304,7 @@ def score_subset(history: SuiteHistory, items: Sequence[str],
 
 
 def choose_subset(
-    history: SuiteHistory,
+    history: SuiteHistory | pd.DataFrame,
     budget: float,
     *,
     budget_by: str = "keys",
@@ -320,9 +320,16 @@ def choose_subset(
     ``budget``: share (0, 1] of the suite's keys (``budget_by="keys"``) or of its measuring time
     (``"time"``, from ``keys.cost_s``). ``held_out``: share of the latest nights kept for
     scoring. ``weight``: weight of alarm recall against Kendall tau in the objective.
-    ``random_draws``: random subsets to compare with (0: none). Raises ConfigError on a budget
-    outside (0, 1], a budget below the cheapest item, or too few nights.
+    ``random_draws``: random subsets to compare with (0: none). ``history`` may also be stored
+    results (a ``ResultStore.query()`` frame already cut to the suite's history, e.g.
+    ``tag:nightly``), read with :func:`costmeter.reports.history.suite_history`'s defaults.
+    Raises ConfigError on a budget outside (0, 1], a budget below the cheapest item, or too few
+    nights.
     """
+    if isinstance(history, pd.DataFrame):
+        from costmeter.reports.history import suite_history
+
+        history = suite_history(history)
     if not 0 < budget <= 1:
         raise ConfigError(f"budget {budget} must be in (0, 1], e.g. 0.1 for 10% of the suite")
     if budget_by not in BUDGET_KINDS:
