@@ -99,7 +99,7 @@ def test_min_samples_is_computed_and_is_the_threshold():
 
 def test_too_few_samples_gives_none_bounds_and_reasons():
     x = np.arange(1.0, 101.0)
-    s = summarize(x)
+    s = summarize(x, serial=False)
     p99 = s.percentiles[99.0]
     assert p99.low is None and p99.high is None and not p99.has_ci
     assert s.percentiles[50.0].has_ci
@@ -107,7 +107,11 @@ def test_too_few_samples_gives_none_bounds_and_reasons():
     need = min_samples_for_percentile(99)
     assert any(r.startswith("too few samples for p99") and f"need {need}" in r for r in reasons)
     assert not any("p50" in r for r in reasons)
-    assert summarize(np.arange(1.0, need + 1.0)).percentiles[99.0].has_ci
+    assert summarize(np.arange(1.0, need + 1.0), serial=False).percentiles[99.0].has_ci
+    # In time order the same values are a trend: too few *effective* samples, and it says so.
+    trend = summarize(np.arange(1.0, need + 1.0))
+    assert trend.serial.widened and not trend.percentiles[99.0].has_ci
+    assert any("too few effective samples for p99" in r for r in too_few_samples_reasons(trend))
 
 
 # --- coverage by simulation -------------------------------------------------------------------
@@ -146,7 +150,13 @@ positive_samples = st.lists(
 @given(positive_samples)
 def test_ci_contains_point_and_is_monotone_in_q(xs):
     qs = (10.0, 25.0, 50.0, 75.0, 90.0, 95.0, 99.0)
-    s = summarize(xs, percentiles=qs)
+    s = summarize(xs, percentiles=qs, serial=False)
+    widened = summarize(xs, percentiles=qs)
+    for q in qs:  # widening for serial correlation never narrows an interval, nor moves the point
+        a, b = s.percentiles[q], widened.percentiles[q]
+        assert b.value == a.value
+        if b.has_ci:
+            assert a.has_ci and b.low <= a.low <= b.value <= a.high <= b.high
     prev = None
     for q in qs:
         p = s.percentiles[q]
@@ -165,7 +175,11 @@ def test_ci_contains_point_and_is_monotone_in_q(xs):
 def test_invariant_to_sample_order(xs, rnd):
     shuffled = list(xs)
     rnd.shuffle(shuffled)
-    assert summarize(xs) == summarize(shuffled)
+    assert summarize(xs, serial=False) == summarize(shuffled, serial=False)
+    # With the serial test, order matters only to the test and the intervals it widens.
+    a, b = summarize(xs), summarize(shuffled)
+    for name in ("n", "mean", "median", "min", "max", "mad_rel", "iqr_rel", "outlier_share"):
+        assert getattr(a, name) == pytest.approx(getattr(b, name), nan_ok=True)
 
 
 @settings(max_examples=40, deadline=None)

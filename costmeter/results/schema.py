@@ -134,11 +134,18 @@ class Measurement:
         """Number of samples over all processes."""
         return sum(len(p) for p in self.samples_ns)
 
-    def summary(self, percentiles: tuple[float, ...] = (50, 90, 95, 99), confidence: float = 0.95):
-        """Statistics of :meth:`all_samples_ns` (see ``costmeter.results.stats.summarize``)."""
-        from costmeter.results.stats import summarize
+    def per_process_ns(self) -> list[list[float]]:
+        """Per-run latencies (ns), one list per process, each in the order it was taken."""
+        k = self.iterations_per_sample
+        return [[s / k for s in proc] for proc in self.samples_ns]
 
-        return summarize(self.all_samples_ns(), percentiles=percentiles, confidence=confidence)
+    def summary(self, percentiles: tuple[float, ...] = (50, 90, 95, 99), confidence: float = 0.95):
+        """Headline statistics (ns): percentiles with intervals widened for serial correlation and
+        for the spread between processes, noise figures, per-process figures (see
+        ``costmeter.results.stats_hier.summarize_processes``)."""
+        from costmeter.results.stats_hier import summarize_processes
+
+        return summarize_processes(self.per_process_ns(), percentiles=percentiles, confidence=confidence)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

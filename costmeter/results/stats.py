@@ -14,20 +14,36 @@ favoured. When ``n`` is too small for such ranks to exist (``l`` would be 0 or `
 
 Point percentiles use numpy's ``"linear"`` method (type 7 of Hyndman & Fan, numpy's default):
 position ``(n - 1) * q / 100`` in the sorted samples, interpolated between neighbours.
+
+Samples in time order are tested for serial correlation, and where it is significant the
+intervals are widened (batch means; see :mod:`costmeter.results.stats_serial`). Samples from
+several processes are a hierarchy (see :mod:`costmeter.results.stats_hier`).
+
+Noise figures, robust to the few long stalls a shared machine puts into any sample: ``mad_rel``
+(median absolute deviation, scaled by 1.4826 so that it equals the standard deviation for
+normal data, over the median), ``iqr_rel`` (interquartile range over the median),
+``outlier_share`` (share of samples outside Tukey's fences, k = 1.5, see :func:`outliers_iqr`),
+and the longest stall: ``max`` and ``max_over_median``.
 """
 from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from costmeter.errors import ConfigError
+from costmeter.results.stats_serial import SerialCorrelation
+
+if TYPE_CHECKING:
+    from costmeter.results.stats_hier import ProcessSpread
 
 DEFAULT_PERCENTILES: tuple[float, ...] = (50.0, 90.0, 95.0, 99.0)
 PERCENTILE_METHOD = "linear"
+MAD_NORMAL_SCALE = 1.4826
+"""1 / Phi^-1(3/4): scales the median absolute deviation to the standard deviation of normal data."""
 
 
 @dataclass(frozen=True)
@@ -35,7 +51,8 @@ class PercentileCI:
     """A point percentile and its confidence interval (same unit as the samples).
 
     ``q`` is in percent (0-100). ``low``/``high`` are ``None`` when there are too few samples for
-    a two-sided interval at ``confidence`` (a fraction, e.g. 0.95).
+    a two-sided interval at ``confidence`` (a fraction, e.g. 0.95). ``widened`` is True when the
+    interval was widened for serial correlation or for the spread between processes.
     """
 
     q: float
@@ -43,11 +60,19 @@ class PercentileCI:
     low: float | None
     high: float | None
     confidence: float
+    widened: bool = False
 
     @property
     def has_ci(self) -> bool:
         """True when both bounds exist."""
         return self.low is not None and self.high is not None
+
+    @property
+    def rel_half_width(self) -> float | None:
+        """``(high - low) / 2 / value`` (unitless, e.g. 0.01 for +-1%), None without an interval."""
+        if not self.has_ci or self.value <= 0:
+            return None
+        return (self.high - self.low) / 2.0 / self.value
 
 
 @dataclass(frozen=True)
@@ -56,6 +81,10 @@ class Summary:
 
     ``std`` is the sample standard deviation (ddof=1) and is NaN when ``n < 2``; ``cv`` is
     ``std / mean`` and is NaN when undefined. ``percentiles`` is keyed by ``q`` in percent.
+    ``mad_rel``, ``iqr_rel``, ``outlier_share`` and ``max_over_median`` are unitless (see the
+    module docstring). ``serial`` is the serial-correlation test of the samples in time order
+    (of the longest process when there are several); ``processes`` the between-process spread
+    when the samples came from several processes (None for one).
     """
 
     n: int
@@ -66,6 +95,12 @@ class Summary:
     max: float
     median: float
     percentiles: dict[float, PercentileCI]
+    mad_rel: float = math.nan
+    iqr_rel: float = math.nan
+    outlier_share: float = math.nan
+    max_over_median: float = math.nan
+    serial: SerialCorrelation | None = None
+    processes: ProcessSpread | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Flat JSON-ready dict: n, mean, std, cv, min, max, median, confidence, then for each
@@ -90,6 +125,9 @@ class Summary:
             out[name] = p.value
             out[f"{name}_low"] = p.low
             out[f"{name}_high"] = p.high
+            out[f"{name}_widened"] = p.widened
+        out["serial"] = None if self.serial is None else self.serial.to_dict()
+        out["processes"] = None if self.processes is None else self.processes.to_dict()
         return out
 
 
@@ -204,33 +242,71 @@ def summarize(
     samples: Iterable[float] | np.ndarray,
     percentiles: Sequence[float] = DEFAULT_PERCENTILES,
     confidence: float = 0.95,
+    serial: bool = True,
 ) -> Summary:
-    """Summary statistics of ``samples`` (any unit; results are in the same unit).
+    """Summary statistics of ``samples`` in time order (any unit; results are in the same unit).
 
     ``percentiles`` are in percent; each gets a point value (numpy ``"linear"`` method) and a
     distribution-free interval at ``confidence`` (``low``/``high`` ``None`` when there are too
-    few samples). Raises ConfigError on empty input or non-finite values.
+    few samples). With ``serial`` (the default) the samples' order is tested for serial
+    correlation and, where it is significant, the intervals are widened (so pass samples in the
+    order they were taken; ``serial=False`` treats them as independent and ignores order).
+    Raises ConfigError on empty input or non-finite values.
     """
+    return summarize_series([_as_samples(samples)], percentiles, confidence, serial)
+
+
+def summarize_series(
+    series: Sequence[np.ndarray],
+    percentiles: Sequence[float] = DEFAULT_PERCENTILES,
+    confidence: float = 0.95,
+    serial: bool = True,
+) -> Summary:
+    """Pooled statistics of several time-ordered series (e.g. one per process), each tested
+    for serial correlation on its own; the count variance of a pooled percentile is the sum
+    of the series' (batch-means) variances. Between-series spread is *not* in these intervals:
+    see :func:`costmeter.results.stats_hier.summarize_processes`. Any unit; same unit back.
+    """
+    from costmeter.results.stats_serial import (
+        combine_serial,
+        indicator_inflation,
+        lag1_rank_autocorrelation,
+        widened_ci_indices,
+    )
+
     confidence = _check_confidence(confidence)
     qs = [_check_q(q) for q in percentiles]
-    x = np.sort(_as_samples(samples))
+    parts = [_as_samples(s) for s in series]
+    x = np.sort(np.concatenate(parts)) if len(parts) > 1 else np.sort(parts[0])
     n = int(x.size)
     mean = float(np.mean(x))
     std = float(np.std(x, ddof=1)) if n >= 2 else math.nan
     cv = std / mean if (n >= 2 and mean != 0.0) else math.nan
+    median = float(np.percentile(x, 50.0, method=PERCENTILE_METHOD))
+    tests = [lag1_rank_autocorrelation(p) for p in parts] if serial else []
 
     pcts: dict[float, PercentileCI] = {}
     if qs:
         values = np.percentile(x, qs, method=PERCENTILE_METHOD)
         for q, value in zip(qs, values):
             idx = percentile_ci_indices(n, q, confidence)
+            widened = False
+            if idx is not None and any(t.widened for t in tests):
+                inflation = sum(
+                    p.size * (indicator_inflation(p, float(value), q) if t.widened else 1.0)
+                    for p, t in zip(parts, tests)
+                ) / n
+                wide = widened_ci_indices(n, q, confidence, inflation)
+                idx = None if wide is None else (min(idx[0], wide[0]), max(idx[1], wide[1]))
+                widened = True
             low = high = None
             if idx is not None:
                 low, high = float(x[idx[0]]), float(x[idx[1]])
-            pcts[q] = PercentileCI(
-                q=q, value=float(value), low=low, high=high, confidence=confidence
-            )
+            pcts[q] = PercentileCI(q=q, value=float(value), low=low, high=high,
+                                   confidence=confidence, widened=widened)
 
+    q1, q3 = np.percentile(x, [25.0, 75.0], method=PERCENTILE_METHOD)
+    mad = float(np.median(np.abs(x - median))) * MAD_NORMAL_SCALE
     return Summary(
         n=n,
         mean=mean,
@@ -238,8 +314,13 @@ def summarize(
         cv=cv,
         min=float(x[0]),
         max=float(x[-1]),
-        median=float(np.percentile(x, 50.0, method=PERCENTILE_METHOD)),
+        median=median,
         percentiles=pcts,
+        mad_rel=mad / median if median > 0 else math.nan,
+        iqr_rel=float(q3 - q1) / median if median > 0 else math.nan,
+        outlier_share=float(np.mean(_tukey_mask(x, float(q1), float(q3), 1.5))),
+        max_over_median=float(x[-1]) / median if median > 0 else math.nan,
+        serial=combine_serial(tests) if tests else None,
     )
 
 
@@ -252,7 +333,13 @@ def too_few_samples_reasons(summary: Summary) -> list[str]:
         if p.has_ci:
             continue
         name = percentile_name(q)
-        if 0.0 < q < 100.0:
+        if p.widened and 0.0 < q < 100.0:
+            reasons.append(
+                f"too few effective samples for {name}: the samples are serially correlated "
+                f"(lag-1 r {summary.serial.lag1_r if summary.serial else math.nan:.2f}), so "
+                f"{summary.n} of them hold too little information for a {p.confidence:.0%} CI"
+            )
+        elif 0.0 < q < 100.0:
             need = min_samples_for_percentile(q, p.confidence)
             reasons.append(
                 f"too few samples for {name} (have {summary.n}, need {need} for a "
@@ -273,5 +360,9 @@ def outliers_iqr(samples: Iterable[float] | np.ndarray, k: float = 1.5) -> np.nd
         raise ConfigError(f"IQR multiplier k={k!r} must be >= 0 (1.5 is Tukey's usual choice)")
     x = _as_samples(samples)
     q1, q3 = np.percentile(x, [25.0, 75.0], method=PERCENTILE_METHOD)
+    return _tukey_mask(x, float(q1), float(q3), k)
+
+
+def _tukey_mask(x: np.ndarray, q1: float, q3: float, k: float) -> np.ndarray:
     iqr = q3 - q1
     return (x < q1 - k * iqr) | (x > q3 + k * iqr)

@@ -1,0 +1,147 @@
+"""Serial correlation and the process hierarchy: detection, widened intervals, coverage.
+
+Coverage is measured by simulation, seeded, against the known percentiles of the simulated
+process. Figures at the time of writing (n = 1000 per series, 500 replicates, 95% nominal;
+``pytest -s -m slow tests/test_stats_serial.py`` prints them):
+
+    phi   widened p50   widened p90   unwidened p50
+    0.5   0.944         0.964         0.818
+    0.9   0.958         0.946         0.416
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from scipy import stats as sps
+from scipy.signal import lfilter
+
+from costmeter.results.stats import percentile_ci_indices, summarize
+from costmeter.results.stats_hier import summarize_processes
+from costmeter.results.stats_serial import SERIAL_ALPHA, lag1_rank_autocorrelation
+
+N = 1000
+REPLICATES = 500
+
+
+def ar1(rng: np.random.Generator, phi: float, n: int, replicates: int) -> np.ndarray:
+    """``replicates`` stationary AR(1) series of length ``n`` (unit innovations), one per row."""
+    burn = int(20 / (1 - phi))  # phi**burn < 1e-8 for phi <= 0.9: the start is forgotten
+    e = rng.standard_normal((replicates, n + burn))
+    return lfilter([1.0], [1.0, -phi], e, axis=1)[:, burn:]
+
+
+def coverage(phi: float, q: float, widened: bool, seed: int) -> float:
+    """Share of replicates whose q-th percentile interval holds the true AR(1) percentile."""
+    rng = np.random.default_rng(seed)
+    data = ar1(rng, phi, N, REPLICATES)
+    truth = sps.norm.ppf(q / 100) / math.sqrt(1 - phi**2)  # stationary sd: 1 / sqrt(1 - phi^2)
+    hits = 0
+    for x in data:
+        if widened:
+            p = summarize(x, percentiles=(q,)).percentiles[q]
+            hits += p.has_ci and p.low <= truth <= p.high
+        else:
+            lo, hi = percentile_ci_indices(N, q)
+            xs = np.sort(x)
+            hits += xs[lo] <= truth <= xs[hi]
+    return hits / REPLICATES
+
+
+def test_lag1_test_holds_its_level_on_independent_samples_and_finds_ar1() -> None:
+    rng = np.random.default_rng(11)
+    iid = rng.lognormal(0.0, 0.5, size=(400, 500))
+    false_alarms = np.mean([lag1_rank_autocorrelation(x).significant for x in iid])
+    # One-sided 5% test: 400 series give a rate within 0.05 +- 0.033 (3 standard errors).
+    assert abs(false_alarms - SERIAL_ALPHA) < 0.033, false_alarms
+    weak = ar1(rng, 0.3, 500, 100)
+    assert np.mean([lag1_rank_autocorrelation(x).significant for x in weak]) > 0.95
+    test = lag1_rank_autocorrelation(ar1(rng, 0.9, 2000, 1)[0])
+    assert test.lag1_r > 0.8 and test.p_value < 1e-50 and test.widened
+
+
+def test_a_few_long_stalls_do_not_fake_serial_correlation() -> None:
+    """Rank correlation: three adjacent 1000x stalls barely move r, where Pearson's r on the
+    raw values jumps from ~0 to ~0.67."""
+    rng = np.random.default_rng(5)
+    x = rng.normal(1e4, 100.0, 2000)
+    before = lag1_rank_autocorrelation(x).lag1_r
+    x[1000:1003] = 1e7
+    assert np.corrcoef(x[:-1], x[1:])[0, 1] > 0.6
+    assert abs(lag1_rank_autocorrelation(x).lag1_r - before) < 0.01
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("phi", [0.5, 0.9])
+def test_widened_median_interval_keeps_its_coverage_on_ar1(phi: float) -> None:
+    widened_p50 = coverage(phi, 50.0, widened=True, seed=100)
+    widened_p90 = coverage(phi, 90.0, widened=True, seed=101)
+    unwidened_p50 = coverage(phi, 50.0, widened=False, seed=100)
+    print(f"phi={phi}: widened p50 {widened_p50:.3f}, p90 {widened_p90:.3f}; unwidened p50 {unwidened_p50:.3f}")
+    assert widened_p50 >= 0.93, widened_p50
+    assert widened_p90 >= 0.92, widened_p90
+    # The interval that assumes independence under-covers badly: the test above can fail.
+    assert unwidened_p50 < (0.85 if phi == 0.5 else 0.55), unwidened_p50
+
+
+def test_independent_samples_are_not_widened() -> None:
+    rng = np.random.default_rng(3)
+    x = rng.lognormal(0.0, 0.3, 5000)
+    s = summarize(x)
+    assert not s.serial.significant and not s.percentiles[50.0].widened
+    assert s.percentiles[50.0] == summarize(x, serial=False).percentiles[50.0]
+
+
+# --- processes -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("count", [2, 3, 4, 6, 10])
+def test_processes_that_disagree_by_7_percent_never_give_a_narrow_interval(count: int) -> None:
+    """Each process is precise (20,000 samples, 5% noise: a median known to 0.05%) but they sit on two levels 7% apart.
+    Treated as independent the pooled samples give an interval about 0.1% wide; the headline
+    must stay wider than 1% (the t-interval on process medians gives >= 5% here)."""
+    rng = np.random.default_rng(count)
+    levels = [1.0 if i % 2 == 0 else 1.07 for i in range(count)]
+    groups = [rng.normal(m * 1e6, 0.05 * m * 1e6, 20_000) for m in levels]
+    naive = summarize(np.concatenate([rng.permutation(g) for g in groups]), serial=False)
+    naive_width = naive.percentiles[50.0].rel_half_width * 2
+    assert naive_width < 0.005  # what pooling as independent samples would have claimed
+    head = summarize_processes(groups, percentiles=(50.0, 90.0))
+    p50 = head.percentiles[50.0]
+    assert p50.widened and 2 * p50.rel_half_width > 0.05, p50
+    assert p50.low <= 1.035e6 <= p50.high  # the mean process median
+    spread = head.processes
+    assert spread.count == count
+    assert spread.rel_range == pytest.approx(0.07, abs=0.01)
+    assert spread.between_rel_sd > 0.025  # net of the (tiny) within-process error
+
+
+def test_processes_that_agree_keep_a_tight_interval() -> None:
+    rng = np.random.default_rng(9)
+    groups = [rng.normal(1e6, 1e4, 20_000) for _ in range(4)]
+    head = summarize_processes(groups, percentiles=(50.0,))
+    assert head.percentiles[50.0].rel_half_width < 0.005
+    assert head.processes.between_rel_sd < 0.002
+    assert len(head.processes.per_process) == 4 and head.processes.per_process[0]["n"] == 20_000
+
+
+@pytest.mark.slow
+def test_hierarchical_interval_covers_the_mean_process_median() -> None:
+    """Process levels drawn from Normal(1, 0.02), 5 processes of 2000 lognormal samples each:
+    the headline p50 interval covers the mean process median at >= 0.93 (nominal 0.95)."""
+    rng = np.random.default_rng(2024)
+    replicates, hits = 400, 0
+    for _ in range(replicates):
+        levels = rng.normal(1.0, 0.02, 5)
+        groups = [m * 1e6 * rng.lognormal(0.0, 0.05, 2000) for m in levels]
+        p50 = summarize_processes(groups, percentiles=(50.0,)).percentiles[50.0]
+        hits += p50.low <= 1e6 <= p50.high  # E[level] * median of lognormal(0, s) = 1e6
+    assert hits / replicates >= 0.93, hits / replicates
+
+
+def test_one_process_has_per_process_figures_and_no_between_spread() -> None:
+    rng = np.random.default_rng(1)
+    head = summarize_processes([rng.normal(1e6, 1e4, 1000)])
+    assert head.processes.count == 1 and math.isnan(head.processes.between_sd)
+    assert head.to_dict()["processes"]["between_sd"] is None
