@@ -26,7 +26,15 @@ class ProtocolConfig:
     Warm-up runs until both ``warmup_count`` runs and ``warmup_s`` seconds have passed. Sampling
     runs until both ``min_count`` samples and ``min_time_s`` seconds are reached, and stops at
     ``max_time_s`` whatever happened. ``min_count`` is raised automatically to what the reported
-    percentiles need for a confidence interval (``auto_min_count``).
+    percentiles need for a confidence interval (``auto_min_count``). Past both minimums,
+    sampling goes on (up to ``max_time_s``) until the median's interval is within
+    ``max_rel_ci`` (relative half-width, a fraction: 0.01 is +-1%), checked every
+    ``precision_check_s`` seconds at most.
+
+    Judging: INVALID when a reported figure is not pinned down (a percentile without interval,
+    a median interval wider than ``max_rel_ci``), the clock fails, or the device throttled in
+    more than ``max_throttled_share`` of blocks. A CV above ``max_cv`` and a non-median
+    percentile whose relative half-width is above ``tail_rel_ci`` are warnings.
     """
 
     warmup_count: int = 10
@@ -40,6 +48,9 @@ class ProtocolConfig:
     auto_min_count: bool = True
     max_throttled_share: float = 0.1
     block_size: int = 10
+    max_rel_ci: float = 0.01
+    tail_rel_ci: float = 0.05
+    precision_check_s: float = 0.25
 
     def __post_init__(self) -> None:
         _check(self.warmup_count >= 0, "--warmup must be >= 0 runs")
@@ -55,8 +66,15 @@ class ProtocolConfig:
         _check(self.max_cv > 0, "--max-cv must be > 0, e.g. 0.15")
         _check(self.block_size >= 1, "block size must be >= 1")
         _check(0 <= self.max_throttled_share <= 1, "throttled share must be in [0, 1]")
+        _check(0 < self.max_rel_ci < 1,
+               f"--max-rel-ci {self.max_rel_ci!r} must be a fraction in (0, 1), e.g. 0.01 for +-1%")
+        _check(self.tail_rel_ci > 0, "tail_rel_ci must be > 0, e.g. 0.05 for +-5%")
+        _check(self.precision_check_s > 0, "precision_check_s must be > 0 s")
         pct = tuple(float(p) for p in self.percentiles)
-        _check(all(0 < p < 100 for p in pct), "--percentiles must lie strictly between 0 and 100")
+        _check(bool(pct), "--percentiles is empty; give at least one, e.g. 50,90,99")
+        _check(all(0 < p < 100 for p in pct),
+               f"--percentiles {','.join(f'{p:g}' for p in pct)} must lie strictly between 0 and 100, "
+               "e.g. 50,90,99")
         object.__setattr__(self, "percentiles", tuple(sorted(set(pct))))
 
     def target_count(self) -> int:

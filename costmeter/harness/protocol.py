@@ -23,7 +23,13 @@ Clock = Callable[[], int]
 
 @dataclass
 class ProtocolOutcome:
-    """Raw output of one sampling session in one process."""
+    """Raw output of one sampling session in one process.
+
+    ``hit_max_time``: sampling stopped at ``max_time_s`` (before the count, time and precision
+    targets were all met). ``warmup_cut_short``: warm-up stopped at ``max_time_s`` before its
+    count and time were reached. ``precision_checks``: how often the median's precision was
+    computed while sampling (outside the timed regions).
+    """
 
     samples_ns: list[int]
     warmup_count: int
@@ -35,11 +41,14 @@ class ProtocolOutcome:
     throttled_blocks: int = 0
     health: list[dict[str, Any]] = field(default_factory=list)
     energy: EnergyReading | None = None
+    warmup_cut_short: bool = False
+    precision_checks: int = 0
 
 
 def warm_up(session: Session, config: ProtocolConfig, clock: Clock = time.perf_counter_ns) -> tuple[int, float]:
     """Run until both ``warmup_count`` runs and ``warmup_s`` seconds have passed (bounded by
-    ``max_time_s``). Returns (runs, seconds)."""
+    ``max_time_s``). Returns (runs, seconds); seconds >= ``max_time_s`` with fewer runs or less
+    time than asked means the warm-up was cut short (see :func:`warmup_was_cut_short`)."""
     start = clock()
     need_ns = config.warmup_s * 1e9
     cap_ns = config.max_time_s * 1e9
@@ -54,14 +63,21 @@ def warm_up(session: Session, config: ProtocolConfig, clock: Clock = time.perf_c
     return count, (clock() - start) / 1e9
 
 
+def warmup_was_cut_short(config: ProtocolConfig, runs: int, seconds: float) -> bool:
+    """True when a warm-up of ``runs`` runs and ``seconds`` s stopped at ``max_time_s`` short of
+    ``warmup_count`` runs or ``warmup_s`` seconds."""
+    return seconds >= config.max_time_s and (runs < config.warmup_count or config.warmup_s > config.max_time_s)
+
+
 def sample(
     session: Session,
     config: ProtocolConfig,
     clock: Clock = time.perf_counter_ns,
     energy_meter: EnergyMeter | None = None,
 ) -> ProtocolOutcome:
-    """Warm up, then sample per-run latency (ns) until both the target count and ``min_time_s``
-    are reached, stopping at ``max_time_s``. Energy is read around the sampling window only."""
+    """Warm up, then sample per-run latency (ns) until the target count and ``min_time_s`` are
+    reached and the median is within ``max_rel_ci``, stopping at ``max_time_s``. Energy is read
+    around the sampling window only."""
     warm_count, warm_s = warm_up(session, config, clock)
     target = config.target_count()
     if energy_meter is not None:
@@ -74,7 +90,52 @@ def sample(
         outcome.energy = energy_meter.stop()
     outcome.warmup_count = warm_count
     outcome.warmup_s = warm_s
+    outcome.warmup_cut_short = warmup_was_cut_short(config, warm_count, warm_s)
     return outcome
+
+
+class _StopRule:
+    """When to stop sampling: count and minimum time first, then the median's precision,
+    checked at most every ``precision_check_s`` and spending at most ~5% of the wall time on it
+    (the next check waits 20x as long as the last one took). ``max_time_s`` ends it anyway."""
+
+    def __init__(self, config: ProtocolConfig, clock: Clock, target: int, start: int) -> None:
+        self.config = config
+        self.clock = clock
+        self.max_at = start + int(config.max_time_s * 1e9)
+        self.check_at = start + int(config.min_time_s * 1e9)  # nothing to decide before these
+        self.check_n = target
+        self.checks = 0
+
+    def due(self, n: int, now: int) -> bool:
+        """Cheap test, once per sample or block: is a decision due?"""
+        return (now >= self.check_at and n >= self.check_n) or now >= self.max_at
+
+    def stop(self, samples: list[int], now: int) -> tuple[bool, bool]:
+        """(stop, hit_max_time): called when :meth:`due`; runs the precision check if needed."""
+        if now >= self.check_at and len(samples) >= self.check_n:
+            t0 = self.clock()
+            self.checks += 1
+            if median_is_precise(samples, self.config):
+                return True, False
+            cost = self.clock() - t0
+            self.check_at = self.clock() + max(int(self.config.precision_check_s * 1e9), 20 * cost)
+        if now >= self.max_at:
+            return True, True
+        self.check_at = min(self.check_at, self.max_at)
+        return False, False
+
+
+def median_is_precise(samples_ns: list[int] | list[float], config: ProtocolConfig) -> bool:
+    """True when the median's interval (widened for serial correlation as in the summary)
+    has a relative half-width within ``config.max_rel_ci``."""
+    from costmeter.results.stats import summarize
+
+    if len(samples_ns) < 2:
+        return False
+    p50 = summarize(samples_ns, percentiles=(50.0,), confidence=config.confidence).percentiles[50.0]
+    width = p50.rel_half_width
+    return width is not None and width <= config.max_rel_ci
 
 
 def _sample_host(session: Session, config: ProtocolConfig, clock: Clock, target: int) -> ProtocolOutcome:
@@ -83,9 +144,9 @@ def _sample_host(session: Session, config: ProtocolConfig, clock: Clock, target:
     append = samples.append
     run = session.run_once
     sync = None if getattr(session, "synchronous", False) else session.synchronize
-    min_ns = int(config.min_time_s * 1e9)
-    max_ns = int(config.max_time_s * 1e9)
     start = clock()
+    rule = _StopRule(config, clock, target, start)
+    check_at, check_n, max_at = rule.check_at, rule.check_n, rule.max_at
     n = 0
     while True:
         if sync is None:
@@ -99,14 +160,13 @@ def _sample_host(session: Session, config: ProtocolConfig, clock: Clock, target:
             t1 = clock()
         append(t1 - t0)
         n += 1
-        elapsed = t1 - start
-        if n >= target and elapsed >= min_ns:
-            hit_max = False
-            break
-        if elapsed >= max_ns:
-            hit_max = True
-            break
-    return ProtocolOutcome(samples, 0, 0.0, (clock() - start) / 1e9, hit_max, target)
+        if (t1 >= check_at and n >= check_n) or t1 >= max_at:  # the only test per run
+            done, hit_max = rule.stop(samples, t1)
+            if done:
+                break
+            check_at = rule.check_at
+    return ProtocolOutcome(samples, 0, 0.0, (clock() - start) / 1e9, hit_max, target,
+                           precision_checks=rule.checks)
 
 
 def _sample_blocks(session: Session, config: ProtocolConfig, clock: Clock, target: int) -> ProtocolOutcome:
@@ -116,11 +176,10 @@ def _sample_blocks(session: Session, config: ProtocolConfig, clock: Clock, targe
     health: list[dict[str, Any]] = []
     throttled = 0
     blocks = 0
-    min_ns = int(config.min_time_s * 1e9)
-    max_ns = int(config.max_time_s * 1e9)
     time_block = getattr(session, "time_block", None)
     check = getattr(session, "block_health", None)
     start = clock()
+    rule = _StopRule(config, clock, target, start)
     while True:
         if time_block is not None:
             samples.extend(int(s) for s in time_block(config.block_size))
@@ -136,14 +195,13 @@ def _sample_blocks(session: Session, config: ProtocolConfig, clock: Clock, targe
             state["block"] = blocks - 1
             health.append(state)
             throttled += bool(state.get("throttled"))
-        elapsed = clock() - start
-        if len(samples) >= target and elapsed >= min_ns:
-            hit_max = False
-            break
-        if elapsed >= max_ns:
-            hit_max = True
-            break
-    return ProtocolOutcome(samples, 0, 0.0, (clock() - start) / 1e9, hit_max, target, blocks, throttled, health)
+        now = clock()
+        if rule.due(len(samples), now):
+            done, hit_max = rule.stop(samples, now)
+            if done:
+                break
+    return ProtocolOutcome(samples, 0, 0.0, (clock() - start) / 1e9, hit_max, target, blocks, throttled, health,
+                           precision_checks=rule.checks)
 
 
 def judge(
@@ -153,39 +211,13 @@ def judge(
     blocks: int = 0,
     throttled_blocks: int = 0,
 ) -> tuple[bool, list[str]]:
-    """Decide validity. Returns (valid, reasons); each reason says what to change."""
-    from costmeter.results.stats import min_samples_for_percentile, summarize
+    """Decide validity of one process's samples. Returns (valid, reasons); each reason says
+    what to change. :func:`costmeter.harness.verdict.judge_process` also returns warnings."""
+    from costmeter.harness.verdict import judge_process
 
-    reasons: list[str] = []
-    n = len(samples_ns)
-    if n == 0:
-        return False, ["no samples were taken; raise --max-time"]
-    if min(samples_ns) <= 0:
-        reasons.append("clock sanity failed: a sample was <= 0 ns (clock went backwards or is too coarse)")
-    summary = summarize(samples_ns, percentiles=config.percentiles, confidence=config.confidence)
-    for q, pci in summary.percentiles.items():
-        if pci.low is None or pci.high is None:
-            need = min_samples_for_percentile(q, config.confidence)
-            reasons.append(
-                f"too few samples ({n}) for a p{q:g} confidence interval at {config.confidence:.0%}: "
-                f"need >= {need}; raise --max-time or drop p{q:g} from --percentiles"
-            )
-    if hit_max_time and n < config.target_count():
-        reasons.append(
-            f"maximum time ({config.max_time_s:g} s) reached after {n} of {config.target_count()} "
-            "samples; raise --max-time"
-        )
-    if summary.cv > config.max_cv:
-        reasons.append(
-            f"coefficient of variation {summary.cv:.1%} is above {config.max_cv:.0%}: the machine is "
-            "noisy (other load, frequency scaling); quiet it, pin threads, or raise --max-cv"
-        )
-    if blocks and throttled_blocks / blocks > config.max_throttled_share:
-        reasons.append(
-            f"{throttled_blocks} of {blocks} blocks ran while the device was throttled "
-            f"(limit {config.max_throttled_share:.0%}); let it cool or fix its clocks"
-        )
-    return not reasons, reasons
+    verdict = judge_process(samples_ns, config, hit_max_time=hit_max_time, blocks=blocks,
+                            throttled_blocks=throttled_blocks)
+    return verdict.valid, verdict.reasons
 
 
 def sample_interleaved(sessions: list[Any], protocol: ProtocolConfig,

@@ -238,9 +238,9 @@ def torch_reference(source: Any, inputs_path: str) -> list[Any] | None:
 
 def assemble(cfg: RunConfig, outcomes: list[WorkerOutcome], base: dict[str, Any], extra: dict[str, Any],
              artifact_path: str | None, info: dict[str, Any]) -> RunResult:
-    """Merge per-process outcomes into one judged RunResult."""
-    from costmeter.harness.protocol import judge
-    from costmeter.results.stats import summarize
+    """Merge per-process outcomes into one judged RunResult: each process judged on its own,
+    then the headline (intervals that include the spread between processes), then parity."""
+    from costmeter.harness.verdict import ProcessRecord, judge_processes
 
     datas = [o.data for o in outcomes]
     m = Measurement(
@@ -250,17 +250,21 @@ def assemble(cfg: RunConfig, outcomes: list[WorkerOutcome], base: dict[str, Any]
         sampling_s=sum(d["sampling_s"] for d in datas),
         hit_max_time=any(d["hit_max_time"] for d in datas),
     )
-    samples = m.all_samples_ns()
-    # each process must meet the count on its own; judge on the pooled samples
-    valid, reasons = judge(samples, cfg.protocol, hit_max_time=m.hit_max_time,
-                           blocks=sum(d["blocks"] for d in datas),
-                           throttled_blocks=sum(d["throttled_blocks"] for d in datas))
-    warnings: list[str] = []
+    records = [ProcessRecord(samples, d["hit_max_time"], d.get("blocks", 0), d.get("throttled_blocks", 0),
+                             bool(d.get("warmup_cut_short")), d["warmup_count"], d["warmup_s"])
+               for samples, d in zip(m.per_process_ns(), datas)]
+    verdict = judge_processes(records, cfg.protocol)
+    reasons, warnings = verdict.reasons, verdict.warnings
     if extra.get("parity_ok") is False:
-        warnings.append(f"outputs differ from torch by {extra['max_abs_diff']:.3g} "
-                        f"(tolerance {cfg.parity_tolerance:g})")
-    median_s = summarize(samples, percentiles=(50.0,)).median / 1e9 if samples else float("nan")
-    extra["throughput_items_per_s"] = cfg.batch / median_s if median_s > 0 else None
+        reasons.append(f"outputs differ from torch by {extra['max_abs_diff']:.3g} (tolerance "
+                       f"{cfg.parity_tolerance:g}); check the runtime's precision options or --no-parity")
+    valid = verdict.valid and not reasons
+    median_ns = verdict.summary.median if verdict.summary is not None else float("nan")
+    extra["throughput_items_per_s"] = cfg.batch / (median_ns / 1e9) if median_ns > 0 else None
+    extra["protocol"] = {"percentiles": list(cfg.protocol.percentiles), "confidence": cfg.protocol.confidence,
+                         "max_rel_ci": cfg.protocol.max_rel_ci, "max_cv": cfg.protocol.max_cv,
+                         "tail_rel_ci": cfg.protocol.tail_rel_ci, "processes": cfg.processes}
+    extra["precision_checks"] = [d.get("precision_checks", 0) for d in datas]
     extra["prepare_session_s"] = max(d["prepare_session_s"] for d in datas)
     extra["prepare_s"] = extra.get("export_s", 0.0) + extra["prepare_session_s"]
     extra["per_process_samples"] = [len(d["samples_ns"]) for d in datas]
@@ -269,7 +273,7 @@ def assemble(cfg: RunConfig, outcomes: list[WorkerOutcome], base: dict[str, Any]
     if any(d["health"] for d in datas):
         extra["health"] = [h for d in datas for h in d["health"]]
     memory = _merge_memory([d["memory"] for d in datas], artifact_path, info)
-    energy = _merge_energy([d["energy"] for d in datas], len(samples), warnings)
+    energy = _merge_energy([d["energy"] for d in datas], m.count, warnings)
     return RunResult(status=Status.OK, finished_at=_now(), measurement=m, memory=memory, energy=energy,
                      validity=Validity.VALID if valid else Validity.INVALID, reasons=reasons,
                      warnings=warnings, environment=datas[0]["environment"], extra=extra, **base)

@@ -188,6 +188,8 @@ def _child_measure(job: WorkerJob, baseline_rss: int) -> dict[str, Any]:
         "warmup_s": outcome.warmup_s,
         "sampling_s": outcome.sampling_s,
         "hit_max_time": outcome.hit_max_time,
+        "warmup_cut_short": outcome.warmup_cut_short,
+        "precision_checks": outcome.precision_checks,
         "blocks": outcome.blocks,
         "throttled_blocks": outcome.throttled_blocks,
         "health": outcome.health,

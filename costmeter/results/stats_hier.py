@@ -90,7 +90,8 @@ def summarize_processes(
     if not parts:
         raise ConfigError("no samples to summarize; run the benchmark for at least one sample")
     pooled = summarize_series(parts, percentiles, confidence, serial)
-    singles = [summarize_series([p], percentiles, confidence, serial) for p in parts]
+    singles = [pooled] if len(parts) == 1 else [summarize_series([p], percentiles, confidence, serial)
+                                                 for p in parts]
     spread = _spread(singles)
     if len(parts) < 2:
         return replace(pooled, processes=spread)
