@@ -28,6 +28,39 @@ def fmt_ci(pci: Any) -> str:
     return f"{fmt_ms(pci.value)} [{fmt_ms(pci.low)}, {fmt_ms(pci.high)}]"
 
 
+def result_summary(r: RunResult, percentiles: tuple[float, ...] | None = None) -> Any:
+    """The summary the table and the JSON show: ``r.measurement.summary`` at the percentiles and
+    confidence the run was judged with (from ``extra["protocol"]``; defaults for older rows)."""
+    protocol = r.extra.get("protocol") or {}
+    if percentiles is None:
+        percentiles = tuple(float(q) for q in protocol.get("percentiles", (50.0, 90.0, 95.0, 99.0)))
+    return r.measurement.summary(percentiles=tuple(percentiles), confidence=float(protocol.get("confidence", 0.95)))
+
+
+def result_json(r: RunResult, samples: bool = False) -> dict[str, Any]:
+    """``r.to_dict()`` plus ``summary``: validity, reasons, warnings, throughput and every figure
+    of :func:`result_summary` (ns; each percentile with its interval, noise figures, serial
+    correlation, per-process figures). Raw samples only with ``samples``; otherwise the
+    measurement keeps its per-process counts (``count_per_process``)."""
+    d = r.to_dict()
+    if r.measurement is not None and not samples:
+        d["measurement"].pop("samples_ns", None)
+        d["measurement"]["count_per_process"] = [len(p) for p in r.measurement.samples_ns]
+    summary: dict[str, Any] = {"validity": r.validity.value if r.status is Status.OK else None,
+                               "reasons": list(r.reasons), "warnings": list(r.warnings),
+                               "throughput_items_per_s": r.extra.get("throughput_items_per_s"), "unit": "ns"}
+    if r.status is Status.OK and r.measurement is not None and r.measurement.count:
+        s = result_summary(r)
+        summary.update(s.to_dict())
+        summary["longest_stall_ns"] = s.max
+        summary["percentiles"] = [
+            {"q": q, "value": p.value, "low": p.low, "high": p.high, "confidence": p.confidence,
+             "rel_half_width": p.rel_half_width, "widened": p.widened}
+            for q, p in sorted(s.percentiles.items())]
+    d["summary"] = summary
+    return d
+
+
 def result_row(r: RunResult, percentiles: tuple[float, ...]) -> dict[str, str]:
     """One table row (strings) for a result."""
     k = r.key
@@ -36,10 +69,11 @@ def result_row(r: RunResult, percentiles: tuple[float, ...]) -> dict[str, str]:
     if r.status is not Status.OK or r.measurement is None:
         row["status"] = r.status.value.upper() + " (see below)"
         return row
-    s = r.measurement.summary(percentiles=percentiles)
+    s = result_summary(r, percentiles)
     for q in percentiles:
         row[f"p{q:g} ms [95% CI]"] = fmt_ci(s.percentiles.get(q))
     row["CV"] = f"{s.cv:.1%}"
+    row["MAD/med"] = f"{s.mad_rel:.1%}"
     tput = r.extra.get("throughput_items_per_s")
     row["items/s"] = "-" if tput is None else f"{tput:,.1f}"
     row["peak RSS"] = fmt_bytes(r.memory.peak_rss_bytes)
@@ -62,7 +96,7 @@ def _group(r: RunResult) -> tuple[Any, ...]:
 def _median_ns(r: RunResult) -> float | None:
     if r.status is not Status.OK or r.measurement is None or not r.measurement.count:
         return None
-    return r.measurement.summary(percentiles=(50.0,)).median
+    return r.measurement.summary(percentiles=(50.0,)).median  # the pooled median: no interval needed
 
 
 def runtime_comparison(results: list[RunResult]) -> dict[int, dict[str, Any]]:
@@ -133,7 +167,10 @@ def print_results(results: list[RunResult], percentiles: tuple[float, ...]) -> N
             for reason in r.reasons:
                 console.print(f"INVALID {r.key.label()}: {reason}", style="red", soft_wrap=True)
     notes = {f"energy unavailable: {r.energy.reason}" for r in results if r.energy.energy_j is None and r.energy.reason}
-    notes |= {f"{r.key.label()}: {w}" for r in results for w in r.warnings}
+    ok = [r for r in results if r.status is Status.OK]
+    shared = set(ok[0].warnings).intersection(*(r.warnings for r in ok[1:])) if len(ok) > 1 else set()
+    notes |= {f"{r.key.label()}: {w}" for r in results for w in r.warnings if w not in shared}
+    notes |= {f"every result: {w}" for w in shared}
     for note in sorted(notes):
         console.print(f"note: {note}", style="yellow", soft_wrap=True)
     if any(row["runtime"].endswith(" *") for row in rows):

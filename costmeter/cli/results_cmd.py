@@ -61,16 +61,19 @@ def _cell(v) -> str:
 
 @results.command("show")
 @click.argument("result_id", type=int)
+@click.option("--samples", "with_samples", is_flag=True, help="Include the raw samples (ns)")
 @store_option
 @workdir_option
-def show(result_id: int, store_url: str | None, workdir: Path | None) -> None:
-    """Print one result in full as JSON (raw samples included)."""
+def show(result_id: int, with_samples: bool, store_url: str | None, workdir: Path | None) -> None:
+    """Print one result as JSON with its summary (the table's figures); raw samples with --samples."""
+    from costmeter.cli.render import result_json
+
     store = open_store(store_url, workdir)
     try:
         result = store.get(result_id)
     finally:
         store.close()
-    click.echo(json.dumps(result.to_dict(), indent=1, default=str))
+    click.echo(json.dumps(result_json(result, samples=with_samples), indent=1, default=str))
 
 
 @results.command("export")

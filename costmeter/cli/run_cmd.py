@@ -27,12 +27,19 @@ from costmeter.harness.config import ProtocolConfig, RunConfig, default_workdir,
 @click.option("--min-time", default=2.0, show_default=True, help="Sampling seconds at least")
 @click.option("--max-time", default=60.0, show_default=True, help="Sampling seconds at most")
 @click.option("--percentiles", default="50,90,95,99", show_default=True, help="Percentiles to report with CIs")
-@click.option("--max-cv", default=0.15, show_default=True, help="Coefficient of variation above which a result is INVALID")
-@click.option("--processes", default=1, show_default=True, help="Repeat each benchmark in N fresh processes")
+@click.option("--max-rel-ci", default=0.01, show_default=True,
+              help="Largest relative half-width of the p50 interval (0.01 = +-1%); sampling goes on "
+                   "(up to --max-time) until it is reached, and a wider one is INVALID")
+@click.option("--max-cv", default=0.15, show_default=True,
+              help="Coefficient of variation above which a result carries a warning (with its stalls)")
+@click.option("--processes", default=1, show_default=True,
+              help="Repeat each benchmark in N fresh processes; the headline interval then includes "
+                   "the spread between processes")
 @click.option("--timeout", default=600.0, show_default=True, help="Seconds before a worker process is killed")
 @click.option("--no-parity", is_flag=True, help="Skip comparing outputs with torch eager")
 @click.option("--tag", default=None, help="Label stored with every result (e.g. nightly)")
-@click.option("--json", "as_json", is_flag=True, help="Print results as JSON instead of a table")
+@click.option("--json", "as_json", is_flag=True, help="Print results as JSON (with the table's summary) instead of a table")
+@click.option("--samples", "with_samples", is_flag=True, help="With --json: include the raw samples (ns)")
 @click.option("--cpus", default=None, metavar="LIST", help="Pin the worker to CPUs (taskset), e.g. 4-7 or 0,2; recorded in the key")
 @click.option("--remote-python", default="python3", show_default=True, help="Python on ssh:// boards")
 @click.option("--remote-pythonpath", default=None, metavar="DIR", help="Folder holding costmeter's source on ssh:// boards")
@@ -44,12 +51,12 @@ from costmeter.harness.config import ProtocolConfig, RunConfig, default_workdir,
 @workdir_option
 def run(device: str, runtime: str, model: str, batch: str, threads: str | None, options: tuple[str, ...],
         warmup: int, warmup_time: float, min_count: int, min_time: float, max_time: float, percentiles: str,
-        max_cv: float, processes: int, timeout: float, no_parity: bool, tag: str | None, as_json: bool,
-        cpus: str | None, remote_python: str, remote_pythonpath: str | None, ssh_identity: str | None,
+        max_rel_ci: float, max_cv: float, processes: int, timeout: float, no_parity: bool, tag: str | None,
+        as_json: bool, with_samples: bool, cpus: str | None, remote_python: str, remote_pythonpath: str | None, ssh_identity: str | None,
         known_hosts: str | None, accept_new_host_key: bool, benchmark_model: str | None,
         store_url: str | None, workdir: Path | None) -> None:
     """Measure latency (percentiles with CIs), memory and energy; store every result."""
-    from costmeter.cli.render import print_results
+    from costmeter.cli.render import print_results, result_json
     from costmeter.harness.runner import Runner, expand, validate
 
     workdir = workdir or default_workdir()
@@ -58,7 +65,8 @@ def run(device: str, runtime: str, model: str, batch: str, threads: str | None, 
         parse_device(d)
     pct = tuple(float(p) for p in _floats(percentiles, "--percentiles"))
     protocol = ProtocolConfig(warmup_count=warmup, warmup_s=warmup_time, min_count=min_count,
-                              min_time_s=min_time, max_time_s=max_time, percentiles=pct, max_cv=max_cv)
+                              min_time_s=min_time, max_time_s=max_time, percentiles=pct, max_cv=max_cv,
+                              max_rel_ci=max_rel_ci)
     run_options = parse_options(options)
     if cpus:
         from costmeter.harness.executors.remote import parse_cpus
@@ -83,7 +91,7 @@ def run(device: str, runtime: str, model: str, batch: str, threads: str | None, 
     finally:
         executors.close()
     if as_json:
-        click.echo(json.dumps([r.to_dict() for r in results], indent=1))
+        click.echo(json.dumps([result_json(r, samples=with_samples) for r in results], indent=1))
     else:
         print_results(results, pct)
 

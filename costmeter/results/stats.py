@@ -105,7 +105,9 @@ class Summary:
     def to_dict(self) -> dict[str, Any]:
         """Flat JSON-ready dict: n, mean, std, cv, min, max, median, confidence, then for each
         percentile ``pQ``, ``pQ_low``, ``pQ_high`` (e.g. ``p99``, ``p99_low``, ``p99_high``;
-        ``p99.9`` for fractional q). NaN becomes ``None``; missing bounds are ``None``.
+        ``p99.9`` for fractional q) and ``pQ_widened``. NaN becomes ``None``; missing bounds are
+        ``None``. Also the noise figures (``mad_rel``, ``iqr_rel``, ``outlier_share``,
+        ``max_over_median``) and the nested ``serial`` and ``processes`` dicts (None when absent).
         """
         out: dict[str, Any] = {
             "n": self.n,
@@ -115,6 +117,11 @@ class Summary:
             "min": self.min,
             "max": self.max,
             "median": self.median,
+            "mad_rel": _finite_or_none(self.mad_rel),
+            "iqr_rel": _finite_or_none(self.iqr_rel),
+            "outlier_share": _finite_or_none(self.outlier_share),
+            "outlier_method": "Tukey fences, k = 1.5",
+            "max_over_median": _finite_or_none(self.max_over_median),
         }
         confidences = {p.confidence for p in self.percentiles.values()}
         if len(confidences) == 1:
