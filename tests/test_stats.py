@@ -267,3 +267,24 @@ def test_outliers_iqr_matches_tukey_fences():
 
 def test_outliers_iqr_constant_samples_have_none():
     assert not outliers_iqr([5.0] * 20).any()
+
+
+# --- noise figures ----------------------------------------------------------------------------
+
+
+def test_noise_figures_match_scipy_and_ignore_a_few_stalls():
+    rng = np.random.default_rng(12)
+    x = rng.normal(7400.0, 74.0, 5000)  # 7.4 us +- 1%
+    clean = summarize(x)
+    x[rng.choice(5000, 10, replace=False)] = np.linspace(4e6, 44e6, 10)  # 10 stalls of 4-44 ms
+    s = summarize(x)
+    med = np.median(x)
+    assert s.mad_rel == pytest.approx(sps.median_abs_deviation(x, scale="normal") / med, rel=1e-12)
+    assert s.iqr_rel == pytest.approx(sps.iqr(x) / med, rel=1e-12)
+    assert s.outlier_share == pytest.approx(outliers_iqr(x).mean(), rel=1e-12)
+    assert s.max == 44e6 and s.max_over_median == pytest.approx(44e6 / med)
+    # The stalls blow CV up ~200x; the robust figures barely move (and match the data's 1%).
+    assert s.cv > 100 * clean.cv
+    assert s.mad_rel == pytest.approx(0.01, rel=0.1) and s.mad_rel == pytest.approx(clean.mad_rel, rel=0.02)
+    d = s.to_dict()
+    assert d["outlier_method"] == "Tukey fences, k = 1.5" and d["max_over_median"] == s.max_over_median

@@ -20,8 +20,8 @@ intervals are widened (batch means; see :mod:`costmeter.results.stats_serial`). 
 several processes are a hierarchy (see :mod:`costmeter.results.stats_hier`).
 
 Noise figures, robust to the few long stalls a shared machine puts into any sample: ``mad_rel``
-(median absolute deviation, scaled by 1.4826 so that it equals the standard deviation for
-normal data, over the median), ``iqr_rel`` (interquartile range over the median),
+(median absolute deviation, scaled by scipy's ``scale="normal"`` (1.4826) so that it equals
+the standard deviation for normal data, over the median), ``iqr_rel`` (interquartile range over the median),
 ``outlier_share`` (share of samples outside Tukey's fences, k = 1.5, see :func:`outliers_iqr`),
 and the longest stall: ``max`` and ``max_over_median``.
 """
@@ -42,8 +42,6 @@ if TYPE_CHECKING:
 
 DEFAULT_PERCENTILES: tuple[float, ...] = (50.0, 90.0, 95.0, 99.0)
 PERCENTILE_METHOD = "linear"
-MAD_NORMAL_SCALE = 1.4826
-"""1 / Phi^-1(3/4): scales the median absolute deviation to the standard deviation of normal data."""
 
 
 @dataclass(frozen=True)
@@ -274,6 +272,8 @@ def summarize_series(
     of the series' (batch-means) variances. Between-series spread is *not* in these intervals:
     see :func:`costmeter.results.stats_hier.summarize_processes`. Any unit; same unit back.
     """
+    from scipy.stats import median_abs_deviation
+
     from costmeter.results.stats_serial import (
         combine_serial,
         indicator_inflation,
@@ -313,7 +313,7 @@ def summarize_series(
                                    confidence=confidence, widened=widened)
 
     q1, q3 = np.percentile(x, [25.0, 75.0], method=PERCENTILE_METHOD)
-    mad = float(np.median(np.abs(x - median))) * MAD_NORMAL_SCALE
+    mad = float(median_abs_deviation(x, scale="normal"))  # = std for normal data
     return Summary(
         n=n,
         mean=mean,
