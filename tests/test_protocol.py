@@ -94,6 +94,39 @@ def test_sampling_goes_on_until_the_median_is_precise() -> None:
     assert 1 < out.precision_checks <= out.sampling_s / 0.1 + 2
 
 
+class _Ar1Session:
+    """Latency 1 ms * exp(0.1 * AR(1), phi = 0.9): consecutive runs alike, as on a busy machine."""
+
+    synchronous = True
+
+    def __init__(self, clock: FakeClock, seed: int = 0) -> None:
+        self.clock, self.rng, self.state = clock, np.random.default_rng(seed), 0.0
+
+    def run_once(self) -> None:
+        self.state = 0.9 * self.state + self.rng.standard_normal()
+        self.clock.advance(1e6 * np.exp(0.1 * self.state))
+
+    def synchronize(self) -> None:
+        pass
+
+
+def test_serially_correlated_samples_are_taken_until_the_tail_has_an_interval() -> None:
+    cfg = ProtocolConfig(warmup_count=0, warmup_s=0, min_count=10, min_time_s=0.0, max_time_s=30.0,
+                         percentiles=(50.0, 99.0), max_rel_ci=0.5, precision_check_s=0.2)
+    need = cfg.target_count()  # 368: enough for p99 were the samples independent
+    clock = FakeClock()
+    out = sample(_Ar1Session(clock), cfg, clock=clock)
+    assert len(out.samples_ns) > 2 * need and not out.hit_max_time  # ~19x fewer effective samples
+    verdict = judge_process(out.samples_ns, cfg)
+    assert verdict.valid, verdict.reasons
+    assert verdict.summary.serial.widened and verdict.summary.percentiles[99.0].widened
+    clock = FakeClock()
+    short = sample(_Ar1Session(clock, seed=1), replace(cfg, max_time_s=0.5), clock=clock)
+    assert short.hit_max_time and len(short.samples_ns) >= need
+    verdict = judge_process(short.samples_ns, replace(cfg, max_time_s=0.5), hit_max_time=True)
+    assert any(r.startswith("too few effective samples for a p99") for r in verdict.reasons), verdict.reasons
+
+
 def test_imprecise_median_at_max_time_is_invalid_and_loose_tail_is_a_warning() -> None:
     clock = FakeClock()
     s = _session(clock, latency_us="1000", jitter="0.8", seed="5")

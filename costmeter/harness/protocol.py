@@ -76,7 +76,8 @@ def sample(
     energy_meter: EnergyMeter | None = None,
 ) -> ProtocolOutcome:
     """Warm up, then sample per-run latency (ns) until the target count and ``min_time_s`` are
-    reached and the median is within ``max_rel_ci``, stopping at ``max_time_s``. Energy is read
+    reached, every reported percentile has an interval and the median's is within
+    ``max_rel_ci``, stopping at ``max_time_s``. Energy is read
     around the sampling window only."""
     warm_count, warm_s = warm_up(session, config, clock)
     target = config.target_count()
@@ -95,8 +96,8 @@ def sample(
 
 
 class _StopRule:
-    """When to stop sampling: count and minimum time first, then the median's precision,
-    checked at most every ``precision_check_s`` and spending at most ~5% of the wall time on it
+    """When to stop sampling: count and minimum time first, then the reported figures pinned
+    down (:func:`figures_pinned`), checked at most every ``precision_check_s`` and spending at most ~5% of the wall time on it
     (the next check waits 20x as long as the last one took). ``max_time_s`` ends it anyway."""
 
     def __init__(self, config: ProtocolConfig, clock: Clock, target: int, start: int) -> None:
@@ -116,7 +117,7 @@ class _StopRule:
         if now >= self.check_at and len(samples) >= self.check_n:
             t0 = self.clock()
             self.checks += 1
-            if median_is_precise(samples, self.config):
+            if figures_pinned(samples, self.config):
                 return True, False
             cost = self.clock() - t0
             self.check_at = self.clock() + max(int(self.config.precision_check_s * 1e9), 20 * cost)
@@ -126,16 +127,18 @@ class _StopRule:
         return False, False
 
 
-def median_is_precise(samples_ns: list[int] | list[float], config: ProtocolConfig) -> bool:
-    """True when the median's interval (widened for serial correlation as in the summary)
-    has a relative half-width within ``config.max_rel_ci``."""
+def figures_pinned(samples_ns: list[int] | list[float], config: ProtocolConfig) -> bool:
+    """True when every reported percentile has an interval and the median's has a relative
+    half-width within ``config.max_rel_ci`` (intervals widened for serial correlation exactly
+    as in the summary, so correlated samples need more of them)."""
     from costmeter.results.stats import summarize
 
     if len(samples_ns) < 2:
         return False
-    p50 = summarize(samples_ns, percentiles=(50.0,), confidence=config.confidence).percentiles[50.0]
-    width = p50.rel_half_width
-    return width is not None and width <= config.max_rel_ci
+    qs = tuple(sorted(set(config.percentiles) | {50.0}))
+    summary = summarize(samples_ns, percentiles=qs, confidence=config.confidence)
+    width = summary.percentiles[50.0].rel_half_width
+    return width is not None and width <= config.max_rel_ci and all(p.has_ci for p in summary.percentiles.values())
 
 
 def _sample_host(session: Session, config: ProtocolConfig, clock: Clock, target: int) -> ProtocolOutcome:
