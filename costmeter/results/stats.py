@@ -277,7 +277,7 @@ def summarize_series(
     from costmeter.results.stats_serial import (
         combine_serial,
         indicator_inflation,
-        lag1_rank_autocorrelation,
+        serial_correlation,
         widened_ci_indices,
     )
 
@@ -290,7 +290,7 @@ def summarize_series(
     std = float(np.std(x, ddof=1)) if n >= 2 else math.nan
     cv = std / mean if (n >= 2 and mean != 0.0) else math.nan
     median = float(np.percentile(x, 50.0, method=PERCENTILE_METHOD))
-    tests = [lag1_rank_autocorrelation(p) for p in parts] if serial else []
+    tests = [serial_correlation(p) for p in parts] if serial else []
 
     pcts: dict[float, PercentileCI] = {}
     if qs:

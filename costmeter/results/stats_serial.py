@@ -5,27 +5,34 @@ runs often are not: a cache that stays warm, a frequency step, a neighbour's bur
 consecutive samples alike, and then the binomial interval is too narrow (on AR(1) samples with
 phi = 0.9 a nominal 95% median interval covers about 40% of the time).
 
-Detection: the lag-1 autocorrelation of the samples' *ranks* (so that a few long stalls cannot
-dominate it, as they dominate the Pearson correlation of raw latencies), tested against its
-large-sample null distribution for independent samples, approximately Normal(-1/n, 1/n)
-(Bartlett). The test is one-sided: only positive correlation narrows the intervals.
+Detection, two tests at ``alpha / 2`` each (so at most ``alpha`` together on independent samples):
 
-Widening (only where the test is significant at :data:`SERIAL_ALPHA`): the interval for the
-``q``-th percentile ``xi`` is the set of values whose count ``B(xi)`` of samples at or below them is
-plausible. For independent samples ``B ~ Binomial(n, p)`` with variance ``n p (1 - p)``. Under
-correlation the variance is ``n * s2`` with ``s2`` the long-run variance of the indicator series
-``I(x_t <= xi)``, which we estimate by *batch means*: :data:`BATCHES` consecutive batches of equal
+- short range: the lag-1 autocorrelation of the samples' *ranks* (so that a few long stalls
+  cannot dominate it, as they dominate the Pearson correlation of raw latencies), against its
+  large-sample null distribution for independent samples, approximately Normal(-1/n, 1/n)
+  (Bartlett); one-sided, since only positive correlation narrows the intervals;
+- long range (drift): whether :data:`BATCHES` consecutive batches hold the same share of samples
+  at or below the median (chi-square test of homogeneity, scipy's ``chi2_contingency``). A
+  neighbour's load that comes and goes over seconds shifts the level of whole batches while the
+  lag-1 correlation, drowned in run-to-run noise, stays small.
+
+Widening (only where a test is significant): the interval for the ``q``-th percentile ``xi`` is
+the set of values whose count ``B(xi)`` of samples at or below them is plausible. For
+independent samples ``B ~ Binomial(n, p)`` with variance ``n p (1 - p)``. Under correlation the
+variance is ``n * s2`` with ``s2`` the long-run variance of the indicator series
+``I(x_t <= xi)``, which we estimate by *batch means*: ``BATCHES`` consecutive batches of equal
 length, ``s2 = m * var(batch means)`` for batches of ``m`` samples, evaluated at the point
 percentile. The inflation ``k = s2 / (p (1 - p))`` (at least 1: never narrower) makes the
 effective sample count ``n / k``; the equal-tailed binomial ranks for that count, at the
 confidence whose normal quantile equals Student's t with ``BATCHES - 1`` degrees of freedom (the
 batch-means variance has that many), are scaled back to ranks among the ``n`` samples (outward).
 
-Assumptions: the samples are stationary, and batches are long compared with the correlation
-time. Ten batches is a deliberate choice: fewer, longer batches bias the long-run variance less
-(the bias falls as 1/m), and Student's t pays for the fewer degrees of freedom. On simulated
-AR(1) samples (tests/test_stats_serial.py) the widened median interval covers at about the nominal
-95% for phi = 0.5 and 0.9 at n = 1000.
+Assumptions: batches are long compared with the correlation time, and a level shift between
+batches is treated as random (it is, from the point of view of the next run). Ten batches is a
+deliberate choice: fewer, longer batches bias the long-run variance less (the bias falls as
+1/m), and Student's t pays for the fewer degrees of freedom. On simulated AR(1) samples
+(tests/test_stats_serial.py) the widened median interval covers at about the nominal 95% for
+phi = 0.5 and 0.9 at n = 1000.
 """
 from __future__ import annotations
 
@@ -36,22 +43,24 @@ from typing import Any
 import numpy as np
 
 BATCHES = 10
-"""Number of batch means used for the long-run variance."""
+"""Number of batch means used for the long-run variance and the drift test."""
 
 MIN_BATCH_LENGTH = 10
 """Shortest batch (samples) for which batch means are computed; shorter series are not widened."""
 
 SERIAL_ALPHA = 0.05
-"""One-sided significance level of the lag-1 test at which intervals are widened."""
+"""Significance level of the two tests together (each at half of it)."""
 
 
 @dataclass(frozen=True)
 class SerialCorrelation:
-    """Lag-1 rank autocorrelation of a sample series and what was done about it.
+    """Serial correlation of a sample series and what was done about it.
 
-    ``lag1_r`` is unitless in [-1, 1]; ``p_value`` is one-sided (positive correlation);
-    ``significant`` is ``p_value < alpha``; ``widened`` says whether percentile intervals were
-    widened by batch means (significant and long enough: ``n >= BATCHES * MIN_BATCH_LENGTH``).
+    ``lag1_r``: lag-1 rank autocorrelation, unitless in [-1, 1]; ``p_value``: its one-sided
+    p-value (positive correlation); ``drift_p_value``: the batch-homogeneity test's p-value
+    (NaN below ``BATCHES * MIN_BATCH_LENGTH`` samples); ``significant``: either p-value is below
+    ``alpha / 2``; ``widened``: percentile intervals were widened by batch means (significant and
+    at least ``BATCHES * MIN_BATCH_LENGTH`` samples).
     """
 
     n: int
@@ -61,6 +70,7 @@ class SerialCorrelation:
     significant: bool
     widened: bool
     batches: int
+    drift_p_value: float = math.nan
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict (NaN as None)."""
@@ -68,26 +78,25 @@ class SerialCorrelation:
             "n": self.n,
             "lag1_r": None if math.isnan(self.lag1_r) else self.lag1_r,
             "p_value": None if math.isnan(self.p_value) else self.p_value,
+            "drift_p_value": None if math.isnan(self.drift_p_value) else self.drift_p_value,
             "alpha": self.alpha,
             "significant": self.significant,
             "widened": self.widened,
             "batches": self.batches,
-            "method": "lag-1 autocorrelation of ranks, one-sided z test; batch means on the "
-                      "percentile indicator",
+            "method": "lag-1 autocorrelation of ranks (one-sided z) and homogeneity of the batches' "
+                      "shares below the median (chi-square); batch means on the percentile indicator",
         }
 
 
-def lag1_rank_autocorrelation(samples: np.ndarray, alpha: float = SERIAL_ALPHA) -> SerialCorrelation:
-    """Lag-1 autocorrelation of the ranks of ``samples`` (in time order) and its one-sided
-    p-value under independence (z = (r + 1/n) * sqrt(n), Normal tail from scipy).
+def serial_correlation(samples: np.ndarray, alpha: float = SERIAL_ALPHA) -> SerialCorrelation:
+    """Both tests of the module docstring on ``samples`` in time order (any unit).
 
-    Fewer than 3 samples, or all samples equal, give NaN r and p and ``significant=False``.
+    Fewer than 3 samples, or all samples equal, give NaN figures and ``significant=False``.
     """
-    from scipy.stats import norm, rankdata
+    from scipy.stats import chi2_contingency, norm, rankdata
 
     x = np.asarray(samples, dtype=float)
     n = int(x.size)
-    can_widen = n >= BATCHES * MIN_BATCH_LENGTH
     if n < 3:
         return SerialCorrelation(n, math.nan, math.nan, alpha, False, False, BATCHES)
     ranks = rankdata(x)
@@ -97,8 +106,15 @@ def lag1_rank_autocorrelation(samples: np.ndarray, alpha: float = SERIAL_ALPHA) 
         return SerialCorrelation(n, math.nan, math.nan, alpha, False, False, BATCHES)
     r = float(np.dot(centred[:-1], centred[1:]) / denom)
     p = float(norm.sf((r + 1.0 / n) * math.sqrt(n)))
-    significant = p < alpha
-    return SerialCorrelation(n, r, p, alpha, significant, significant and can_widen, BATCHES)
+    drift_p = math.nan
+    m = n // BATCHES
+    if m >= MIN_BATCH_LENGTH:
+        below = (x[: m * BATCHES] <= np.median(x)).reshape(BATCHES, m).sum(axis=1)
+        if 0 < below.sum() < m * BATCHES:
+            drift_p = float(chi2_contingency(np.vstack([below, m - below]), correction=False).pvalue)
+    significant = p < alpha / 2 or drift_p < alpha / 2  # NaN compares False
+    return SerialCorrelation(n, r, p, alpha, significant, significant and m >= MIN_BATCH_LENGTH, BATCHES,
+                             drift_p)
 
 
 def indicator_inflation(samples: np.ndarray, threshold: float, q: float, batches: int = BATCHES) -> float:
@@ -146,18 +162,22 @@ def widened_ci_indices(n: int, q: float, confidence: float, inflation: float,
 
 def combine_serial(tests: list[SerialCorrelation]) -> SerialCorrelation:
     """One figure for several independent series (one per process): the count-weighted mean
-    of their lag-1 r, and Stouffer's combination of their z scores for the p-value.
-    ``widened`` is True when any series' intervals were widened."""
+    of their lag-1 r, and Stouffer's combination of their one-sided z scores for each p-value.
+    ``significant``/``widened`` are True when any series' were."""
     from scipy.stats import norm
 
     if len(tests) == 1:
         return tests[0]
-    usable = [t for t in tests if not math.isnan(t.p_value)]
     n = sum(t.n for t in tests)
-    if not usable:
-        return SerialCorrelation(n, math.nan, math.nan, tests[0].alpha, False, False, BATCHES)
-    r = sum(t.n * t.lag1_r for t in usable) / sum(t.n for t in usable)
-    z = sum(float(norm.isf(min(max(t.p_value, 1e-300), 1.0))) for t in usable) / math.sqrt(len(usable))
-    p = float(norm.sf(z))
-    return SerialCorrelation(n, r, p, tests[0].alpha, p < tests[0].alpha,
-                             any(t.widened for t in tests), BATCHES)
+
+    def stouffer(ps: list[float]) -> float:
+        ps = [p for p in ps if not math.isnan(p)]
+        if not ps:
+            return math.nan
+        return float(norm.sf(sum(float(norm.isf(min(max(p, 1e-300), 1.0))) for p in ps) / math.sqrt(len(ps))))
+
+    usable = [t for t in tests if not math.isnan(t.lag1_r)]
+    r = sum(t.n * t.lag1_r for t in usable) / sum(t.n for t in usable) if usable else math.nan
+    return SerialCorrelation(n, r, stouffer([t.p_value for t in tests]), tests[0].alpha,
+                             any(t.significant for t in tests), any(t.widened for t in tests), BATCHES,
+                             stouffer([t.drift_p_value for t in tests]))
