@@ -220,7 +220,7 @@ def measure(args: argparse.Namespace, archs: Sequence[str]) -> list[Any]:
 
     protocol = ProtocolConfig(warmup_count=5, warmup_s=0.2, min_count=20, min_time_s=args.min_time,
                               max_time_s=max(10.0, 10 * args.min_time), percentiles=(50.0,),
-                              auto_min_count=False, max_cv=0.5)
+                              auto_min_count=False, max_cv=0.5, max_rel_ci=0.02)
     configs = [RunConfig(model=f"{args.space}:{arch}", device=args.device, runtime=args.runtime,
                          threads=args.threads, protocol=protocol, check_outputs=False,
                          workdir=str(args.workdir), tag="nas-search") for arch in archs]

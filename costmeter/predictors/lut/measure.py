@@ -75,12 +75,14 @@ class BlockTiming:
 
 
 def lut_protocol(min_time_s: float = 0.05, min_count: int = 15) -> Any:
-    """A short protocol for table entries: median-oriented, no percentile CIs."""
+    """A short protocol for table entries: median-oriented, no percentile CIs. Sampling goes on
+    past the minimums until the median is within +-2%: enough for a cost model whose own errors
+    are several percent."""
     from costmeter.harness.config import ProtocolConfig
 
     return ProtocolConfig(warmup_count=5, warmup_s=min(0.05, min_time_s), min_count=min_count,
                           min_time_s=min_time_s, max_time_s=max(2.0, 10 * min_time_s),
-                          percentiles=(50.0,), auto_min_count=False, max_cv=0.5)
+                          percentiles=(50.0,), auto_min_count=False, max_cv=0.5, max_rel_ci=0.02)
 
 
 # ----------------------------------------------------------------------------- export

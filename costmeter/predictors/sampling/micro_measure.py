@@ -8,12 +8,14 @@ from typing import Any, Sequence
 
 
 def micro_protocol(min_time_s: float = 0.2, min_count: int = 30) -> Any:
-    """A short protocol for micro-benchmarks (median only, no percentile CIs needed)."""
+    """A short protocol for micro-benchmarks (median only, no percentile CIs needed). Sampling goes
+    on past the minimums until the median is within +-2%: enough for a cost model whose own errors
+    are several percent."""
     from costmeter.harness.config import ProtocolConfig
 
     return ProtocolConfig(warmup_count=10, warmup_s=0.05, min_count=min_count,
                           min_time_s=min_time_s, max_time_s=max(10.0, 5 * min_time_s),
-                          percentiles=(50.0,), auto_min_count=False, max_cv=0.5)
+                          percentiles=(50.0,), auto_min_count=False, max_cv=0.5, max_rel_ci=0.02)
 
 
 def measure_onnx(paths: Sequence[Path | str], device: str = "cpu", runtime: str = "onnxruntime",

@@ -68,12 +68,14 @@ def item_of(model_id: str) -> CollectItem | None:
 
 
 def collect_protocol(min_time_s: float = 0.5, min_count: int = 10) -> Any:
-    """A short protocol for architecture sweeps: median-oriented, no percentile CIs."""
+    """A short protocol for architecture sweeps: median-oriented, no percentile CIs. Sampling goes
+    on past the minimums until the median is within +-2%: enough for a cost model whose own errors
+    are several percent."""
     from costmeter.harness.config import ProtocolConfig
 
     return ProtocolConfig(warmup_count=3, warmup_s=0.2, min_count=min_count, min_time_s=min_time_s,
                           max_time_s=max(20.0, 10 * min_time_s), percentiles=(50.0,),
-                          auto_min_count=False, max_cv=0.3)
+                          auto_min_count=False, max_cv=0.3, max_rel_ci=0.02)
 
 
 def plan(space: str, samples: int, seed: int = 0) -> list[CollectItem]:
