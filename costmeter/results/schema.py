@@ -145,7 +145,14 @@ class Measurement:
         ``costmeter.results.stats_hier.summarize_processes``)."""
         from costmeter.results.stats_hier import summarize_processes
 
-        return summarize_processes(self.per_process_ns(), percentiles=percentiles, confidence=confidence)
+        # Memoized per (percentiles, confidence, counts): the table, the JSON and the store each ask,
+        # and a tiny model leaves millions of samples (~1 s of statistics per million).
+        key = (tuple(float(q) for q in percentiles), float(confidence), self.iterations_per_sample,
+               tuple(len(p) for p in self.samples_ns))
+        cache = self.__dict__.setdefault("_summaries", {})
+        if key not in cache:
+            cache[key] = summarize_processes(self.per_process_ns(), percentiles=percentiles, confidence=confidence)
+        return cache[key]
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
