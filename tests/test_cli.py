@@ -133,3 +133,38 @@ def test_help_loads_no_heavy_library() -> None:
             "print(sorted(m for m in ('torch','onnxruntime','tvm','onnx','pandas','sqlalchemy') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip().splitlines()[-1] == "[]"
+
+
+def test_model_lists_are_unambiguous_for_every_grammar(tmp_path: Path) -> None:
+    from costmeter.cli.common import model_specs
+    from costmeter.errors import ConfigError
+
+    ofa = "ofa_mbv3:r128|k3e4,k5e6|k3e3,k3e3|k5e4,k5e4|k7e6,k3e3|k3e4,k3e6"
+    family = "mobilenet_v3:w=0.75,d=1,r=160"
+    listing = tmp_path / "models.txt"
+    listing.write_text(f"# held-out networks\n{ofa}\n\n{family}  # a variant\nresnet18\n")
+    assert model_specs(("tiny_mlp,tiny_cnn", ofa, family)) == ["tiny_mlp", "tiny_cnn", ofa, family]
+    assert model_specs((f"@{listing}",)) == [ofa, family, "resnet18"]
+    with pytest.raises(ConfigError, match="cannot read model list"):
+        model_specs((f"@{tmp_path / 'missing.txt'}",))
+    with pytest.raises(ConfigError, match="no model given"):
+        model_specs((" , ",))
+
+
+@pytest.mark.slow
+def test_one_architecture_of_each_space_runs_through_bench_run(workdir: Path,
+                                                              capsys: pytest.CaptureFixture) -> None:
+    """Every registered search space and a family variant, named on the command line (OFA and
+    family ids contain commas), measured by `bench run` under their canonical ids."""
+    from costmeter.models.spaces import get_space, space_names
+
+    specs = [f"{name}:{get_space(name).sample(1, seed=2)[0]}" for name in space_names()]
+    specs.append("mobilenet_v3:w=0.5,d=0,r=96")
+    args = ["run", "--runtime", "onnxruntime", "--threads", "1", "--store", _store(workdir), "--json",
+            "--no-parity", *QUICK]
+    for spec in specs:
+        args += ["--model", spec]
+    assert main(args) == 0
+    results = json.loads(capsys.readouterr().out)
+    assert [r["key"]["model_id"] for r in results] == specs
+    assert all(r["status"] == "ok" for r in results)

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import click
 
-from costmeter.cli.common import open_store, store_option, workdir_option
+from costmeter.cli.common import MODEL_HELP, model_specs, open_store, store_option, workdir_option
 from costmeter.harness.config import default_workdir
 
 
@@ -71,12 +71,12 @@ def detect(device: str, runtime: str, pairs: str | None, threads: int, repeats: 
 
 
 @kernels.command()
-@click.option("--model", "-m", required=True, help="Zoo name, FILE.onnx, space:arch or pkg.mod:func")
+@click.option("--model", "-m", "models", required=True, multiple=True, help=MODEL_HELP)
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--runtime", default="onnxruntime", show_default=True, help="Whose fusion rules to apply")
 @click.option("--batch", default=1, show_default=True)
 @workdir_option
-def show(model: str, device: str, runtime: str, batch: int, workdir: Path | None) -> None:
+def show(models: tuple[str, ...], device: str, runtime: str, batch: int, workdir: Path | None) -> None:
     """The kernels a runtime runs for a model, and the ops the cost model cannot price (never dropped)."""
     from costmeter.models.export import export_onnx
     from costmeter.models.source import resolve_model
@@ -85,18 +85,20 @@ def show(model: str, device: str, runtime: str, batch: int, workdir: Path | None
     from costmeter.predictors import fuse
 
     wd = workdir or default_workdir()
-    graph = load_graph(export_onnx(resolve_model(model), wd), batch=batch)
-    kgraph = fuse(graph, load_rules(runtime, device, wd))
-    click.echo(f"{model}: {len(kgraph.kernels)} kernels ({runtime} rules on {device})")
-    for row in kgraph.summary():
-        click.echo(f"  {row['kernel_type']:<16} x{row['count']:<4} {row['flops'] / 1e6:10.2f} MFLOP "
-                   f"{row['bytes'] / 2**20:8.2f} MiB")
-    unknown = kgraph.unknown_report()
-    if not unknown:
-        click.echo("every op is priced")
-    for row in unknown:
-        click.echo("  not priced: " + ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
-                                               for k, v in row.items()))
+    rules = load_rules(runtime, device, wd)
+    for model in model_specs(models):
+        graph = load_graph(export_onnx(resolve_model(model), wd), batch=batch)
+        kgraph = fuse(graph, rules)
+        click.echo(f"{model}: {len(kgraph.kernels)} kernels ({runtime} rules on {device})")
+        for row in kgraph.summary():
+            click.echo(f"  {row['kernel_type']:<16} x{row['count']:<4} {row['flops'] / 1e6:10.2f} MFLOP "
+                       f"{row['bytes'] / 2**20:8.2f} MiB")
+        unknown = kgraph.unknown_report()
+        if not unknown:
+            click.echo("every op is priced")
+        for row in unknown:
+            click.echo("  not priced: " + ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
+                                                   for k, v in row.items()))
 
 
 @kernels.command()

@@ -37,6 +37,40 @@ def split_list(text: str) -> list[str]:
     return [p.strip() for p in str(text).split(",") if p.strip()]
 
 
+MODEL_HELP = ("Repeatable. One model per value: a zoo name, FILE.onnx, space:arch, a family variant "
+              "(resnet:w=0.5,d=18,r=160) or pkg.mod:func; a value without ':' may list zoo names "
+              "or .onnx files separated by commas; @FILE reads one model per line ('#' comments)")
+
+
+def model_specs(values: tuple[str, ...] | list[str]) -> list[str]:
+    """Model specs from repeatable ``--model`` values, unambiguous for every grammar.
+
+    A value that contains ``:`` is one model (search-space architectures and family variants
+    contain commas: ``ofa_mbv3:r160|k3e4,k5e6|...``); a value without ``:`` may list several
+    zoo names or ``.onnx`` files separated by commas; ``@FILE`` reads one model per line, blank
+    lines and ``#`` comments skipped. ConfigError when nothing is left or a file is unreadable.
+    """
+    from costmeter.errors import ConfigError
+
+    out: list[str] = []
+    for value in values:
+        value = str(value).strip()
+        if value.startswith("@"):
+            try:
+                lines = Path(value[1:]).read_text().splitlines()
+            except OSError as exc:
+                raise ConfigError(f"cannot read model list {value[1:]!r} ({exc.strerror or exc}); "
+                                  "give a readable file with one model per line") from exc
+            out += [line.split("#", 1)[0].strip() for line in lines if line.split("#", 1)[0].strip()]
+        elif ":" in value:
+            out.append(value)
+        else:
+            out += split_list(value)
+    if not out:
+        raise ConfigError("no model given; pass --model NAME (repeatable) or --model @FILE")
+    return out
+
+
 def query_frame(store_url: str | None, workdir: Path | None):
     """Every stored result as a DataFrame (``ResultStore.query()``); the store is closed after."""
     store = open_store(store_url, workdir)

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import click
 
-from costmeter.cli.common import open_store, query_frame, split_list, store_option, workdir_option
+from costmeter.cli.common import MODEL_HELP, model_specs, open_store, query_frame, split_list, store_option, workdir_option
 from costmeter.harness.config import default_workdir
 
 
@@ -141,26 +141,25 @@ def _cross_validate(frame, space, device, runtime, split, train_share, held_out,
 
 @click.command()
 @click.argument("model_file", type=click.Path(dir_okay=False))
-@click.option("--model", "-m", "archs", required=True,
-              help="Architecture(s), comma- or semicolon-separated; space: prefix optional. For a kernel-level "
-                   "predictor (`bench kernels fit`): zoo names, FILE.onnx or space:arch")
+@click.option("--model", "-m", "archs", required=True, multiple=True,
+              help="Repeatable, one architecture per value (space: prefix optional), or @FILE with one "
+                   "per line. For a kernel-level predictor (`bench kernels fit`): " + MODEL_HELP)
 @click.option("--breakdown/--no-breakdown", default=True, show_default=True,
               help="Per kernel type latencies (kernel-level predictors)")
 @workdir_option
-def predict(model_file: str, archs: str, breakdown: bool, workdir: Path | None) -> None:
+def predict(model_file: str, archs: tuple[str, ...], breakdown: bool, workdir: Path | None) -> None:
     """Predicted latency ± uncertainty (ms) of architectures, from a saved predictor."""
     from costmeter.predictors import load_artifact as load_predictor, read_manifest
     from costmeter.predictors import NetworkPredictor
     from costmeter.models.spaces import split_model_id
 
     pred = load_predictor(model_file)
-    items = [a.strip() for a in archs.replace(";", "\n").splitlines() if a.strip()]
     if isinstance(pred, NetworkPredictor):
         manifest = read_manifest(model_file)
-        _predict_networks(pred, split_list(",".join(items)), manifest, breakdown, workdir)
+        _predict_networks(pred, model_specs(archs), manifest, breakdown, workdir)
         return
-    if len(items) == 1 and "," in items[0] and pred.space != "nb201":
-        items = split_list(items[0])
+    items = [a for value in archs for a in (model_specs((value,)) if value.startswith("@")
+                                             else [value.strip()])]
     clean = [(split_model_id(a) or (pred.space, a))[1] for a in items]
     mean, std = pred.predict_with_uncertainty(clean)
     for arch, m, s in zip(clean, mean, std):

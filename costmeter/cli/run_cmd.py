@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from costmeter.cli.common import open_store, split_list, store_option, workdir_option
+from costmeter.cli.common import MODEL_HELP, model_specs, open_store, split_list, store_option, workdir_option
 from costmeter.harness.config import ProtocolConfig, RunConfig, default_workdir, parse_device, parse_int_list, parse_options
 
 
@@ -15,7 +15,7 @@ from costmeter.harness.config import ProtocolConfig, RunConfig, default_workdir,
               help="cpu, cuda[:N], ssh://user@host[:port], adb://SERIAL, fake (comma-separated for several)")
 @click.option("--runtime", "-r", default="onnxruntime", show_default=True,
               help="Comma-separated runtimes, or 'all' for every installed one (see `bench env`)")
-@click.option("--model", "-m", required=True, help="Comma-separated: zoo names, FILE.onnx, or package.module:function")
+@click.option("--model", "-m", "models", required=True, multiple=True, help=MODEL_HELP)
 @click.option("--batch", "-b", default="1", show_default=True, help="Comma-separated batch sizes")
 @click.option("--threads", "-t", default=None, help="Comma-separated thread counts (default: the runtime's own)")
 @click.option("--option", "-o", "options", multiple=True, metavar="NAME=VALUE",
@@ -49,7 +49,7 @@ from costmeter.harness.config import ProtocolConfig, RunConfig, default_workdir,
 @click.option("--benchmark-model", default=None, metavar="PATH", help="LiteRT benchmark_model binary for adb:// devices")
 @store_option
 @workdir_option
-def run(device: str, runtime: str, model: str, batch: str, threads: str | None, options: tuple[str, ...],
+def run(device: str, runtime: str, models: tuple[str, ...], batch: str, threads: str | None, options: tuple[str, ...],
         warmup: int, warmup_time: float, min_count: int, min_time: float, max_time: float, percentiles: str,
         max_rel_ci: float, max_cv: float, processes: int, timeout: float, no_parity: bool, tag: str | None,
         as_json: bool, with_samples: bool, cpus: str | None, remote_python: str, remote_pythonpath: str | None, ssh_identity: str | None,
@@ -80,7 +80,7 @@ def run(device: str, runtime: str, model: str, batch: str, threads: str | None, 
                            benchmark_model)
     try:
         runtimes = _runtimes(runtime, devices, executors)
-        configs = expand(base, split_list(model), runtimes, parse_int_list(batch, "--batch"), thread_list, devices)
+        configs = expand(base, model_specs(models), runtimes, parse_int_list(batch, "--batch"), thread_list, devices)
         jobs = validate(configs)
         executors.preflight(configs)
         store = open_store(store_url, workdir)
