@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from costmeter.cli.common import MODEL_HELP, model_specs, open_store, split_list, store_option, workdir_option
-from costmeter.harness.config import ProtocolConfig, RunConfig, default_workdir, parse_device, parse_int_list, parse_options
+from costmeter.harness.config import DeviceSpec, ProtocolConfig, RunConfig, default_workdir, parse_int_list, parse_options
 
 
 @click.command()
@@ -62,7 +62,7 @@ def run(device: str, runtime: str, models: tuple[str, ...], batch: str, threads:
     workdir = workdir or default_workdir()
     devices = split_list(device)
     for d in devices:
-        parse_device(d)
+        DeviceSpec.parse(d)
     pct = tuple(float(p) for p in _floats(percentiles, "--percentiles"))
     protocol = ProtocolConfig(warmup_count=warmup, warmup_s=warmup_time, min_count=min_count,
                               min_time_s=min_time, max_time_s=max_time, percentiles=pct, max_cv=max_cv,
@@ -116,7 +116,7 @@ def _runtimes(spec: str, devices: list[str], executors) -> list[str]:
         return split_list(spec)
     names: set[str] = set()
     for device in devices:
-        kind = parse_device(device)[0]
+        kind = DeviceSpec.parse(device).kind
         candidates = runtime_names(kind)
         if kind == "ssh":
             found = executors.executor(device).probe(candidates)

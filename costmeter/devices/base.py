@@ -58,9 +58,75 @@ class Session(Protocol):
         """Release the session's resources."""
 
 
+# Optional session features, declared by implementing these protocols (the harness checks them
+# with isinstance, never by probing attribute names at call sites).
 @runtime_checkable
-class Runtime(Protocol):
-    """One runtime on one device kind (e.g. onnxruntime on cpu)."""
+class SynchronousSession(Protocol):
+    """``run_once`` returns only when the inference has finished (``synchronous`` is True), so
+    ``synchronize`` is not called in the timed loop."""
+
+    synchronous: bool
+
+
+@runtime_checkable
+class BlockTimedSession(Protocol):
+    """Times blocks of runs with the device's own clock (CUDA events)."""
+
+    def time_block(self, n: int) -> list[int]:
+        """Run ``n`` iterations; per-iteration latency in ns."""
+
+
+@runtime_checkable
+class HealthCheckedSession(Protocol):
+    """Reports the device's health (clocks, throttling) after each block of runs."""
+
+    def block_health(self) -> dict[str, Any]:
+        """``{"throttled": bool, "reasons": [...], ...}`` for the block just run."""
+
+
+@runtime_checkable
+class MemoryProbe(Protocol):
+    """Reports device memory figures (bytes) after sampling."""
+
+    def memory(self) -> dict[str, Any]:
+        """Named memory figures in bytes (e.g. ``cuda_max_allocated_bytes``)."""
+
+
+@runtime_checkable
+class EnvironmentProbe(Protocol):
+    """Reports the device's environment (driver, clocks) for the result."""
+
+    def environment(self) -> dict[str, Any]:
+        """Named environment facts (JSON-ready)."""
+
+
+@runtime_checkable
+class InfoSession(Protocol):
+    """Reports what the runtime actually did (e.g. the precision it compiled to)."""
+
+    def info(self) -> dict[str, Any]:
+        """Named facts about the prepared session (JSON-ready)."""
+
+
+@runtime_checkable
+class IdlePowerMeter(Protocol):
+    """An energy meter that can measure the device's idle power before a run."""
+
+    def idle_power_w(self, seconds: float) -> float | None:
+        """Mean power (W) over ``seconds`` of idling, or None when it cannot be read."""
+
+
+def is_synchronous(session: Any) -> bool:
+    """True when the session declares synchronous execution."""
+    return isinstance(session, SynchronousSession) and bool(session.synchronous)
+
+
+@runtime_checkable
+class RuntimeDeclaration(Protocol):
+    """What every registered runtime declares: name, device kind, artifact, options, and
+    whether it is installed. Runtimes that execute in this process are :class:`Runtime`s; a
+    runtime that runs in a tool on another device (LiteRT's ``benchmark_model`` over adb) is
+    only declared, and its device's executor runs it."""
 
     name: str
     device_kind: str
@@ -69,6 +135,11 @@ class Runtime(Protocol):
 
     def is_available(self) -> tuple[bool, str]:
         """(True, "") if usable here; else (False, reason naming the extra to install)."""
+
+
+@runtime_checkable
+class Runtime(RuntimeDeclaration, Protocol):
+    """One runtime on one device kind that executes here (e.g. onnxruntime on cpu)."""
 
     def prepare(self, artifact: Artifact, options: SessionOptions) -> Session:
         """Load ``artifact`` and return a ready session. Raises UnsupportedError for models it rejects."""
@@ -157,7 +228,7 @@ def runtime_names(device_kind: str) -> list[str]:
     return sorted(n for k, n in _RUNTIMES if k == device_kind)
 
 
-def get_runtime(device_kind: str, name: str, **kwargs: Any) -> Runtime:
+def get_runtime(device_kind: str, name: str, **kwargs: Any) -> RuntimeDeclaration:
     """Instantiate the adapter for ``name`` on ``device_kind``; ConfigError if unknown."""
     device_kind = registry_kind(device_kind)
     target = _RUNTIMES.get((device_kind, name))
@@ -167,7 +238,7 @@ def get_runtime(device_kind: str, name: str, **kwargs: Any) -> Runtime:
             f"unknown runtime {name!r} for device {device_kind!r}; choose one of: {known}"
         )
     module_name, cls_name = target.split(":")
-    cls: Callable[..., Runtime] = getattr(importlib.import_module(module_name), cls_name)
+    cls: Callable[..., RuntimeDeclaration] = getattr(importlib.import_module(module_name), cls_name)
     return cls(**kwargs)
 
 

@@ -93,9 +93,9 @@ def overhead_model_bytes() -> bytes:
 def check_local_onnx_runtime(device: str, runtime: str) -> None:
     """Fail early unless ``runtime`` on ``device`` is installed, local and takes ONNX files."""
     from costmeter.devices.base import get_runtime, require_available
-    from costmeter.harness.config import parse_device
+    from costmeter.harness.config import DeviceSpec
 
-    kind = parse_device(device)[0]
+    kind = DeviceSpec.parse(device).kind
     if kind in ("ssh", "adb"):
         raise ConfigError(f"batches of blocks are measured on local devices; {device!r} is remote -- "
                           "build the table on the board itself, or use --predicted")
@@ -140,7 +140,7 @@ def _child(job_path: str, out_path: str) -> int:
     import numpy as np
 
     from costmeter.devices.base import Artifact, SessionOptions, get_runtime
-    from costmeter.harness.config import ProtocolConfig, parse_device
+    from costmeter.harness.config import DeviceSpec, ProtocolConfig
     from costmeter.harness.environment import capture
     from costmeter.harness.protocol import sample_interleaved
 
@@ -148,7 +148,8 @@ def _child(job_path: str, out_path: str) -> int:
     proto = dict(job["protocol"])
     proto["percentiles"] = tuple(proto["percentiles"])
     protocol = ProtocolConfig(**proto)
-    kind, index = parse_device(job["device"])
+    spec = DeviceSpec.parse(job["device"])
+    kind, index = spec.kind, spec.index
     runtime = get_runtime(kind, job["runtime"])
     options = SessionOptions(threads=job["threads"], device_index=index,
                              options=tuple(tuple(kv) for kv in job["options"]))

@@ -108,6 +108,7 @@ class RunConfig:
 
     def __post_init__(self) -> None:
         _check(bool(self.model), "a model is required: --model NAME|FILE.onnx|pkg.mod:func")
+        object.__setattr__(self, "_device_spec", DeviceSpec.parse(self.device))
         _check(self.batch >= 1, f"batch must be >= 1 (got {self.batch})")
         _check(self.threads is None or self.threads >= 1, f"threads must be >= 1 (got {self.threads})")
         _check(self.processes >= 1, f"--processes must be >= 1 (got {self.processes})")
@@ -118,9 +119,14 @@ class RunConfig:
         )
 
     @property
+    def device_spec(self) -> DeviceSpec:
+        """The device, parsed once (at construction)."""
+        return self._device_spec  # type: ignore[attr-defined,no-any-return]
+
+    @property
     def device_kind(self) -> str:
         """``cpu`` for ``cpu``, ``cuda`` for ``cuda:1``, the scheme for ``ssh://...``."""
-        return parse_device(self.device)[0]
+        return self.device_spec.kind
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict (sent to the worker process)."""
@@ -140,20 +146,52 @@ class RunConfig:
 
 
 _DEVICE_RE = re.compile(r"^(cpu|fake|cuda(?::(\d+))?)$")
+REMOTE_KINDS = ("ssh", "adb")
 
 
-def parse_device(device: str) -> tuple[str, int]:
-    """Split a device string into (kind, index): ``cuda:1`` -> ("cuda", 1). ConfigError if unknown."""
-    m = _DEVICE_RE.match(device.strip())
-    if m is None:
-        if device.startswith(("ssh://", "adb://")):
-            return device.split("://", 1)[0], 0
-        raise ConfigError(
-            f"unknown device {device!r}; use cpu, cuda, cuda:N, ssh://user@host[:port] or adb://SERIAL "
-            "(see `bench env`)"
-        )
-    kind = "cuda" if m.group(1).startswith("cuda") else m.group(1)
-    return kind, int(m.group(2) or 0)
+@dataclass(frozen=True)
+class DeviceSpec:
+    """A device, parsed once from ``cpu``, ``cuda[:N]``, ``fake``, ``ssh://user@host[:port]`` or
+    ``adb://SERIAL``: the only place device strings are read.
+
+    ``kind`` is ``cpu``, ``cuda``, ``fake``, ``ssh`` or ``adb``; ``index`` the CUDA ordinal;
+    ``target`` the SSH target (host, user, port) or the adb serial; ``text`` the string given.
+    """
+
+    text: str
+    kind: str
+    index: int = 0
+    target: Any = None
+
+    @classmethod
+    def parse(cls, device: str) -> DeviceSpec:
+        """Parse and check a device string; ConfigError with the accepted forms otherwise."""
+        text = str(device).strip()
+        if text.startswith("ssh://"):
+            from costmeter.devices.remote.ssh import SshTarget
+
+            return cls(text, "ssh", 0, SshTarget.parse(text))
+        if text.startswith("adb://"):
+            from costmeter.devices.remote.adb import parse_adb_serial
+
+            return cls(text, "adb", 0, parse_adb_serial(text))
+        m = _DEVICE_RE.match(text)
+        if m is None:
+            raise ConfigError(
+                f"unknown device {device!r}; use cpu, cuda, cuda:N, ssh://user@host[:port] or "
+                "adb://SERIAL (see `bench env`)"
+            )
+        kind = "cuda" if m.group(1).startswith("cuda") else m.group(1)
+        return cls(text, kind, int(m.group(2) or 0))
+
+    @property
+    def remote(self) -> bool:
+        """Whether benchmarks run on another machine (ssh, adb)."""
+        return self.kind in REMOTE_KINDS
+
+    def __str__(self) -> str:
+        return self.text
+
 
 
 def parse_int_list(text: str, what: str) -> list[int]:

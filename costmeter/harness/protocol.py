@@ -15,7 +15,14 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from costmeter.devices.base import EnergyMeter, EnergyReading, Session
+from costmeter.devices.base import (
+    BlockTimedSession,
+    EnergyMeter,
+    EnergyReading,
+    HealthCheckedSession,
+    Session,
+    is_synchronous,
+)
 from costmeter.harness.config import ProtocolConfig
 
 Clock = Callable[[], int]
@@ -83,7 +90,7 @@ def sample(
     target = config.target_count()
     if energy_meter is not None:
         energy_meter.start()
-    if hasattr(session, "time_block") or hasattr(session, "block_health"):
+    if isinstance(session, (BlockTimedSession, HealthCheckedSession)):
         outcome = _sample_blocks(session, config, clock, target)
     else:
         outcome = _sample_host(session, config, clock, target)
@@ -146,7 +153,7 @@ def _sample_host(session: Session, config: ProtocolConfig, clock: Clock, target:
     samples: list[int] = []
     append = samples.append
     run = session.run_once
-    sync = None if getattr(session, "synchronous", False) else session.synchronize
+    sync = None if is_synchronous(session) else session.synchronize
     start = clock()
     rule = _StopRule(config, clock, target, start)
     check_at, check_n, max_at = rule.check_at, rule.check_n, rule.max_at
@@ -179,8 +186,8 @@ def _sample_blocks(session: Session, config: ProtocolConfig, clock: Clock, targe
     health: list[dict[str, Any]] = []
     throttled = 0
     blocks = 0
-    time_block = getattr(session, "time_block", None)
-    check = getattr(session, "block_health", None)
+    time_block = session.time_block if isinstance(session, BlockTimedSession) else None
+    check = session.block_health if isinstance(session, HealthCheckedSession) else None
     start = clock()
     rule = _StopRule(config, clock, target, start)
     while True:
@@ -231,7 +238,7 @@ def sample_interleaved(sessions: list[Any], protocol: ProtocolConfig,
     ``min_time_s`` per session, stopping at ``max_time_s`` per session."""
     if len(sessions) == 1:
         return [sample(sessions[0], protocol, clock).samples_ns]
-    runs = [(s.run_once, None if getattr(s, "synchronous", False) else s.synchronize)
+    runs = [(s.run_once, None if is_synchronous(s) else s.synchronize)
             for s in sessions]
     warm_until = clock() + int(protocol.warmup_s * 1e9)
     rounds = 0

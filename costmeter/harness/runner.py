@@ -84,14 +84,13 @@ def validate(configs: list[RunConfig]) -> list[PreparedJob]:
     return jobs
 
 
-REMOTE_KINDS = ("ssh", "adb")
 
 
 def check_runtime(cfg: RunConfig) -> str:
     """Raise ConfigError/UnavailableError unless ``cfg``'s runtime is known, installed (checked on
     the board itself for remote devices) and has its converter; returns its artifact kind."""
     runtime = get_runtime(cfg.device_kind, cfg.runtime)
-    if cfg.device_kind not in REMOTE_KINDS:  # a remote's runtimes are checked there (preflight)
+    if not cfg.device_spec.remote:  # a remote's runtimes are checked there (preflight)
         require_available(runtime)
     _require_converter(runtime.artifact_kind)
     return runtime.artifact_kind

@@ -129,7 +129,16 @@ def _child_main(job_path: str, out_path: str) -> int:
 
 
 def _child_measure(job: WorkerJob, baseline_rss: int) -> dict[str, Any]:
-    from costmeter.devices.base import Artifact, SessionOptions, get_runtime
+    from costmeter.devices.base import (
+        Artifact,
+        EnvironmentProbe,
+        IdlePowerMeter,
+        InfoSession,
+        MemoryProbe,
+        Runtime,
+        SessionOptions,
+        get_runtime,
+    )
     from costmeter.harness.config import RunConfig
     from costmeter.harness.environment import capture
     from costmeter.harness.protocol import sample
@@ -149,6 +158,9 @@ def _child_measure(job: WorkerJob, baseline_rss: int) -> dict[str, Any]:
 
         module = resolve_model(config.model).build_torch()
     runtime = get_runtime(config.device_kind, config.runtime)
+    if not isinstance(runtime, Runtime):
+        raise UnsupportedError(f"{config.runtime} on {config.device} runs through its device's "
+                               "executor, not in a worker session")
     t0 = time.perf_counter()
     session = runtime.prepare(
         Artifact(kind=job.artifact_kind, inputs=inputs, path=job.artifact_path, module=module),
@@ -157,7 +169,7 @@ def _child_measure(job: WorkerJob, baseline_rss: int) -> dict[str, Any]:
     prepare_s = time.perf_counter() - t0
     meter, energy_reason = make_energy_meter(config.device)
     idle_power_w = None
-    if meter is not None and hasattr(meter, "idle_power_w"):
+    if isinstance(meter, IdlePowerMeter):
         idle_power_w = meter.idle_power_w(0.5)  # measured before the run, so energy above idle can be told
     outcome = sample(session, config.protocol, energy_meter=meter)
     peak_rss = peak_rss_bytes()
@@ -166,7 +178,7 @@ def _child_measure(job: WorkerJob, baseline_rss: int) -> dict[str, Any]:
         "baseline_rss_bytes": baseline_rss,
         "peak_rss_above_baseline_bytes": max(0, peak_rss - baseline_rss),
     }
-    if hasattr(session, "memory"):
+    if isinstance(session, MemoryProbe):
         memory.update(session.memory())
     if job.outputs_path:
         import numpy as np
@@ -174,9 +186,9 @@ def _child_measure(job: WorkerJob, baseline_rss: int) -> dict[str, Any]:
         outs = session.outputs()
         np.savez(job.outputs_path, *[np.asarray(o) for o in outs])
     environment = capture(threads=config.threads)
-    if hasattr(session, "environment"):
+    if isinstance(session, EnvironmentProbe):
         environment["device"] = session.environment()
-    runtime_info = session.info() if hasattr(session, "info") else {}
+    runtime_info = session.info() if isinstance(session, InfoSession) else {}
     session.close()
     energy = asdict(outcome.energy) if outcome.energy is not None else {
         "provenance": "unavailable", "energy_j": None, "window_s": outcome.sampling_s,
@@ -219,16 +231,17 @@ def peak_rss_bytes(status_path: str = "/proc/self/status") -> int:
 
 
 def _device_index(device: str) -> int:
-    from costmeter.harness.config import parse_device
+    from costmeter.harness.config import DeviceSpec
 
-    return parse_device(device)[1]
+    return DeviceSpec.parse(device).index
 
 
 def make_energy_meter(device: str) -> tuple[Any, str]:
     """The energy meter for a device, or (None, reason) when no counter can be read."""
-    from costmeter.harness.config import parse_device
+    from costmeter.harness.config import DeviceSpec
 
-    kind, index = parse_device(device)
+    spec = DeviceSpec.parse(device)
+    kind, index = spec.kind, spec.index
     if kind == "cpu":
         from costmeter.devices.energy.rapl import RaplMeter
 

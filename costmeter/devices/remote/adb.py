@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from costmeter.devices.base import Artifact, SessionOptions
 from costmeter.devices.remote.transport import CommandResult, CommandRunner, RemoteFiles, run_command
 from costmeter.errors import ConfigError, UnavailableError
 
@@ -140,8 +139,3 @@ class AdbLiteRTRuntime:
         if self._which("adb") is None:
             return False, "the adb client is not installed; install Android platform-tools (apt-get install adb)"
         return True, ""
-
-    def prepare(self, artifact: Artifact, options: SessionOptions) -> Any:
-        """Not used: benchmarks on adb devices run in ``benchmark_model``, not in a session."""
-        raise UnavailableError("litert on adb:// runs through benchmark_model on the device; use bench run "
-                               "--device adb://SERIAL --benchmark-model PATH")

@@ -26,6 +26,7 @@ from typing import Any, Callable
 
 from costmeter.devices.remote.transport import CommandTimeout, LocalTransport, Transport
 from costmeter.errors import ConfigError, UnavailableError
+from costmeter.harness.config import DeviceSpec
 from costmeter.harness.worker import WorkerJob, WorkerOutcome, run_in_worker
 
 NOT_FOUND_STATUS = 127
@@ -173,7 +174,7 @@ class WorkerExecutor:
         root = self._ensure_root()
         run_id = self._make_id()
         config = dict(job.config)
-        if str(config.get("device", "")).startswith("ssh://"):
+        if DeviceSpec.parse(str(config.get("device", "cpu"))).kind == "ssh":
             config["device"] = "cpu"  # the board runs the cpu adapters on its own CPU
         options = dict(tuple(kv) for kv in config.get("options", []))
         cpus = parse_cpus(options["cpus"]) if options.get("cpus") else []
@@ -293,11 +294,12 @@ class DeviceExecutors:
 
     def _create(self, device: str) -> Any:
         s = self.settings
-        if device.startswith("adb://"):
+        kind = DeviceSpec.parse(device).kind if device != LOCAL else LOCAL
+        if kind == "adb":
             from costmeter.harness.executors.adb import AdbExecutor
 
             return AdbExecutor(self._transport(device), s.benchmark_model)
-        if device.startswith("ssh://"):
+        if kind == "ssh":
             return WorkerExecutor(self._transport(device), s.python, s.pythonpath, s.remote_tmp)
         import costmeter
 
@@ -307,18 +309,19 @@ class DeviceExecutors:
     def _transport(self, device: str) -> Transport:
         if self.make_transport is not None:
             return self.make_transport(device, self.settings)
-        if device.startswith("adb://"):
-            from costmeter.devices.remote.adb import AdbTransport, parse_adb_serial
+        spec = DeviceSpec.parse(device)
+        if spec.kind == "adb":
+            from costmeter.devices.remote.adb import AdbTransport
 
-            return AdbTransport(parse_adb_serial(device))
-        from costmeter.devices.remote.ssh import SshOptions, SshTarget, SshTransport
+            return AdbTransport(spec.target)
+        from costmeter.devices.remote.ssh import SshOptions, SshTransport
 
-        return SshTransport(SshTarget.parse(device), self.settings.ssh or SshOptions())
+        return SshTransport(spec.target, self.settings.ssh or SshOptions())
 
     def __call__(self, job: WorkerJob, timeout_s: float) -> WorkerOutcome:
         device = str(job.config.get("device", "cpu"))
         options = dict(tuple(kv) for kv in job.config.get("options", []))
-        if device.startswith(("ssh://", "adb://")):
+        if DeviceSpec.parse(device).remote:
             return self.executor(device)(job, timeout_s)
         if options.get("cpus"):
             return self.executor(LOCAL)(job, timeout_s)
@@ -334,9 +337,10 @@ class DeviceExecutors:
         for device, cfgs in by_device.items():
             pinned = sorted({cpu for c in cfgs if dict(c.options).get("cpus")
                              for cpu in parse_cpus(dict(c.options)["cpus"])})
-            if device.startswith("adb://"):
+            kind = DeviceSpec.parse(device).kind
+            if kind == "adb":
                 found[device] = self.executor(device).preflight()
-            elif device.startswith("ssh://"):
+            elif kind == "ssh":
                 found[device] = self.executor(device).preflight(sorted({c.runtime for c in cfgs}), bool(pinned))
             elif pinned:  # local: runtimes were checked by validate(); check the CPUs and taskset
                 found[device] = check_local_pinning(pinned)
