@@ -36,6 +36,7 @@ from costmeter.errors import ConfigError
 _SPACES: dict[str, str] = {
     "nb201": "costmeter.models.spaces.nb201",
     "ofa_mbv3": "costmeter.models.spaces.ofa_mbv3",
+    "fbnet": "costmeter.models.spaces.fbnet",
 }
 CAPABILITY_NAMES = ("enumerate", "index", "lut")
 _LACKS = {"enumerate": "is too large to enumerate", "index": "has no dense index",
