@@ -157,7 +157,7 @@ def read_traces(path: str | Path, *, space: str | None = None,
     """Read and validate a trace file into long form (see the module docstring)."""
     import pandas as pd
 
-    from costmeter.models.spaces import arch_hash, get_space
+    from costmeter.models.spaces import arch_hash, get_space, space_names
 
     p = Path(path)
     if space is not None:
@@ -173,7 +173,7 @@ def read_traces(path: str | Path, *, space: str | None = None,
                           f"({' or '.join(ONNX_COLUMNS)}); columns found: {', '.join(columns[:10])}")
     if arch_col is not None and space is None:
         raise ConfigError(f"trace file {p.name} holds architectures ({arch_col!r}); pass the "
-                          "search space (--space nb201 or ofa_mbv3)")
+                          f"search space (--space with one of {', '.join(space_names())})")
     lat_cols, long_layout = _latency_columns(table, p, device)
     rows = np.arange(1, len(table) + 1)
     if long_layout and DEVICE_COLUMN not in columns and device is None:

@@ -110,6 +110,9 @@ def _from_item(item: Any) -> np.ndarray:
             raise ConfigError("fbnet: architecture dict needs the key 'op_idx_list' "
                               f"({N_LAYERS} block indices 0..{len(BLOCKS) - 1})")
         item = item["op_idx_list"]
+    if not isinstance(item, (Sequence, np.ndarray)):
+        raise ConfigError(f"fbnet: cannot read an architecture from a {type(item).__name__}; give "
+                          "a string like k5_e6|skip|..., 22 block names or 22 block indices")
     values = list(item)
     if len(values) != N_LAYERS:
         raise ConfigError(f"fbnet: architecture has {len(values)} layers, expected {N_LAYERS}")
