@@ -1,0 +1,75 @@
+"""The accuracy benchmark's FBNet parts: workload-identical pairs, the noise estimate from an
+additive fit, the whole-ms rounding ceiling, and a run on the fixture slice."""
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from types import ModuleType
+
+import numpy as np
+import pytest
+
+from costmeter.models.spaces import fbnet
+
+ROOT = Path(__file__).resolve().parents[1]
+FIXTURE = ROOT / "tests" / "fixtures" / "fbnet_slice.csv.gz"
+
+
+@pytest.fixture(scope="module")
+def bench() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("predictor_accuracy",
+                                                  ROOT / "benchmarks" / "predictor_accuracy.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_workload_identical_pairs(bench: ModuleType) -> None:
+    archs = fbnet.sample(6, seed=4)
+    blocks = archs[0].split("|")
+    within = blocks.copy()
+    within[2], within[4] = blocks[4], blocks[2]          # layers 3 and 5: stage 2, same shapes
+    across = blocks.copy()
+    across[1], across[2] = blocks[2], blocks[1]          # layer 2 is the stage's first layer
+    assert blocks[2] != blocks[4] and blocks[1] != blocks[2]
+    pairs = bench.duplicate_pairs("fbnet", archs + ["|".join(within), "|".join(across), archs[3]])
+    assert sorted(map(sorted, pairs.tolist())) == [[0, 6], [3, 8]]
+
+
+def _additive(n: int, noise: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    onehot = fbnet.features(fbnet.sample(n, seed=seed))[list(fbnet.onehot_feature_names())]
+    costs = rng.uniform(0.1, 1.0, onehot.shape[1])
+    y = onehot.to_numpy() @ costs * np.exp(rng.normal(0, noise, n))
+    return y, onehot.to_numpy()
+
+
+def test_additive_fit_noise_and_ceiling(bench: ModuleType) -> None:
+    exact, onehot = _additive(1200, 0.0)
+    noise, rho_max = bench.noise_from_additive_fit(exact, onehot, exact)
+    assert noise < 1e-6 and rho_max > 0.9999                  # an exact table sum: no noise
+    noisy, _ = _additive(1200, 0.05)
+    noise, rho_max = bench.noise_from_additive_fit(noisy, onehot, noisy)
+    assert 4.5 < noise < 7.0 and 0.8 < rho_max < 0.99         # 5% noise, plus the fit's own error
+    few = bench.noise_from_additive_fit(noisy[:300], onehot[:300], noisy[:300])
+    assert np.isnan(few).all()                                # too few rows per one-hot column
+
+
+def test_quantisation_ceiling(bench: ModuleType) -> None:
+    rng = np.random.default_rng(0)
+    assert np.isnan(bench.quantisation_ceiling(rng.uniform(10, 20, 100)))
+    narrow = np.round(rng.normal(30, 1.0, 2000))
+    wide = np.round(rng.normal(30, 10.0, 2000))
+    assert bench.quantisation_ceiling(narrow) < 0.97 < bench.quantisation_ceiling(wide)
+
+
+@pytest.mark.slow
+def test_benchmark_runs_on_the_fbnet_fixture(bench: ModuleType, capsys: pytest.CaptureFixture) -> None:
+    assert bench.main([str(FIXTURE), "--space", "fbnet", "--train", "40", "--n-jobs", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "60 architectures x 5 devices from fbnet_slice.csv.gz (fbnet" in out
+    for device in ("1080ti_1", "gold_6240", "pixel3", "samsung_a50", "titan_rtx_32"):
+        assert f"\n{device} " in out
+    assert "onehot-lin" in out and "forest meets rho >= 0.98" in out
+    assert "noise from additive-fit residuals (0 duplicate pairs" in out
