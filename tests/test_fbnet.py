@@ -129,3 +129,28 @@ def test_torch_network_layer_shapes_and_skips() -> None:
         model(torch.randn(2, 3, 32, 32))
     expected = [(2, int(c), int(h), int(h)) for c, h in zip(fbnet.LAYERS[:, 2], fbnet.LAYERS[:, 5])]
     assert shapes == expected
+
+
+def test_model_source_and_onnx_export_keep_a_dynamic_batch() -> None:
+    torch = pytest.importorskip("torch")
+    ort = pytest.importorskip("onnxruntime")
+    import io
+    import warnings
+
+    from costmeter.models.spaces import build_model, split_model_id
+
+    with pytest.raises(ConfigError, match="layer 3 \\(stage 2, block 2 of 4\\)"):
+        split_model_id("fbnet:" + "|".join(["skip", "skip", "k9_e1"] + ["skip"] * 19))
+    model, example = build_model(f"fbnet:{ALL_G2}")          # grouped convs + channel shuffles
+    assert tuple(example.shape) == (1, 3, 32, 32)
+    buffer = io.BytesIO()
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (example,), buffer, dynamo=False, opset_version=17,
+                          input_names=["input"], output_names=["output"],
+                          dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}})
+    session = ort.InferenceSession(buffer.getvalue(), providers=["CPUExecutionProvider"])
+    x = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        expected = model(x).numpy()
+    np.testing.assert_allclose(session.run(None, {"input": x.numpy()})[0], expected, atol=1e-4)
