@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from costmeter.errors import ConfigError, UnsupportedError
-from costmeter.models.spaces import fbnet, get_space, model_id, space_names
+from costmeter.errors import ConfigError
+from costmeter.models.spaces import enumerate_space, fbnet, get_space, model_id, space_names
 
 ALL_SKIP = "|".join(["skip"] * 22)
 ALL_BIG = "|".join(["k5_e6"] * 22)
@@ -19,8 +19,10 @@ def test_registered_with_the_protocol_attributes() -> None:
     assert fbnet.BLOCKS == ("k3_e1", "k3_e1_g2", "k3_e3", "k3_e6", "k5_e1", "k5_e1_g2", "k5_e3",
                             "k5_e6", "skip")
     assert fbnet.input_shape(ALL_SKIP, batch=4) == (4, 3, 32, 32)
-    with pytest.raises(UnsupportedError, match="use sample"):
-        fbnet.enumerate_archs()
+    assert fbnet.CAPABILITIES == frozenset()
+    with pytest.raises(ConfigError, match="'fbnet' is too large to enumerate"):
+        enumerate_space("fbnet")
+    np.testing.assert_array_equal(fbnet.to_array([ALL_SKIP]), np.full((1, 22), 8))
 
 
 def test_macro_network_shapes() -> None:

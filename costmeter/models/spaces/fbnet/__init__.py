@@ -37,7 +37,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from costmeter.errors import UnsupportedError
 from costmeter.models.spaces.fbnet.encoding import (
     BLOCKS,
     HEAD_WIDTH,
@@ -72,12 +71,15 @@ from costmeter.models.spaces.fbnet.analytic import (
 
 NAME = "fbnet"
 SIZE = len(BLOCKS) ** N_LAYERS  # 9^22, about 9.8e20
+#: optional parts (see :mod:`costmeter.models.spaces`): none yet -- far too large to enumerate
+#: or index; lookup-table blocks not written yet
+CAPABILITIES: frozenset[str] = frozenset()
 
 
-def enumerate_archs() -> list[str]:
-    """Not available: the space holds 9^22 architectures."""
-    raise UnsupportedError(f"fbnet has {SIZE:.3g} architectures and cannot be enumerated; "
-                           "use sample(n) instead")
+def to_array(archs: Any) -> Any:
+    """Canonical ``(n, 22)`` int8 op codes of many architectures (vectorised for canonical
+    strings; see :func:`~costmeter.models.spaces.fbnet.encoding.to_codes`)."""
+    return to_codes(archs)
 
 
 def input_shape(arch: Any = None, batch: int = 1) -> tuple[int, ...]:
@@ -95,6 +97,7 @@ def build_torch(arch: Any, num_classes: int = NUM_CLASSES) -> Any:
 
 __all__ = [
     "BLOCKS",
+    "CAPABILITIES",
     "FEATURE_SCHEMA_VERSION",
     "HEAD_WIDTH",
     "LAYERS",
@@ -110,7 +113,6 @@ __all__ = [
     "build_torch",
     "canonical",
     "check_codes",
-    "enumerate_archs",
     "feature_matrix",
     "feature_names",
     "features",
@@ -124,5 +126,6 @@ __all__ = [
     "parse",
     "sample",
     "sample_codes",
+    "to_array",
     "to_codes",
 ]
