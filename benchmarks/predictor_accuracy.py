@@ -40,9 +40,10 @@ noise drawn from the pairs' log ratios / sqrt(2) (both signs; mean of 5 draws). 
 noise does not depend on the architecture.
 Without duplicate pairs (FBNet), ``noise%`` and ``rho-max`` come from the 5-fold cross-validated
 residuals of the additive model (least squares of the latency in ms on the one-hot encoding,
-all architectures; needs 5 per one-hot column) instead, and ``dup±10`` is empty: those residuals hold the noise plus
-whatever the additive model misses, so that ``noise%`` is an upper bound and ``rho-max`` a lower
-bound on the ceiling (on pixel3, an exact sum of per-layer table entries, it is 1).
+all architectures; needs 5 per one-hot column) instead, and ``dup±10`` is empty: those
+residuals hold the noise plus whatever the additive model misses, so that ``noise%`` is an
+upper bound and ``rho-max`` a lower bound on the ceiling (on pixel3, an exact sum of per-layer
+table entries, it is 1).
 Columns recorded in whole milliseconds also get ``rho-q``: the ceiling that the rounding alone
 imposes (stand-ins: the measured values plus uniform noise of ±0.5 ms, rounded again).
 ``lag1`` is the autocorrelation of the forest's log residuals in the file's index order.
