@@ -14,7 +14,6 @@ drift of the machine cancels in their difference); otherwise the job's ``interle
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 import tempfile
 from collections.abc import Callable, Sequence
@@ -111,28 +110,22 @@ def run_batch(base: dict[str, Any], entries: list[dict[str, Any]], timeout_s: fl
     """Run one child on ``entries`` (each: key, onnx path, shape, inputs): (result lines, key of
     the last entry it started, environment, failure reason or None). Never raises for what the
     child does: a crash or timeout comes back as the failure reason."""
-    with tempfile.TemporaryDirectory(prefix="costmeter-batch-") as tmp:
-        job_path, out_path, err_path = (Path(tmp) / n for n in ("job.json", "out.jsonl", "err.txt"))
+    from costmeter.harness.launcher import launch, scratch_dir
+
+    with scratch_dir("batch-") as tmp:
+        job_path, out_path, err_path = (tmp / n for n in ("job.json", "out.jsonl", "err.txt"))
         job_path.write_text(json.dumps({**base, "entries": entries}))
-        failure = None
-        with open(err_path, "wb") as err:
-            proc = subprocess.Popen([sys.executable, "-m", "costmeter.harness.batch",
-                                     str(job_path), str(out_path)], stdin=subprocess.DEVNULL,
-                                    stdout=subprocess.DEVNULL, stderr=err, start_new_session=True)
-            try:
-                rc = proc.wait(timeout=timeout_s)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-                rc, failure = -9, f"timed out after {timeout_s:g} s"
+        done = launch([sys.executable, "-m", "costmeter.harness.batch", str(job_path), str(out_path)],
+                      timeout_s=timeout_s, stderr_path=err_path)
+        failure = f"timed out after {timeout_s:g} s" if done.timed_out else None
+        rc = -9 if done.timed_out else done.returncode
         records = [json.loads(line) for line in out_path.read_text().splitlines()
                    if line.strip()] if out_path.exists() else []
         env = next((r["environment"] for r in records if "environment" in r), {})
         started = next((r["started"] for r in reversed(records) if "started" in r), None)
         lines = [r for r in records if "key" in r]
         if failure is None and rc != 0:
-            tail = [ln for ln in err_path.read_text(errors="replace").splitlines() if ln.strip()]
-            failure = f"worker exited with code {rc}" + (f": {tail[-1][:200]}" if tail else "")
+            failure = done.describe("worker")
         return lines, started, env, failure
 
 
@@ -156,7 +149,8 @@ def _child(job_path: str, out_path: str) -> int:
     rng = np.random.default_rng(0)
     entries = job["entries"]
     group = max(1, int(job.get("interleave", 1)))
-    with open(out_path, "a") as out, tempfile.TemporaryDirectory(prefix="lut-block-") as tmp:
+    with open(out_path, "a") as out, \
+            tempfile.TemporaryDirectory(prefix="lut-block-", dir=Path(out_path).parent) as tmp:
         def emit(record: dict[str, Any]) -> None:
             out.write(json.dumps(record) + "\n")
             out.flush()

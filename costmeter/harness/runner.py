@@ -6,14 +6,16 @@ import hashlib
 import itertools
 import time
 import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, Iterator, Protocol
 
 from costmeter.devices.base import get_runtime, require_available
 from costmeter.errors import UnavailableError, UnsupportedError
 from costmeter.harness.config import RunConfig
+from costmeter.harness.launcher import RunFolder, active_folder, stop_on_signals, sweep_stale
 from costmeter.harness.worker import WorkerJob, WorkerOutcome, run_in_worker
 from costmeter.workdir import Workdir
 from costmeter.results.schema import (
@@ -117,19 +119,33 @@ class Runner:
         self._references: dict[tuple[str, int], list[Any] | None] = {}
 
     def run(self, jobs: list[PreparedJob], run_id: str | None = None, tag: str | None = None) -> list[RunResult]:
-        """Run every job; a failing job becomes a failed/unsupported result and the rest go on."""
+        """Run every job; a failing job becomes a failed/unsupported result and the rest go on.
+
+        The run owns a locked folder under ``Workdir.tmp`` (see :mod:`costmeter.harness.launcher`);
+        what dead runs left there is cleaned first. Ctrl-C and SIGTERM stop it cleanly
+        (KeyboardInterrupt propagates after the children are killed and the folder removed)."""
         run_id = run_id or new_run_id()
         results: list[RunResult] = []
-        for i, job in enumerate(jobs):
-            if self.progress:
-                self.progress(i, len(jobs), job.config, None)
-            result = self.run_one(job, run_id, tag)
-            if self.sink is not None:
-                self.sink.write(result)
-            results.append(result)
-            if self.progress:
-                self.progress(i + 1, len(jobs), job.config, result)
+        with self.run_folder(run_id):
+            for i, job in enumerate(jobs):
+                if self.progress:
+                    self.progress(i, len(jobs), job.config, None)
+                result = self.run_one(job, run_id, tag)
+                if self.sink is not None:
+                    self.sink.write(result)
+                results.append(result)
+                if self.progress:
+                    self.progress(i + 1, len(jobs), job.config, result)
         return results
+
+    @contextmanager
+    def run_folder(self, run_id: str) -> Iterator[RunFolder]:
+        """Sweep what dead runs left, then hold this run's folder (and turn SIGTERM/SIGHUP into
+        KeyboardInterrupt) until the block ends."""
+        tmp = Workdir.of(self.workdir).tmp
+        sweep_stale(tmp)
+        with stop_on_signals(), RunFolder(tmp, run_id) as folder:
+            yield folder
 
     def run_one(self, job: PreparedJob, run_id: str, tag: str | None = None) -> RunResult:
         """Prepare the artifact, run all processes, assemble and judge the result."""
@@ -149,7 +165,8 @@ class Runner:
         except UnsupportedError as exc:
             return RunResult(status=Status.UNSUPPORTED, error=str(exc), finished_at=_now(), **base)
         parity = cfg.check_outputs and job.source is not None and job.source.has_torch()
-        outs_dir = Workdir.of(self.workdir).tmp
+        folder = active_folder()
+        outs_dir = folder.path if folder is not None else Workdir.of(self.workdir).tmp
         outs_dir.mkdir(parents=True, exist_ok=True)
         outcomes: list[WorkerOutcome] = []
         for p in range(cfg.processes):

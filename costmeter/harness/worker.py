@@ -9,12 +9,8 @@ cannot corrupt the result.
 from __future__ import annotations
 
 import json
-import os
 import resource
-import signal
-import subprocess
 import sys
-import tempfile
 import time
 import traceback
 from dataclasses import asdict, dataclass, field
@@ -47,57 +43,23 @@ class WorkerOutcome:
 
 
 def run_in_worker(job: WorkerJob, timeout_s: float, python: str = sys.executable) -> WorkerOutcome:
-    """Run ``job`` in a fresh process; never raises for anything the child does."""
-    with tempfile.TemporaryDirectory(prefix="costmeter-job-") as tmp:
-        job_path = Path(tmp) / "job.json"
-        out_path = Path(tmp) / "outcome.json"
-        err_path = Path(tmp) / "stderr.txt"
+    """Run ``job`` in a fresh process started by the launcher (its own process group, killed with
+    the parent; files in the run's folder); never raises for anything the child does."""
+    from costmeter.harness.launcher import launch, scratch_dir
+
+    with scratch_dir("job-") as tmp:
+        job_path = tmp / "job.json"
+        out_path = tmp / "outcome.json"
         job_path.write_text(json.dumps(asdict(job)))
-        start = time.perf_counter()
-        with open(err_path, "wb") as err:
-            proc = subprocess.Popen(
-                [python, "-m", "costmeter.harness.worker", str(job_path), str(out_path)],
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=err,
-                start_new_session=True,
-            )
-            try:
-                rc = proc.wait(timeout=timeout_s)
-            except subprocess.TimeoutExpired:
-                _kill_group(proc)
-                return WorkerOutcome("failed", f"timed out after {timeout_s:g} s; raise --timeout or lower --max-time",
-                                     wall_s=time.perf_counter() - start)
-        wall = time.perf_counter() - start
-        if out_path.exists() and rc == 0:
+        done = launch([python, "-m", "costmeter.harness.worker", str(job_path), str(out_path)],
+                      timeout_s=timeout_s, stderr_path=tmp / "stderr.txt")
+        if done.timed_out:
+            return WorkerOutcome("failed", f"timed out after {timeout_s:g} s; raise --timeout or lower "
+                                           "--max-time", wall_s=done.wall_s)
+        if out_path.exists() and done.returncode == 0:
             data = json.loads(out_path.read_text())
-            return WorkerOutcome(data.pop("status"), data.pop("error", None), data, wall)
-        return WorkerOutcome("failed", _describe_exit(rc, err_path), wall_s=wall)
-
-
-def _kill_group(proc: subprocess.Popen) -> None:
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    proc.wait()
-
-
-def _describe_exit(rc: int, err_path: Path) -> str:
-    tail = ""
-    if err_path.exists():
-        lines = [ln for ln in err_path.read_text(errors="replace").splitlines() if ln.strip()]
-        tail = lines[-1][:300] if lines else ""
-    if rc < 0:
-        sig = signal.Signals(-rc).name
-        hint = {
-            "SIGSEGV": "segmentation fault in the runtime",
-            "SIGKILL": "killed (likely out of memory: the kernel's OOM killer sends SIGKILL)",
-            "SIGABRT": "aborted by the runtime",
-            "SIGBUS": "bus error in the runtime",
-        }.get(sig, "terminated by a signal")
-        return f"worker died with {sig}: {hint}" + (f"; last stderr line: {tail}" if tail else "")
-    return f"worker exited with code {rc}" + (f": {tail}" if tail else " without a result")
+            return WorkerOutcome(data.pop("status"), data.pop("error", None), data, done.wall_s)
+        return WorkerOutcome("failed", done.describe("worker"), wall_s=done.wall_s)
 
 
 # ----------------------------------------------------------------------------- child side

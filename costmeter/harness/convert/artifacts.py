@@ -25,7 +25,6 @@ import os
 import platform
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -101,14 +100,17 @@ def host_cpu_fingerprint(cpuinfo: str = "/proc/cpuinfo") -> str:
 
 
 def convert(kind: str, source: Any, workdir: Path | str, batch: int, options: dict[str, str] | None = None,
-            *, run: CommandRunner = subprocess.run) -> Converted:
+            *, run: CommandRunner | None = None) -> Converted:
     """Convert ``source`` (a ModelSource) for ``kind`` at ``batch``; cached by content hash.
 
     Raises UnavailableError when the converter is missing and UnsupportedError when it rejects
-    the model (the runner records an ``unsupported`` result). ``run`` is the process seam.
+    the model (the runner records an ``unsupported`` result). ``run`` is the process seam
+    (default: the launcher, :func:`costmeter.harness.launcher.launched_run`).
     """
+    from costmeter.harness.launcher import launched_run
     from costmeter.models.export import cached_artifact
 
+    run = run or launched_run
     if kind not in CONVERTED_KINDS:
         raise ConfigError(f"no converter for artifact kind {kind!r}; use one of {', '.join(CONVERTED_KINDS)}")
     problem = converter_problem(kind)
@@ -185,10 +187,12 @@ def _run_child(request: dict[str, Any], out: Path, python: str, run: CommandRunn
     """Run one conversion in a child process; its reply's ``meta``, or UnsupportedError."""
     import costmeter
 
-    with tempfile.TemporaryDirectory(prefix="costmeter-convert-") as tmp:
-        request_path = Path(tmp) / "request.json"
-        reply_path = Path(tmp) / "reply.json"
-        log_path = Path(tmp) / "log.txt"
+    from costmeter.harness.launcher import scratch_dir
+
+    with scratch_dir("convert-") as tmp:
+        request_path = tmp / "request.json"
+        reply_path = tmp / "reply.json"
+        log_path = tmp / "log.txt"
         request_path.write_text(json.dumps({**request, "out": str(out), "reply": str(reply_path)}))
         env = dict(os.environ)
         root = str(Path(costmeter.__file__).resolve().parent.parent)
