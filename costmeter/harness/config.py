@@ -145,6 +145,119 @@ class RunConfig:
         return cls(protocol=ProtocolConfig(**proto), **d)
 
 
+@dataclass(frozen=True)
+class ModelGroup:
+    """One ``[[models]]`` entry of a suite: its model specs (sampled architectures already
+    drawn) and the matrix axes it overrides (None: the suite's). ``line`` is its line in the
+    suite file (for messages)."""
+
+    specs: tuple[str, ...]
+    devices: tuple[str, ...] | None = None
+    runtimes: tuple[str, ...] | None = None
+    batches: tuple[int, ...] | None = None
+    threads: tuple[int | None, ...] | None = None
+    line: int = 0
+
+
+@dataclass(frozen=True)
+class SuiteJob:
+    """One expanded job of a suite: its key (stable hash of what it measures), label, config."""
+
+    key: str
+    label: str
+    config: RunConfig
+
+
+@dataclass(frozen=True)
+class SuiteConfig:
+    """A benchmark suite (TOML, see :mod:`costmeter.harness.suite_file`): models x devices x
+    runtimes x batches x threads under one protocol, run by ``bench suite run`` and
+    ``bench nightly``. Validated on construction; :meth:`expand` gives the jobs.
+
+    ``suite_id`` names the suite in the store; ``tag`` labels its results (``--tag`` wins);
+    ``repository`` is the git checkout whose HEAD is the code under test (``--sha`` wins);
+    ``python_path`` lists folders from which workers may import ``pkg.module:function`` models;
+    ``options`` maps a runtime to its runtime options; ``timeout_s`` (s) bounds each worker;
+    ``retry_window_s`` (s) is how long a result is retried before it is spooled and
+    ``busy_timeout_s`` (s) how long a SQLite writer waits for a lock within each try.
+    """
+
+    suite_id: str
+    models: tuple[ModelGroup, ...]
+    devices: tuple[str, ...] = ("cpu",)
+    runtimes: tuple[str, ...] = ("onnxruntime",)
+    batches: tuple[int, ...] = (1,)
+    threads: tuple[int | None, ...] = (None,)
+    options: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = ()
+    protocol: ProtocolConfig = field(default_factory=ProtocolConfig)
+    tag: str | None = None
+    repository: str | None = None
+    python_path: tuple[str, ...] = ()
+    processes: int = 1
+    timeout_s: float = 600.0
+    parity: bool = True
+    retry_window_s: float = 120.0
+    busy_timeout_s: float = 30.0
+    path: str = ""
+    sha256: str = ""
+
+    def __post_init__(self) -> None:
+        _check(bool(re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}", self.suite_id)),
+               f"suite id {self.suite_id!r} must be letters, digits, '.', '_' or '-' (at most 128)")
+        _check(bool(self.models), "a suite needs at least one [[models]] entry")
+        for name, values in (("devices", self.devices), ("runtimes", self.runtimes),
+                             ("batches", self.batches), ("threads", self.threads)):
+            _check(bool(values), f"suite {name} is empty; list at least one")
+        for device in self.devices + tuple(d for g in self.models for d in g.devices or ()):
+            DeviceSpec.parse(device)
+        _check(self.processes >= 1, f"processes must be >= 1 (got {self.processes})")
+        _check(self.timeout_s > 0, "timeout_s must be > 0 s")
+        _check(self.retry_window_s >= 0, "retry_window_s must be >= 0 s")
+        _check(self.busy_timeout_s > 0, "busy_timeout_s must be > 0 s")
+
+    def runtime_options(self, runtime: str) -> tuple[tuple[str, str], ...]:
+        """The runtime options the suite sets for ``runtime``."""
+        return dict(self.options).get(runtime, ())
+
+    def expand(self, workdir: str | Path) -> list[SuiteJob]:
+        """Every job, in file order: each model group x devices x runtimes x batches x threads.
+
+        Raises ConfigError when two entries expand to the same job (a model listed twice)."""
+        import hashlib
+        import itertools
+        import json
+
+        jobs: list[SuiteJob] = []
+        seen: dict[str, int] = {}
+        for group in self.models:
+            axes = (group.specs, group.devices or self.devices, group.runtimes or self.runtimes,
+                    group.batches or self.batches, group.threads or self.threads)
+            for model, device, runtime, batch, threads in itertools.product(*axes):
+                cfg = RunConfig(model=model, device=device, runtime=runtime, batch=batch,
+                                threads=threads, options=self.runtime_options(runtime),
+                                protocol=self.protocol, processes=self.processes,
+                                timeout_s=self.timeout_s, workdir=str(workdir),
+                                check_outputs=self.parity, tag=self.tag)
+                identity = {k: v for k, v in cfg.to_dict().items() if k not in ("workdir", "tag")}
+                blob = json.dumps([self.suite_id, identity], sort_keys=True).encode()
+                key = hashlib.sha256(blob).hexdigest()[:24]
+                if key in seen:
+                    raise ConfigError(
+                        f"{self.path or 'suite'} line {group.line}: {model} on {runtime}@{device} "
+                        f"b{batch} is already listed (line {seen[key]}); list each model once")
+                seen[key] = group.line
+                label = f"{model}/{runtime}@{device} b{batch} t{threads or 'auto'}"
+                jobs.append(SuiteJob(key, label, cfg))
+        return jobs
+
+    @classmethod
+    def from_toml(cls, path: str | Path) -> SuiteConfig:
+        """Read and validate a suite file (see :mod:`costmeter.harness.suite_file`)."""
+        from costmeter.harness.suite_file import load_suite
+
+        return load_suite(path)
+
+
 _DEVICE_RE = re.compile(r"^(cpu|fake|cuda(?::(\d+))?)$")
 REMOTE_KINDS = ("ssh", "adb")
 

@@ -49,7 +49,7 @@ from typing import IO, Any
 MARKER_ENV = "COSTMETER_RUN_DIR"
 RUN_PREFIX = "run-"
 LOCK_NAME = "lock"
-STDERR_TAIL_LINES = 8
+STDERR_TAIL_LINES = 40
 _PR_SET_PDEATHSIG = 1
 
 try:  # loaded once in the parent: nothing but the prctl call happens between fork and exec
@@ -82,9 +82,20 @@ class Exit:
             text = f"{what} died with {name} ({_SIGNAL_HINTS.get(name, 'terminated by a signal')})"
         else:
             text = f"{what} exited with code {self.returncode}"
-        if self.stderr_tail:
-            text += "; last stderr: " + " | ".join(line[:200] for line in self.stderr_tail[-3:])
+        shown = _telling_lines(self.stderr_tail)
+        if shown:
+            text += "; last stderr: " + " | ".join(line.strip()[:200] for line in shown)
         return text
+
+
+def _telling_lines(lines: list[str]) -> list[str]:
+    """The stderr lines that say most: a fatal error with its innermost frame (Python's
+    faulthandler), else the last three lines."""
+    fatal = next((i for i, ln in enumerate(lines) if ln.startswith("Fatal Python error")), None)
+    if fatal is None:
+        return [ln for ln in lines if not ln.startswith("Extension modules:")][-3:]
+    frame = next((ln for ln in lines[fatal:] if ln.strip().startswith('File "')), None)
+    return [lines[fatal]] + ([frame] if frame else [])
 
 
 _SIGNAL_HINTS = {

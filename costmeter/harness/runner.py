@@ -16,7 +16,14 @@ from costmeter.devices.base import get_runtime, require_available
 from costmeter.errors import UnavailableError, UnsupportedError
 from costmeter.harness.config import RunConfig
 from costmeter.harness.launcher import RunFolder, active_folder, stop_on_signals, sweep_stale
-from costmeter.harness.worker import WorkerJob, WorkerOutcome, run_in_worker
+from costmeter.harness.worker import (
+    InspectedSource,
+    InspectFailure,
+    WorkerJob,
+    WorkerOutcome,
+    inspect_python_model,
+    run_in_worker,
+)
 from costmeter.workdir import Workdir
 from costmeter.results.schema import (
     BenchKey,
@@ -41,13 +48,17 @@ Progress = Callable[[int, int, RunConfig, "RunResult | None"], None]
 
 @dataclass
 class PreparedJob:
-    """A validated benchmark: its config, model source (None for artifact-less runtimes), runtime."""
+    """A validated benchmark: its config, model source (None for artifact-less runtimes and
+    for a python model whose inspection crashed), runtime. ``failure`` (with ``model_id``) makes
+    the job a failed result without running it: the model could not be built."""
 
     config: RunConfig
     source: Any
     artifact_kind: str
     model_hash: str
     input_shape: tuple[int, ...]
+    failure: str | None = None
+    model_id: str | None = None
 
 
 def expand(base: RunConfig, models: list[str], runtimes: list[str], batches: list[int],
@@ -63,9 +74,13 @@ def expand(base: RunConfig, models: list[str], runtimes: list[str], batches: lis
 def validate(configs: list[RunConfig]) -> list[PreparedJob]:
     """Check every config before anything runs: device, runtime (installed?), model.
 
-    Raises ConfigError/UnavailableError with a one-line fix; nothing is written on failure.
+    Built-in models and ONNX files are resolved here; ``pkg.module:function`` models are
+    imported, called and measured (params, MACs, inputs) in a child process through the
+    launcher, so user code never runs in this process: a child that crashes makes that model's
+    jobs failed results, and the run goes on. Raises ConfigError/UnavailableError with a
+    one-line fix; nothing is written on failure.
     """
-    from costmeter.models.source import resolve_model
+    from costmeter.models.source import python_target, resolve_model
 
     sources: dict[str, Any] = {}
     jobs: list[PreparedJob] = []
@@ -79,13 +94,29 @@ def validate(configs: list[RunConfig]) -> list[PreparedJob]:
             jobs.append(PreparedJob(cfg, None, "none", digest, (cfg.batch,)))
             continue
         if cfg.model not in sources:
-            sources[cfg.model] = resolve_model(cfg.model)
+            target = python_target(cfg.model)
+            sources[cfg.model] = resolve_model(cfg.model) if target is None else \
+                _inspect(cfg.model, [c for c in configs if c.model == cfg.model])
         src = sources[cfg.model]
+        failure = src.error if isinstance(src, InspectFailure) else \
+            src.batch_error(cfg.batch) if isinstance(src, InspectedSource) else None
+        if failure is not None:
+            digest = hashlib.sha256(cfg.model.encode()).hexdigest()[:16]
+            model_id = src.model_id
+            jobs.append(PreparedJob(cfg, None, runtime.artifact_kind, digest, (cfg.batch,), failure, model_id))
+            continue
         shape = (cfg.batch, *src.inputs[0].shape)
         jobs.append(PreparedJob(cfg, src, runtime.artifact_kind, src.content_hash(), shape))
     return jobs
 
 
+def _inspect(spec: str, configs: list[RunConfig]) -> InspectedSource | InspectFailure:
+    """Inspect a python model in a child at every batch its configs ask for."""
+    kinds = {get_runtime(c.device_kind, c.runtime).artifact_kind for c in configs}
+    return inspect_python_model(spec, [c.batch for c in configs], configs[0].workdir,
+                                export_onnx=bool(kinds & {"onnx", "tvm"}),
+                                parity=any(c.check_outputs for c in configs),
+                                timeout_s=max(c.timeout_s for c in configs))
 
 
 def check_runtime(cfg: RunConfig) -> str:
@@ -157,6 +188,8 @@ class Runner:
             info["name"] = job.source.display_name
         base = dict(key=key, run_id=run_id, tag=tag or cfg.tag, started_at=started, model_info=info)
         extra: dict[str, Any] = {}
+        if job.failure is not None:
+            return RunResult(status=Status.FAILED, error=job.failure, finished_at=_now(), **base)
         try:
             t0 = time.perf_counter()
             artifact_path = self._artifact(job, extra)
@@ -222,7 +255,9 @@ class Runner:
 
         ref_key = (job.model_hash, job.config.batch)
         if ref_key not in self._references:
-            self._references[ref_key] = torch_reference(job.source, inputs_path)
+            reference = getattr(job.source, "reference_outputs", None)  # computed in a child
+            self._references[ref_key] = reference(job.config.batch) if reference is not None \
+                else torch_reference(job.source, inputs_path)
         ref = self._references[ref_key]
         with np.load(outputs_path) as npz:
             got = [npz[f"arr_{i}"] for i in range(len(npz.files))]
@@ -329,7 +364,8 @@ def _merge_energy(readings: list[dict[str, Any]], runs: int, warnings: list[str]
 def make_key(job: PreparedJob) -> BenchKey:
     """The BenchKey of a prepared job (dtype is the compute precision, float32 unless set)."""
     cfg = job.config
-    return BenchKey(model_id=job.source.model_id if job.source is not None else cfg.model,
+    model_id = job.source.model_id if job.source is not None else job.model_id or cfg.model
+    return BenchKey(model_id=model_id,
                     model_hash=job.model_hash, device=cfg.device, runtime=cfg.runtime, batch=cfg.batch,
                     input_shape=job.input_shape, dtype=dict(cfg.options).get("precision", "float32"),
                     threads=cfg.threads, options=cfg.options)

@@ -62,11 +62,183 @@ def run_in_worker(job: WorkerJob, timeout_s: float, python: str = sys.executable
         return WorkerOutcome("failed", done.describe("worker"), wall_s=done.wall_s)
 
 
+# ----------------------------------------------------------------------- model inspection
+
+
+class InspectedSource:
+    """A ``pkg.module:function`` model as a child process saw it: what the parent needs
+    (id, inputs, content hash, params/MACs, cached inputs, torch reference outputs, the ONNX
+    export in the cache) without importing or calling the user's code here.
+
+    ``build_torch`` refuses: user code runs in worker processes only.
+    """
+
+    kind = "python"
+    onnx_path = None
+    fixed_batch = None
+    display_name = None
+
+    def __init__(self, reply: dict[str, Any]) -> None:
+        from costmeter.models.source import InputSpec
+
+        self.model_id = str(reply["model_id"])
+        self.target = str(reply["target"])
+        self.inputs = [InputSpec(d["name"], tuple(d["shape"]), d["dtype"], d.get("low"), d.get("high"))
+                       for d in reply["inputs"]]
+        self._hash = str(reply["content_hash"])
+        self._info = dict(reply["info"])
+        self.batches: dict[int, dict[str, Any]] = {int(b): e for b, e in reply["batches"].items()}
+        self.export_error = reply.get("onnx_error")
+
+    def has_torch(self) -> bool:
+        return True
+
+    def content_hash(self) -> str:
+        return self._hash
+
+    def info(self) -> dict[str, Any]:
+        return dict(self._info)
+
+    def batch_error(self, batch: int) -> str | None:
+        """Why inputs could not be built at ``batch`` (None when they were)."""
+        entry = self.batches.get(int(batch))
+        return "inputs were not built at this batch" if entry is None else entry.get("error")
+
+    def example_inputs(self, batch: int, seed: int = 0) -> dict[str, Any]:
+        """The inputs the child built at ``batch`` (seed 0), loaded from the inputs cache."""
+        import numpy as np
+
+        entry = self.batches.get(int(batch)) or {}
+        if seed != 0 or "inputs" not in entry:
+            raise UnsupportedError(f"{self.model_id}: inputs at batch {batch} were not built in its "
+                                   "worker; python models are built in worker processes only")
+        with np.load(entry["inputs"]) as npz:
+            return {name: npz[name] for name in npz.files}
+
+    def reference_outputs(self, batch: int) -> list[Any] | None:
+        """Torch eager outputs on the batch's inputs (computed in the child), or None."""
+        import numpy as np
+
+        path = (self.batches.get(int(batch)) or {}).get("reference")
+        if not path or not Path(path).is_file():
+            return None
+        with np.load(path) as npz:
+            return [npz[f"arr_{i}"] for i in range(len(npz.files))]
+
+    def build_torch(self) -> Any:
+        raise UnsupportedError(self.export_error or f"{self.model_id} is user code; it is built in "
+                               "worker processes only")
+
+
+@dataclass
+class InspectFailure:
+    """A python model whose inspection child crashed: every job of it becomes a failed result."""
+
+    model_id: str
+    error: str
+
+
+def inspect_python_model(spec: str, batches: list[int], workdir: str, *, export_onnx: bool,
+                         parity: bool, timeout_s: float) -> InspectedSource | InspectFailure:
+    """Import and call ``spec`` (``pkg.module:function``) in a child started by the launcher:
+    build the module, count params and MACs, hash it, build inputs (and torch's reference
+    outputs) at each batch, export ONNX when asked. ConfigError when the child reports bad
+    input (import error, wrong return type); an :class:`InspectFailure` (signal, exit code and
+    last stderr lines) when it crashes, so the run goes on."""
+    from costmeter.errors import ConfigError
+    from costmeter.harness.launcher import launch, scratch_dir
+
+    target = spec.removeprefix("py:")
+    with scratch_dir("inspect-") as tmp:
+        request, reply_path = tmp / "request.json", tmp / "reply.json"
+        request.write_text(json.dumps({"spec": spec, "batches": sorted(set(batches)),
+                                       "workdir": workdir, "onnx": export_onnx, "parity": parity}))
+        done = launch([sys.executable, "-m", "costmeter.harness.worker", "--inspect", str(request),
+                       str(reply_path)], timeout_s=timeout_s, stderr_path=tmp / "stderr.txt")
+        reply = json.loads(reply_path.read_text()) if reply_path.exists() and done.ok else None
+    if reply is None:
+        return InspectFailure(f"py:{target}", f"building model {target}: "
+                              + done.describe("its worker", timeout_s))
+    if reply["status"] == "config":
+        raise ConfigError(reply["error"])
+    if reply["status"] != "ok":
+        return InspectFailure(f"py:{target}", f"building model {target}: {reply['error']}")
+    return InspectedSource({**reply, "target": target})
+
+
+def _inspect_main(request_path: str, reply_path: str) -> int:
+    """Child side of :func:`inspect_python_model`."""
+    import faulthandler
+
+    from costmeter.errors import ConfigError
+
+    faulthandler.enable()  # a crash in user code leaves its Python stack on stderr
+
+    request = json.loads(Path(request_path).read_text())
+    try:
+        reply = _inspect(request)
+    except ConfigError as exc:
+        reply = {"status": "config", "error": str(exc)}
+    except Exception as exc:  # user code: report what it raised
+        reply = {"status": "failed", "error": f"{type(exc).__name__}: {str(exc).strip()[:300]}"}
+    tmp = Path(reply_path + ".tmp")
+    tmp.write_text(json.dumps(reply, default=str))
+    tmp.replace(reply_path)
+    return 0
+
+
+def _inspect(request: dict[str, Any]) -> dict[str, Any]:
+    import numpy as np
+
+    from costmeter.errors import ConfigError
+    from costmeter.models.export import export_onnx
+    from costmeter.models.source import resolve_model
+    from costmeter.workdir import Workdir
+
+    source = resolve_model(request["spec"])
+    digest = source.content_hash()
+    cache = Workdir.of(request["workdir"]).inputs_cache
+    cache.mkdir(parents=True, exist_ok=True)
+    batches: dict[str, dict[str, Any]] = {}
+    for batch in request["batches"]:
+        path, reference = cache / f"{digest}-b{batch}.npz", cache / f"{digest}-b{batch}-torch.npz"
+        try:
+            if not path.exists():
+                staged = path.with_suffix(".tmp.npz")
+                np.savez(staged, **source.example_inputs(batch))
+                staged.replace(path)
+            entry: dict[str, Any] = {"inputs": str(path)}
+            if request.get("parity"):
+                from costmeter.harness.runner import torch_reference
+
+                outputs = torch_reference(source, str(path))
+                np.savez(reference, *[np.asarray(o) for o in outputs or []])
+                entry["reference"] = str(reference)
+        except MemoryError:
+            entry = {"error": f"building inputs at batch {batch} ran out of memory; use a smaller batch"}
+        except ConfigError as exc:
+            entry = {"error": str(exc)}
+        batches[str(batch)] = entry
+    reply: dict[str, Any] = {"status": "ok", "model_id": source.model_id, "content_hash": digest,
+                             "inputs": [spec.to_dict() for spec in source.inputs],
+                             "info": source.info(), "batches": batches}
+    if request.get("onnx"):
+        try:
+            reply["onnx"] = str(export_onnx(source, request["workdir"]))
+        except UnsupportedError as exc:
+            reply["onnx_error"] = str(exc)
+    return reply
+
+
 # ----------------------------------------------------------------------------- child side
 
 
 def _child_main(job_path: str, out_path: str) -> int:
+    import faulthandler
+
     import psutil
+
+    faulthandler.enable()
 
     baseline_rss = psutil.Process().memory_info().rss
     job = WorkerJob(**json.loads(Path(job_path).read_text()))
@@ -219,4 +391,6 @@ def make_energy_meter(device: str) -> tuple[Any, str]:
 
 
 if __name__ == "__main__":
+    if sys.argv[1] == "--inspect":
+        raise SystemExit(_inspect_main(sys.argv[2], sys.argv[3]))
     raise SystemExit(_child_main(sys.argv[1], sys.argv[2]))

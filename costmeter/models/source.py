@@ -246,6 +246,22 @@ def resolve_model(spec: str) -> ModelSource:
     )
 
 
+def python_target(spec: str) -> str | None:
+    """``pkg.module:function`` when :func:`resolve_model` would import and call a python
+    callable for ``spec``, else None. Imports nothing of the user's (the harness then inspects
+    the model in a child process). ConfigError for a malformed search-space architecture."""
+    from costmeter.models import families
+    from costmeter.models.spaces import split_model_id
+
+    spec = str(spec).strip()
+    if not spec or spec in zoo.zoo_entries() or spec.lower().endswith(".onnx") or os.path.isfile(spec):
+        return None
+    if families.is_variant(spec) or split_model_id(spec) is not None:
+        return None
+    target = spec.removeprefix("py:")
+    return target if ":" in target else None
+
+
 def _resolve_built_in(spec: str) -> ModelSource | None:
     """A search-space architecture (``nb201:|...|``) or a family variant
     (``resnet:w=..,d=..,r=..``) under its canonical id; None for other specs. ConfigError when

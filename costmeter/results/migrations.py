@@ -9,7 +9,8 @@ Version 0 is a database without costmeter tables: a new store, or one whose ``me
 records 0. Version 1 -> 2 keeps the tables and rewrites model ids to the stable ids of
 :mod:`costmeter.results.legacy_ids` (``onnx:<file stem>`` of collected architectures becomes
 ``space:<arch>``; other ONNX files become ``onnx:<content hash>``), recomputing each row's key
-digest. (When a version changes the tables, freeze the older definitions inside the migration
+digest. Version 2 -> 3 adds the ``result_ids``, ``suite_runs``, ``suite_jobs`` and ``imports``
+tables of :mod:`costmeter.results.journal`. (When a version changes the tables, freeze the older definitions inside the migration
 that creates them: :func:`_migrate_0_to_1` must keep creating version 1.)
 """
 from __future__ import annotations
@@ -24,7 +25,7 @@ from sqlalchemy import Connection, delete, insert, inspect, select, text, update
 from costmeter.errors import StoreError
 from costmeter.results.tables import meta_table, metadata, results_table, samples_table
 
-STORE_VERSION = 2
+STORE_VERSION = 3
 VERSION_KEY = "store_version"
 # Serializes concurrent upgrades of one PostgreSQL database (any constant works; "costm").
 _PG_UPGRADE_LOCK_ID = 0x636F73746D
@@ -70,8 +71,16 @@ def _migrate_1_to_2(conn: Connection) -> None:
         conn.execute(insert(meta_table).values(name=UNRESOLVED_KEY, value=json.dumps(unresolved)))
 
 
+def _migrate_2_to_3(conn: Connection) -> None:
+    """Result UUIDs (written at most once), the suite journal and the import ledger (see
+    :mod:`costmeter.results.journal`); results and samples are unchanged."""
+    from costmeter.results.journal import V3_TABLES
+
+    metadata.create_all(conn, tables=list(V3_TABLES))
+
+
 UNRESOLVED_KEY = "unresolved_v1_model_ids"
-MIGRATIONS: dict[int, Migration] = {0: _migrate_0_to_1, 1: _migrate_1_to_2}
+MIGRATIONS: dict[int, Migration] = {0: _migrate_0_to_1, 1: _migrate_1_to_2, 2: _migrate_2_to_3}
 
 
 def read_version(conn: Connection) -> int:

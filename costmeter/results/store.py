@@ -19,7 +19,14 @@ import numpy as np
 import pandas as pd
 from sqlalchemy import Connection, Engine, create_engine, event, insert, or_, select
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError, DBAPIError, SQLAlchemyError
+from sqlalchemy.exc import (
+    ArgumentError,
+    DBAPIError,
+    IntegrityError,
+    InterfaceError,
+    OperationalError,
+    SQLAlchemyError,
+)
 
 from costmeter.errors import ConfigError, StoreError
 from costmeter.results import migrations
@@ -41,7 +48,12 @@ _WRITE_OPTION = "costmeter_write"
 _OPEN_FIX = "check the URL or use --store sqlite:///path.db"
 _ID_CHUNK = 500  # result ids per IN (...) when loading samples
 
-__all__ = ["FRAME_COLUMNS", "ResultStore", "default_store_url", "frame_from_results"]
+__all__ = ["FRAME_COLUMNS", "ResultStore", "StoreBusy", "default_store_url", "frame_from_results"]
+
+
+class StoreBusy(StoreError):
+    """The store could not take a write just now (locked, unreachable, connection lost): worth
+    retrying later, unlike a write the database refuses for its content."""
 
 _JSON_COLUMNS = ("memory_json", "energy_json", "environment_json", "model_info_json", "extra_json")
 
@@ -76,8 +88,8 @@ def _display_url(url: str) -> str:
         return url
 
 
-def _create_engine(url: str, display: str) -> Engine:
-    """Engine for ``url``; SQLite gets WAL, a busy timeout and IMMEDIATE write transactions."""
+def _create_engine(url: str, display: str, busy_timeout_s: float = SQLITE_BUSY_TIMEOUT_S) -> Engine:
+    """Engine for ``url``; SQLite gets WAL, a busy timeout (s) and IMMEDIATE write transactions."""
     try:
         parsed = make_url(url)
         if parsed.get_backend_name() == "sqlite":
@@ -85,7 +97,7 @@ def _create_engine(url: str, display: str) -> Engine:
             if database and database != ":memory:" and not database.startswith("file:"):
                 Path(database).parent.mkdir(parents=True, exist_ok=True)
             engine = create_engine(parsed)
-            _configure_sqlite(engine)
+            _configure_sqlite(engine, busy_timeout_s)
             return engine
         connect_args: dict[str, Any] = {}
         if parsed.get_backend_name() == "postgresql":
@@ -95,12 +107,12 @@ def _create_engine(url: str, display: str) -> Engine:
         raise StoreError(f"cannot open store {display}: {_reason(exc)}; {_OPEN_FIX}") from exc
 
 
-def _configure_sqlite(engine: Engine) -> None:
+def _configure_sqlite(engine: Engine, busy_timeout_s: float) -> None:
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
         dbapi_connection.isolation_level = None  # SQLAlchemy emits BEGIN itself (below)
         cursor = dbapi_connection.cursor()
-        cursor.execute(f"PRAGMA busy_timeout = {int(SQLITE_BUSY_TIMEOUT_S * 1000)}")
+        cursor.execute(f"PRAGMA busy_timeout = {int(busy_timeout_s * 1000)}")
         cursor.execute("PRAGMA journal_mode = WAL")
         cursor.execute("PRAGMA foreign_keys = ON")
         cursor.close()
@@ -109,6 +121,29 @@ def _configure_sqlite(engine: Engine) -> None:
     def _on_begin(conn: Connection) -> None:
         write = conn.get_execution_options().get(_WRITE_OPTION, False)
         conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+
+
+def insert_result(conn: Connection, row: dict[str, Any], processes: list[dict[str, Any]]) -> int:
+    """Insert one ``results`` row and its ``samples`` rows in the caller's transaction."""
+    inserted = conn.execute(insert(results_table).values(row))
+    result_id = int(inserted.inserted_primary_key[0])
+    if processes:
+        conn.execute(insert(samples_table), [{**p, "result_id": result_id} for p in processes])
+    return result_id
+
+
+def insert_results(conn: Connection, rows: Sequence[tuple[dict[str, Any], list[dict[str, Any]]]]
+                   ) -> list[int]:
+    """Insert many (results row, samples rows) pairs in the caller's transaction, the results in
+    one multi-row statement; returns their ids in order."""
+    if not rows:
+        return []
+    statement = insert(results_table).returning(results_table.c.id, sort_by_parameter_order=True)
+    ids = [int(i) for i in conn.execute(statement, [row for row, _ in rows]).scalars()]
+    samples = [{**p, "result_id": rid} for rid, (_, procs) in zip(ids, rows) for p in procs]
+    if samples:
+        conn.execute(insert(samples_table), samples)
+    return ids
 
 
 def _as_list(value: Any) -> list[Any]:
@@ -161,11 +196,14 @@ def _conditions(
 class ResultStore:
     """RunResults in a SQL database (see module docstring). Usable as a context manager."""
 
-    def __init__(self, url: str | None = None) -> None:
-        """Open (creating or migrating as needed) the store at ``url`` (default_store_url())."""
+    def __init__(self, url: str | None = None, *, busy_timeout_s: float = SQLITE_BUSY_TIMEOUT_S) -> None:
+        """Open (creating or migrating as needed) the store at ``url`` (default_store_url()).
+
+        ``busy_timeout_s``: how long a SQLite writer waits for another's lock (s) before failing.
+        """
         self.url = url or default_store_url()
         self.display_url = _display_url(self.url)
-        self._engine = _create_engine(self.url, self.display_url)
+        self._engine = _create_engine(self.url, self.display_url, busy_timeout_s)
         try:
             with self._engine.connect() as conn:
                 version = migrations.read_version(conn)
@@ -210,25 +248,73 @@ class ResultStore:
                 f"check that the store is reachable"
             ) from exc
 
-    def write(self, result: RunResult) -> int:
-        """Write one result (row and raw samples in one transaction); returns its result id."""
-        row = result_to_row(result)
-        processes = sample_rows(result)
+    @property
+    def dialect(self) -> str:
+        """``sqlite``, ``postgresql``, ..."""
+        return self._engine.dialect.name
+
+    @contextmanager
+    def transaction(self, action: str = "write to") -> Iterator[Connection]:
+        """One write transaction (SQLite: ``BEGIN IMMEDIATE``), committed when the block ends
+        and rolled back whole on any error. Database errors become :class:`StoreBusy` (locked,
+        unreachable) or StoreError, naming ``action``."""
         try:
             with self._write_transaction() as conn:
-                inserted = conn.execute(insert(results_table).values(row))
-                result_id = int(inserted.inserted_primary_key[0])
-                if processes:
-                    conn.execute(
-                        insert(samples_table),
-                        [{**process, "result_id": result_id} for process in processes],
-                    )
+                yield conn
+        except (OperationalError, InterfaceError) as exc:
+            raise StoreBusy(f"cannot {action} store {self.display_url}: {_reason(exc)}; "
+                            "check that the store is reachable and not locked") from exc
         except SQLAlchemyError as exc:
-            raise StoreError(
-                f"cannot write result {result.key.label()} to store {self.display_url}: "
-                f"{_reason(exc)}; check that the store is reachable and writable"
-            ) from exc
-        return result_id
+            raise StoreError(f"cannot {action} store {self.display_url}: {_reason(exc)}; "
+                             "check that the store is reachable and writable") from exc
+
+    @contextmanager
+    def reading(self, action: str = "read") -> Iterator[Connection]:
+        """A connection for reads (StoreError naming ``action`` on database errors)."""
+        with self._read(action) as conn:
+            yield conn
+
+    def write(self, result: RunResult, *, result_uuid: str | None = None, job: Any = None) -> int:
+        """Write one result (row and raw samples in one transaction); returns its result id.
+
+        With ``result_uuid`` the write is idempotent (see :meth:`write_once`); ``job`` (a
+        :class:`~costmeter.results.journal.JobRef`) is marked done in the same transaction.
+        """
+        if result_uuid is not None:
+            return self.write_once(result, result_uuid, job=job)[0]
+        row, processes = result_to_row(result), sample_rows(result)
+        with self.transaction(f"write result {result.key.label()} to") as conn:
+            return insert_result(conn, row, processes)
+
+    def write_once(self, result: RunResult, result_uuid: str, *, job: Any = None) -> tuple[int, bool]:
+        """Write ``result`` under ``result_uuid`` unless that UUID is stored already: returns
+        (result id, whether it was written now). Row, samples, UUID and the journal's ``done``
+        mark of ``job`` commit together; a concurrent writer of the same UUID loses on the UUID's
+        primary key and gets the stored id back. Exactly once, on SQLite and PostgreSQL."""
+        from costmeter.results import journal
+
+        row, processes = result_to_row(result), sample_rows(result)
+        action = f"write result {result.key.label()} to"
+        try:
+            with self.transaction(action) as conn:
+                existing = journal.result_id_of(conn, result_uuid)
+                if existing is not None:
+                    if job is not None:
+                        journal.mark_done(conn, job, result_uuid)
+                    return int(existing), False
+                result_id = insert_result(conn, row, processes)
+                journal.record_result_uuid(conn, result_uuid, result_id)
+                if job is not None:
+                    journal.mark_done(conn, job, result_uuid)
+                return result_id, True
+        except StoreError as exc:
+            if not isinstance(exc.__cause__, IntegrityError):
+                raise
+            with self._read("read") as conn:  # lost a race on the UUID: the other write stands
+                existing = journal.result_id_of(conn, result_uuid)
+            if existing is None:
+                raise
+            return int(existing), False
 
     def write_many(self, results: Sequence[RunResult], chunk: int = 5000) -> list[int]:
         """Write many results, ``chunk`` per transaction (bulk imports); returns their ids.
@@ -238,21 +324,9 @@ class ResultStore:
         ids: list[int] = []
         for start in range(0, len(results), chunk):
             part = results[start : start + chunk]
-            try:
-                with self._write_transaction() as conn:
-                    for result in part:
-                        inserted = conn.execute(insert(results_table).values(result_to_row(result)))
-                        result_id = int(inserted.inserted_primary_key[0])
-                        processes = sample_rows(result)
-                        if processes:
-                            conn.execute(insert(samples_table),
-                                         [{**p, "result_id": result_id} for p in processes])
-                        ids.append(result_id)
-            except SQLAlchemyError as exc:
-                raise StoreError(
-                    f"cannot write results to store {self.display_url}: {_reason(exc)}; "
-                    "check that the store is reachable and writable"
-                ) from exc
+            rows = [(result_to_row(r), sample_rows(r)) for r in part]
+            with self.transaction() as conn:
+                ids += insert_results(conn, rows)
         return ids
 
     def _samples_by_result(self, conn: Connection, ids: Sequence[int]) -> dict[int, list[np.ndarray]]:
