@@ -24,7 +24,17 @@ def bench() -> None:
 
 
 def _register() -> None:
-    from costmeter.cli import collect_cmd, env_cmd, lut_cmd, predictor_cmd, report_cmd, results_cmd, run_cmd
+    from costmeter.cli import (
+        collect_cmd,
+        env_cmd,
+        lut_cmd,
+        nightly_cmd,
+        predictor_cmd,
+        report_cmd,
+        results_cmd,
+        run_cmd,
+        suite_cmd,
+    )
 
     bench.add_command(run_cmd.run)
     bench.add_command(env_cmd.env)
@@ -38,6 +48,8 @@ def _register() -> None:
     bench.add_command(lut_cmd.lut)
     bench.add_command(collect_cmd.collect)
     bench.add_command(collect_cmd.kernels)
+    bench.add_command(suite_cmd.suite)
+    bench.add_command(nightly_cmd.nightly)
 
 
 _register()

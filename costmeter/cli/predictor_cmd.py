@@ -21,18 +21,26 @@ def traces() -> None:
 @click.option("--runtime", default="unknown", show_default=True)
 @click.option("--batch", default=1, show_default=True)
 @click.option("--tag", default="imported", show_default=True)
+@click.option("--force", is_flag=True, help="Import a file imported before again, under a new run id")
 @store_option
 @workdir_option
 def import_(path: str, space: str | None, device: str | None, runtime: str, batch: int, tag: str,
-            store_url: str | None, workdir: Path | None) -> None:
-    """Load measured latencies (CSV/Parquet: arch or ONNX path + latency ms) into the store."""
+            force: bool, store_url: str | None, workdir: Path | None) -> None:
+    """Load measured latencies (CSV/Parquet: arch or ONNX path + latency ms) into the store:
+    all rows or none; a file imported before is a no-op unless --force."""
     from costmeter.results.traces import import_traces
 
     store = open_store(store_url, workdir)
     try:
-        summary = import_traces(path, store, space=space, device=device, runtime=runtime, batch=batch, tag=tag)
+        summary = import_traces(path, store, space=space, device=device, runtime=runtime, batch=batch, tag=tag,
+                                force=force)
     finally:
         store.close()
+    if summary.already:
+        click.echo(f"already imported: {summary.source} (sha256 {summary.source_sha256[:12]}) is run "
+                   f"{summary.run_id} with {summary.n_results} measurements; nothing written "
+                   "(--force imports it again under a new run id)")
+        return
     click.echo(f"imported {summary.n_results} measurements for {len(summary.devices)} device(s) "
                f"({', '.join(summary.devices)}) as run {summary.run_id} from {summary.source} "
                f"(sha256 {summary.source_sha256[:12]})")

@@ -94,3 +94,41 @@ def export(fmt: str, output: Path, store_url: str | None, workdir: Path | None, 
     finally:
         store.close()
     click.echo(f"wrote {output}")
+
+
+@results.command("replay")
+@store_option
+@workdir_option
+def replay(store_url: str | None, workdir: Path | None) -> None:
+    """Store the results that wait in the spool (a busy or unreachable store could not take
+    them), exactly once; a spool file of another schema version is refused whole."""
+    from costmeter.harness.config import default_workdir
+    from costmeter.results.spool import replay as replay_spool
+    from costmeter.workdir import Workdir
+
+    folder = Workdir.of(workdir or default_workdir()).spool
+    store = open_store(store_url, workdir)
+    try:
+        report = replay_spool(folder, store)
+    finally:
+        store.close()
+    click.echo(report.summary())
+
+
+@results.command("check")
+@store_option
+@workdir_option
+def check(store_url: str | None, workdir: Path | None) -> None:
+    """Check the store: samples, key digests, result UUIDs, the suite journal and the import
+    ledger. Exit code 1 when a problem is found."""
+    from costmeter.cli import GateFailed
+    from costmeter.results.integrity import check_store
+
+    store = open_store(store_url, workdir)
+    try:
+        report = check_store(store)
+    finally:
+        store.close()
+    if not report.ok:
+        raise GateFailed(report.summary())
+    click.echo(report.summary())

@@ -1,0 +1,156 @@
+"""``bench suite run|subset``: run a suite file, exactly once across kills and resumes; choose a
+cheap nightly subset of it."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+
+from costmeter.cli.common import open_store, store_option, workdir_option
+from costmeter.errors import ConfigError
+from costmeter.harness.config import default_workdir
+
+FARM_FORMS = "ray://HEAD:PORT or local"
+
+
+@click.group()
+def suite() -> None:
+    """Suites: TOML files of models x devices x runtimes x batches x threads."""
+
+
+def suite_options(f: Any) -> Any:
+    """Options shared by ``bench suite run`` and ``bench nightly``."""
+    f = click.option("--quiet", "-q", is_flag=True, help="No progress bar")(f)
+    f = click.option("--farm", default=None, metavar="ADDRESS",
+                     help=f"Run on a Ray device farm: {FARM_FORMS}")(f)
+    f = click.option("--tag", default=None, help="Tag stored with every result (default: the suite's)")(f)
+    f = click.option("--sha", default=None, metavar="SHA",
+                     help="Git SHA of the code under test (default: HEAD of the suite's repository)")(f)
+    f = click.option("--resume", is_flag=True,
+                     help="Continue the suite's interrupted run: run only the jobs not done")(f)
+    f = click.argument("suite_file", type=click.Path(dir_okay=False))(f)
+    return store_option(workdir_option(f))
+
+
+def check_farm(address: str | None) -> Any:
+    """The Ray farm module for ``--farm`` (None without it); ConfigError when unusable."""
+    if address is None:
+        return None
+    if not (address == "local" or address.startswith("ray://")):
+        raise ConfigError(f"--farm {address!r} is not {FARM_FORMS}")
+    try:
+        from costmeter.harness.executors import ray_farm  # type: ignore[attr-defined]
+    except ImportError:
+        raise ConfigError("--farm needs the Ray farm executor, which this costmeter does not have "
+                          "yet; run the suite without --farm") from None
+    return ray_farm
+
+
+def farm_devices(status: Any) -> set[str] | None:
+    """Devices the farm's nodes hold, from ``farm_status`` (None when it does not say)."""
+    nodes = status.get("nodes") if isinstance(status, dict) else getattr(status, "nodes", None)
+    if nodes is None:
+        return None
+    found: set[str] = set()
+    for node in nodes:
+        devices = node.get("devices") if isinstance(node, dict) else getattr(node, "devices", None)
+        found |= {str(d) for d in devices or ()}
+    return found
+
+
+def run_suite_file(suite_file: str, *, resume: bool, sha: str | None, tag: str | None,
+                   farm: str | None, quiet: bool, store_url: str | None, workdir: Path | None) -> Any:
+    """Load, check and run a suite (the body of ``bench suite run`` and ``bench nightly``):
+    returns (SuiteOutcome, SuiteConfig, open store). Bad input raises before anything runs."""
+    from costmeter.cli.common import with_run_progress
+    from costmeter.harness.config import SuiteConfig
+    from costmeter.harness.executors.remote import DeviceExecutors
+    from costmeter.harness.suite_run import SuiteRunner
+    from costmeter.results.store import ResultStore, default_store_url
+
+    config = SuiteConfig.from_toml(suite_file)
+    farm_module = check_farm(farm)
+    workdir = workdir or default_workdir()
+    jobs = config.expand(workdir)
+    if farm_module is not None:
+        held = farm_devices(farm_module.farm_status(farm))
+        missing = sorted({j.config.device for j in jobs} - held) if held is not None else []
+        if missing:
+            raise ConfigError(f"no farm node holds device {missing[0]!r} (the farm has "
+                              f"{', '.join(sorted(held)) or 'none'}); fix [matrix] devices in "
+                              f"{Path(suite_file).name} or attach the device")
+    store = ResultStore(store_url or default_store_url(workdir), busy_timeout_s=config.busy_timeout_s)
+    executors = DeviceExecutors()
+    try:
+        executors.preflight([j.config for j in jobs])
+        on_farm = None
+        if farm_module is not None:
+            def on_farm(configs: list[Any], sink: Any) -> Any:
+                return farm_module.run_on_farm(configs, farm, sink, workdir)
+        runner = SuiteRunner(config, store, workdir, run_in=executors, farm=on_farm,
+                             log=lambda line: click.echo(line, err=True))
+
+        def call(progress: Any) -> Any:
+            runner.progress = progress
+            return runner.run(resume=resume, sha=sha, tag=tag)
+
+        outcome = with_run_progress(call, quiet=quiet)
+    except BaseException:
+        store.close()
+        raise
+    finally:
+        executors.close()
+    return outcome, config, store
+
+
+@suite.command("run")
+@suite_options
+def run(suite_file: str, resume: bool, sha: str | None, tag: str | None, farm: str | None,
+        quiet: bool, store_url: str | None, workdir: Path | None) -> None:
+    """Expand SUITE_FILE and run every job; each result is stored as soon as it finishes (or kept
+    in the spool when the store cannot take it). Ctrl-C stops cleanly; --resume continues."""
+    outcome, _config, store = run_suite_file(suite_file, resume=resume, sha=sha, tag=tag, farm=farm,
+                                             quiet=quiet, store_url=store_url, workdir=workdir)
+    store.close()
+    click.echo(outcome.summary())
+
+
+@suite.command("subset")
+@click.argument("suite_file", type=click.Path(dir_okay=False))
+@click.option("--history", required=True, metavar="SELECTOR",
+              help="The suite's stored history, e.g. tag:nightly")
+@click.option("--budget", required=True, type=float, help="Share of the suite to keep, e.g. 0.1")
+@click.option("--by", "budget_by", type=click.Choice(["keys", "time"]), default="keys",
+              show_default=True, help="Budget as a share of keys or of measuring time")
+@click.option("--rank-by", default="device,runtime", show_default=True,
+              help="Key fields that name what the suite ranks")
+@click.option("--json", "json_out", type=click.Path(dir_okay=False), default=None,
+              help="Write the subset report as JSON here")
+@store_option
+@workdir_option
+def subset(suite_file: str, history: str, budget: float, budget_by: str, rank_by: str,
+           json_out: str | None, store_url: str | None, workdir: Path | None) -> None:
+    """Choose the cheap nightly subset of SUITE_FILE from its stored history (the reports'
+    choose_subset): Kendall tau and alarm recall on held-out nights."""
+    from costmeter.cli.common import split_list
+    from costmeter.harness.config import SuiteConfig
+    from costmeter.reports.nightly_commands import report_subset
+    from costmeter.results import journal
+
+    config = SuiteConfig.from_toml(suite_file)
+    if json_out is not None and not Path(json_out).parent.is_dir():
+        raise ConfigError(f"cannot write {json_out}: folder {Path(json_out).parent} does not "
+                          "exist; create it or pass another --json path")
+    store = open_store(store_url, workdir)
+    try:
+        with store.reading() as conn:
+            runs = [r.run_id for r in journal.suite_runs(conn, config.suite_id)]
+        frame = store.query(run_id=runs) if runs else store.query()
+    finally:
+        store.close()
+    if not runs:
+        click.echo(f"note: no stored run of suite {config.suite_id}; using every stored result", err=True)
+    _, text = report_subset(frame, history=history, budget=budget, budget_by=budget_by,
+                            rank_by=split_list(rank_by), json_out=json_out)
+    click.echo(text)
