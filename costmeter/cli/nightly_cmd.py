@@ -146,7 +146,7 @@ def _summary_lines(outcome: Any, found: dict[str, Any], paths: dict[str, Path]) 
 @suite_options
 @click.option("--baseline", default="last-good", show_default=True,
               help="last-good (the last night of this suite that passed) or window:N (its last N good nights)")
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("nightly-report"),
+@click.option("--out", type=click.Path(path_type=Path), default=Path("nightly-report"),
               show_default=True, help="Folder for regression.html/.md/.json and nightly.json")
 @click.option("--threshold", default=0.05, show_default=True, help="Smallest slowdown that can be a regression")
 @click.option("--alpha", default=0.05, show_default=True, help="False discovery rate across keys")

@@ -63,7 +63,6 @@ def run_suite_file(suite_file: str, *, resume: bool, sha: str | None, tag: str |
                    farm: str | None, quiet: bool, store_url: str | None, workdir: Path | None) -> Any:
     """Load, check and run a suite (the body of ``bench suite run`` and ``bench nightly``):
     returns (SuiteOutcome, SuiteConfig, open store). Bad input raises before anything runs."""
-    from costmeter.cli.common import with_run_progress
     from costmeter.harness.config import SuiteConfig
     from costmeter.harness.executors.remote import DeviceExecutors
     from costmeter.harness.suite_run import SuiteRunner
@@ -88,20 +87,49 @@ def run_suite_file(suite_file: str, *, resume: bool, sha: str | None, tag: str |
         if farm_module is not None:
             def on_farm(configs: list[Any], sink: Any) -> Any:
                 return farm_module.run_on_farm(configs, farm, sink, workdir)
-        runner = SuiteRunner(config, store, workdir, run_in=executors, farm=on_farm,
+        bar = LazyProgress(quiet)
+        runner = SuiteRunner(config, store, workdir, run_in=executors, farm=on_farm, progress=bar,
                              log=lambda line: click.echo(line, err=True))
-
-        def call(progress: Any) -> Any:
-            runner.progress = progress
-            return runner.run(resume=resume, sha=sha, tag=tag)
-
-        outcome = with_run_progress(call, quiet=quiet)
+        try:
+            outcome = runner.run(resume=resume, sha=sha, tag=tag)
+        finally:
+            bar.stop()
+    except KeyboardInterrupt:
+        store.close()
+        click.echo(f"interrupted; `bench suite run {suite_file} --resume` runs what is left", err=True)
+        raise
     except BaseException:
         store.close()
         raise
     finally:
         executors.close()
     return outcome, config, store
+
+
+class LazyProgress:
+    """A progress bar on stderr that appears with the first job (so bad input found before any
+    job runs prints one line and no bar)."""
+
+    def __init__(self, quiet: bool) -> None:
+        self.quiet, self._bar, self._task = quiet, None, None
+
+    def __call__(self, done: int, total: int, cfg: Any = None, result: Any = None) -> None:
+        if self.quiet:
+            return
+        if self._bar is None:
+            from rich.console import Console
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+            self._bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                 TimeElapsedColumn(), console=Console(stderr=True))
+            self._bar.start()
+            self._task = self._bar.add_task("jobs", total=total)
+        label = f"{cfg.model}/{cfg.runtime} b{cfg.batch}" if cfg is not None else "jobs"
+        self._bar.update(self._task, completed=done, total=total, description=label[-60:])
+
+    def stop(self) -> None:
+        if self._bar is not None:
+            self._bar.stop()
 
 
 @suite.command("run")
