@@ -111,6 +111,16 @@ def test_onnx_path_traces(tmp_path: Path) -> None:
     ({"arch": [ARCH], "latency_ms": [1.0]}, {"device": "x"}, "pass the search space"),
     ({"arch": [ARCH], "a_ms": [1.0], "b_ms": [2.0]}, {"space": "nb201", "device": "c"},
      "no column for device\\(s\\) c; devices in the file: a, b"),
+    ({"arch": [ARCH] * 3, "latency_ms": ["1", "inf", "-Infinity"]}, {"space": "nb201", "device": "x"},
+     "infinite latency in column latency_ms, data rows 2, 3;"),
+    ({"arch": [ARCH] * 3, "latency_ms": [1, 2, 1e300]}, {"space": "nb201", "device": "x"},
+     "latency beyond 9.22e\\+12 ms \\(int64 nanoseconds\\) in column latency_ms, data row 3;"),
+    ({"arch": [ARCH] * 3, "latency_ms": [1, 9.3e12, 2]}, {"space": "nb201", "device": "x"},
+     "beyond .* data row 2;"),
+    ({"arch": [ARCH] * 3, "latency_ms": [1, 4e-7, 2]}, {"space": "nb201", "device": "x"},
+     "latency under one nanosecond in column latency_ms, data row 2;"),
+    ({"arch": [ARCH] * 2, "latency_ms": ["1", "fast"]}, {"space": "nb201", "device": "x"},
+     "missing or non-numeric latency in column latency_ms, data row 2"),
 ])
 def test_bad_trace_files_raise_one_line_and_write_nothing(
         tmp_path: Path, workdir: Path, rows: dict, kwargs: dict, message: str) -> None:
@@ -157,3 +167,72 @@ def test_training_frame_takes_the_space_ids_and_merges_repeats() -> None:
         "latency_p50_ms": [2.0, 4.0, 5.0, 9.0, 1.0]})
     out = training_frame(frame, "nb201", device="cpu")
     assert dict(zip(out["arch"], out["latency_ms"])) == {empty: 3.0, ARCH: 5.0}
+
+
+def test_reimport_is_a_no_op_and_force_imports_under_a_new_run(workdir: Path) -> None:
+    with ResultStore(f"sqlite:///{workdir / 'r.db'}") as store:
+        first = import_traces(FIXTURE, store, space="nb201")
+        again = import_traces(FIXTURE, store, space="nb201")
+        assert not first.already and again.already
+        assert (again.run_id, again.n_results) == (first.run_id, first.n_results)
+        assert len(store.query()) == first.n_results
+        forced = import_traces(FIXTURE, store, space="nb201", force=True)
+        assert not forced.already and forced.run_id != first.run_id
+        other = import_traces(FIXTURE, store, space="nb201", runtime="tflite")  # other settings
+        assert not other.already
+        frame = store.query()
+        assert len(frame) == 3 * first.n_results
+        assert frame.groupby("run_id").size().tolist() == [first.n_results] * 3
+        from costmeter.results.integrity import check_store
+
+        report = check_store(store)
+        assert report.ok and report.counts["imports"] == 3
+
+
+def test_an_import_that_fails_midway_writes_nothing(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from costmeter.errors import StoreError
+    from costmeter.results import store as store_module
+
+    real = store_module.insert_results
+
+    def half_then_fail(conn, rows):
+        real(conn, rows[: len(rows) // 2])
+        raise StoreError("disk full")
+
+    monkeypatch.setattr(store_module, "insert_results", half_then_fail)
+    with ResultStore(f"sqlite:///{workdir / 'r.db'}") as store:
+        with pytest.raises(StoreError, match="disk full"):
+            import_traces(FIXTURE, store, space="nb201")
+        assert store.query().empty
+        monkeypatch.setattr(store_module, "insert_results", real)
+        assert not import_traces(FIXTURE, store, space="nb201").already  # the ledger stayed empty too
+
+
+def test_concurrent_imports_of_one_file_commit_it_once(tmp_path: Path) -> None:
+    from suite_helpers import bench_popen
+
+    rows = {"arch": [ARCH] * 3000, "a_ms": np.linspace(1, 2, 3000), "b_ms": np.linspace(2, 3, 3000)}
+    path = write_csv(tmp_path / "t.csv", rows)
+    workdir = tmp_path / "wd"
+    procs = [bench_popen(["traces", "import", str(path), "--space", "nb201"], workdir, tmp_path)
+             for _ in range(8)]
+    outs = [p.communicate(timeout=600) for p in procs]
+    assert [p.returncode for p in procs] == [0] * 8, outs
+    assert sum(o.startswith("imported 6000 measurements") for o, _ in outs) == 1
+    assert sum(o.startswith("already imported") for o, _ in outs) == 7
+    with ResultStore(f"sqlite:///{workdir / 'results.db'}") as store:
+        frame = store.query()
+        assert len(frame) == 6000 and frame["run_id"].nunique() == 1
+
+
+def test_a_file_imported_before_the_ledger_is_not_imported_twice(workdir: Path) -> None:
+    traces = read_traces(FIXTURE, space="nb201")
+    legacy = traces_to_results(traces, run_id=f"import-{traces.source_sha256[:12]}")
+    with ResultStore(f"sqlite:///{workdir / 'r.db'}") as store:
+        store.write_many(legacy)  # as an older costmeter imported it
+        summary = import_traces(FIXTURE, store, space="nb201")
+        assert summary.already and summary.run_id == legacy[0].run_id
+        assert len(store.query()) == len(legacy)
+        from costmeter.results.integrity import check_store
+
+        assert check_store(store).ok

@@ -335,7 +335,7 @@ def import_traces(path: str | Path, store: Any, *, space: str | None = None,
     traces = read_traces(path, space=space, device=device)
     devices = tuple(sorted(set(traces.frame["device"].astype(str))))
     key = import_key(traces, space=space, device=device, runtime=runtime, batch=batch)
-    run_id = f"import-{traces.source_sha256[:12]}"
+    run_id = f"import-{traces.source_sha256[:12]}-{key.rsplit(':', 1)[1][:8]}"
     if not force and hasattr(store, "transaction"):
         earlier = _earlier_import(store, key)
         if earlier is not None:
@@ -433,12 +433,15 @@ def _write_import(store: Any, ledger: dict[str, Any], rows: list[Any], key: str,
                 found = conn.execute(select(c.run_id, c.n_results).where(c.import_key == key)).first()
                 if found is not None:
                     return str(found[0]), int(found[1])
-                legacy = conn.execute(select(func.count()).select_from(results_table)
-                                      .where(results_table.c.run_id == ledger["run_id"])).scalar_one()
-                if legacy:  # imported before the ledger existed: record it, write nothing
+                old_run = f"import-{ledger['source_sha256'][:12]}"  # before the ledger existed
+                legacy = 0 if conn.execute(select(c.run_id).where(
+                    c.source_sha256 == ledger["source_sha256"])).first() else \
+                    conn.execute(select(func.count()).select_from(results_table)
+                                 .where(results_table.c.run_id == old_run)).scalar_one()
+                if legacy:  # imported by an older costmeter: record it, write nothing
                     conn.execute(insert(imports_table).values(
-                        **{**ledger, "n_results": int(legacy)}, imported_utc=utcnow()))
-                    return str(ledger["run_id"]), int(legacy)
+                        **{**ledger, "run_id": old_run, "n_results": int(legacy)}, imported_utc=utcnow()))
+                    return old_run, int(legacy)
             conn.execute(insert(imports_table).values(**ledger, imported_utc=utcnow()))
             insert_results(conn, rows)
     except StoreError as exc:  # a concurrent import of the same file won the ledger's key
