@@ -133,3 +133,15 @@ def test_user_models_are_built_in_children_and_a_crash_is_a_failed_result(tmp_pa
                   pythonpath=(str(tmp_path / "mods"),))
     assert asked.returncode == 2 and asked.stderr.count("\n") == 1
     assert "usermods:wrong() returned int, not a pair" in asked.stderr
+
+
+def test_the_example_suite_and_ci_job_are_well_formed(tmp_path: Path) -> None:
+    from costmeter.harness.config import SuiteConfig
+    from suite_helpers import ROOT
+
+    suite = SuiteConfig.from_toml(ROOT / "examples" / "nightly.toml")
+    jobs = suite.expand(tmp_path)
+    assert suite.suite_id == "nightly-cpu" and suite.repository == str(ROOT)
+    assert len(jobs) == len({j.key for j in jobs}) == 3 * 2 * 2 * 2 + 4 * 2
+    ci = (ROOT / "examples" / "nightly-ci.yml").read_text()
+    assert "bench nightly examples/nightly.toml" in ci and "--baseline window:10" in ci

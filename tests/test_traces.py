@@ -211,18 +211,18 @@ def test_an_import_that_fails_midway_writes_nothing(workdir: Path, monkeypatch: 
 def test_concurrent_imports_of_one_file_commit_it_once(tmp_path: Path) -> None:
     from suite_helpers import bench_popen
 
-    rows = {"arch": [ARCH] * 3000, "a_ms": np.linspace(1, 2, 3000), "b_ms": np.linspace(2, 3, 3000)}
+    rows = {"arch": [ARCH] * 1000, "a_ms": np.linspace(1, 2, 1000), "b_ms": np.linspace(2, 3, 1000)}
     path = write_csv(tmp_path / "t.csv", rows)
     workdir = tmp_path / "wd"
     procs = [bench_popen(["traces", "import", str(path), "--space", "nb201"], workdir, tmp_path)
              for _ in range(8)]
     outs = [p.communicate(timeout=600) for p in procs]
     assert [p.returncode for p in procs] == [0] * 8, outs
-    assert sum(o.startswith("imported 6000 measurements") for o, _ in outs) == 1
+    assert sum(o.startswith("imported 2000 measurements") for o, _ in outs) == 1
     assert sum(o.startswith("already imported") for o, _ in outs) == 7
     with ResultStore(f"sqlite:///{workdir / 'results.db'}") as store:
         frame = store.query()
-        assert len(frame) == 6000 and frame["run_id"].nunique() == 1
+        assert len(frame) == 2000 and frame["run_id"].nunique() == 1
 
 
 def test_a_file_imported_before_the_ledger_is_not_imported_twice(workdir: Path) -> None:
