@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import logging
 import time
 import uuid
 from contextlib import contextmanager
@@ -24,6 +25,7 @@ from costmeter.harness.worker import (
     inspect_python_model,
     run_in_worker,
 )
+from costmeter.results.spool import SpoolingSink, replay
 from costmeter.workdir import Workdir
 from costmeter.results.schema import (
     BenchKey,
@@ -44,6 +46,7 @@ class ResultSink(Protocol):
 
 
 Progress = Callable[[int, int, RunConfig, "RunResult | None"], None]
+_log = logging.getLogger("costmeter.runner")
 
 
 @dataclass
@@ -157,17 +160,32 @@ class Runner:
         (KeyboardInterrupt propagates after the children are killed and the folder removed)."""
         run_id = run_id or new_run_id()
         results: list[RunResult] = []
-        with self.run_folder(run_id):
-            for i, job in enumerate(jobs):
-                if self.progress:
-                    self.progress(i, len(jobs), job.config, None)
-                result = self.run_one(job, run_id, tag)
-                if self.sink is not None:
-                    self.sink.write(result)
-                results.append(result)
-                if self.progress:
-                    self.progress(i + 1, len(jobs), job.config, result)
+        sink = self._resilient(run_id)
+        try:
+            with self.run_folder(run_id):
+                for i, job in enumerate(jobs):
+                    if self.progress:
+                        self.progress(i, len(jobs), job.config, None)
+                    result = self.run_one(job, run_id, tag)
+                    if sink is not None:
+                        sink.write(result)
+                    results.append(result)
+                    if self.progress:
+                        self.progress(i + 1, len(jobs), job.config, result)
+        finally:
+            if isinstance(sink, SpoolingSink) and sink.close():
+                _log.warning("%d result(s) wait in the spool (%s): the store could not take them; "
+                             "`bench results replay` stores them", sink.spooled, sink.path)
         return results
+
+    def _resilient(self, run_id: str) -> Any:
+        """The sink, behind retries and the spool when it is a store (``write_once``); the
+        spool left by earlier runs is replayed into it first."""
+        if self.sink is None or not hasattr(self.sink, "write_once"):
+            return self.sink
+        spool = Workdir.of(self.workdir).spool
+        replay(spool, self.sink)
+        return SpoolingSink(self.sink, spool, run_id, log=_log.warning)
 
     @contextmanager
     def run_folder(self, run_id: str) -> Iterator[RunFolder]:

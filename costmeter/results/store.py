@@ -17,7 +17,7 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 import pandas as pd
-from sqlalchemy import Connection, Engine, create_engine, event, insert, or_, select
+from sqlalchemy import Connection, Engine, create_engine, event, insert, select
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import (
     ArgumentError,
@@ -28,13 +28,13 @@ from sqlalchemy.exc import (
     SQLAlchemyError,
 )
 
-from costmeter.errors import ConfigError, StoreError
+from costmeter.errors import StoreError
 from costmeter.results import migrations
 from costmeter.results.frames import FRAME_COLUMNS, frame_from_results, frame_from_rows
 from costmeter.results.schema import RunResult, Status
+from costmeter.results.store_filters import FilterValue, _conditions
 from costmeter.results.tables import (
     decode_samples,
-    parse_timestamp,
     result_to_row,
     results_table,
     row_to_result,
@@ -57,7 +57,6 @@ class StoreBusy(StoreError):
 
 _JSON_COLUMNS = ("memory_json", "energy_json", "environment_json", "model_info_json", "extra_json")
 
-FilterValue = str | Sequence[str] | None
 
 
 def default_store_url(workdir: Path | None = None) -> str:
@@ -144,53 +143,6 @@ def insert_results(conn: Connection, rows: Sequence[tuple[dict[str, Any], list[d
     if samples:
         conn.execute(insert(samples_table), samples)
     return ids
-
-
-def _as_list(value: Any) -> list[Any]:
-    if isinstance(value, (str, Status)):
-        return [value]
-    return list(value)
-
-
-def _filter_timestamp(value: str | datetime, name: str) -> datetime:
-    try:
-        return parse_timestamp(value, name)
-    except StoreError as exc:
-        raise ConfigError(str(exc)) from exc
-
-
-def _conditions(
-    run_id: FilterValue = None,
-    tag: FilterValue = None,
-    model_id: FilterValue = None,
-    device: FilterValue = None,
-    runtime: FilterValue = None,
-    status: Status | str | Sequence[Status | str] | None = None,
-    since: str | datetime | None = None,
-    until: str | datetime | None = None,
-    git_sha: FilterValue = None,
-) -> list[Any]:
-    """SQL conditions for the filters; a list value matches any of its items."""
-    conditions: list[Any] = []
-    for name, value in (("run_id", run_id), ("tag", tag), ("model_id", model_id),
-                        ("device", device), ("runtime", runtime)):  # fmt: skip
-        if value is not None:
-            conditions.append(results_table.c[name].in_(_as_list(value)))
-    if status is not None:
-        try:
-            values = [Status(s).value for s in _as_list(status)]
-        except ValueError as exc:
-            choices = ", ".join(s.value for s in Status)
-            raise ConfigError(f"unknown status filter {status!r}; use one of {choices}") from exc
-        conditions.append(results_table.c.status.in_(values))
-    if since is not None:
-        conditions.append(results_table.c.started_utc >= _filter_timestamp(since, "since"))
-    if until is not None:
-        conditions.append(results_table.c.started_utc < _filter_timestamp(until, "until"))
-    if git_sha is not None:
-        prefixes = [results_table.c.git_sha.startswith(s, autoescape=True) for s in _as_list(git_sha)]
-        conditions.append(or_(*prefixes))
-    return conditions
 
 
 class ResultStore:
