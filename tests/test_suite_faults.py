@@ -176,3 +176,35 @@ def test_resume_runs_only_what_is_not_done(tmp_path: Path) -> None:
     assert len(resumed) == JOBS_PER_RUN - len(first)
     assert {r.environment["git_sha"] for r in results} == {SHA}
     assert {r.tag for r in results} == {"nightly"} and {r.extra["suite_id"] for r in results} == {"tiny"}
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_ctrl_c_and_sigterm_stop_cleanly_and_resume_finishes(tmp_path: Path, signum: int) -> None:
+    workdir = tmp_path / "wd"
+    suite = write_suite(tmp_path, models=("m1",))
+    proc = bench_popen(["suite", "run", str(suite), "--sha", SHA, "-q"], workdir, tmp_path)
+    runner = psutil.Process(proc.pid)
+    deadline = time.monotonic() + 300
+    while not _workers(runner) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    workers = _workers(runner)
+    assert workers, "no worker started"
+    proc.send_signal(signum)
+    _out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "--resume" in err, err
+    assert all(_gone_soon(w) for w in workers) and not marked_processes(workdir)
+    assert not list((workdir / "tmp").glob("run-*"))  # its temporary files went with it
+    done = bench(["suite", "run", str(suite), "--resume", "-q"], workdir, tmp_path)
+    assert done.returncode == 0 and "complete" in done.stdout, done.stderr
+    with ResultStore(f"sqlite:///{workdir / 'results.db'}") as store:
+        assert len(store.results()) == 2 and check_store(store).ok
+
+
+def _gone_soon(process: psutil.Process) -> bool:
+    try:
+        process.wait(timeout=10)
+    except psutil.TimeoutExpired:
+        return False
+    except psutil.NoSuchProcess:
+        pass
+    return True

@@ -4,6 +4,8 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Sequence
 
+from sqlalchemy import or_
+
 from costmeter.errors import ConfigError, StoreError
 from costmeter.results.schema import Status
 from costmeter.results.tables import parse_timestamp, results_table
