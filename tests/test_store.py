@@ -405,7 +405,7 @@ def test_postgres_round_trip() -> None:
         pytest.skip("set COSTMETER_TEST_PG_URL=postgresql+psycopg://user:pass@host:5432/db to run")
     engine = sa.create_engine(url)
     with engine.begin() as conn:  # the test database is emptied first
-        for table in ("samples", "results", "meta"):
+        for table in ("result_ids", "suite_jobs", "suite_runs", "imports", "samples", "results", "meta"):
             conn.execute(sa.text(f"DROP TABLE IF EXISTS {table} CASCADE"))
     engine.dispose()
     with ResultStore(url) as store:
