@@ -23,7 +23,7 @@ import json
 import os
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -45,7 +45,7 @@ class RetryPolicy:
     first_delay_s: float = 0.5
     max_delay_s: float = 15.0
 
-    def delays(self) -> Any:
+    def delays(self) -> Iterator[float]:
         """Successive waits (s), unbounded; the caller stops at the window."""
         delay = self.first_delay_s
         while True:
