@@ -213,6 +213,9 @@ class Runner:
             artifact_path = self._artifact(job, extra)
             extra["export_s"] = time.perf_counter() - t0
             inputs_path = self._inputs(job)
+        except MemoryError:
+            return RunResult(status=Status.FAILED, finished_at=_now(), **base,
+                             error=f"building inputs at batch {cfg.batch} ran out of memory; use a smaller batch")
         except UnsupportedError as exc:
             return RunResult(status=Status.UNSUPPORTED, error=str(exc), finished_at=_now(), **base)
         parity = cfg.check_outputs and job.source is not None and job.source.has_torch()
