@@ -53,7 +53,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from costmeter.errors import ConfigError
+from costmeter.errors import ConfigError, UnavailableError
 from costmeter.harness.config import ModelGroup, ProtocolConfig, SuiteConfig
 
 _POSITIVE_INTS = {"type": "array", "minItems": 1, "items": {"type": "integer", "minimum": 1}}
@@ -162,7 +162,11 @@ def _schema_message(error: Any) -> tuple[tuple[Any, ...], str]:
 
 def load_suite(path: str | Path) -> SuiteConfig:
     """Read, check and build the suite at ``path``; ConfigError with file, line and key."""
-    import jsonschema
+    try:
+        import jsonschema
+    except ImportError:
+        raise UnavailableError("suite files are checked with jsonschema, which is not installed; "
+                               "install it with: pip install 'costmeter[predict]'") from None
 
     file = Path(path)
     try:
