@@ -306,7 +306,8 @@ def test_legacy_and_dynamo_exports_agree(tmp_path: Path) -> None:
     legacy = load_graph(export_onnx(source, tmp_path))
     dynamo_path = tmp_path / "dynamo.onnx"
     args = tuple(torch.from_numpy(a) for a in source.example_inputs(2).values())
-    export._dynamo_export(source.build_torch(), args, dynamo_path, 17, ["input"], ["output"])
+    export._dynamo_export(source.build_torch(), args, dynamo_path, 17, ["input"], ["output"],
+                          {"input": {0: "batch"}})
     dynamo = load_graph(dynamo_path)
     legacy_types, dynamo_types = set(legacy.by_op_type()), set(dynamo.by_op_type())
     # the two exporters spell the same model differently (RUNTIMES.md)

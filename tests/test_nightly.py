@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+from datetime import datetime, timezone
 from pathlib import Path
 
 from costmeter.results import journal
@@ -69,7 +70,10 @@ def test_first_night_passes_and_a_faster_night_passes_against_a_window(tmp_path:
     assert first.returncode == 0, first.stderr
     assert "this night is the baseline" in first.stdout and "gate: passed" in first.stdout
     # five good nights at 900 us between the first night and tonight
-    plant_nights(db, suite, workdir, [("b" * 40, 900.0, journal.PASSED)] * 5, step_s=0.5)
+    # (stamped from now on, 10 ms apart: after the first night, before tonight starts)
+    now = datetime.now(timezone.utc).replace(tzinfo=None).isoformat()
+    plant_nights(db, suite, workdir, [("b" * 40, 900.0, journal.PASSED)] * 5, start=now,
+                 step_s=0.01)
     second = bench(["nightly", str(suite), "--sha", "c" * 40, "--baseline", "window:5",
                     "--out", str(tmp_path / "o2"), "-q"], workdir, tmp_path)
     assert second.returncode == 0, second.stderr
