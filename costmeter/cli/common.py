@@ -181,6 +181,17 @@ class OutputPath(click.Path):
         return out
 
 
+def fits_in_memory(nbytes: int, what: str, fix: str) -> None:
+    """ConfigError unless ``nbytes`` fit in half the memory free here (``what`` needs them)."""
+    from costmeter.errors import ConfigError
+    from costmeter.harness.validation import INPUT_MEMORY_SHARE, available_memory_bytes, format_bytes
+
+    free = available_memory_bytes()
+    if nbytes > free * INPUT_MEMORY_SHARE:
+        raise ConfigError(f"{what} needs {format_bytes(nbytes)}, more than half of the {format_bytes(free)} "
+                          f"free here; use {fix}")
+
+
 def input_file(path_type: type | None = None) -> click.Path:
     """A file this command reads: it must exist, be a file and be readable."""
     return click.Path(exists=True, dir_okay=False, readable=True, path_type=path_type)
@@ -289,19 +300,38 @@ def query_frame(store_url: str | None, workdir: Path | None):
         store.close()
 
 
+def check_target(device: str, runtime: str) -> None:
+    """ConfigError/UnavailableError unless ``device`` parses and ``runtime`` is known there,
+    installed and has its converter (before a command starts measuring anything)."""
+    from costmeter.harness.config import RunConfig
+    from costmeter.harness.runner import check_runtime
+
+    check_runtime(RunConfig(model="-", device=device, runtime=runtime))
+
+
 def with_run_progress(call: Callable[[Callable[..., None]], Any], quiet: bool = False) -> Any:
     """Run ``call(progress)`` under a progress bar on stderr; ``progress`` takes the runner's
-    ``(done, total, config, result)`` arguments."""
+    ``(done, total, config, result)`` arguments. The bar appears at the first progress report,
+    so a command that refuses its input before measuring prints its one-line error alone."""
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=Console(stderr=True), disable=quiet) as bar:
-        task = bar.add_task("benchmarks", total=None)
+    bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                   console=Console(stderr=True), disable=quiet)
+    task = bar.add_task("benchmarks", total=None)
+    started = False
 
-        def progress(done: int, total: int, cfg: Any = None, result: Any = None) -> None:
-            desc = f"{Path(cfg.model).stem if cfg.model.endswith('.onnx') else cfg.model}/{cfg.runtime} " \
-                   f"b{cfg.batch} t{cfg.threads or 'auto'}" if cfg is not None else "benchmarks"
-            bar.update(task, completed=done, total=total, description=desc[:60])
+    def progress(done: int, total: int, cfg: Any = None, result: Any = None) -> None:
+        nonlocal started
+        if not started:
+            bar.start()
+            started = True
+        desc = f"{Path(cfg.model).stem if cfg.model.endswith('.onnx') else cfg.model}/{cfg.runtime} " \
+               f"b{cfg.batch} t{cfg.threads or 'auto'}" if cfg is not None else "benchmarks"
+        bar.update(task, completed=done, total=total, description=desc[:60])
 
+    try:
         return call(progress)
+    finally:
+        if started:
+            bar.stop()

@@ -90,8 +90,8 @@ def check_batch(source: Any, cfg: RunConfig, free_bytes: int) -> None:
         largest = max(budget // per_item, 0)
         hint = f"use --batch {largest} or less" if largest >= 1 else "free some memory"
         raise ConfigError(
-            f"--batch {cfg.batch} needs {_bytes(need)} for the inputs of {_name(source, cfg)} alone, "
-            f"more than half of the {_bytes(free_bytes)} free here; {hint}")
+            f"--batch {cfg.batch} needs {format_bytes(need)} for the inputs of {_name(source, cfg)} alone, "
+            f"more than half of the {format_bytes(free_bytes)} free here; {hint}")
 
 
 def _name(source: Any, cfg: RunConfig | None = None) -> str:
@@ -105,8 +105,8 @@ def _num(n: int) -> str:
     return str(n) if n < 10**20 else f"~2^{n.bit_length()}"
 
 
-def _bytes(n: int) -> str:
-    """``1.5 GiB``; sizes past 1024 PiB as ``more than 1024 PiB``."""
+def format_bytes(n: int) -> str:
+    """``1.5 GiB`` (sizes past 1024 PiB as ``more than 1024 PiB``)."""
     if n >= 1024**6:
         return "more than 1024 PiB"
     size = float(n)
