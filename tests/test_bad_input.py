@@ -148,8 +148,8 @@ CASES: list[tuple[list[str], str]] = [
     (["results", "export", "--format", "csv", "-o", "{regular}/x.csv"], "is a file"),
     (["results", "export", "--format", "csv", "-o", "{missing}/x.csv"], "does not exist"),
     (["results", "export", "--format", "csv", "-o", "/proc/x.csv"], "/proc"),
-    (["results", "export", "--format", "csv", "-o", "{root}"], "directory"),
-    (["results", "export", "--format", "json", "-o", ""], "--output"),
+    (["results", "export", "--format", "csv", "-o", "{root}"], "is a directory"),
+    (["results", "export", "--format", "json", "-o", ""], "--output is empty"),
     # bench report *
     (["report", "pareto", "--x", "bogus"], "bogus"),
     (["report", "pareto", "--ref", "a,b"], "reference point"),

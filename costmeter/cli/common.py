@@ -134,24 +134,28 @@ def _usage(param: click.Parameter | None, ctx: click.Context | None, message: st
     raise click.UsageError(message, ctx)
 
 
-def writable_problem(path: str | os.PathLike[str], folder: bool = False) -> str | None:
+def writable_problem(path: str | os.PathLike[str], folder: bool = False, what: str | None = None) -> str | None:
     """Why ``path`` cannot be written as a file (or, with ``folder``, created or filled as a
-    folder) without creating any other folder; None when it can. Nothing is left behind: the
-    folder is probed with an unnamed temporary file."""
+    folder) without creating any other folder; None when it can. ``what`` names it in the
+    message (default "the file" / "the folder"). Nothing is left behind: the folder is probed
+    with an unnamed temporary file."""
     target = Path(os.path.abspath(os.fspath(path)))
+    head = f"cannot write {what or ('the folder' if folder else 'the file')} at {os.fspath(path)}"
     if target.exists() and folder != target.is_dir():
-        return f"{os.fspath(path)} is a {'file' if folder else 'folder'}; give a {'folder' if folder else 'file'} path"
+        return f"{head}: it is a {'file' if folder else 'folder'}; give a {'folder' if folder else 'file'} path"
     if folder and target.is_dir():
-        return _folder_problem(target)
+        problem = _folder_problem(target)
+        return f"{head}: {problem}" if problem else None
     parent = target.parent
     if not parent.is_dir():
         blocker = next((a for a in parent.parents if a.exists()), None) if not parent.exists() else parent
         if blocker is not None and not blocker.is_dir():
-            return f"cannot write {os.fspath(path)}: {blocker} is a file, not a folder"
-        return f"folder {parent} does not exist; create it first (mkdir -p {parent}) or choose another path"
+            return f"{head}: {blocker} is a file, not a folder"
+        return f"{head}: folder {parent} does not exist; create it first (mkdir -p {parent}) or choose another path"
     if target.exists() and not os.access(target, os.W_OK):
-        return f"{os.fspath(path)} is not writable; choose another path or change its permissions"
-    return _folder_problem(parent)
+        return f"{head}: it is not writable; choose another path or change its permissions"
+    problem = _folder_problem(parent)
+    return f"{head}: {problem}" if problem else None
 
 
 def _folder_problem(folder: Path) -> str | None:
@@ -159,25 +163,25 @@ def _folder_problem(folder: Path) -> str | None:
         with tempfile.TemporaryFile(dir=folder):
             pass
     except OSError as exc:
-        return f"cannot write in folder {folder} ({exc.strerror or exc}); choose a folder you can write"
+        return f"folder {folder} cannot be written ({exc.strerror or exc}); choose a folder you can write"
     return None
 
 
 class OutputPath(click.Path):
     """A file this command writes (a folder with ``folder=True``): its folder must exist and be
-    writable; no folder is created for it."""
+    writable; no folder is created for it. ``what`` names it in messages ("the site")."""
 
-    def __init__(self, folder: bool = False, path_type: type | None = None) -> None:
+    def __init__(self, folder: bool = False, path_type: type | None = None, what: str | None = None) -> None:
         super().__init__(file_okay=not folder, dir_okay=folder, path_type=path_type)
-        self.folder = folder
+        self.folder, self.what = folder, what
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
-        out = super().convert(value, param, ctx)
         if not str(value).strip():
-            self.fail("is empty; give a path", param, ctx)
-        problem = writable_problem(os.fsdecode(out), self.folder)
+            _usage(param, ctx, f"{_flag(param)} is empty; give a path")
+        out = super().convert(value, param, ctx)
+        problem = writable_problem(os.fsdecode(out), self.folder, self.what)
         if problem:
-            self.fail(problem, param, ctx)
+            _usage(param, ctx, f"{_flag(param)}: {problem}")
         return out
 
 

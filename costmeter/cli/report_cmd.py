@@ -169,7 +169,7 @@ def calibrate(workdir, **kw) -> None:
 
 
 @report.command("history")
-@click.option("--out", required=True, type=OutputPath(folder=True),
+@click.option("--out", required=True, type=OutputPath(folder=True, what="the site"),
               help="Folder for the site (created; a site written here before is replaced)")
 @click.option("--baseline", default="window:20", show_default=True, metavar="SELECTOR|window:N",
               help="What the current run is compared with")
