@@ -46,7 +46,11 @@ def _dynamic_onnx(path: Path) -> None:
 
 @pytest.fixture(scope="module")
 def scene(tmp_path_factory: pytest.TempPathFactory) -> Scene:
-    root = tmp_path_factory.mktemp("bad_input")
+    return build_scene(tmp_path_factory.mktemp("bad_input"))
+
+
+def build_scene(root: Path) -> Scene:
+    """Fill ``root``: the store (traces imported), a regular file, malformed files, a dynamic ONNX."""
     with gzip.open(FIXTURE, "rt") as f:
         head = "".join(f.readline() for _ in range(41))
     traces = root / "traces.csv"
@@ -59,8 +63,8 @@ def scene(tmp_path_factory: pytest.TempPathFactory) -> Scene:
     malformed_csv.write_text('arch,latency_ms\n"unterminated,1\n\x00\x01,,,\n')
     extreme = root / "extreme.csv"
     extreme.write_text(f"arch,latency_ms\n{ARCH},1e300\n")
-    tiny = root / "tiny.csv"
-    tiny.write_text(f"arch,latency_ms\n{ARCH},1e-12\n")
+    no_device = root / "no_device.csv"
+    no_device.write_text(f"arch,latency_ms,device\n{ARCH},1,\n")
     not_zip = root / "not_a_zip.costmodel"
     not_zip.write_text("{}")
     manifest = root / "bad_manifest.costmodel"
@@ -73,7 +77,7 @@ def scene(tmp_path_factory: pytest.TempPathFactory) -> Scene:
     _dynamic_onnx(dynamic)
     (root / "wd").mkdir()
     paths = {"root": str(root), "traces": str(traces), "regular": str(regular), "csv": str(malformed_csv),
-             "extreme": str(extreme), "tiny": str(tiny), "not_zip": str(not_zip), "manifest": str(manifest),
+             "extreme": str(extreme), "no_device": str(no_device), "not_zip": str(not_zip), "manifest": str(manifest),
              "bad_json": str(bad_json), "dynamic": str(dynamic), "missing": str(root / "missing"),
              "store": store_url}
     return Scene(root, paths)
@@ -116,8 +120,9 @@ CASES: list[tuple[list[str], str]] = [
     # bench traces import
     (["traces", "import", "{missing}.csv", "--space", "nb201"], "not exist"),
     (["traces", "import", "{csv}", "--space", "nb201"], "malformed.csv"),
-    (["traces", "import", "{extreme}", "--space", "nb201"], "extreme.csv"),
-    (["traces", "import", "{tiny}", "--space", "nb201"], "tiny.csv"),
+    (["traces", "import", "{extreme}", "--space", "nb201", "--device", "d"], "latenc"),
+    (["traces", "import", "{extreme}", "--space", "nb201"], "--device"),
+    (["traces", "import", "{no_device}", "--space", "nb201"], "row 1"),
     (["traces", "import", "{traces}", "--space", "nosuch"], "nosuch"),
     (["traces", "import", "{traces}", "--space", "nb201", "--batch", "0"], "--batch"),
     (["traces", "import", "{root}", "--space", "nb201"], "directory"),

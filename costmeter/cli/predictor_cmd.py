@@ -43,7 +43,7 @@ def import_(path: str, space: str | None, device: str | None, runtime: str, batc
                    "(--force imports it again under a new run id)")
         return
     click.echo(f"imported {summary.n_results} measurements for {len(summary.devices)} device(s) "
-               f"({', '.join(summary.devices)}) as run {summary.run_id} from {summary.source} "
+               f"({', '.join(map(str, summary.devices))}) as run {summary.run_id} from {summary.source} "
                f"(sha256 {summary.source_sha256[:12]})")
 
 
