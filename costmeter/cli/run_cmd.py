@@ -6,8 +6,8 @@ from pathlib import Path
 
 import click
 
-from costmeter.cli.common import (MODEL_HELP, FiniteRange, FloatList, IntList, count, cpus_option, fraction, model_specs,
-                                  non_empty_list, open_store, seconds, store_option, workdir_option)
+from costmeter.cli.common import (MODEL_HELP, FiniteRange, FloatList, IntList, count, cpus_option, fraction,
+                                  model_specs, non_empty_list, open_store, seconds, store_option, workdir_option)
 from costmeter.devices.options import MAX_THREADS
 from costmeter.harness.config import DeviceSpec, ProtocolConfig, RunConfig, default_workdir, parse_options
 
