@@ -8,10 +8,11 @@ random-byte files) or free text. The CLI runs in-process (``costmeter.cli.main``
 COSTMETER_DEBUG set, so an exception that is not mapped to a one-line error escapes and fails
 the example with its traceback.
 
-Commands that measure (run, collect, lut, kernels detect|sample, calibrate) get a short
-protocol. In the default run each of their examples also carries one value known to be invalid
-(so the default run stays fast while their whole argument handling is exercised); the `slow`
-variant drops that and lets valid combinations measure. Everything is written under a temporary
+Commands that measure (run, collect, lut check, calibrate) get a short protocol. In the default
+run each of their examples also carries one value known to be invalid (so the default run stays
+fast while their whole argument handling is exercised); the `slow` variant drops that and lets
+valid combinations measure. Commands whose valid runs take minutes whatever their settings
+(lut build, kernels detect|sample) always carry one invalid value. Everything is written under a temporary
 folder that is also the working directory; absolute paths outside it are only ones that
 cannot be written (/proc).
 """
@@ -80,8 +81,9 @@ class Command:
     words: tuple[str, ...]
     options: dict[str, Pool] = field(default_factory=dict)
     arguments: tuple[Pool, ...] = ()
-    measures: bool = False
-    budget: tuple[str, ...] = ()
+    measures: bool = False  # poisoned in the default run
+    budget: tuple[str, ...] = ()  # appended: a short protocol for valid runs
+    always_poisoned: bool = False  # a valid run takes minutes: poisoned in every run
 
 
 SELECTION = {"--device": TEXT, "--runtime": TEXT, "--run": SELECTOR, "--accuracy": IN, "--no-published": FLAG,
@@ -128,21 +130,26 @@ COMMANDS: tuple[Command, ...] = (
             measures=True),
     Command(("lut", "build"), {"--space": SPACE, "--device": DEVICE, "--runtime": RUNTIME, "--resolution": LIST,
                                "--predicted": FLAG, "--predictor": IN, "--threads": INT, "--min-time": SECONDS,
-                               "--interleave": INT, "-o": OUT, "--workdir": DIR}, measures=True),
+                               "--interleave": INT, "-o": OUT, "--workdir": DIR}, measures=True,
+            always_poisoned=True),
     Command(("lut", "check"), {"--networks": INT, "--predictor": IN, "--device": TEXT, "--seed": INT,
-                               "--min-time": SECONDS, "--store": STORE}, (IN,), measures=True),
+                               "--store": STORE}, (IN,), measures=True,
+            budget=("--min-time", "0.01", "--networks", "2")),
     Command(("kernels", "detect"), {"--device": DEVICE, "--runtime": RUNTIME, "--pairs": PAIRS, "--threads": INT,
-                                    "--repeats": INT, "--min-time": SECONDS, "--workdir": DIR}, measures=True),
+                                    "--repeats": INT, "--min-time": SECONDS, "--workdir": DIR}, measures=True,
+            always_poisoned=True),
     Command(("kernels", "show"), {"-m": MODEL, "--device": DEVICE, "--runtime": RUNTIME, "--batch": INT,
                                   "--workdir": DIR}),
     Command(("kernels", "sample"), {"--device": DEVICE, "--runtime": RUNTIME, "--threads": INT,
                                     "--min-time": SECONDS, "--space-samples": INT, "--adaptive-rounds": INT,
-                                    "--seed": INT, "--store": STORE, "--workdir": DIR}, measures=True),
+                                    "--seed": INT, "--store": STORE, "--workdir": DIR}, measures=True,
+            always_poisoned=True),
     Command(("kernels", "fit"), {"--device": DEVICE, "--runtime": RUNTIME, "-o": OUT, "--cold": FLAG,
                                  "--calibrate-on": TEXT, "--store": STORE, "--workdir": DIR}),
     Command(("collect",), {"--space": SPACE, "--samples": INT, "--device": DEVICE, "--runtime": RUNTIME,
-                           "--threads": INT, "--batch": INT, "--seed": INT, "--min-time": SECONDS,
-                           "--min-results": INT, "--store": STORE, "--workdir": DIR}, measures=True),
+                           "--threads": INT, "--batch": INT, "--seed": INT, "--min-results": INT,
+                           "--store": STORE, "--workdir": DIR}, measures=True,
+            budget=("--min-time", "0.01", "--samples", "2")),
 )
 
 # --- generated files -----------------------------------------------------------------------------
@@ -202,7 +209,7 @@ def invocation(draw: Any, poison_measuring: bool) -> list[str]:
     names = draw(st.lists(st.sampled_from(sorted(command.options)), max_size=5, unique=True)) \
         if command.options else []
     target = None
-    if poison_measuring and command.measures:
+    if command.always_poisoned or (poison_measuring and command.measures):
         target = draw(st.sampled_from(sorted(n for n, p in command.options.items() if p.bad)))
         names = [*dict.fromkeys([*names, target])]
     argv = list(command.words)

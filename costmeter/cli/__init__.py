@@ -61,8 +61,9 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script; returns the process exit code.
 
     Every error becomes one line on stderr: bad input and environment trouble exit 2, a failed
-    gate 1, an interrupt 130. Anything else is a bug, reported in one line as an internal error
-    (exit 2) unless COSTMETER_DEBUG is set, which lets it through with its traceback.
+    gate 1, an interrupt 130; running out of memory or an OS error (disk full, a path that changed)
+    exit 2 too. Anything else is a bug, reported in one line as an internal error (exit 2). With
+    COSTMETER_DEBUG set, OS errors, memory errors and bugs go through with their traceback.
     """
     try:
         code = bench.main(args=argv, prog_name="bench", standalone_mode=False)
@@ -77,9 +78,11 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(f"error: {exc.format_message()}")
     except GateFailed as exc:
         return _fail(str(exc), code=1)
-    except MemoryError:
-        return _fail("error: out of memory; use smaller inputs (--batch, --samples) or free some memory")
-    except OSError as exc:
+    except (MemoryError, OSError) as exc:
+        if os.environ.get("COSTMETER_DEBUG"):  # inputs are checked first: reaching here is worth a look
+            raise
+        if isinstance(exc, MemoryError):
+            return _fail("error: out of memory; use smaller inputs (--batch, --samples) or free some memory")
         where = f" ({exc.filename})" if exc.filename else ""
         return _fail(f"error: {exc.strerror or exc}{where}; check the path, its permissions and the free space")
     except Exception as exc:
