@@ -21,6 +21,24 @@ FIXTURE = Path(__file__).parent / "fixtures" / "nb201_slice.csv.gz"
 ARCH = "|nor_conv_3x3~0|+|none~0|skip_connect~1|+|skip_connect~0|nor_conv_1x1~1|avg_pool_3x3~2|"
 
 
+SUITE = """[suite]
+id = "bad-input"
+[protocol]
+warmup = 0
+warmup_time_s = 0
+min_count = 1
+min_time_s = 0
+max_time_s = 0.05
+percentiles = [50]
+[matrix]
+devices = {devices}
+runtimes = {runtimes}
+{extra}
+[[models]]
+zoo = ["tiny_mlp"]
+"""
+
+
 @dataclass
 class Scene:
     """A store with imported traces and the files the bad cases name ({name} in their argv)."""
@@ -76,10 +94,21 @@ def build_scene(root: Path) -> Scene:
     dynamic = root / "dynamic.onnx"
     _dynamic_onnx(dynamic)
     (root / "wd").mkdir()
+    suite = root / "suite.toml"
+    suite.write_text(SUITE.format(devices='["fake"]', runtimes='["fake"]', extra=""))
+    suite_option = root / "suite_option.toml"
+    suite_option.write_text(SUITE.format(devices='["cpu"]', runtimes='["onnxruntime"]',
+                                         extra='[options.onnxruntime]\nopt_level = "bogus"\n'))
+    suite_batch = root / "suite_batch.toml"
+    suite_batch.write_text(SUITE.format(devices='["cpu"]', runtimes='["onnxruntime"]', extra="")
+                           .replace('zoo = ["tiny_mlp"]', 'zoo = ["resnet18"]\nbatches = [2000000]'))
+    bad_toml = root / "bad.toml"
+    bad_toml.write_text('[suite\nid = "x"\n')
     paths = {"root": str(root), "traces": str(traces), "regular": str(regular), "csv": str(malformed_csv),
              "extreme": str(extreme), "no_device": str(no_device), "not_zip": str(not_zip), "manifest": str(manifest),
              "bad_json": str(bad_json), "dynamic": str(dynamic), "missing": str(root / "missing"),
-             "store": store_url}
+             "store": store_url, "suite": str(suite), "suite_option": str(suite_option),
+             "suite_batch": str(suite_batch), "bad_toml": str(bad_toml)}
     return Scene(root, paths)
 
 
@@ -216,6 +245,23 @@ CASES: list[tuple[list[str], str]] = [
     (["collect", "--space", "nb201", "--batch", "0"], "--batch"),
     (["collect", "--space", "nb201", "--runtime", "bogus"], "bogus"),
     (["collect", "--space", "nb201", "--threads", "-2"], "--threads"),
+    # bench suite, bench nightly, bench results replay|check
+    (["suite", "run", "{missing}.toml"], "not exist"),
+    (["suite", "run", "{bad_toml}"], "bad.toml"),
+    (["suite", "run", "{suite_option}", "--sha", "abc1234"], "disable|basic|extended|all"),
+    (["suite", "run", "{suite_batch}", "--sha", "abc1234"], "free"),
+    (["suite", "run", "{suite}", "--farm", "bogus"], "--farm"),
+    (["suite", "run", "{suite}", "--workdir", "{regular}/wd"], "is a file"),
+    (["suite", "subset", "{suite}", "--history", "tag:x", "--budget", "nan"], "--budget"),
+    (["suite", "subset", "{suite}", "--history", "latest", "--budget", "0.1"], "history"),
+    (["suite", "subset", "{suite}", "--history", "tag:x", "--budget", "0.1", "--json", "{missing}/s.json"],
+     "does not exist"),
+    (["nightly", "{suite}", "--baseline", "bogus"], "--baseline"),
+    (["nightly", "{suite}", "--out", "{regular}/report"], "is a file"),
+    (["nightly", "{suite}", "--threshold", "nan"], "--threshold"),
+    (["nightly", "{suite_option}", "--sha", "abc1234", "--out", "{root}/nightly"], "disable|basic|extended|all"),
+    (["results", "replay", "--workdir", "{regular}/wd"], "is a file"),
+    (["results", "check", "--store", "sqlite:///{missing}/x.db"], "does not exist"),
     # unknown commands and options
     (["nosuch"], "nosuch"),
     (["run", "-m", "tiny_mlp", "--nosuch"], "--nosuch"),

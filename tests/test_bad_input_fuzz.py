@@ -62,6 +62,11 @@ SELECTOR = Pool(("latest", "tag:imported", "latest~1"), ("bogus", "run:", "date:
 IN = Pool(("{traces}", "{gen}", "{gen}.csv", "{gen}.csv", "{gen}.json", "{gen}.costmodel", "{gen}.costmodel",
            "{csv}", "{not_zip}", "{manifest}", "{bad_json}", "{extreme}", "{no_device}"),
           ("{missing}", "{root}", "{regular}/x"), "path")
+SUITE_FILE = Pool(("{suite}", "{suite_option}", "{bad_toml}", "{gen}.toml", "{gen}.toml", "{gen}.toml"),
+                  ("{missing}.toml", "{root}", "{regular}/x.toml"), "path")
+SHA = Pool(("abc1234", "0123456789abcdef"), ("xyz", "", "abc", "g" * 7))
+FARM = Pool(("local",), ("bogus", "", "ray://", "ray:/x"), None)
+NIGHTLY_BASELINE = Pool(("last-good", "window:2"), ("bogus", "window:1", "window:x", "", "window:-2"), None)
 OUT = Pool(("{root}/out.csv", "{root}/out.json", "{root}/out.png"), ("{regular}/x", "{missing}/x", "/proc/x", ""),
            "path")
 DIR = Pool(("{root}/outdir",), ("{regular}/d", "{missing}/d", "/proc/d", ""), "path")
@@ -146,6 +151,15 @@ COMMANDS: tuple[Command, ...] = (
             always_poisoned=True),
     Command(("kernels", "fit"), {"--device": DEVICE, "--runtime": RUNTIME, "-o": OUT, "--cold": FLAG,
                                  "--calibrate-on": TEXT, "--store": STORE, "--workdir": DIR}),
+    Command(("suite", "run"), {"--sha": SHA, "--tag": TEXT, "--resume": FLAG, "--farm": FARM, "--quiet": FLAG,
+                               "--store": STORE, "--workdir": DIR}, (SUITE_FILE,), measures=True),
+    Command(("suite", "subset"), {"--history": SELECTOR, "--budget": FRACTION, "--by": choice("keys", "time"),
+                                  "--rank-by": TEXT, "--json": OUT, "--store": STORE}, (SUITE_FILE,)),
+    Command(("nightly",), {"--sha": SHA, "--baseline": NIGHTLY_BASELINE, "--out": DIR, "--threshold": FRACTION,
+                           "--alpha": FRACTION, "--quiet": FLAG, "--farm": FARM, "--store": STORE},
+            (SUITE_FILE,), measures=True),
+    Command(("results", "replay"), {"--store": STORE, "--workdir": DIR}),
+    Command(("results", "check"), {"--store": STORE}),
     Command(("collect",), {"--space": SPACE, "--samples": INT, "--device": DEVICE, "--runtime": RUNTIME,
                            "--threads": INT, "--batch": INT, "--seed": INT, "--min-results": INT,
                            "--store": STORE, "--workdir": DIR}, measures=True,
@@ -181,8 +195,50 @@ def _zip(manifest: str, payload: bytes) -> bytes:
     return buffer.getvalue()
 
 
+_TOML_KEYS = {
+    "suite": ("id", "tag", "timeout_s", "processes", "python_path", "repository", "parity", "nosuch"),
+    "protocol": ("warmup", "warmup_time_s", "min_count", "min_time_s", "max_time_s", "percentiles", "max_rel_ci"),
+    "matrix": ("devices", "runtimes", "batches", "threads"),
+    "options.onnxruntime": ("opt_level", "inter_op_threads", "nosuch"),
+    "options.fake": ("latency_us", "fault"),
+    "store": ("retry_window_s", "busy_timeout_s"),
+    "[models]": ("zoo", "onnx", "space", "samples", "seed", "python", "runtimes", "batches"),
+}
+_TOML_STRINGS = ("tiny_mlp", "fake", "cpu", "onnxruntime", "nb201", "bogus", "", "x:y", "json:loads", "all",
+                 "0", "raise", "..", "tpu")
+toml_scalar = st.one_of(st.integers(-3, 3), st.sampled_from([2**63, -(2**63) - 1, 10**30]),
+                        st.sampled_from(["0.05", "0.0", "-1.0", "inf", "nan", "1e308"]).map(float),
+                        st.sampled_from(_TOML_STRINGS), st.booleans())
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return "nan" if value != value else ("inf" if value == float("inf") else repr(value))
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    return str(value)
+
+
+@st.composite
+def toml_text(draw: Any) -> str:
+    """A suite file: known sections and keys with plausible and hostile values."""
+    lines = []
+    for section in draw(st.lists(st.sampled_from(sorted(_TOML_KEYS)), min_size=1, max_size=5)):
+        lines.append(f"[{section}]")
+        for key in draw(st.lists(st.sampled_from(_TOML_KEYS[section]), max_size=4, unique=True)):
+            value = draw(toml_scalar | st.lists(toml_scalar, max_size=3))
+            lines.append(f"{key} = {_toml_value(value)}")
+    return "\n".join(lines) + "\n"
+
+
 file_bytes = st.one_of(
     st.binary(max_size=200),
+    toml_text().map(str.encode),
+    toml_text().map(str.encode),
     csv_text().map(str.encode),
     json_values.map(lambda v: json.dumps(v).encode()),
     st.builds(_zip, json_values.map(json.dumps), st.binary(max_size=64)),
@@ -239,7 +295,7 @@ def _check(argv: list[str], content: bytes, paths: dict[str, str], monkeypatch: 
            capsys: pytest.CaptureFixture) -> None:
     root = Path(paths["root"])
     gen = root / "gen"
-    for suffix in ("", ".csv", ".json", ".costmodel", ".onnx"):
+    for suffix in ("", ".csv", ".json", ".costmodel", ".onnx", ".toml"):
         Path(f"{gen}{suffix}").write_bytes(content)
     args = [_fill(a, {**paths, "gen": str(gen)}) for a in argv]
     monkeypatch.chdir(root)
