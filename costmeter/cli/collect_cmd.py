@@ -5,20 +5,23 @@ from pathlib import Path
 
 import click
 
-from costmeter.cli.common import MODEL_HELP, model_specs, open_store, store_option, workdir_option
+from costmeter.cli.common import (MODEL_HELP, OutputPath, check_target, count, model_specs, non_empty_list, open_store,
+                                  seconds, store_option, workdir_option)
+from costmeter.devices.options import MAX_THREADS
 from costmeter.harness.config import default_workdir
 
 
 @click.command()
 @click.option("--space", required=True, help="nb201, ofa_mbv3, or a zoo family (resnet, mobilenet_v2, ...)")
-@click.option("--samples", default=100, show_default=True, help="Architectures to sample")
+@click.option("--samples", type=count(1, example="100"), default=100, show_default=True, help="Architectures to sample")
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--runtime", default="onnxruntime", show_default=True)
-@click.option("--threads", type=int, default=None)
-@click.option("--batch", default=1, show_default=True)
-@click.option("--seed", default=0, show_default=True)
-@click.option("--min-time", default=0.5, show_default=True, help="Sampling seconds per architecture")
-@click.option("--min-results", default=1, show_default=True,
+@click.option("--threads", type=count(1, MAX_THREADS, "1"), default=None)
+@click.option("--batch", type=count(1, 2**31 - 1, "1"), default=1, show_default=True)
+@click.option("--seed", type=count(0, 2**32 - 1, "0"), default=0, show_default=True)
+@click.option("--min-time", type=seconds(min_open=True, example="0.5"), default=0.5, show_default=True,
+              help="Sampling seconds per architecture")
+@click.option("--min-results", type=count(0, example="1"), default=1, show_default=True,
               help="Skip architectures that already have this many ok results (0: measure all)")
 @click.option("--tag", default=None)
 @store_option
@@ -31,6 +34,7 @@ def collect(space: str, samples: int, device: str, runtime: str, threads: int | 
     from costmeter.predictors import collect as run_collect
     from costmeter.predictors import collect_protocol
 
+    check_target(device, runtime)
     store = open_store(store_url, workdir)
     try:
         results = with_run_progress(lambda progress: run_collect(
@@ -51,9 +55,11 @@ def kernels() -> None:
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--runtime", default="onnxruntime", show_default=True)
 @click.option("--pairs", default=None, help="Op pairs to test, e.g. Conv+Relu,MatMul+Add (default: a built-in set)")
-@click.option("--threads", type=int, default=1, show_default=True)
-@click.option("--repeats", default=3, show_default=True, help="Interleaved rounds over every micro-benchmark")
-@click.option("--min-time", default=0.3, show_default=True, help="Sampling seconds per micro-benchmark")
+@click.option("--threads", type=count(1, MAX_THREADS, "1"), default=1, show_default=True)
+@click.option("--repeats", type=count(1, example="3"), default=3, show_default=True,
+              help="Interleaved rounds over every micro-benchmark")
+@click.option("--min-time", type=seconds(min_open=True, example="0.3"), default=0.3, show_default=True,
+              help="Sampling seconds per micro-benchmark")
 @workdir_option
 def detect(device: str, runtime: str, pairs: str | None, threads: int, repeats: int, min_time: float,
            workdir: Path | None) -> None:
@@ -61,8 +67,9 @@ def detect(device: str, runtime: str, pairs: str | None, threads: int, repeats: 
     from costmeter.predictors import detect_fusion, parse_pairs
     from costmeter.predictors import rules_path
 
+    chosen = parse_pairs(pairs) if pairs is not None else None
+    check_target(device, runtime)
     wd = workdir or default_workdir()
-    chosen = parse_pairs(pairs) if pairs else None
     rule_set = detect_fusion(chosen, device=device, runtime=runtime, workdir=wd, threads=threads,
                              repeats=repeats, min_time_s=min_time)
     for row in rule_set.evidence:
@@ -74,7 +81,7 @@ def detect(device: str, runtime: str, pairs: str | None, threads: int, repeats: 
 @click.option("--model", "-m", "models", required=True, multiple=True, help=MODEL_HELP)
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--runtime", default="onnxruntime", show_default=True, help="Whose fusion rules to apply")
-@click.option("--batch", default=1, show_default=True)
+@click.option("--batch", type=count(1, 2**31 - 1, "1"), default=1, show_default=True)
 @workdir_option
 def show(models: tuple[str, ...], device: str, runtime: str, batch: int, workdir: Path | None) -> None:
     """The kernels a runtime runs for a model, and the ops the cost model cannot price (never dropped)."""
@@ -104,11 +111,14 @@ def show(models: tuple[str, ...], device: str, runtime: str, batch: int, workdir
 @kernels.command()
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--runtime", default="onnxruntime", show_default=True)
-@click.option("--threads", type=int, default=1, show_default=True)
-@click.option("--min-time", default=0.2, show_default=True, help="Sampling seconds per kernel")
-@click.option("--space-samples", default=30, show_default=True, help="Search-space archs added to the prior")
-@click.option("--adaptive-rounds", default=1, show_default=True, help="Re-sampling rounds around >10% errors")
-@click.option("--seed", default=0, show_default=True)
+@click.option("--threads", type=count(1, MAX_THREADS, "1"), default=1, show_default=True)
+@click.option("--min-time", type=seconds(min_open=True, example="0.2"), default=0.2, show_default=True,
+              help="Sampling seconds per kernel")
+@click.option("--space-samples", type=count(0, example="30"), default=30, show_default=True,
+              help="Search-space archs added to the prior")
+@click.option("--adaptive-rounds", type=count(0, 100, "1"), default=1, show_default=True,
+              help="Re-sampling rounds around >10% errors")
+@click.option("--seed", type=count(0, 2**32 - 1, "0"), default=0, show_default=True)
 @click.option("--context", is_flag=True,
               help="Time image kernels between context ops, minus their baselines (default: alone)")
 @store_option
@@ -123,6 +133,7 @@ def sample(device: str, runtime: str, threads: int, min_time: float, space_sampl
     from costmeter.predictors import load_rules
     from costmeter.predictors import samples_path
 
+    check_target(device, runtime)
     wd = workdir or default_workdir()
     store = open_store(store_url, workdir)
     try:
@@ -137,7 +148,7 @@ def sample(device: str, runtime: str, threads: int, min_time: float, space_sampl
 @kernels.command()
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--runtime", default="onnxruntime", show_default=True)
-@click.option("--output", "-o", type=click.Path(dir_okay=False), required=True, help="FILE.costmodel")
+@click.option("--output", "-o", type=OutputPath(), required=True, help="FILE.costmodel")
 @click.option("--cold", is_flag=True,
               help="Fit the latencies with the weights out of cache (samples taken with --context)")
 @click.option("--calibrate-on", default=None, metavar="SPACES",
@@ -148,11 +159,10 @@ def sample(device: str, runtime: str, threads: int, min_time: float, space_sampl
 def fit(device: str, runtime: str, output: str, cold: bool, calibrate_on: str | None, store_url: str | None, workdir: Path | None) -> None:
     """Fit per-kernel forests on the measured kernel samples: a network predictor for `bench predict`
     and `bench lut build --predicted`, optionally calibrated on measured networks."""
-    from costmeter.cli.common import split_list
     from costmeter.predictors import save_predictor
     from costmeter.predictors import fit_network_predictor
 
-    spaces = split_list(calibrate_on) if calibrate_on else []
+    spaces = non_empty_list(calibrate_on, "--calibrate-on", "nb201") if calibrate_on is not None else []
     store = open_store(store_url, workdir) if spaces else None
     try:
         model, extra = fit_network_predictor(workdir or default_workdir(), device, runtime, cold=cold,

@@ -5,8 +5,10 @@ from pathlib import Path
 
 import click
 
-from costmeter.cli.common import open_store, store_option, with_run_progress, workdir_option
-from costmeter.harness.config import default_workdir, parse_int_list
+from costmeter.cli.common import (IntList, OutputPath, check_target, count, input_file, open_store, seconds,
+                                  store_option, with_run_progress, workdir_option)
+from costmeter.devices.options import MAX_THREADS
+from costmeter.harness.config import default_workdir
 
 
 @click.group()
@@ -18,16 +20,19 @@ def lut() -> None:
 @click.option("--space", required=True, help="ofa_mbv3 or nb201")
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--runtime", default="onnxruntime", show_default=True)
-@click.option("--resolution", default=None, help="Comma-separated input resolutions (default: all the space has)")
+@click.option("--resolution", type=IntList(1, 4096), default=None,
+              help="Comma-separated input resolutions (default: all the space has)")
 @click.option("--predicted", is_flag=True, help="Predict entries with --predictor instead of measuring")
-@click.option("--predictor", "predictor_path", type=click.Path(dir_okay=False), default=None,
+@click.option("--predictor", "predictor_path", type=input_file(), default=None,
               help="Kernel-level .costmodel used with --predicted")
-@click.option("--threads", default=1, show_default=True)
-@click.option("--min-time", default=0.05, show_default=True, help="Sampling seconds per block")
-@click.option("--interleave", type=int, default=None, help="Blocks measured round-robin in groups of N")
-@click.option("--output", "-o", type=click.Path(dir_okay=False), default=None)
+@click.option("--threads", type=count(1, MAX_THREADS, "1"), default=1, show_default=True)
+@click.option("--min-time", type=seconds(min_open=True, example="0.05"), default=0.05, show_default=True,
+              help="Sampling seconds per block")
+@click.option("--interleave", type=count(1, example="8"), default=None,
+              help="Blocks measured round-robin in groups of N")
+@click.option("--output", "-o", type=OutputPath(), default=None)
 @workdir_option
-def build(space: str, device: str, runtime: str, resolution: str | None, predicted: bool,
+def build(space: str, device: str, runtime: str, resolution: list[int] | None, predicted: bool,
           predictor_path: str | None, threads: int, min_time: float, interleave: int | None,
           output: str | None, workdir: Path | None) -> None:
     """Measure (or predict) every block configuration at every input shape; write JSON + CSV."""
@@ -38,8 +43,10 @@ def build(space: str, device: str, runtime: str, resolution: str | None, predict
         raise ConfigError("--predicted needs --predictor FILE.costmodel (a kernel-level cost model)")
     if predictor_path and not predicted:
         raise ConfigError("--predictor is used only with --predicted; add --predicted or drop --predictor")
+    if not predicted:
+        check_target(device, runtime)
     wd = workdir or default_workdir()
-    res = parse_int_list(resolution, "--resolution") if resolution else None
+    res = resolution
     out = output or default_lut_path(wd, space, device, runtime, res, predicted)
     predictor = None
     if predicted:
@@ -55,14 +62,16 @@ def build(space: str, device: str, runtime: str, resolution: str | None, predict
 
 
 @lut.command()
-@click.argument("table_path", type=click.Path(dir_okay=False))
-@click.option("--networks", default=30, show_default=True, help="Whole sampled networks to measure")
-@click.option("--predictor", "predictor_path", type=click.Path(dir_okay=False), default=None,
+@click.argument("table_path", type=input_file())
+@click.option("--networks", type=count(1, example="30"), default=30, show_default=True,
+              help="Whole sampled networks to measure")
+@click.option("--predictor", "predictor_path", type=input_file(), default=None,
               help="A .costmodel to compare side by side")
 @click.option("--device", default=None, help="Refuse the table unless it was built for this device")
 @click.option("--runtime", default=None, help="Refuse the table unless it was built for this runtime")
-@click.option("--seed", default=0, show_default=True)
-@click.option("--min-time", default=0.5, show_default=True, help="Sampling seconds per network")
+@click.option("--seed", type=count(0, 2**32 - 1, "0"), default=0, show_default=True)
+@click.option("--min-time", type=seconds(min_open=True, example="0.5"), default=0.5, show_default=True,
+              help="Sampling seconds per network")
 @click.option("--update", is_flag=True, help="Record the check in the table's manifest")
 @store_option
 @workdir_option

@@ -17,6 +17,7 @@ from typing import Any
 
 import click
 
+from costmeter.cli.common import OutputPath, fraction
 from costmeter.cli.suite_cmd import run_suite_file, suite_options
 from costmeter.errors import ConfigError
 
@@ -146,10 +147,13 @@ def _summary_lines(outcome: Any, found: dict[str, Any], paths: dict[str, Path]) 
 @suite_options
 @click.option("--baseline", default="last-good", show_default=True,
               help="last-good (the last night of this suite that passed) or window:N (its last N good nights)")
-@click.option("--out", type=click.Path(path_type=Path), default=Path("nightly-report"),
-              show_default=True, help="Folder for regression.html/.md/.json and nightly.json")
-@click.option("--threshold", default=0.05, show_default=True, help="Smallest slowdown that can be a regression")
-@click.option("--alpha", default=0.05, show_default=True, help="False discovery rate across keys")
+@click.option("--out", type=OutputPath(folder=True, path_type=Path, what="the nightly report"),
+              default=Path("nightly-report"), show_default=True,
+              help="Folder for regression.html/.md/.json and nightly.json")
+@click.option("--threshold", type=fraction("0.05"), default=0.05, show_default=True,
+              help="Smallest slowdown that can be a regression")
+@click.option("--alpha", type=fraction("0.05"), default=0.05, show_default=True,
+              help="False discovery rate across keys")
 def nightly(suite_file: str, resume: bool, sha: str | None, tag: str | None, farm: str | None,
             quiet: bool, store_url: str | None, workdir: Path | None, baseline: str, out: Path,
             threshold: float, alpha: float) -> None:

@@ -5,7 +5,8 @@ from pathlib import Path
 
 import click
 
-from costmeter.cli.common import MODEL_HELP, model_specs, open_store, query_frame, split_list, store_option, workdir_option
+from costmeter.cli.common import (MODEL_HELP, OutputPath, count, fraction, input_file, model_specs,
+                                  non_empty_list, open_store, query_frame, store_option, workdir_option)
 from costmeter.harness.config import default_workdir
 
 
@@ -15,11 +16,11 @@ def traces() -> None:
 
 
 @traces.command("import")
-@click.argument("path", type=click.Path(dir_okay=False))
+@click.argument("path", type=input_file())
 @click.option("--space", default=None, help="Search space of the arch column (nb201, ofa_mbv3)")
 @click.option("--device", default=None, help="Device name(s) for a single latency column, or the columns to take")
 @click.option("--runtime", default="unknown", show_default=True)
-@click.option("--batch", default=1, show_default=True)
+@click.option("--batch", type=count(1, 2**31 - 1, "1"), default=1, show_default=True)
 @click.option("--tag", default="imported", show_default=True)
 @click.option("--force", is_flag=True, help="Import a file imported before again, under a new run id")
 @store_option
@@ -42,7 +43,7 @@ def import_(path: str, space: str | None, device: str | None, runtime: str, batc
                    "(--force imports it again under a new run id)")
         return
     click.echo(f"imported {summary.n_results} measurements for {len(summary.devices)} device(s) "
-               f"({', '.join(summary.devices)}) as run {summary.run_id} from {summary.source} "
+               f"({', '.join(map(str, summary.devices))}) as run {summary.run_id} from {summary.source} "
                f"(sha256 {summary.source_sha256[:12]})")
 
 
@@ -55,9 +56,10 @@ def predictor() -> None:
 @click.option("--space", required=True, help="nb201 or ofa_mbv3")
 @click.option("--device", required=True, help="Device whose stored measurements train the model")
 @click.option("--runtime", default=None, help="Only measurements of this runtime")
-@click.option("--holdout", default=0.2, show_default=True, help="Share held out for the metrics in the manifest")
-@click.option("--seed", default=0, show_default=True)
-@click.option("--output", "-o", type=click.Path(dir_okay=False), required=True, help="FILE.costmodel")
+@click.option("--holdout", type=fraction("0.2", min_open=False), default=0.2, show_default=True,
+              help="Share held out for the metrics in the manifest")
+@click.option("--seed", type=count(0, 2**32 - 1, "0"), default=0, show_default=True)
+@click.option("--output", "-o", type=OutputPath(), required=True, help="FILE.costmodel")
 @store_option
 @workdir_option
 def fit(space: str, device: str, runtime: str | None, holdout: float, seed: int, output: str,
@@ -75,15 +77,16 @@ def fit(space: str, device: str, runtime: str | None, holdout: float, seed: int,
 
 
 @predictor.command("eval")
-@click.argument("model_file", required=False, type=click.Path(dir_okay=False))
+@click.argument("model_file", required=False, type=input_file())
 @click.option("--space", default=None, help="Cross-validate a fresh forest on this space's stored data instead")
 @click.option("--device", default=None)
 @click.option("--runtime", default=None)
 @click.option("--split", type=click.Choice(["random", "family"]), default="random", show_default=True)
-@click.option("--train", "train_share", default=0.8, show_default=True, help="Training share (random split)")
+@click.option("--train", "train_share", type=fraction("0.8"), default=0.8, show_default=True,
+              help="Training share (random split)")
 @click.option("--held-out", default=None, help="Comma-separated families to test on (family split)")
-@click.option("--seed", default=0, show_default=True)
-@click.option("--output", "-o", type=click.Path(dir_okay=False), default=None,
+@click.option("--seed", type=count(0, 2**32 - 1, "0"), default=0, show_default=True)
+@click.option("--output", "-o", type=OutputPath(), default=None,
               help="Write per-model predictions (CSV) for `bench report predictor`")
 @store_option
 @workdir_option
@@ -139,7 +142,7 @@ def _cross_validate(frame, space, device, runtime, split, train_share, held_out,
     if split == "family":
         if not held_out:
             raise ConfigError("--split family needs --held-out FAMILY[,FAMILY]")
-        tr, te = family_split([family_of(a) for a in archs], split_list(held_out))
+        tr, te = family_split([family_of(a) for a in archs], non_empty_list(held_out, "--held-out", "resnet"))
     else:
         tr, te = random_split(len(archs), train=train_share, seed=seed)
     model = ArchPredictor(space=space, device=device, runtime=runtime).fit([archs[i] for i in tr], y[tr])
@@ -148,7 +151,7 @@ def _cross_validate(frame, space, device, runtime, split, train_share, held_out,
 
 
 @click.command()
-@click.argument("model_file", type=click.Path(dir_okay=False))
+@click.argument("model_file", type=input_file())
 @click.option("--model", "-m", "archs", required=True, multiple=True,
               help="Repeatable, one architecture per value (space: prefix optional), or @FILE with one "
                    "per line. For a kernel-level predictor (`bench kernels fit`): " + MODEL_HELP)

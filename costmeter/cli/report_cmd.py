@@ -5,7 +5,9 @@ from pathlib import Path
 
 import click
 
-from costmeter.cli.common import open_store, query_frame, store_option, workdir_option
+from costmeter.cli.common import (OutputPath, count, fits_in_memory, fraction, input_file, open_store, query_frame,
+                                  store_option, workdir_option)
+from costmeter.devices.options import MAX_THREADS
 from costmeter.harness.config import default_workdir
 
 
@@ -14,7 +16,7 @@ def _selection(f):
     f = click.option("--runtime", default=None, help="Only this runtime")(f)
     f = click.option("--run", default=None, metavar="SELECTOR",
                      help="run:ID, tag:NAME, sha:PREFIX, date:D[..D], latest[~N]")(f)
-    f = click.option("--accuracy", "accuracy_csv", type=click.Path(dir_okay=False), default=None,
+    f = click.option("--accuracy", "accuracy_csv", type=input_file(), default=None,
                      help="CSV of model_id/arch -> metric -> value")(f)
     f = click.option("--no-published", is_flag=True, help="Do not use the zoo's published ImageNet top-1")(f)
     return f
@@ -44,7 +46,7 @@ def report() -> None:
               default="device_runtime", show_default=True)
 @click.option("--ref", "reference", default=None, metavar="X,Y", help="Hypervolume reference point")
 @click.option("--valid-only", is_flag=True, help="Leave INVALID results out")
-@click.option("--out", type=click.Path(dir_okay=False), default=None, help="Plot file (.png/.svg/.pdf)")
+@click.option("--out", type=OutputPath(), default=None, help="Plot file (.png/.svg/.pdf)")
 @_selection
 @store_option
 @workdir_option
@@ -61,7 +63,7 @@ def pareto(store_url, workdir, no_published, valid_only, **kw) -> None:
 @click.option("--metric", "accuracy_metric", default="top1", show_default=True)
 @click.option("--format", "format_name", type=click.Choice(["md", "html", "csv", "tex"]), default="md",
               show_default=True)
-@click.option("--out", type=click.Path(dir_okay=False), default=None)
+@click.option("--out", type=OutputPath(), default=None)
 @_selection
 @store_option
 @workdir_option
@@ -77,17 +79,18 @@ def table(store_url, workdir, no_published, out, **kw) -> None:
 @report.command()
 @click.option("--baseline", required=True, metavar="SELECTOR")
 @click.option("--current", required=True, metavar="SELECTOR")
-@click.option("--threshold", default=0.05, show_default=True, help="Practical threshold (fraction)")
-@click.option("--alpha", default=0.05, show_default=True, help="False discovery rate")
-@click.option("--min-samples", default=10, show_default=True)
-@click.option("--history-runs", default=20, show_default=True,
+@click.option("--threshold", type=fraction("0.05"), default=0.05, show_default=True,
+              help="Practical threshold (fraction)")
+@click.option("--alpha", type=fraction("0.05"), default=0.05, show_default=True, help="False discovery rate")
+@click.option("--min-samples", type=count(1, example="10"), default=10, show_default=True)
+@click.option("--history-runs", type=count(0, example="20"), default=20, show_default=True,
               help="Stored runs per key that measure its run-to-run noise (0: none)")
-@click.option("--min-history", default=5, show_default=True,
+@click.option("--min-history", type=count(0, example="5"), default=5, show_default=True,
               help="Fewer stored runs than this: assume --assumed-noise at least")
-@click.option("--assumed-noise", "assumed_run_sd", default=0.01, show_default=True,
+@click.option("--assumed-noise", "assumed_run_sd", type=fraction("0.01"), default=0.01, show_default=True,
               help="Run-to-run SD (fraction) assumed for keys without enough history")
 @click.option("--no-history", is_flag=True, help="Skip step detection over each key's history")
-@click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
+@click.option("--out", "out_dir", type=OutputPath(folder=True), default=None,
               help="Write regression.html/.md/.json here")
 @store_option
 @workdir_option
@@ -111,10 +114,10 @@ def regress(store_url, workdir, no_history, **kw) -> None:
 
 
 @report.command("predictor")
-@click.option("--input", "predictions", type=click.Path(dir_okay=False), required=True,
+@click.option("--input", "predictions", type=input_file(), required=True,
               help="Output of `bench predictor eval` (.csv/.json/.parquet)")
-@click.option("--band", default=0.10, show_default=True)
-@click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None)
+@click.option("--band", type=fraction("0.1"), default=0.10, show_default=True)
+@click.option("--out", "out_dir", type=OutputPath(folder=True), default=None)
 @click.option("--image-format", type=click.Choice(["png", "svg"]), default="png", show_default=True)
 def predictor_report(**kw) -> None:
     """Predicted-vs-measured scatter, error histogram and per-family table."""
@@ -127,9 +130,10 @@ def predictor_report(**kw) -> None:
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--runtime", default=None)
 @click.option("--run", default=None, metavar="SELECTOR")
-@click.option("--calibration", type=click.Path(), default=None, help="File or folder (default: the working folder)")
-@click.option("--kernels", type=click.Path(dir_okay=False), default=None, help="Kernel breakdown CSV")
-@click.option("--out", type=click.Path(dir_okay=False), default=None)
+@click.option("--calibration", type=click.Path(exists=True), default=None,
+              help="File or folder (default: the working folder)")
+@click.option("--kernels", type=input_file(), default=None, help="Kernel breakdown CSV")
+@click.option("--out", type=OutputPath(), default=None)
 @store_option
 @workdir_option
 def roofline(store_url, workdir, calibration, **kw) -> None:
@@ -143,16 +147,21 @@ def roofline(store_url, workdir, calibration, **kw) -> None:
 @click.command()
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--backend", type=click.Choice(["numpy", "torch"]), default=None)
-@click.option("--gemm-size", type=int, default=None)
-@click.option("--copy-mib", type=int, default=None)
-@click.option("--repeats", default=5, show_default=True)
+@click.option("--gemm-size", type=count(16, 2**16, "2048"), default=None, help="Square GEMM side (elements)")
+@click.option("--copy-mib", type=count(1, 2**20, "256"), default=None, help="Copied buffer (MiB)")
+@click.option("--repeats", type=count(1, 10_000, "5"), default=5, show_default=True)
 @click.option("--dtype", default="float32", show_default=True)
-@click.option("--threads", type=int, default=None)
+@click.option("--threads", type=count(1, MAX_THREADS, "4"), default=None)
 @workdir_option
 def calibrate(workdir, **kw) -> None:
     """Measure peak FLOP/s (large GEMM) and memory bandwidth (large copy); store them."""
     from costmeter.reports.commands import calibration_summary, run_calibration
 
+    if kw["device"] == "cpu":  # three GEMM operands (built in float64) and two copy buffers, in host memory
+        if kw["gemm_size"]:
+            fits_in_memory(3 * 8 * kw["gemm_size"] ** 2, f"--gemm-size {kw['gemm_size']}", "a smaller --gemm-size")
+        if kw["copy_mib"]:
+            fits_in_memory(2 * kw["copy_mib"] * 2**20, f"--copy-mib {kw['copy_mib']}", "a smaller --copy-mib")
     wd = workdir or default_workdir()
     wd.mkdir(parents=True, exist_ok=True)
     calibration, path = run_calibration(wd, **kw)
@@ -160,7 +169,7 @@ def calibrate(workdir, **kw) -> None:
 
 
 @report.command("history")
-@click.option("--out", required=True, type=click.Path(file_okay=False),
+@click.option("--out", required=True, type=OutputPath(folder=True, what="the site"),
               help="Folder for the site (created; a site written here before is replaced)")
 @click.option("--baseline", default="window:20", show_default=True, metavar="SELECTOR|window:N",
               help="What the current run is compared with")
@@ -168,9 +177,9 @@ def calibrate(workdir, **kw) -> None:
 @click.option("--tag", default=None, help="Only runs with this tag (e.g. nightly)")
 @click.option("--device", default=None, help="Only this device")
 @click.option("--runtime", default=None, help="Only this runtime")
-@click.option("--threshold", default=0.05, show_default=True,
+@click.option("--threshold", type=fraction("0.05"), default=0.05, show_default=True,
               help="Practical threshold of verdicts and steps (fraction)")
-@click.option("--alpha", default=0.05, show_default=True, help="False discovery rate")
+@click.option("--alpha", type=fraction("0.05"), default=0.05, show_default=True, help="False discovery rate")
 @store_option
 @workdir_option
 def history(store_url, workdir, **kw) -> None:
@@ -189,16 +198,17 @@ def history(store_url, workdir, **kw) -> None:
 @report.command("subset")
 @click.option("--history", required=True, metavar="SELECTOR",
               help="The suite's stored history, e.g. tag:nightly")
-@click.option("--budget", required=True, type=float, help="Share of the suite to keep, e.g. 0.1")
+@click.option("--budget", required=True, type=fraction("0.1", max_open=False),
+              help="Share of the suite to keep, e.g. 0.1")
 @click.option("--by", "budget_by", type=click.Choice(["keys", "time"]), default="keys",
               show_default=True, help="Budget as a share of keys or of measuring time")
 @click.option("--rank-by", default="device,runtime", show_default=True,
               help="Key fields that name what the suite ranks")
 @click.option("--nights", type=click.Choice(["run", "date"]), default="run", show_default=True,
               help="A night is one run, or one date")
-@click.option("--held-out", default=1 / 3, show_default=True,
+@click.option("--held-out", type=fraction("0.33"), default=1 / 3, show_default=True,
               help="Share of the latest nights kept for scoring")
-@click.option("--json", "json_out", type=click.Path(dir_okay=False), default=None,
+@click.option("--json", "json_out", type=OutputPath(), default=None,
               help="Write the subset report as JSON here")
 @store_option
 @workdir_option

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from costmeter.cli.common import open_store, store_option, workdir_option
+from costmeter.cli.common import OutputPath, open_store, store_option, workdir_option
 
 FILTERS = ("run_id", "tag", "model_id", "device", "runtime")
 
@@ -60,7 +60,7 @@ def _cell(v) -> str:
 
 
 @results.command("show")
-@click.argument("result_id", type=int)
+@click.argument("result_id", type=click.IntRange(min=1, max=2**63 - 1))
 @click.option("--samples", "with_samples", is_flag=True, help="Include the raw samples (ns)")
 @store_option
 @workdir_option
@@ -79,7 +79,8 @@ def show(result_id: int, with_samples: bool, store_url: str | None, workdir: Pat
 @results.command("export")
 @_filters
 @click.option("--format", "fmt", type=click.Choice(["csv", "json", "parquet"]), required=True)
-@click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path), required=True)
+@click.option("--output", "-o", type=OutputPath(path_type=Path), required=True,
+              help="File to write, in a folder that exists")
 @store_option
 @workdir_option
 def export(fmt: str, output: Path, store_url: str | None, workdir: Path | None, **filters: str | None) -> None:

@@ -6,8 +6,10 @@ from pathlib import Path
 
 import click
 
-from costmeter.cli.common import MODEL_HELP, model_specs, open_store, split_list, store_option, workdir_option
-from costmeter.harness.config import DeviceSpec, ProtocolConfig, RunConfig, default_workdir, parse_int_list, parse_options
+from costmeter.cli.common import (MODEL_HELP, FiniteRange, FloatList, IntList, count, cpus_option, fraction,
+                                  model_specs, non_empty_list, open_store, seconds, store_option, workdir_option)
+from costmeter.devices.options import MAX_THREADS
+from costmeter.harness.config import DeviceSpec, ProtocolConfig, RunConfig, default_workdir, parse_options
 
 
 @click.command()
@@ -16,31 +18,35 @@ from costmeter.harness.config import DeviceSpec, ProtocolConfig, RunConfig, defa
 @click.option("--runtime", "-r", default="onnxruntime", show_default=True,
               help="Comma-separated runtimes, or 'all' for every installed one (see `bench env`)")
 @click.option("--model", "-m", "models", required=True, multiple=True, help=MODEL_HELP)
-@click.option("--batch", "-b", default="1", show_default=True, help="Comma-separated batch sizes")
-@click.option("--threads", "-t", default=None, help="Comma-separated thread counts (default: the runtime's own)")
+@click.option("--batch", "-b", type=IntList(1), default="1", show_default=True, help="Comma-separated batch sizes")
+@click.option("--threads", "-t", type=IntList(1, MAX_THREADS), default=None,
+              help="Comma-separated thread counts (default: the runtime's own)")
 @click.option("--option", "-o", "options", multiple=True, metavar="NAME=VALUE",
               help="Runtime option, e.g. -o opt_level=basic -o inter_op_threads=1 (repeatable)")
-@click.option("--warmup", default=10, show_default=True, help="Warm-up runs (at least)")
-@click.option("--warmup-time", default=0.5, show_default=True, help="Warm-up seconds (at least)")
-@click.option("--min-count", default=100, show_default=True,
+@click.option("--warmup", type=count(0), default=10, show_default=True, help="Warm-up runs (at least)")
+@click.option("--warmup-time", type=seconds(example="0.5"), default=0.5, show_default=True, help="Warm-up seconds (at least)")
+@click.option("--min-count", type=count(1, example="100"), default=100, show_default=True,
               help="Samples at least (raised automatically to what --percentiles need for a CI)")
-@click.option("--min-time", default=2.0, show_default=True, help="Sampling seconds at least")
-@click.option("--max-time", default=60.0, show_default=True, help="Sampling seconds at most")
-@click.option("--percentiles", default="50,90,95,99", show_default=True, help="Percentiles to report with CIs")
-@click.option("--max-rel-ci", default=0.01, show_default=True,
+@click.option("--min-time", type=seconds(), default=2.0, show_default=True, help="Sampling seconds at least")
+@click.option("--max-time", type=seconds(min_open=True, example="60"), default=60.0, show_default=True,
+              help="Sampling seconds at most")
+@click.option("--percentiles", type=FloatList(0, 100, "50,90,99"), default="50,90,95,99", show_default=True,
+              help="Percentiles to report with CIs")
+@click.option("--max-rel-ci", type=fraction("0.01"), default=0.01, show_default=True,
               help="Largest relative half-width of the p50 interval (0.01 = +-1%); sampling goes on "
                    "(up to --max-time) until it is reached, and a wider one is INVALID")
-@click.option("--max-cv", default=0.15, show_default=True,
+@click.option("--max-cv", type=FiniteRange(0, 1e6, min_open=True, example="0.15"), default=0.15, show_default=True,
               help="Coefficient of variation above which a result carries a warning (with its stalls)")
-@click.option("--processes", default=1, show_default=True,
+@click.option("--processes", type=count(1, 10_000, "3"), default=1, show_default=True,
               help="Repeat each benchmark in N fresh processes; the headline interval then includes "
                    "the spread between processes")
-@click.option("--timeout", default=600.0, show_default=True, help="Seconds before a worker process is killed")
+@click.option("--timeout", type=seconds(min_open=True, example="600"), default=600.0, show_default=True,
+              help="Seconds before a worker process is killed")
 @click.option("--no-parity", is_flag=True, help="Skip comparing outputs with torch eager")
 @click.option("--tag", default=None, help="Label stored with every result (e.g. nightly)")
 @click.option("--json", "as_json", is_flag=True, help="Print results as JSON (with the table's summary) instead of a table")
 @click.option("--samples", "with_samples", is_flag=True, help="With --json: include the raw samples (ns)")
-@click.option("--cpus", default=None, metavar="LIST", help="Pin the worker to CPUs (taskset), e.g. 4-7 or 0,2; recorded in the key")
+@cpus_option
 @click.option("--remote-python", default="python3", show_default=True, help="Python on ssh:// boards")
 @click.option("--remote-pythonpath", default=None, metavar="DIR", help="Folder holding costmeter's source on ssh:// boards")
 @click.option("--ssh-identity", default=None, metavar="KEY", help="Private key for ssh:// boards (default: yours / agent)")
@@ -49,8 +55,9 @@ from costmeter.harness.config import DeviceSpec, ProtocolConfig, RunConfig, defa
 @click.option("--benchmark-model", default=None, metavar="PATH", help="LiteRT benchmark_model binary for adb:// devices")
 @store_option
 @workdir_option
-def run(device: str, runtime: str, models: tuple[str, ...], batch: str, threads: str | None, options: tuple[str, ...],
-        warmup: int, warmup_time: float, min_count: int, min_time: float, max_time: float, percentiles: str,
+def run(device: str, runtime: str, models: tuple[str, ...], batch: list[int], threads: list[int] | None,
+        options: tuple[str, ...], warmup: int, warmup_time: float, min_count: int, min_time: float, max_time: float,
+        percentiles: list[float],
         max_rel_ci: float, max_cv: float, processes: int, timeout: float, no_parity: bool, tag: str | None,
         as_json: bool, with_samples: bool, cpus: str | None, remote_python: str, remote_pythonpath: str | None, ssh_identity: str | None,
         known_hosts: str | None, accept_new_host_key: bool, benchmark_model: str | None,
@@ -60,10 +67,10 @@ def run(device: str, runtime: str, models: tuple[str, ...], batch: str, threads:
     from costmeter.harness.runner import Runner, expand, validate
 
     workdir = workdir or default_workdir()
-    devices = split_list(device)
+    devices = non_empty_list(device, "--device", "cpu or cuda:0")
     for d in devices:
         DeviceSpec.parse(d)
-    pct = tuple(float(p) for p in _floats(percentiles, "--percentiles"))
+    pct = tuple(percentiles)
     protocol = ProtocolConfig(warmup_count=warmup, warmup_s=warmup_time, min_count=min_count,
                               min_time_s=min_time, max_time_s=max_time, percentiles=pct, max_cv=max_cv,
                               max_rel_ci=max_rel_ci)
@@ -75,12 +82,12 @@ def run(device: str, runtime: str, models: tuple[str, ...], batch: str, threads:
         run_options = tuple(sorted({**dict(run_options), "cpus": cpus}.items()))
     base = RunConfig(model="-", device=devices[0], protocol=protocol, processes=processes, timeout_s=timeout,
                      workdir=str(workdir), check_outputs=not no_parity, tag=tag, options=run_options)
-    thread_list: list[int | None] = parse_int_list(threads, "--threads") if threads else [None]
+    thread_list: list[int | None] = list(threads) if threads else [None]
     executors = _executors(remote_python, remote_pythonpath, ssh_identity, known_hosts, accept_new_host_key,
                            benchmark_model)
     try:
         runtimes = _runtimes(runtime, devices, executors)
-        configs = expand(base, model_specs(models), runtimes, parse_int_list(batch, "--batch"), thread_list, devices)
+        configs = expand(base, model_specs(models), runtimes, batch, thread_list, devices)
         jobs = validate(configs)
         executors.preflight(configs)
         store = open_store(store_url, workdir)
@@ -113,7 +120,7 @@ def _runtimes(spec: str, devices: list[str], executors) -> list[str]:
     from costmeter.harness.convert.artifacts import CONVERTED_KINDS, converter_problem
 
     if spec.strip() != "all":
-        return split_list(spec)
+        return non_empty_list(spec, "--runtime", "onnxruntime,torch or all")
     names: set[str] = set()
     for device in devices:
         kind = DeviceSpec.parse(device).kind
@@ -128,15 +135,6 @@ def _runtimes(spec: str, devices: list[str], executors) -> list[str]:
             if artifact not in CONVERTED_KINDS or converter_problem(artifact) is None:
                 names.add(name)
     return sorted(names)
-
-
-def _floats(text: str, what: str) -> list[float]:
-    from costmeter.errors import ConfigError
-
-    try:
-        return [float(p) for p in split_list(text)]
-    except ValueError:
-        raise ConfigError(f"malformed {what} {text!r}: expected comma-separated numbers, e.g. 50,90,99") from None
 
 
 def _run_with_progress(runner, jobs, tag, quiet: bool):

@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from costmeter.cli.common import open_store, store_option, workdir_option
+from costmeter.cli.common import OutputPath, fraction, input_file, open_store, store_option, workdir_option
 from costmeter.errors import ConfigError
 from costmeter.harness.config import default_workdir
 
@@ -29,7 +29,7 @@ def suite_options(f: Any) -> Any:
                      help="Git SHA of the code under test (default: HEAD of the suite's repository)")(f)
     f = click.option("--resume", is_flag=True,
                      help="Continue the suite's interrupted run: run only the jobs not done")(f)
-    f = click.argument("suite_file", type=click.Path(dir_okay=False))(f)
+    f = click.argument("suite_file", type=input_file())(f)
     return store_option(workdir_option(f))
 
 
@@ -145,15 +145,16 @@ def run(suite_file: str, resume: bool, sha: str | None, tag: str | None, farm: s
 
 
 @suite.command("subset")
-@click.argument("suite_file", type=click.Path(dir_okay=False))
+@click.argument("suite_file", type=input_file())
 @click.option("--history", required=True, metavar="SELECTOR",
               help="The suite's stored history, e.g. tag:nightly")
-@click.option("--budget", required=True, type=float, help="Share of the suite to keep, e.g. 0.1")
+@click.option("--budget", required=True, type=fraction("0.1", max_open=False),
+              help="Share of the suite to keep, e.g. 0.1")
 @click.option("--by", "budget_by", type=click.Choice(["keys", "time"]), default="keys",
               show_default=True, help="Budget as a share of keys or of measuring time")
 @click.option("--rank-by", default="device,runtime", show_default=True,
               help="Key fields that name what the suite ranks")
-@click.option("--json", "json_out", type=click.Path(dir_okay=False), default=None,
+@click.option("--json", "json_out", type=OutputPath(), default=None,
               help="Write the subset report as JSON here")
 @store_option
 @workdir_option
@@ -177,8 +178,8 @@ def subset(suite_file: str, history: str, budget: float, budget_by: str, rank_by
         frame = store.query(run_id=runs) if runs else store.query()
     finally:
         store.close()
-    if not runs:
-        click.echo(f"note: no stored run of suite {config.suite_id}; using every stored result", err=True)
     _, text = report_subset(frame, history=history, budget=budget, budget_by=budget_by,
                             rank_by=split_list(rank_by), json_out=json_out)
+    if not runs:  # after the report: a refusal stays one line
+        click.echo(f"note: no stored run of suite {config.suite_id}; using every stored result", err=True)
     click.echo(text)

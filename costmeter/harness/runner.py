@@ -74,42 +74,55 @@ def expand(base: RunConfig, models: list[str], runtimes: list[str], batches: lis
     ]
 
 
-def validate(configs: list[RunConfig]) -> list[PreparedJob]:
-    """Check every config before anything runs: device, runtime (installed?), model.
+def validate(configs: list[RunConfig], free_memory: Callable[[], int] | None = None) -> list[PreparedJob]:
+    """Check every config before anything runs: runtime (known, installed, converter), runtime
+    options and threads, every model (once), and every batch against its model's inputs and the
+    memory free here (``free_memory``: bytes; default the machine's available memory).
 
-    Built-in models and ONNX files are resolved here; ``pkg.module:function`` models are
-    imported, called and measured (params, MACs, inputs) in a child process through the
-    launcher, so user code never runs in this process: a child that crashes makes that model's
-    jobs failed results, and the run goes on. Raises ConfigError/UnavailableError with a
-    one-line fix; nothing is written on failure.
+    Built-in models and ONNX files are resolved here, and their batches checked, before any
+    child starts; ``pkg.module:function`` models are then imported, called and measured (params,
+    MACs, inputs) in a child process through the launcher, so user code never runs in this
+    process: a child that crashes makes that model's jobs failed results, and the run goes on.
+    Raises ConfigError/UnavailableError with a one-line fix; nothing is run or written to the
+    store on failure, whichever config is the bad one.
     """
+    from costmeter.harness.validation import available_memory_bytes, check_batch, check_model_spec, check_settings
     from costmeter.models.source import python_target, resolve_model
 
-    sources: dict[str, Any] = {}
-    jobs: list[PreparedJob] = []
-    checked: dict[tuple[str, str], str] = {}
+    kinds: dict[tuple[str, str], str] = {}
     for cfg in configs:
-        if (cfg.device_kind, cfg.runtime) not in checked:
-            checked[(cfg.device_kind, cfg.runtime)] = check_runtime(cfg)
-        runtime = get_runtime(cfg.device_kind, cfg.runtime)
-        if runtime.artifact_kind == "none":
+        if (cfg.device_kind, cfg.runtime) not in kinds:
+            kinds[(cfg.device_kind, cfg.runtime)] = check_runtime(cfg)
+        check_settings(cfg)
+    models = list(dict.fromkeys(c.model for c in configs if kinds[(c.device_kind, c.runtime)] != "none"))
+    for model in models:
+        check_model_spec(model)
+    sources: dict[str, Any] = {m: resolve_model(m) for m in models if python_target(m) is None}
+    free = (free_memory or available_memory_bytes)()
+    for cfg in configs:  # artifact-less runtimes, built-in and ONNX models: before any child
+        if kinds[(cfg.device_kind, cfg.runtime)] == "none" or cfg.model in sources:
+            check_batch(sources.get(cfg.model), cfg, free)
+    for model in models:
+        if model not in sources:
+            sources[model] = _inspect(model, [c for c in configs if c.model == model])
+    jobs: list[PreparedJob] = []
+    for cfg in configs:
+        artifact_kind = kinds[(cfg.device_kind, cfg.runtime)]
+        if artifact_kind == "none":
             digest = hashlib.sha256(cfg.model.encode()).hexdigest()[:16]
             jobs.append(PreparedJob(cfg, None, "none", digest, (cfg.batch,)))
             continue
-        if cfg.model not in sources:
-            target = python_target(cfg.model)
-            sources[cfg.model] = resolve_model(cfg.model) if target is None else \
-                _inspect(cfg.model, [c for c in configs if c.model == cfg.model])
         src = sources[cfg.model]
+        if isinstance(src, InspectedSource):
+            check_batch(src, cfg, free)
         failure = src.error if isinstance(src, InspectFailure) else \
             src.batch_error(cfg.batch) if isinstance(src, InspectedSource) else None
         if failure is not None:
             digest = hashlib.sha256(cfg.model.encode()).hexdigest()[:16]
-            model_id = src.model_id
-            jobs.append(PreparedJob(cfg, None, runtime.artifact_kind, digest, (cfg.batch,), failure, model_id))
+            jobs.append(PreparedJob(cfg, None, artifact_kind, digest, (cfg.batch,), failure, src.model_id))
             continue
         shape = (cfg.batch, *src.inputs[0].shape)
-        jobs.append(PreparedJob(cfg, src, runtime.artifact_kind, src.content_hash(), shape))
+        jobs.append(PreparedJob(cfg, src, artifact_kind, src.content_hash(), shape))
     return jobs
 
 

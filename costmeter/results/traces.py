@@ -205,6 +205,12 @@ def read_traces(path: str | Path, *, space: str | None = None,
     if long_layout and DEVICE_COLUMN not in columns and device is None:
         raise ConfigError(f"trace file {p.name} has no '{DEVICE_COLUMN}' column; "
                           "pass the device name (--device NAME)")
+    if long_layout and DEVICE_COLUMN in columns:
+        names = table[DEVICE_COLUMN]
+        blank = (names.isna() | (names.astype(str).str.strip() == "")).to_numpy(dtype=bool)
+        if blank.any():
+            raise ConfigError(f"trace file {p.name}: missing device name in column '{DEVICE_COLUMN}', "
+                              f"{_rows_named(rows[blank])}; fill it in or drop those rows")
     for col in lat_cols:
         _check_latencies(pd.to_numeric(table[col], errors="coerce").to_numpy(dtype=np.float64),
                          col, p, table[col])
