@@ -83,6 +83,7 @@ def validate(configs: list[RunConfig]) -> list[PreparedJob]:
     jobs failed results, and the run goes on. Raises ConfigError/UnavailableError with a
     one-line fix; nothing is written on failure.
     """
+    from costmeter.models.known import remember, remembered
     from costmeter.models.source import python_target, resolve_model
 
     sources: dict[str, Any] = {}
@@ -98,7 +99,7 @@ def validate(configs: list[RunConfig]) -> list[PreparedJob]:
             continue
         if cfg.model not in sources:
             target = python_target(cfg.model)
-            sources[cfg.model] = resolve_model(cfg.model) if target is None else \
+            sources[cfg.model] = remembered(resolve_model(cfg.model), cfg.workdir) if target is None else \
                 _inspect(cfg.model, [c for c in configs if c.model == cfg.model])
         src = sources[cfg.model]
         failure = src.error if isinstance(src, InspectFailure) else \
@@ -110,6 +111,7 @@ def validate(configs: list[RunConfig]) -> list[PreparedJob]:
             continue
         shape = (cfg.batch, *src.inputs[0].shape)
         jobs.append(PreparedJob(cfg, src, runtime.artifact_kind, src.content_hash(), shape))
+        remember(src, cfg.workdir)
     return jobs
 
 
@@ -202,6 +204,10 @@ class Runner:
         started = _now()
         key = make_key(job)
         info = job.source.info() if job.source is not None else {}
+        if job.source is not None:
+            from costmeter.models.known import remember
+
+            remember(job.source, self.workdir)
         if job.source is not None and job.source.display_name:
             info["name"] = job.source.display_name
         base = dict(key=key, run_id=run_id, tag=tag or cfg.tag, started_at=started, model_info=info)
@@ -278,7 +284,7 @@ class Runner:
         if ref_key not in self._references:
             reference = getattr(job.source, "reference_outputs", None)  # computed in a child
             self._references[ref_key] = reference(job.config.batch) if reference is not None \
-                else torch_reference(job.source, inputs_path)
+                else cached_reference(job, inputs_path, self.workdir)
         ref = self._references[ref_key]
         with np.load(outputs_path) as npz:
             got = [npz[f"arr_{i}"] for i in range(len(npz.files))]
@@ -289,6 +295,38 @@ class Runner:
                    for r, g in zip(ref, got))
         return {"max_abs_diff": diff, "parity_tolerance": job.config.parity_tolerance,
                 "parity_ok": diff <= job.config.parity_tolerance}
+
+
+def cached_reference(job: PreparedJob, inputs_path: str, workdir: Path | str) -> list[Any] | None:
+    """Torch eager outputs of ``job``'s model on its saved inputs, kept in the working folder by
+    content hash, batch, torch version and machine: a model compared before needs no torch here."""
+    import platform
+    from importlib.metadata import PackageNotFoundError, version
+
+    import numpy as np
+
+    try:
+        torch_version = version("torch")
+    except PackageNotFoundError:
+        torch_version = "none"
+    tag = "".join(ch if ch.isalnum() or ch in "._-" else "_" for ch in f"{torch_version}-{platform.machine()}")
+    path = Workdir.of(workdir).cache("reference") / f"{job.model_hash}-b{job.config.batch}-torch{tag}.npz"
+    if path.exists():
+        try:
+            with np.load(path) as npz:
+                return [npz[f"arr_{i}"] for i in range(len(npz.files))]
+        except (OSError, ValueError):
+            pass  # unreadable: computed again below
+    outputs = torch_reference(job.source, inputs_path)
+    if outputs is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.stem}.{uuid.uuid4().hex}.npz")
+        try:
+            np.savez(tmp, *[np.asarray(o) for o in outputs])
+            tmp.replace(path)
+        finally:
+            tmp.unlink(missing_ok=True)
+    return outputs
 
 
 def torch_reference(source: Any, inputs_path: str) -> list[Any] | None:
