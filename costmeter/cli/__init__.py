@@ -56,7 +56,22 @@ _register()
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the console script; returns the process exit code."""
+    """Entry point of the console script; returns the process exit code. Libraries' log
+    records and warnings go to the working folder's log file meanwhile (mentioned once)."""
+    from costmeter.cli.logging_setup import LIBRARY_LOG
+
+    LIBRARY_LOG.use_workdir(None)
+    LIBRARY_LOG.install()
+    try:
+        return _run(argv)
+    finally:
+        logged = LIBRARY_LOG.uninstall()
+        if logged:
+            click.echo(f"note: {logged} message{'s' if logged > 1 else ''} from libraries written to "
+                       f"{LIBRARY_LOG.display_path()}", err=True)
+
+
+def _run(argv: list[str] | None) -> int:
     try:
         bench.main(args=argv, prog_name="bench", standalone_mode=False)
     except CostmeterError as exc:
