@@ -22,8 +22,12 @@ def test_binomial_functions_match_scipy(n: int, p: float, data) -> None:
     assert d.binom_cdf(k, n, p) == pytest.approx(float(sps.binom.cdf(k, n, p)), rel=1e-9, abs=1e-300)
     assert d.binom_sf(k, n, p) == pytest.approx(float(sps.binom.sf(k, n, p)), rel=1e-9, abs=1e-300)
     q = data.draw(st.floats(min_value=1e-6, max_value=1 - 1e-6))
-    assert d.binom_ppf(q, n, p) == int(sps.binom.ppf(q, n, p))
-    assert d.binom_isf(q, n, p) == int(sps.binom.isf(q, n, p))
+    # where q equals a cdf value exactly (q = 0.5, p = 0.5: cdf(3; 7) = 1/2), the last bit of two
+    # implementations (cephes here, boost in scipy.stats) decides the rank: one apart is a tie
+    ppf, ref = d.binom_ppf(q, n, p), int(sps.binom.ppf(q, n, p))
+    assert ppf == ref or (abs(ppf - ref) == 1 and abs(sps.binom.cdf(min(ppf, ref), n, p) - q) < 1e-12)
+    isf, ref = d.binom_isf(q, n, p), int(sps.binom.isf(q, n, p))
+    assert isf == ref or (abs(isf - ref) == 1 and abs(sps.binom.sf(min(isf, ref), n, p) - q) < 1e-12)
 
 
 @settings(max_examples=100, deadline=None)
