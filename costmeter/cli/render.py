@@ -188,15 +188,14 @@ def print_rows(rows: list[Row], percentiles: Sequence[float], *, wide: bool = Fa
     if notes:
         _number_notes(rows)
     table, hidden = fit_table(rows, chosen, console, may_hide=columns is None and not wide)
-    console.print(table)
+    _print_wider(console, table, _natural_width(table))
     if notes:
         print_notes(rows, console, shown={c.name for c in chosen} - set(hidden))
     if hidden:
-        console.print(f"hidden to fit {console.width} columns: {', '.join(hidden)}; --wide shows "
-                      "every column, --columns picks", style="dim", markup=False)
+        say(console, f"hidden to fit {console.width} columns: {', '.join(hidden)}; --wide shows every "
+                     "column, --columns picks", "dim")
     if any(r.fastest for r in rows) and "runtime" in {c.name for c in chosen}:
-        console.print("* fastest VALID runtime for its model, device, batch and threads", style="dim",
-                      markup=False)
+        say(console, "* fastest VALID runtime for its model, device, batch and threads", "dim")
 
 
 COLUMN_GAP = 2  # the space between two columns (right padding + the box's blank divider)
@@ -222,6 +221,26 @@ def build_table(rows: Sequence[Row], columns: Sequence[Column], stacked: bool,
     return table
 
 
+def _print_wider(console: Any, table: Any, width: int) -> None:
+    """Print ``table``; one asked for (``--wide``, ``--columns``) that cannot fit the terminal
+    without breaking words is printed at its own width, wider than the terminal."""
+    if width <= console.width:
+        console.print(table)
+        return
+    from rich.console import Console
+
+    Console(file=console.file, width=width, color_system=console.color_system, highlight=False,
+            force_terminal=console.is_terminal).print(table)
+
+
+def _natural_width(table: Any) -> int:
+    """The width ``table`` needs: its columns' fixed widths plus the gaps (0 when not fixed)."""
+    widths = [c.width for c in table.columns]
+    if any(w is None for w in widths):
+        return 0
+    return sum(widths) + COLUMN_GAP * (len(widths) - 1)
+
+
 def _header(column: Column, stacked: bool) -> str:
     """The header; stacked, an interval's "[95% CI]" goes under "p50 ms" as its cells do."""
     return column.header.replace(" [", "\n[") if stacked else column.header
@@ -244,38 +263,48 @@ def _extent(rows: Sequence[Row], column: Column, stacked: bool, fold_at: int) ->
 def fit_table(rows: Sequence[Row], columns: list[Column], console: Any, may_hide: bool = True) -> tuple[Any, list[str]]:
     """The table of ``rows`` that fits ``console.width``, and the names of columns hidden for it.
 
-    One line per result where it fits; else each interval under its value; else cells wrapped
-    at spaces, no column narrower than its longest word (long model ids fold); else
-    (``may_hide``) the columns of :data:`HIDE_ORDER` hidden in turn."""
+    In turn, until it fits: intervals on their values' line, then under them; at each, columns
+    narrowed as needed, long model ids folded first, then the columns of :data:`SOFT_WRAP`
+    wrapped at spaces, then (intervals under their values) the widest, but no column narrower
+    than its longest word; and (``may_hide``) the columns of :data:`HIDE_ORDER` hidden one by
+    one."""
     width = console.width
-    fold_at = max(12, width // 4)
+    fold_at = max(12, width // 6)
     shown = list(columns)
     hidden: list[str] = []
-    for stacked in (False, True):
-        extents = [_extent(rows, c, stacked, fold_at) for c in shown]
-        if sum(n for n, _ in extents) + COLUMN_GAP * (len(shown) - 1) <= width:
-            return build_table(rows, shown, stacked), hidden
     while True:
-        extents = [_extent(rows, c, True, fold_at) for c in shown]
-        room = width - COLUMN_GAP * (len(shown) - 1)
+        for stacked in (False, True):
+            extents = [_extent(rows, c, stacked, fold_at) for c in shown]
+            room = width - COLUMN_GAP * (len(shown) - 1)
+            if sum(n for n, _ in extents) <= room:
+                return build_table(rows, shown, stacked), hidden
+            groups = [[i for i, c in enumerate(shown) if c.name == "model"],
+                      [i for i, c in enumerate(shown) if c.name in SOFT_WRAP]]
+            widths = _allocate(extents, room, groups, only_groups=not stacked)
+            if sum(widths) <= room:
+                return build_table(rows, shown, stacked, widths), hidden
         hideable = [n for n in HIDE_ORDER if n in {c.name for c in shown} and n not in KEPT]
-        if sum(m for _, m in extents) <= room or not may_hide or not hideable:
-            soft = [i for i, c in enumerate(shown) if c.name in SOFT_WRAP]
-            return build_table(rows, shown, True, _allocate(extents, room, soft)), hidden
+        if not may_hide or not hideable:  # asked for: wider than the terminal, no word broken
+            return build_table(rows, shown, True, [m for _, m in extents]), hidden
         hidden.append(hideable[0])
         shown = [c for c in shown if c.name != hideable[0]]
 
 
-def _allocate(extents: Sequence[tuple[int, int]], room: int, first: Sequence[int] = ()) -> list[int]:
+def _allocate(extents: Sequence[tuple[int, int]], room: int, groups: Sequence[Sequence[int]] = (),
+              only_groups: bool = False) -> list[int]:
     """Column widths from their natural widths, narrowing one character at a time the widest
-    column that may still narrow (those in ``first`` before any other) until they fit in
-    ``room`` or none may narrow."""
+    column that may still narrow (no narrower than its minimum), the columns of ``groups`` in
+    order before any other (``only_groups``: no other), until they fit in ``room``."""
     widths = [natural for natural, _ in extents]
     minimums = [minimum for _, minimum in extents]
     excess = sum(widths) - room
+    tiers = [list(g) for g in groups] + ([] if only_groups else [list(range(len(widths)))])
     while excess > 0:
-        narrowable = [i for i, w in enumerate(widths) if w > minimums[i]]
-        narrowable = [i for i in narrowable if i in first] or narrowable
+        narrowable: list[int] = []
+        for tier in tiers:
+            narrowable = [i for i in tier if widths[i] > minimums[i]]
+            if narrowable:
+                break
         if not narrowable:
             break
         widest = max(narrowable, key=lambda i: widths[i])
@@ -336,30 +365,30 @@ def print_notes(rows: Sequence[Row], console: Any, shown: set[str] | frozenset[s
     """One group per numbered result: why it failed or is INVALID, then its warnings; then the
     warnings every result shares, once; then why energy is unavailable (when its column shows)."""
     shared = _shared_warnings(rows)
-    width = max(40, console.width)
-
-    def say(text: str, style: str, first: str = "", rest: str = "") -> None:
-        wrapped = textwrap.fill(text, width=width, initial_indent=first, subsequent_indent=rest,
-                                break_long_words=False, break_on_hyphens=False)
-        console.print(wrapped, style=style, markup=False, highlight=False, soft_wrap=True)
-
     for row in rows:
         if row.note is None:
             continue
         style = "yellow" if row.status == "VALID" else "red"
-        say(f"[{row.note}] {row.label}: {row.status}", style)
+        say(console, f"[{row.note}] {row.label}: {row.status}", style)
         for reason in ([row.error] if row.error else []) + merge_percentile_messages(row.reasons):
-            say(reason, style, "  - ", "    ")
+            say(console, reason, style, "  - ", "    ")
         for warning in merge_percentile_messages([w for w in row.warnings if w not in shared]):
-            say(warning, "yellow", "  warning: ", "    ")
+            say(console, warning, "yellow", "  warning: ", "    ")
     if shared:
-        say("every result:", "yellow")
+        say(console, "every result:", "yellow")
         for warning in merge_percentile_messages(sorted(shared)):
-            say(warning, "yellow", "  warning: ", "    ")
+            say(console, warning, "yellow", "  warning: ", "    ")
     if "energy" in shown:
         for reason in sorted({r.energy_reason for r in rows if r.measured and r.energy_per_inference_j is None
                               and r.energy_reason}):
-            say(f"energy unavailable: {reason}", "dim")
+            say(console, f"energy unavailable: {reason}", "dim")
+
+
+def say(console: Any, text: str, style: str, first: str = "", rest: str = "") -> None:
+    """Print ``text`` wrapped to the console (``first``/``rest``: indents), never as markup."""
+    wrapped = textwrap.fill(text, width=max(40, console.width), initial_indent=first, subsequent_indent=rest,
+                            break_on_hyphens=False)
+    console.print(wrapped, style=style, markup=False, highlight=False, soft_wrap=True)
 
 
 def print_summary_line(results: list[RunResult], what: str) -> None:
