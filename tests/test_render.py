@@ -139,8 +139,17 @@ def test_unknown_column_names_the_known_ones() -> None:
 def test_percentile_messages_are_merged_only_when_they_differ_in_the_percentile() -> None:
     merged = merge_percentile_messages(["no interval for p90; drop p90", "no interval for p99; drop p99",
                                         "p50 interval is wide", "p90 is loose: +-6%", "p99 is loose: +-9%"])
-    assert merged == ["no interval for p90, p99; drop p90, p99", "p50 interval is wide", "p90 is loose: +-6%",
-                      "p99 is loose: +-9%"]
+    assert merged == ["no interval for p90, p99; drop p90, p99", "p50 interval is wide", "p90, p99 is loose: +-6%, +-9%"]
+    too_few = [f"too few samples (22) for a p{q} confidence interval at 95%: need >= {n}; raise --max-time or "
+               f"drop p{q} from --percentiles" for q, n in ((90, 36), (95, 72), (99, 368))]
+    assert merge_percentile_messages(too_few) == [
+        "too few samples (22) for a p90, p95, p99 confidence interval at 95%: need >= 36, 72, 368; raise "
+        "--max-time or drop p90, p95, p99 from --percentiles"]
+    loose = ["p90 is loose: +-9.3% (78.8 ms to 94.6 ms), more than +-5%",
+             "p95 is loose: +-9.2% (86.1 ms to 103 ms), more than +-5%"]
+    assert merge_percentile_messages(loose) == loose  # each with its own figures
+    assert merge_percentile_messages(["clock went backwards", "clock went backwards twice"]) == [
+        "clock went backwards", "clock went backwards twice"]
 
 
 def test_cli_columns_and_wide_on_stored_results(tmp_path: Path, capsys: pytest.CaptureFixture,

@@ -313,33 +313,47 @@ def _allocate(extents: Sequence[tuple[int, int]], room: int, groups: Sequence[Se
     return widths
 
 
-_PERCENTILE = re.compile(r"\bp(\d+(?:\.\d+)?)\b")
+_PERCENTILE = re.compile(r"p\d+(?:\.\d+)?")
+_TRAILING = re.compile(r"[^\w%]*$")
 
 
 def merge_percentile_messages(messages: Sequence[str]) -> list[str]:
-    """Messages that differ only in the one percentile they name, said once for all of them:
-    "too few samples for a p90 ... drop p90" and the same for p99 become "... p90, p99 ..."."""
-    templates: dict[str, list[str]] = {}
-    order: list[tuple[str, str]] = []
+    """Messages that differ only in the percentile they name (and at most two figures that go
+    with it), said once for all of them: "too few samples for a p90 ...: need >= 36; ... drop
+    p90" and its p99 twin become "... a p90, p99 ...: need >= 36, 368; ... drop p90, p99"."""
+    groups: list[list[list[str]]] = []
     for message in messages:
-        named = set(_PERCENTILE.findall(message))
-        if len(named) != 1:
-            order.append(("", message))
-            continue
-        template = _PERCENTILE.sub("\0", message)
-        if template not in templates:
-            templates[template] = []
-            order.append((template, message))
-        templates[template].append(f"p{named.pop()}")
-    out = []
-    for template, message in order:
-        if not template:
-            out.append(message)
-        elif len(templates[template]) == 1:
-            out.append(message)
+        tokens = message.split(" ")
+        for group in groups:
+            first = group[0]
+            if len(first) != len(tokens):
+                continue
+            diff = [i for i, (a, b) in enumerate(zip(first, tokens)) if a != b]
+            names_percentile = any(_PERCENTILE.fullmatch(_TRAILING.sub("", first[i]).strip("(")) for i in diff)
+            if diff and len(diff) <= 3 and names_percentile and (len(group) == 1 or diff == _diff(group)):
+                group.append(tokens)
+                break
         else:
-            out.append(template.replace("\0", ", ".join(templates[template])))
-    return out
+            groups.append([tokens])
+    return [" ".join(group[0]) if len(group) == 1 else _joined(group) for group in groups]
+
+
+def _diff(group: list[list[str]]) -> list[int]:
+    return [i for i in range(len(group[0])) if len({tokens[i] for tokens in group}) > 1]
+
+
+def _joined(group: list[list[str]]) -> str:
+    """One message from a group: each differing word lists every member's, in order."""
+    out = list(group[0])
+    for i in _diff(group):
+        words = list(dict.fromkeys(tokens[i] for tokens in group))
+        tail = _TRAILING.search(words[0]).group()  # "36;" -> ";" (kept once, at the end)
+        if all(w.endswith(tail) for w in words):
+            words = [w[: len(w) - len(tail)] if tail else w for w in words]
+        else:
+            tail = ""
+        out[i] = ", ".join(words) + tail
+    return " ".join(out)
 
 
 def _shared_warnings(rows: Sequence[Row]) -> set[str]:
