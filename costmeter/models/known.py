@@ -68,6 +68,13 @@ def remembered(source: ModelSource, workdir: Workdir | Path | str) -> ModelSourc
     return replace(source, _hash=entry["hash"], _info=dict(info) if isinstance(info, dict) else None)
 
 
+def builds_torch_for(source: ModelSource, what: str) -> bool:
+    """Whether computing ``source``'s ``what`` ("hash" or "info") will build its torch module
+    (not known yet, and not an ONNX file)."""
+    known = source._hash if what == "hash" else source._info
+    return known is None and source.has_torch()
+
+
 def remember(source: ModelSource, workdir: Workdir | Path | str) -> None:
     """Record ``source``'s content hash and size figures (those already computed) for the next
     run; a built-in model only. Written atomically; a lost race is only a later cache miss."""
