@@ -239,5 +239,18 @@ def test_cli_mentions_the_log_once(tmp_path: Path, capsys: pytest.CaptureFixture
     finally:
         bench.commands.pop("noisy-test-command")
     err = capsys.readouterr().err
-    assert err.count("note:") == 1 and "2 messages from libraries written to .costmeter/logs/bench.log" in err
+    assert err.count("note:") == 1 and "2 log messages (libraries' output, warnings) written to " \
+        ".costmeter/logs/bench.log" in err
     assert "Failed to load" not in err
+
+
+def test_costmeters_own_warnings_still_reach_the_terminal(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    log = LibraryLog()
+    log.use_workdir(tmp_path / "wd")
+    log.install()
+    try:
+        logging.getLogger("costmeter.runner").warning("2 result(s) wait in the spool")
+    finally:
+        log.uninstall()
+    assert capsys.readouterr().err == "warning: 2 result(s) wait in the spool\n"
+    assert "wait in the spool" in (tmp_path / "wd" / "logs" / "bench.log").read_text()

@@ -67,8 +67,8 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         logged = LIBRARY_LOG.uninstall()
         if logged:
-            click.echo(f"note: {logged} message{'s' if logged > 1 else ''} from libraries written to "
-                       f"{LIBRARY_LOG.display_path()}", err=True)
+            click.echo(f"note: {logged} log message{'s' if logged > 1 else ''} (libraries' output, warnings) "
+                       f"written to {LIBRARY_LOG.display_path()}", err=True)
 
 
 def _run(argv: list[str] | None) -> int:

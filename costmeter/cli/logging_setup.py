@@ -5,7 +5,7 @@ torchao's "Failed to load ....so" lines, torch's pytree deprecation warnings, th
 exporter's progress. While a ``bench`` command runs, :class:`LibraryLog` sends every log record
 (warnings included, through :func:`logging.captureWarnings`) to ``<workdir>/logs/bench.log``
 instead: the file is created on the first record only, and the command says once, at its end,
-how many records went there. Torch installs its own stderr handlers when it is imported; they
+how many records went there. costmeter's own warnings are printed on stderr as well. Torch installs its own stderr handlers when it is imported; they
 are taken off right after that import, so its records reach the same file.
 """
 from __future__ import annotations
@@ -41,6 +41,20 @@ class _CountingFileHandler(logging.handlers.RotatingFileHandler):
                 self.handleError(record)
                 return
         self.count += 1
+        super().emit(record)
+
+
+class _OwnWarnings(logging.StreamHandler):
+    """costmeter's own warnings (e.g. results left in the spool) on the terminal's stderr, as
+    one line each; looked up at each record, so a replaced ``sys.stderr`` is honoured."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+        self.setLevel(logging.WARNING)
+        self.setFormatter(logging.Formatter("warning: %(message)s"))
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.stream = sys.stderr
         super().emit(record)
 
 
@@ -96,6 +110,7 @@ class LibraryLog:
 
     def __init__(self) -> None:
         self.handler: _CountingFileHandler | None = None
+        self.own: logging.Handler | None = None
         self.workdir: Path | str | None = None
         self._saved: dict[str, Any] = {}
 
@@ -117,6 +132,8 @@ class LibraryLog:
         self._saved = {"root_level": root.level, "levels": {n: logging.getLogger(n).level for n in KEPT_LEVELS}}
         root.addHandler(self.handler)
         root.setLevel(logging.WARNING)
+        self.own = _OwnWarnings()
+        logging.getLogger("costmeter").addHandler(self.own)
         for name, level in KEPT_LEVELS.items():
             logging.getLogger(name).setLevel(level)
         logging.captureWarnings(True)
@@ -131,6 +148,7 @@ class LibraryLog:
             return 0
         root = logging.getLogger()
         root.removeHandler(self.handler)
+        logging.getLogger("costmeter").removeHandler(self.own)
         root.setLevel(self._saved.get("root_level", logging.WARNING))
         for name, level in self._saved.get("levels", {}).items():
             logging.getLogger(name).setLevel(level)
