@@ -16,7 +16,11 @@ Layout (all relative to ``root``):
 - ``lut/`` -- latency lookup tables;
 - ``tmp/`` -- per-run temporary folders of worker processes (removed when a run ends);
 - ``spool/`` -- results a busy or unreachable store could not take yet;
-- ``probes/`` -- machine probes (cache curve, roofline peaks).
+- ``probes/`` -- machine probes (cache curve, roofline peaks);
+- ``logs/`` -- what libraries printed while ``bench`` commands ran (``bench.log``).
+
+Cache kinds besides converted artifacts: ``ids`` (content hashes and size figures of built-in
+models, per version of the model code) and ``reference`` (torch eager outputs for parity).
 """
 from __future__ import annotations
 
@@ -119,3 +123,14 @@ class Workdir:
     @property
     def probes(self) -> Path:
         return self.root / "probes"
+
+    # -- logs
+    @property
+    def logs(self) -> Path:
+        """Log files of ``bench`` commands."""
+        return self.root / "logs"
+
+    @property
+    def log_file(self) -> Path:
+        """Where libraries' messages go while a ``bench`` command runs (rotated at 2 MiB)."""
+        return self.logs / "bench.log"

@@ -90,16 +90,41 @@ def test_family_split_and_family_names() -> None:
         family_split(fams, ["vit"])
 
 
+class Memorizer:
+    """Predicts a row's own latency when it was fitted on that row, else the mean it saw: perfect
+    on rows it was trained on, so scores on held-out rows show whether any leaked into fit."""
+
+    def fit(self, X, y):
+        self.seen_ = {tuple(row): value for row, value in zip(np.asarray(X), y)}
+        self.mean_ = float(np.mean(y))
+        return self
+
+    def predict(self, X):
+        return np.array([self.seen_.get(tuple(row), self.mean_) for row in np.asarray(X)])
+
+
 def test_evaluate_split_fits_on_train_only() -> None:
     rng = np.random.default_rng(0)
     X = rng.uniform(1, 10, size=(200, 3))
     y = 2.0 * X[:, 0] + 0.1 * X[:, 1]
     train, test = random_split(200, train=150, seed=0)
-    table = evaluate_split(lambda: ModelForest(n_estimators=16), X, y, train, test,
-                           groups=np.where(X[:, 2] > 5, "big", "small"))
+    fitted: list[Memorizer] = []
+
+    def make() -> Memorizer:
+        fitted.append(Memorizer())
+        return fitted[-1]
+
+    table = evaluate_split(make, X, y, train, test, groups=np.where(X[:, 2] > 5, "big", "small"))
     assert table.loc["overall", "n"] == 50
-    assert table.loc["overall", "spearman"] > 0.9
+    assert len(fitted[0].seen_) == 150 and set(fitted[0].seen_) == {tuple(r) for r in X[train]}
+    # scored as the training mean on every held-out row: a leaked test row would score exactly
+    assert table.loc["overall", "rmse_ms"] == pytest.approx(
+        float(np.sqrt(np.mean((y[test] - y[train].mean()) ** 2))))
+    assert table.loc["overall", "rmse_ms"] > 1.0
     assert set(table.index) == {"overall", "big", "small"}
+    # and a real forest, fitted on the training rows, ranks the held-out ones
+    forest = evaluate_split(lambda: ModelForest(n_estimators=16), X, y, train, test)
+    assert forest.loc["overall", "spearman"] > 0.9
 
 
 def test_accuracy_benchmark_runs_on_the_fixture(capsys: pytest.CaptureFixture[str]) -> None:

@@ -2,7 +2,6 @@
 kernel-level sums with breakdown, unknown kernel types never dropped, fast batch prediction."""
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import numpy as np
@@ -177,15 +176,16 @@ def test_arch_predictor_batch_api_and_budget(slice_data: pd.DataFrame) -> None:
         pred.satisfies(archs, 0)
 
 
-def test_arch_predictor_throughput_ofa() -> None:
+def test_arch_predictor_batch_ofa_equals_its_pieces() -> None:
+    """A large batch is predicted as its rows one chunk at a time would be (its speed is printed
+    by benchmarks/nas_throughput.py, not asserted here)."""
     train = ofa_mbv3.sample_array(300, seed=0)
     y = ofa_mbv3.feature_matrix(train)[:, list(ofa_mbv3.feature_names()).index("macs_total")] / 1e7
     pred = ArchPredictor("ofa_mbv3").fit(train, y)
-    archs = ofa_mbv3.sample_array(50_000, seed=1)
-    pred.predict(archs[:10])
-    start = time.process_time()
+    archs = ofa_mbv3.sample_array(20_000, seed=1)
     out = pred.predict(archs)
-    elapsed = time.process_time() - start
-    assert out.shape == (50_000,) and np.all(out > 0)
-    # ~150k archs/s on an idle core; the bound leaves room for a loaded 2-core test machine
-    assert 50_000 / elapsed > 20_000, f"{50_000 / elapsed:.0f} archs/s"
+    assert out.shape == (20_000,) and np.all(out > 0)
+    pieces = np.concatenate([pred.predict(archs[i:i + 997]) for i in range(0, len(archs), 997)])
+    np.testing.assert_allclose(out, pieces)
+    macs = ofa_mbv3.feature_matrix(archs)[:, list(ofa_mbv3.feature_names()).index("macs_total")]
+    assert spearmanr(out, macs)[0] > 0.9  # it learned the target it was fitted on

@@ -18,7 +18,8 @@ import pytest
 
 from costmeter.reports.regression import RegressionSettings, regression_report
 from costmeter.reports.regression_render import write_reports
-from costmeter.reports.synthetic import SyntheticStore
+from costmeter.results.schema import BenchKey, Measurement, RunResult, Status, Validity
+from costmeter.results.store import ResultStore
 
 CHROMIUM = Path("/usr/bin/chromium")
 pytestmark = [
@@ -52,15 +53,19 @@ window.addEventListener("load", function () {
 
 def report_with_regression_and_step(tmp_path: Path) -> Path:
     rng = np.random.default_rng(5)
-    store = SyntheticStore()
-    for i in range(10):
-        for model in ("resnet18", "mobilenet_v2", "vit_tiny"):
-            slower = 1.15 if model == "resnet18" and i >= 7 else 1.0
-            store.add(run_id=f"nightly-{i}", model_id=model, git_sha=f"{i:x}" * 8,
-                      samples_ns=rng.lognormal(np.log(2e6 * slower), 0.03, 150),
-                      started_at=f"2024-07-{i + 1:02d}T03:00:00+00:00")
-    report = regression_report(store.frame(), "run:nightly-6", "latest", store.samples_for,
-                               RegressionSettings())
+    with ResultStore(f"sqlite:///{tmp_path / 'results.db'}") as store:
+        for i in range(10):
+            for model in ("resnet18", "mobilenet_v2", "vit_tiny"):
+                slower = 1.15 if model == "resnet18" and i >= 7 else 1.0
+                samples = rng.lognormal(np.log(2e6 * slower), 0.03, 150).astype(np.int64).tolist()
+                started = f"2024-07-{i + 1:02d}T03:00:00+00:00"
+                store.write(RunResult(
+                    key=BenchKey(model, f"hash-{model}", "cpu", "onnxruntime", 1, (1, 3, 224, 224), "float32", 4),
+                    status=Status.OK, run_id=f"nightly-{i}", started_at=started, finished_at=started,
+                    measurement=Measurement([samples]), validity=Validity.VALID,
+                    environment={"git_sha": f"{i:x}" * 8}))
+        report = regression_report(store.query(), "run:nightly-6", "latest", store.samples,
+                                   RegressionSettings())
     assert report.significant_regression and len(report.steps) == 1
     return write_reports(report, tmp_path / "out")["html"]
 

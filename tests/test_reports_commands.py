@@ -1,10 +1,12 @@
-"""The functions behind `bench report ...` and `bench calibrate`, end to end on a synthetic
-store, and their one-line errors for bad input."""
+"""The functions behind `bench report ...` and `bench calibrate`, end to end on a real SQLite
+results store, and their one-line errors for bad input."""
 from __future__ import annotations
 
 import json
 import subprocess
 import sys
+from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,7 +22,17 @@ from costmeter.reports.commands import (
     report_table,
     run_calibration,
 )
-from costmeter.reports.synthetic import SyntheticStore
+from costmeter.results.schema import (
+    BenchKey,
+    EnergyInfo,
+    EnergyProvenance,
+    Measurement,
+    MemoryInfo,
+    RunResult,
+    Status,
+    Validity,
+)
+from costmeter.results.store import ResultStore
 
 ZOO = {  # model: (median ms, params, MACs per item)
     "resnet18": (3.0, 11_689_512, 1_814_083_944),
@@ -30,27 +42,49 @@ ZOO = {  # model: (median ms, params, MACs per item)
 }
 
 
+def stored_result(*, run_id: str, model: str, runtime: str, sha: str, started: str,
+                  samples_ns: np.ndarray, params: int, macs: int, energy_per_inference_j: float) -> RunResult:
+    """A judged result as `bench run` stores it (one process, RAPL-like energy counter)."""
+    samples = samples_ns.astype(np.int64).tolist()
+    return RunResult(
+        key=BenchKey(model, f"hash-{model}", "cpu", runtime, 1, (1, 3, 224, 224), "float32", 4),
+        status=Status.OK, run_id=run_id, tag="nightly", started_at=started, finished_at=started,
+        measurement=Measurement([samples]),
+        memory=MemoryInfo(peak_rss_bytes=int(90e6 + 4 * params), param_bytes=4 * params),
+        energy=EnergyInfo(provenance=EnergyProvenance.COUNTER, energy_j=energy_per_inference_j * len(samples),
+                          energy_per_inference_j=energy_per_inference_j, window_s=float(np.sum(samples_ns)) / 1e9),
+        validity=Validity.VALID, environment={"git_sha": sha, "hostname": "ci"},
+        model_info={"params": params, "macs": macs, "param_bytes": 4 * params},
+    )
+
+
 @pytest.fixture()
-def store() -> SyntheticStore:
+def store(tmp_path: Path) -> Iterator[ResultStore]:
     rng = np.random.default_rng(2)
-    synthetic = SyntheticStore()
-    for i, sha in enumerate(("aaaa0000", "bbbb1111", "cccc2222")):
-        for model, (median, params, macs) in ZOO.items():
-            for runtime, factor in (("onnxruntime", 1.0), ("torch", 1.3)):
-                slower = 1.2 if (model == "vit_tiny" and runtime == "torch" and i == 2) else 1.0
-                synthetic.add(
-                    run_id=f"run{i}", model_id=model, runtime=runtime, git_sha=sha,
-                    tag="nightly", started_at=f"2024-05-0{i + 1}T00:00:00+00:00",
-                    samples_ns=rng.lognormal(np.log(median * factor * slower * 1e6), 0.02, 120),
-                    params=params, macs=macs, param_bytes=4 * params,
-                    peak_rss_bytes=90e6 + 4 * params, energy_provenance="counter",
-                    energy_per_inference_j=median * factor * 0.01,
-                )
-    return synthetic
+    with ResultStore(f"sqlite:///{tmp_path / 'results.db'}") as opened:
+        for i, sha in enumerate(("aaaa0000", "bbbb1111", "cccc2222")):
+            for model, (median, params, macs) in ZOO.items():
+                for runtime, factor in (("onnxruntime", 1.0), ("torch", 1.3)):
+                    slower = 1.2 if (model == "vit_tiny" and runtime == "torch" and i == 2) else 1.0
+                    opened.write(stored_result(
+                        run_id=f"run{i}", model=model, runtime=runtime, sha=sha,
+                        started=f"2024-05-0{i + 1}T00:00:00+00:00",
+                        samples_ns=rng.lognormal(np.log(median * factor * slower * 1e6), 0.02, 120),
+                        params=params, macs=macs, energy_per_inference_j=median * factor * 0.01))
+        yield opened
+
+
+def test_store_figures_the_reports_read(store: ResultStore) -> None:
+    """Throughput and energy per inference are the store's: batch / median, joules / runs."""
+    frame = store.query()
+    row = frame[(frame["model_id"] == "resnet18") & (frame["runtime"] == "torch")].iloc[-1]
+    assert row["throughput_items_per_s"] == pytest.approx(1e3 / row["latency_p50_ms"])
+    assert row["energy_per_inference_j"] == pytest.approx(3.0 * 1.3 * 0.01)
+    assert row["energy_provenance"] == "counter"
 
 
 def test_pareto_command_writes_plot(store, tmp_path) -> None:
-    result, text = report_pareto(store.frame(), x="latency_p50", y="top1", device="cpu",
+    result, text = report_pareto(store.query(), x="latency_p50", y="top1", device="cpu",
                                  out=tmp_path / "front.svg")
     assert (tmp_path / "front.svg").is_file()
     assert "Pareto front: latency_p50 (min) vs top1 (max)" in text
@@ -59,23 +93,23 @@ def test_pareto_command_writes_plot(store, tmp_path) -> None:
 
 
 def test_pareto_any_two_metrics_and_reference(store) -> None:
-    result, _ = report_pareto(store.frame(), x="energy_per_inference", y="params",
+    result, _ = report_pareto(store.query(), x="energy_per_inference", y="params",
                               runtime="onnxruntime", reference="1,3e7")
     assert result.reference == (1.0, 3e7)
     assert set(result.front["model_id"]) == {"bert_tiny", "mobilenet_v2"}
 
 
 def test_table_command_formats(store, tmp_path) -> None:
-    markdown = report_table(store.frame(), runtime="torch")
+    markdown = report_table(store.query(), runtime="torch")
     assert markdown.startswith("## cpu / torch\n") and "random weights" in markdown
-    latex = report_table(store.frame(), format_name="tex", out=tmp_path / "t.tex")
+    latex = report_table(store.query(), format_name="tex", out=tmp_path / "t.tex")
     assert (tmp_path / "t.tex").read_text() == latex
-    csv = report_table(store.frame(), format_name="csv", run="run0")
+    csv = report_table(store.query(), format_name="csv", run="run0")
     assert len(csv.strip().splitlines()) == 1 + 8
 
 
 def test_regress_command_gates_and_writes_files(store, tmp_path) -> None:
-    outcome = report_regress(store.frame(), store.samples_for, baseline="run:run1",
+    outcome = report_regress(store.query(), store.samples, baseline="run:run1",
                              current="latest", out_dir=tmp_path)
     assert outcome.significant_regression
     assert set(outcome.paths) == {"html", "md", "json"}
@@ -83,7 +117,7 @@ def test_regress_command_gates_and_writes_files(store, tmp_path) -> None:
     regressed = [v["label"] for v in data["verdicts"] if v["verdict"] == "regressed"]
     assert regressed == ["vit_tiny/torch@cpu b1 t4"]
     assert "REGRESSION FOUND" in outcome.markdown
-    calm = report_regress(store.frame(), store.samples_for, baseline="run:run0",
+    calm = report_regress(store.query(), store.samples, baseline="run:run0",
                           current="run:run1", with_history=False)
     assert not calm.significant_regression and calm.paths == {}
 
@@ -101,7 +135,7 @@ def test_calibrate_and_roofline_commands(store, tmp_path) -> None:
     calibration, path = run_calibration(tmp_path, gemm_size=128, copy_mib=1, repeats=2)
     assert path == tmp_path / "calibration-cpu.json"
     assert "GFLOP/s" in calibration_summary(calibration, path)
-    text = report_roofline(store.frame(), calibration=tmp_path, device="cpu",
+    text = report_roofline(store.query(), calibration=tmp_path, device="cpu",
                            out=tmp_path / "roof.png")
     assert "| resnet18/onnxruntime@cpu b1 t4 |" in text
     assert (tmp_path / "roof.png").read_bytes()[:4] == b"\x89PNG"
@@ -110,15 +144,15 @@ def test_calibrate_and_roofline_commands(store, tmp_path) -> None:
 @pytest.mark.parametrize(
     "call, message",
     [
-        (lambda s, t: report_pareto(s.frame(), x="speed"), "unknown metric 'speed'; available"),
-        (lambda s, t: report_table(s.frame(), device="tpu"), "no results for device 'tpu'; "
+        (lambda s, t: report_pareto(s.query(), x="speed"), "unknown metric 'speed'; available"),
+        (lambda s, t: report_table(s.query(), device="tpu"), "no results for device 'tpu'; "
                                                               "present: cpu"),
-        (lambda s, t: report_regress(s.frame(), s.samples_for, baseline="tag:v9",
+        (lambda s, t: report_regress(s.query(), s.samples, baseline="tag:v9",
                                      current="latest"), "selector 'tag:v9' matches no results"),
-        (lambda s, t: report_table(s.frame(), accuracy_csv=t), "unknown models: efficientnet_b7"),
-        (lambda s, t: report_roofline(s.frame(), calibration=t.parent / "none"),
+        (lambda s, t: report_table(s.query(), accuracy_csv=t), "unknown models: efficientnet_b7"),
+        (lambda s, t: report_roofline(s.query(), calibration=t.parent / "none"),
          "bench calibrate --device cpu"),
-        (lambda s, t: report_table(SyntheticStore().frame()), "results store is empty"),
+        (lambda s, t: report_table(s.query(run_id="no-such-run")), "results store is empty"),
         (lambda s, t: parse_reference("1;2"), "two numbers"),
     ],
 )

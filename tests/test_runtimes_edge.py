@@ -83,7 +83,7 @@ def test_runtime_all_table_marks_fastest_valid_and_speedup(
     torch_index = [i for i, r in enumerate(results) if r.key.runtime == "torch"][0]
     assert comparison[torch_index]["speedup_vs_torch"] == pytest.approx(1.0)
     monkeypatch.setenv("COLUMNS", "400")
-    render.print_results(results, (50.0,))
+    render.print_results(results, (50.0,), wide=True)
     text = capsys.readouterr().out
     assert "× torch" in text and "prepare s" in text
     assert re.search(r"\w \*", text), text

@@ -64,7 +64,23 @@ def main(argv: list[str] | None = None) -> int:
     gate 1, an interrupt 130; running out of memory or an OS error (disk full, a path that changed)
     exit 2 too. Anything else is a bug, reported in one line as an internal error (exit 2). With
     COSTMETER_DEBUG set, OS errors, memory errors and bugs go through with their traceback.
+    Libraries' log records and warnings go to the working folder's log file meanwhile
+    (mentioned once).
     """
+    from costmeter.cli.logging_setup import LIBRARY_LOG
+
+    LIBRARY_LOG.use_workdir(None)
+    LIBRARY_LOG.install()
+    try:
+        return _run(argv)
+    finally:
+        logged = LIBRARY_LOG.uninstall()
+        if logged:
+            click.echo(f"note: {logged} log message{'s' if logged > 1 else ''} (libraries' output, warnings) "
+                       f"written to {LIBRARY_LOG.display_path()}", err=True)
+
+
+def _run(argv: list[str] | None) -> int:
     try:
         code = bench.main(args=argv, prog_name="bench", standalone_mode=False)
     except CostmeterError as exc:

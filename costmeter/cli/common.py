@@ -41,11 +41,20 @@ def store_option(f: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def workdir_option(f: Callable[..., Any]) -> Callable[..., Any]:
-    """``--workdir DIR``: caches, stores and reports go here (created, in a folder that exists)."""
+    """``--workdir DIR``: caches, stores, reports and the log file go here (created, in a folder
+    that exists)."""
     return click.option(
         "--workdir", type=OutputPath(folder=True, path_type=Path), default=None,
-        help="Working folder for caches and the default store. Default: $COSTMETER_HOME or ./.costmeter",
+        callback=_log_under, help="Working folder for caches and the default store. Default: $COSTMETER_HOME or ./.costmeter",
     )(f)
+
+
+def _log_under(_ctx: click.Context, _param: click.Parameter, value: Path | None) -> Path | None:
+    """Libraries' messages go to this working folder's log file."""
+    from costmeter.cli.logging_setup import LIBRARY_LOG
+
+    LIBRARY_LOG.use_workdir(value)
+    return value
 
 
 def open_store(store_url: str | None, workdir: Path | None):

@@ -1,31 +1,26 @@
-"""Terminal rendering of results (rich tables)."""
+"""Terminal rendering of results: a table that fits the terminal, and notes grouped per result.
+
+The table shows what a reader decides on (see :func:`costmeter.cli.columns.choose_columns`);
+``--wide`` shows every column and ``--columns`` picks; :mod:`costmeter.cli.layout` fits it to
+the console's width. INVALID reasons, errors and warnings follow the table in one numbered group
+per result (the status cell carries the number); a warning every result shares is printed once.
+Also the JSON form of a result (``--json``, ``bench results show``).
+"""
 from __future__ import annotations
 
-from typing import Any
+import re
+import textwrap
+from typing import Any, Sequence
 
+from costmeter.cli.columns import Row, choose_columns, fmt_bytes, fmt_ms
+from costmeter.cli.layout import fit_table, print_table
 from costmeter.results.schema import RunResult, Status, Validity
 
+__all__ = ["fmt_bytes", "fmt_ms", "make_console", "print_results", "print_rows", "print_summary_line",
+           "result_json", "result_summary", "robust_dispersion", "row_of", "row_of_record",
+           "runtime_comparison"]
 
-def fmt_ms(ns: float | None) -> str:
-    """Nanoseconds as milliseconds with 3 significant-ish digits, or '-'."""
-    if ns is None:
-        return "-"
-    ms = ns / 1e6
-    return f"{ms:.3g}" if ms < 100 else f"{ms:.0f}"
-
-
-def fmt_bytes(n: int | None) -> str:
-    """Bytes as MiB, or '-'."""
-    return "-" if n is None else f"{n / 2**20:.1f} MiB"
-
-
-def fmt_ci(pci: Any) -> str:
-    """'value [low, high]' in ms; 'value [no CI]' when there are too few samples."""
-    if pci is None:
-        return "-"
-    if pci.low is None or pci.high is None:
-        return f"{fmt_ms(pci.value)} [no CI]"
-    return f"{fmt_ms(pci.value)} [{fmt_ms(pci.low)}, {fmt_ms(pci.high)}]"
+DEFAULT_PIPE_WIDTH = 240  # piped or captured: one line per result where it fits in this
 
 
 def result_summary(r: RunResult, percentiles: tuple[float, ...] | None = None) -> Any:
@@ -61,30 +56,68 @@ def result_json(r: RunResult, samples: bool = False) -> dict[str, Any]:
     return d
 
 
-def result_row(r: RunResult, percentiles: tuple[float, ...]) -> dict[str, str]:
-    """One table row (strings) for a result."""
+def row_of(r: RunResult, percentiles: tuple[float, ...], result_id: int | None = None) -> Row:
+    """The table row of a result, its figures from :func:`result_summary` at ``percentiles``."""
     k = r.key
-    row = {"model": k.model_id, "runtime": k.runtime, "device": k.device, "batch": str(k.batch),
-           "threads": "auto" if k.threads is None else str(k.threads)}
-    if r.status is not Status.OK or r.measurement is None:
-        row["status"] = r.status.value.upper() + " (see below)"
+    status = r.status.value.upper() if r.status is not Status.OK else r.validity.value
+    row = Row(label=k.label(), model=k.model_id, runtime=k.runtime, device=k.device, batch=k.batch,
+              threads=k.threads, status=status, reasons=list(r.reasons), warnings=list(r.warnings),
+              error=r.error, result_id=result_id, run_id=r.run_id, tag=r.tag,
+              prepare_s=r.extra.get("prepare_s"), tune_s=r.extra.get("tune_s"),
+              max_abs_diff=r.extra.get("max_abs_diff"), energy_reason=r.energy.reason or "")
+    if r.status is not Status.OK or r.measurement is None or not r.measurement.count:
         return row
     s = result_summary(r, percentiles)
-    for q in percentiles:
-        row[f"p{q:g} ms [95% CI]"] = fmt_ci(s.percentiles.get(q))
-    row["CV"] = f"{s.cv:.1%}"
-    row["MAD/med"] = f"{s.mad_rel:.1%}"
-    tput = r.extra.get("throughput_items_per_s")
-    row["items/s"] = "-" if tput is None else f"{tput:,.1f}"
-    row["peak RSS"] = fmt_bytes(r.memory.peak_rss_bytes)
-    if r.energy.energy_j is None:
-        row["energy/inf"] = "unavailable"
-    else:
-        row["energy/inf"] = f"{r.energy.energy_per_inference_j * 1e3:.3g} mJ ({r.energy.provenance.value})"
-    diff = r.extra.get("max_abs_diff")
-    row["Δ vs torch"] = "-" if diff is None else f"{diff:.1e}"
-    row["status"] = r.validity.value if r.validity is Validity.VALID else "INVALID (see below)"
+    row.confidence = float((r.extra.get("protocol") or {}).get("confidence", 0.95))
+    row.percentiles = {q: (p.value, p.low, p.high) for q, p in s.percentiles.items()}
+    row.samples, row.cv, row.mad_rel = s.n, s.cv, s.mad_rel
+    row.items_per_s = r.extra.get("throughput_items_per_s")
+    row.peak_rss_bytes = r.memory.peak_rss_bytes
+    if r.energy.energy_j is not None:
+        row.energy_per_inference_j = r.energy.energy_per_inference_j
+        row.energy_provenance = r.energy.provenance.value
     return row
+
+
+def row_of_record(rec: dict[str, Any], percentiles: Sequence[float]) -> Row:
+    """The table row of a stored result from its :meth:`ResultStore.query` record (ms, bytes);
+    MAD/median is not in the store's columns (see :func:`robust_dispersion`)."""
+
+    def number(name: str) -> float | None:
+        value = rec.get(name)
+        return None if value is None or value != value else float(value)
+
+    threads = rec.get("threads")
+    threads = None if threads is None or threads != threads else int(threads)
+    status = str(rec["validity"]) if rec["status"] == "ok" else str(rec["status"]).upper()
+    label = f"{rec['model_id']}/{rec['runtime']}@{rec['device']} b{rec['batch']} t{threads or 'auto'}"
+    row = Row(label=label, model=str(rec["model_id"]), runtime=str(rec["runtime"]), device=str(rec["device"]),
+              batch=int(rec["batch"]), threads=threads, status=status, result_id=int(rec["result_id"]),
+              run_id=rec.get("run_id"), tag=rec.get("tag") or None, error=rec.get("error") or None,
+              samples=int(rec.get("n_samples") or 0), cv=number("latency_cv"),
+              items_per_s=number("throughput_items_per_s"), max_abs_diff=number("max_abs_diff"),
+              prepare_s=number("prepare_s"))
+    if row.measured:
+        for q in percentiles:
+            value = number(f"latency_p{q:g}_ms")
+            if value is not None:
+                low, high = number(f"latency_p{q:g}_low_ms"), number(f"latency_p{q:g}_high_ms")
+                row.percentiles[float(q)] = (value * 1e6, None if low is None else low * 1e6,
+                                             None if high is None else high * 1e6)
+        rss = number("peak_rss_bytes")
+        row.peak_rss_bytes = None if rss is None else int(rss)
+        row.energy_per_inference_j = number("energy_per_inference_j")
+        row.energy_provenance = rec.get("energy_provenance")
+    return row
+
+
+def robust_dispersion(samples_ns: Any) -> float | None:
+    """MAD/median of per-run samples, by the same code as the results' summaries."""
+    from costmeter.results.stats import summarize
+
+    if len(samples_ns) < 2:
+        return None
+    return summarize(samples_ns, percentiles=(), serial=False).mad_rel
 
 
 def _group(r: RunResult) -> tuple[Any, ...]:
@@ -119,63 +152,142 @@ def runtime_comparison(results: list[RunResult]) -> dict[int, dict[str, Any]]:
     return out
 
 
-def add_comparison(rows: list[dict[str, str]], results: list[RunResult]) -> None:
-    """Add the speed-up and preparation-time columns, and mark the fastest VALID runtime."""
-    comparison = runtime_comparison(results)
-    show_speedup = any("speedup_vs_torch" in c for c in comparison.values()) and len(
-        {r.key.runtime for r in results}) > 1
-    for i, (row, r) in enumerate(zip(rows, results)):
-        if comparison[i].get("fastest"):
-            row["runtime"] = f"{row['runtime']} *"
-        if show_speedup:
-            speedup = comparison[i].get("speedup_vs_torch")
-            row["× torch"] = "-" if speedup is None else f"{speedup:.2f}x"
-        prepare = r.extra.get("prepare_s")
-        if prepare is not None:
-            row["prepare s"] = f"{prepare:.2f}"
-        if r.extra.get("tune_s") is not None:
-            row["tune s"] = f"{r.extra['tune_s']:.1f}"
+def make_console(stderr: bool = False) -> Any:
+    """A rich Console at the terminal's width; piped or captured, ``$COLUMNS`` or 240 columns."""
+    import os
 
-
-def print_results(results: list[RunResult], percentiles: tuple[float, ...]) -> None:
-    """Print the results table and, below it, warnings and energy reasons. With several runtimes,
-    '*' marks the fastest VALID runtime per model and '× torch' is the speed-up against eager."""
     from rich.console import Console
-    from rich.table import Table
 
-    rows = [result_row(r, percentiles) for r in results]
-    add_comparison(rows, results)
-    columns: list[str] = []
+    console = Console(stderr=stderr, highlight=False)
+    if not console.is_terminal and not os.environ.get("COLUMNS", "").strip().isdigit():
+        console = Console(stderr=stderr, width=DEFAULT_PIPE_WIDTH, highlight=False)
+    return console
+
+
+def print_results(results: list[RunResult], percentiles: tuple[float, ...], *, wide: bool = False,
+                  columns: Sequence[str] | None = None, console: Any = None) -> None:
+    """Print the results table fitted to the terminal, then the notes grouped per result.
+    With several runtimes, '*' marks the fastest VALID runtime per model and '× torch' is the
+    speed-up against eager."""
+    comparison = runtime_comparison(results)
+    rows = [row_of(r, percentiles) for r in results]
+    multi_runtime = len({r.key.runtime for r in results}) > 1
+    for i, row in enumerate(rows):
+        row.fastest = bool(comparison[i].get("fastest"))
+        if multi_runtime:
+            row.speedup_vs_torch = comparison[i].get("speedup_vs_torch")
+    print_rows(rows, percentiles, wide=wide, columns=columns, console=console)
+
+
+def print_rows(rows: list[Row], percentiles: Sequence[float], *, wide: bool = False,
+               columns: Sequence[str] | None = None, listing: bool = False, console: Any = None,
+               notes: bool = True) -> None:
+    """Print ``rows`` as a table fitted to the console and (with ``notes``) their notes."""
+    console = console or make_console()
+    chosen = choose_columns(rows, percentiles, wide=wide, names=columns, listing=listing)
+    if notes:
+        _number_notes(rows)
+    table, hidden = fit_table(rows, chosen, console, may_hide=columns is None and not wide)
+    print_table(console, table)
+    if notes:
+        print_notes(rows, console, shown={c.name for c in chosen} - set(hidden))
+    if hidden:
+        say(console, f"hidden to fit {console.width} columns: {', '.join(hidden)}; --wide shows every "
+                     "column, --columns picks", "dim")
+    if any(r.fastest for r in rows) and "runtime" in {c.name for c in chosen}:
+        say(console, "* fastest VALID runtime for its model, device, batch and threads", "dim")
+
+
+_PERCENTILE = re.compile(r"p\d+(?:\.\d+)?")
+_TRAILING = re.compile(r"[^\w%]*$")
+
+
+def merge_percentile_messages(messages: Sequence[str]) -> list[str]:
+    """Messages that differ only in the percentile they name (and at most two figures that go
+    with it), said once for all of them: "too few samples for a p90 ...: need >= 36; ... drop
+    p90" and its p99 twin become "... a p90, p99 ...: need >= 36, 368; ... drop p90, p99"."""
+    groups: list[list[list[str]]] = []
+    for message in messages:
+        tokens = message.split(" ")
+        for group in groups:
+            first = group[0]
+            if len(first) != len(tokens):
+                continue
+            diff = [i for i, (a, b) in enumerate(zip(first, tokens)) if a != b]
+            names_percentile = any(_PERCENTILE.fullmatch(_TRAILING.sub("", first[i]).strip("(")) for i in diff)
+            if diff and len(diff) <= 3 and names_percentile and (len(group) == 1 or diff == _diff(group)):
+                group.append(tokens)
+                break
+        else:
+            groups.append([tokens])
+    return [" ".join(group[0]) if len(group) == 1 else _joined(group) for group in groups]
+
+
+def _diff(group: list[list[str]]) -> list[int]:
+    return [i for i in range(len(group[0])) if len({tokens[i] for tokens in group}) > 1]
+
+
+def _joined(group: list[list[str]]) -> str:
+    """One message from a group: each differing word lists every member's, in order."""
+    out = list(group[0])
+    for i in _diff(group):
+        words = list(dict.fromkeys(tokens[i] for tokens in group))
+        tail = _TRAILING.search(words[0]).group()  # "36;" -> ";" (kept once, at the end)
+        if all(w.endswith(tail) for w in words):
+            words = [w[: len(w) - len(tail)] if tail else w for w in words]
+        else:
+            tail = ""
+        out[i] = ", ".join(words) + tail
+    return " ".join(out)
+
+
+def _shared_warnings(rows: Sequence[Row]) -> set[str]:
+    measured = [r for r in rows if r.measured]
+    if len(measured) < 2:
+        return set()
+    return set(measured[0].warnings).intersection(*(r.warnings for r in measured[1:]))
+
+
+def _number_notes(rows: Sequence[Row]) -> None:
+    """Give each result that has something to say under the table a note number."""
+    shared = _shared_warnings(rows)
+    number = 0
     for row in rows:
-        columns += [c for c in row if c not in columns]
-    columns.remove("status")
-    columns.append("status")
-    table = Table(title="costmeter results", show_lines=False)
-    for c in columns:
-        table.add_column(c, overflow="fold", no_wrap=c in ("model", "runtime"),
-                         justify="right" if c not in ("model", "runtime", "device", "status") else "left")
+        if row.reasons or row.error or row.status in ("FAILED", "UNSUPPORTED") or set(row.warnings) - shared:
+            number += 1
+            row.note = number
+        else:
+            row.note = None
+
+
+def print_notes(rows: Sequence[Row], console: Any, shown: set[str] | frozenset[str] = frozenset()) -> None:
+    """One group per numbered result: why it failed or is INVALID, then its warnings; then the
+    warnings every result shares, once; then why energy is unavailable (when its column shows)."""
+    shared = _shared_warnings(rows)
     for row in rows:
-        table.add_row(*[row.get(c, "") for c in columns])
-    console = Console()
-    if not console.is_terminal:  # piped or captured: don't squeeze the table into 80 columns
-        console = Console(width=240)
-    console.print(table)
-    for r in results:
-        if r.status is not Status.OK:
-            console.print(f"{r.status.value.upper()} {r.key.label()}: {r.error}", style="red", soft_wrap=True)
-        elif r.validity is Validity.INVALID:
-            for reason in r.reasons:
-                console.print(f"INVALID {r.key.label()}: {reason}", style="red", soft_wrap=True)
-    notes = {f"energy unavailable: {r.energy.reason}" for r in results if r.energy.energy_j is None and r.energy.reason}
-    ok = [r for r in results if r.status is Status.OK]
-    shared = set(ok[0].warnings).intersection(*(r.warnings for r in ok[1:])) if len(ok) > 1 else set()
-    notes |= {f"{r.key.label()}: {w}" for r in results for w in r.warnings if w not in shared}
-    notes |= {f"every result: {w}" for w in shared}
-    for note in sorted(notes):
-        console.print(f"note: {note}", style="yellow", soft_wrap=True)
-    if any(row["runtime"].endswith(" *") for row in rows):
-        console.print("* fastest VALID runtime for its model, device, batch and threads; "
-                      "'prepare s' = export + conversion + compile + load, apart from latency")
+        if row.note is None:
+            continue
+        style = "yellow" if row.status == "VALID" else "red"
+        say(console, f"[{row.note}] {row.label}: {row.status}", style)
+        for reason in ([row.error] if row.error else []) + merge_percentile_messages(row.reasons):
+            say(console, reason, style, "  - ", "    ")
+        for warning in merge_percentile_messages([w for w in row.warnings if w not in shared]):
+            say(console, warning, "yellow", "  warning: ", "    ")
+    if shared:
+        say(console, "every result:", "yellow")
+        for warning in merge_percentile_messages(sorted(shared)):
+            say(console, warning, "yellow", "  warning: ", "    ")
+    if "energy" in shown:
+        for reason in sorted({r.energy_reason for r in rows if r.measured and r.energy_per_inference_j is None
+                              and r.energy_reason}):
+            say(console, f"energy unavailable: {reason}", "dim")
+
+
+def say(console: Any, text: str, style: str, first: str = "", rest: str = "") -> None:
+    """Print ``text`` wrapped to the console (``first``/``rest``: indents), never as markup."""
+    wrapped = textwrap.fill(text, width=max(40, console.width), initial_indent=first, subsequent_indent=rest,
+                            break_on_hyphens=False)
+    console.print(wrapped, style=style, markup=False, highlight=False, soft_wrap=True)
 
 
 def print_summary_line(results: list[RunResult], what: str) -> None:

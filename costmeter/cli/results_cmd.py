@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from costmeter.cli.common import OutputPath, open_store, store_option, workdir_option
+from costmeter.cli.table_options import table_columns, table_options
 
 FILTERS = ("run_id", "tag", "model_id", "device", "runtime")
 
@@ -25,32 +26,54 @@ def results() -> None:
 @results.command("list")
 @_filters
 @click.option("--runs", is_flag=True, help="List runs instead of results")
+@table_options
 @store_option
 @workdir_option
-def list_(runs: bool, store_url: str | None, workdir: Path | None, **filters: str | None) -> None:
-    """One line per stored result (or per run with --runs)."""
+def list_(runs: bool, wide: bool, columns: str | None, store_url: str | None, workdir: Path | None,
+          **filters: str | None) -> None:
+    """One line per stored result (or per run with --runs), fitted to the terminal."""
+    from costmeter.cli.render import make_console, print_rows, robust_dispersion, row_of_record
+    from costmeter.results.tables import PERCENTILES
+
+    pct = tuple(float(q) for q in PERCENTILES)
+    picked = None if runs else table_columns(wide, columns, pct, listing=True)
     store = open_store(store_url, workdir)
     try:
         df = store.runs() if runs else store.query(**{k: v for k, v in filters.items() if v is not None})
+        if df.empty:
+            click.echo("no results in the store; run `bench run --model mobilenet_v2` first")
+            return
+        if runs:
+            _print_frame(df)
+            return
+        rows = [row_of_record(rec, pct) for rec in df.to_dict("records")]
+        from costmeter.cli.columns import choose_columns
+
+        if "mad" in {c.name for c in choose_columns(rows, pct, wide=wide, names=picked, listing=True)}:
+            for row in rows:
+                if row.measured:
+                    row.mad_rel = robust_dispersion(store.samples(row.result_id))
     finally:
         store.close()
-    if df.empty:
-        click.echo("no results in the store; run `bench run --model mobilenet_v2` first")
-        return
-    cols = list(df.columns) if runs else [c for c in (
-        "result_id", "run_id", "model_id", "runtime", "device", "batch", "threads", "status", "validity",
-        "latency_p50_ms", "latency_p99_ms", "latency_cv") if c in df.columns]
-    from rich.console import Console
+    print_rows(rows, pct, wide=wide, columns=picked, listing=True, notes=False, console=make_console())
+    flagged = sum(1 for r in rows if r.status != "VALID")
+    if flagged:
+        click.echo(f"{flagged} result{'s' if flagged > 1 else ''} not VALID; `bench results show ID --wide` "
+                   "says why")
+
+
+def _print_frame(df) -> None:
+    """A frame as a plain table (the runs list)."""
     from rich.table import Table
 
+    from costmeter.cli.render import make_console
+
     table = Table()
-    for c in cols:
-        table.add_column(c.replace("latency_", "").replace("_", " "), overflow="fold",
-                         no_wrap=c in ("result_id", "model_id", "runtime"))
-    for _, row in df[cols].iterrows():
-        table.add_row(*[_cell(row[c]) for c in cols])
-    console = Console()
-    Console(width=200).print(table) if not console.is_terminal else console.print(table)
+    for c in df.columns:
+        table.add_column(c.replace("_", " "), overflow="fold", no_wrap=c in ("run_id",))
+    for _, row in df.iterrows():
+        table.add_row(*[_cell(row[c]) for c in df.columns])
+    make_console().print(table)
 
 
 def _cell(v) -> str:
@@ -62,17 +85,24 @@ def _cell(v) -> str:
 @results.command("show")
 @click.argument("result_id", type=click.IntRange(min=1, max=2**63 - 1))
 @click.option("--samples", "with_samples", is_flag=True, help="Include the raw samples (ns)")
+@table_options
 @store_option
 @workdir_option
-def show(result_id: int, with_samples: bool, store_url: str | None, workdir: Path | None) -> None:
-    """Print one result as JSON with its summary (the table's figures); raw samples with --samples."""
-    from costmeter.cli.render import result_json
+def show(result_id: int, with_samples: bool, wide: bool, columns: str | None, store_url: str | None,
+         workdir: Path | None) -> None:
+    """Print one result as JSON with its summary (the table's figures); raw samples with
+    --samples. With --wide or --columns: as a table, with its reasons and warnings."""
+    from costmeter.cli.render import print_results, result_json
 
     store = open_store(store_url, workdir)
     try:
         result = store.get(result_id)
     finally:
         store.close()
+    if wide or columns is not None:
+        pct = tuple(float(q) for q in (result.extra.get("protocol") or {}).get("percentiles", (50, 90, 95, 99)))
+        print_results([result], pct, wide=wide, columns=table_columns(wide, columns, pct))
+        return
     click.echo(json.dumps(result_json(result, samples=with_samples), indent=1, default=str))
 
 

@@ -8,6 +8,7 @@ import click
 
 from costmeter.cli.common import (MODEL_HELP, FiniteRange, FloatList, IntList, count, cpus_option, fraction,
                                   model_specs, non_empty_list, open_store, seconds, store_option, workdir_option)
+from costmeter.cli.table_options import table_columns, table_options
 from costmeter.devices.options import MAX_THREADS
 from costmeter.harness.config import DeviceSpec, ProtocolConfig, RunConfig, default_workdir, parse_options
 
@@ -46,6 +47,7 @@ from costmeter.harness.config import DeviceSpec, ProtocolConfig, RunConfig, defa
 @click.option("--tag", default=None, help="Label stored with every result (e.g. nightly)")
 @click.option("--json", "as_json", is_flag=True, help="Print results as JSON (with the table's summary) instead of a table")
 @click.option("--samples", "with_samples", is_flag=True, help="With --json: include the raw samples (ns)")
+@table_options
 @cpus_option
 @click.option("--remote-python", default="python3", show_default=True, help="Python on ssh:// boards")
 @click.option("--remote-pythonpath", default=None, metavar="DIR", help="Folder holding costmeter's source on ssh:// boards")
@@ -59,7 +61,7 @@ def run(device: str, runtime: str, models: tuple[str, ...], batch: list[int], th
         options: tuple[str, ...], warmup: int, warmup_time: float, min_count: int, min_time: float, max_time: float,
         percentiles: list[float],
         max_rel_ci: float, max_cv: float, processes: int, timeout: float, no_parity: bool, tag: str | None,
-        as_json: bool, with_samples: bool, cpus: str | None, remote_python: str, remote_pythonpath: str | None, ssh_identity: str | None,
+        as_json: bool, with_samples: bool, wide: bool, columns: str | None, cpus: str | None, remote_python: str, remote_pythonpath: str | None, ssh_identity: str | None,
         known_hosts: str | None, accept_new_host_key: bool, benchmark_model: str | None,
         store_url: str | None, workdir: Path | None) -> None:
     """Measure latency (percentiles with CIs), memory and energy; store every result."""
@@ -74,6 +76,7 @@ def run(device: str, runtime: str, models: tuple[str, ...], batch: list[int], th
     protocol = ProtocolConfig(warmup_count=warmup, warmup_s=warmup_time, min_count=min_count,
                               min_time_s=min_time, max_time_s=max_time, percentiles=pct, max_cv=max_cv,
                               max_rel_ci=max_rel_ci)
+    picked = table_columns(wide, columns, pct, as_json)
     run_options = parse_options(options)
     if cpus:
         from costmeter.harness.executors.remote import parse_cpus
@@ -100,7 +103,7 @@ def run(device: str, runtime: str, models: tuple[str, ...], batch: list[int], th
     if as_json:
         click.echo(json.dumps([result_json(r, samples=with_samples) for r in results], indent=1))
     else:
-        print_results(results, pct)
+        print_results(results, pct, wide=wide, columns=picked)
 
 
 def _executors(python: str, pythonpath: str | None, identity: str | None, known_hosts: str | None,

@@ -87,6 +87,7 @@ def validate(configs: list[RunConfig], free_memory: Callable[[], int] | None = N
     store on failure, whichever config is the bad one.
     """
     from costmeter.harness.validation import available_memory_bytes, check_batch, check_model_spec, check_settings
+    from costmeter.models.known import builds_torch_for, remember, remembered
     from costmeter.models.source import python_target, resolve_model
 
     kinds: dict[tuple[str, str], str] = {}
@@ -97,7 +98,8 @@ def validate(configs: list[RunConfig], free_memory: Callable[[], int] | None = N
     models = list(dict.fromkeys(c.model for c in configs if kinds[(c.device_kind, c.runtime)] != "none"))
     for model in models:
         check_model_spec(model)
-    sources: dict[str, Any] = {m: resolve_model(m) for m in models if python_target(m) is None}
+    sources: dict[str, Any] = {m: remembered(resolve_model(m), configs[0].workdir)
+                               for m in models if python_target(m) is None}
     free = (free_memory or available_memory_bytes)()
     for cfg in configs:  # artifact-less runtimes, built-in and ONNX models: before any child
         if kinds[(cfg.device_kind, cfg.runtime)] == "none" or cfg.model in sources:
@@ -122,7 +124,10 @@ def validate(configs: list[RunConfig], free_memory: Callable[[], int] | None = N
             jobs.append(PreparedJob(cfg, None, artifact_kind, digest, (cfg.batch,), failure, src.model_id))
             continue
         shape = (cfg.batch, *src.inputs[0].shape)
-        jobs.append(PreparedJob(cfg, src, artifact_kind, src.content_hash(), shape))
+        with torch_on_one_thread(builds_torch_for(src, "hash")):
+            digest = src.content_hash()
+        jobs.append(PreparedJob(cfg, src, artifact_kind, digest, shape))
+        remember(src, cfg.workdir)
     return jobs
 
 
@@ -133,6 +138,27 @@ def _inspect(spec: str, configs: list[RunConfig]) -> InspectedSource | InspectFa
                                 export_onnx=bool(kinds & {"onnx", "tvm"}),
                                 parity=any(c.check_outputs for c in configs),
                                 timeout_s=max(c.timeout_s for c in configs))
+
+
+@contextmanager
+def torch_on_one_thread(needed: bool = True) -> Iterator[None]:
+    """Run this process's own torch work inside (building and hashing a model, counting its
+    FLOPs, exporting it, the parity reference) on one thread, the caller's setting restored
+    after; ``needed=False`` does nothing (and imports no torch). This work is bookkeeping, not a
+    measurement, and on a loaded machine torch's thread pool spins against the other jobs:
+    building mobilenet_v2 and three forward passes took 18 s on two threads and 0.8 s on one
+    (load 15 on 2 CPUs)."""
+    if not needed:
+        yield
+        return
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def check_runtime(cfg: RunConfig) -> str:
@@ -214,7 +240,14 @@ class Runner:
         cfg = job.config
         started = _now()
         key = make_key(job)
-        info = job.source.info() if job.source is not None else {}
+        if job.source is not None:
+            from costmeter.models.known import builds_torch_for, remember
+
+            with torch_on_one_thread(builds_torch_for(job.source, "info")):
+                info = job.source.info()
+            remember(job.source, self.workdir)
+        else:
+            info = {}
         if job.source is not None and job.source.display_name:
             info["name"] = job.source.display_name
         base = dict(key=key, run_id=run_id, tag=tag or cfg.tag, started_at=started, model_info=info)
@@ -252,9 +285,11 @@ class Runner:
 
     def _artifact(self, job: PreparedJob, extra: dict[str, Any] | None = None) -> str | None:
         if job.artifact_kind == "onnx":
-            from costmeter.models.export import export_onnx
+            from costmeter.models.export import export_onnx, onnx_cache_path
 
-            return str(export_onnx(job.source, self.workdir))
+            building = job.source.has_torch() and not onnx_cache_path(job.source, self.workdir).exists()
+            with torch_on_one_thread(building):
+                return str(export_onnx(job.source, self.workdir))
         if job.artifact_kind in ("tflite", "pte", "tvm"):
             from costmeter.harness.convert.artifacts import convert
 
@@ -291,7 +326,7 @@ class Runner:
         if ref_key not in self._references:
             reference = getattr(job.source, "reference_outputs", None)  # computed in a child
             self._references[ref_key] = reference(job.config.batch) if reference is not None \
-                else torch_reference(job.source, inputs_path)
+                else cached_reference(job, inputs_path, self.workdir)
         ref = self._references[ref_key]
         with np.load(outputs_path) as npz:
             got = [npz[f"arr_{i}"] for i in range(len(npz.files))]
@@ -302,6 +337,39 @@ class Runner:
                    for r, g in zip(ref, got))
         return {"max_abs_diff": diff, "parity_tolerance": job.config.parity_tolerance,
                 "parity_ok": diff <= job.config.parity_tolerance}
+
+
+def cached_reference(job: PreparedJob, inputs_path: str, workdir: Path | str) -> list[Any] | None:
+    """Torch eager outputs of ``job``'s model on its saved inputs, kept in the working folder by
+    content hash, batch, torch version and machine: a model compared before needs no torch here."""
+    import platform
+    from importlib.metadata import PackageNotFoundError, version
+
+    import numpy as np
+
+    try:
+        torch_version = version("torch")
+    except PackageNotFoundError:
+        torch_version = "none"
+    tag = "".join(ch if ch.isalnum() or ch in "._-" else "_" for ch in f"{torch_version}-{platform.machine()}")
+    path = Workdir.of(workdir).cache("reference") / f"{job.model_hash}-b{job.config.batch}-torch{tag}.npz"
+    if path.exists():
+        try:
+            with np.load(path) as npz:
+                return [npz[f"arr_{i}"] for i in range(len(npz.files))]
+        except (OSError, ValueError):
+            pass  # unreadable: computed again below
+    with torch_on_one_thread():
+        outputs = torch_reference(job.source, inputs_path)
+    if outputs is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.stem}.{uuid.uuid4().hex}.npz")
+        try:
+            np.savez(tmp, *[np.asarray(o) for o in outputs])
+            tmp.replace(path)
+        finally:
+            tmp.unlink(missing_ok=True)
+    return outputs
 
 
 def torch_reference(source: Any, inputs_path: str) -> list[Any] | None:

@@ -9,6 +9,7 @@ cannot corrupt the result.
 from __future__ import annotations
 
 import json
+import logging
 import resource
 import sys
 import time
@@ -53,6 +54,7 @@ def run_in_worker(job: WorkerJob, timeout_s: float, python: str = sys.executable
         job_path.write_text(json.dumps(asdict(job)))
         done = launch([python, "-m", "costmeter.harness.worker", str(job_path), str(out_path)],
                       timeout_s=timeout_s, stderr_path=tmp / "stderr.txt")
+        _log_stderr(tmp / "stderr.txt", job)
         if done.timed_out:
             return WorkerOutcome("failed", f"timed out after {timeout_s:g} s; raise --timeout or lower "
                                            "--max-time", wall_s=done.wall_s)
@@ -60,6 +62,18 @@ def run_in_worker(job: WorkerJob, timeout_s: float, python: str = sys.executable
             data = json.loads(out_path.read_text())
             return WorkerOutcome(data.pop("status"), data.pop("error", None), data, done.wall_s)
         return WorkerOutcome("failed", done.describe("worker"), wall_s=done.wall_s)
+
+
+def _log_stderr(err_path: Path, job: WorkerJob) -> None:
+    """What the worker's libraries printed, logged at INFO on this module's logger (a ``bench``
+    command writes it to its log file; nothing reaches the terminal)."""
+    try:
+        text = err_path.read_text(errors="replace").strip()
+    except OSError:
+        return
+    if text:
+        logging.getLogger(__name__).info("worker for %s on %s printed:\n%s", job.config.get("model"),
+                                         job.config.get("runtime"), text[-20_000:])
 
 
 # ----------------------------------------------------------------------- model inspection

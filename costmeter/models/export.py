@@ -23,7 +23,7 @@ import re
 import shutil
 import tempfile
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +35,7 @@ DEFAULT_OPSET = 17
 EXPORT_BATCH = 2  # example batch used while exporting (batch 1 lets torch.export specialize it)
 _SAFE_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_LOG = logging.getLogger(__name__)
 
 
 def cached_artifact(
@@ -139,12 +140,29 @@ def export_module(module: Any, args: tuple, path: Path, opset: int, input_names:
     )
 
 
+@contextlib.contextmanager
+def _kept_quiet(exporter: str) -> Iterator[None]:
+    """Keep an exporter's prints and warnings off the terminal; they are logged at INFO on this
+    module's logger afterwards (a ``bench`` command writes them to its log file)."""
+    out = io.StringIO()
+    caught: list[warnings.WarningMessage] = []
+    try:
+        with warnings.catch_warnings(record=True) as caught, contextlib.redirect_stdout(out):
+            warnings.simplefilter("always")
+            yield
+    finally:
+        text = _ANSI.sub("", out.getvalue()).strip()
+        if text:
+            _LOG.info("%s exporter printed:\n%s", exporter, text)
+        for message in dict.fromkeys(f"{w.category.__name__}: {w.message}" for w in caught):
+            _LOG.info("%s exporter warned: %s", exporter, message)
+
+
 def _legacy_export(module: Any, args: tuple, path: Path, opset: int, input_names: list,
                    output_names: list, axes: dict[str, dict[int, str]]) -> None:
     import torch
 
-    with torch.no_grad(), warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-        warnings.simplefilter("ignore")
+    with torch.no_grad(), _kept_quiet("legacy"):
         torch.onnx.export(
             module, args, str(path), dynamo=False, opset_version=opset,
             input_names=input_names, output_names=output_names, dynamic_axes=axes,
@@ -164,8 +182,7 @@ def _dynamo_export(module: Any, args: tuple, path: Path, opset: int, input_names
     try:
         for logger in loggers:  # the exporter logs progress and recoverable failures verbosely
             logger.setLevel(logging.CRITICAL)
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-            warnings.simplefilter("ignore")
+        with _kept_quiet("dynamo"):
             torch.onnx.export(
                 module, args, str(path), dynamo=True, external_data=False, opset_version=opset,
                 input_names=input_names, output_names=output_names, dynamic_shapes=shapes,

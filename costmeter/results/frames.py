@@ -6,12 +6,13 @@ CSV/Parquet export of in-memory results produce the same columns and dtypes.
 from __future__ import annotations
 
 import json
-from typing import Any, Mapping, Sequence
-
-import pandas as pd
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 from costmeter.results.schema import RunResult
 from costmeter.results.tables import LATENCY_STATS, result_to_row
+
+if TYPE_CHECKING:  # pandas is imported where a frame is built: writing results needs none
+    import pandas as pd
 
 _FLOAT_COLUMNS = (
     *[f"latency_{stat}_ms" for stat in LATENCY_STATS],
@@ -51,6 +52,8 @@ _ROW_COPIED = (
 
 def frame_from_rows(rows: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
     """The flat DataFrame of :data:`FRAME_COLUMNS` from ``results`` rows (ns -> ms)."""
+    import pandas as pd
+
     records = []
     for row in rows:
         record: dict[str, Any] = {name: row[name] for name in _ROW_COPIED}

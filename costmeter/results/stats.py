@@ -20,7 +20,7 @@ intervals are widened (batch means; see :mod:`costmeter.results.stats_serial`). 
 several processes are a hierarchy (see :mod:`costmeter.results.stats_hier`).
 
 Noise figures, robust to the few long stalls a shared machine puts into any sample: ``mad_rel``
-(median absolute deviation, scaled by scipy's ``scale="normal"`` (1.4826) so that it equals
+(median absolute deviation, scaled as scipy's ``scale="normal"`` (1.4826) so that it equals
 the standard deviation for normal data, over the median), ``iqr_rel`` (interquartile range over the median),
 ``outlier_share`` (share of samples outside Tukey's fences, k = 1.5, see :func:`outliers_iqr`),
 and the longest stall: ``max`` and ``max_over_median``.
@@ -171,7 +171,7 @@ def percentile_ci_indices(n: int, q: float, confidence: float = 0.95) -> tuple[i
 
     ``n``: number of samples; ``q``: percentile in percent; ``confidence``: fraction in (0, 1).
     """
-    from scipy.stats import binom
+    from costmeter.results.distributions import binom_cdf, binom_isf, binom_ppf, binom_sf
 
     q = _check_q(q)
     alpha_tail = (1.0 - _check_confidence(confidence)) / 2.0
@@ -181,23 +181,23 @@ def percentile_ci_indices(n: int, q: float, confidence: float = 0.95) -> tuple[i
     p = q / 100.0
 
     # Lower rank: j = l - 1 is the largest count with P(B <= j) <= alpha/2.
-    if binom.cdf(0, n, p) > alpha_tail:
+    if binom_cdf(0, n, p) > alpha_tail:
         return None
-    j = int(binom.ppf(alpha_tail, n, p))  # smallest k with cdf(k) >= alpha/2 (up to rounding)
-    while j >= 0 and binom.cdf(j, n, p) > alpha_tail:
+    j = int(binom_ppf(alpha_tail, n, p))  # smallest k with cdf(k) >= alpha/2 (up to rounding)
+    while j >= 0 and binom_cdf(j, n, p) > alpha_tail:
         j -= 1
-    while j + 1 <= n and binom.cdf(j + 1, n, p) <= alpha_tail:
+    while j + 1 <= n and binom_cdf(j + 1, n, p) <= alpha_tail:
         j += 1
     lo = j  # 0-based index of the l-th smallest sample (l = j + 1)
 
     # Upper rank: u is the smallest rank with P(B >= u) = sf(u - 1) <= alpha/2.
-    if binom.sf(n - 1, n, p) > alpha_tail:
+    if binom_sf(n - 1, n, p) > alpha_tail:
         return None
-    k = int(binom.isf(alpha_tail, n, p))  # candidate for u - 1
+    k = int(binom_isf(alpha_tail, n, p))  # candidate for u - 1
     k = min(max(k, 0), n - 1)
-    while k > 0 and binom.sf(k - 1, n, p) <= alpha_tail:
+    while k > 0 and binom_sf(k - 1, n, p) <= alpha_tail:
         k -= 1
-    while k < n - 1 and binom.sf(k, n, p) > alpha_tail:
+    while k < n - 1 and binom_sf(k, n, p) > alpha_tail:
         k += 1
     hi = k  # 0-based index of the u-th smallest sample (u = k + 1)
 
@@ -272,7 +272,7 @@ def summarize_series(
     of the series' (batch-means) variances. Between-series spread is *not* in these intervals:
     see :func:`costmeter.results.stats_hier.summarize_processes`. Any unit; same unit back.
     """
-    from scipy.stats import median_abs_deviation
+    from costmeter.results.distributions import median_abs_deviation_normal
 
     from costmeter.results.stats_serial import (
         combine_serial,
@@ -313,7 +313,7 @@ def summarize_series(
                                    confidence=confidence, widened=widened)
 
     q1, q3 = np.percentile(x, [25.0, 75.0], method=PERCENTILE_METHOD)
-    mad = float(median_abs_deviation(x, scale="normal"))  # = std for normal data
+    mad = median_abs_deviation_normal(x)  # = std for normal data
     return Summary(
         n=n,
         mean=mean,

@@ -95,9 +95,9 @@ def summarize_processes(
     spread = _spread(singles)
     if len(parts) < 2:
         return replace(pooled, processes=spread)
-    from scipy.stats import t as student_t
+    from costmeter.results.distributions import t_ppf
 
-    t_quantile = float(student_t.ppf(0.5 + confidence / 2.0, len(parts) - 1))
+    t_quantile = t_ppf(0.5 + confidence / 2.0, len(parts) - 1)
     widened: dict[float, PercentileCI] = {}
     for q, p in pooled.percentiles.items():
         values = np.array([s.percentiles[q].value for s in singles])

@@ -12,7 +12,7 @@ Detection, two tests at ``alpha / 2`` each (so at most ``alpha`` together on ind
   large-sample null distribution for independent samples, approximately Normal(-1/n, 1/n)
   (Bartlett); one-sided, since only positive correlation narrows the intervals;
 - long range (drift): whether :data:`BATCHES` consecutive batches hold the same share of samples
-  at or below the median (chi-square test of homogeneity, scipy's ``chi2_contingency``). A
+  at or below the median (Pearson's chi-square test of homogeneity). A
   neighbour's load that comes and goes over seconds shifts the level of whole batches while the
   lag-1 correlation, drowned in run-to-run noise, stays small.
 
@@ -93,25 +93,25 @@ def serial_correlation(samples: np.ndarray, alpha: float = SERIAL_ALPHA) -> Seri
 
     Fewer than 3 samples, or all samples equal, give NaN figures and ``significant=False``.
     """
-    from scipy.stats import chi2_contingency, norm, rankdata
+    from costmeter.results.distributions import average_ranks, chi2_homogeneity_p, norm_sf
 
     x = np.asarray(samples, dtype=float)
     n = int(x.size)
     if n < 3:
         return SerialCorrelation(n, math.nan, math.nan, alpha, False, False, BATCHES)
-    ranks = rankdata(x)
+    ranks = average_ranks(x)
     centred = ranks - ranks.mean()
     denom = float(np.dot(centred, centred))
     if denom == 0.0:
         return SerialCorrelation(n, math.nan, math.nan, alpha, False, False, BATCHES)
     r = float(np.dot(centred[:-1], centred[1:]) / denom)
-    p = float(norm.sf((r + 1.0 / n) * math.sqrt(n)))
+    p = norm_sf((r + 1.0 / n) * math.sqrt(n))
     drift_p = math.nan
     m = n // BATCHES
     if m >= MIN_BATCH_LENGTH:
         below = (x[: m * BATCHES] <= np.median(x)).reshape(BATCHES, m).sum(axis=1)
         if 0 < below.sum() < m * BATCHES:
-            drift_p = float(chi2_contingency(np.vstack([below, m - below]), correction=False).pvalue)
+            drift_p = chi2_homogeneity_p(np.vstack([below, m - below]))
     significant = p < alpha / 2 or drift_p < alpha / 2  # NaN compares False
     return SerialCorrelation(n, r, p, alpha, significant, significant and m >= MIN_BATCH_LENGTH, BATCHES,
                              drift_p)
@@ -141,14 +141,12 @@ def widened_ci_indices(n: int, q: float, confidence: float, inflation: float,
     correlation with variance ``inflation`` (>= 1), or None when the effective sample count
     ``n / inflation`` is too small for an interval. ``q`` in percent; ``confidence`` a fraction.
     """
-    from scipy.stats import norm
-    from scipy.stats import t as student_t
-
+    from costmeter.results.distributions import norm_cdf, t_ppf
     from costmeter.results.stats import percentile_ci_indices
 
     n_eff = int(n / max(1.0, inflation))
-    t_quantile = float(student_t.ppf(0.5 + confidence / 2.0, batches - 1))
-    conf_eff = 2.0 * float(norm.cdf(t_quantile)) - 1.0
+    t_quantile = t_ppf(0.5 + confidence / 2.0, batches - 1)
+    conf_eff = 2.0 * norm_cdf(t_quantile) - 1.0
     idx = percentile_ci_indices(n_eff, q, conf_eff) if n_eff >= 2 else None
     if idx is None:
         return None
@@ -164,7 +162,7 @@ def combine_serial(tests: list[SerialCorrelation]) -> SerialCorrelation:
     """One figure for several independent series (one per process): the count-weighted mean
     of their lag-1 r, and Stouffer's combination of their one-sided z scores for each p-value.
     ``significant``/``widened`` are True when any series' were."""
-    from scipy.stats import norm
+    from costmeter.results.distributions import norm_isf, norm_sf
 
     if len(tests) == 1:
         return tests[0]
@@ -174,7 +172,7 @@ def combine_serial(tests: list[SerialCorrelation]) -> SerialCorrelation:
         ps = [p for p in ps if not math.isnan(p)]
         if not ps:
             return math.nan
-        return float(norm.sf(sum(float(norm.isf(min(max(p, 1e-300), 1.0))) for p in ps) / math.sqrt(len(ps))))
+        return norm_sf(sum(norm_isf(min(max(p, 1e-300), 1.0)) for p in ps) / math.sqrt(len(ps)))
 
     usable = [t for t in tests if not math.isnan(t.lag1_r)]
     r = sum(t.n * t.lag1_r for t in usable) / sum(t.n for t in usable) if usable else math.nan

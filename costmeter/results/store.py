@@ -13,10 +13,9 @@ import os
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 import numpy as np
-import pandas as pd
 from sqlalchemy import Connection, Engine, create_engine, event, insert, select
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import (
@@ -41,6 +40,9 @@ from costmeter.results.tables import (
     sample_rows,
     samples_table,
 )
+
+if TYPE_CHECKING:  # imported where a frame is built: writing results needs no pandas
+    import pandas as pd
 
 SQLITE_BUSY_TIMEOUT_S = 60.0
 POSTGRES_CONNECT_TIMEOUT_S = 10
@@ -391,6 +393,8 @@ class ResultStore:
     def runs(self) -> pd.DataFrame:
         """One row per run: run_id, tag, started_at (UTC, earliest), n_results, git_sha,
         devices, runtimes (multiple values joined by ","), earliest run first."""
+        import pandas as pd
+
         c = results_table.c
         statement = select(c.run_id, c.tag, c.started_utc, c.git_sha, c.device, c.runtime)
         with self._read("read") as conn:

@@ -65,9 +65,10 @@ def converter_problem(kind: str) -> str | None:
     """None when the converter for ``kind`` can run here; else why not, with the fix."""
     if kind == "tflite":
         if litert_python() is None:
-            return ("the .tflite converter (litert-torch) is not installed; install it with "
-                    "pip install 'costmeter[litert]' or into its own environment and set "
-                    f"{LITERT_PYTHON_ENV}=/path/to/that/python")
+            return ("the .tflite converter (litert-torch) is not installed; it needs its own "
+                    "environment (its pins conflict with other runtimes): `make setup-test` creates "
+                    ".venv-litert beside .venv, or `python -m venv DIR && DIR/bin/pip install "
+                    f"litert-torch` and set {LITERT_PYTHON_ENV}=DIR/bin/python")
         return None
     if kind == "pte":
         if importlib.util.find_spec("executorch") is None:
