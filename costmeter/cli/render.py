@@ -64,7 +64,9 @@ def result_json(r: RunResult, samples: bool = False) -> dict[str, Any]:
 def result_row(r: RunResult, percentiles: tuple[float, ...]) -> dict[str, str]:
     """One table row (strings) for a result."""
     k = r.key
-    row = {"model": k.model_id, "runtime": k.runtime, "device": k.device, "batch": str(k.batch),
+    precision = dict(k.options).get("precision")
+    row = {"model": k.model_id, "runtime": k.runtime + (f" {precision}" if precision else ""),
+           "device": k.device, "batch": str(k.batch),
            "threads": "auto" if k.threads is None else str(k.threads)}
     if r.status is not Status.OK or r.measurement is None:
         row["status"] = r.status.value.upper() + " (see below)"
@@ -88,9 +90,9 @@ def result_row(r: RunResult, percentiles: tuple[float, ...]) -> dict[str, str]:
 
 
 def _group(r: RunResult) -> tuple[Any, ...]:
-    """Results comparable across runtimes: same model, device, batch, threads."""
+    """Results comparable across runtimes: same model, device, batch, threads, precision."""
     k = r.key
-    return (k.model_id, k.model_hash, k.device, k.batch, k.threads)
+    return (k.model_id, k.model_hash, k.device, k.batch, k.threads, dict(k.options).get("precision"))
 
 
 def _median_ns(r: RunResult) -> float | None:
