@@ -89,7 +89,9 @@ def precision_artifact(runtime: str, source: Any, workdir: Path | str, batch: in
 
     saved = folder / META_NAME
     facts = json.loads(saved.read_text()) if saved.is_file() else {}
+    census = {k: facts.pop(k) for k in ("int8_compute_ops", "compute_ops") if k in facts}
     meta: dict[str, Any] = {
+        **census,
         "quant_recipe": {k: v for k, v in facts.items() if k not in ("quantize_s", "convert_s")},
         "quantize_s": facts.get("quantize_s"),
         "calibration": options.get("calibration") or "random:32",

@@ -148,6 +148,8 @@ def _judge_precision(result: Any, precision: str, validity: Any) -> None:
     if share is None and extra.get("compute_ops"):
         share = extra.get("int8_compute_ops", 0) / extra["compute_ops"]
         extra["precision_compute_share"] = share
+        extra.setdefault("precision_check", f"converter: {extra.get('int8_compute_ops', 0)}/{extra['compute_ops']} "
+                                            "conv/linear nodes quantized before lowering")
     if share is None:
         extra.setdefault("precision_effective", "unverified")
         return
