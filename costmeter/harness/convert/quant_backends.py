@@ -63,27 +63,33 @@ def build(request: dict[str, Any]) -> dict[str, Any]:
 
 def build_onnx_int8(request: dict[str, Any]) -> dict[str, Any]:
     """ONNX Runtime quantization: static QDQ, or dynamic when ``request["dynamic"]``."""
+    out = Path(request["out"]) / MODEL_NAMES["onnx-int8"]
+    feeds = [] if request["dynamic"] else _samples(_calibration(request))
+    return quantize_onnx(str(request["onnx"]), str(out), feeds, bool(request["dynamic"]))
+
+
+def quantize_onnx(source: str, out: str, feeds: list[dict[str, Any]], dynamic: bool) -> dict[str, Any]:
+    """The ONNX Runtime recipe: ``quant_pre_process`` (when it succeeds), then ``quantize_dynamic``
+    (int8 weights) or ``quantize_static`` on ``feeds`` (QDQ, int8 per-channel weights, uint8
+    activations, MinMax). Writes ``out``; returns the recipe. Also used for LUT blocks."""
     import onnxruntime
     from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
                                           quantize_dynamic, quantize_static)
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    out = Path(request["out"]) / MODEL_NAMES["onnx-int8"]
-    source = str(request["onnx"])
-    prepared = str(Path(request["out"]) / "preprocessed.onnx")
+    onnxruntime.set_default_logger_severity(3)  # calibration sessions warn about unused initializers
+    prepared = str(Path(out).with_name(Path(out).stem + ".preprocessed.onnx"))
     try:  # shape inference + graph clean-up the quantizer expects; optional
         quant_pre_process(source, prepared, skip_symbolic_shape=True)
         source, pre = prepared, True
     except Exception:  # the pre-processor fails on some graphs; quantizing the export still works
         pre = False
     tool = f"onnxruntime.quantization {onnxruntime.__version__}"
-    if request["dynamic"]:
-        quantize_dynamic(source, str(out), weight_type=QuantType.QInt8, per_channel=False)
+    if dynamic:
+        quantize_dynamic(source, out, weight_type=QuantType.QInt8, per_channel=False)
         facts = {"method": "dynamic", "format": "integer ops (MatMulInteger)", "weights": "int8 per-tensor",
                  "activations": "uint8 per-tensor, quantized at run time", "tool": tool}
     else:
-        feeds = _samples(_calibration(request))
-
         class Reader(CalibrationDataReader):
             def __init__(self) -> None:
                 self._feeds = iter(feeds)
@@ -91,7 +97,7 @@ def build_onnx_int8(request: dict[str, Any]) -> dict[str, Any]:
             def get_next(self) -> dict[str, Any] | None:
                 return next(self._feeds, None)
 
-        quantize_static(source, str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+        quantize_static(source, out, Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                         calibrate_method=CalibrationMethod.MinMax)
         facts = {"method": "static", "format": "QDQ", "weights": "int8 per-channel",

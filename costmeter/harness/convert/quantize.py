@@ -103,3 +103,30 @@ def precision_artifact(runtime: str, source: Any, workdir: Path | str, batch: in
     if str(meta["calibration"]).startswith("random:") and not dynamic:
         meta["precision_warnings"] = [RANDOM_WARNING]
     return Converted(folder / MODEL_NAMES[kind], meta)
+
+
+BLOCK_CALIBRATION_SAMPLES = 8
+
+
+def quantize_block_onnx(onnx_path: Path | str, input_shape: tuple[int, ...], workdir: Path | str) -> Path:
+    """A LUT block's ONNX file quantized with the ONNX Runtime recipe of ``bench run --precision
+    int8`` (static QDQ, per-channel weights), calibrated on random inputs of ``input_shape`` (a
+    block sees activations, not images, so random data is what the table can offer); cached."""
+    import numpy as np
+
+    from costmeter.harness.convert.quant_backends import quantize_onnx
+    from costmeter.models.export import cached_artifact
+
+    source = Path(onnx_path)
+    shape_tag = "x".join(str(d) for d in input_shape)
+    rng = np.random.default_rng(0)
+
+    def build(out: Path) -> None:
+        import onnx
+
+        names = [i.name for i in onnx.load(str(source), load_external_data=False).graph.input]
+        feeds = [{n: rng.standard_normal(input_shape).astype(np.float32) for n in names}
+                 for _ in range(BLOCK_CALIBRATION_SAMPLES)]
+        quantize_onnx(str(source), str(out), feeds, dynamic=False)
+
+    return cached_artifact(workdir, "lut-int8", f"{source.stem}-{shape_tag}-r{RECIPE_VERSION}", ".onnx", build)
