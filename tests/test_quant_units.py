@@ -165,3 +165,11 @@ def test_a_run_that_fell_back_to_fp32_is_invalid_not_labelled_int8() -> None:
     full = _Result({"precision_compute_share": 1.0})
     _judge_precision(full, "bf16", Validity)
     assert full.extra["precision_effective"] == "bf16" and not full.warnings
+
+
+def test_runtime_all_skips_runtimes_without_the_precision_and_names_them() -> None:
+    configs = [RunConfig(model="m", runtime=r) for r in ("ort", "compile")]
+    skipped: list[str] = []
+    expanded = expand_precisions(configs, ["int8"], None, _get, skipped)
+    assert [(c.runtime, config_precision(c.options)) for c in expanded] == [("ort", "int8")]
+    assert skipped == ["runtime compile cannot run int8; it runs fp32"]

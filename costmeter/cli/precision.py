@@ -12,10 +12,11 @@ from costmeter.results.schema import RunResult, Status, Validity
 
 
 def precision_configs(configs: list[Any], precision: str | None, calibration: str | None,
-                      accuracy_data: str | None, workdir: Path) -> list[Any]:
+                      accuracy_data: str | None, workdir: Path, all_runtimes: bool = False) -> list[Any]:
     """The run configs with their precisions, after checking every input against every model:
     ConfigError (exit 2, nothing written) for a precision a runtime cannot run, a calibration or
-    accuracy file that does not fit a model, ``random:0``, or ``--calibration`` without int8."""
+    accuracy file that does not fit a model, ``random:0``, or ``--calibration`` without int8. With
+    ``all_runtimes`` (``--runtime all``) runtimes lacking a precision are skipped with a note."""
     from costmeter.devices.base import get_runtime
     from costmeter.harness.quantize.data import RANDOM_WARNING, calibration_option, load_npz_set
     from costmeter.harness.quantize.precision import expand_precisions, parse_precision_list
@@ -32,7 +33,12 @@ def precision_configs(configs: list[Any], precision: str | None, calibration: st
     calib = calibration_option(calibration, list(sources.values()), workdir) if calibration else None
     if not precision:
         return configs
-    expanded = expand_precisions(configs, wanted, calib, get_runtime)
+    skipped: list[str] | None = [] if all_runtimes else None
+    expanded = expand_precisions(configs, wanted, calib, get_runtime, skipped)
+    for note in dict.fromkeys(skipped or []):
+        click.echo(f"note: skipping: {note}", err=True)
+    if not expanded:
+        raise ConfigError(f"no runtime here runs {precision}; see `bench env` and the README's runtime table")
     if any(dict(c.options).get("calibration", "").startswith("random:") for c in expanded):
         click.echo(f"warning: {RANDOM_WARNING}", err=True)
     return expanded

@@ -89,7 +89,8 @@ def run(device: str, runtime: str, models: tuple[str, ...], batch: str, threads:
     try:
         runtimes = _runtimes(runtime, devices, executors)
         configs = expand(base, model_specs(models), runtimes, parse_int_list(batch, "--batch"), thread_list, devices)
-        configs = precision_configs(configs, precision, calibration, accuracy_data, workdir)
+        configs = precision_configs(configs, precision, calibration, accuracy_data, workdir,
+                                    all_runtimes=runtime.strip() == "all")
         jobs = validate(configs)
         executors.preflight(configs)
         store = open_store(store_url, workdir)

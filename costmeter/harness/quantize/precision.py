@@ -96,10 +96,11 @@ def with_precision(config: Any, precision: str, calibration: str | None) -> Any:
 
 
 def expand_precisions(configs: list[Any], precisions: list[str] | None, calibration: str | None,
-                      get_runtime: Any) -> list[Any]:
+                      get_runtime: Any, skipped: list[str] | None = None) -> list[Any]:
     """One config per (config, precision). ``precisions`` None means each runtime's declared
     precisions plus those it explains it cannot run (fp32 first). ConfigError when a runtime was
-    asked for a precision it neither runs nor explains, or when the options already force one."""
+    asked for a precision it neither runs nor explains, or when the options already force one;
+    with a ``skipped`` list (``--runtime all``) such pairs are left out and named there instead."""
     out: list[Any] = []
     for config in configs:
         if "precision" in dict(config.options):
@@ -109,8 +110,14 @@ def expand_precisions(configs: list[Any], precisions: list[str] | None, calibrat
             wanted = [p for p in PRECISIONS if p in runtime_precisions(runtime)
                       or unsupported_reason(runtime, p)]
         else:
-            wanted = precisions
-            for precision in wanted:
-                check_precision(runtime, precision)
+            wanted = []
+            for precision in precisions:
+                try:
+                    check_precision(runtime, precision)
+                    wanted.append(precision)
+                except ConfigError as error:
+                    if skipped is None:
+                        raise
+                    skipped.append(str(error).split(" (")[0])
         out.extend(with_precision(config, p, calibration) for p in wanted)
     return out
