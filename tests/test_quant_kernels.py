@@ -83,3 +83,16 @@ def test_precision_is_a_feature_of_kernels_and_models(quantized: dict[str, Path]
     # same shapes, same MACs: the quantized graph's conv kernels keep their fp32 MAC counts
     assert sum(k.macs for k in conv) == sum(k.macs for k in fp32.kernels if k.kernel_type == "conv")
     assert np.isfinite(list(kernel_features(conv[0]).values())).all()
+
+
+@pytest.mark.parametrize("runtime", ["executorch", "litert"])
+def test_xnnpack_runtimes_fuse_quantized_graphs_like_integer_kernels(
+        runtime: str, quantized: dict[str, Path]) -> None:
+    static = fuse(load_graph(str(quantized["static"]), batch=1), runtime)
+    onnxruntime = fuse(load_graph(str(quantized["static"]), batch=1), "onnxruntime")
+    assert Counter(k.rule for k in static.kernels if k.rule.startswith("q")) == \
+        Counter(k.rule for k in onnxruntime.kernels if k.rule.startswith("q"))
+    fp32 = fuse(load_graph(str(quantized["fp32"]), batch=1), runtime)
+    convs = [k for k in fp32.kernels if k.kernel_type == "conv"]
+    assert convs and all(k.rule == "conv_clamp" for k in convs)
+    assert any(len(k.units) > 1 for k in convs)  # tiny_cnn's ReLUs are the convs' clamps

@@ -103,6 +103,15 @@ QUANTIZED_RULES: list[dict[str, Any]] = [
 _ORT_CONV_ACTS = ["Relu", "Clip", "HardSigmoid", "HardSwish", "Sigmoid", "LeakyRelu", "Tanh"]
 _ORT_GEMM_ACTS = ["Relu", "Sigmoid", "Tanh", "LeakyRelu", "HardSigmoid"]
 _ALL_COMPOSITES = list(COMPOSITE_PATTERNS)
+_XNNPACK_RULES: list[dict[str, Any]] = [
+    {"name": "conv_clamp", "steps": [
+        {"types": ["Conv"]}, {"types": ["BatchNormalization"], "optional": True},
+        {"types": ["Relu", "Clip"], "optional": True}]},
+    {"name": "fc_clamp", "steps": [
+        {"types": ["Gemm", "MatMul"], "operand": "const"}, {"types": ["Relu", "Clip"], "optional": True}]},
+    {"name": "binary_clamp", "kernel_type": "elementwise", "steps": [
+        {"types": ["Add", "Mul"]}, {"types": ["Relu", "Clip"], "optional": True}]},
+]
 
 BUILTIN_RULES: dict[str, dict[str, Any]] = {
     "onnxruntime": {
@@ -141,6 +150,14 @@ BUILTIN_RULES: dict[str, dict[str, Any]] = {
                 {"types": ["@elementwise"], "optional": True, "repeat": True}]},
         ],
     },
+    # XNNPACK (ExecuTorch's delegate, LiteRT's default CPU delegate): its convolution,
+    # fully-connected, add and multiply operators take output_min/output_max, so a following
+    # ReLU/ReLU6 (Clip) is their clamp; quantized graphs run as its QS8/QU8 operators with the
+    # requantization inside, the same chains as ONNX Runtime's integer kernels
+    "executorch": {"composites": ["SiLU", "GELU", "LayerNormPieces", "QDQPair"],
+                   "rules": [*QUANTIZED_RULES, *_XNNPACK_RULES]},
+    "litert": {"composites": ["SiLU", "GELU", "LayerNormPieces", "QDQPair"],
+               "rules": [*QUANTIZED_RULES, *_XNNPACK_RULES]},
     "torch": {"composites": _ALL_COMPOSITES, "rules": []},
     "torch_compile": {
         "composites": _ALL_COMPOSITES,
