@@ -154,7 +154,7 @@ class _Result:
 
 
 def test_a_run_that_fell_back_to_fp32_is_invalid_not_labelled_int8() -> None:
-    fell_back = _Result({"precision_compute_share": 0.0, "precision_check": "0/12 conv/matmul ops integer"})
+    fell_back = _Result({"precision_compute_share": 0.0, "precision_evidence": "0/12 conv/matmul ops integer"})
     _judge_precision(fell_back, "int8", Validity)
     assert fell_back.validity is Validity.INVALID and fell_back.extra["precision_effective"] == "fp32"
     assert "asked for int8 but the runtime ran its compute ops in fp32 (0/12" in fell_back.reasons[0]

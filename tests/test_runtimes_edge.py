@@ -245,9 +245,9 @@ def test_int8_runs_quantized_with_recipe_and_fidelity(runtime: str, int8_results
     assert extra["quant_recipe"]["method"] in ("static", "dynamic")
     assert extra["quantize_s"] is not None and extra["quantize_s"] >= 0
     # the compiled model was inspected: int8 ran (torch eager quantizes only nn.Linear: mixed)
-    assert extra["precision_compute_share"] > 0, extra.get("precision_check")
+    assert extra["precision_compute_share"] > 0, extra.get("precision_evidence")
     expected = "mixed" if runtime == "torch" else "int8"
-    assert str(extra["precision_effective"]).startswith(expected), extra.get("precision_check")
+    assert str(extra["precision_effective"]).startswith(expected), extra.get("precision_evidence")
     assert 0 < extra["fidelity_max_abs_diff"] < 0.5 and extra["fidelity_cosine"] > 0.99
     assert extra["fidelity_top1_agreement"] is not None and extra["fidelity_samples"] == 32
     if runtime != "torch" and extra["quant_recipe"]["method"] == "static":

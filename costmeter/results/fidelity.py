@@ -10,11 +10,23 @@ Stored in a result's ``extra`` under these names (the reports read them):
 - ``fidelity_samples`` and ``fidelity_inputs`` (``held-out random`` or the accuracy file's name);
 - with labels: ``accuracy_top1`` (this run), ``accuracy_top1_fp32`` (the fp32 reference on the
   same inputs) and ``accuracy_delta_pp`` (percentage points, this minus fp32).
+
+Beside them (:data:`PRECISION_FIELDS`): ``precision`` (asked: fp32 | fp16 | bf16 | int8; also
+``key.options["precision"]``, absent for fp32), ``precision_effective`` (what ran: the precision,
+``fp32`` for a fallback, ``mixed (N% int8)``, or ``unverified``), ``precision_compute_share``
+(share of conv/matmul-like ops that ran at the precision asked, 0..1), ``precision_evidence``
+(where that was read), ``quant_recipe`` (a dict: method, format, weights, activations, tool,
+calibration, calibration_sha), ``quantize_s`` (seconds, apart from latency and ``prepare_s``),
+``calibration``, ``calibration_sha``, ``calibration_samples``.
 """
 from __future__ import annotations
 
 from typing import Any
 
+PRECISION_FIELDS: tuple[str, ...] = (
+    "precision", "precision_effective", "precision_compute_share", "precision_evidence", "quant_recipe",
+    "quantize_s", "calibration", "calibration_sha", "calibration_samples",
+)
 FIDELITY_FIELDS: tuple[str, ...] = (
     "fidelity_max_abs_diff", "fidelity_mean_abs_diff", "fidelity_cosine", "fidelity_top1_agreement",
     "fidelity_samples", "fidelity_inputs", "accuracy_top1", "accuracy_top1_fp32", "accuracy_delta_pp",

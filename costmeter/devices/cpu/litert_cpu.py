@@ -136,7 +136,7 @@ def int8_census(interp: Any) -> dict[str, Any]:
             dtypes = [tensors[i]["dtype"] for i in op.get("inputs", []) if i in tensors]
             hits += any(np.dtype(d) == np.int8 for d in dtypes)
     return {"precision_compute_share": hits / total if total else 0.0,
-            "precision_check": f"LiteRT op list: {hits}/{total} conv/fully-connected ops with int8 tensors"}
+            "precision_evidence": f"LiteRT op list: {hits}/{total} conv/fully-connected ops with int8 tensors"}
 
 
 def _as_input(detail: dict[str, Any], array: Any) -> Any:

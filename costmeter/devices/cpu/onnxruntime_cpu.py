@@ -148,5 +148,5 @@ def _int8_facts(optimized_path: str) -> dict[str, Any]:
     integer = sum(n for op, n in census.items() if op in CORE_INT8_OPS)
     total = sum(census.values())
     return {"precision_compute_share": integer / total if total else 0.0,
-            "precision_check": f"ONNX Runtime optimized graph: {integer}/{total} conv/matmul ops integer",
+            "precision_evidence": f"ONNX Runtime optimized graph: {integer}/{total} conv/matmul ops integer",
             "ort_compute_ops": census}

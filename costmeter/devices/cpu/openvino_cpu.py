@@ -84,7 +84,7 @@ def runtime_precision_facts(compiled: Any, wanted: tuple[str, ...]) -> dict[str,
     total = sum(census.values())
     hits = sum(n for p, n in census.items() if p in wanted)
     return {"precision_compute_share": hits / total if total else 0.0,
-            "precision_check": f"OpenVINO runtime model: {hits}/{total} compute layers in {'/'.join(wanted)}",
+            "precision_evidence": f"OpenVINO runtime model: {hits}/{total} compute layers in {'/'.join(wanted)}",
             "openvino_compute_precisions": census}
 
 

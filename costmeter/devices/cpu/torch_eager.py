@@ -143,7 +143,7 @@ def quantize_linear_dynamic(module: Any) -> tuple[Any, dict[str, Any]]:
                          "tool": f"torch {torch.__version__} quantize_dynamic",
                          "engine": torch.backends.quantized.engine},
         "precision_compute_share": len(linear) / len(layers),
-        "precision_check": f"torch modules: {len(linear)}/{len(layers)} conv/linear layers dynamically quantized",
+        "precision_evidence": f"torch modules: {len(linear)}/{len(layers)} conv/linear layers dynamically quantized",
     }
     return quantized, facts
 
@@ -166,4 +166,4 @@ def autocast_census(module: Any, args: tuple[Any, ...], dtype: Any) -> dict[str,
     hits = sum(seen)
     name = str(dtype).replace("torch.", "")
     return {"precision_compute_share": hits / len(seen) if seen else 0.0,
-            "precision_check": f"autocast: {hits}/{len(seen)} conv/linear outputs in {name}"}
+            "precision_evidence": f"autocast: {hits}/{len(seen)} conv/linear outputs in {name}"}

@@ -148,7 +148,7 @@ def _judge_precision(result: Any, precision: str, validity: Any) -> None:
     if share is None and extra.get("compute_ops"):
         share = extra.get("int8_compute_ops", 0) / extra["compute_ops"]
         extra["precision_compute_share"] = share
-        extra.setdefault("precision_check", f"converter: {extra.get('int8_compute_ops', 0)}/{extra['compute_ops']} "
+        extra.setdefault("precision_evidence", f"converter: {extra.get('int8_compute_ops', 0)}/{extra['compute_ops']} "
                                             "conv/linear nodes quantized before lowering")
     if share is None:
         extra.setdefault("precision_effective", "unverified")
@@ -156,12 +156,12 @@ def _judge_precision(result: Any, precision: str, validity: Any) -> None:
     if share <= 0.0:
         extra["precision_effective"] = "fp32"
         result.reasons.append(f"asked for {precision} but the runtime ran its compute ops in fp32 "
-                              f"({extra.get('precision_check', 'checked on the compiled model')}); "
+                              f"({extra.get('precision_evidence', 'checked on the compiled model')}); "
                               f"this is not a {precision} measurement")
         result.validity = validity.INVALID
     elif share < 0.999:
         extra["precision_effective"] = f"mixed ({share:.0%} {precision})"
         result.warnings.append(f"only {share:.0%} of the compute ops ran in {precision} "
-                               f"({extra.get('precision_check', '')}); the rest ran in a wider type")
+                               f"({extra.get('precision_evidence', '')}); the rest ran in a wider type")
     else:
         extra["precision_effective"] = precision
