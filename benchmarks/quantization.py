@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -98,7 +99,8 @@ def main() -> None:
                 if result.status is Status.OK and result.measurement and result.measurement.count:
                     medians.setdefault(cfg, []).append(result.measurement.summary(percentiles=(50.0,)).median)
         print(f"round {round_index + 1}/{args.rounds} done after {time.perf_counter() - started:.0f} s", flush=True)
-    print_table(pairs, medians, last)
+        print_table(pairs, medians, last)  # after every round: a long run can be stopped early
+        sys.stdout.flush()
 
 
 def print_table(pairs: list[tuple[Any, Any]], medians: dict[Any, list[float]], last: dict[Any, Any]) -> None:
