@@ -68,7 +68,9 @@ def run_heldout(session: Any, inputs_path: str, out_path: str, batch: int) -> No
     along axis 0). Writes nothing when the session cannot take new inputs (no ``outputs_for``)."""
     import numpy as np
 
-    if not hasattr(session, "outputs_for") or not Path(inputs_path).is_file():
+    from costmeter.devices.base import ReinputSession
+
+    if not isinstance(session, ReinputSession) or not Path(inputs_path).is_file():
         return  # a remote board has no copy of the held-out inputs: no fidelity figures there
     arrays, _, _ = _load(inputs_path)
     parts: list[list[Any]] = []

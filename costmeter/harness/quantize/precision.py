@@ -51,9 +51,10 @@ def config_precision(options: Any) -> str:
 def runtime_precisions(runtime: Any) -> tuple[str, ...]:
     """What ``runtime`` (an adapter) declares it runs; adapters that declare nothing run fp32, and
     those with a ``precision`` option (the CUDA ones) also fp16 and bf16."""
-    declared = getattr(runtime, "precisions", None)
-    if declared:
-        return tuple(declared)
+    from costmeter.devices.base import PrecisionDeclaration
+
+    if isinstance(runtime, PrecisionDeclaration) and runtime.precisions:
+        return tuple(runtime.precisions)
     if "precision" in getattr(runtime, "option_names", ()):
         return ("fp32", "fp16", "bf16")
     return (DEFAULT_PRECISION,)
