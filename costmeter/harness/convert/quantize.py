@@ -20,7 +20,6 @@ time its quantization took.
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -48,13 +47,16 @@ def is_dynamic(source: Any, options: dict[str, str]) -> bool:
 
 
 def precision_artifact(runtime: str, source: Any, workdir: Path | str, batch: int, options: dict[str, str],
-                       device_kind: str = "cpu", *, run: CommandRunner = subprocess.run) -> Converted | None:
+                       device_kind: str = "cpu", *, run: CommandRunner | None = None) -> Converted | None:
     """The quantized artifact of ``source`` for ``runtime``, or None when the run's precision needs
     none (fp32, fp16/bf16 set at compile time, torch eager quantizing in its adapter).
 
     Raises UnsupportedError when the runtime explains that it cannot run the precision (TVM and
-    int8) or the quantizer rejects the model: both become an ``unsupported`` result.
+    int8) or the quantizer rejects the model: both become an ``unsupported`` result. ``run`` is
+    the process seam (default: the launcher, like every converter).
     """
+    from costmeter.harness.launcher import launched_run
+
     from costmeter.devices.base import get_runtime
     from costmeter.harness.quantize.data import RANDOM_WARNING, calibration_set
     from costmeter.harness.quantize.precision import unsupported_reason
@@ -84,7 +86,7 @@ def precision_artifact(runtime: str, source: Any, workdir: Path | str, batch: in
         python = str(litert_python()) if kind == "tflite-int8" else sys.executable
     else:
         request["onnx"] = str(export_onnx(source, workdir))
-    folder = cached_artifact(workdir, kind, key, ".q", lambda out: _run_child(request, out, python, run))
+    folder = cached_artifact(workdir, kind, key, ".q", lambda out: _run_child(request, out, python, run or launched_run))
     from costmeter.harness.convert.quant_backends import META_NAME, MODEL_NAMES
 
     saved = folder / META_NAME
