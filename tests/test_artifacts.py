@@ -24,6 +24,7 @@ from costmeter.predictors.artifacts import (
 )
 from costmeter.predictors.estimators.forest import FlopsLinear, KernelForest, ModelForest
 from costmeter.models.spaces import nb201
+from costmeter.predictors.kernels.features import FEATURE_SCHEMA_VERSION
 
 FIXTURE = Path(__file__).parent / "fixtures" / "nb201_slice.csv.gz"
 
@@ -70,7 +71,7 @@ def test_other_estimators_round_trip(tmp_path: Path) -> None:
     kernels = KernelForest(forest=ModelForest(n_estimators=4)).fit({"conv": X}, {"conv": y})
     for est in (FlopsLinear(feature="flops").fit(X, y), kernels):
         path = tmp_path / f"{type(est).__name__}.costmodel"
-        save_predictor(est, path, device="cpu", runtime="onnxruntime", feature_schema="kernels/v1")
+        save_predictor(est, path, device="cpu", runtime="onnxruntime", feature_schema=f"kernels/v{FEATURE_SCHEMA_VERSION}")
         again = load_predictor(path)
         if isinstance(est, KernelForest):
             np.testing.assert_allclose(again.predict({"conv": X}), est.predict({"conv": X}))

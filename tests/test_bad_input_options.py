@@ -40,6 +40,11 @@ def test_schemas_accept_exactly_what_the_adapters_accept() -> None:
     assert choices("cuda", "torch", "precision") == set(torch_cuda.PRECISIONS)
     assert choices("cuda", "torch_compile", "compile_mode") == set(torch_cuda.COMPILE_MODES)
     assert choices("fake", "fake", "fault") == set(fake.FAULTS)
+    from costmeter.devices.base import get_runtime
+
+    for runtime in ("onnxruntime", "torch", "litert", "executorch", "tvm"):  # what --precision sets
+        adapter = get_runtime("cpu", runtime)  # and those it explains it cannot run (unsupported results)
+        assert choices("cpu", runtime, "precision") == {*adapter.precisions, *getattr(adapter, "precision_unsupported", {})}, runtime
 
 
 def test_an_unknown_option_is_refused_naming_the_ones_the_runtime_takes() -> None:
@@ -57,7 +62,8 @@ def test_an_unknown_option_is_refused_naming_the_ones_the_runtime_takes() -> Non
     ("cpu", "onnxruntime", {"inter_op_threads": "0"}, "[1, 4096]"),
     ("cpu", "onnxruntime", {"inter_op_threads": "2.5"}, "[1, 4096]"),
     ("cpu", "onnxruntime", {"inter_op_threads": "9" * 40}, "[1, 4096]"),
-    ("cpu", "torch", {"precision": "int8"}, "fp32"),
+    ("cpu", "torch", {"precision": "int4"}, "fp32|fp16|bf16|int8"),
+    ("cpu", "tvm", {"precision": "bf16"}, "fp32|int8"),
     ("cpu", "tvm", {"mcpu": "a b"}, "LLVM CPU name"),
     ("cpu", "tvm", {"tuning_trials": "-1"}, "tuning_trials="),
     ("cuda", "torch", {"cuda_graph": "yes"}, "0|1|true|false"),

@@ -15,6 +15,7 @@ from costmeter.predictors.lut import blocks
 from costmeter.predictors.lut.table import LatencyTable, LutEntry, build_lut, load_table
 from costmeter.predictors.lut.check import check_lut, record_check, sample_archs
 from costmeter.models.spaces import nb201, ofa_mbv3
+from costmeter.predictors.kernels.features import FEATURE_SCHEMA_VERSION
 
 
 def synthetic_table(space: str, resolutions: tuple[int, ...] | None = None, seed: int = 0,
@@ -269,7 +270,7 @@ def test_predicted_table_sums_kernel_predictions(block_workdir: Path, tmp_path: 
     latency = {t: 1e-3 + frame["flops"].to_numpy() / 1e9 for t, frame in tables.items()}
     forest = KernelForest(ModelForest(n_estimators=8)).fit(tables, latency)
     path = tmp_path / "kernels.costmodel"
-    save_predictor(forest, path, device="cpu", runtime="onnxruntime", feature_schema="kernels/v1")
+    save_predictor(forest, path, device="cpu", runtime="onnxruntime", feature_schema=f"kernels/v{FEATURE_SCHEMA_VERSION}")
 
     table = build_lut("nb201", predictor=path, workdir=block_workdir)
     expected = forest.predict(tables)

@@ -215,3 +215,87 @@ def test_tvm_tuning_is_cached_and_its_time_reported(tmp_path: Path) -> None:
     assert first.extra["parity_ok"]
     second = Runner(None, tmp_path).run(validate([config]))[0]
     assert second.extra["tuning_cached"] and second.extra["tune_s"] == first.extra["tune_s"]
+
+
+INT8_RUNTIMES = ("onnxruntime", "openvino", "executorch", "litert", "torch")
+
+
+@pytest.fixture(scope="module")
+def int8_results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """tiny_cnn at int8 (random:8 calibration) on every runtime that declares int8, and TVM."""
+    from costmeter.harness.quantize.precision import with_precision
+
+    workdir = tmp_path_factory.mktemp("int8")
+    runtimes = [r for r in INT8_RUNTIMES + ("tvm",) if _unusable(r) is None]
+    configs = [with_precision(_config(workdir, "tiny_cnn", r), "int8", "random:8") for r in runtimes]
+    return {r.key.runtime: r for r in Runner(None, workdir).run(validate(configs))}
+
+
+@pytest.mark.edge
+@pytest.mark.slow
+@pytest.mark.parametrize("runtime", INT8_RUNTIMES)
+def test_int8_runs_quantized_with_recipe_and_fidelity(runtime: str, int8_results: dict[str, Any]) -> None:
+    why = _unusable(runtime)
+    if why:
+        pytest.skip(why)
+    result = int8_results[runtime]
+    assert result.status is Status.OK, result.error
+    extra = result.extra
+    assert result.key.dtype == "int8" and dict(result.key.options)["calibration"] == "random:8"
+    assert extra["quant_recipe"]["method"] in ("static", "dynamic")
+    assert extra["quantize_s"] is not None and extra["quantize_s"] >= 0
+    # the compiled model was inspected: int8 ran (torch eager quantizes only nn.Linear: mixed)
+    assert extra["precision_compute_share"] > 0, extra.get("precision_evidence")
+    expected = "mixed" if runtime == "torch" else "int8"
+    assert str(extra["precision_effective"]).startswith(expected), extra.get("precision_evidence")
+    assert 0 < extra["fidelity_max_abs_diff"] < 0.5 and extra["fidelity_cosine"] > 0.99
+    assert extra["fidelity_top1_agreement"] is not None and extra["fidelity_samples"] == 32
+    if runtime != "torch" and extra["quant_recipe"]["method"] == "static":
+        assert any("random inputs" in w for w in result.warnings)
+
+
+@pytest.mark.edge
+@pytest.mark.slow
+def test_tvm_int8_is_unsupported_with_the_reason(int8_results: dict[str, Any]) -> None:
+    if _unusable("tvm"):
+        pytest.skip(_unusable("tvm"))
+    result = int8_results["tvm"]
+    assert result.status is Status.UNSUPPORTED
+    assert "dequantize + float32 conv2d" in (result.error or "")
+
+
+@pytest.mark.edge
+def test_an_int8_request_on_a_float_model_is_detected_as_fp32(tmp_path: Path) -> None:
+    """The adapter reads ONNX Runtime's optimized graph: a float file asked to run int8 shows
+    0 integer ops, which the harness turns into INVALID rather than an int8 label."""
+    from costmeter.devices.base import Artifact, SessionOptions
+    from costmeter.models.export import export_onnx
+    from costmeter.models.source import resolve_model
+
+    source = resolve_model("tiny_cnn")
+    path = export_onnx(source, tmp_path)
+    session = get_runtime("cpu", "onnxruntime").prepare(
+        Artifact("onnx", source.example_inputs(1), str(path)), SessionOptions(threads=1, options=(("precision", "int8"),)))
+    info = session.info()
+    session.close()
+    assert info["precision_compute_share"] == 0.0
+    assert info["ort_compute_ops"] and all(op in ("Conv", "FusedConv", "Gemm", "FusedGemm", "MatMul")
+                                           for op in info["ort_compute_ops"])
+
+
+@pytest.mark.edge
+@pytest.mark.slow
+def test_openvino_bf16_reports_the_precision_it_ran(tmp_path: Path) -> None:
+    if _unusable("openvino"):
+        pytest.skip(_unusable("openvino"))
+    from costmeter.harness.quantize.precision import with_precision
+
+    config = with_precision(_config(tmp_path, "tiny_cnn", "openvino"), "bf16", None)
+    result = Runner(None, tmp_path).run(validate([config]))[0]
+    assert result.status is Status.OK, result.error
+    census = result.extra["openvino_compute_precisions"]
+    assert sum(census.values()) >= 3  # tiny_cnn's convs and its classifier
+    share = result.extra["precision_compute_share"]
+    assert share == census.get("bf16", 0) / sum(census.values())
+    assert result.extra["precision_effective"] in ("bf16", "fp32") or result.extra["precision_effective"].startswith("mixed")
+    assert result.extra["fidelity_max_abs_diff"] < 0.1

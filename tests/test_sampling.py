@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from costmeter.errors import ConfigError, StoreError
-from costmeter.predictors.kernels.features import kernel_features
+from costmeter.predictors.kernels.features import FEATURE_SCHEMA_VERSION, kernel_features
 from costmeter.models.onnx.graph import load_graph
 from costmeter.predictors.kernels.rules import builtin_rules
 from costmeter.predictors.sampling.measure import (
@@ -188,7 +188,7 @@ def test_samples_save_load_and_refuse_another_schema(tmp_path: Path) -> None:
     loaded = KernelSamples.load(path)
     assert pd.DataFrame(loaded.rows).equals(pd.DataFrame(samples.rows))  # NaN raw_ms of folded rows
     assert (loaded.device, loaded.runtime) == ("cpu", "onnxruntime")
-    text = path.read_text().replace(",1,cpu,onnxruntime", ",99,cpu,onnxruntime")
+    text = path.read_text().replace(f",{FEATURE_SCHEMA_VERSION},cpu,onnxruntime", ",99,cpu,onnxruntime")
     path.write_text(text)
     with pytest.raises(StoreError, match="feature schema"):
         KernelSamples.load(path)

@@ -26,6 +26,8 @@ def lut() -> None:
 @click.option("--predictor", "predictor_path", type=input_file(), default=None,
               help="Kernel-level .costmodel used with --predicted")
 @click.option("--threads", type=count(1, MAX_THREADS, "1"), default=1, show_default=True)
+@click.option("--precision", default="fp32", show_default=True,
+              help="fp32, or int8: every block quantized as `bench run --precision int8` does (onnxruntime)")
 @click.option("--min-time", type=seconds(min_open=True, example="0.05"), default=0.05, show_default=True,
               help="Sampling seconds per block")
 @click.option("--interleave", type=count(1, example="8"), default=None,
@@ -33,7 +35,7 @@ def lut() -> None:
 @click.option("--output", "-o", type=OutputPath(), default=None)
 @workdir_option
 def build(space: str, device: str, runtime: str, resolution: list[int] | None, predicted: bool,
-          predictor_path: str | None, threads: int, min_time: float, interleave: int | None,
+          predictor_path: str | None, threads: int, precision: str, min_time: float, interleave: int | None,
           output: str | None, workdir: Path | None) -> None:
     """Measure (or predict) every block configuration at every input shape; write JSON + CSV."""
     from costmeter.errors import ConfigError
@@ -47,7 +49,10 @@ def build(space: str, device: str, runtime: str, resolution: list[int] | None, p
         check_target(device, runtime)
     wd = workdir or default_workdir()
     res = resolution
-    out = output or default_lut_path(wd, space, device, runtime, res, predicted)
+    from costmeter.harness.quantize.precision import normalize_precision
+
+    precision = normalize_precision(precision)
+    out = output or default_lut_path(wd, space, device, runtime, res, predicted, precision)
     predictor = None
     if predicted:
         from costmeter.predictors import load_artifact as load_predictor
@@ -55,7 +60,7 @@ def build(space: str, device: str, runtime: str, resolution: list[int] | None, p
         predictor = load_predictor(predictor_path)
     table = with_run_progress(lambda cb: build_lut(space, device, runtime, res, predictor=predictor, workdir=wd,
                                                threads=threads, min_time_s=min_time, interleave=interleave,
-                                               output=out, progress=cb))
+                                               output=out, progress=cb, precision=precision))
     json_path = Path(out).with_suffix(".json")
     click.echo(f"{len(table.entries)} entries, per-run overhead {table.overhead_ms * 1e3:.1f} us; "
                f"wrote {json_path} and {json_path.with_suffix('.csv')}")

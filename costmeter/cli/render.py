@@ -60,7 +60,8 @@ def row_of(r: RunResult, percentiles: tuple[float, ...], result_id: int | None =
     """The table row of a result, its figures from :func:`result_summary` at ``percentiles``."""
     k = r.key
     status = r.status.value.upper() if r.status is not Status.OK else r.validity.value
-    row = Row(label=k.label(), model=k.model_id, runtime=k.runtime, device=k.device, batch=k.batch,
+    precision = dict(k.options).get("precision")
+    row = Row(label=k.label(), model=k.model_id, runtime=k.runtime + (f" {precision}" if precision else ""), device=k.device, batch=k.batch,
               threads=k.threads, status=status, reasons=list(r.reasons), warnings=list(r.warnings),
               error=r.error, result_id=result_id, run_id=r.run_id, tag=r.tag,
               prepare_s=r.extra.get("prepare_s"), tune_s=r.extra.get("tune_s"),
@@ -121,9 +122,9 @@ def robust_dispersion(samples_ns: Any) -> float | None:
 
 
 def _group(r: RunResult) -> tuple[Any, ...]:
-    """Results comparable across runtimes: same model, device, batch, threads."""
+    """Results comparable across runtimes: same model, device, batch, threads, precision."""
     k = r.key
-    return (k.model_id, k.model_hash, k.device, k.batch, k.threads)
+    return (k.model_id, k.model_hash, k.device, k.batch, k.threads, dict(k.options).get("precision"))
 
 
 def _median_ns(r: RunResult) -> float | None:

@@ -24,6 +24,12 @@ from costmeter.harness.config import DeviceSpec, ProtocolConfig, RunConfig, defa
               help="Comma-separated thread counts (default: the runtime's own)")
 @click.option("--option", "-o", "options", multiple=True, metavar="NAME=VALUE",
               help="Runtime option, e.g. -o opt_level=basic -o inter_op_threads=1 (repeatable)")
+@click.option("--precision", "-p", "precision", default=None, metavar="P[,P...]|all",
+              help="fp32, fp16, bf16, int8 (comma-separated), or all: each runtime's precisions side by side")
+@click.option("--calibration", default=None, metavar="FILE.npz|random:N",
+              help="int8 calibration inputs: one array per model input, samples on axis 0 (default random:32)")
+@click.option("--accuracy-data", default=None, metavar="FILE.npz",
+              help="Labelled inputs (the model's inputs + 'labels'): top-1 accuracy of every run and its delta vs fp32")
 @click.option("--warmup", type=count(0), default=10, show_default=True, help="Warm-up runs (at least)")
 @click.option("--warmup-time", type=seconds(example="0.5"), default=0.5, show_default=True, help="Warm-up seconds (at least)")
 @click.option("--min-count", type=count(1, example="100"), default=100, show_default=True,
@@ -58,13 +64,15 @@ from costmeter.harness.config import DeviceSpec, ProtocolConfig, RunConfig, defa
 @store_option
 @workdir_option
 def run(device: str, runtime: str, models: tuple[str, ...], batch: list[int], threads: list[int] | None,
-        options: tuple[str, ...], warmup: int, warmup_time: float, min_count: int, min_time: float, max_time: float,
+        options: tuple[str, ...], precision: str | None, calibration: str | None, accuracy_data: str | None,
+        warmup: int, warmup_time: float, min_count: int, min_time: float, max_time: float,
         percentiles: list[float],
         max_rel_ci: float, max_cv: float, processes: int, timeout: float, no_parity: bool, tag: str | None,
         as_json: bool, with_samples: bool, wide: bool, columns: str | None, cpus: str | None, remote_python: str, remote_pythonpath: str | None, ssh_identity: str | None,
         known_hosts: str | None, accept_new_host_key: bool, benchmark_model: str | None,
         store_url: str | None, workdir: Path | None) -> None:
     """Measure latency (percentiles with CIs), memory and energy; store every result."""
+    from costmeter.cli.precision import precision_configs, print_precision_table
     from costmeter.cli.render import print_results, result_json
     from costmeter.harness.runner import Runner, expand, validate
 
@@ -91,11 +99,14 @@ def run(device: str, runtime: str, models: tuple[str, ...], batch: list[int], th
     try:
         runtimes = _runtimes(runtime, devices, executors)
         configs = expand(base, model_specs(models), runtimes, batch, thread_list, devices)
+        configs = precision_configs(configs, precision, calibration, accuracy_data, workdir,
+                                    all_runtimes=runtime.strip() == "all")
         jobs = validate(configs)
         executors.preflight(configs)
         store = open_store(store_url, workdir)
         try:
-            results = _run_with_progress(Runner(store, workdir, run_in=executors), jobs, tag, quiet=as_json)
+            runner = Runner(store, workdir, run_in=executors, accuracy_data=accuracy_data)
+            results = _run_with_progress(runner, jobs, tag, quiet=as_json)
         finally:
             store.close()
     finally:
@@ -104,6 +115,8 @@ def run(device: str, runtime: str, models: tuple[str, ...], batch: list[int], th
         click.echo(json.dumps([result_json(r, samples=with_samples) for r in results], indent=1))
     else:
         print_results(results, pct, wide=wide, columns=picked)
+        if precision:
+            print_precision_table(results)
 
 
 def _executors(python: str, pythonpath: str | None, identity: str | None, known_hosts: str | None,

@@ -109,6 +109,23 @@ class InfoSession(Protocol):
 
 
 @runtime_checkable
+class ReinputSession(Protocol):
+    """Runs on inputs other than the bound ones (held-out inputs for the fidelity figures of a
+    reduced-precision run); called only after timing."""
+
+    def outputs_for(self, inputs: dict[str, Any]) -> list[Any]:
+        """Outputs (numpy arrays) of one run on ``inputs`` (same names/shapes as the bound ones)."""
+
+
+@runtime_checkable
+class PrecisionDeclaration(Protocol):
+    """A runtime that declares the precisions it runs (fp32 | fp16 | bf16 | int8); it may also
+    explain, in ``precision_unsupported``, why it cannot run others."""
+
+    precisions: tuple[str, ...]
+
+
+@runtime_checkable
 class IdlePowerMeter(Protocol):
     """An energy meter that can measure the device's idle power before a run."""
 

@@ -7,8 +7,9 @@ benchmark key that silently carries an option nobody reads (a bad name). The ada
 own checks at ``prepare``: these schemas are the early, complete statement of the same rules.
 
 Options the harness itself reads (``cpus``, CPU pinning) are valid for every runtime.
-``precision`` is declared for every CPU runtime: today the adapters without a precision setting
-run fp32 only, and the precisions they learn to run are added to their entry here.
+``precision`` is declared for every CPU runtime, with the precisions its adapter runs (and their
+spellings); the runtimes that quantize also take ``calibration`` (the int8 calibration set that
+``--calibration`` records) and ``quant`` (static or dynamic int8).
 
 This module imports nothing from the harness, results, predictors or reports, and no vendor
 library: checking options costs nothing.
@@ -99,6 +100,19 @@ def _int(name: str, minimum: int, maximum: int, help: str = "") -> OptionSpec:
     return OptionSpec(name, "int", minimum=minimum, maximum=maximum, help=help)
 
 
+def _precision(*names: str, help: str = "compute precision") -> OptionSpec:
+    """The precisions an adapter runs, as its ``precision`` option spells them (what
+    ``--precision`` sets, after its aliases are resolved)."""
+    return _choice("precision", names, help, fold_case=True)
+
+
+# int8 runs: the calibration set (random:N, sha:HASH or an .npz file) and the quantization mode
+_QUANT = (
+    OptionSpec("calibration", "text", pattern=r"[^\x00-\x1f]{1,4096}",
+               help="int8 calibration inputs: random:N, sha:HASH or FILE.npz (set by --calibration)"),
+    _choice("quant", ("auto", "static", "dynamic"), "int8 quantization mode", fold_case=True),
+)
+
 # Read by the harness for every runtime on every device.
 HARNESS_OPTIONS: tuple[OptionSpec, ...] = (
     OptionSpec("cpus", "text", pattern=r"\d{1,5}(-\d{1,5})?(,\d{1,5}(-\d{1,5})?)*",
@@ -109,7 +123,8 @@ _ORT_CPU = (
     _choice("opt_level", _OPT_LEVELS, "graph optimisation level"),
     _int("inter_op_threads", 1, MAX_THREADS, "threads between independent nodes"),
     _choice("execution_mode", ("sequential", "parallel"), "node scheduling"),
-    _choice("precision", _FP32, "compute precision"),
+    _precision("fp32", "int8"),
+    *_QUANT,
 )
 _TORCH_CUDA = (
     _choice("precision", ("fp32", "fp16", "bf16"), "module and input precision"),
@@ -121,7 +136,8 @@ SCHEMAS: dict[tuple[str, str], tuple[OptionSpec, ...]] = {
     ("cpu", "onnxruntime"): _ORT_CPU,
     ("cpu", "torch"): (
         _int("interop_threads", 1, MAX_THREADS, "torch's inter-op thread pool"),
-        _choice("precision", _FP32, "compute precision"),
+        _precision("fp32", "fp16", "bf16", "int8"),
+        *_QUANT,
     ),
     ("cpu", "torch_compile"): (
         _choice("mode", _COMPILE_MODES, "torch.compile mode"),
@@ -129,21 +145,23 @@ SCHEMAS: dict[tuple[str, str], tuple[OptionSpec, ...]] = {
         _choice("precision", _FP32, "compute precision"),
     ),
     ("cpu", "openvino"): (
-        _choice("precision", ("f32", "float32", "bf16", "bfloat16", "f16", "default"),
-                "inference precision hint", fold_case=True),
+        _precision("f32", "float32", "fp32", "bf16", "bfloat16", "f16", "fp16", "default", "int8",
+                   help="inference precision hint"),
         _choice("hint", ("latency", "throughput"), "performance hint", fold_case=True),
+        *_QUANT,
     ),
     ("cpu", "tvm"): (
         _int("tuning_trials", 0, 10_000_000, "MetaSchedule tuning trials (0: none)"),
         OptionSpec("mcpu", "text", pattern=r"[A-Za-z0-9._-]{1,64}",
                    help="an LLVM CPU name such as cortex-a76 or znver4"),
-        _choice("precision", _FP32, "compute precision"),
+        _precision("fp32", "int8", help="compute precision (int8 is refused as unsupported)"),
     ),
     ("cpu", "litert"): (
         _choice("xnnpack", _ON_OFF, "the XNNPACK delegate", fold_case=True),
-        _choice("precision", _FP32, "compute precision"),
+        _precision("fp32", "int8"),
+        *_QUANT,
     ),
-    ("cpu", "executorch"): (_choice("precision", _FP32, "compute precision"),),
+    ("cpu", "executorch"): (_precision("fp32", "int8"), *_QUANT),
     ("cuda", "torch"): _TORCH_CUDA,
     ("cuda", "torch_compile"): (*_TORCH_CUDA, _choice("compile_mode", _COMPILE_MODES, "torch.compile mode")),
     ("cuda", "onnxruntime"): (

@@ -17,6 +17,8 @@ from costmeter.devices.base import get_runtime, require_available
 from costmeter.errors import UnavailableError, UnsupportedError
 from costmeter.harness.config import RunConfig
 from costmeter.harness.launcher import RunFolder, active_folder, stop_on_signals, sweep_stale
+from costmeter.harness.quantize.fidelity_run import apply_fidelity, heldout_path
+from costmeter.harness.quantize.precision import config_precision
 from costmeter.harness.worker import (
     InspectedSource,
     InspectFailure,
@@ -184,8 +186,9 @@ class Runner:
     """Executes prepared jobs in worker processes and hands each result to ``sink``."""
 
     def __init__(self, sink: ResultSink | None, workdir: Path, progress: Progress | None = None,
-                 run_in: Callable[..., WorkerOutcome] = run_in_worker) -> None:
+                 run_in: Callable[..., WorkerOutcome] = run_in_worker, accuracy_data: str | None = None) -> None:
         self.sink = sink
+        self.accuracy_data = accuracy_data  # labelled .npz: accuracy of every run, fp32 included
         self.workdir = Path(workdir)
         self.progress = progress
         self._run_in = run_in
@@ -259,6 +262,7 @@ class Runner:
             artifact_path = self._artifact(job, extra)
             extra["export_s"] = time.perf_counter() - t0
             inputs_path = self._inputs(job)
+            heldout = heldout_path(job, self.workdir, self.accuracy_data)
         except MemoryError:
             return RunResult(status=Status.FAILED, finished_at=_now(), **base,
                              error=f"building inputs at batch {cfg.batch} ran out of memory; use a smaller batch")
@@ -269,21 +273,38 @@ class Runner:
         outs_dir = folder.path if folder is not None else Workdir.of(self.workdir).tmp
         outs_dir.mkdir(parents=True, exist_ok=True)
         outcomes: list[WorkerOutcome] = []
+        heldout_outputs: str | None = None
         for p in range(cfg.processes):
             outputs_path = str(outs_dir / f"{uuid.uuid4().hex}.npz") if parity and p == 0 else None
-            wjob = WorkerJob(cfg.to_dict(), job.artifact_kind, artifact_path, inputs_path, outputs_path, p)
+            heldout_out = str(outs_dir / f"{uuid.uuid4().hex}.npz") if heldout and p == 0 else None
+            wjob = WorkerJob(cfg.to_dict(), job.artifact_kind, artifact_path, inputs_path, outputs_path, p,
+                             heldout if p == 0 else None, heldout_out)
             outcome = self._run_in(wjob, cfg.timeout_s)
             outcomes.append(outcome)
             if outcome.status != "ok":
-                return RunResult(status=Status(outcome.status), error=outcome.error, finished_at=_now(),
-                                 extra=extra, **base)
+                failed = RunResult(status=Status(outcome.status), error=outcome.error, finished_at=_now(),
+                                   extra=extra, **base)
+                apply_fidelity(failed, job, None, None)
+                return failed
             if outputs_path and Path(outputs_path).exists():
                 extra.update(self._parity(job, inputs_path, outputs_path))
             elif outputs_path:
                 extra["parity"] = "not compared: the device returned no outputs"
-        return assemble(cfg, outcomes, base, extra, artifact_path, info)
+            if heldout_out:
+                heldout_outputs = heldout_out
+        result = assemble(cfg, outcomes, base, extra, artifact_path, info)
+        apply_fidelity(result, job, heldout, heldout_outputs)
+        return result
 
     def _artifact(self, job: PreparedJob, extra: dict[str, Any] | None = None) -> str | None:
+        from costmeter.harness.convert.quantize import precision_artifact
+
+        quantized = precision_artifact(job.config.runtime, job.source, self.workdir, job.config.batch,
+                                       dict(job.config.options), job.config.device_kind)
+        if quantized is not None:
+            if extra is not None:
+                extra.update(quantized.meta)
+            return str(quantized.path)
         if job.artifact_kind == "onnx":
             from costmeter.models.export import export_onnx, onnx_cache_path
 
@@ -335,6 +356,8 @@ class Runner:
             return {"parity": "not compared: output structure differs from torch's"}
         diff = max(float(np.max(np.abs(r.astype(np.float64) - g.astype(np.float64)))) if r.size else 0.0
                    for r, g in zip(ref, got))
+        if config_precision(job.config.options) != "fp32":  # judged by the fidelity figures instead
+            return {"max_abs_diff": diff, "parity": "not judged: reduced precision (see fidelity_*)"}
         return {"max_abs_diff": diff, "parity_tolerance": job.config.parity_tolerance,
                 "parity_ok": diff <= job.config.parity_tolerance}
 

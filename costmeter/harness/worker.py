@@ -31,6 +31,8 @@ class WorkerJob:
     inputs_path: str | None
     outputs_path: str | None = None
     process_index: int = 0
+    heldout_path: str | None = None  # inputs for the fidelity figures (reduced precision, accuracy)
+    heldout_outputs_path: str | None = None
 
 
 @dataclass
@@ -333,6 +335,10 @@ def _child_measure(job: WorkerJob, baseline_rss: int) -> dict[str, Any]:
 
         outs = session.outputs()
         np.savez(job.outputs_path, *[np.asarray(o) for o in outs])
+    if job.heldout_path and job.heldout_outputs_path:
+        from costmeter.harness.quantize.fidelity_run import run_heldout
+
+        run_heldout(session, job.heldout_path, job.heldout_outputs_path, config.batch)
     environment = capture(threads=config.threads)
     if isinstance(session, EnvironmentProbe):
         environment["device"] = session.environment()

@@ -1,5 +1,10 @@
 """ExecuTorch on the CPU: a ``.pte`` program (XNNPACK-delegated by the converter) run by the
-ExecuTorch runtime's Python bindings."""
+ExecuTorch runtime's Python bindings.
+
+Precision ``int8`` runs a program the harness quantized with PT2E and the XNNPACK quantizer; the
+delegate is opaque at run time, so the int8 census comes from the converter (quantized conv and
+linear nodes before lowering) and is stored with the result.
+"""
 from __future__ import annotations
 
 from typing import Any
@@ -30,6 +35,13 @@ class ExecuTorchSession:
         return [o.detach().numpy().copy() if hasattr(o, "detach") else o
                 for o in self._method.execute(self._args)]
 
+    def outputs_for(self, inputs: dict[str, Any]) -> list[Any]:
+        """Outputs of one run on other inputs (same shapes as the bound ones)."""
+        import torch
+
+        args = [torch.from_numpy(v) for v in inputs.values()]
+        return [o.detach().numpy().copy() if hasattr(o, "detach") else o for o in self._method.execute(args)]
+
     def close(self) -> None:
         """Drop the method and program."""
         self._method = None
@@ -42,7 +54,8 @@ class ExecuTorchCPU:
     name = "executorch"
     device_kind = "cpu"
     artifact_kind = "pte"
-    option_names: tuple[str, ...] = ()
+    option_names: tuple[str, ...] = ("precision", "calibration", "quant")
+    precisions = ("fp32", "int8")
 
     def is_available(self) -> tuple[bool, str]:
         """Available when the ExecuTorch runtime and its XNNPACK partitioner import."""

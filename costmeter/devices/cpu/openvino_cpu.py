@@ -4,6 +4,11 @@ Precision is an explicit setting: on CPUs with AMX or AVX512-BF16 the plugin's d
 bf16 (faster, ~1e-4 off float32), which would make comparisons with float32 runtimes unfair. The
 default here is ``f32``; ``precision=default`` leaves the choice to the plugin, and the precision
 it actually used is recorded with the result (``openvino_inference_precision``).
+
+Precision ``int8`` runs the OpenVINO IR that NNCF quantized (the harness does it), compiled with
+an f32 hint for the layers NNCF left in float. With any reduced precision the runtime model is
+read back: the share of compute layers (convolutions, matmuls, fully connected) whose runtime
+precision is the one asked for is recorded, so a silent fallback shows.
 """
 from __future__ import annotations
 
@@ -12,8 +17,10 @@ from typing import Any
 from costmeter.devices.base import Artifact, SessionOptions
 from costmeter.errors import ConfigError, UnsupportedError
 
-PRECISIONS = {"f32": "f32", "float32": "f32", "bf16": "bf16", "bfloat16": "bf16", "f16": "f16",
-              "default": None}
+PRECISIONS = {"f32": "f32", "float32": "f32", "fp32": "f32", "bf16": "bf16", "bfloat16": "bf16",
+              "f16": "f16", "fp16": "f16", "default": None, "int8": "f32"}
+COMPUTE_LAYERS = ("Convolution", "GroupConvolution", "Deconvolution", "FullyConnected", "MatMul", "Gemm")
+_RUNTIME_NAMES = {"int8": ("i8", "u8"), "bf16": ("bf16",), "f16": ("f16",), "fp16": ("f16",)}
 HINTS = ("latency", "throughput")
 
 
@@ -44,7 +51,19 @@ class OpenVinoSession:
         """The precision asked for and the one the plugin reports using."""
         hint = self._compiled.get_property("INFERENCE_PRECISION_HINT")
         used = hint.to_string() if hasattr(hint, "to_string") else str(hint)
-        return {"openvino_precision_option": self._precision, "openvino_inference_precision": used}
+        facts: dict[str, Any] = {"openvino_precision_option": self._precision,
+                                 "openvino_inference_precision": used}
+        if self._precision in _RUNTIME_NAMES:
+            facts.update(runtime_precision_facts(self._compiled, _RUNTIME_NAMES[self._precision]))
+        return facts
+
+    def outputs_for(self, inputs: dict[str, Any]) -> list[Any]:
+        """Outputs (numpy arrays) of one run on other inputs, in the model's input order."""
+        import numpy as np
+
+        arrays = [np.ascontiguousarray(a) for a in inputs.values()]
+        results = self._compiled(arrays)
+        return [np.array(results[out], copy=True) for out in self._compiled.outputs]
 
     def close(self) -> None:
         """Drop the request and the compiled model."""
@@ -52,15 +71,33 @@ class OpenVinoSession:
         self._compiled = None
 
 
+def runtime_precision_facts(compiled: Any, wanted: tuple[str, ...]) -> dict[str, Any]:
+    """Share of the runtime model's compute layers executing in one of ``wanted`` (OpenVINO's
+    runtime precision names, e.g. ``i8``/``u8``), with the per-precision census."""
+    census: dict[str, int] = {}
+    for op in compiled.get_runtime_model().get_ordered_ops():
+        info = op.get_rt_info()
+        layer = info["layerType"].astype(str) if "layerType" in info else ""
+        if layer in COMPUTE_LAYERS:
+            precision = info["runtimePrecision"].astype(str) if "runtimePrecision" in info else "?"
+            census[precision] = census.get(precision, 0) + 1
+    total = sum(census.values())
+    hits = sum(n for p, n in census.items() if p in wanted)
+    return {"precision_compute_share": hits / total if total else 0.0,
+            "precision_evidence": f"OpenVINO runtime model: {hits}/{total} compute layers in {'/'.join(wanted)}",
+            "openvino_compute_precisions": census}
+
+
 class OpenVinoCPU:
-    """Runtime ``openvino`` on ``cpu``. Options: ``precision`` (f32 | bf16 | f16 | default;
-    default f32), ``hint`` (latency | throughput; default latency). ``threads`` sets
+    """Runtime ``openvino`` on ``cpu``. Options: ``precision`` (f32 | bf16 | f16 | default, or
+    fp32 | fp16 | int8 as ``--precision`` spells them; default f32), ``hint`` (latency | throughput; default latency). ``threads`` sets
     ``INFERENCE_NUM_THREADS``."""
 
     name = "openvino"
     device_kind = "cpu"
     artifact_kind = "onnx"
-    option_names = ("precision", "hint")
+    option_names = ("precision", "hint", "calibration", "quant")
+    precisions = ("fp32", "fp16", "bf16", "int8")
 
     def is_available(self) -> tuple[bool, str]:
         """Available when ``openvino`` imports and lists a CPU device."""
@@ -79,7 +116,7 @@ class OpenVinoCPU:
 
         precision = (options.get("precision", "f32") or "f32").lower()
         if precision not in PRECISIONS:
-            raise ConfigError(f"unknown openvino precision {precision!r}; choose f32, bf16, f16 or default")
+            raise ConfigError(f"unknown openvino precision {precision!r}; choose f32, bf16, f16, int8 or default")
         hint = (options.get("hint", "latency") or "latency").lower()
         if hint not in HINTS:
             raise ConfigError(f"unknown openvino hint {hint!r}; choose latency or throughput")

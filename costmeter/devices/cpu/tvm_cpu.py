@@ -73,6 +73,13 @@ class TvmCPU:
     device_kind = "cpu"
     artifact_kind = "tvm"
     option_names = ("tuning_trials", "mcpu")
+    precisions = ("fp32",)
+    precision_unsupported = {
+        "int8": ("TVM 0.27 has no int8 path here: its Relax ONNX importer reads a quantized (QDQ) model "
+                 "as dequantize + float32 conv2d/matmul, so the compute would stay fp32, and costmeter "
+                 "builds no quantized Relax pipeline; measure int8 with onnxruntime, openvino, "
+                 "executorch or litert"),
+    }
 
     def is_available(self) -> tuple[bool, str]:
         """Available when ``tvm`` imports with its Relax frontend and a pinned tvm-ffi."""

@@ -21,7 +21,12 @@ TVM_META = "meta.json"
 
 
 def build(request: dict[str, Any]) -> dict[str, Any]:
-    """Dispatch on ``request["kind"]`` (tflite | pte | tvm-tune | tvm) and build the artifact."""
+    """Dispatch on ``request["kind"]`` (tflite | pte | tvm-tune | tvm, or a quantizer such as
+    onnx-int8, see :mod:`costmeter.harness.convert.quant_backends`) and build the artifact."""
+    from costmeter.harness.convert import quant_backends
+
+    if request["kind"] in quant_backends.MODEL_NAMES:
+        return quant_backends.build(request)
     builders = {"tflite": build_tflite, "pte": build_pte, "tvm-tune": build_tvm_tuning, "tvm": build_tvm}
     if request["kind"] not in builders:
         raise ConfigError(f"unknown conversion {request['kind']!r}; use one of {', '.join(builders)}")

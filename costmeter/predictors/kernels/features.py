@@ -9,6 +9,13 @@ selects by name, and :data:`FEATURE_SCHEMA_VERSION` changes whenever a name or a
 Units: FLOPs and MACs per whole batch; bytes in bytes; spatial sizes in elements; ``intensity``
 in FLOPs per byte crossing the kernel boundary. Activation kinds are coded by
 :data:`ACTIVATION_CODES` (0 = none); trees split on codes like on any number.
+
+Precision (schema 2): every kernel ends with ``precision_bits``, the width of the type its compute
+runs in: 8 for a kernel holding quantized ops (a QDQ pair, MatMulInteger, ...; see
+``rules.QUANTIZED_TYPES``) or a conv/fc/matmul kernel of a run at ``int8`` whose runtime
+quantizes a float graph itself (OpenVINO, LiteRT, ExecuTorch), 16 for fp16/bf16 runs, else 32.
+Models add ``precision_bits`` (the run's) and ``int8_macs_share`` (share of MACs in 8-bit kernels).
+Every extractor takes ``precision`` (fp32 | fp16 | bf16 | int8; default fp32).
 """
 from __future__ import annotations
 
@@ -18,7 +25,9 @@ from typing import Any, Mapping
 from costmeter.models.onnx.graph import Op, TensorInfo
 from costmeter.predictors.kernels.fuse import KERNEL_TYPES, Kernel, KernelGraph
 
-FEATURE_SCHEMA_VERSION = 1
+FEATURE_SCHEMA_VERSION = 2  # 2: precision_bits (kernels, models) and int8_macs_share (models)
+PRECISION_BITS: dict[str, int] = {"fp32": 32, "fp16": 16, "bf16": 16, "int8": 8}
+_COMPUTE_TYPES = ("conv", "dwconv", "conv_transpose", "fc", "matmul", "attention")
 
 ACTIVATION_CODES: dict[str, int] = {
     "Relu": 1, "Clip": 2, "HardSwish": 3, "HardSwishMul": 3, "HardSigmoid": 4, "Sigmoid": 5,
@@ -57,12 +66,33 @@ _TYPE_FEATURES: dict[str, tuple[str, ...]] = {
     "view": (), "shape": (), "constant": (), "other": ("in_numel",),
 }
 KERNEL_FEATURES: dict[str, tuple[str, ...]] = {
-    t: COMMON_FEATURES + _TYPE_FEATURES[t] for t in KERNEL_TYPES
+    t: COMMON_FEATURES + _TYPE_FEATURES[t] + ("precision_bits",) for t in KERNEL_TYPES
 }
 MODEL_FEATURES: tuple[str, ...] = (
     "batch", "input_numel", "flops", "macs", "bytes_read", "bytes_written", "weight_bytes",
     "params", "intensity", "n_ops", "n_kernels", "unknown_flops_share", "unknown_bytes_share",
-) + tuple(f"{t}_{m}" for t in KERNEL_TYPES for m in ("count", "flops", "bytes"))
+) + tuple(f"{t}_{m}" for t in KERNEL_TYPES for m in ("count", "flops", "bytes")) + (
+    "precision_bits", "int8_macs_share")
+
+
+def _precision_bits(precision: str) -> int:
+    from costmeter.errors import ConfigError
+
+    if precision not in PRECISION_BITS:
+        raise ConfigError(f"unknown precision {precision!r}; use one of {', '.join(PRECISION_BITS)}")
+    return PRECISION_BITS[precision]
+
+
+def kernel_precision_bits(kernel: Kernel, precision: str = "fp32") -> int:
+    """Bits of the type ``kernel`` computes in (see the module docstring)."""
+    from costmeter.predictors.kernels.rules import QUANTIZED_TYPES
+
+    if any(unit.op_type in QUANTIZED_TYPES for unit in kernel.units):
+        return 8
+    bits = _precision_bits(precision)
+    if bits == 8 and kernel.kernel_type not in _COMPUTE_TYPES:
+        return 32  # a runtime quantizing a float graph keeps the rest in float
+    return bits
 
 
 def _dims(tensor: TensorInfo | None) -> list[int]:
@@ -242,9 +272,10 @@ _EXTRACTORS: dict[str, Any] = {
 }
 
 
-def kernel_features(kernel: Kernel) -> dict[str, float]:
+def kernel_features(kernel: Kernel, precision: str = "fp32") -> dict[str, float]:
     """The named features of one kernel: :data:`KERNEL_FEATURES` of its type, in order."""
     values = _common(kernel)
+    values["precision_bits"] = kernel_precision_bits(kernel, precision)
     extractor = _EXTRACTORS.get(kernel.kernel_type)
     if extractor is not None:
         values.update(extractor(kernel, kernel.anchor))
@@ -260,16 +291,16 @@ def _frame(kernel_type: str, rows: list[dict[str, float]], index: Any) -> Any:
     return frame
 
 
-def feature_tables(kernel_graph: KernelGraph) -> dict[str, Any]:
+def feature_tables(kernel_graph: KernelGraph, precision: str = "fp32") -> dict[str, Any]:
     """kernel_type -> DataFrame (one row per kernel, index = kernel name, named columns)."""
     tables: dict[str, Any] = {}
     for kernel_type, kernels in kernel_graph.by_type().items():
         index = [k.name for k in kernels]
-        tables[kernel_type] = _frame(kernel_type, [kernel_features(k) for k in kernels], index)
+        tables[kernel_type] = _frame(kernel_type, [kernel_features(k, precision) for k in kernels], index)
     return tables
 
 
-def stack_tables(kernel_graphs: Mapping[str, KernelGraph]) -> dict[str, Any]:
+def stack_tables(kernel_graphs: Mapping[str, KernelGraph], precision: str = "fp32") -> dict[str, Any]:
     """Feature tables of many models: index levels ``model`` and ``kernel``."""
     import pandas as pd
 
@@ -277,7 +308,7 @@ def stack_tables(kernel_graphs: Mapping[str, KernelGraph]) -> dict[str, Any]:
     keys: dict[str, list[tuple[str, str]]] = {}
     for model, kernel_graph in kernel_graphs.items():
         for kernel in kernel_graph.kernels:
-            rows.setdefault(kernel.kernel_type, []).append(kernel_features(kernel))
+            rows.setdefault(kernel.kernel_type, []).append(kernel_features(kernel, precision))
             keys.setdefault(kernel.kernel_type, []).append((model, kernel.name))
     return {
         t: _frame(t, rows[t], pd.MultiIndex.from_tuples(keys[t], names=["model", "kernel"]))
@@ -285,7 +316,7 @@ def stack_tables(kernel_graphs: Mapping[str, KernelGraph]) -> dict[str, Any]:
     }
 
 
-def model_features(kernel_graph: KernelGraph) -> Any:
+def model_features(kernel_graph: KernelGraph, precision: str = "fp32") -> Any:
     """Model-level aggregates (:data:`MODEL_FEATURES`) as a named float Series."""
     import pandas as pd
 
@@ -309,16 +340,19 @@ def model_features(kernel_graph: KernelGraph) -> Any:
         values[f"{kernel_type}_count"] = len(kernels)
         values[f"{kernel_type}_flops"] = sum(k.flops for k in kernels)
         values[f"{kernel_type}_bytes"] = sum(k.bytes_read + k.bytes_written for k in kernels)
+    values["precision_bits"] = _precision_bits(precision)
+    int8_macs = sum(k.macs for k in kernel_graph.kernels if kernel_precision_bits(k, precision) == 8)
+    values["int8_macs_share"] = int8_macs / values["macs"] if values["macs"] else 0.0
     series = pd.Series(values, dtype="float64")[list(MODEL_FEATURES)]
     series.attrs["feature_schema_version"] = FEATURE_SCHEMA_VERSION
     return series
 
 
-def model_feature_table(kernel_graphs: Mapping[str, KernelGraph]) -> Any:
+def model_feature_table(kernel_graphs: Mapping[str, KernelGraph], precision: str = "fp32") -> Any:
     """One row of :data:`MODEL_FEATURES` per model (index ``model``)."""
     import pandas as pd
 
-    frame = pd.DataFrame([model_features(kg) for kg in kernel_graphs.values()],
+    frame = pd.DataFrame([model_features(kg, precision) for kg in kernel_graphs.values()],
                          index=pd.Index(list(kernel_graphs), name="model"))
     frame.attrs["feature_schema_version"] = FEATURE_SCHEMA_VERSION
     return frame

@@ -17,6 +17,19 @@ The built-in sets were read off each runtime's own optimized graphs on x86 (ONNX
 SiLU into QuickGelu, bias Add+GELU into BiasGelu) and from the runtimes' documented fusions.
 Measured rule sets (``bench kernels detect``) are stored as JSON in the working folder and take
 precedence when loaded with :func:`load_rules`.
+
+Quantized graphs. A static QDQ graph (onnxruntime.quantization) spells every int8 tensor as
+``QuantizeLinear`` -> ``DequantizeLinear`` around float ops; weights are ``DequantizeLinear`` of
+int8 constants (folded). The composite ``QDQPair`` names one activation Q -> DQ pair; ONNX
+Runtime then runs Conv [+ activation] + the output's pair as one ``QLinearConv`` (and Add + pair
+as ``QLinearAdd``, Gemm + pair as ``QGemm``, pool + pair as ``QLinearGlobalAveragePool``), read off
+its optimized graph of QDQ mobilenet_v2 (52 QLinearConv, 10 QLinearAdd, 1 QGemm, 1 QLinear pool,
+the input's QuantizeLinear and the output's DequantizeLinear left alone). A dynamic graph
+(``quantize_dynamic``) spells a quantized matmul as ``MatMulInteger`` -> ``Cast`` -> ``Mul`` by the
+scales (+ bias ``Add``), which ONNX Runtime runs as ``MatMulIntegerToFloat`` /
+``DynamicQuantizeMatMul``; ``DynamicQuantizeLinear`` of an input shared by several matmuls stays
+its own kernel. XNNPACK (ExecuTorch, LiteRT) runs the same shapes as its QS8 conv / fully-connected
+kernels with the requantization fused, so the same rules apply there.
 """
 from __future__ import annotations
 
@@ -54,16 +67,57 @@ COMPOSITE_PATTERNS: dict[str, list[list[Any]]] = {
                         ["ReduceMean", [2]], ["Add", [3, "c"]], ["Sqrt", [4]], ["Div", [1, 5]],
                         ["Mul", [6, "c"]], ["Add", [7, "c"]]],
 }
+COMPOSITE_PATTERNS["QDQPair"] = [["QuantizeLinear", ["x", "c", "c"]], ["DequantizeLinear", [0, "c", "c"]]]
 COMMUTATIVE: frozenset[str] = frozenset({"Add", "Mul", "Sum", "Max", "Min"})
+# op types (and composites) whose presence makes a kernel an int8 kernel
+QUANTIZED_TYPES: frozenset[str] = frozenset({
+    "QDQPair", "QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "MatMulInteger",
+    "ConvInteger", "QLinearConv", "QLinearMatMul", "QGemm", "QLinearAdd", "QLinearMul",
+    "QLinearGlobalAveragePool", "QLinearAveragePool", "MatMulIntegerToFloat", "DynamicQuantizeMatMul",
+})
+
+# int8 rules (see the module docstring): each ends on the QDQ pair that requantizes the output
+QUANTIZED_RULES: list[dict[str, Any]] = [
+    {"name": "qlinear_conv", "steps": [
+        {"types": ["Conv"], "operand": "const"},
+        {"types": ["Relu", "Clip"], "optional": True},
+        {"types": ["QDQPair"], "operand": "const"}]},
+    {"name": "qlinear_add", "steps": [
+        {"types": ["Add", "Mul"], "operand": "tensor"},
+        {"types": ["Relu"], "optional": True},
+        {"types": ["QDQPair"], "operand": "const"}]},
+    {"name": "qgemm", "steps": [
+        {"types": ["Gemm", "MatMul"], "operand": "const"},
+        {"types": ["QDQPair"], "operand": "const"}]},
+    {"name": "qlinear_pool", "steps": [
+        {"types": ["GlobalAveragePool", "AveragePool", "MaxPool"]},
+        {"types": ["QDQPair"], "operand": "const"}]},
+    {"name": "matmul_integer_to_float", "steps": [
+        {"types": ["MatMulInteger"]},
+        {"types": ["Cast"]},
+        {"types": ["Mul"], "operand": "any"},
+        {"types": ["Add"], "optional": True, "operand": "const"}]},
+    {"name": "requantize", "kernel_type": "elementwise", "steps": [{"types": ["QDQPair"]}]},
+]
 
 _ORT_CONV_ACTS = ["Relu", "Clip", "HardSigmoid", "HardSwish", "Sigmoid", "LeakyRelu", "Tanh"]
 _ORT_GEMM_ACTS = ["Relu", "Sigmoid", "Tanh", "LeakyRelu", "HardSigmoid"]
 _ALL_COMPOSITES = list(COMPOSITE_PATTERNS)
+_XNNPACK_RULES: list[dict[str, Any]] = [
+    {"name": "conv_clamp", "steps": [
+        {"types": ["Conv"]}, {"types": ["BatchNormalization"], "optional": True},
+        {"types": ["Relu", "Clip"], "optional": True}]},
+    {"name": "fc_clamp", "steps": [
+        {"types": ["Gemm", "MatMul"], "operand": "const"}, {"types": ["Relu", "Clip"], "optional": True}]},
+    {"name": "binary_clamp", "kernel_type": "elementwise", "steps": [
+        {"types": ["Add", "Mul"]}, {"types": ["Relu", "Clip"], "optional": True}]},
+]
 
 BUILTIN_RULES: dict[str, dict[str, Any]] = {
     "onnxruntime": {
-        "composites": ["SiLU", "GELU", "LayerNormPieces"],
+        "composites": ["SiLU", "GELU", "LayerNormPieces", "QDQPair"],
         "rules": [
+            *QUANTIZED_RULES,
             {"name": "conv_bn_add_act", "steps": [
                 {"types": ["Conv"]},
                 {"types": ["BatchNormalization"], "optional": True},
@@ -96,6 +150,14 @@ BUILTIN_RULES: dict[str, dict[str, Any]] = {
                 {"types": ["@elementwise"], "optional": True, "repeat": True}]},
         ],
     },
+    # XNNPACK (ExecuTorch's delegate, LiteRT's default CPU delegate): its convolution,
+    # fully-connected, add and multiply operators take output_min/output_max, so a following
+    # ReLU/ReLU6 (Clip) is their clamp; quantized graphs run as its QS8/QU8 operators with the
+    # requantization inside, the same chains as ONNX Runtime's integer kernels
+    "executorch": {"composites": ["SiLU", "GELU", "LayerNormPieces", "QDQPair"],
+                   "rules": [*QUANTIZED_RULES, *_XNNPACK_RULES]},
+    "litert": {"composites": ["SiLU", "GELU", "LayerNormPieces", "QDQPair"],
+               "rules": [*QUANTIZED_RULES, *_XNNPACK_RULES]},
     "torch": {"composites": _ALL_COMPOSITES, "rules": []},
     "torch_compile": {
         "composites": _ALL_COMPOSITES,

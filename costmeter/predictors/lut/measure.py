@@ -116,8 +116,12 @@ def measure_blocks(specs: Sequence[BlockSpec], device: str = "cpu", runtime: str
                    protocol: Any = None, options: Sequence[tuple[str, str]] = (),
                    chunk_size: int = DEFAULT_CHUNK, interleave: int = 1,
                    timeout_s: float = 600.0,
-                   progress: Progress | None = None) -> tuple[dict[str, BlockTiming], dict[str, Any]]:
+                   progress: Progress | None = None,
+                   precision: str = "fp32") -> tuple[dict[str, BlockTiming], dict[str, Any]]:
     """Measure every block; returns (key -> BlockTiming, facts: overhead_ms, environment, ...).
+
+    ``precision`` int8 quantizes every block's ONNX file as ``bench run --precision int8`` does
+    for ONNX Runtime (:func:`costmeter.harness.convert.quantize.quantize_block_onnx`).
 
     ``interleave``: blocks sampled round-robin in groups of this size (1 = each block alone).
     The device and runtime are checked before anything is exported (ConfigError or
@@ -131,7 +135,9 @@ def measure_blocks(specs: Sequence[BlockSpec], device: str = "cpu", runtime: str
                           f"{chunk_size})")
     protocol = protocol or lut_protocol()
     workdir = Path(workdir)
-    entries = [{"key": spec.key, "onnx": str(export_block(spec, workdir)),
+    if precision not in ("fp32", "int8"):
+        raise ConfigError(f"lookup tables are built in fp32 or int8, not {precision!r}")
+    entries = [{"key": spec.key, "onnx": str(_block_file(spec, workdir, precision)),
                 "shape": list(spec.input_shape())}
                for spec in specs]
     random.Random(0).shuffle(entries)  # groups mix large and small blocks, as networks do
@@ -147,6 +153,16 @@ def measure_blocks(specs: Sequence[BlockSpec], device: str = "cpu", runtime: str
     facts = {"overhead_ms": overheads[len(overheads) // 2], "environment": environment,
              "protocol": base["protocol"], "chunk_size": chunk_size, "interleave": interleave}
     return timings, facts
+
+
+def _block_file(spec: BlockSpec, workdir: Path, precision: str) -> Path:
+    """The block's ONNX file, quantized for int8 tables."""
+    path = export_block(spec, workdir)
+    if precision == "int8":
+        from costmeter.harness.convert.quantize import quantize_block_onnx
+
+        return quantize_block_onnx(path, tuple(spec.input_shape()), workdir)
+    return path
 
 
 def _protocol_dict(protocol: Any) -> dict[str, Any]:

@@ -243,11 +243,13 @@ def _atomic_write(path: Path, text: str) -> None:
 
 # ----------------------------------------------------------------------------- build / load
 def default_lut_path(workdir: Path | str, space: str, device: str, runtime: str,
-                     resolutions: Sequence[int] | None = None, predicted: bool = False) -> Path:
-    """``<workdir>/lut/<space>-<device>-<runtime>[-r<res>-...][-predicted].json``."""
+                     resolutions: Sequence[int] | None = None, predicted: bool = False,
+                     precision: str = "fp32") -> Path:
+    """``<workdir>/lut/<space>-<device>-<runtime>[-int8][-r<res>-...][-predicted].json``."""
     safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in device)
     res = blocks.check_resolutions(space, resolutions)
     tag = "" if res == blocks.space_resolutions(space) else "-r" + "-".join(map(str, res))
+    runtime = runtime if precision == "fp32" else f"{runtime}-{precision}"
     return Workdir.of(workdir).lut / f"{space}-{safe}-{runtime}{tag}{'-predicted' if predicted else ''}.json"
 
 
@@ -256,7 +258,7 @@ def build_lut(space: str, device: str = "cpu", runtime: str = "onnxruntime",
               workdir: Path | str = ".costmeter", threads: int | None = 1,
               min_time_s: float = 0.05, chunk_size: int | None = None,
               interleave: int | None = None, output: str | Path | None = None,
-              progress: Callable[[int, int], None] | None = None) -> LatencyTable:
+              progress: Callable[[int, int], None] | None = None, precision: str = "fp32") -> LatencyTable:
     """Measure (or, with ``predictor``, predict) every block of ``space`` at ``resolutions``.
 
     ``interleave``: blocks sampled round-robin in groups of this size (default per space:
@@ -274,6 +276,9 @@ def build_lut(space: str, device: str = "cpu", runtime: str = "onnxruntime",
         raise ConfigError(f"--min-time must be > 0 s, got {min_time_s}")
     specs = blocks.space_blocks(space, res)
     predictor_info: dict[str, Any] | None = None
+    if precision != "fp32" and (predictor is not None or runtime != "onnxruntime"):
+        raise ConfigError(f"{precision} lookup tables are measured with onnxruntime (blocks quantized "
+                          "as `bench run --precision int8` does); drop --predicted or use --runtime onnxruntime")
     if predictor is not None:
         timings, facts, predictor_info = lut_measure.predict_blocks(
             specs, predictor, device, runtime, workdir)
@@ -281,7 +286,7 @@ def build_lut(space: str, device: str = "cpu", runtime: str = "onnxruntime",
         timings, facts = lut_measure.measure_blocks(
             specs, device, runtime, workdir, threads, lut_measure.lut_protocol(min_time_s),
             chunk_size=chunk_size or lut_measure.DEFAULT_CHUNK,
-            interleave=interleave or lut_blocks(space).INTERLEAVE, progress=progress)
+            interleave=interleave or lut_blocks(space).INTERLEAVE, progress=progress, precision=precision)
     failed = [k for k, t in timings.items() if t.error or not t.median_ms > 0]
     if failed:
         first = timings[failed[0]]
@@ -295,7 +300,7 @@ def build_lut(space: str, device: str = "cpu", runtime: str = "onnxruntime",
                         timings[spec.key].median_ms, timings[spec.key].spread_ms,
                         timings[spec.key].samples, source, _entry_fields(spec)) for spec in specs]
     manifest = {
-        "space": space, "device": device, "runtime": runtime, "threads": threads,
+        "space": space, "device": device, "runtime": runtime, "threads": threads, "precision": precision,
         "resolutions": list(res), "source": source, "overhead_ms": overhead,
         "entries": len(entries), "predictor": predictor_info,
         "protocol": facts.get("protocol"), "chunk_size": facts.get("chunk_size"),
