@@ -14,7 +14,7 @@ RUNTIMES ?= onnxruntime,torch
 PYTEST_ARGS ?=
 PIN := $(VENV)/torch-pin.txt
 
-.PHONY: setup setup-test run test overhead runtimes clean
+.PHONY: setup setup-test run test test-all overhead runtimes clean
 
 setup: $(VENV)/.setup-done
 
@@ -44,7 +44,11 @@ setup-test: $(VENV)/.setup-test-done
 run: setup
 	$(BIN)/bench run --device cpu --runtime $(RUNTIMES) --model $(MODEL) --batch 1
 
+# The default run leaves out the tests marked slow (under 15 minutes on 2 CPUs); test-all runs them too (CI).
 test: setup-test
+	$(BIN)/python -m pytest -q -m "not slow" $(PYTEST_ARGS)
+
+test-all: setup-test
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 overhead: setup
