@@ -29,6 +29,7 @@ def _register() -> None:
     from costmeter.cli import (
         collect_cmd,
         env_cmd,
+        farm_cmd,
         lut_cmd,
         nightly_cmd,
         predictor_cmd,
@@ -52,6 +53,7 @@ def _register() -> None:
     bench.add_command(collect_cmd.kernels)
     bench.add_command(suite_cmd.suite)
     bench.add_command(nightly_cmd.nightly)
+    bench.add_command(farm_cmd.farm)
 
 
 _register()

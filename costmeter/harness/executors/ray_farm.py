@@ -1,0 +1,384 @@
+"""The device farm: run benchmarks on the Ray nodes that hold their devices.
+
+Ray is the engine; nothing here schedules. Every device a node can benchmark is a Ray custom
+resource of capacity 1 named ``costmeter-device:<device>`` (``cpu``, ``cpu@lab-xeon``, ``cuda:0``,
+``ssh://pi@board1``, ``adb://R58M``), declared when the node starts (``bench farm node --device ...``
+runs ``ray start --resources ...``; see :func:`node_start_argv`). Each benchmark is one Ray task
+asking for ``{costmeter-device:<device>: 1}`` and no CPU, so Ray places it on a node that holds the
+device and never runs two benchmarks on one device at once. On that node the task runs the usual
+harness (``validate`` + ``Runner``: an isolated worker process; ssh/adb devices through the node's
+executors) and returns the result; the driver collects results with ``ray.wait`` as they finish and
+writes each one to the one sink (the store) at once.
+
+A device name may carry a label after ``@`` (``cpu@lab-xeon``, ``cuda:0@gpu2``): it names *which*
+machine's CPU, so that results of different machines never share a key. The node runs it as the
+plain device (``cpu``); the stored key keeps the full name. ``ssh://`` and ``adb://`` devices name
+one board already.
+
+Failures: a node lost mid-job makes Ray retry the task (``max_retries``) on a live node holding the
+same device; after the last try the job is stored as ``failed`` with the reason and the number of
+tries. A job whose device no live node holds any more waits ``node_wait_s`` for a node to come
+back, then is cancelled and stored as ``failed``. Every job yields exactly one stored result.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import socket
+import time
+import uuid
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from costmeter.errors import ConfigError, CostmeterError, UnavailableError
+from costmeter.harness.config import RunConfig, parse_device
+from costmeter.harness.executors.farm_ledger import (NAMESPACE, FarmStatus, collect_status, device_resource,
+                                                     held_devices, ledger_actor)
+from costmeter.harness.runner import PreparedJob, ResultSink, make_key, new_run_id, validate
+from costmeter.results.schema import BenchKey, RunResult, Status
+
+Progress = Callable[[int, int, "RunConfig | None", "RunResult | None"], None]
+CLIENT_PORT = 10001
+GCS_PORT = 6379
+CONNECT_TIMEOUT_S = 5.0
+LOCAL_KINDS = ("cpu", "cuda", "fake")
+
+
+@dataclass(frozen=True)
+class FarmAddress:
+    """Where the farm is: ``local`` (start a Ray cluster here), ``auto`` (the one running here),
+    ``client`` (``ray://HOST:PORT``, Ray Client) or ``cluster`` (``HOST:PORT``, the head's GCS)."""
+
+    kind: str
+    host: str | None = None
+    port: int | None = None
+
+    @property
+    def ray_address(self) -> str | None:
+        """What ``ray.init(address=...)`` is given (None starts a local cluster)."""
+        if self.kind == "local":
+            return None
+        if self.kind == "auto":
+            return "auto"
+        prefix = "ray://" if self.kind == "client" else ""
+        return f"{prefix}{self.host}:{self.port}"
+
+
+def parse_farm_address(text: str) -> FarmAddress:
+    """``local`` | ``auto`` | ``ray://HOST[:PORT]`` | ``HOST[:PORT]``; ConfigError when malformed."""
+    spec = str(text).strip()
+    if spec in ("local", "auto"):
+        return FarmAddress(spec)
+    kind, rest = ("client", spec[6:]) if spec.startswith("ray://") else ("cluster", spec)
+    host, sep, port = rest.rpartition(":") if ":" in rest else (rest, "", "")
+    if "://" in rest or "/" in rest or not host or (sep and not port.isdigit()):
+        raise ConfigError(f"malformed farm address {text!r}; use local, ray://HEAD:{CLIENT_PORT} (Ray Client) "
+                          f"or HEAD:{GCS_PORT} (the head's address)")
+    return FarmAddress(kind, host, int(port) if sep else (CLIENT_PORT if kind == "client" else GCS_PORT))
+
+
+def split_device(device: str) -> tuple[str, str | None]:
+    """``cpu@lab1`` -> (``cpu``, ``lab1``); ``ssh://pi@b1`` -> (``ssh://pi@b1``, None). ConfigError when
+    the device (without its label) is unknown or the label is empty."""
+    if "://" in device:
+        parse_device(device)
+        return device, None
+    base, sep, label = device.partition("@")
+    if sep and (not label or not all(ch.isalnum() or ch in "-_." for ch in label)):
+        raise ConfigError(f"malformed farm device {device!r}; a label is letters, digits, '-', '_' or '.', "
+                          "e.g. cpu@lab-xeon")
+    parse_device(base)
+    return base, label or None
+
+
+def node_resources(devices: list[str] | tuple[str, ...]) -> dict[str, float]:
+    """The Ray resources a node declares for ``devices``: ``{costmeter-device:<d>: 1}`` each."""
+    for device in devices:
+        split_device(device)
+    return {device_resource(d): 1 for d in dict.fromkeys(devices)}
+
+
+def node_start_argv(devices: list[str] | tuple[str, ...], address: str | None = None, head: bool = False,
+                    port: int = GCS_PORT, num_cpus: int | None = None) -> list[str]:
+    """The ``ray start`` command that starts a farm node holding ``devices`` (a head with ``head``,
+    else a node joining ``address``)."""
+    import json
+
+    if head == bool(address):
+        raise ConfigError("give either --head (start the farm's head) or --address HEAD:PORT (join it)")
+    argv = ["ray", "start", "--head", f"--port={port}"] if head else ["ray", "start", f"--address={address}"]
+    argv.append("--resources=" + json.dumps(node_resources(devices), sort_keys=True))
+    if num_cpus is not None:
+        argv.append(f"--num-cpus={num_cpus}")
+    return argv
+
+
+@contextlib.contextmanager
+def farm_session(address: str, devices: list[str] | tuple[str, ...] = ()) -> Iterator[FarmAddress]:
+    """Connect this process to the farm for the ``with`` block (a driver already connected is
+    reused and left connected). ``local`` starts a one-node cluster holding ``devices``.
+    UnavailableError (one line, with the fix) when the head cannot be reached."""
+    ray = import_ray()
+    where = parse_farm_address(address)
+    if ray.is_initialized():
+        yield where
+        return
+    kwargs: dict[str, Any] = dict(namespace=NAMESPACE, log_to_driver=False, logging_level=logging.WARNING)
+    if where.kind == "local":
+        kwargs.update(resources=_local_resources(devices), include_dashboard=False)
+    elif where.kind != "auto":
+        _require_reachable(where)
+    try:
+        ray.init(address=where.ray_address, **kwargs)
+    except (ConnectionError, RuntimeError, ValueError, TimeoutError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise UnavailableError(f"cannot connect to the Ray farm at {address!r} ({first}); start it with "
+                               "`bench farm node --head --device ...` or fix the farm address") from None
+    try:
+        yield where
+    finally:
+        ray.shutdown()
+
+
+def import_ray() -> Any:
+    """The ``ray`` module, or UnavailableError naming the extra to install."""
+    try:
+        import ray
+    except ImportError as exc:
+        raise UnavailableError(f"the device farm needs Ray ({exc}); pip install 'costmeter[farm]'") from None
+    return ray
+
+
+def _local_resources(devices: list[str] | tuple[str, ...]) -> dict[str, float]:
+    """A local farm holds the run's devices; two names for one local device would let two
+    benchmarks share it, so they are refused."""
+    seen: dict[str, str] = {}
+    for device in dict.fromkeys(devices):
+        base = split_device(device)[0]
+        if parse_device(base)[0] in LOCAL_KINDS and seen.setdefault(base, device) != device:
+            raise ConfigError(f"a local farm has one {base}: {seen[base]!r} and {device!r} would share it; "
+                              "use one name, or a farm of several machines")
+    return node_resources(list(devices))
+
+
+def _require_reachable(where: FarmAddress) -> None:
+    try:
+        socket.create_connection((where.host, where.port), timeout=CONNECT_TIMEOUT_S).close()
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise UnavailableError(f"cannot reach the Ray head at {where.host}:{where.port} ({reason}); start it "
+                               f"(`bench farm node --head --device ...`) or fix the farm address") from None
+
+
+def farm_status(address: str = "auto") -> FarmStatus:
+    """Nodes, their devices (busy or free) and the farm's queued, running and finished jobs."""
+    with farm_session(address):
+        return collect_status(address)
+
+
+def require_devices(configs: list[RunConfig], address: str = "auto") -> dict[str, list[str]]:
+    """ConfigError (one line) naming the first device of ``configs`` that no live node of the
+    connected farm holds; else device -> node ids."""
+    held = held_devices()
+    for cfg in configs:
+        if cfg.device not in held:
+            have = ", ".join(sorted(held)) or "none"
+            raise ConfigError(f"no node of the farm at {address} holds device {cfg.device!r} (devices held: "
+                              f"{have}); start a node with `bench farm node --device {cfg.device}` or drop it")
+    return held
+
+
+@dataclass
+class FarmJob:
+    """One benchmark on the farm: the config as asked (farm device name), the one the node runs,
+    the driver's prepared job (for its key), the Ray resource it needs and its ledger id."""
+
+    config: RunConfig
+    base: RunConfig
+    prepared: PreparedJob
+    resource: str
+    job_id: str
+
+
+def run_on_farm(configs: list[RunConfig], address: str, sink: ResultSink | None, workdir: Path | str, *,
+                max_retries: int = 2, progress: Progress | None = None, run_id: str | None = None,
+                tag: str | None = None, remote: Any = None, node_workdir: str | None = None,
+                node_wait_s: float = 60.0, poll_s: float = 0.5) -> list[RunResult]:
+    """Run ``configs`` on the farm at ``address``; write each result to ``sink`` as it finishes.
+
+    Everything is checked before anything runs (configs, the head, every device held by a live
+    node): ConfigError/UnavailableError with a one-line fix, nothing written. A node lost mid-job
+    is retried by Ray up to ``max_retries`` times on nodes holding the same device; then the job
+    is stored as failed. ``remote`` (RemoteSettings) configures ssh/adb devices on the nodes;
+    ``node_workdir`` is the nodes' working folder (default: theirs; ``workdir`` for ``local``).
+    Returns the results in the order of ``configs``.
+    """
+    if max_retries < 0:
+        raise ConfigError(f"max_retries must be >= 0 (got {max_retries})")
+    where = parse_farm_address(address)
+    bases = [replace(c, device=split_device(c.device)[0]) for c in configs]
+    prepared = validate(bases)
+    jobs = [FarmJob(c, b, p, device_resource(c.device), uuid.uuid4().hex[:16])
+            for c, b, p in zip(configs, bases, prepared)]
+    if where.kind == "local" and node_workdir is None:
+        node_workdir = str(Path(workdir).resolve())
+    with farm_session(address, [c.device for c in configs]):
+        require_devices(configs, address)
+        driver = _Driver(jobs, run_id or new_run_id(), tag, sink, progress, max_retries, remote,
+                         node_workdir, node_wait_s, poll_s)
+        return driver.run()
+
+
+class _Driver:
+    """Submits one Ray task per job, then collects, judges and writes results as they finish."""
+
+    def __init__(self, jobs: list[FarmJob], run_id: str, tag: str | None, sink: ResultSink | None,
+                 progress: Progress | None, max_retries: int, remote: Any, node_workdir: str | None,
+                 node_wait_s: float, poll_s: float) -> None:
+        self.jobs, self.run_id, self.tag, self.sink, self.progress = jobs, run_id, tag, sink, progress
+        self.max_retries, self.remote, self.node_workdir = max_retries, remote, node_workdir
+        self.node_wait_s, self.poll_s = node_wait_s, poll_s
+        self.results: dict[str, RunResult] = {}
+
+    def run(self) -> list[RunResult]:
+        import ray
+
+        ledger = ledger_actor()
+        ray.get(ledger.submitted.remote(self.run_id, [
+            {"job_id": j.job_id, "label": _key(j).label(), "device": j.config.device} for j in self.jobs]))
+        task = ray.remote(_node_run)
+        pending = {task.options(resources={j.resource: 1}, num_cpus=0, max_retries=self.max_retries,
+                                retry_exceptions=False, name=f"costmeter {j.config.model}")
+                   .remote(j.base.to_dict(), self.run_id, self.tag, j.job_id, self.node_workdir, self.remote,
+                           ledger): j for j in self.jobs}
+        if self.progress:
+            self.progress(0, len(self.jobs), None, None)
+        missing_since: dict[str, float] = {}
+        checked = time.monotonic()
+        try:
+            while pending:
+                ready, rest = ray.wait(list(pending), num_returns=1, timeout=self.poll_s)
+                if ready and rest:
+                    ready += ray.wait(rest, num_returns=len(rest), timeout=0)[0]
+                for ref in ready:
+                    self._finish(pending.pop(ref), self._collect(ref), ledger)
+                if time.monotonic() - checked >= min(5.0, max(0.5, self.node_wait_s / 4)):
+                    checked = time.monotonic()
+                    self._fail_stranded(pending, missing_since, ledger)
+        finally:
+            for ref, job in pending.items():  # interrupted (Ctrl-C, a sink that raised): stop the rest
+                ray.cancel(ref, force=True)
+                ledger.finished.remote(job.job_id, "lost", "cancelled: the driver stopped")
+        return [self.results[j.job_id] for j in self.jobs]
+
+    def _collect(self, ref: Any) -> dict[str, Any]:
+        import ray
+
+        try:
+            return ray.get(ref)
+        except ray.exceptions.RayError as exc:
+            kind = type(exc).__name__
+            first = next((ln.strip() for ln in str(exc).splitlines() if ln.strip()), kind)[:300]
+            return {"lost": f"{kind}: {first}"}
+
+    def _finish(self, job: FarmJob, out: dict[str, Any], ledger: Any) -> None:
+        import ray
+
+        farm = {k: out[k] for k in ("node_id", "host") if k in out}
+        result = RunResult.from_dict(out["result"]) if "result" in out else None
+        if result is not None:
+            status, error = result.status.value, result.error
+        else:
+            status, error = ("lost", out["lost"]) if "lost" in out else ("failed", out.get("error", "no result"))
+        record = ray.get(ledger.finished.remote(job.job_id, status, error)) or {}
+        farm["attempts"] = int(record.get("attempts") or 0)
+        if status == "lost":
+            error = (f"no result after {farm['attempts']} tries on nodes holding {job.config.device} "
+                     f"(max_retries={self.max_retries}); last: {error}; check the nodes with "
+                     "`bench farm status` and rerun the job")
+        if result is None:
+            result = self._failed(job, str(error))
+        self._write(job, result, farm)
+
+    def _fail_stranded(self, pending: dict[Any, FarmJob], missing_since: dict[str, float], ledger: Any) -> None:
+        """Jobs whose device no live node has held for ``node_wait_s`` are cancelled and failed."""
+        import ray
+
+        held = held_devices()
+        now = time.monotonic()
+        for ref, job in list(pending.items()):
+            if job.config.device in held:
+                missing_since.pop(job.config.device, None)
+                continue
+            since = missing_since.setdefault(job.config.device, now)
+            if now - since < self.node_wait_s:
+                continue
+            ray.cancel(ref, force=True)
+            del pending[ref]
+            reason = (f"no live node has held device {job.config.device} for {self.node_wait_s:g} s (its node "
+                      "was lost); restart that node (`bench farm node`) and rerun the job")
+            record = ray.get(ledger.finished.remote(job.job_id, "lost", reason)) or {}
+            self._write(job, self._failed(job, reason), {"attempts": int(record.get("attempts") or 0)})
+
+    def _failed(self, job: FarmJob, reason: str) -> RunResult:
+        now = _now()
+        return RunResult(key=_key(job), status=Status.FAILED, run_id=self.run_id, started_at=now, finished_at=now,
+                         error=reason, tag=self.tag or job.config.tag)
+
+    def _write(self, job: FarmJob, result: RunResult, farm: dict[str, Any]) -> None:
+        if job.job_id in self.results:
+            raise RuntimeError(f"farm job {job.job_id} finished twice")  # a bug, never a user error
+        result.key = replace(result.key, device=job.config.device)
+        result.extra["farm"] = {**farm, "job_id": job.job_id, "max_retries": self.max_retries}
+        if self.sink is not None:
+            self.sink.write(result)
+        self.results[job.job_id] = result
+        if self.progress:
+            self.progress(len(self.results), len(self.jobs), job.config, result)
+
+
+def _key(job: FarmJob) -> BenchKey:
+    """The job's key under its farm device name (``cpu@lab1``, not the ``cpu`` the node runs)."""
+    return replace(make_key(job.prepared), device=job.config.device)
+
+
+def _node_run(config: dict[str, Any], run_id: str, tag: str | None, job_id: str, node_workdir: str | None,
+              remote: Any, ledger: Any) -> dict[str, Any]:
+    """The Ray task: on the node Ray chose, run one benchmark with the harness and return the
+    result as a dict (or ``{"error": ...}`` when the node cannot run it)."""
+    import os
+
+    import ray
+
+    node_id = ray.get_runtime_context().get_node_id()
+    where = {"node_id": node_id, "host": socket.gethostname()}
+    with contextlib.suppress(ray.exceptions.RayError):
+        ray.get(ledger.started.remote(job_id, node_id, where["host"], os.getpid()), timeout=30)
+    try:
+        return {"result": _run_here(RunConfig.from_dict(config), run_id, tag, node_workdir, remote).to_dict(),
+                **where}
+    except CostmeterError as exc:
+        return {"error": f"on node {where['host']}: {exc}", **where}
+
+
+def _run_here(cfg: RunConfig, run_id: str, tag: str | None, node_workdir: str | None, remote: Any) -> RunResult:
+    from costmeter.harness.executors.remote import DeviceExecutors, RemoteSettings
+    from costmeter.harness.runner import Runner
+    from costmeter.workdir import Workdir
+
+    root = Path(node_workdir) if node_workdir else Workdir.default().root.resolve()
+    cfg = replace(cfg, workdir=str(root))
+    executors = DeviceExecutors(remote or RemoteSettings())
+    try:
+        jobs = validate([cfg])
+        executors.preflight([cfg])
+        return Runner(None, root, run_in=executors).run(jobs, run_id=run_id, tag=tag)[0]
+    finally:
+        executors.close()
+
+
+def _now() -> str:
+    from datetime import datetime, timezone
+
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
