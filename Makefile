@@ -6,8 +6,8 @@ BIN := $(VENV)/bin
 # Elsewhere, point pip at a CPU wheel index (PIP_INDEX_URL / PIP_EXTRA_INDEX_URL) before `make`.
 TORCH ?= torch==2.13.0
 EXTRAS ?= cpu,predict,reports,parquet,postgres,gpu,nas,dev
-# The test suite also runs every edge runtime for real.
-TEST_EXTRAS ?= $(EXTRAS),edge,tvm
+# The test suite also runs every edge runtime for real, and the device farm on a local Ray cluster.
+TEST_EXTRAS ?= $(EXTRAS),edge,tvm,farm
 LITERT_VENV ?= .venv-litert
 MODEL ?= mobilenet_v2
 RUNTIMES ?= onnxruntime,torch

@@ -30,7 +30,7 @@ def test_farm_addresses(text: str, expected: FarmAddress) -> None:
 def test_ray_init_gets_the_address_it_understands() -> None:
     assert parse_farm_address("ray://h:1").ray_address == "ray://h:1"
     assert parse_farm_address("h:2").ray_address == "h:2"
-    assert parse_farm_address("local").ray_address is None
+    assert parse_farm_address("local").ray_address == "local"  # never attach to a running cluster
 
 
 @pytest.mark.parametrize("text", ["ray://", "http://h:1", "h:port", "ray://h/x", ":6379"])

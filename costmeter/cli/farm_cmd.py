@@ -84,9 +84,11 @@ def check(address: str, devices: tuple[str, ...]) -> None:
 @click.option("--num-cpus", type=int, default=None, help="CPUs Ray may use on this node (default: Ray's count)")
 @click.option("--workdir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="The node's working folder (caches); default $COSTMETER_HOME or ./.costmeter")
+@click.option("--block", is_flag=True,
+              help="Stay in the foreground (for a service manager); SIGTERM stops the node")
 @click.option("--print", "print_only", is_flag=True, help="Print the `ray start` command instead of running it")
 def node(address: str | None, head: bool, port: int, devices: tuple[str, ...], num_cpus: int | None,
-         workdir: Path | None, print_only: bool) -> None:
+         workdir: Path | None, block: bool, print_only: bool) -> None:
     """Start a Ray node that declares its devices as resources (runs `ray start --resources ...`)."""
     from costmeter.errors import ConfigError, UnavailableError
     from costmeter.harness.executors.ray_farm import node_start_argv
@@ -95,13 +97,16 @@ def node(address: str | None, head: bool, port: int, devices: tuple[str, ...], n
     if not devices and not head:
         raise ConfigError("a node needs at least one --device, e.g. --device cpu@$(hostname)")
     argv = node_start_argv(list(devices), address=address, head=head, port=port, num_cpus=num_cpus)
+    argv += ["--block"] if block else []
     root = (workdir or Workdir.default().root).resolve()
     if print_only:
         click.echo(f"COSTMETER_HOME={shlex.quote(str(root))} " + shlex.join(argv))
         return
     env = {**os.environ, "COSTMETER_HOME": str(root)}
-    proc = subprocess.run([sys.executable, "-m", "ray.scripts.scripts", *argv[1:]], env=env,
-                          capture_output=True, text=True)
+    ray_argv = [sys.executable, "-m", "ray.scripts.scripts", *argv[1:]]
+    if block:  # become `ray start --block`, so that a service manager's signals reach it
+        os.execve(sys.executable, ray_argv, env)
+    proc = subprocess.run(ray_argv, env=env, capture_output=True, text=True)
     if proc.returncode != 0:
         tail = next((ln for ln in reversed((proc.stderr + proc.stdout).splitlines()) if ln.strip()), "")
         raise UnavailableError(f"`ray start` failed (exit {proc.returncode}): {tail.strip()[:200]}; check "

@@ -56,11 +56,10 @@ class FarmAddress:
 
     @property
     def ray_address(self) -> str | None:
-        """What ``ray.init(address=...)`` is given (None starts a local cluster)."""
-        if self.kind == "local":
-            return None
-        if self.kind == "auto":
-            return "auto"
+        """What ``ray.init(address=...)`` is given (``local`` always starts a new cluster, even where
+        ``ray start`` left one running)."""
+        if self.kind in ("local", "auto"):
+            return self.kind
         prefix = "ray://" if self.kind == "client" else ""
         return f"{prefix}{self.host}:{self.port}"
 
@@ -279,7 +278,8 @@ class _Driver:
             return ray.get(ref)
         except ray.exceptions.RayError as exc:
             kind = type(exc).__name__
-            first = next((ln.strip() for ln in str(exc).splitlines() if ln.strip()), kind)[:300]
+            first = next((ln.strip() for ln in str(exc).splitlines() if ln.strip()), kind)
+            first = first.split(". ")[0][:300]  # Ray's first sentence; the rest is its own advice
             return {"lost": f"{kind}: {first}"}
 
     def _finish(self, job: FarmJob, out: dict[str, Any], ledger: Any) -> None:
