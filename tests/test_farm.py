@@ -129,3 +129,29 @@ def test_ledger_counts_attempts_and_keeps_unfinished_jobs() -> None:
     assert len(jobs) == MAX_FINISHED + 1  # the finished ones pruned to the limit, the queued one kept
     assert any(j["job_id"] == f"j{MAX_FINISHED + 4}" and j["state"] == "queued" for j in jobs)
     assert all(j["run_id"] == "r2" for j in ledger.jobs("r2"))
+
+
+def test_a_benchmark_sees_the_nodes_thread_and_accelerator_variables(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A Ray worker sets OMP_NUM_THREADS=1 and hides GPUs for a task without CPUs/GPUs; the benchmark
+    must see what the node's raylet was started with, and the worker gets Ray's values back after."""
+    import os
+    import subprocess
+
+    from costmeter.harness.executors.farm_node import node_environment, node_variables
+
+    assert node_variables({"OMP_NUM_THREADS": "4", "PATH": "/bin"})["OMP_NUM_THREADS"] == "4"
+    assert node_variables(None)["CUDA_VISIBLE_DEVICES"] is None
+    raylet = subprocess.Popen(["sleep", "60"], env={"OMP_NUM_THREADS": "3", "CUDA_VISIBLE_DEVICES": "0,1"})
+    try:
+        monkeypatch.setenv("RAY_RAYLET_PID", str(raylet.pid))
+        monkeypatch.setenv("OMP_NUM_THREADS", "1")  # what Ray sets
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+        monkeypatch.setenv("ROCR_VISIBLE_DEVICES", "")
+        with node_environment():
+            assert os.environ["OMP_NUM_THREADS"] == "3" and os.environ["CUDA_VISIBLE_DEVICES"] == "0,1"
+            assert "ROCR_VISIBLE_DEVICES" not in os.environ  # the node had none
+        assert os.environ["OMP_NUM_THREADS"] == "1" and os.environ["CUDA_VISIBLE_DEVICES"] == ""
+        assert os.environ["ROCR_VISIBLE_DEVICES"] == ""
+    finally:
+        raylet.kill()
+        raylet.wait()

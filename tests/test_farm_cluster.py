@@ -8,6 +8,7 @@ node, results streamed into a real SQLite store.
 """
 from __future__ import annotations
 
+import os
 import socket
 import threading
 import time
@@ -110,6 +111,8 @@ def test_jobs_land_on_their_devices_nodes_and_arrive_in_the_store_once(farm: Far
         assert r.measurement is not None and r.measurement.count >= 50
         assert r.extra["farm"]["node_id"] in allowed[cfg.device], (cfg.device, r.extra["farm"])
         assert r.extra["farm"]["attempts"] == 1
+        # the benchmark saw the node's thread settings, not the Ray worker's OMP_NUM_THREADS=1
+        assert r.environment["thread_env"]["OMP_NUM_THREADS"] == os.environ.get("OMP_NUM_THREADS")
     assert {r.key.device: r.extra["farm"]["node_id"] for r in stored}  # the farm facts reach the store
     assert all(r.extra["farm"]["node_id"] for r in stored)
     # A device (per node) never ran two benchmarks at once: its jobs' intervals do not overlap.

@@ -50,32 +50,31 @@ class Ledger:
         self._jobs: dict[str, dict[str, Any]] = {}
 
     def submitted(self, run_id: str, jobs: list[dict[str, str]]) -> int:
-        """Record ``jobs`` (each ``{"job_id", "label", "device"}``) as queued; returns how many."""
+        """Record ``jobs`` (each ``{"job_id", "label", "device"}``) as queued; returns how many. A job
+        whose try already reported (calls from different processes are not ordered) keeps its state."""
         now = time.time()
         for job in jobs:
-            self._jobs[job["job_id"]] = {**job, "run_id": run_id, "state": "queued", "status": None,
-                                         "node_id": None, "host": None, "pid": None, "attempts": 0,
-                                         "error": None, "submitted_s": now, "started_s": None,
-                                         "finished_s": None}
+            rec = self._jobs.setdefault(job["job_id"], _record(job["job_id"]))
+            rec.update(job, run_id=run_id, submitted_s=now)
         return len(jobs)
 
     def started(self, job_id: str, node_id: str, host: str, pid: int) -> int:
-        """An attempt of ``job_id`` started on ``node_id``; returns the attempt number (1-based)."""
-        rec = self._jobs.get(job_id)
-        if rec is None or rec["state"] not in UNFINISHED:
+        """A try of ``job_id`` started on ``node_id``; returns the try number (1-based), 0 when the
+        job has finished already."""
+        rec = self._jobs.setdefault(job_id, _record(job_id))
+        if rec["state"] not in UNFINISHED:
             return 0
         rec.update(state="running", node_id=node_id, host=host, pid=pid, started_s=time.time(),
                    attempts=rec["attempts"] + 1)
         return int(rec["attempts"])
 
-    def finished(self, job_id: str, status: str, error: str | None = None) -> dict[str, Any] | None:
+    def finished(self, job_id: str, status: str, error: str | None = None) -> dict[str, Any]:
         """``job_id`` ended: ``finished`` with the result's ``status`` (ok/failed/unsupported), or
         ``failed`` when no result came back (``status == "lost"``). Returns the record."""
-        rec = self._jobs.get(job_id)
-        if rec is None:
-            return None
+        rec = self._jobs.setdefault(job_id, _record(job_id))
+        tries = rec["attempts"] if status == "lost" else max(1, rec["attempts"])  # a result means a try ran
         rec.update(state="failed" if status == "lost" else "finished", status=status, error=error,
-                   finished_s=time.time())
+                   finished_s=time.time(), attempts=tries)
         self._prune()
         return dict(rec)
 
@@ -87,6 +86,12 @@ class Ledger:
         done = [k for k, r in self._jobs.items() if r["state"] not in UNFINISHED]
         for key in done[:max(0, len(done) - MAX_FINISHED)]:
             del self._jobs[key]
+
+
+def _record(job_id: str) -> dict[str, Any]:
+    return {"job_id": job_id, "label": job_id, "device": None, "run_id": None, "state": "queued", "status": None,
+            "node_id": None, "host": None, "pid": None, "attempts": 0, "error": None, "submitted_s": None,
+            "started_s": None, "finished_s": None}
 
 
 def ledger_actor(create: bool = True) -> Any:

@@ -31,10 +31,11 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from costmeter.errors import ConfigError, CostmeterError, UnavailableError
+from costmeter.errors import ConfigError, UnavailableError
 from costmeter.harness.config import RunConfig, parse_device
 from costmeter.harness.executors.farm_ledger import (NAMESPACE, FarmStatus, collect_status, device_resource,
                                                      held_devices, ledger_actor)
+from costmeter.harness.executors.farm_node import run_job_on_node
 from costmeter.harness.runner import PreparedJob, ResultSink, make_key, new_run_id, validate
 from costmeter.results.schema import BenchKey, RunResult, Status
 
@@ -244,9 +245,10 @@ class _Driver:
         import ray
 
         ledger = ledger_actor()
-        ray.get(ledger.submitted.remote(self.run_id, [
-            {"job_id": j.job_id, "label": _key(j).label(), "device": j.config.device} for j in self.jobs]))
-        task = ray.remote(_node_run)
+        # fire and forget: the ledger records, it never holds a job back
+        ledger.submitted.remote(self.run_id, [{"job_id": j.job_id, "label": _key(j).label(),
+                                               "device": j.config.device} for j in self.jobs])
+        task = ray.remote(run_job_on_node)
         pending = {task.options(resources={j.resource: 1}, num_cpus=0, max_retries=self.max_retries,
                                 retry_exceptions=False, name=f"costmeter {j.config.model}")
                    .remote(j.base.to_dict(), self.run_id, self.tag, j.job_id, self.node_workdir, self.remote,
@@ -341,41 +343,6 @@ class _Driver:
 def _key(job: FarmJob) -> BenchKey:
     """The job's key under its farm device name (``cpu@lab1``, not the ``cpu`` the node runs)."""
     return replace(make_key(job.prepared), device=job.config.device)
-
-
-def _node_run(config: dict[str, Any], run_id: str, tag: str | None, job_id: str, node_workdir: str | None,
-              remote: Any, ledger: Any) -> dict[str, Any]:
-    """The Ray task: on the node Ray chose, run one benchmark with the harness and return the
-    result as a dict (or ``{"error": ...}`` when the node cannot run it)."""
-    import os
-
-    import ray
-
-    node_id = ray.get_runtime_context().get_node_id()
-    where = {"node_id": node_id, "host": socket.gethostname()}
-    with contextlib.suppress(ray.exceptions.RayError):
-        ray.get(ledger.started.remote(job_id, node_id, where["host"], os.getpid()), timeout=30)
-    try:
-        return {"result": _run_here(RunConfig.from_dict(config), run_id, tag, node_workdir, remote).to_dict(),
-                **where}
-    except CostmeterError as exc:
-        return {"error": f"on node {where['host']}: {exc}", **where}
-
-
-def _run_here(cfg: RunConfig, run_id: str, tag: str | None, node_workdir: str | None, remote: Any) -> RunResult:
-    from costmeter.harness.executors.remote import DeviceExecutors, RemoteSettings
-    from costmeter.harness.runner import Runner
-    from costmeter.workdir import Workdir
-
-    root = Path(node_workdir) if node_workdir else Workdir.default().root.resolve()
-    cfg = replace(cfg, workdir=str(root))
-    executors = DeviceExecutors(remote or RemoteSettings())
-    try:
-        jobs = validate([cfg])
-        executors.preflight([cfg])
-        return Runner(None, root, run_in=executors).run(jobs, run_id=run_id, tag=tag)[0]
-    finally:
-        executors.close()
 
 
 def _now() -> str:
