@@ -51,6 +51,19 @@ def test_device_names_and_labels() -> None:
             split_device(bad)
 
 
+def test_a_machine_label_travels_as_the_machine_option() -> None:
+    from costmeter.harness.config import RunConfig
+    from costmeter.harness.executors.ray_farm import farm_device, on_farm_device
+
+    cfg = on_farm_device(RunConfig(model="tiny_mlp", options=(("opt_level", "all"),)), "cpu@lab-xeon")
+    assert cfg.device == "cpu" and dict(cfg.options) == {"opt_level": "all", "machine": "lab-xeon"}
+    assert farm_device(cfg) == "cpu@lab-xeon"
+    assert farm_device(on_farm_device(cfg, "cpu")) == "cpu"  # the label is dropped again
+    assert farm_device(on_farm_device(cfg, "ssh://pi@b1")) == "ssh://pi@b1"
+    with pytest.raises(ConfigError, match="names its board"):
+        farm_device(RunConfig(model="m", device="ssh://pi@b1", options=(("machine", "x"),)))
+
+
 def test_each_device_is_a_resource_of_capacity_one() -> None:
     res = node_resources(["cpu@lab1", "ssh://pi@board1", "adb://R58M", "cpu@lab1"])
     assert res == {"costmeter-device:cpu@lab1": 1, "costmeter-device:ssh://pi@board1": 1,
@@ -155,3 +168,11 @@ def test_a_benchmark_sees_the_nodes_thread_and_accelerator_variables(monkeypatch
     finally:
         raylet.kill()
         raylet.wait()
+
+
+def test_each_device_has_its_own_folder_on_a_node(tmp_path) -> None:
+    from costmeter.harness.executors.farm_node import device_folder
+
+    assert device_folder(str(tmp_path), "cpu@lab1") == tmp_path / "farm" / "cpu@lab1"
+    assert device_folder(str(tmp_path), "ssh://pi@b1:22") == tmp_path / "farm" / "ssh___pi@b1_22"
+    assert device_folder(str(tmp_path), "cpu") != device_folder(str(tmp_path), "adb://R58M")

@@ -26,7 +26,8 @@ from costmeter.cli import main  # noqa: E402
 from costmeter.errors import ConfigError  # noqa: E402
 from costmeter.harness.config import ProtocolConfig, RunConfig  # noqa: E402
 from costmeter.harness.executors.farm_ledger import NAMESPACE, ledger_actor  # noqa: E402
-from costmeter.harness.executors.ray_farm import farm_status, node_resources, run_on_farm  # noqa: E402
+from costmeter.harness.executors.ray_farm import (  # noqa: E402
+    farm_device, farm_status, node_resources, on_farm_device, run_on_farm)
 from costmeter.results.schema import Status  # noqa: E402
 from costmeter.results.store import ResultStore  # noqa: E402
 
@@ -68,12 +69,14 @@ def farm(tmp_path_factory: pytest.TempPathFactory):
     port = _free_port()
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("RAY_AUTH_MODE", "disabled")  # no auth token written under $HOME
-        mp.setenv("COSTMETER_HOME", str(home))  # the nodes' working folder (they inherit it)
         mp.delenv("COSTMETER_STORE", raising=False)
         cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "ray_client_server_port": port})
         try:
-            nodes = {"alpha": cluster.add_node(num_cpus=1, resources=node_resources(["fake@shared", "fake@alpha"])),
-                     "beta": cluster.add_node(num_cpus=1, resources=node_resources(["fake@shared", "fake@beta"]))}
+            nodes = {}
+            for name in ("alpha", "beta"):  # each node its own working folder, as on separate machines
+                mp.setenv("COSTMETER_HOME", str(home / name))
+                devices = ["fake@shared", f"fake@{name}"]
+                nodes[name] = cluster.add_node(num_cpus=1, resources=node_resources(devices))
             cluster.wait_for_nodes()
             yield Farm(cluster, nodes, port)
         finally:
@@ -83,8 +86,9 @@ def farm(tmp_path_factory: pytest.TempPathFactory):
 
 
 def _cfg(model: str, device: str, protocol: ProtocolConfig = FAST) -> RunConfig:
-    return RunConfig(model=model, device=device, runtime="fake", protocol=protocol, timeout_s=60,
-                     options=(("latency_us", "50"), ("jitter", "0.02")))
+    """A fake-runtime job on the farm device ``device`` (``fake@alpha``: device fake, machine=alpha)."""
+    return on_farm_device(RunConfig(model=model, device="fake", runtime="fake", protocol=protocol, timeout_s=60,
+                                    options=(("latency_us", "50"), ("jitter", "0.02"))), device)
 
 
 def _store(tmp_path: Path) -> ResultStore:
@@ -105,20 +109,21 @@ def test_jobs_land_on_their_devices_nodes_and_arrive_in_the_store_once(farm: Far
     assert progress == list(range(1, len(configs) + 1))
     alpha, beta = farm.node_id("alpha"), farm.node_id("beta")
     allowed = {"fake@alpha": {alpha}, "fake@beta": {beta}, "fake@shared": {alpha, beta}}
-    for cfg, r in zip(configs, stored and results):
+    for cfg, r in zip(configs, results):
         assert r.status is Status.OK, r.error
-        assert r.key.device == cfg.device and r.tag == "farm-test"  # the farm name is the key's device
-        assert r.measurement is not None and r.measurement.count >= 50
-        assert r.extra["farm"]["node_id"] in allowed[cfg.device], (cfg.device, r.extra["farm"])
+        assert r.tag == "farm-test" and r.measurement is not None and r.measurement.count >= 50
+        assert farm_device(cfg) in allowed and r.extra["farm"]["node_id"] in allowed[farm_device(cfg)], r.extra
         assert r.extra["farm"]["attempts"] == 1
         # the benchmark saw the node's thread settings, not the Ray worker's OMP_NUM_THREADS=1
         assert r.environment["thread_env"]["OMP_NUM_THREADS"] == os.environ.get("OMP_NUM_THREADS")
-    assert {r.key.device: r.extra["farm"]["node_id"] for r in stored}  # the farm facts reach the store
-    assert all(r.extra["farm"]["node_id"] for r in stored)
+    # the machine label is part of the stored key: two machines' results never share one
+    labels = {r.key.model_id: (r.key.device, dict(r.key.options).get("machine")) for r in stored}
+    assert labels["alpha0"] == ("fake", "alpha") and labels["shared1"] == ("fake", "shared")
+    assert all(r.extra["farm"]["node_id"] in (alpha, beta) for r in stored)  # the farm facts reach the store
     # A device (per node) never ran two benchmarks at once: its jobs' intervals do not overlap.
     spans: dict[tuple[str, str], list[tuple[str, str]]] = defaultdict(list)
-    for r in results:
-        spans[(r.extra["farm"]["node_id"], r.key.device)].append((r.started_at, r.finished_at))
+    for cfg, r in zip(configs, results):
+        spans[(r.extra["farm"]["node_id"], farm_device(cfg))].append((r.started_at, r.finished_at))
     for key, intervals in spans.items():
         intervals.sort()
         assert all(prev[1] <= nxt[0] for prev, nxt in zip(intervals, intervals[1:])), (key, intervals)
@@ -199,10 +204,9 @@ def test_a_worker_node_killed_mid_job_is_retried_on_the_other_node(farm: Farm, t
     assert v.status is Status.OK, v.error
     assert v.extra["farm"]["node_id"] == survivor and v.extra["farm"]["attempts"] == 2
     lost_device = f"fake@{killed}"
-    for name, r in results.items():
-        if name == "victim":
-            continue
-        if r.key.device == lost_device and r.status is Status.FAILED:  # its only node died before it ran
+    for cfg in configs[1:]:
+        r = results[cfg.model]
+        if farm_device(cfg) == lost_device and r.status is Status.FAILED:  # its only node died before it ran
             assert "no live node has held device " + lost_device in r.error
         else:
             assert r.status is Status.OK, r.error

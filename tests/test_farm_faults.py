@@ -21,7 +21,7 @@ from ray.cluster_utils import Cluster  # noqa: E402
 
 from costmeter.harness.config import ProtocolConfig, RunConfig  # noqa: E402
 from costmeter.harness.executors.farm_ledger import NAMESPACE, held_devices, ledger_actor  # noqa: E402
-from costmeter.harness.executors.ray_farm import node_resources, run_on_farm  # noqa: E402
+from costmeter.harness.executors.ray_farm import farm_device, node_resources, on_farm_device, run_on_farm  # noqa: E402
 from costmeter.results.schema import Status  # noqa: E402
 from costmeter.results.store import ResultStore  # noqa: E402
 
@@ -42,14 +42,13 @@ def cluster(tmp_path_factory: pytest.TempPathFactory):
     home = tmp_path_factory.mktemp("farm-faults-home")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("RAY_AUTH_MODE", "disabled")
-        mp.setenv("COSTMETER_HOME", str(home))
         mp.delenv("COSTMETER_STORE", raising=False)
         c = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
         try:
-            c.farm_nodes = {
-                "alpha": c.add_node(num_cpus=1, resources=node_resources(["fake@shared", "fake@alpha"])),
-                "beta": c.add_node(num_cpus=1, resources=node_resources(["fake@shared", "fake@beta"])),
-            }
+            c.farm_nodes = {}
+            for name in ("alpha", "beta"):  # each node its own working folder, as on separate machines
+                mp.setenv("COSTMETER_HOME", str(home / name))
+                c.farm_nodes[name] = c.add_node(num_cpus=1, resources=node_resources(["fake@shared", f"fake@{name}"]))
             c.wait_for_nodes()
             ray.init(address=c.address, namespace=NAMESPACE, log_to_driver=False)  # run_on_farm reuses it
             yield c
@@ -60,8 +59,9 @@ def cluster(tmp_path_factory: pytest.TempPathFactory):
 
 
 def _cfg(model: str, device: str, protocol: ProtocolConfig = FAST) -> RunConfig:
-    return RunConfig(model=model, device=device, runtime="fake", protocol=protocol, timeout_s=60,
-                     options=(("latency_us", "50"), ("jitter", "0.02")))
+    """A fake-runtime job on the farm device ``device`` (``fake@alpha``: device fake, machine=alpha)."""
+    return on_farm_device(RunConfig(model=model, device="fake", runtime="fake", protocol=protocol, timeout_s=60,
+                                    options=(("latency_us", "50"), ("jitter", "0.02"))), device)
 
 
 def _jobs() -> list[dict[str, Any]]:
@@ -115,13 +115,16 @@ def _reap(orphans: list[Any]) -> None:
 
 def test_no_retries_left_and_a_device_whose_only_node_died(cluster: Any, tmp_path: Path) -> None:
     configs = [_cfg("v1", "fake@shared", LONG), _cfg("v2", "fake@shared", LONG),
-               _cfg("blocker", "fake@alpha", LONG), _cfg("behind", "fake@alpha")]
+               _cfg("a1", "fake@alpha", LONG), _cfg("a2", "fake@alpha", LONG)]
     alpha = cluster.farm_nodes["alpha"].node_id
     with ResultStore(f"sqlite:///{tmp_path / 'r.db'}") as store:
         thread, out = _in_background(lambda: run_on_farm(configs, cluster.address, store, tmp_path,
                                                          max_retries=0, node_wait_s=3))
-        _wait(lambda: sum(j["state"] == "running" and j["label"].startswith(("v1/", "v2/", "blocker/"))
-                          for j in _jobs()) == 3, "v1, v2 and the blocker to run")
+        # both shared jobs run (one per node) and one alpha job runs; the other waits for fake@alpha
+        _wait(lambda: sum(j["state"] == "running" and j["label"].startswith(("v1/", "v2/", "a1/", "a2/"))
+                          for j in _jobs()) == 3, "v1, v2 and an alpha job to run")
+        running_alpha = next(j["label"].split("/")[0] for j in _jobs()
+                             if j["state"] == "running" and j["label"].startswith(("a1/", "a2/")))
         orphans = _kill_node(cluster, "alpha")
         thread.join(WAIT_LIMIT_S)
         _reap(orphans)
@@ -134,9 +137,10 @@ def test_no_retries_left_and_a_device_whose_only_node_died(cluster: Any, tmp_pat
     assert "no result after 1 tries on nodes holding fake@shared (max_retries=0)" in by[on_alpha[0]].error
     other = ({"v1", "v2"} - set(on_alpha)).pop()
     assert by[other].status is Status.OK and by[other].extra["farm"]["node_id"] != alpha
-    assert by["blocker"].status is Status.FAILED and "no result after 1 tries" in by["blocker"].error
-    assert by["behind"].status is Status.FAILED
-    assert "no live node has held device fake@alpha for 3 s" in by["behind"].error
+    waiting = ({"a1", "a2"} - {running_alpha}).pop()
+    assert by[running_alpha].status is Status.FAILED and "no result after 1 tries" in by[running_alpha].error
+    assert by[waiting].status is Status.FAILED
+    assert "no live node has held device fake@alpha for 3 s" in by[waiting].error
 
 
 def test_a_node_from_bench_farm_node_joins_and_takes_over_a_killed_nodes_jobs(cluster: Any, tmp_path: Path) -> None:
@@ -163,7 +167,8 @@ def test_a_node_from_bench_farm_node_joins_and_takes_over_a_killed_nodes_jobs(cl
         assert sorted(r.key.model_id for r in stored) == sorted(c.model for c in configs)
         results = out["results"]
         assert all(r.status is Status.OK for r in results), [r.error for r in results]
-        assert {r.extra["farm"]["node_id"] for r in results if r.key.device == "fake@alpha"} == {new_id}
+        assert {r.extra["farm"]["node_id"] for c, r in zip(configs, results) if farm_device(c) == "fake@alpha"} \
+            == {new_id}
         retried = [r for r in results if r.extra["farm"]["attempts"] > 1]
         assert retried and all(r.extra["farm"]["node_id"] == new_id for r in retried)
     finally:
@@ -191,4 +196,4 @@ def test_a_local_farm_runs_a_real_runtime(tmp_path: Path) -> None:
         assert r.status is Status.OK, r.error
         assert r.key.device == "cpu" and r.measurement.count >= 100
         assert r.measurement.summary((50.0,)).median > 0
-    assert (tmp_path / "cache" / "onnx").is_dir()  # the node exported into the driver's working folder
+    assert (tmp_path / "farm" / "cpu" / "cache" / "onnx").is_dir()  # the node used the driver's working folder

@@ -63,13 +63,12 @@ def status(address: str, as_json: bool, max_jobs: int) -> None:
               help="A device the farm must hold (repeatable), e.g. cpu@lab1, ssh://pi@board1")
 def check(address: str, devices: tuple[str, ...]) -> None:
     """Exit 2 with one line unless a live node holds every device given."""
-    from costmeter.harness.config import RunConfig
     from costmeter.harness.executors.ray_farm import farm_session, require_devices, split_device
 
     for device in devices:
         split_device(device)
     with farm_session(address):
-        held = require_devices([RunConfig(model="-", device=d) for d in devices], address)
+        held = require_devices(list(devices), address)
     for device in devices:
         click.echo(f"{device}: held by {len(held[device])} node(s)")
 

@@ -1,9 +1,9 @@
 """The node side of the device farm: the Ray task that runs one benchmark where Ray placed it.
 
 It reports the try to the farm's ledger, then runs the usual harness (``validate`` and ``Runner``:
-an isolated worker process; ssh/adb devices through this node's executors) in the node's working
-folder, with the node's own thread and accelerator variables (a Ray worker overrides them), and
-returns the result as a dict.
+an isolated worker process; ssh/adb devices through this node's executors) in the device's folder
+of the node's working folder, with the node's own thread and accelerator variables (a Ray worker
+overrides them), and returns the result as a dict.
 """
 from __future__ import annotations
 
@@ -19,8 +19,8 @@ from costmeter.harness.runner import validate
 from costmeter.results.schema import RunResult
 
 
-def run_job_on_node(config: dict[str, Any], run_id: str, tag: str | None, job_id: str, node_workdir: str | None,
-                    remote: Any, ledger: Any) -> dict[str, Any]:
+def run_job_on_node(config: dict[str, Any], device: str, run_id: str, tag: str | None, job_id: str,
+                    node_workdir: str | None, remote: Any, ledger: Any) -> dict[str, Any]:
     """The Ray task: on the node Ray chose, run one benchmark with the harness and return the
     result as a dict (or ``{"error": ...}`` when the node cannot run it)."""
     import os
@@ -31,8 +31,9 @@ def run_job_on_node(config: dict[str, Any], run_id: str, tag: str | None, job_id
     where = {"node_id": node_id, "host": socket.gethostname()}
     ledger.started.remote(job_id, node_id, where["host"], os.getpid())
     try:
+        folder = device_folder(node_workdir, device)
         with node_environment():
-            result = _run_here(RunConfig.from_dict(config), run_id, tag, node_workdir, remote)
+            result = _run_here(RunConfig.from_dict(config), folder, run_id, tag, remote)
         return {"result": result.to_dict(), **where}
     except CostmeterError as exc:
         return {"error": f"on node {where['host']}: {exc}", **where}
@@ -88,12 +89,20 @@ def _set_env(name: str, value: str | None) -> None:
         os.environ[name] = value
 
 
-def _run_here(cfg: RunConfig, run_id: str, tag: str | None, node_workdir: str | None, remote: Any) -> RunResult:
-    from costmeter.harness.executors.remote import DeviceExecutors, RemoteSettings
-    from costmeter.harness.runner import Runner
+def device_folder(node_workdir: str | None, device: str) -> Path:
+    """The working folder of one device on this node: ``<workdir>/farm/<device>``. Benchmarks that
+    run at once on one node are on different devices, so they never share a cache file (the
+    harness rewrites some, such as generated inputs, in place)."""
     from costmeter.workdir import Workdir
 
     root = Path(node_workdir) if node_workdir else Workdir.default().root.resolve()
+    return root / "farm" / "".join(ch if ch.isalnum() or ch in "-_.@" else "_" for ch in device)
+
+
+def _run_here(cfg: RunConfig, root: Path, run_id: str, tag: str | None, remote: Any) -> RunResult:
+    from costmeter.harness.executors.remote import DeviceExecutors, RemoteSettings
+    from costmeter.harness.runner import Runner
+
     cfg = replace(cfg, workdir=str(root))
     executors = DeviceExecutors(remote or RemoteSettings())
     try:

@@ -10,10 +10,11 @@ harness (``validate`` + ``Runner``: an isolated worker process; ssh/adb devices 
 executors) and returns the result; the driver collects results with ``ray.wait`` as they finish and
 writes each one to the one sink (the store) at once.
 
-A device name may carry a label after ``@`` (``cpu@lab-xeon``, ``cuda:0@gpu2``): it names *which*
-machine's CPU, so that results of different machines never share a key. The node runs it as the
-plain device (``cpu``); the stored key keeps the full name. ``ssh://`` and ``adb://`` devices name
-one board already.
+A farm device name may carry a label after ``@`` (``cpu@lab-xeon``, ``cuda:0@gpu2``) naming *which*
+machine's CPU or GPU. In a RunConfig the label is the ``machine`` option (``device="cpu"``,
+``options=(("machine", "lab-xeon"),)``; :func:`on_farm_device` builds it from the name), so it is
+part of the result's key: results of different machines never share a key. The runtimes ignore it.
+``ssh://`` and ``adb://`` devices name one board already and take no label.
 
 Failures: a node lost mid-job makes Ray retry the task (``max_retries``) on a live node holding the
 same device; after the last try the job is stored as ``failed`` with the reason and the number of
@@ -32,18 +33,19 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from costmeter.errors import ConfigError, UnavailableError
-from costmeter.harness.config import RunConfig, parse_device
+from costmeter.harness.config import DeviceSpec, RunConfig
 from costmeter.harness.executors.farm_ledger import (NAMESPACE, FarmStatus, collect_status, device_resource,
                                                      held_devices, ledger_actor)
 from costmeter.harness.executors.farm_node import run_job_on_node
 from costmeter.harness.runner import PreparedJob, ResultSink, make_key, new_run_id, validate
-from costmeter.results.schema import BenchKey, RunResult, Status
+from costmeter.results.schema import RunResult, Status
 
 Progress = Callable[[int, int, "RunConfig | None", "RunResult | None"], None]
 CLIENT_PORT = 10001
 GCS_PORT = 6379
 CONNECT_TIMEOUT_S = 5.0
 LOCAL_KINDS = ("cpu", "cuda", "fake")
+MACHINE_OPTION = "machine"
 
 
 @dataclass(frozen=True)
@@ -80,16 +82,42 @@ def parse_farm_address(text: str) -> FarmAddress:
 
 def split_device(device: str) -> tuple[str, str | None]:
     """``cpu@lab1`` -> (``cpu``, ``lab1``); ``ssh://pi@b1`` -> (``ssh://pi@b1``, None). ConfigError when
-    the device (without its label) is unknown or the label is empty."""
+    the device (without its label) is unknown or the label is malformed."""
     if "://" in device:
-        parse_device(device)
+        DeviceSpec.parse(device)
         return device, None
     base, sep, label = device.partition("@")
-    if sep and (not label or not all(ch.isalnum() or ch in "-_." for ch in label)):
-        raise ConfigError(f"malformed farm device {device!r}; a label is letters, digits, '-', '_' or '.', "
-                          "e.g. cpu@lab-xeon")
-    parse_device(base)
+    if sep:
+        _check_label(label, device)
+    DeviceSpec.parse(base)
     return base, label or None
+
+
+def _check_label(label: str, device: str) -> None:
+    if not label or not all(ch.isalnum() or ch in "-_." for ch in label):
+        raise ConfigError(f"malformed machine label in {device!r}; use letters, digits, '-', '_' or '.', "
+                          "e.g. cpu@lab-xeon")
+
+
+def farm_device(cfg: RunConfig) -> str:
+    """The farm device a config needs: its device, with its ``machine`` option as the label."""
+    label = dict(cfg.options).get(MACHINE_OPTION)
+    if not label:
+        return cfg.device
+    if cfg.device_spec.remote:
+        raise ConfigError(f"-o {MACHINE_OPTION}= applies to cpu and cuda devices; {cfg.device} names its "
+                          "board already")
+    _check_label(label, f"{cfg.device}@{label}")
+    return f"{cfg.device}@{label}"
+
+
+def on_farm_device(cfg: RunConfig, device: str) -> RunConfig:
+    """``cfg`` on the farm device ``device`` (``cpu@lab1`` -> device ``cpu``, option machine=lab1)."""
+    base, label = split_device(device)
+    options = {k: v for k, v in cfg.options if k != MACHINE_OPTION}
+    if label:
+        options[MACHINE_OPTION] = label
+    return replace(cfg, device=base, options=tuple(options.items()))
 
 
 def node_resources(devices: list[str] | tuple[str, ...]) -> dict[str, float]:
@@ -156,7 +184,7 @@ def _local_resources(devices: list[str] | tuple[str, ...]) -> dict[str, float]:
     seen: dict[str, str] = {}
     for device in dict.fromkeys(devices):
         base = split_device(device)[0]
-        if parse_device(base)[0] in LOCAL_KINDS and seen.setdefault(base, device) != device:
+        if DeviceSpec.parse(base).kind in LOCAL_KINDS and seen.setdefault(base, device) != device:
             raise ConfigError(f"a local farm has one {base}: {seen[base]!r} and {device!r} would share it; "
                               "use one name, or a farm of several machines")
     return node_resources(list(devices))
@@ -177,27 +205,26 @@ def farm_status(address: str = "auto") -> FarmStatus:
         return collect_status(address)
 
 
-def require_devices(configs: list[RunConfig], address: str = "auto") -> dict[str, list[str]]:
-    """ConfigError (one line) naming the first device of ``configs`` that no live node of the
-    connected farm holds; else device -> node ids."""
+def require_devices(devices: list[str], address: str = "auto") -> dict[str, list[str]]:
+    """ConfigError (one line) naming the first of ``devices`` (farm device names) that no live node
+    of the connected farm holds; else device -> node ids."""
     held = held_devices()
-    for cfg in configs:
-        if cfg.device not in held:
+    for device in devices:
+        if device not in held:
             have = ", ".join(sorted(held)) or "none"
-            raise ConfigError(f"no node of the farm at {address} holds device {cfg.device!r} (devices held: "
-                              f"{have}); start a node with `bench farm node --device {cfg.device}` or drop it")
+            raise ConfigError(f"no node of the farm at {address} holds device {device!r} (devices held: "
+                              f"{have}); start a node with `bench farm node --device {device}` or drop it")
     return held
 
 
 @dataclass
 class FarmJob:
-    """One benchmark on the farm: the config as asked (farm device name), the one the node runs,
-    the driver's prepared job (for its key), the Ray resource it needs and its ledger id."""
+    """One benchmark on the farm: its config, the farm device it needs, the driver's prepared job
+    (for its key) and its ledger id."""
 
     config: RunConfig
-    base: RunConfig
+    device: str
     prepared: PreparedJob
-    resource: str
     job_id: str
 
 
@@ -217,14 +244,12 @@ def run_on_farm(configs: list[RunConfig], address: str, sink: ResultSink | None,
     if max_retries < 0:
         raise ConfigError(f"max_retries must be >= 0 (got {max_retries})")
     where = parse_farm_address(address)
-    bases = [replace(c, device=split_device(c.device)[0]) for c in configs]
-    prepared = validate(bases)
-    jobs = [FarmJob(c, b, p, device_resource(c.device), uuid.uuid4().hex[:16])
-            for c, b, p in zip(configs, bases, prepared)]
+    devices = [farm_device(c) for c in configs]
+    jobs = [FarmJob(c, d, p, uuid.uuid4().hex[:16]) for c, d, p in zip(configs, devices, validate(configs))]
     if where.kind == "local" and node_workdir is None:
         node_workdir = str(Path(workdir).resolve())
-    with farm_session(address, [c.device for c in configs]):
-        require_devices(configs, address)
+    with farm_session(address, devices):
+        require_devices(devices, address)
         driver = _Driver(jobs, run_id or new_run_id(), tag, sink, progress, max_retries, remote,
                          node_workdir, node_wait_s, poll_s)
         return driver.run()
@@ -246,12 +271,12 @@ class _Driver:
 
         ledger = ledger_actor()
         # fire and forget: the ledger records, it never holds a job back
-        ledger.submitted.remote(self.run_id, [{"job_id": j.job_id, "label": _key(j).label(),
-                                               "device": j.config.device} for j in self.jobs])
+        ledger.submitted.remote(self.run_id, [{"job_id": j.job_id, "label": make_key(j.prepared).label(),
+                                               "device": j.device} for j in self.jobs])
         task = ray.remote(run_job_on_node)
-        pending = {task.options(resources={j.resource: 1}, num_cpus=0, max_retries=self.max_retries,
+        pending = {task.options(resources={device_resource(j.device): 1}, num_cpus=0, max_retries=self.max_retries,
                                 retry_exceptions=False, name=f"costmeter {j.config.model}")
-                   .remote(j.base.to_dict(), self.run_id, self.tag, j.job_id, self.node_workdir, self.remote,
+                   .remote(j.config.to_dict(), j.device, self.run_id, self.tag, j.job_id, self.node_workdir, self.remote,
                            ledger): j for j in self.jobs}
         if self.progress:
             self.progress(0, len(self.jobs), None, None)
@@ -296,7 +321,7 @@ class _Driver:
         record = ray.get(ledger.finished.remote(job.job_id, status, error)) or {}
         farm["attempts"] = int(record.get("attempts") or 0)
         if status == "lost":
-            error = (f"no result after {farm['attempts']} tries on nodes holding {job.config.device} "
+            error = (f"no result after {farm['attempts']} tries on nodes holding {job.device} "
                      f"(max_retries={self.max_retries}); last: {error}; check the nodes with "
                      "`bench farm status` and rerun the job")
         if result is None:
@@ -310,39 +335,33 @@ class _Driver:
         held = held_devices()
         now = time.monotonic()
         for ref, job in list(pending.items()):
-            if job.config.device in held:
-                missing_since.pop(job.config.device, None)
+            if job.device in held:
+                missing_since.pop(job.device, None)
                 continue
-            since = missing_since.setdefault(job.config.device, now)
+            since = missing_since.setdefault(job.device, now)
             if now - since < self.node_wait_s:
                 continue
             ray.cancel(ref, force=True)
             del pending[ref]
-            reason = (f"no live node has held device {job.config.device} for {self.node_wait_s:g} s (its node "
+            reason = (f"no live node has held device {job.device} for {self.node_wait_s:g} s (its node "
                       "was lost); restart that node (`bench farm node`) and rerun the job")
             record = ray.get(ledger.finished.remote(job.job_id, "lost", reason)) or {}
             self._write(job, self._failed(job, reason), {"attempts": int(record.get("attempts") or 0)})
 
     def _failed(self, job: FarmJob, reason: str) -> RunResult:
         now = _now()
-        return RunResult(key=_key(job), status=Status.FAILED, run_id=self.run_id, started_at=now, finished_at=now,
-                         error=reason, tag=self.tag or job.config.tag)
+        return RunResult(key=make_key(job.prepared), status=Status.FAILED, run_id=self.run_id, started_at=now,
+                         finished_at=now, error=reason, tag=self.tag or job.config.tag)
 
     def _write(self, job: FarmJob, result: RunResult, farm: dict[str, Any]) -> None:
         if job.job_id in self.results:
             raise RuntimeError(f"farm job {job.job_id} finished twice")  # a bug, never a user error
-        result.key = replace(result.key, device=job.config.device)
         result.extra["farm"] = {**farm, "job_id": job.job_id, "max_retries": self.max_retries}
         if self.sink is not None:
             self.sink.write(result)
         self.results[job.job_id] = result
         if self.progress:
             self.progress(len(self.results), len(self.jobs), job.config, result)
-
-
-def _key(job: FarmJob) -> BenchKey:
-    """The job's key under its farm device name (``cpu@lab1``, not the ``cpu`` the node runs)."""
-    return replace(make_key(job.prepared), device=job.config.device)
 
 
 def _now() -> str:
