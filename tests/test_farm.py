@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import shlex
 import socket
+import time
+from pathlib import Path
 
 import pytest
 
@@ -155,6 +157,9 @@ def test_a_benchmark_sees_the_nodes_thread_and_accelerator_variables(monkeypatch
     assert node_variables({"OMP_NUM_THREADS": "4", "PATH": "/bin"})["OMP_NUM_THREADS"] == "4"
     assert node_variables(None)["CUDA_VISIBLE_DEVICES"] is None
     raylet = subprocess.Popen(["sleep", "60"], env={"OMP_NUM_THREADS": "3", "CUDA_VISIBLE_DEVICES": "0,1"})
+    environ = Path(f"/proc/{raylet.pid}/environ")
+    while b"OMP_NUM_THREADS=3" not in environ.read_bytes():  # until the child has exec'd (not a fork copy)
+        time.sleep(0.01)
     try:
         monkeypatch.setenv("RAY_RAYLET_PID", str(raylet.pid))
         monkeypatch.setenv("OMP_NUM_THREADS", "1")  # what Ray sets
@@ -176,3 +181,37 @@ def test_each_device_has_its_own_folder_on_a_node(tmp_path) -> None:
     assert device_folder(str(tmp_path), "cpu@lab1") == tmp_path / "farm" / "cpu@lab1"
     assert device_folder(str(tmp_path), "ssh://pi@b1:22") == tmp_path / "farm" / "ssh___pi@b1_22"
     assert device_folder(str(tmp_path), "cpu") != device_folder(str(tmp_path), "adb://R58M")
+
+
+def test_run_on_farm_with_an_unreachable_head_writes_nothing(tmp_path) -> None:
+    pytest.importorskip("ray")
+    from costmeter.errors import UnavailableError
+    from costmeter.harness.config import RunConfig
+    from costmeter.harness.executors.ray_farm import run_on_farm
+    from costmeter.results.store import ResultStore
+
+    port = _closed_port()
+    with ResultStore(f"sqlite:///{tmp_path / 'r.db'}") as store:
+        with pytest.raises(UnavailableError, match=f"cannot reach the Ray head at 127.0.0.1:{port}") as err:
+            run_on_farm([RunConfig(model="m", device="fake", runtime="fake")], f"127.0.0.1:{port}", store, tmp_path)
+        assert "\n" not in str(err.value) and store.results() == []
+
+
+def test_a_node_whose_raylet_is_gone_counts_as_lost(monkeypatch: pytest.MonkeyPatch) -> None:
+    import subprocess
+
+    from costmeter.harness.executors.farm_node import raylet_alive
+
+    monkeypatch.delenv("RAY_RAYLET_PID", raising=False)
+    assert raylet_alive()  # not in a Ray worker: nothing to say
+    proc = subprocess.Popen(["sleep", "60"])
+    monkeypatch.setenv("RAY_RAYLET_PID", str(proc.pid))
+    assert raylet_alive()
+    proc.kill()
+    import psutil
+
+    while psutil.Process(proc.pid).status() != psutil.STATUS_ZOMBIE:  # the signal lands asynchronously
+        time.sleep(0.01)
+    assert not raylet_alive()  # killed, not yet reaped (a zombie) counts as gone
+    proc.wait()
+    assert not raylet_alive()

@@ -69,6 +69,9 @@ def farm(tmp_path_factory: pytest.TempPathFactory):
     port = _free_port()
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("RAY_AUTH_MODE", "disabled")  # no auth token written under $HOME
+        # The head's Ray Client server gives a client's server process 30 s to start: too short on a
+        # loaded CI machine.
+        mp.setenv("RAY_CLIENT_SERVER_CHECK_CHANNEL_TIMEOUT_S", "180")
         mp.delenv("COSTMETER_STORE", raising=False)
         cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "ray_client_server_port": port})
         try:
@@ -114,8 +117,10 @@ def test_jobs_land_on_their_devices_nodes_and_arrive_in_the_store_once(farm: Far
         assert r.tag == "farm-test" and r.measurement is not None and r.measurement.count >= 50
         assert farm_device(cfg) in allowed and r.extra["farm"]["node_id"] in allowed[farm_device(cfg)], r.extra
         assert r.extra["farm"]["attempts"] == 1
-        # the benchmark saw the node's thread settings, not the Ray worker's OMP_NUM_THREADS=1
+        # the benchmark saw the node's thread settings and priority, not the Ray worker's
+        # (OMP_NUM_THREADS=1, niceness 15)
         assert r.environment["thread_env"]["OMP_NUM_THREADS"] == os.environ.get("OMP_NUM_THREADS")
+        assert r.extra["farm"]["nice"] == os.nice(0)
     # the machine label is part of the stored key: two machines' results never share one
     labels = {r.key.model_id: (r.key.device, dict(r.key.options).get("machine")) for r in stored}
     assert labels["alpha0"] == ("fake", "alpha") and labels["shared1"] == ("fake", "shared")

@@ -16,7 +16,7 @@ from typing import Any, Iterator
 from costmeter.errors import CostmeterError
 from costmeter.harness.config import RunConfig
 from costmeter.harness.runner import validate
-from costmeter.results.schema import RunResult
+from costmeter.results.schema import RunResult, Status
 
 
 def run_job_on_node(config: dict[str, Any], device: str, run_id: str, tag: str | None, job_id: str,
@@ -28,15 +28,20 @@ def run_job_on_node(config: dict[str, Any], device: str, run_id: str, tag: str |
     import ray
 
     node_id = ray.get_runtime_context().get_node_id()
-    where = {"node_id": node_id, "host": socket.gethostname()}
+    where = {"node_id": node_id, "host": socket.gethostname(), "nice": os.nice(0)}
     ledger.started.remote(job_id, node_id, where["host"], os.getpid())
     try:
         folder = device_folder(node_workdir, device)
         with node_environment():
             result = _run_here(RunConfig.from_dict(config), folder, run_id, tag, remote)
-        return {"result": result.to_dict(), **where}
     except CostmeterError as exc:
         return {"error": f"on node {where['host']}: {exc}", **where}
+    if result.status is Status.FAILED and not raylet_alive():
+        # The node is going down and took the benchmark with it (Ray kills a worker's children when
+        # the worker shuts down): that is no result. Exit as a crashed worker, so that Ray retries
+        # the job on another node holding the device, as for any node loss.
+        os._exit(1)
+    return {"result": result.to_dict(), **where}
 
 
 # Variables a Ray worker sets for each task: OpenMP threads (to the task's CPUs, 1 here) and the
@@ -51,6 +56,20 @@ def node_variables(raylet_environ: dict[str, str] | None) -> dict[str, str | Non
     """The values of :data:`RAY_TASK_VARS` a benchmark gets: the node's (its raylet's environment,
     which ``ray start`` inherited), None (unset) where the node had none or is unreadable."""
     return {name: (raylet_environ or {}).get(name) for name in RAY_TASK_VARS}
+
+
+def raylet_alive() -> bool:
+    """Whether this node's raylet (``RAY_RAYLET_PID``) still runs; True when unknown."""
+    import os
+
+    import psutil
+
+    try:
+        return psutil.Process(int(os.environ["RAY_RAYLET_PID"])).status() != psutil.STATUS_ZOMBIE
+    except (KeyError, ValueError):
+        return True
+    except psutil.NoSuchProcess:
+        return False
 
 
 def _raylet_environ() -> dict[str, str] | None:

@@ -160,7 +160,8 @@ def farm_session(address: str, devices: list[str] | tuple[str, ...] = ()) -> Ite
     try:
         ray.init(address=where.ray_address, **kwargs)
     except (ConnectionError, RuntimeError, ValueError, TimeoutError) as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()] or [type(exc).__name__]
+        first = " ".join(lines[:2])[:200]
         raise UnavailableError(f"cannot connect to the Ray farm at {address!r} ({first}); start it with "
                                "`bench farm node --head --device ...` or fix the farm address") from None
     try:
@@ -215,6 +216,15 @@ def require_devices(devices: list[str], address: str = "auto") -> dict[str, list
             raise ConfigError(f"no node of the farm at {address} holds device {device!r} (devices held: "
                               f"{have}); start a node with `bench farm node --device {device}` or drop it")
     return held
+
+
+def task_options(device: str, max_retries: int) -> dict[str, Any]:
+    """Ray options of a benchmark's task: one unit of its device and no CPU (the device is what is
+    exclusive), Ray's retries on node loss only (an error in a benchmark is a result, not retried),
+    and a worker at the normal priority: Ray starts its workers at niceness 15, which a benchmark's
+    process would inherit and run slower than `bench run` on a busy node."""
+    return {"resources": {device_resource(device): 1}, "num_cpus": 0, "max_retries": max_retries,
+            "retry_exceptions": False, "runtime_env": {"env_vars": {"RAY_worker_niceness": "0"}}}
 
 
 @dataclass
@@ -274,10 +284,9 @@ class _Driver:
         ledger.submitted.remote(self.run_id, [{"job_id": j.job_id, "label": make_key(j.prepared).label(),
                                                "device": j.device} for j in self.jobs])
         task = ray.remote(run_job_on_node)
-        pending = {task.options(resources={device_resource(j.device): 1}, num_cpus=0, max_retries=self.max_retries,
-                                retry_exceptions=False, name=f"costmeter {j.config.model}")
-                   .remote(j.config.to_dict(), j.device, self.run_id, self.tag, j.job_id, self.node_workdir, self.remote,
-                           ledger): j for j in self.jobs}
+        pending = {task.options(**task_options(j.device, self.max_retries), name=f"costmeter {j.config.model}")
+                   .remote(j.config.to_dict(), j.device, self.run_id, self.tag, j.job_id, self.node_workdir,
+                           self.remote, ledger): j for j in self.jobs}
         if self.progress:
             self.progress(0, len(self.jobs), None, None)
         missing_since: dict[str, float] = {}
@@ -307,20 +316,20 @@ class _Driver:
             kind = type(exc).__name__
             first = next((ln.strip() for ln in str(exc).splitlines() if ln.strip()), kind)
             first = first.split(". ")[0][:300]  # Ray's first sentence; the rest is its own advice
-            return {"lost": f"{kind}: {first}"}
+            system = isinstance(exc, (ray.exceptions.NodeDiedError, ray.exceptions.WorkerCrashedError))
+            return {"lost": f"{kind}: {first}", "system": system}
 
     def _finish(self, job: FarmJob, out: dict[str, Any], ledger: Any) -> None:
-        import ray
-
-        farm = {k: out[k] for k in ("node_id", "host") if k in out}
+        farm = {k: out[k] for k in ("node_id", "host", "nice") if k in out}
         result = RunResult.from_dict(out["result"]) if "result" in out else None
         if result is not None:
             status, error = result.status.value, result.error
         else:
             status, error = ("lost", out["lost"]) if "lost" in out else ("failed", out.get("error", "no result"))
-        record = ray.get(ledger.finished.remote(job.job_id, status, error)) or {}
-        farm["attempts"] = int(record.get("attempts") or 0)
+        farm["attempts"] = int(_ledger_finished(ledger, job.job_id, status, error).get("attempts") or 0)
         if status == "lost":
+            if out.get("system"):  # Ray raised it after its last retry: it made them all
+                farm["attempts"] = max(farm["attempts"], self.max_retries + 1)
             error = (f"no result after {farm['attempts']} tries on nodes holding {job.device} "
                      f"(max_retries={self.max_retries}); last: {error}; check the nodes with "
                      "`bench farm status` and rerun the job")
@@ -345,7 +354,7 @@ class _Driver:
             del pending[ref]
             reason = (f"no live node has held device {job.device} for {self.node_wait_s:g} s (its node "
                       "was lost); restart that node (`bench farm node`) and rerun the job")
-            record = ray.get(ledger.finished.remote(job.job_id, "lost", reason)) or {}
+            record = _ledger_finished(ledger, job.job_id, "lost", reason)
             self._write(job, self._failed(job, reason), {"attempts": int(record.get("attempts") or 0)})
 
     def _failed(self, job: FarmJob, reason: str) -> RunResult:
@@ -362,6 +371,16 @@ class _Driver:
         self.results[job.job_id] = result
         if self.progress:
             self.progress(len(self.results), len(self.jobs), job.config, result)
+
+
+def _ledger_finished(ledger: Any, job_id: str, status: str, error: str | None) -> dict[str, Any]:
+    """Tell the ledger a job ended; its record ({} when the ledger cannot answer: it only records)."""
+    import ray
+
+    try:
+        return ray.get(ledger.finished.remote(job_id, status, error), timeout=30) or {}
+    except (ray.exceptions.RayError, TimeoutError):
+        return {}
 
 
 def _now() -> str:
