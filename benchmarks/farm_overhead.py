@@ -126,8 +126,9 @@ def main() -> None:
         print(f"median over {args.rounds} rounds: local {local:.2f} s  farm {farm:.2f} s  ratio {ratio:.3f} "
               f"(target <= 1.10)  overhead {per_job * 1e3:+.0f} ms/job (target <= 50)")
         print(f"  scheduling cost per job (end of one benchmark to the start of the next, median): local "
-              f"{gap_local * 1e3:.0f} ms, farm {gap_farm * 1e3:.0f} ms, difference {(gap_farm - gap_local) * 1e3:+.0f} ms; "
-              f"first benchmark started after local {first_local:.2f} s, farm {first_farm:.2f} s")
+              f"{gap_local * 1e3:.0f} ms, farm {gap_farm * 1e3:.0f} ms, difference "
+              f"{(gap_farm - gap_local) * 1e3:+.0f} ms; first benchmark started after local {first_local:.2f} s, "
+              f"farm {first_farm:.2f} s")
         print(f"load average after: {os.getloadavg()[0]:.1f}")
 
 
