@@ -49,8 +49,8 @@ def test_other_bad_input_gets_one_line_and_writes_nothing(tmp_path: Path) -> Non
     workdir = tmp_path / "wd"
     cases = [
         (["--sha", SHA, "--store", "postgresql+psycopg://u:p@127.0.0.1:9/none"], "cannot open store"),
-        (["--sha", SHA, "--farm", "ray://127.0.0.1:1"], "--farm needs the Ray farm executor"),
-        (["--sha", SHA, "--farm", "cluster"], "is not ray://HEAD:PORT or local"),
+        (["--sha", SHA, "--farm", "ray://127.0.0.1:1"], "cannot reach the Ray head at 127.0.0.1:1"),
+        (["--sha", SHA, "--farm", "cluster"], "is not ray://HEAD:PORT, HEAD:PORT, auto or local"),
         ([], "no git SHA for the code under test: pass --sha SHA or set repository"),
         (["--sha", "not-a-sha"], "is not a git SHA"),
         (["--resume"], "suite tiny has no interrupted run to resume"),

@@ -1,43 +1,45 @@
-"""``bench suite run --farm``: the suite's side of the farm (a stand-in farm module here; the Ray
-farm has its own tests): a device no node holds is refused before anything runs, and results
-the farm hands back are journaled against their jobs, exactly once."""
+"""``bench suite run --farm``: the suite's side of the farm. The farm module's Ray side is replaced
+here (its status and its runner); the Ray farm itself is tested on a cluster in
+test_farm_cluster.py. A device no node holds is refused before anything runs, results the farm
+hands back are journaled against their jobs exactly once, and a missing Ray is one line naming
+the extra to install."""
 from __future__ import annotations
 
 import sys
-import types
 from pathlib import Path
 
 import pytest
 
 from costmeter.cli import main
+from costmeter.harness.executors import ray_farm
+from costmeter.harness.executors.farm_ledger import FarmNode, FarmStatus
 from costmeter.results.integrity import check_store
 from costmeter.results.store import ResultStore
 from suite_helpers import SHA, write_suite
 
 
-def _fake_farm(devices: list[str], calls: list) -> types.ModuleType:
-    module = types.ModuleType("costmeter.harness.executors.ray_farm")
-
-    def farm_status(address: str) -> dict:
-        return {"nodes": [{"name": "n1", "devices": devices}]}
-
-    def run_on_farm(configs, address, sink, workdir):
-        from costmeter.harness.runner import Runner, validate
-
-        calls.append((address, len(configs)))
-        runner = Runner(None, workdir)
-        for job in reversed(validate(list(configs))):  # out of order, as a farm would
-            sink.write(runner.run_one(job, "farm-run"))
-
-    module.farm_status, module.run_on_farm = farm_status, run_on_farm
-    return module
-
-
 @pytest.fixture
 def farm(monkeypatch: pytest.MonkeyPatch):
+    """Install a stand-in farm holding ``devices`` on one live node; returns its calls."""
     def install(devices: list[str]) -> list:
         calls: list = []
-        monkeypatch.setitem(sys.modules, "costmeter.harness.executors.ray_farm", _fake_farm(devices, calls))
+
+        def farm_status(address: str) -> FarmStatus:
+            calls.append(("status", address))
+            node = FarmNode("n1", "10.0.0.1", True, True, {d: None for d in devices})
+            return FarmStatus(address, [node], {d: {"total": 1.0, "free": 1.0} for d in devices}, [])
+
+        def run_on_farm(configs, address, sink, workdir, progress=None):
+            from costmeter.harness.runner import Runner, validate
+
+            calls.append(("run", address, len(configs)))
+            runner = Runner(None, workdir)
+            for job in reversed(validate(list(configs))):  # out of order, as a farm would
+                sink.write(runner.run_one(job, "farm-run"))
+
+        monkeypatch.setattr(ray_farm, "import_ray", lambda: None)
+        monkeypatch.setattr(ray_farm, "farm_status", farm_status)
+        monkeypatch.setattr(ray_farm, "run_on_farm", run_on_farm)
         return calls
     return install
 
@@ -49,17 +51,42 @@ def test_a_device_no_node_holds_is_one_line_and_nothing_runs(tmp_path: Path, far
     assert main(["suite", "run", str(suite), "--sha", SHA, "--farm", "ray://head:10001", "-q"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "no farm node holds device 'fake' (the farm has cpu, cuda:0)" in err
-    assert calls == [] and not (workdir / "results.db").exists()
+    assert calls == [("status", "ray://head:10001")] and not (workdir / "results.db").exists()
 
 
-def test_farm_results_are_journaled_against_their_jobs(tmp_path: Path, farm, workdir: Path) -> None:
+@pytest.mark.parametrize("address", ["local", "head:6379"])
+def test_farm_results_are_journaled_against_their_jobs(tmp_path: Path, farm, workdir: Path, address: str) -> None:
     calls = farm(["fake"])
     suite = write_suite(tmp_path)
-    assert main(["suite", "run", str(suite), "--sha", SHA, "--farm", "local", "-q"]) == 0
-    assert calls == [("local", 4)]
+    assert main(["suite", "run", str(suite), "--sha", SHA, "--farm", address, "-q"]) == 0
+    # a local farm is started holding the suite's devices: there is no farm to ask before
+    assert calls == ([] if address == "local" else [("status", address)]) + [("run", address, 4)]
     with ResultStore(f"sqlite:///{workdir / 'results.db'}") as store:
         results = store.results()
         assert check_store(store).ok
     assert len(results) == 4 and len({r.extra["job_key"] for r in results}) == 4
     assert {r.run_id for r in results} != {"farm-run"}  # the suite's run id, not the farm's
     assert {r.environment["git_sha"] for r in results} == {SHA}
+
+
+@pytest.mark.parametrize("address", ["bogus", "ray://", "ray:/x", "head:port", ""])
+def test_a_malformed_farm_address_is_one_line(tmp_path: Path, farm, workdir: Path, address: str,
+                                              capsys: pytest.CaptureFixture) -> None:
+    calls = farm(["fake"])
+    suite = write_suite(tmp_path)
+    assert main(["suite", "run", str(suite), "--sha", SHA, "--farm", address, "-q"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"--farm {address!r} is not ray://HEAD:PORT, HEAD:PORT, auto or local" in err
+    assert calls == [] and not (workdir / "results.db").exists()
+
+
+@pytest.mark.parametrize("command", [["suite", "run"], ["nightly"]])
+def test_without_ray_farm_is_one_line_naming_the_extra(tmp_path: Path, workdir: Path, command: list[str],
+                                                        monkeypatch: pytest.MonkeyPatch,
+                                                        capsys: pytest.CaptureFixture) -> None:
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` raises ImportError
+    suite = write_suite(tmp_path)
+    assert main([*command, str(suite), "--sha", SHA, "--farm", "local", "-q"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "the device farm needs Ray" in err and "pip install 'costmeter[farm]'" in err
+    assert not (workdir / "results.db").exists()

@@ -11,7 +11,7 @@ from costmeter.cli.common import OutputPath, fraction, input_file, open_store, s
 from costmeter.errors import ConfigError
 from costmeter.harness.config import default_workdir
 
-FARM_FORMS = "ray://HEAD:PORT or local"
+FARM_FORMS = "ray://HEAD:PORT, HEAD:PORT, auto or local"
 
 
 @click.group()
@@ -34,29 +34,20 @@ def suite_options(f: Any) -> Any:
 
 
 def check_farm(address: str | None) -> Any:
-    """The Ray farm module for ``--farm`` (None without it); ConfigError when unusable."""
+    """The farm module for ``--farm`` (None without it); ConfigError for an address that is not
+    one of :data:`FARM_FORMS`, UnavailableError (with the extra to install) without Ray."""
     if address is None:
         return None
-    if not (address == "local" or address.startswith("ray://")):
-        raise ConfigError(f"--farm {address!r} is not {FARM_FORMS}")
+    from costmeter.harness.executors import ray_farm
+
     try:
-        from costmeter.harness.executors import ray_farm  # type: ignore[attr-defined]
-    except ImportError:
-        raise ConfigError("--farm needs the Ray farm executor, which this costmeter does not have "
-                          "yet; run the suite without --farm") from None
+        where = ray_farm.parse_farm_address(address)
+    except ConfigError:
+        where = None
+    if where is None or (where.kind == "cluster" and ":" not in address):  # a bare word is a typo
+        raise ConfigError(f"--farm {address!r} is not {FARM_FORMS}")
+    ray_farm.import_ray()
     return ray_farm
-
-
-def farm_devices(status: Any) -> set[str] | None:
-    """Devices the farm's nodes hold, from ``farm_status`` (None when it does not say)."""
-    nodes = status.get("nodes") if isinstance(status, dict) else getattr(status, "nodes", None)
-    if nodes is None:
-        return None
-    found: set[str] = set()
-    for node in nodes:
-        devices = node.get("devices") if isinstance(node, dict) else getattr(node, "devices", None)
-        found |= {str(d) for d in devices or ()}
-    return found
 
 
 def run_suite_file(suite_file: str, *, resume: bool, sha: str | None, tag: str | None,
@@ -73,8 +64,9 @@ def run_suite_file(suite_file: str, *, resume: bool, sha: str | None, tag: str |
     workdir = workdir or default_workdir()
     jobs = config.expand(workdir)
     if farm_module is not None:
-        held = farm_devices(farm_module.farm_status(farm))
-        missing = sorted({j.config.device for j in jobs} - held) if held is not None else []
+        needed = sorted({farm_module.farm_device(j.config) for j in jobs})
+        held = farm_module.devices_available(farm, needed)
+        missing = [d for d in needed if d not in held]
         if missing:
             raise ConfigError(f"no farm node holds device {missing[0]!r} (the farm has "
                               f"{', '.join(sorted(held)) or 'none'}); fix [matrix] devices in "
@@ -84,10 +76,10 @@ def run_suite_file(suite_file: str, *, resume: bool, sha: str | None, tag: str |
     try:
         executors.preflight([j.config for j in jobs])
         on_farm = None
+        bar = LazyProgress(quiet)
         if farm_module is not None:
             def on_farm(configs: list[Any], sink: Any) -> Any:
-                return farm_module.run_on_farm(configs, farm, sink, workdir)
-        bar = LazyProgress(quiet)
+                return farm_module.run_on_farm(configs, farm, sink, workdir, progress=bar)
         runner = SuiteRunner(config, store, workdir, run_in=executors, farm=on_farm, progress=bar,
                              log=lambda line: click.echo(line, err=True))
         try:

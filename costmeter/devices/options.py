@@ -117,6 +117,8 @@ _QUANT = (
 HARNESS_OPTIONS: tuple[OptionSpec, ...] = (
     OptionSpec("cpus", "text", pattern=r"\d{1,5}(-\d{1,5})?(,\d{1,5}(-\d{1,5})?)*",
                help="CPU numbers and ranges, e.g. 4-7 or 0,2 (set by --cpus)"),
+    OptionSpec("machine", "text", pattern=r"[A-Za-z0-9._-]{1,64}",
+               help="which machine's device, e.g. lab-xeon (a farm device's label: cpu@lab-xeon)"),
 )
 
 _ORT_CPU = (

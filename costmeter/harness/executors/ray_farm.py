@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 import socket
 import time
 import uuid
@@ -94,8 +95,8 @@ def split_device(device: str) -> tuple[str, str | None]:
 
 
 def _check_label(label: str, device: str) -> None:
-    if not label or not all(ch.isalnum() or ch in "-_." for ch in label):
-        raise ConfigError(f"malformed machine label in {device!r}; use letters, digits, '-', '_' or '.', "
+    if not re.fullmatch(r"[A-Za-z0-9._-]{1,64}", label):
+        raise ConfigError(f"malformed machine label in {device!r}; use up to 64 letters, digits, '-', '_' or '.', "
                           "e.g. cpu@lab-xeon")
 
 
@@ -204,6 +205,17 @@ def farm_status(address: str = "auto") -> FarmStatus:
     """Nodes, their devices (busy or free) and the farm's queued, running and finished jobs."""
     with farm_session(address):
         return collect_status(address)
+
+
+def devices_available(address: str, wanted: list[str]) -> set[str]:
+    """The farm devices a run at ``address`` can use: for ``local`` the ``wanted`` ones (a local farm
+    starts holding them; ConfigError when two of them name one local device), else every device a
+    live node holds. UnavailableError (one line) when Ray is missing or the head cannot be reached."""
+    if parse_farm_address(address).kind == "local":
+        import_ray()
+        _local_resources(wanted)
+        return set(wanted)
+    return set(farm_status(address).devices)
 
 
 def require_devices(devices: list[str], address: str = "auto") -> dict[str, list[str]]:
