@@ -1,6 +1,7 @@
 """The device farm on a real local Ray cluster: a head (no devices) and two worker nodes that
-declare different devices (``fake@alpha`` on one, ``fake@beta`` on the other, ``fake@shared`` on
-both). One cluster start for the module; the node-kill test comes last because it removes a node.
+declare different devices (``fake@alpha`` on one, ``fake@beta`` on the other, ``fake`` and
+``fake@shared`` on both). One cluster start for the module; the node-kill test comes last because
+it removes a node.
 
 Jobs use the seeded fake runtime (busy-waits on the real clock in an isolated worker process), so
 the farm is exercised end to end: validate, Ray placement by device resource, the harness on the
@@ -10,7 +11,6 @@ from __future__ import annotations
 
 import os
 import socket
-import threading
 import time
 from collections import defaultdict
 from dataclasses import dataclass
@@ -29,12 +29,12 @@ from costmeter.harness.executors.farm_ledger import NAMESPACE, ledger_actor  # n
 from costmeter.harness.executors.ray_farm import (  # noqa: E402
     farm_device, farm_status, node_resources, on_farm_device, run_on_farm)
 from costmeter.results.schema import Status  # noqa: E402
+from costmeter.results import journal  # noqa: E402
+from costmeter.results.integrity import check_store  # noqa: E402
 from costmeter.results.store import ResultStore  # noqa: E402
+from suite_helpers import SHA, bench_popen  # noqa: E402
 
 FAST = ProtocolConfig(warmup_count=2, warmup_s=0, min_count=50, min_time_s=0.05, max_time_s=5,
-                      percentiles=(50.0, 90.0))
-# Long enough to be killed mid-way: the job is running when its node dies.
-LONG = ProtocolConfig(warmup_count=2, warmup_s=0, min_count=50, min_time_s=6.0, max_time_s=8.0,
                       percentiles=(50.0, 90.0))
 WAIT_LIMIT_S = 240.0  # a hung farm fails the test instead of hanging it; no figure is timed
 
@@ -78,7 +78,7 @@ def farm(tmp_path_factory: pytest.TempPathFactory):
             nodes = {}
             for name in ("alpha", "beta"):  # each node its own working folder, as on separate machines
                 mp.setenv("COSTMETER_HOME", str(home / name))
-                devices = ["fake@shared", f"fake@{name}"]
+                devices = ["fake", "fake@shared", f"fake@{name}"]
                 nodes[name] = cluster.add_node(num_cpus=1, resources=node_resources(devices))
             cluster.wait_for_nodes()
             yield Farm(cluster, nodes, port)
@@ -99,8 +99,8 @@ def _store(tmp_path: Path) -> ResultStore:
 
 
 def test_jobs_land_on_their_devices_nodes_and_arrive_in_the_store_once(farm: Farm, tmp_path: Path) -> None:
-    configs = ([_cfg(f"alpha{i}", "fake@alpha") for i in range(2)] + [_cfg(f"beta{i}", "fake@beta") for i in range(2)]
-               + [_cfg(f"shared{i}", "fake@shared") for i in range(4)])
+    configs = [_cfg("alpha0", "fake@alpha"), _cfg("beta0", "fake@beta")] + [_cfg(f"shared{i}", "fake@shared")
+                                                                          for i in range(3)]
     progress: list[int] = []
     with _store(tmp_path) as store:
         # ray://: the driver talks to the head through Ray Client, as a laptop would
@@ -153,15 +153,15 @@ def test_farm_status_lists_nodes_devices_and_jobs(farm: Farm, capsys: pytest.Cap
     status = farm_status(farm.address)
     assert status.devices["fake@shared"]["total"] == 2 and status.devices["fake@alpha"]["total"] == 1
     by_id = {n.node_id: n for n in status.nodes}
-    assert set(by_id[farm.node_id("alpha")].devices) == {"fake@shared", "fake@alpha"}
-    assert set(by_id[farm.node_id("beta")].devices) == {"fake@shared", "fake@beta"}
+    assert set(by_id[farm.node_id("alpha")].devices) == {"fake", "fake@shared", "fake@alpha"}
+    assert set(by_id[farm.node_id("beta")].devices) == {"fake", "fake@shared", "fake@beta"}
     assert sum(n.is_head for n in status.nodes) == 1 and all(n.alive for n in status.nodes)
     assert main(["farm", "status", "--address", farm.address]) == 0
     out = capsys.readouterr().out
     assert "3 live node(s) of 3" in out and "fake@beta (free)" in out and "jobs:" in out
 
 
-def _wait_running(label_prefix: str, limit_s: float = WAIT_LIMIT_S) -> dict[str, Any]:
+def _wait_running(label_prefix: str | tuple[str, ...], limit_s: float = WAIT_LIMIT_S) -> dict[str, Any]:
     ledger, deadline = None, time.monotonic() + limit_s
     while time.monotonic() < deadline:
         ledger = ledger or ledger_actor(create=False)
@@ -173,45 +173,71 @@ def _wait_running(label_prefix: str, limit_s: float = WAIT_LIMIT_S) -> dict[str,
     raise AssertionError(f"{label_prefix} never started")
 
 
-def test_a_worker_node_killed_mid_job_is_retried_on_the_other_node(farm: Farm, tmp_path: Path) -> None:
+KILL_SUITE = """\
+[suite]
+id = "farm-kill"
+tag = "nightly"
+timeout_s = 120
+
+[protocol]
+warmup = 2
+warmup_time_s = 0
+min_count = 50
+min_time_s = 2.0
+max_time_s = 4.0
+percentiles = [50]
+
+[matrix]
+devices = ["fake"]
+runtimes = ["fake"]
+batches = [1]
+
+[options.fake]
+latency_us = "50"
+jitter = "0.02"
+
+[[models]]
+spec = ["m1", "m2"]
+"""
+
+
+def test_a_worker_node_killed_mid_suite_has_its_job_retried_on_the_other_node(farm: Farm, tmp_path: Path) -> None:
+    """`bench suite run --farm HEAD:PORT` (a child process, as from cron) while a worker node dies
+    mid-job: the job is retried on the other node holding `fake`, the suite completes, and every
+    expected result is stored exactly once in a store that passes its integrity check."""
     import psutil
 
-    configs = [_cfg("victim", "fake@shared", LONG), _cfg("alpha-late", "fake@alpha"), _cfg("beta-late", "fake@beta")]
-    out: dict[str, Any] = {}
-    ray.init(address=farm.address, namespace=NAMESPACE, log_to_driver=False)  # run_on_farm reuses it
+    suite, workdir = tmp_path / "kill.toml", tmp_path / "wd"
+    suite.write_text(KILL_SUITE)
+    workdir.mkdir()
+    orphans: list[Any] = []
+    ray.init(address=farm.address, namespace=NAMESPACE, log_to_driver=False)  # to watch the ledger
     try:
-        with _store(tmp_path) as store:
-            def drive() -> None:
-                try:
-                    out["results"] = run_on_farm(configs, farm.address, store, tmp_path, node_wait_s=5)
-                except BaseException as exc:  # surfaced below
-                    out["error"] = exc
-
-            thread = threading.Thread(target=drive, daemon=True)
-            thread.start()
-            victim = _wait_running("victim/")
+        proc = bench_popen(["suite", "run", str(suite), "--sha", SHA, "--farm", farm.address, "-q"], workdir, tmp_path)
+        try:
+            victim = _wait_running(("m1/", "m2/"))
             killed = next(name for name, n in farm.nodes.items() if n.node_id == victim["node_id"])
             # the benchmark child outlives its Ray worker (its own session): reap it by pid afterwards
             orphans = psutil.Process(victim["pid"]).children(recursive=True)
             farm.cluster.remove_node(farm.nodes.pop(killed), allow_graceful=False)
-            thread.join(WAIT_LIMIT_S)
-            assert not thread.is_alive() and "error" not in out, out.get("error")
-            stored = store.results()
+            out, err = proc.communicate(timeout=WAIT_LIMIT_S)
+        finally:
+            proc.kill()
     finally:
         ray.shutdown()
         _gone, alive = psutil.wait_procs(orphans, timeout=30)
-        for proc in alive:
-            proc.kill()
-    results = {r.key.model_id: r for r in out["results"]}
-    assert sorted(r.key.model_id for r in stored) == sorted(c.model for c in configs)  # each exactly once
+        for leftover in alive:
+            leftover.kill()
+    assert proc.returncode == 0, out + err
+    with ResultStore(f"sqlite:///{workdir / 'results.db'}") as store:
+        stored = store.results()
+        assert check_store(store).ok
+        with store.reading() as conn:
+            runs = journal.suite_runs(conn, "farm-kill")
+    assert sorted(r.key.model_id for r in stored) == ["m1", "m2"]  # each exactly once
+    assert len(runs) == 1 and runs[0].state == journal.COMPLETE
     survivor = next(iter(farm.nodes.values())).node_id
-    v = results["victim"]
-    assert v.status is Status.OK, v.error
-    assert v.extra["farm"]["node_id"] == survivor and v.extra["farm"]["attempts"] == 2
-    lost_device = f"fake@{killed}"
-    for cfg in configs[1:]:
-        r = results[cfg.model]
-        if farm_device(cfg) == lost_device and r.status is Status.FAILED:  # its only node died before it ran
-            assert "no live node has held device " + lost_device in r.error
-        else:
-            assert r.status is Status.OK, r.error
+    by_job = {r.extra["farm"]["job_id"]: r for r in stored}
+    assert all(r.status is Status.OK for r in stored), [r.error for r in stored]
+    moved = by_job[victim["job_id"]]
+    assert moved.extra["farm"]["node_id"] == survivor and moved.extra["farm"]["attempts"] == 2, moved.extra

@@ -54,13 +54,12 @@ def test_a_device_no_node_holds_is_one_line_and_nothing_runs(tmp_path: Path, far
     assert calls == [("status", "ray://head:10001")] and not (workdir / "results.db").exists()
 
 
-@pytest.mark.parametrize("address", ["local", "head:6379"])
-def test_farm_results_are_journaled_against_their_jobs(tmp_path: Path, farm, workdir: Path, address: str) -> None:
+def test_farm_results_are_journaled_against_their_jobs(tmp_path: Path, farm, workdir: Path) -> None:
     calls = farm(["fake"])
     suite = write_suite(tmp_path)
-    assert main(["suite", "run", str(suite), "--sha", SHA, "--farm", address, "-q"]) == 0
+    assert main(["suite", "run", str(suite), "--sha", SHA, "--farm", "local", "-q"]) == 0
     # a local farm is started holding the suite's devices: there is no farm to ask before
-    assert calls == ([] if address == "local" else [("status", address)]) + [("run", address, 4)]
+    assert calls == [("run", "local", 4)]
     with ResultStore(f"sqlite:///{workdir / 'results.db'}") as store:
         results = store.results()
         assert check_store(store).ok
@@ -90,3 +89,17 @@ def test_without_ray_farm_is_one_line_naming_the_extra(tmp_path: Path, workdir: 
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "the device farm needs Ray" in err and "pip install 'costmeter[farm]'" in err
     assert not (workdir / "results.db").exists()
+
+
+def test_a_machine_option_asks_the_farm_for_that_machines_device(tmp_path: Path, farm, workdir: Path,
+                                                                 capsys: pytest.CaptureFixture) -> None:
+    suite = write_suite(tmp_path, models=("m1",), batches=(1,))
+    suite.write_text(suite.read_text().replace('jitter = "0.01"', 'jitter = "0.01"\nmachine = "lab-1"'))
+    calls = farm(["fake"])
+    assert main(["suite", "run", str(suite), "--sha", SHA, "--farm", "head:6379", "-q"]) == 2
+    assert "no farm node holds device 'fake@lab-1' (the farm has fake)" in capsys.readouterr().err
+    calls = farm(["fake@lab-1"])
+    assert main(["suite", "run", str(suite), "--sha", SHA, "--farm", "head:6379", "-q"]) == 0
+    assert calls == [("status", "head:6379"), ("run", "head:6379", 1)]
+    with ResultStore(f"sqlite:///{workdir / 'results.db'}") as store:
+        assert {dict(r.key.options)["machine"] for r in store.results()} == {"lab-1"}  # part of the key

@@ -319,9 +319,10 @@ def _check_options(options: tuple[tuple[str, tuple[tuple[str, str], ...]], ...],
     """Runtime options must be ones the runtime declares (names only; values are the
     runtime's business when it prepares)."""
     from costmeter.devices.base import get_runtime, runtime_names
+    from costmeter.devices.options import HARNESS_OPTIONS
 
     for runtime, pairs in options:
-        declared: set[str] = {"cpus"}
+        declared: set[str] = {spec.name for spec in HARNESS_OPTIONS}
         known = False
         for kind in set(kinds):
             if runtime in runtime_names(kind):
