@@ -110,6 +110,21 @@ def test_bad_farm_input_is_one_line_and_exit_2(argv: list[str], needle: str,
     assert needle in err and len(err.splitlines()) == 1
 
 
+@pytest.mark.parametrize("argv", [
+    ["farm", "status"],
+    ["farm", "check", "-d", "cpu"],
+    ["farm", "node", "--head", "-d", "cpu"],
+])
+def test_without_ray_farm_commands_are_one_line_naming_the_extra(argv: list[str], monkeypatch: pytest.MonkeyPatch,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    import sys
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` raises ImportError
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "the device farm needs Ray" in err and "pip install 'costmeter[farm]'" in err
+
+
 def _closed_port() -> int:
     with socket.socket() as sock:  # bound, never listening: connections are refused
         sock.bind(("127.0.0.1", 0))

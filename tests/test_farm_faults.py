@@ -1,7 +1,7 @@
 """Farm faults beyond the default run (``slow``): a node lost with no retries left, a device whose
 only node died (its queued job fails after the wait), a node started by ``bench farm node``
-joining and taking over, a node killed mid-suite with several jobs in flight, and ``--farm local``
-with a real runtime. Each ends with every expected result in the store exactly once."""
+joining and taking over a killed node's jobs, and ``bench suite run --farm local`` with a real
+runtime. Each ends with every expected result in the store exactly once."""
 from __future__ import annotations
 
 import os
@@ -177,23 +177,51 @@ def test_a_node_from_bench_farm_node_joins_and_takes_over_a_killed_nodes_jobs(cl
         node.wait(60)
 
 
-def test_a_local_farm_runs_a_real_runtime(tmp_path: Path) -> None:
+LOCAL_SUITE = """\
+[suite]
+id = "local-farm"
+timeout_s = 120
+
+[protocol]
+warmup = 5
+warmup_time_s = 0.05
+min_count = 100
+min_time_s = 0.3
+max_time_s = 5
+max_rel_ci = 0.05
+
+[matrix]
+devices = ["cpu"]
+runtimes = ["onnxruntime"]
+threads = [1, 2]
+
+[[models]]
+spec = ["tiny_mlp"]
+"""
+
+
+def test_a_suite_on_a_local_farm_runs_a_real_runtime(tmp_path: Path) -> None:
     pytest.importorskip("onnxruntime")
     pytest.importorskip("torch")
+    from costmeter.cli import main
+    from costmeter.results.integrity import check_store
+
     ray.shutdown()  # a local farm starts its own cluster
-    quick = ProtocolConfig(warmup_count=5, warmup_s=0.05, min_count=100, min_time_s=0.3, max_time_s=5,
-                           max_rel_ci=0.05)
-    configs = [RunConfig(model="tiny_mlp", device="cpu", runtime="onnxruntime", protocol=quick, threads=t,
-                         workdir=str(tmp_path)) for t in (1, 2)]
+    suite, workdir = tmp_path / "local.toml", tmp_path / "wd"
+    suite.write_text(LOCAL_SUITE)
+    workdir.mkdir()
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("RAY_AUTH_MODE", "disabled")
-        with ResultStore(f"sqlite:///{tmp_path / 'r.db'}") as store:
-            results = run_on_farm(configs, "local", store, tmp_path)
-            stored = store.results()
+        mp.setenv("COSTMETER_HOME", str(workdir))
+        assert main(["suite", "run", str(suite), "--sha", "0123456789abcdef", "--farm", "local", "-q"]) == 0
     assert not ray.is_initialized()  # the local cluster was stopped
+    with ResultStore(f"sqlite:///{workdir / 'results.db'}") as store:
+        stored = store.results()
+        assert check_store(store).ok
     assert sorted(r.key.threads for r in stored) == [1, 2]
-    for r in results:
+    for r in stored:
         assert r.status is Status.OK, r.error
         assert r.key.device == "cpu" and r.measurement.count >= 100
         assert r.measurement.summary((50.0,)).median > 0
-    assert (tmp_path / "farm" / "cpu" / "cache" / "onnx").is_dir()  # the node used the driver's working folder
+        assert r.extra["farm"]["attempts"] == 1
+    assert (workdir / "farm" / "cpu" / "cache" / "onnx").is_dir()  # the node used the driver's working folder

@@ -90,12 +90,14 @@ def node(address: str | None, head: bool, port: int, devices: tuple[str, ...], n
          workdir: Path | None, block: bool, print_only: bool) -> None:
     """Start a Ray node that declares its devices as resources (runs `ray start --resources ...`)."""
     from costmeter.errors import ConfigError, UnavailableError
-    from costmeter.harness.executors.ray_farm import node_start_argv
+    from costmeter.harness.executors.ray_farm import import_ray, node_start_argv
     from costmeter.workdir import Workdir
 
     if not devices and not head:
         raise ConfigError("a node needs at least one --device, e.g. --device cpu@$(hostname)")
     argv = node_start_argv(list(devices), address=address, head=head, port=port, num_cpus=num_cpus)
+    if not print_only:
+        import_ray()  # `ray start` runs with this Python's Ray
     argv += ["--block"] if block else []
     root = (workdir or Workdir.default().root).resolve()
     if print_only:
