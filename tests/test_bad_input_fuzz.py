@@ -302,6 +302,7 @@ def _check(argv: list[str], content: bytes, paths: dict[str, str], monkeypatch: 
     monkeypatch.setenv("COSTMETER_HOME", str(root / "wd"))
     monkeypatch.setenv("COSTMETER_STORE", paths["store"])
     monkeypatch.setenv("COSTMETER_DEBUG", "1")
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")  # a valid --farm local writes no token under $HOME
     capsys.readouterr()
     rc = main(args)
     err = capsys.readouterr().err
