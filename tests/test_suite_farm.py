@@ -103,3 +103,31 @@ def test_a_machine_option_asks_the_farm_for_that_machines_device(tmp_path: Path,
     assert calls == [("status", "head:6379"), ("run", "head:6379", 1)]
     with ResultStore(f"sqlite:///{workdir / 'results.db'}") as store:
         assert {dict(r.key.options)["machine"] for r in store.results()} == {"lab-1"}  # part of the key
+
+
+def test_boards_on_the_farm_are_not_contacted_from_the_driver(tmp_path: Path, farm, workdir: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """An ssh board attached to a farm node need not be reachable from here: the driver checks that
+    a node holds it, the node checks the board."""
+    from costmeter.harness.runner import make_key, validate
+    from costmeter.results.schema import RunResult, Status
+
+    board = "ssh://pi@board1.invalid"  # no such host: contacting it from here would refuse the suite
+    suite = write_suite(tmp_path, models=("tiny_mlp",), batches=(1,))
+    text = suite.read_text().replace('devices = ["fake"]', f'devices = ["{board}"]')
+    suite.write_text(text.replace('runtimes = ["fake"]', 'runtimes = ["onnxruntime"]').split("[options.fake]")[0]
+                     + '[[models]]\nspec = ["tiny_mlp"]\n')
+    calls = farm([board])
+    seen: list = []
+
+    def on_node(configs, address, sink, workdir, progress=None):  # what a node that lost the board returns
+        seen.extend(c.device for c in configs)
+        for job in validate(list(configs)):
+            sink.write(RunResult(key=make_key(job), status=Status.FAILED, run_id="farm-run", error="board gone",
+                                 started_at="2026-01-01T00:00:00+00:00", finished_at="2026-01-01T00:00:01+00:00"))
+
+    monkeypatch.setattr(ray_farm, "run_on_farm", on_node)
+    assert main(["suite", "run", str(suite), "--sha", SHA, "--farm", "head:6379", "-q"]) == 0
+    assert calls == [("status", "head:6379")] and seen == [board]
+    with ResultStore(f"sqlite:///{workdir / 'results.db'}") as store:
+        assert [(r.key.device, r.status) for r in store.results()] == [(board, Status.FAILED)]

@@ -74,7 +74,8 @@ def run_suite_file(suite_file: str, *, resume: bool, sha: str | None, tag: str |
     store = ResultStore(store_url or default_store_url(workdir), busy_timeout_s=config.busy_timeout_s)
     executors = DeviceExecutors()
     try:
-        executors.preflight([j.config for j in jobs])
+        if farm_module is None:  # on a farm, each node checks its own boards and CPUs
+            executors.preflight([j.config for j in jobs])
         on_farm = None
         bar = LazyProgress(quiet)
         if farm_module is not None:
