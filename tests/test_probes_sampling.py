@@ -44,7 +44,9 @@ def test_round_robin_goes_on_past_the_minimum_count_until_every_median_is_pinned
     assert line["validity"] == "VALID" and line["samples"] == len(noisy.samples_ns)
     assert line["p50_low_ms"] < line["median_ms"] < line["p50_high_ms"]
     assert len(line["samples_ns"]) == line["samples"]
-    assert sample_interleaved(_sessions(FakeClock(), 0.0, 0.0), LUT_LIKE, FakeClock())  # old name kept
+    steady = FakeClock()
+    first, second = sample_interleaved(_sessions(steady, 0.0, 0.0), LUT_LIKE, steady)  # samples only
+    assert len(first) == len(second) >= LUT_LIKE.min_count and set(first) == {100_000}
 
 
 def test_time_limit_is_reported_per_session_with_its_verdict() -> None:
@@ -67,7 +69,8 @@ def test_warm_up_cut_short_by_the_time_limit_is_flagged_in_every_outcome() -> No
     assert all(o.warmup_cut_short for o in outcomes)
     line = judged_line("a", outcomes[0], cut)
     assert any(w.startswith("warm-up cut short by --max-time") for w in line["warnings"])
-    calm = sample_group(_sessions(FakeClock(), 0.01, 0.01), LUT_LIKE, FakeClock())
+    calm_clock = FakeClock()
+    calm = sample_group(_sessions(calm_clock, 0.01, 0.01), LUT_LIKE, calm_clock)
     assert not any(o.warmup_cut_short for o in calm)
 
 
