@@ -213,11 +213,14 @@ def _chunks(entries: list[dict[str, Any]], size: int) -> list[tuple[int, int]]:
 
 
 def measure_entries(base: dict[str, Any], entries: list[dict[str, Any]], chunk_size: int,
-                    timeout_s: float, progress: Progress | None = None
+                    timeout_s: float, progress: Progress | None = None, *,
+                    sink: Any = None, tag: str | None = None
                     ) -> tuple[dict[str, dict[str, Any]], list[float], dict[str, Any]]:
-    """Run ``entries`` (key, onnx path, optional shape and group) in children of ``chunk_size``
-    entries each; returns (key -> result line, per-run overhead medians in ms, environment).
-    A result line is :func:`judged_line`'s (median, raw samples, flags, verdict).
+    """Run ``entries`` (key, onnx path, optional shape, group and model_id) in children of
+    ``chunk_size`` entries each; returns (key -> result line, per-run overhead medians in ms,
+    environment). A result line is :func:`judged_line`'s (median, raw samples, flags, verdict).
+    ``sink`` (anything with ``write(result)``: the store) receives each entry's RunResult under ``tag``, one run id
+    for the whole call (:mod:`costmeter.harness.batch_results`).
 
     A child that dies loses nothing measured before: the rest of its chunk is rerun one
     entry (or one group) at a time, and the entry it was preparing or timing when it died is
@@ -226,6 +229,7 @@ def measure_entries(base: dict[str, Any], entries: list[dict[str, Any]], chunk_s
     timings: dict[str, dict[str, Any]] = {}
     overheads: list[float] = []
     environment: dict[str, Any] = {}
+    run_id: str | None = None
     for start, stop in _chunks(entries, chunk_size):
         pending = entries[start:stop]
         group = int(base.get("interleave", 1))
@@ -251,6 +255,11 @@ def measure_entries(base: dict[str, Any], entries: list[dict[str, Any]], chunk_s
                 timings[entry["key"]] = {"key": entry["key"], "median_ms": float("nan"),
                                          "spread_ms": float("nan"), "samples": 0, "error": failure}
             pending = [e for e in pending if e not in dead]
+        if sink is not None:
+            from costmeter.harness.batch_results import store_lines
+
+            run_id = store_lines(sink, base, entries[start:stop], timings, environment, tag=tag,
+                                 run_id=run_id)
         if progress:
             progress(stop, len(entries))
     if not overheads:
