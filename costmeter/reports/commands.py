@@ -201,7 +201,12 @@ def report_roofline(
         raise ConfigError(
             "no result has MACs, param_bytes and a latency; store model info with the runs"
         )
-    text = render_markdown(table, peak, bandwidth)
+    text = render_markdown(table, peak, bandwidth, machine)
+    threads = pd.to_numeric(rows["threads"], errors="coerce") if "threads" in rows else pd.Series(dtype=float)
+    run_threads = sorted({str(int(t)) for t in threads.dropna()})
+    if run_threads and str(machine.get("threads")) not in run_threads:
+        text += (f"note: the calibration ran with threads {machine.get('threads') or 'default'}, the runs "
+                 f"with {', '.join(run_threads)}; calibrate at the runs' thread count\n")
     if skipped:
         text += f"skipped (no MACs/weights/latency): {', '.join(skipped)}\n"
     if out is not None:
