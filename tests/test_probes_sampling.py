@@ -114,3 +114,35 @@ def test_failed_probe_and_bad_specs() -> None:
         ProbeSpec("x", "numpy", work_per_run=1.0, work_unit="ops")
     with pytest.raises(ConfigError, match="work per run must be > 0"):
         ProbeSpec("x", "numpy", work_per_run=0.0)
+
+
+def test_batch_lines_become_stored_results_measured_or_failed(tmp_path) -> None:
+    from costmeter.harness.batch_results import store_lines
+    from costmeter.results.store import ResultStore
+
+    clock = FakeClock()
+    quiet, wild = sample_group(_sessions(clock, 0.01, 2.0), replace(LUT_LIKE, max_time_s=0.02), clock)
+    onnx = tmp_path / "conv-3x3.onnx"
+    onnx.write_bytes(b"model bytes")
+    base = {"device": "cpu", "runtime": "onnxruntime", "threads": 1, "interleave": 2,
+            "options": [["opt_level", "all"]], "protocol": {"min_count": 15}}
+    entries = [{"key": "a", "onnx": str(onnx), "shape": [1, 16, 8, 8], "group": 0, "model_id": "lut:a"},
+               {"key": "b", "onnx": str(onnx), "group": 0},
+               {"key": "c", "onnx": str(onnx)},
+               {"key": "never-ran", "onnx": str(onnx)}]
+    lines = {"a": judged_line("a", quiet, LUT_LIKE), "b": judged_line("b", wild, LUT_LIKE),
+             "c": {"key": "c", "median_ms": float("nan"), "spread_ms": float("nan"), "samples": 0,
+                   "error": "worker died (signal 11)"}}
+    store = ResultStore(f"sqlite:///{tmp_path / 'results.db'}")
+    run_id = store_lines(store, base, entries, lines, {"hostname": "box"}, tag="lut")
+    stored = {r.extra["batch_key"]: r for r in store.results(run_id=run_id)}
+    store.close()
+    assert set(stored) == {"a", "b", "c"}  # an entry without a line is not invented
+    a, b, c = stored["a"], stored["b"], stored["c"]
+    assert (a.key.model_id, b.key.model_id) == ("lut:a", "batch:conv-3x3")
+    assert a.key.input_shape == (1, 16, 8, 8) and a.key.threads == 1
+    assert dict(a.key.options) == {"opt_level": "all"} and a.key.model_hash == b.key.model_hash
+    assert a.validity is Validity.VALID and a.measurement.samples_ns[0] == quiet.samples_ns
+    assert b.validity is Validity.INVALID and b.measurement.hit_max_time
+    assert b.reasons == lines["b"]["reasons"] and a.environment == {"hostname": "box"}
+    assert c.status is Status.FAILED and c.error == "worker died (signal 11)" and c.tag == "lut"
