@@ -63,3 +63,22 @@ def test_bad_calibrations_are_refused_before_anything_runs(kwargs: dict, message
 
     with pytest.raises(ConfigError, match=message):
         calibrate(**{"device": "cpu", **kwargs}, sink=Refuse())
+
+
+def test_bench_calibrate_stores_its_probes_and_prints_the_theoretical_peak(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from costmeter.cli import main
+
+    code = main(["calibrate", "--backend", "numpy", "--gemm-size", "64", "--copy-mib", "1",
+                 "--repeats", "3", "--max-time", "0.2", "--threads", "1", "--workdir", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    saved = json.loads((tmp_path / "calibration-cpu.json").read_text())
+    assert saved["peak_backend"] == "numpy" and list(saved["gemm"]["backends"]) == ["numpy"]
+    assert out.splitlines()[0].startswith("cpu (float32, threads 1): peak ")
+    assert "  GEMM numpy: best " in out and saved["theoretical"]["describe"] in out
+    store = ResultStore(f"sqlite:///{tmp_path / 'results.db'}")
+    stored = store.results(tag="calibrate")
+    store.close()
+    assert {r.key.model_id for r in stored} >= {"probe:gemm", "probe:copy"}
+    assert all(r.run_id == saved["run_id"] for r in stored)

@@ -268,7 +268,7 @@ def print_notes(rows: Sequence[Row], console: Any, shown: set[str] | frozenset[s
     for row in rows:
         if row.note is None:
             continue
-        style = "yellow" if row.status == "VALID" else "red"
+        style = "yellow" if row.status in ("VALID", "UNJUDGED") else "red"
         say(console, f"[{row.note}] {row.label}: {row.status}", style)
         for reason in ([row.error] if row.error else []) + merge_percentile_messages(row.reasons):
             say(console, reason, style, "  - ", "    ")
