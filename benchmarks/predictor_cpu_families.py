@@ -182,7 +182,7 @@ def kernel_sums(samples: Any, graphs: dict[str, Any], train: dict[str, Any],
 def cache_curve(workdir: Path) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """This machine's cache curve (:func:`measure_cache_curve`), measured once and kept in the
     working folder so that reruns fit the same calibration."""
-    from costmeter.predictors.estimators.calibration import measure_cache_curve
+    from costmeter.harness.probes.cache import measure_cache_curve
 
     path = workdir / "cache-curve.json"
     if not path.exists():

@@ -10,15 +10,27 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from costmeter.errors import ConfigError
-from costmeter.predictors.estimators.calibration import (TrafficCalibration, measure_cache_curve, miss_fraction,
-                                              network_terms)
+from costmeter.harness.probes.cache import measure_cache_curve
+from costmeter.predictors.estimators.calibration import TrafficCalibration, miss_fraction, network_terms
 
 CURVE = ((1.0, 16.0, 32.0, 64.0), (10.0, 12.0, 30.0, 50.0))  # MB, us per MB
 
 
-def test_cache_curve_is_measured_per_size() -> None:
-    sizes, costs = measure_cache_curve((0.5, 2.0), chunk_mb=0.25, repeats=1)
+def test_cache_curve_is_measured_per_size_through_the_protocol_and_stored(tmp_path: Path) -> None:
+    from costmeter.results.store import ResultStore
+
+    store = ResultStore(f"sqlite:///{tmp_path / 'results.db'}")
+    sizes, costs = measure_cache_curve((0.5, 2.0), chunk_mb=0.25, repeats=3, block_mb=8.0, sink=store)
+    stored = store.results(model_id="probe:cache-read")
+    store.close()
     assert sizes == (0.5, 2.0) and len(costs) == 2 and all(c > 0 for c in costs)
+    assert [dict(r.key.options)["working_set_mb"] for r in stored] == ["0.5", "2"]
+    for result, cost in zip(stored, costs):
+        samples = result.measurement.samples_ns[0]
+        assert len(samples) >= 3 and result.validity.value in ("VALID", "INVALID") and result.environment
+        # the curve is each size's fastest run: 8 MB of reads (4 passes at 2 MB, 16 at 0.5 MB)
+        assert cost == pytest.approx(min(samples) / 1e3 / 8.0)
+        assert result.extra["us_per_mb_fastest"] == cost
     with pytest.raises(ConfigError):
         measure_cache_curve(())
 

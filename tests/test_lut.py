@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import math
+import statistics
 from pathlib import Path
 
 import numpy as np
@@ -219,9 +220,23 @@ def test_bad_build_options_fail_before_anything_runs(tmp_path: Path,
 # ----------------------------------------------------------------------------- real builds
 def test_measured_nb201_table(block_workdir: Path) -> None:
     """A real table: every block measured with ONNX Runtime, several chunks, one worker each."""
+    from costmeter.results.store import ResultStore
+
     out = block_workdir / "nb201_cpu"
-    table = build_lut("nb201", workdir=block_workdir, min_time_s=0.01, chunk_size=8, output=out)
+    store = ResultStore(f"sqlite:///{block_workdir / 'results.db'}")
+    table = build_lut("nb201", workdir=block_workdir, min_time_s=0.01, chunk_size=8, output=out,
+                      sink=store)
     assert len(table.entries) == 22
+    stored = {r.key.model_id: r for r in store.results(tag="lut")}
+    store.close()
+    assert set(stored) == {f"lut:{key}" for key in table.entries}  # one judged result per block
+    assert len({r.run_id for r in stored.values()}) == 1  # the whole table is one run
+    for key, entry in table.entries.items():
+        result = stored[f"lut:{key}"]
+        assert result.measurement is not None and result.measurement.count == entry.samples
+        assert result.validity.value in ("VALID", "INVALID") and result.environment
+        assert (result.validity.value == "INVALID") == (key in table.manifest["invalid_entries"])
+        assert statistics.median(result.measurement.samples_ns[0]) / 1e6 == pytest.approx(entry.raw_ms)
     assert all(e.latency_ms > 0 and e.raw_ms >= e.latency_ms and e.samples >= 15
                for e in table.entries.values())
     manifest = load_table(out.with_suffix(".json")).manifest

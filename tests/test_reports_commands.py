@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from costmeter.errors import ConfigError
+from costmeter.reports.calibrate import save_calibration
 from costmeter.reports.commands import (
     calibration_summary,
     parse_reference,
@@ -20,7 +21,6 @@ from costmeter.reports.commands import (
     report_regress,
     report_roofline,
     report_table,
-    run_calibration,
 )
 from costmeter.results.schema import (
     BenchKey,
@@ -132,9 +132,23 @@ def test_predictor_command(tmp_path) -> None:
 
 
 def test_calibrate_and_roofline_commands(store, tmp_path) -> None:
-    calibration, path = run_calibration(tmp_path, gemm_size=128, copy_mib=1, repeats=2)
-    assert path == tmp_path / "calibration-cpu.json"
-    assert "GFLOP/s" in calibration_summary(calibration, path)
+    calibration = {"device": "cpu", "dtype": "float32", "threads": None, "usable_cpus": 2,
+                   "peak_flops_per_s": 150e9, "peak_backend": "torch", "bandwidth_bytes_per_s": 20e9,
+                   "bandwidth_backend": "torch", "problems": ["copy numpy is INVALID: p50 interval ..."],
+                   "gemm": {"backends": {
+                       "torch": {"status": "ok", "best_rate_per_s": 150e9, "median_rate_per_s": 140e9,
+                                 "median_rate_low_per_s": 139e9, "median_rate_high_per_s": 141e9,
+                                 "samples": 12, "validity": "VALID"},
+                       "numpy": {"status": "failed", "error": "MemoryError: ..."}}},
+                   "theoretical": {"flops_per_s": 300e9, "describe": "theoretical float32 peak 300 GFLOP/s"}}
+    path = save_calibration(calibration, tmp_path)
+    assert calibration_summary(calibration, path).splitlines() == [
+        f"cpu (float32, threads default (2 CPUs)): peak 150.0 GFLOP/s (torch, fastest run), bandwidth "
+        f"20.0 GB/s (torch); saved to {path}",
+        "  GEMM torch: best 150.0 GFLOP/s, median 140.0 [139.0, 141.0] GFLOP/s, 12 runs, VALID",
+        "  GEMM numpy: failed (MemoryError: ...)",
+        "  theoretical float32 peak 300 GFLOP/s (measured peak = 50% of it)",
+        "  problem: copy numpy is INVALID: p50 interval ..."]
     text = report_roofline(store.query(), calibration=tmp_path, device="cpu",
                            out=tmp_path / "roof.png")
     assert "| resnet18/onnxruntime@cpu b1 t4 |" in text

@@ -50,7 +50,7 @@ class Row:
 
     @property
     def measured(self) -> bool:
-        return self.status in ("VALID", "INVALID")
+        return self.status in ("VALID", "INVALID", "UNJUDGED")
 
 
 def fmt_ms(ns: float | None) -> str:

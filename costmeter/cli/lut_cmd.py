@@ -33,11 +33,13 @@ def lut() -> None:
 @click.option("--interleave", type=count(1, example="8"), default=None,
               help="Blocks measured round-robin in groups of N")
 @click.option("--output", "-o", type=OutputPath(), default=None)
+@store_option
 @workdir_option
 def build(space: str, device: str, runtime: str, resolution: list[int] | None, predicted: bool,
           predictor_path: str | None, threads: int, precision: str, min_time: float, interleave: int | None,
-          output: str | None, workdir: Path | None) -> None:
-    """Measure (or predict) every block configuration at every input shape; write JSON + CSV."""
+          output: str | None, store_url: str | None, workdir: Path | None) -> None:
+    """Measure (or predict) every block configuration at every input shape; write JSON + CSV.
+    Measured blocks are also stored as judged results (model ``lut:<block>``, tag ``lut``)."""
     from costmeter.errors import ConfigError
     from costmeter.predictors import build_lut, default_lut_path
 
@@ -58,12 +60,23 @@ def build(space: str, device: str, runtime: str, resolution: list[int] | None, p
         from costmeter.predictors import load_artifact as load_predictor
 
         predictor = load_predictor(predictor_path)
-    table = with_run_progress(lambda cb: build_lut(space, device, runtime, res, predictor=predictor, workdir=wd,
-                                               threads=threads, min_time_s=min_time, interleave=interleave,
-                                               output=out, progress=cb, precision=precision))
+    store = None if predicted else open_store(store_url, wd)
+    try:
+        table = with_run_progress(lambda cb: build_lut(
+            space, device, runtime, res, predictor=predictor, workdir=wd, threads=threads,
+            min_time_s=min_time, interleave=interleave, output=out, progress=cb, precision=precision,
+            sink=store))
+    finally:
+        if store is not None:
+            store.close()
     json_path = Path(out).with_suffix(".json")
+    invalid = table.manifest.get("invalid_entries") or []
+    stored = "" if predicted else "; every block's samples and verdict stored (tag lut)"
     click.echo(f"{len(table.entries)} entries, per-run overhead {table.overhead_ms * 1e3:.1f} us; "
-               f"wrote {json_path} and {json_path.with_suffix('.csv')}")
+               f"wrote {json_path} and {json_path.with_suffix('.csv')}{stored}")
+    if invalid:
+        click.echo(f"{len(invalid)} of {len(table.entries)} entries INVALID (median not pinned "
+                   f"within the time limit), e.g. {invalid[0]}; raise --min-time")
 
 
 @lut.command()

@@ -268,7 +268,7 @@ def print_notes(rows: Sequence[Row], console: Any, shown: set[str] | frozenset[s
     for row in rows:
         if row.note is None:
             continue
-        style = "yellow" if row.status == "VALID" else "red"
+        style = "yellow" if row.status in ("VALID", "UNJUDGED") else "red"
         say(console, f"[{row.note}] {row.label}: {row.status}", style)
         for reason in ([row.error] if row.error else []) + merge_percentile_messages(row.reasons):
             say(console, reason, style, "  - ", "    ")
@@ -297,7 +297,8 @@ def print_summary_line(results: list[RunResult], what: str) -> None:
 
     counts = {"VALID": 0, "INVALID": 0, "failed": 0, "unsupported": 0}
     for r in results:
-        counts[r.validity.value if r.status is Status.OK else r.status.value] += 1
+        status = r.validity.value if r.status is Status.OK else r.status.value
+        counts[status] = counts.get(status, 0) + 1
     click.echo(f"measured {len(results)} {what}: " + ", ".join(f"{n} {k}" for k, n in counts.items()))
     for r in results:
         if r.status is not Status.OK:

@@ -6,7 +6,7 @@ from pathlib import Path
 import click
 
 from costmeter.cli.common import (OutputPath, count, fits_in_memory, fraction, input_file, open_store, query_frame,
-                                  store_option, workdir_option)
+                                  seconds, store_option, workdir_option)
 from costmeter.devices.options import MAX_THREADS
 from costmeter.harness.config import default_workdir
 
@@ -146,26 +146,46 @@ def roofline(store_url, workdir, calibration, **kw) -> None:
 
 @click.command()
 @click.option("--device", default="cpu", show_default=True)
-@click.option("--backend", type=click.Choice(["numpy", "torch"]), default=None)
+@click.option("--backend", type=click.Choice(["torch", "onnxruntime", "numpy"]), multiple=True,
+              help="GEMM backend(s) to time (repeatable; default: every one installed, the fastest is the roof)")
 @click.option("--gemm-size", type=count(16, 2**16, "2048"), default=None, help="Square GEMM side (elements)")
 @click.option("--copy-mib", type=count(1, 2**20, "256"), default=None, help="Copied buffer (MiB)")
-@click.option("--repeats", type=count(1, 10_000, "5"), default=5, show_default=True)
+@click.option("--repeats", type=count(1, 10_000, "10"), default=10, show_default=True,
+              help="Fewest timed runs per probe (sampling goes on until the median is within 1%)")
+@click.option("--max-time", type=seconds(min_open=True, example="20"), default=20.0, show_default=True,
+              help="Seconds of sampling per probe at most")
 @click.option("--dtype", default="float32", show_default=True)
-@click.option("--threads", type=count(1, MAX_THREADS, "4"), default=None)
+@click.option("--threads", type=count(1, MAX_THREADS, "4"), default=None,
+              help="Threads, as the runs use them (default: each library's default, as bench run)")
+@store_option
 @workdir_option
-def calibrate(workdir, **kw) -> None:
-    """Measure peak FLOP/s (large GEMM) and memory bandwidth (large copy); store them."""
-    from costmeter.reports.commands import calibration_summary, run_calibration
+def calibrate(store_url, workdir, **kw) -> None:
+    """Measure the roofline's peaks: GEMM FLOP/s with every installed backend (the fastest is the
+    roof), copy bandwidth; the CPU's theoretical peak beside them. Every probe is stored as a
+    judged result (tag calibrate); the calibration file goes to the working folder."""
+    from costmeter.harness.probes.peaks import calibrate as measure_peaks
+    from costmeter.harness.probes.session import probe_protocol
+    from costmeter.reports.calibrate import save_calibration
+    from costmeter.reports.commands import calibration_summary
 
-    if kw["device"] == "cpu":  # three GEMM operands (built in float64) and two copy buffers, in host memory
+    if kw["device"] == "cpu":  # two GEMM operands and an output per backend, two copy buffers
         if kw["gemm_size"]:
             fits_in_memory(3 * 8 * kw["gemm_size"] ** 2, f"--gemm-size {kw['gemm_size']}", "a smaller --gemm-size")
         if kw["copy_mib"]:
             fits_in_memory(2 * kw["copy_mib"] * 2**20, f"--copy-mib {kw['copy_mib']}", "a smaller --copy-mib")
+    protocol = probe_protocol(min_count=kw["repeats"], min_time_s=min(1.0, kw["max_time"]),
+                              max_time_s=kw["max_time"])
     wd = workdir or default_workdir()
     wd.mkdir(parents=True, exist_ok=True)
-    calibration, path = run_calibration(wd, **kw)
-    click.echo(calibration_summary(calibration, path))
+    store = open_store(store_url, wd)
+    try:
+        calibration = measure_peaks(
+            kw["device"], backends=kw["backend"] or None, gemm_size=kw["gemm_size"], dtype=kw["dtype"],
+            copy_bytes=None if kw["copy_mib"] is None else kw["copy_mib"] * 2**20,
+            threads=kw["threads"], protocol=protocol, sink=store)
+    finally:
+        store.close()
+    click.echo(calibration_summary(calibration, save_calibration(calibration, wd)))
 
 
 @report.command("history")

@@ -3,8 +3,10 @@
 A worker process per benchmark pays ~1-2 s of start-up before it times anything, which dominates
 when thousands of blocks of tens of microseconds are measured. ``run_batch`` starts one child
 (``python -m costmeter.harness.batch JOB OUT``) that prepares each entry with the device's
-runtime adapter and samples it with the protocol (alone, or interleaved round-robin in groups),
-writing one JSON line per entry as it finishes, so a crash loses nothing measured before it.
+runtime adapter and samples it with the protocol (alone, or interleaved round-robin in groups:
+:func:`costmeter.harness.protocol.sample_group`, which samples until every entry's median is
+pinned or the time limit is hit), writing one judged JSON line per entry as it finishes (raw
+samples, flags and verdict: :func:`judged_line`), so a crash loses nothing measured before it.
 Each entry's model is pinned to static input shapes and its output trimmed to one element before
 it is timed (see :func:`static_copy`). Entries that carry the same ``group`` value, one after the
 other, are sampled round-robin together (an in-context kernel measurement and its baselines, so
@@ -135,7 +137,7 @@ def _child(job_path: str, out_path: str) -> int:
     from costmeter.devices.base import Artifact, SessionOptions, get_runtime
     from costmeter.harness.config import DeviceSpec, ProtocolConfig
     from costmeter.harness.environment import capture
-    from costmeter.harness.protocol import sample_interleaved
+    from costmeter.harness.protocol import sample_group
 
     job = json.loads(Path(job_path).read_text())
     proto = dict(job["protocol"])
@@ -174,12 +176,12 @@ def _child(job_path: str, out_path: str) -> int:
                 for k, entry in enumerate(members):
                     emit({"started": entry["key"]})
                     sessions.append(prepare(entry, number * group + k))
-                samples = sample_interleaved(sessions, protocol)
+                outcomes = sample_group(sessions, protocol)
             finally:
                 for session in sessions:
                     session.close()
-            for entry, ns in zip(members, samples):
-                emit(_summary(entry["key"], ns))
+            for entry, outcome in zip(members, outcomes):
+                emit(judged_line(entry["key"], outcome, protocol))
     return 0
 
 
@@ -211,10 +213,14 @@ def _chunks(entries: list[dict[str, Any]], size: int) -> list[tuple[int, int]]:
 
 
 def measure_entries(base: dict[str, Any], entries: list[dict[str, Any]], chunk_size: int,
-                    timeout_s: float, progress: Progress | None = None
+                    timeout_s: float, progress: Progress | None = None, *,
+                    sink: Any = None, tag: str | None = None
                     ) -> tuple[dict[str, dict[str, Any]], list[float], dict[str, Any]]:
-    """Run ``entries`` (key, onnx path, optional shape and group) in children of ``chunk_size``
-    entries each; returns (key -> result line, per-run overhead medians in ms, environment).
+    """Run ``entries`` (key, onnx path, optional shape, group and model_id) in children of
+    ``chunk_size`` entries each; returns (key -> result line, per-run overhead medians in ms,
+    environment). A result line is :func:`judged_line`'s (median, raw samples, flags, verdict).
+    ``sink`` (anything with ``write(result)``: the store) receives each entry's RunResult under ``tag``, one run id
+    for the whole call (:mod:`costmeter.harness.batch_results`).
 
     A child that dies loses nothing measured before: the rest of its chunk is rerun one
     entry (or one group) at a time, and the entry it was preparing or timing when it died is
@@ -223,6 +229,7 @@ def measure_entries(base: dict[str, Any], entries: list[dict[str, Any]], chunk_s
     timings: dict[str, dict[str, Any]] = {}
     overheads: list[float] = []
     environment: dict[str, Any] = {}
+    run_id: str | None = None
     for start, stop in _chunks(entries, chunk_size):
         pending = entries[start:stop]
         group = int(base.get("interleave", 1))
@@ -248,6 +255,11 @@ def measure_entries(base: dict[str, Any], entries: list[dict[str, Any]], chunk_s
                 timings[entry["key"]] = {"key": entry["key"], "median_ms": float("nan"),
                                          "spread_ms": float("nan"), "samples": 0, "error": failure}
             pending = [e for e in pending if e not in dead]
+        if sink is not None:
+            from costmeter.harness.batch_results import store_lines
+
+            run_id = store_lines(sink, base, entries[start:stop], timings, environment, tag=tag,
+                                 run_id=run_id)
         if progress:
             progress(stop, len(entries))
     if not overheads:
@@ -256,14 +268,30 @@ def measure_entries(base: dict[str, Any], entries: list[dict[str, Any]], chunk_s
     return timings, sorted(overheads), environment
 
 
-def _summary(key: str, samples_ns: list[int]) -> dict[str, Any]:
+def judged_line(key: str, outcome: Any, protocol: Any) -> dict[str, Any]:
+    """The result line of one entry: median and robust spread (ms), the raw samples (ns), the
+    warm-up and max-time flags, and the verdict of :func:`costmeter.harness.verdict.judge_process`
+    (``validity``, ``reasons``, ``warnings``) with the median's interval (ms)."""
     import numpy as np
 
-    ns = np.asarray(samples_ns, dtype=np.float64)
-    median = float(np.median(ns))
-    mad = float(np.median(np.abs(ns - median)))
+    from costmeter.harness.verdict import judge_process
+
+    ns = np.asarray(outcome.samples_ns, dtype=np.float64)
+    verdict = judge_process(outcome.samples_ns, protocol, outcome.hit_max_time,
+                            warmup_cut_short=outcome.warmup_cut_short,
+                            warmup=(outcome.warmup_count, outcome.warmup_s))
+    p50 = None if verdict.summary is None else verdict.summary.percentiles.get(50.0)
+    median = float(np.median(ns)) if ns.size else float("nan")
+    mad = float(np.median(np.abs(ns - median))) if ns.size else float("nan")
     return {"key": key, "median_ms": median / 1e6, "spread_ms": 1.4826 * mad / 1e6,
-            "samples": int(ns.size)}
+            "samples": int(ns.size), "samples_ns": [int(v) for v in outcome.samples_ns],
+            "p50_low_ms": None if p50 is None or p50.low is None else p50.low / 1e6,
+            "p50_high_ms": None if p50 is None or p50.high is None else p50.high / 1e6,
+            "hit_max_time": bool(outcome.hit_max_time), "warmup_count": int(outcome.warmup_count),
+            "warmup_s": float(outcome.warmup_s), "warmup_cut_short": bool(outcome.warmup_cut_short),
+            "sampling_s": float(outcome.sampling_s), "precision_checks": int(outcome.precision_checks),
+            "validity": "VALID" if verdict.valid else "INVALID", "reasons": list(verdict.reasons),
+            "warnings": list(verdict.warnings)}
 
 
 if __name__ == "__main__":

@@ -230,28 +230,47 @@ def judge(
     return verdict.valid, verdict.reasons
 
 
-def sample_interleaved(sessions: list[Any], protocol: ProtocolConfig,
-                       clock: Clock = time.perf_counter_ns) -> list[list[int]]:
-    """Samples (ns) per session. One session: the harness protocol as is. Several: the
-    protocol's rules applied round-robin -- warm-up runs, then rounds in which every session
-    runs once, timed alone, until every session has ``min_count`` samples and the rounds took
-    ``min_time_s`` per session, stopping at ``max_time_s`` per session."""
+def sample_group(sessions: list[Any], protocol: ProtocolConfig,
+                 clock: Clock = time.perf_counter_ns) -> list[ProtocolOutcome]:
+    """One outcome per session. One session: :func:`sample` as is. Several: the protocol's rules
+    applied round-robin, every run timed alone, with each limit scaled by the number of
+    sessions ``n`` (each session gets its share of the time):
+
+    - warm-up rounds until ``warmup_count`` rounds and ``warmup_s`` x n seconds, bounded by
+      ``max_time_s`` x n (a warm-up cut short is flagged in every outcome);
+    - sampling rounds until every session has the target count, ``min_time_s`` x n seconds have
+      passed and every session's reported figures are pinned (:func:`figures_pinned`), checked
+      outside the timed regions at most every ``precision_check_s`` and for at most ~5% of the
+      time; ``max_time_s`` x n ends it, and each session whose count or precision was not
+      reached by then has ``hit_max_time`` set.
+
+    ``sampling_s`` of each outcome is the wall time of the whole round-robin."""
     if len(sessions) == 1:
-        return [sample(sessions[0], protocol, clock).samples_ns]
-    runs = [(s.run_once, None if is_synchronous(s) else s.synchronize)
-            for s in sessions]
-    warm_until = clock() + int(protocol.warmup_s * 1e9)
+        return [sample(sessions[0], protocol, clock)]
+    n = len(sessions)
+    runs = [(s.run_once, None if is_synchronous(s) else s.synchronize) for s in sessions]
+    start = clock()
+    need_ns, cap_ns = protocol.warmup_s * 1e9 * n, protocol.max_time_s * 1e9 * n
     rounds = 0
-    while rounds < protocol.warmup_count or clock() < warm_until:
+    while True:
+        elapsed = clock() - start
+        if (rounds >= protocol.warmup_count and elapsed >= need_ns) or elapsed >= cap_ns:
+            break
         for run, sync in runs:
             run()
             if sync is not None:
                 sync()
         rounds += 1
+    warm_s = (clock() - start) / 1e9 / n  # each session's share, as the protocol counts it
+    cut_short = warmup_was_cut_short(protocol, rounds, warm_s)
     samples: list[list[int]] = [[] for _ in sessions]
-    min_ns = int(protocol.min_time_s * 1e9) * len(sessions)
-    max_ns = int(protocol.max_time_s * 1e9) * len(sessions)
+    target = protocol.target_count()
     start = clock()
+    check_at = start + int(protocol.min_time_s * 1e9) * n
+    max_at = start + int(protocol.max_time_s * 1e9) * n
+    pinned = [False] * n
+    checks = 0
+    stopped_at_max = False
     while True:
         for (run, sync), out in zip(runs, samples):
             t0 = clock()
@@ -259,6 +278,27 @@ def sample_interleaved(sessions: list[Any], protocol: ProtocolConfig,
             if sync is not None:
                 sync()
             out.append(clock() - t0)
-        elapsed = clock() - start
-        if (len(samples[0]) >= protocol.min_count and elapsed >= min_ns) or elapsed >= max_ns:
-            return samples
+        now = clock()
+        if now >= check_at and len(samples[0]) >= target:
+            t0 = clock()
+            checks += 1
+            pinned = [done or figures_pinned(out, protocol) for done, out in zip(pinned, samples)]
+            if all(pinned):
+                break
+            cost = clock() - t0
+            check_at = clock() + max(int(protocol.precision_check_s * 1e9), 20 * cost)
+        if now >= max_at:
+            stopped_at_max = True
+            pinned = [done or figures_pinned(out, protocol) for done, out in zip(pinned, samples)]
+            break
+    sampling_s = (clock() - start) / 1e9
+    return [ProtocolOutcome(out, rounds, warm_s, sampling_s,
+                            stopped_at_max and not (done and len(out) >= target), target,
+                            warmup_cut_short=cut_short, precision_checks=checks)
+            for out, done in zip(samples, pinned)]
+
+
+def sample_interleaved(sessions: list[Any], protocol: ProtocolConfig,
+                       clock: Clock = time.perf_counter_ns) -> list[list[int]]:
+    """Samples (ns) per session of :func:`sample_group` (the flags dropped)."""
+    return [outcome.samples_ns for outcome in sample_group(sessions, protocol, clock)]

@@ -201,7 +201,12 @@ def report_roofline(
         raise ConfigError(
             "no result has MACs, param_bytes and a latency; store model info with the runs"
         )
-    text = render_markdown(table, peak, bandwidth)
+    text = render_markdown(table, peak, bandwidth, machine)
+    threads = pd.to_numeric(rows["threads"], errors="coerce") if "threads" in rows else pd.Series(dtype=float)
+    run_threads = sorted({str(int(t)) for t in threads.dropna()})
+    if run_threads and str(machine.get("threads")) not in run_threads:
+        text += (f"note: the calibration ran with threads {machine.get('threads') or 'default'}, the runs "
+                 f"with {', '.join(run_threads)}; calibrate at the runs' thread count\n")
     if skipped:
         text += f"skipped (no MACs/weights/latency): {', '.join(skipped)}\n"
     if out is not None:
@@ -209,29 +214,35 @@ def report_roofline(
     return text
 
 
-def run_calibration(workdir: str | Path, *, device: str = "cpu", backend: str | None = None,
-                    gemm_size: int | None = None, copy_mib: int | None = None, repeats: int = 5,
-                    dtype: str = "float32", threads: int | None = None) -> tuple[dict, Path]:
-    """``bench calibrate``: measure and store ``calibration-<device>.json`` in ``workdir``."""
-    from costmeter.reports.calibrate import calibrate, save_calibration
-
-    calibration = calibrate(
-        device, backend=backend, gemm_size=gemm_size, repeats=repeats, dtype=dtype,
-        copy_bytes=None if copy_mib is None else int(copy_mib) * 2**20, threads=threads,
-    )
-    return calibration, save_calibration(calibration, workdir)
-
-
 def calibration_summary(calibration: dict[str, Any], path: Path) -> str:
-    """One line for the terminal."""
-    return (
-        f"{calibration['device']} ({calibration['backend']}, {calibration['dtype']}): peak "
-        f"{calibration['peak_flops_per_s'] / 1e9:.1f} GFLOP/s, bandwidth "
-        f"{calibration['bandwidth_bytes_per_s'] / 1e9:.1f} GB/s; saved to {path}"
-    )
+    """The terminal's lines: every backend's GEMM rate, the roof chosen, the bandwidth, the
+    theoretical peak beside it, and what went wrong (a measured peak above the theoretical one
+    is a calibration error)."""
+    threads = calibration.get("threads") or f"default ({calibration.get('usable_cpus', '?')} CPUs)"
+    lines = [f"{calibration['device']} ({calibration['dtype']}, threads {threads}): peak "
+             f"{calibration['peak_flops_per_s'] / 1e9:.1f} GFLOP/s ({calibration.get('peak_backend')}, "
+             f"fastest run), bandwidth {calibration['bandwidth_bytes_per_s'] / 1e9:.1f} GB/s "
+             f"({calibration.get('bandwidth_backend')}); saved to {path}"]
+    for backend, figures in (calibration.get("gemm", {}).get("backends") or {}).items():
+        if figures.get("status") != "ok":
+            lines.append(f"  GEMM {backend}: failed ({figures.get('error')})")
+            continue
+        low, high = figures.get("median_rate_low_per_s"), figures.get("median_rate_high_per_s")
+        interval = "" if low is None or high is None else f" [{low / 1e9:.1f}, {high / 1e9:.1f}]"
+        lines.append(f"  GEMM {backend}: best {figures['best_rate_per_s'] / 1e9:.1f} GFLOP/s, median "
+                     f"{(figures.get('median_rate_per_s') or 0) / 1e9:.1f}{interval} GFLOP/s, "
+                     f"{figures.get('samples')} runs, {figures.get('validity')}")
+    theoretical = calibration.get("theoretical")
+    if theoretical:
+        share = ""
+        if theoretical.get("flops_per_s"):
+            share = f" (measured peak = {calibration['peak_flops_per_s'] / theoretical['flops_per_s']:.0%} of it)"
+        lines.append(f"  {theoretical['describe']}{share}")
+    lines += [f"  problem: {p}" for p in calibration.get("problems") or ()]
+    return "\n".join(lines)
 
 
 __all__ = [
     "prepare_results", "report_pareto", "report_table", "report_regress", "report_predictor",
-    "report_roofline", "run_calibration", "calibration_summary", "RegressOutcome",
+    "report_roofline", "calibration_summary", "RegressOutcome",
 ]

@@ -9,6 +9,10 @@ Given a machine's peak compute (FLOP/s) and memory bandwidth (bytes/s), from
 - achieved FLOP/s = FLOPs / latency; share of peak = achieved / peak; share of bound =
   achieved / attainable.
 
+A roofline can't be beaten: an item above 100% of the peak (or of its bound) says the calibration
+is wrong (timed with a slower library or fewer threads than the runs), not that the item is fast.
+Such shares are flagged (``calibration_error``) and never printed as results.
+
 Model-level inputs come from stored results (FLOPs = 2 x MACs per item x batch; bytes =
 ``param_bytes``, the weights read once per call: a lower bound on traffic, so the intensity is an
 upper bound). Kernel-level inputs come from the cost model's per-kernel breakdown.
@@ -75,7 +79,29 @@ def roofline_table(items: pd.DataFrame, peak_flops_per_s: float,
     table["min_latency_s"] = np.maximum(
         table["flops"] / peak_flops_per_s, table["bytes"] / bandwidth_bytes_per_s
     )
+    table["calibration_error"] = (table["share_of_peak"] > 1.0) | (table["share_of_bound"] > 1.0)
     return table.reset_index(drop=True)
+
+
+def calibration_error_note(table: pd.DataFrame, calibration: dict[str, Any] | None = None) -> str:
+    """A paragraph naming the items that beat the roofline (empty when none): the calibration
+    is wrong for them, with what to do."""
+    if "calibration_error" not in table.columns or not table["calibration_error"].any():
+        return ""
+    bad = table[table["calibration_error"]]
+    worst = float(np.maximum(bad["share_of_peak"], bad["share_of_bound"]).max())
+    how = ""
+    if calibration:
+        how = (f" (peak from {calibration.get('peak_backend') or calibration.get('backend')}, "
+               f"threads {calibration.get('threads') or 'default'})")
+    return (f"calibration error: {len(bad)} item(s) ran faster than the calibrated roofline{how}, "
+            f"up to {worst:.0%} of it ({', '.join(map(str, bad['name'].head(3)))}); their shares are "
+            "not results. Run `bench calibrate` again at the runs' thread count with every GEMM "
+            "backend installed.\n")
+
+
+def _share(value: float) -> str:
+    return "calib. error" if value > 1.0 else f"{value * 100:.1f}%"
 
 
 def model_items(results: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
@@ -126,8 +152,10 @@ def kernel_items(breakdown: pd.DataFrame, latency_column: str = "latency_ms") ->
 
 
 def render_markdown(table: pd.DataFrame, peak_flops_per_s: float,
-                    bandwidth_bytes_per_s: float) -> str:
-    """The roofline table in Markdown, with the machine's figures on top."""
+                    bandwidth_bytes_per_s: float, calibration: dict[str, Any] | None = None) -> str:
+    """The roofline table in Markdown, with the machine's figures on top (and the theoretical
+    peak beside the measured one when the calibration has it); shares above 100% read
+    "calib. error" and are explained below the table."""
     from costmeter.reports import formatting as fmt
 
     header = ["Item", "FLOPs", "Bytes", "Intensity FLOP/B", "Achieved FLOP/s",
@@ -135,17 +163,22 @@ def render_markdown(table: pd.DataFrame, peak_flops_per_s: float,
     rows = [
         [str(r["name"]), fmt.count(r["flops"]), fmt.size_bytes(r["bytes"]),
          fmt.significant(r["intensity_flop_per_byte"]), fmt.count(r["achieved_flops_per_s"]),
-         fmt.count(r["attainable_flops_per_s"]), f"{r['share_of_peak'] * 100:.1f}%",
-         f"{r['share_of_bound'] * 100:.1f}%", str(r["bound"])]
+         fmt.count(r["attainable_flops_per_s"]), _share(r["share_of_peak"]),
+         _share(r["share_of_bound"]), str(r["bound"])]
         for _, r in table.iterrows()
     ]
     ridge = ridge_point(peak_flops_per_s, bandwidth_bytes_per_s)
     head = (
         f"Peak {fmt.count(peak_flops_per_s)}FLOP/s, bandwidth "
         f"{fmt.size_bytes(bandwidth_bytes_per_s)}/s, ridge point {fmt.significant(ridge)} "
-        "FLOP/byte.\n\n"
+        "FLOP/byte.\n"
     )
-    return head + fmt.markdown_table(header, rows, ["l"] + ["r"] * 7 + ["l"]) + "\n"
+    theoretical = (calibration or {}).get("theoretical") or {}
+    if theoretical.get("flops_per_s"):
+        head += (f"Theoretical peak {fmt.count(theoretical['flops_per_s'])}FLOP/s (measured = "
+                 f"{peak_flops_per_s / theoretical['flops_per_s']:.0%} of it): {theoretical.get('describe', '')}\n")
+    body = fmt.markdown_table(header, rows, ["l"] + ["r"] * 7 + ["l"]) + "\n"
+    return head + "\n" + body + calibration_error_note(table, calibration)
 
 
 def plot_roofline(table: pd.DataFrame, peak_flops_per_s: float, bandwidth_bytes_per_s: float,

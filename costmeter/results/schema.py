@@ -35,10 +35,13 @@ class Status(str, Enum):
 
 
 class Validity(str, Enum):
-    """Whether the numbers of a finished benchmark can be trusted (reasons recorded apart)."""
+    """Whether the numbers of a finished benchmark can be trusted (reasons recorded apart).
+    ``UNJUDGED``: imported figures with too few samples to judge (one value per trace row), kept
+    for fitting and comparison but never counted as VALID."""
 
     VALID = "VALID"
     INVALID = "INVALID"
+    UNJUDGED = "UNJUDGED"
 
 
 class EnergyProvenance(str, Enum):

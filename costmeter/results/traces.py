@@ -12,7 +12,7 @@ Accepted layouts (column names are case-sensitive):
 
 Each measurement becomes a RunResult whose Measurement holds one sample (the source's value,
 no raw samples), ``extra["provenance"] = "imported"`` plus the source file, its SHA-256, the
-row and the column. Validation happens before anything is returned or written: missing
+row and the column. One value cannot be judged, so its validity is UNJUDGED, never VALID. Validation happens before anything is returned or written: missing
 columns, missing, non-numeric, infinite, non-positive, sub-nanosecond or beyond-int64-ns
 latencies (rows named), unknown space, malformed architectures (row and reason named) raise
 ConfigError and nothing is written.
@@ -256,7 +256,8 @@ def _onnx_input_shape(path: str, batch: int) -> tuple[int, ...]:
 
 def traces_to_results(traces: Traces, *, runtime: str = "unknown", batch: int = 1,
                       tag: str | None = "imported", run_id: str | None = None) -> list[Any]:
-    """One RunResult per trace row: status ok, VALID, one-sample Measurement, provenance."""
+    """One RunResult per trace row: status ok, one-sample Measurement, provenance; validity
+    UNJUDGED (one value cannot be judged: imported, never VALID)."""
     from costmeter.models.spaces import get_space
     from costmeter.results.schema import (
         BenchKey,
@@ -296,7 +297,7 @@ def traces_to_results(traces: Traces, *, runtime: str = "unknown", batch: int = 
         results.append(RunResult(
             key=key, status=Status.OK, run_id=run, started_at=now, finished_at=now, tag=tag,
             measurement=Measurement(samples_ns=[[round(rec.latency_ms * 1e6)]]),
-            validity=Validity.VALID, warnings=[warning],
+            validity=Validity.UNJUDGED, warnings=[warning],
             model_info=dict(info.get(rec.arch, {})) if rec.arch is not None else {},
             extra={"provenance": PROVENANCE, "source_file": traces.source,
                    "source_sha256": traces.source_sha256, "source_row": int(rec.source_row),

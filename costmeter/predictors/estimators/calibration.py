@@ -6,14 +6,13 @@ micro-benchmark repeating one kernel keeps its weights in cache; in a network, t
 ran in between, and whether the weights are still cached depends on the network's whole weight
 footprint against the caches. On ONNX Runtime's x86 CPU provider layout conversions (NCHWc
 reorders) also appear only where the layout changes. :func:`network_terms` gives the quantities
-per network from its kernel graph; :func:`measure_cache_curve` measures how this machine's read
-cost grows with the working set (a cyclic pass over many buffers, as a network's weights are
-read once per run); :class:`TrafficCalibration` fits a small cache model on both against
-measured networks.
+per network from its kernel graph; :func:`costmeter.harness.probes.cache.measure_cache_curve`
+measures how this machine's read cost grows with the working set (a cyclic pass over many
+buffers, as a network's weights are read once per run), through the protocol like any probe;
+:class:`TrafficCalibration` fits a small cache model on both against measured networks.
 """
 from __future__ import annotations
 
-import time
 from typing import Any, Sequence
 
 import numpy as np
@@ -25,42 +24,7 @@ from costmeter.errors import ConfigError
 
 BASE_COLUMN = "kernel_sum_ms"
 TERMS: tuple[str, ...] = ("weight_mb", "activation_mb")
-CURVE_SIZES_MB: tuple[float, ...] = (0.5, 1, 2, 4, 8, 12, 16, 20, 24, 32, 40, 48, 64, 96, 128)
-CURVE_CHUNK_MB = 0.25
 _NOT_EXECUTED = ("constant",)  # kernels a runtime folds at load time
-
-
-def measure_cache_curve(sizes_mb: Sequence[float] = CURVE_SIZES_MB,
-                        chunk_mb: float = CURVE_CHUNK_MB, repeats: int = 9,
-                        block_mb: float = 512.0) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """This machine's read cost (us per MB) against the working set (MB).
-
-    A working set of S MB is the first S / ``chunk_mb`` of a pool of float32 buffers, read in
-    turn (a dot product each, one thread) over and over, like a network reading each kernel's
-    weights once per run. Each of ``repeats`` rounds times about ``block_mb`` of reads at every
-    size, the sizes interleaved so that a burst of other work on a shared machine touches them
-    alike; the fastest round per size is kept (other work only adds time). Returns
-    (sizes MB, us per MB)."""
-    from threadpoolctl import threadpool_limits
-
-    if not sizes_mb or chunk_mb <= 0 or repeats < 1:
-        raise ConfigError("the cache curve needs at least one size, a positive chunk and repeats >= 1")
-    counts = [max(1, round(size / chunk_mb)) for size in sizes_mb]
-    pool = [np.ones(int(chunk_mb * 1e6 / 4), np.float32) for _ in range(max(counts))]
-    best = [float("inf")] * len(counts)
-    with threadpool_limits(limits=1):
-        for round_number in range(repeats + 1):  # round 0 only warms up
-            for index, count in enumerate(counts):
-                buffers = pool[:count]
-                passes = max(2, int(block_mb / (count * chunk_mb)))
-                started = time.perf_counter()
-                for _ in range(passes):
-                    for buffer in buffers:
-                        np.dot(buffer, buffer)
-                cost = (time.perf_counter() - started) / passes / (count * chunk_mb) * 1e6
-                if round_number:
-                    best[index] = min(best[index], cost)
-    return tuple(float(s) for s in sizes_mb), tuple(best)
 
 
 def miss_fraction(weight_mb: Any, curve_mb: Sequence[float],
@@ -140,7 +104,8 @@ class TrafficCalibration(RegressorMixin, BaseEstimator):
             raise ConfigError("calibration latencies must be positive and finite")
         if len(self.curve_mb) < 2 or len(self.curve_mb) != len(self.curve_us_per_mb):
             raise ConfigError("calibration needs the device's cache curve (sizes and costs, at "
-                              "least 2 points); measure it with measure_cache_curve()")
+                              "least 2 points); measure it with "
+                              "costmeter.harness.probes.cache.measure_cache_curve()")
         groups = np.arange(len(y)) if groups is None else np.asarray(groups)
         if len(set(groups.tolist())) < 2:
             raise ConfigError("calibration needs networks of at least 2 families (groups), so "

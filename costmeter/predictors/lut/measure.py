@@ -65,13 +65,24 @@ DEFAULT_CHUNK = 160
 
 @dataclass(frozen=True)
 class BlockTiming:
-    """What one block measurement gives: median and robust spread (ms), sample count."""
+    """What one block measurement gives: median and robust spread (ms), sample count, and the
+    protocol's verdict on it (``validity`` VALID/INVALID, None when predicted, with reasons)."""
 
     key: str
     median_ms: float
     spread_ms: float
     samples: int
     error: str | None = None
+    validity: str | None = None
+    reasons: tuple[str, ...] = ()
+    hit_max_time: bool = False
+
+    @classmethod
+    def from_line(cls, line: dict[str, Any]) -> BlockTiming:
+        """From a judged batch line (:func:`costmeter.harness.batch.judged_line`)."""
+        return cls(line["key"], float(line["median_ms"]), float(line["spread_ms"]),
+                   int(line["samples"]), line.get("error"), line.get("validity"),
+                   tuple(line.get("reasons") or ()), bool(line.get("hit_max_time")))
 
 
 def lut_protocol(min_time_s: float = 0.05, min_count: int = 15) -> Any:
@@ -117,7 +128,8 @@ def measure_blocks(specs: Sequence[BlockSpec], device: str = "cpu", runtime: str
                    chunk_size: int = DEFAULT_CHUNK, interleave: int = 1,
                    timeout_s: float = 600.0,
                    progress: Progress | None = None,
-                   precision: str = "fp32") -> tuple[dict[str, BlockTiming], dict[str, Any]]:
+                   precision: str = "fp32", sink: Any = None,
+                   tag: str | None = "lut") -> tuple[dict[str, BlockTiming], dict[str, Any]]:
     """Measure every block; returns (key -> BlockTiming, facts: overhead_ms, environment, ...).
 
     ``precision`` int8 quantizes every block's ONNX file as ``bench run --precision int8`` does
@@ -126,6 +138,8 @@ def measure_blocks(specs: Sequence[BlockSpec], device: str = "cpu", runtime: str
     ``interleave``: blocks sampled round-robin in groups of this size (1 = each block alone).
     The device and runtime are checked before anything is exported (ConfigError or
     UnavailableError with the fix). Blocks that fail carry ``error`` and NaN latencies.
+    ``sink`` (the store: anything with ``write(result)``) receives every block's judged result (raw samples, verdict,
+    environment) under ``tag``, as model ``lut:<block key>``.
     """
     import random
 
@@ -138,7 +152,7 @@ def measure_blocks(specs: Sequence[BlockSpec], device: str = "cpu", runtime: str
     if precision not in ("fp32", "int8"):
         raise ConfigError(f"lookup tables are built in fp32 or int8, not {precision!r}")
     entries = [{"key": spec.key, "onnx": str(_block_file(spec, workdir, precision)),
-                "shape": list(spec.input_shape())}
+                "shape": list(spec.input_shape()), "model_id": f"lut:{spec.key}"}
                for spec in specs]
     random.Random(0).shuffle(entries)  # groups mix large and small blocks, as networks do
     overhead_path = Workdir.of(workdir).cache("lut") / "overhead.onnx"
@@ -148,8 +162,9 @@ def measure_blocks(specs: Sequence[BlockSpec], device: str = "cpu", runtime: str
     base = {"device": device, "runtime": runtime, "threads": threads, "overhead": overhead,
             "options": [list(kv) for kv in options], "protocol": _protocol_dict(protocol)}
     lines, overheads, environment = measure_entries(
-        {**base, "interleave": interleave}, entries, chunk_size, timeout_s, progress)
-    timings = {key: BlockTiming(**line) for key, line in lines.items()}
+        {**base, "interleave": interleave}, entries, chunk_size, timeout_s, progress,
+        sink=sink, tag=tag)
+    timings = {key: BlockTiming.from_line(line) for key, line in lines.items()}
     facts = {"overhead_ms": overheads[len(overheads) // 2], "environment": environment,
              "protocol": base["protocol"], "chunk_size": chunk_size, "interleave": interleave}
     return timings, facts

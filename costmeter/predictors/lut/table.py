@@ -258,7 +258,8 @@ def build_lut(space: str, device: str = "cpu", runtime: str = "onnxruntime",
               workdir: Path | str = ".costmeter", threads: int | None = 1,
               min_time_s: float = 0.05, chunk_size: int | None = None,
               interleave: int | None = None, output: str | Path | None = None,
-              progress: Callable[[int, int], None] | None = None, precision: str = "fp32") -> LatencyTable:
+              progress: Callable[[int, int], None] | None = None, precision: str = "fp32",
+              sink: Any = None) -> LatencyTable:
     """Measure (or, with ``predictor``, predict) every block of ``space`` at ``resolutions``.
 
     ``interleave``: blocks sampled round-robin in groups of this size (default per space:
@@ -266,7 +267,9 @@ def build_lut(space: str, device: str = "cpu", runtime: str = "onnxruntime",
     ``predictor``: a kernel-level predictor (``KernelForest``) or the path of a
     ``.costmodel`` file holding one; blocks are then priced from their ONNX graphs' kernels
     with the runtime's fusion rules and nothing is timed. ``output`` (optional) saves the
-    table as ``.json`` + ``.csv``. Everything is validated before anything runs.
+    table as ``.json`` + ``.csv``. Everything is validated before anything runs. ``sink`` (the
+    store: anything with ``write(result)``) receives every measured block's judged result; the
+    manifest lists the entries whose median was not pinned (``invalid_entries``).
     """
     from costmeter import __version__
     from costmeter.predictors.lut import measure as lut_measure
@@ -286,7 +289,8 @@ def build_lut(space: str, device: str = "cpu", runtime: str = "onnxruntime",
         timings, facts = lut_measure.measure_blocks(
             specs, device, runtime, workdir, threads, lut_measure.lut_protocol(min_time_s),
             chunk_size=chunk_size or lut_measure.DEFAULT_CHUNK,
-            interleave=interleave or lut_blocks(space).INTERLEAVE, progress=progress, precision=precision)
+            interleave=interleave or lut_blocks(space).INTERLEAVE, progress=progress, precision=precision,
+            sink=sink)
     failed = [k for k, t in timings.items() if t.error or not t.median_ms > 0]
     if failed:
         first = timings[failed[0]]
@@ -303,6 +307,7 @@ def build_lut(space: str, device: str = "cpu", runtime: str = "onnxruntime",
         "space": space, "device": device, "runtime": runtime, "threads": threads, "precision": precision,
         "resolutions": list(res), "source": source, "overhead_ms": overhead,
         "entries": len(entries), "predictor": predictor_info,
+        "invalid_entries": sorted(k for k, t in timings.items() if t.validity == "INVALID"),
         "protocol": facts.get("protocol"), "chunk_size": facts.get("chunk_size"),
         "interleave": facts.get("interleave"),
         "environment": facts.get("environment") or {},

@@ -241,7 +241,7 @@ def _runner_measure(device: str, runtime: str, workdir: Path, threads: int | Non
 
 
 def _batch_measure(device: str, runtime: str, threads: int | None, min_time_s: float,
-                   progress: Any) -> GroupMeasureFn:
+                   progress: Any, sink: Any = None) -> GroupMeasureFn:
     """Every group sampled round-robin in a batch worker (local runtimes taking ONNX files)."""
     from dataclasses import asdict
 
@@ -261,7 +261,7 @@ def _batch_measure(device: str, runtime: str, threads: int | None, min_time_s: f
                     "protocol": protocol, "overhead": {"key": OVERHEAD_KEY,
                                                        "onnx": str(overhead_path), "shape": [1, 1]}}
             lines, overheads, _ = measure_entries(base, entries, BATCH_CHUNK, BATCH_TIMEOUT_S,
-                                                  progress)
+                                                  progress, sink=sink, tag="kernels-sample")
         by_key = {k: float(line["median_ms"]) for k, line in lines.items()}
         return [[by_key.get(f"{g}/{i}", float("nan")) for i in range(len(group))]
                 for g, group in enumerate(groups)]
@@ -277,7 +277,7 @@ def _default_measure(device: str, runtime: str, workdir: Path, threads: int | No
         check_local_onnx_runtime(device, runtime)
     except ConfigError:
         return _runner_measure(device, runtime, workdir, threads, min_time_s, sink, progress)
-    return _batch_measure(device, runtime, threads, min_time_s, progress)
+    return _batch_measure(device, runtime, threads, min_time_s, progress, sink)
 
 
 def measure_kernels(configs: Sequence[KernelConfig], rules: RuleSet, device: str = "cpu",
@@ -290,8 +290,9 @@ def measure_kernels(configs: Sequence[KernelConfig], rules: RuleSet, device: str
     ``context``: image kernels measured between context ops, minus their baselines (default:
     alone, minus the per-run overhead). Failed runs are left out of the rows (their configs are
     neither split nor measured); ``measure`` replaces the measuring (groups of ONNX files ->
-    their medians in ms), for tests. ``sink`` receives harness results where each file runs
-    in its own worker (runtimes that do not take ONNX files, remote devices).
+    their medians in ms), for tests. ``sink`` receives every kernel's judged harness result (raw samples, verdict,
+    environment), from the batch children or, where each file runs in its own worker
+    (runtimes that do not take ONNX files, remote devices), from the runner.
     """
     from costmeter.models.onnx.graph import load_graph
     from costmeter.models.onnx.microbench import chain_model, write_model

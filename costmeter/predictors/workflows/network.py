@@ -19,12 +19,12 @@ def fit_network_predictor(workdir: Any, device: str = "cpu", runtime: str = "onn
     (``bench collect``) and measured in ``store``; returns it and the manifest's extra fields.
 
     ``cold``: fit the cold-weight latencies (samples timed in context). Calibrating measures
-    this machine's cache curve (:func:`~costmeter.predictors.estimators.calibration.measure_cache_curve`,
+    this machine's cache curve (:func:`~costmeter.harness.probes.cache.measure_cache_curve`,
     a few seconds), so it is offered for the local ``cpu`` only. Raises ConfigError, saying what
     to run, when samples or networks are missing."""
     from pathlib import Path
 
-    from costmeter.predictors.estimators.calibration import measure_cache_curve
+    from costmeter.harness.probes.cache import measure_cache_curve
     from costmeter.predictors.workflows.collect import collect_spaces, export_item, measured_latencies
     from costmeter.models.onnx.graph import load_graph
     from costmeter.predictors.kernels.rules import load_rules
@@ -65,7 +65,7 @@ def fit_network_predictor(workdir: Any, device: str = "cpu", runtime: str = "onn
                   for m, (item, _) in measured.items()}
         network_ms = [ms for _, ms in measured.values()]
         groups = [item.space for item, _ in measured.values()]
-        curve_mb, curve_us = measure_cache_curve()
+        curve_mb, curve_us = measure_cache_curve(sink=store)  # each size judged and stored
         calibration = TrafficCalibration(curve_mb=curve_mb, curve_us_per_mb=curve_us)
     model = NetworkPredictor(overhead_ms=overhead, calibration=calibration).fit(
         samples.tables(), samples.latencies(cold=cold), graphs, network_ms, groups)
