@@ -249,7 +249,7 @@ def test_fake_v0_store_is_migrated(tmp_path: Path) -> None:
     with ResultStore(f"sqlite:///{path}") as store:
         result_id = store.write(make_result())
         assert store.get(result_id) == make_result()
-    assert _store_version(path) == migrations.STORE_VERSION == 3
+    assert _store_version(path) == migrations.STORE_VERSION == 4
     assert {"meta", "results", "samples", "notes"} <= set(sa.inspect(sa.create_engine(f"sqlite:///{path}")).get_table_names())
 
 
@@ -262,11 +262,11 @@ def test_migration_chain_and_rollback(tmp_path: Path, monkeypatch: pytest.Monkey
         conn.execute(sa.text("ALTER TABLE results ADD COLUMN half_done INTEGER"))
         raise RuntimeError("migration bug")
 
-    monkeypatch.setattr(migrations, "STORE_VERSION", 4)
-    monkeypatch.setitem(migrations.MIGRATIONS, 3, failing)
+    monkeypatch.setattr(migrations, "STORE_VERSION", 5)
+    monkeypatch.setitem(migrations.MIGRATIONS, 4, failing)
     with pytest.raises(RuntimeError, match="migration bug"):
         ResultStore(f"sqlite:///{path}")
-    assert _store_version(path) == 3  # nothing of the failed step stayed
+    assert _store_version(path) == 4  # nothing of the failed step stayed
     columns = {c["name"] for c in sa.inspect(sa.create_engine(f"sqlite:///{path}")).get_columns("results")}
     assert "half_done" not in columns
 
@@ -274,10 +274,10 @@ def test_migration_chain_and_rollback(tmp_path: Path, monkeypatch: pytest.Monkey
         conn.execute(sa.text("ALTER TABLE results ADD COLUMN label TEXT"))
         conn.execute(sa.text("UPDATE results SET label = model_id || '@' || device"))
 
-    monkeypatch.setitem(migrations.MIGRATIONS, 3, add_label)
+    monkeypatch.setitem(migrations.MIGRATIONS, 4, add_label)
     with ResultStore(f"sqlite:///{path}") as store:
         assert len(store.results()) == 1
-    assert _store_version(path) == 4
+    assert _store_version(path) == 5
     engine = sa.create_engine(f"sqlite:///{path}")
     with engine.connect() as conn:
         assert conn.execute(sa.text("SELECT label FROM results")).scalar_one() == "resnet18@cpu"
@@ -478,7 +478,7 @@ def test_a_store_written_by_v1_gets_stable_model_ids(tmp_path: Path, with_manife
         ids = {r.key.model_id for r in results}
         for result in results:  # every stored digest is the digest of the stored key
             assert store.query(run_id=result.run_id)["key_digest"].isin([result.key.digest()]).any()
-    assert _store_version(path) == 3
+    assert _store_version(path) == 4
     ofa = {old for old, new in expected.items() if new.startswith("ofa_mbv3:")}
     for old, new in expected.items():
         if with_manifest or old not in ofa:

@@ -56,24 +56,32 @@ def predictor() -> None:
 @click.option("--space", required=True, help="nb201 or ofa_mbv3")
 @click.option("--device", required=True, help="Device whose stored measurements train the model")
 @click.option("--runtime", default=None, help="Only measurements of this runtime")
+@click.option("--target", type=click.Choice(["latency", "peak_memory", "energy"]), default="latency",
+              show_default=True, help="What to learn: median latency (ms), peak memory above the "
+              "process's baseline (bytes) or energy per inference (J)")
 @click.option("--holdout", type=fraction("0.2", min_open=False), default=0.2, show_default=True,
               help="Share held out for the metrics in the manifest")
 @click.option("--seed", type=count(0, 2**32 - 1, "0"), default=0, show_default=True)
 @click.option("--output", "-o", type=OutputPath(), required=True, help="FILE.costmodel")
 @store_option
 @workdir_option
-def fit(space: str, device: str, runtime: str | None, holdout: float, seed: int, output: str,
+def fit(space: str, device: str, runtime: str | None, target: str, holdout: float, seed: int, output: str,
         store_url: str | None, workdir: Path | None) -> None:
-    """Fit a forest on stored measurements of a search space and save it with a manifest."""
+    """Fit a forest on stored measurements of a search space (latency, peak memory or energy,
+    whichever the stored results or imported traces hold) and save it with a manifest."""
     from costmeter.predictors import fit_from_results
     from costmeter.predictors import save_predictor
+    from costmeter.predictors.targets import get_target
 
     frame = query_frame(store_url, workdir)
     pred, scores, digest = fit_from_results(frame, space=space, device=device, runtime=runtime, holdout=holdout,
-                                            seed=seed)
-    save_predictor(pred, output, training_hash=digest, metrics=scores)
+                                            seed=seed, target=target)
+    spec = get_target(target)
+    save_predictor(pred, output, training_hash=digest, metrics=scores,
+                   extra={"target": spec.name, "target_column": spec.column, "unit": spec.unit})
     shown = ", ".join(f"{k} {v:.3g}" for k, v in scores.items() if k in ("spearman", "mape_pct", "within_10_pct"))
-    click.echo(f"wrote {output} ({pred.n_train_} architectures; held-out: {shown or 'not enough data'})")
+    click.echo(f"wrote {output} ({spec.name} of {pred.n_train_} architectures; held-out: "
+               f"{shown or 'not enough data'})")
 
 
 @predictor.command("eval")
@@ -172,9 +180,14 @@ def predict(model_file: str, archs: tuple[str, ...], breakdown: bool, workdir: P
     items = [a for value in archs for a in (model_specs((value,)) if value.startswith("@")
                                              else [value.strip()])]
     clean = [(split_model_id(a) or (pred.space, a))[1] for a in items]
+    from costmeter.predictors.targets import get_target
+
     mean, std = pred.predict_with_uncertainty(clean)
+    spec = get_target(getattr(pred, "target_", "latency"))
     for arch, m, s in zip(clean, mean, std):
-        click.echo(f"{pred.space}:{arch}\t{m:.4g} ms ± {s:.2g} ({pred.device or '?'}, {pred.runtime or '?'})")
+        value = f"{m:.4g} ms ± {s:.2g}" if spec.unit == "ms" else \
+            f"{spec.name} {spec.format(m)} ± {spec.format(s)}"
+        click.echo(f"{pred.space}:{arch}\t{value} ({pred.device or '?'}, {pred.runtime or '?'})")
 
 
 def _predict_networks(pred, models: list[str], manifest: dict, breakdown: bool, workdir: Path | None) -> None:

@@ -20,6 +20,8 @@ _FLOAT_COLUMNS = (
     "throughput_items_per_s",
     "peak_rss_bytes",
     "peak_rss_above_baseline_bytes",
+    "cuda_max_allocated_bytes",
+    "peak_memory_bytes",
     "artifact_bytes",
     "param_bytes",
     "params",
@@ -37,6 +39,7 @@ FRAME_COLUMNS: tuple[str, ...] = (
     "latency_mean_ms", "latency_std_ms", "latency_cv", "latency_min_ms", "latency_max_ms",
     *[f"latency_p{p}{s}_ms" for p in (50, 90, 95, 99) for s in ("", "_low", "_high")],
     "throughput_items_per_s", "peak_rss_bytes", "peak_rss_above_baseline_bytes",
+    "cuda_max_allocated_bytes", "peak_memory_bytes",
     "artifact_bytes", "param_bytes", "params", "macs", "energy_j", "energy_per_inference_j",
     "energy_provenance", "git_sha", "costmeter_version", "host", "max_abs_diff", "prepare_s",
     "warnings",
@@ -45,8 +48,8 @@ _ROW_COPIED = (
     "run_id", "tag", "status", "validity", "error", "started_at", "finished_at", "model_id",
     "model_hash", "device", "runtime", "batch", "input_shape", "dtype", "threads", "options",
     "key_digest", "n_samples", "latency_cv", "throughput_items_per_s", "peak_rss_bytes",
-    "peak_rss_above_baseline_bytes", "artifact_bytes", "param_bytes", "params", "macs",
-    "energy_j", "energy_per_inference_j", "energy_provenance", "git_sha", "costmeter_version",
+    "peak_rss_above_baseline_bytes", "cuda_max_allocated_bytes", "peak_memory_bytes",
+    "artifact_bytes", "param_bytes", "params", "macs", "energy_j", "energy_per_inference_j", "energy_provenance", "git_sha", "costmeter_version",
     "host", "max_abs_diff", "prepare_s",
 )  # fmt: skip
 

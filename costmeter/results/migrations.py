@@ -10,7 +10,9 @@ records 0. Version 1 -> 2 keeps the tables and rewrites model ids to the stable 
 :mod:`costmeter.results.legacy_ids` (``onnx:<file stem>`` of collected architectures becomes
 ``space:<arch>``; other ONNX files become ``onnx:<content hash>``), recomputing each row's key
 digest. Version 2 -> 3 adds the ``result_ids``, ``suite_runs``, ``suite_jobs`` and ``imports``
-tables of :mod:`costmeter.results.journal`. (When a version changes the tables, freeze the older definitions inside the migration
+tables of :mod:`costmeter.results.journal`. Version 3 -> 4 adds the ``results`` columns
+``cuda_max_allocated_bytes`` and ``peak_memory_bytes`` (:data:`ADDED_IN_V4`), filled from each
+row's memory JSON. (When a version changes the tables, freeze the older definitions inside the migration
 that creates them: :func:`_migrate_0_to_1` must keep creating version 1.)
 """
 from __future__ import annotations
@@ -23,9 +25,15 @@ from typing import Callable
 from sqlalchemy import Connection, delete, insert, inspect, select, text, update
 
 from costmeter.errors import StoreError
-from costmeter.results.tables import meta_table, metadata, results_table, samples_table
+from costmeter.results.tables import (
+    ADDED_IN_V4,
+    meta_table,
+    metadata,
+    results_table,
+    samples_table,
+)
 
-STORE_VERSION = 3
+STORE_VERSION = 4
 VERSION_KEY = "store_version"
 # Serializes concurrent upgrades of one PostgreSQL database (any constant works; "costm").
 _PG_UPGRADE_LOCK_ID = 0x636F73746D
@@ -34,8 +42,15 @@ Migration = Callable[[Connection], None]
 
 
 def _migrate_0_to_1(conn: Connection) -> None:
-    """Create the version-1 ``results`` and ``samples`` tables with their indexes."""
-    metadata.create_all(conn, tables=[results_table, samples_table])
+    """Create the version-1 ``results`` and ``samples`` tables with their indexes (the current
+    definitions without the columns later versions add)."""
+    from sqlalchemy import MetaData, Table
+
+    frozen = MetaData()
+    Table(results_table.name, frozen,
+          *(c._copy() for c in results_table.columns if c.name not in ADDED_IN_V4))
+    Table(samples_table.name, frozen, *(c._copy() for c in samples_table.columns))
+    frozen.create_all(conn)
 
 
 def _manifest_paths(conn: Connection) -> list[Path]:
@@ -55,7 +70,10 @@ def _migrate_1_to_2(conn: Connection) -> None:
     from costmeter.results.legacy_ids import legacy_id_map
     from costmeter.results.tables import row_to_key
 
-    rows = conn.execute(select(results_table).where(results_table.c.model_id.like("onnx:%")))
+    c = results_table.c
+    wanted = (c.id, c.model_id, c.model_hash, c.device, c.runtime, c.batch, c.input_shape, c.dtype,
+              c.threads, c.options)  # columns of version 1 only
+    rows = conn.execute(select(*wanted).where(c.model_id.like("onnx:%")))
     rows = [dict(r._mapping) for r in rows]
     mapping, unresolved = legacy_id_map(((r["model_id"], r["model_hash"]) for r in rows),
                                         _manifest_paths(conn))
@@ -79,8 +97,32 @@ def _migrate_2_to_3(conn: Connection) -> None:
     metadata.create_all(conn, tables=list(V3_TABLES))
 
 
+def _migrate_3_to_4(conn: Connection) -> None:
+    """Memory columns a predictor can learn from: ``cuda_max_allocated_bytes`` and
+    ``peak_memory_bytes``, filled from each row's ``memory_json``."""
+    from sqlalchemy import bindparam
+
+    from costmeter.results.schema import MemoryInfo
+
+    for name in ADDED_IN_V4:
+        conn.execute(text(f"ALTER TABLE {results_table.name} ADD COLUMN {name} BIGINT"))
+    c = results_table.c
+    updates = []
+    for row_id, memory_json in conn.execute(select(c.id, c.memory_json)):
+        memory = MemoryInfo(**{k: v for k, v in json.loads(memory_json or "{}").items()
+                               if k in MemoryInfo.__dataclass_fields__})
+        if memory.peak_memory_bytes() is not None or memory.cuda_max_allocated_bytes is not None:
+            updates.append({"row_id": row_id, "cuda": memory.cuda_max_allocated_bytes,
+                            "peak": memory.peak_memory_bytes()})
+    if updates:
+        conn.execute(update(results_table).where(c.id == bindparam("row_id"))
+                     .values(cuda_max_allocated_bytes=bindparam("cuda"),
+                             peak_memory_bytes=bindparam("peak")), updates)
+
+
 UNRESOLVED_KEY = "unresolved_v1_model_ids"
-MIGRATIONS: dict[int, Migration] = {0: _migrate_0_to_1, 1: _migrate_1_to_2, 2: _migrate_2_to_3}
+MIGRATIONS: dict[int, Migration] = {0: _migrate_0_to_1, 1: _migrate_1_to_2, 2: _migrate_2_to_3,
+                                    3: _migrate_3_to_4}
 
 
 def read_version(conn: Connection) -> int:

@@ -50,6 +50,7 @@ class EnergyProvenance(str, Enum):
     COUNTER = "counter"
     INTEGRATED_POWER = "integrated-power"
     ESTIMATED = "estimated"
+    IMPORTED = "imported"  # a trace measured elsewhere; its source is in the result's extra
     UNAVAILABLE = "unavailable"
 
 
@@ -167,7 +168,11 @@ class Measurement:
 
 @dataclass
 class MemoryInfo:
-    """Memory figures, each named for what it is; ``None`` where not measured."""
+    """Memory figures, each named for what it is; ``None`` where not measured.
+
+    ``imported_peak_memory_bytes`` is an imported trace's ``peak_memory_bytes`` (what its
+    source measured, kind unknown); :meth:`peak_memory_bytes` is the headline figure.
+    """
 
     peak_rss_bytes: int | None = None
     baseline_rss_bytes: int | None = None
@@ -178,6 +183,17 @@ class MemoryInfo:
     cuda_max_reserved_bytes: int | None = None
     nvml_process_used_bytes: int | None = None
     nvml_device_used_bytes: int | None = None
+    imported_peak_memory_bytes: int | None = None
+
+    def peak_memory_bytes(self) -> int | None:
+        """The memory the run needed above what its process held before (bytes): the CUDA
+        allocator's peak where measured (a GPU run), else the peak RSS above baseline, else an
+        imported trace's figure; None when none is known."""
+        for value in (self.cuda_max_allocated_bytes, self.peak_rss_above_baseline_bytes,
+                      self.imported_peak_memory_bytes):
+            if value is not None:
+                return int(value)
+        return None
 
 
 @dataclass

@@ -46,6 +46,8 @@ LATENCY_STATS: tuple[str, ...] = ("mean", "std", "min", "max") + tuple(
     f"p{p}{suffix}" for p in PERCENTILES for suffix in ("", "_low", "_high")
 )
 SAMPLE_DTYPES = ("<i8", "<f8")
+# ``results`` columns added by layout version 4 (see migrations.py)
+ADDED_IN_V4: tuple[str, ...] = ("cuda_max_allocated_bytes", "peak_memory_bytes")
 
 metadata = MetaData()
 
@@ -92,6 +94,8 @@ results_table = Table(
     Column("throughput_items_per_s", Double),
     Column("peak_rss_bytes", BigInteger),
     Column("peak_rss_above_baseline_bytes", BigInteger),
+    Column("cuda_max_allocated_bytes", BigInteger),  # layout version 4
+    Column("peak_memory_bytes", BigInteger),  # layout version 4: MemoryInfo.peak_memory_bytes()
     Column("artifact_bytes", BigInteger),
     Column("param_bytes", BigInteger),
     Column("params", BigInteger),
@@ -244,6 +248,8 @@ def result_to_row(result: RunResult) -> dict[str, Any]:
         "n_samples": 0 if measurement is None else measurement.count,
         "peak_rss_bytes": memory.peak_rss_bytes,
         "peak_rss_above_baseline_bytes": memory.peak_rss_above_baseline_bytes,
+        "cuda_max_allocated_bytes": memory.cuda_max_allocated_bytes,
+        "peak_memory_bytes": memory.peak_memory_bytes(),
         "artifact_bytes": memory.artifact_bytes,
         "param_bytes": param_bytes,
         "params": _int_or_none(result.model_info.get("params")),

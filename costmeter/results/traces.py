@@ -10,6 +10,11 @@ Accepted layouts (column names are case-sensitive):
   NB201 table of the HELP data release (``1080ti_1_ms``, ``pixel3_ms``, ...). ``device``
   selects columns (a name or a comma-separated list); by default all are imported.
 
+A long trace may also carry ``peak_memory_bytes`` (the memory one inference needed, bytes) and
+``energy_j`` (energy of one inference, joules); empty cells mean "not measured". They become
+the result's ``memory.imported_peak_memory_bytes`` and ``energy.energy_per_inference_j``
+(provenance ``imported``), so that predictors can learn them.
+
 Each measurement becomes a RunResult whose Measurement holds one sample (the source's value,
 no raw samples), ``extra["provenance"] = "imported"`` plus the source file, its SHA-256, the
 row and the column. One value cannot be judged, so its validity is UNJUDGED, never VALID. Validation happens before anything is returned or written: missing
@@ -39,6 +44,9 @@ ARCH_COLUMNS: tuple[str, ...] = ("arch", "architecture", "encoding")
 ONNX_COLUMNS: tuple[str, ...] = ("onnx_path", "onnx", "model_path")
 LATENCY_COLUMN = "latency_ms"
 DEVICE_COLUMN = "device"
+# optional per-row figures of a long trace: column -> what it is, for messages
+OPTIONAL_COLUMNS: dict[str, str] = {"peak_memory_bytes": "peak memory (bytes)",
+                                    "energy_j": "energy per inference (J)"}
 PROVENANCE = "imported"
 _MAX_ROWS_NAMED = 5
 MIN_LATENCY_MS = 1e-6  # one nanosecond
@@ -51,7 +59,8 @@ class Traces:
 
     ``frame`` columns: ``source_row`` (1 = first data row), ``source_column``, ``device``,
     ``latency_ms``, ``model_id``, ``model_hash``, ``arch`` (canonical; None for ONNX rows),
-    ``onnx_path`` (None for architectures).
+    ``onnx_path`` (None for architectures), ``peak_memory_bytes`` and ``energy_j`` (NaN where
+    the trace has no value).
     """
 
     frame: Any
@@ -141,6 +150,30 @@ def _check_latencies(values: np.ndarray, column: str, path: Path, raw: Any = Non
                           f"nanoseconds) in column {column}, {_rows_named(huge)}; check the unit: ms")
 
 
+def _optional_values(table: Any, path: Path, long_layout: bool) -> dict[str, np.ndarray]:
+    """The optional columns (:data:`OPTIONAL_COLUMNS`) as floats, NaN where empty; ConfigError
+    naming the rows of a non-numeric, infinite or negative value, or when the file is wide."""
+    import pandas as pd
+
+    out: dict[str, np.ndarray] = {}
+    for column, what in OPTIONAL_COLUMNS.items():
+        if column not in table.columns:
+            out[column] = np.full(len(table), np.nan)
+            continue
+        if not long_layout:
+            raise ConfigError(f"trace file {path.name}: column {column} needs the long layout (one "
+                              f"row per measurement with '{LATENCY_COLUMN}' and '{DEVICE_COLUMN}')")
+        raw = table[column]
+        values = pd.to_numeric(raw, errors="coerce").to_numpy(dtype=np.float64)
+        blank = (raw.isna() | (raw.astype(str).str.strip() == "")).to_numpy(dtype=bool)
+        bad = np.flatnonzero((~blank & ~np.isfinite(values)) | (np.isfinite(values) & (values < 0))) + 1
+        if bad.size:
+            raise ConfigError(f"trace file {path.name}: {what} in column {column} must be a finite "
+                              f"number >= 0 or empty, {_rows_named(bad)}; fix or empty those cells")
+        out[column] = np.where(blank, np.nan, values)
+    return out
+
+
 def _canonical_archs(raw: Sequence[Any], space: str, path: Path) -> list[str]:
     """Canonical strings per row; ConfigError naming the first malformed row."""
     from costmeter.models.spaces import get_space
@@ -214,6 +247,7 @@ def read_traces(path: str | Path, *, space: str | None = None,
     for col in lat_cols:
         _check_latencies(pd.to_numeric(table[col], errors="coerce").to_numpy(dtype=np.float64),
                          col, p, table[col])
+    optional = _optional_values(table, p, long_layout)
     if arch_col is not None:
         archs = _canonical_archs(table[arch_col].tolist(), space or "", p)
         ids = [f"{space}:{a}" for a in archs]
@@ -234,6 +268,7 @@ def read_traces(path: str | Path, *, space: str | None = None,
             "source_row": rows, "source_column": col, "device": devices,
             "latency_ms": pd.to_numeric(table[col]).to_numpy(dtype=np.float64),
             "model_id": ids, "model_hash": digests, "arch": arch_values, "onnx_path": onnx_paths,
+            **optional,
         }))
     frame = pd.concat(parts, ignore_index=True)
     if long_layout and device is not None and DEVICE_COLUMN in columns:
@@ -261,7 +296,10 @@ def traces_to_results(traces: Traces, *, runtime: str = "unknown", batch: int = 
     from costmeter.models.spaces import get_space
     from costmeter.results.schema import (
         BenchKey,
+        EnergyInfo,
+        EnergyProvenance,
         Measurement,
+        MemoryInfo,
         RunResult,
         Status,
         Validity,
@@ -294,9 +332,16 @@ def traces_to_results(traces: Traces, *, runtime: str = "unknown", batch: int = 
         key = BenchKey(model_id=rec.model_id, model_hash=rec.model_hash, device=str(rec.device),
                        runtime=runtime, batch=batch, input_shape=shape, dtype="float32",
                        threads=None)
+        peak, energy_j = float(rec.peak_memory_bytes), float(rec.energy_j)
+        memory = MemoryInfo(imported_peak_memory_bytes=None if np.isnan(peak) else int(round(peak)))
+        energy = (EnergyInfo() if np.isnan(energy_j) else
+                  EnergyInfo(provenance=EnergyProvenance.IMPORTED, energy_j=energy_j,
+                             energy_per_inference_j=energy_j,
+                             reason=f"energy per inference imported from {traces.source}"))
         results.append(RunResult(
             key=key, status=Status.OK, run_id=run, started_at=now, finished_at=now, tag=tag,
             measurement=Measurement(samples_ns=[[round(rec.latency_ms * 1e6)]]),
+            memory=memory, energy=energy,
             validity=Validity.UNJUDGED, warnings=[warning],
             model_info=dict(info.get(rec.arch, {})) if rec.arch is not None else {},
             extra={"provenance": PROVENANCE, "source_file": traces.source,
@@ -316,8 +361,10 @@ def import_traces(path: str | Path, store: Any, **settings: Any) -> Any:
 
 
 def training_frame(frame: Any, space: str, device: str | None = None,
-                   runtime: str | None = None, statistic: str = "latency_p50_ms") -> Any:
-    """(arch, latency_ms) per architecture of ``space`` from a ``ResultStore.query()`` frame.
+                   runtime: str | None = None, statistic: str = "latency_p50_ms",
+                   value_name: str = "latency_ms") -> Any:
+    """(arch, ``value_name``) per architecture of ``space`` from a ``ResultStore.query()`` frame
+    (``statistic``: the frame column taken, e.g. ``peak_memory_bytes``).
 
     Keeps ok results of that space (model ids ``space:arch``, whether imported, collected or
     run), filtered by device/runtime; repeated measurements of one architecture are reduced to
@@ -343,5 +390,5 @@ def training_frame(frame: Any, space: str, device: str | None = None,
                           "store; import traces or run `bench collect` first")
     sp = get_space(space)
     df["arch"] = [sp.canonical(a) for a in df["arch"]]
-    out = df.groupby("arch", sort=True)[statistic].median().rename("latency_ms").reset_index()
+    out = df.groupby("arch", sort=True)[statistic].median().rename(value_name).reset_index()
     return pd.DataFrame(out)

@@ -133,9 +133,15 @@ class ArchPredictor(RegressorMixin, BaseEstimator):
 
 
 def fit_from_results(frame: Any, *, space: str, device: str, runtime: str | None = None,
-                     regressor: Any = None, holdout: float = 0.2, seed: int = 0) -> tuple[ArchPredictor, dict[str, Any], str]:
+                     regressor: Any = None, holdout: float = 0.2, seed: int = 0,
+                     target: str = "latency") -> tuple[ArchPredictor, dict[str, Any], str]:
     """Fit an ArchPredictor from a ``ResultStore.query()`` frame (what ``bench predictor fit``
     does). Returns ``(predictor fitted on all rows, held-out metrics, training-set hash)``.
+
+    ``target`` (:data:`costmeter.predictors.targets.TARGETS`): what is learned, in its unit
+    (latency ms, peak memory bytes, energy J); the fitted predictor records it as ``target_``.
+    Rows without a value for it are left out; none at all is a ConfigError naming the targets
+    the frame holds.
 
     Fewer than :data:`MIN_FIT_ROWS` distinct architectures is a ConfigError saying so. With
     ``holdout`` > 0 a copy is first fitted on a random ``1 - holdout`` share and scored on the
@@ -143,10 +149,18 @@ def fit_from_results(frame: Any, *, space: str, device: str, runtime: str | None
     """
     from costmeter.predictors.artifacts import training_set_hash
     from costmeter.predictors.estimators.evaluate import metrics, random_split
+    from costmeter.predictors.targets import get_target, target_rows
     from costmeter.results.traces import training_frame
 
-    train = training_frame(frame, space, device=device, runtime=runtime)
-    archs, y = list(train["arch"]), train["latency_ms"].to_numpy(dtype=np.float64)
+    spec = get_target(target)
+    mine = frame[frame["model_id"].astype(str).str.startswith(f"{space}:")
+                 & (frame["device"] == device)
+                 & ((frame["runtime"] == runtime) if runtime is not None else True)]
+    if len(mine):  # else training_frame says there is nothing for this space and device
+        mine = target_rows(mine, target, what=f"the stored {space} results of device {device!r}")
+    train = training_frame(mine, space, device=device, runtime=runtime,
+                           statistic=spec.column, value_name="value")
+    archs, y = list(train["arch"]), train["value"].to_numpy(dtype=np.float64)
     if len(archs) < MIN_FIT_ROWS:
         raise ConfigError(f"only {len(archs)} distinct {space} architectures are measured for device "
                           f"{device!r}{f' runtime {runtime!r}' if runtime else ''}; a predictor needs at "
@@ -160,5 +174,6 @@ def fit_from_results(frame: Any, *, space: str, device: str, runtime: str | None
         scores = {"holdout": holdout, "seed": seed,
                   **metrics(y[te], probe.predict([archs[i] for i in te]))}
     predictor = clone(template).fit(archs, y)
+    predictor.target_ = spec.name
     digest = training_set_hash(get_space(space).features(archs), y)
     return predictor, scores, digest
