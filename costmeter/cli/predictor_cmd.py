@@ -71,7 +71,7 @@ def fit(space: str, device: str, runtime: str | None, target: str, holdout: floa
     whichever the stored results or imported traces hold) and save it with a manifest."""
     from costmeter.predictors import fit_from_results
     from costmeter.predictors import save_predictor
-    from costmeter.predictors.targets import get_target
+    from costmeter.predictors import get_target
 
     frame = query_frame(store_url, workdir)
     pred, scores, digest = fit_from_results(frame, space=space, device=device, runtime=runtime, holdout=holdout,
@@ -180,7 +180,7 @@ def predict(model_file: str, archs: tuple[str, ...], breakdown: bool, workdir: P
     items = [a for value in archs for a in (model_specs((value,)) if value.startswith("@")
                                              else [value.strip()])]
     clean = [(split_model_id(a) or (pred.space, a))[1] for a in items]
-    from costmeter.predictors.targets import get_target
+    from costmeter.predictors import get_target
 
     mean, std = pred.predict_with_uncertainty(clean)
     spec = get_target(getattr(pred, "target_", "latency"))

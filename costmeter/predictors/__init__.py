@@ -30,11 +30,16 @@ _PUBLIC: dict[str, str] = {
     "reference_architectures": "costmeter.predictors.estimators.fewshot",
     "NetworkPredictor": "costmeter.predictors.estimators.network",
     "TrafficCalibration": "costmeter.predictors.estimators.calibration",
+    "GraphTargetPredictor": "costmeter.predictors.estimators.graph_target",
+    "memory_features": "costmeter.predictors.estimators.graph_target",
     "metrics": "costmeter.predictors.estimators.evaluate",
     "metrics_table": "costmeter.predictors.estimators.evaluate",
     "family_of": "costmeter.predictors.estimators.evaluate",
     "family_split": "costmeter.predictors.estimators.evaluate",
     "random_split": "costmeter.predictors.estimators.evaluate",
+    # what a predictor learns
+    "TARGETS": "costmeter.predictors.targets",
+    "get_target": "costmeter.predictors.targets",
     # kernels
     "fuse": "costmeter.predictors.kernels.fuse",
     "builtin_rules": "costmeter.predictors.kernels.rules",
