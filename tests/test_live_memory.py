@@ -99,3 +99,36 @@ def test_bad_input_is_a_config_error():
         peak_live_set("model.onnx")
     with pytest.raises(ConfigError, match="not found"):
         peak_activation_bytes("/nonexistent/model.onnx")
+
+
+def test_graph_target_predictor_recovers_a_linear_memory_model():
+    import pandas as pd
+
+    from costmeter.predictors import GraphTargetPredictor, memory_features
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for width in (100, 200, 400, 800, 1600):
+        nodes = [helper.make_node("MatMul", ["x", "w1"], ["a"]), helper.make_node("Relu", ["a"], ["y"])]
+        weights = [("w1", rng.standard_normal((64, width)).astype(np.float32))]
+        rows.append(memory_features(load_graph(_model(nodes, [("x", [1, 64])], [("y", [1, width])], weights))))
+    table = pd.DataFrame(rows)
+    assert table["peak_activation_bytes"].tolist() == [8 * w for w in (100, 200, 400, 800, 1600)]  # a + y
+    truth = 50e6 + 2.5 * table["param_bytes"] + 1.0 * table["peak_activation_bytes"]
+    model = GraphTargetPredictor().fit(table.iloc[:4], truth.iloc[:4])
+    assert model.predict(table.iloc[4:])[0] == pytest.approx(truth.iloc[4], rel=1e-6)  # extrapolates
+    assert "peak_memory = " in model.describe()
+
+
+def test_graph_target_predictor_bad_input():
+    import pandas as pd
+
+    from costmeter.predictors import GraphTargetPredictor
+
+    table = pd.DataFrame({"param_bytes": [1.0, 2.0, 3.0], "peak_activation_bytes": [1.0, 2.0, 3.0]})
+    with pytest.raises(ConfigError, match="input_bytes"):
+        GraphTargetPredictor().fit(table, [1, 2, 3])
+    with pytest.raises(ConfigError, match="unknown target"):
+        GraphTargetPredictor(target="power").fit(table.assign(input_bytes=0.0), [1, 2, 3])
+    with pytest.raises(ConfigError, match="at least 3"):
+        GraphTargetPredictor().fit(table.assign(input_bytes=0.0).head(2), [1, 2])
