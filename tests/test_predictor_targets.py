@@ -193,3 +193,46 @@ def test_a_version_3_store_gets_the_memory_columns(tmp_path: Path) -> None:
     assert frame.loc["gpu", "cuda_max_allocated_bytes"] == 4096
     assert frame.loc["gpu", "peak_memory_bytes"] == 4096
     assert frame.drop("gpu")["peak_memory_bytes"].tolist() == [700]
+
+
+def _matmul_onnx(path: Path, width: int) -> Path:
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    weight = numpy_helper.from_array(np.ones((64, width), np.float32), "w")
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 64])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", width])],
+                              initializer=[weight])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    return path
+
+
+def test_graph_level_fit_and_predict_from_onnx_traces(store_url: str, tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture) -> None:
+    widths = [50, 100, 200, 300, 400, 600, 800, 1000, 1500, 2000]
+    rows = []
+    for width in widths:
+        _matmul_onnx(tmp_path / f"mm{width}.onnx", width)
+        # made up: 40 MiB + twice the weights + the live activations (x and y)
+        peak = 40 * 2**20 + 2 * 4 * 64 * width + 4 * (64 + width)
+        rows.append(f"mm{width}.onnx,cpu,{0.01 * width:.3f},{peak},")
+    trace = tmp_path / "mm.csv"
+    trace.write_text("onnx_path,device,latency_ms,peak_memory_bytes,energy_j\n" + "\n".join(rows) + "\n")
+    assert main(["traces", "import", str(trace), "--store", store_url, "--runtime", "onnxruntime"]) == 0
+    capsys.readouterr()
+    model = tmp_path / "mem.costmodel"
+    assert main(["predictor", "fit", "--device", "cpu", "--target", "peak_memory", "-o", str(model),
+                 "--store", store_url, "--workdir", str(tmp_path / "wd")]) == 0
+    assert "peak_memory of 10 models" in capsys.readouterr().out
+    new = _matmul_onnx(tmp_path / "mm3000.onnx", 3000)  # larger than every training model
+    assert main(["predict", str(model), "--model", str(new), "--workdir", str(tmp_path / "wd")]) == 0
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    expected = (40 * 2**20 + 2 * 4 * 64 * 3000 + 4 * (64 + 3000)) / 2**20
+    shown = float(line.split("peak_memory ")[1].split(" MiB")[0])
+    assert shown == pytest.approx(expected, rel=0.01)
+    rc = main(["predictor", "fit", "--device", "cpu", "--target", "energy", "-o", str(tmp_path / "e"),
+               "--store", store_url, "--workdir", str(tmp_path / "wd")])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1 and "peak_memory (peak_memory_bytes)" in err
+    assert not (tmp_path / "e").exists()

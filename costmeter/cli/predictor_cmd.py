@@ -53,7 +53,8 @@ def predictor() -> None:
 
 
 @predictor.command()
-@click.option("--space", required=True, help="nb201 or ofa_mbv3")
+@click.option("--space", default=None, help="Search space (nb201, ofa_mbv3, ...): a forest on its analytic "
+              "features; without it, a whole-model predictor on the ONNX graphs of the stored models")
 @click.option("--device", required=True, help="Device whose stored measurements train the model")
 @click.option("--runtime", default=None, help="Only measurements of this runtime")
 @click.option("--target", type=click.Choice(["latency", "peak_memory", "energy"]), default="latency",
@@ -65,22 +66,35 @@ def predictor() -> None:
 @click.option("--output", "-o", type=OutputPath(), required=True, help="FILE.costmodel")
 @store_option
 @workdir_option
-def fit(space: str, device: str, runtime: str | None, target: str, holdout: float, seed: int, output: str,
-        store_url: str | None, workdir: Path | None) -> None:
-    """Fit a forest on stored measurements of a search space (latency, peak memory or energy,
-    whichever the stored results or imported traces hold) and save it with a manifest."""
-    from costmeter.predictors import fit_from_results
-    from costmeter.predictors import save_predictor
-    from costmeter.predictors import get_target
+def fit(space: str | None, device: str, runtime: str | None, target: str, holdout: float, seed: int,
+        output: str, store_url: str | None, workdir: Path | None) -> None:
+    """Fit a predictor of latency, peak memory or energy (whichever the stored results or imported
+    traces hold) and save it with a manifest: a forest on a search space's analytic features, or
+    (no --space) a whole-model predictor on ONNX graph features, the analytic peak activation
+    memory among them."""
+    from costmeter.predictors import fit_from_results, get_target, save_predictor
 
-    frame = query_frame(store_url, workdir)
-    pred, scores, digest = fit_from_results(frame, space=space, device=device, runtime=runtime, holdout=holdout,
-                                            seed=seed, target=target)
     spec = get_target(target)
+    if space is None:
+        from costmeter.predictors import fit_graph_target
+
+        store = open_store(store_url, workdir)
+        try:
+            pred, scores, digest = fit_graph_target(store, device=device, runtime=runtime, target=target,
+                                                    workdir=workdir or default_workdir(), holdout=holdout,
+                                                    seed=seed)
+        finally:
+            store.close()
+        what = "models"
+    else:
+        frame = query_frame(store_url, workdir)
+        pred, scores, digest = fit_from_results(frame, space=space, device=device, runtime=runtime,
+                                                holdout=holdout, seed=seed, target=target)
+        what = "architectures"
     save_predictor(pred, output, training_hash=digest, metrics=scores,
                    extra={"target": spec.name, "target_column": spec.column, "unit": spec.unit})
     shown = ", ".join(f"{k} {v:.3g}" for k, v in scores.items() if k in ("spearman", "mape_pct", "within_10_pct"))
-    click.echo(f"wrote {output} ({spec.name} of {pred.n_train_} architectures; held-out: "
+    click.echo(f"wrote {output} ({spec.name} of {pred.n_train_} {what}; held-out: "
                f"{shown or 'not enough data'})")
 
 
@@ -177,6 +191,11 @@ def predict(model_file: str, archs: tuple[str, ...], breakdown: bool, workdir: P
         manifest = read_manifest(model_file)
         _predict_networks(pred, model_specs(archs), manifest, breakdown, workdir)
         return
+    from costmeter.predictors import GraphTargetPredictor
+
+    if isinstance(pred, GraphTargetPredictor):
+        _predict_graph_target(pred, model_specs(archs), workdir)
+        return
     items = [a for value in archs for a in (model_specs((value,)) if value.startswith("@")
                                              else [value.strip()])]
     clean = [(split_model_id(a) or (pred.space, a))[1] for a in items]
@@ -188,6 +207,25 @@ def predict(model_file: str, archs: tuple[str, ...], breakdown: bool, workdir: P
         value = f"{m:.4g} ms ± {s:.2g}" if spec.unit == "ms" else \
             f"{spec.name} {spec.format(m)} ± {spec.format(s)}"
         click.echo(f"{pred.space}:{arch}\t{value} ({pred.device or '?'}, {pred.runtime or '?'})")
+
+
+def _predict_graph_target(pred, models: list[str], workdir: Path | None) -> None:
+    """Export each model and print the predicted target with its analytic peak activations."""
+    import pandas as pd
+
+    from costmeter.models.export import export_onnx
+    from costmeter.models.onnx.graph import load_graph
+    from costmeter.models.source import resolve_model
+    from costmeter.predictors import get_target, memory_features
+
+    wd = workdir or default_workdir()
+    table = pd.DataFrame.from_dict({m: memory_features(load_graph(export_onnx(resolve_model(m), wd)))
+                                    for m in models}, orient="index")
+    spec = get_target(pred.target)
+    for name, value in zip(models, pred.predict(table)):
+        live = float(table.loc[name, "peak_activation_bytes"])
+        click.echo(f"{name}\t{spec.name} {spec.format(value)} ({pred.device or '?'}, {pred.runtime or '?'}; "
+                   f"analytic peak activations {live / 2**20:.4g} MiB)")
 
 
 def _predict_networks(pred, models: list[str], manifest: dict, breakdown: bool, workdir: Path | None) -> None:

@@ -68,6 +68,7 @@ _PUBLIC: dict[str, str] = {
     "export_item": "costmeter.predictors.workflows.collect",
     "measured_latencies": "costmeter.predictors.workflows.collect",
     "fit_network_predictor": "costmeter.predictors.workflows.network",
+    "fit_graph_target": "costmeter.predictors.workflows.graph_target",
 }
 _ALIASES = {"load_artifact": "load_predictor"}  # public name -> name inside its module
 

@@ -54,6 +54,8 @@ TRUSTED_TYPES: tuple[str, ...] = (
     "costmeter.predictors.estimators.fewshot.FewShotTransfer",
     "costmeter.predictors.estimators.network.NetworkPredictor",
     "costmeter.predictors.estimators.calibration.TrafficCalibration",
+    "costmeter.predictors.estimators.graph_target.GraphTargetPredictor",
+    "sklearn.linear_model._base.LinearRegression",
     "sklearn.tree._tree.Tree",
 )
 
