@@ -114,6 +114,7 @@ def test_graph_target_predictor_recovers_a_linear_memory_model():
         rows.append(memory_features(load_graph(_model(nodes, [("x", [1, 64])], [("y", [1, width])], weights))))
     table = pd.DataFrame(rows)
     assert table["peak_activation_bytes"].tolist() == [8 * w for w in (100, 200, 400, 800, 1600)]  # a + y
+    assert (table["matmul_weight_bytes"] == table["param_bytes"]).all() and not table["conv_weight_bytes"].any()
     truth = 50e6 + 2.5 * table["param_bytes"] + 1.0 * table["peak_activation_bytes"]
     model = GraphTargetPredictor().fit(table.iloc[:4], truth.iloc[:4])
     assert model.predict(table.iloc[4:])[0] == pytest.approx(truth.iloc[4], rel=1e-6)  # extrapolates
@@ -125,10 +126,13 @@ def test_graph_target_predictor_bad_input():
 
     from costmeter.predictors import GraphTargetPredictor
 
-    table = pd.DataFrame({"param_bytes": [1.0, 2.0, 3.0], "peak_activation_bytes": [1.0, 2.0, 3.0]})
-    with pytest.raises(ConfigError, match="input_bytes"):
+    table = pd.DataFrame({"conv_weight_bytes": [1.0, 2.0, 3.0], "peak_activation_bytes": [1.0, 2.0, 3.0]})
+    with pytest.raises(ConfigError, match="matmul_weight_bytes"):
         GraphTargetPredictor().fit(table, [1, 2, 3])
+    full = table.assign(matmul_weight_bytes=0.0)
     with pytest.raises(ConfigError, match="unknown target"):
-        GraphTargetPredictor(target="power").fit(table.assign(input_bytes=0.0), [1, 2, 3])
+        GraphTargetPredictor(target="power").fit(full, [1, 2, 3])
     with pytest.raises(ConfigError, match="at least 3"):
-        GraphTargetPredictor().fit(table.assign(input_bytes=0.0).head(2), [1, 2])
+        GraphTargetPredictor().fit(full.head(2), [1, 2])
+    with pytest.raises(ConfigError, match="2 target values"):
+        GraphTargetPredictor().fit(full, [1, 2])
