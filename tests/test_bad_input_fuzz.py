@@ -103,6 +103,7 @@ COMMANDS: tuple[Command, ...] = (
     Command(("traces", "import"), {"--space": SPACE, "--device": TEXT, "--runtime": TEXT, "--batch": INT,
                                    "--tag": TEXT, "--store": STORE}, (IN,)),
     Command(("predictor", "fit"), {"--space": SPACE, "--device": TEXT, "--runtime": TEXT, "--holdout": FRACTION,
+                                   "--target": choice("latency", "peak_memory", "energy"),
                                    "--seed": INT, "-o": OUT, "--store": STORE}),
     Command(("predictor", "eval"), {"--space": SPACE, "--device": TEXT, "--split": choice("random", "family"),
                                     "--train": FRACTION, "--held-out": TEXT, "--seed": INT, "-o": OUT,
