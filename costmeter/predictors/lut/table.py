@@ -39,7 +39,7 @@ FORMAT_VERSION = 1
 MIN_ENTRY_MS = 1e-4  # floor of an overhead-corrected entry (0.1 us)
 SOURCES = ("measured", "predicted")
 ENTRY_COLUMNS = ("key", "kind", "input", "output", "expand", "kernel", "stride", "idskip", "se",
-                 "hs", "latency_ms", "raw_ms", "spread_ms", "samples", "source")
+                 "hs", "groups", "latency_ms", "raw_ms", "spread_ms", "samples", "source")
 
 
 @dataclass(frozen=True)
@@ -68,7 +68,7 @@ def _entry_fields(spec: BlockSpec) -> tuple[tuple[str, Any], ...]:
     return (("input", "x".join(map(str, spec.input_hwc))),
             ("output", "x".join(map(str, spec.output_hwc))), ("expand", spec.expand),
             ("kernel", spec.kernel), ("stride", spec.stride), ("idskip", int(spec.idskip)),
-            ("se", int(spec.se)), ("hs", int(spec.hs)))
+            ("se", int(spec.se)), ("hs", int(spec.hs)), ("groups", spec.groups))
 
 
 class LatencyTable:
@@ -350,7 +350,7 @@ def load_table(path: str | Path, device: str | None = None, runtime: str | None 
             entry = LutEntry(str(row["key"]), str(row["kind"]), float(row["latency_ms"]),
                              float(row["raw_ms"]), float(row["spread_ms"]), int(row["samples"]),
                              str(row["source"]),
-                             tuple((c, row.get(c, "")) for c in ENTRY_COLUMNS[2:10]))
+                             tuple((c, row.get(c, "")) for c in ENTRY_COLUMNS[2:11]))
         except (KeyError, TypeError, ValueError) as exc:
             raise StoreError(f"{json_path} entry {number} is malformed ({type(exc).__name__}: "
                              f"{exc}); build the table again") from exc

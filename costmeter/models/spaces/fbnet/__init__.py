@@ -71,9 +71,9 @@ from costmeter.models.spaces.fbnet.analytic import (
 
 NAME = "fbnet"
 SIZE = len(BLOCKS) ** N_LAYERS  # 9^22, about 9.8e20
-#: optional parts (see :mod:`costmeter.models.spaces`): none yet -- far too large to enumerate
-#: or index; lookup-table blocks not written yet
-CAPABILITIES: frozenset[str] = frozenset()
+#: optional parts (see :mod:`costmeter.models.spaces`): lookup-table blocks (:mod:`.lut`); far
+#: too large to enumerate or index
+CAPABILITIES: frozenset[str] = frozenset({"lut"})
 
 
 def to_array(archs: Any) -> Any:
