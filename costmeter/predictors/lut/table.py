@@ -262,8 +262,8 @@ def build_lut(space: str, device: str = "cpu", runtime: str = "onnxruntime",
               sink: Any = None) -> LatencyTable:
     """Measure (or, with ``predictor``, predict) every block of ``space`` at ``resolutions``.
 
-    ``interleave``: blocks sampled round-robin in groups of this size (default per space:
-    ofa_mbv3 4, nb201 1 = each block alone); see :mod:`~costmeter.predictors.lut.measure`.
+    ``interleave``: blocks sampled round-robin in groups of this size (default: the space's
+    ``lut.INTERLEAVE``; 1 = each block alone); see :mod:`~costmeter.predictors.lut.measure`.
     ``predictor``: a kernel-level predictor (``KernelForest``) or the path of a
     ``.costmodel`` file holding one; blocks are then priced from their ONNX graphs' kernels
     with the runtime's fusion rules and nothing is timed. ``output`` (optional) saves the

@@ -1,4 +1,5 @@
-"""FBNet search space, HW-NAS-Bench's CIFAR-100 variant: encodings, features, torch network.
+"""FBNet search space, HW-NAS-Bench's CIFAR-100 variant: encodings, features, torch network
+(lookup-table blocks in :mod:`.lut`).
 
 Blocks (Wu et al., "FBNet", CVPR 2019): ``kK_eE`` is an inverted residual -- 1x1 expansion to
 ``E x c_in`` channels, KxK depthwise conv, 1x1 linear projection, BN after each conv, ReLU
