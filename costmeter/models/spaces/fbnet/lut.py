@@ -17,6 +17,12 @@ Layers with the same shapes (3-5, 7-9, 11-13, 15-17, 19-21) share their entries:
 layer shapes x 8 inverted residuals + 6 skip convolutions + 3 fixed blocks = 105 entries. The
 space has one input resolution (32).
 
+Blocks are timed alone (:data:`INTERLEAVE` 1). Against 41 measured networks (ONNX Runtime, one
+thread, an x86 CPU shared at load 15-20 on 2 cores, so compared with each network's fastest
+run: the medians were 7x that), the table's sum was 1.24x the fastest run (median ratio,
+0.85-1.48) with Spearman rho 0.88; groups of 4 sampled round-robin ranked alike (0.90-0.94 on
+the same networks) but priced 1.5-1.8x.
+
 Everything here is numpy except :func:`block_module` (imports torch).
 """
 from __future__ import annotations
