@@ -1,16 +1,17 @@
 """Architectures predicted per second by the batch API (issue 6 target: >= 100,000 a second on one
-core for NB201 and OFA-MobileNetV3, featurisation included, for the lookup table and the forest),
-and the same figure for the path that exports every model to ONNX, for comparison.
+core for NB201 and OFA-MobileNetV3, featurisation included, for the lookup table and the
+forest; FBNet measured alike), and the same figure for the path that exports every model to
+ONNX, for comparison.
 
 Rates are architectures per CPU-second of this process (``time.process_time``: one core, not
 inflated when other processes share the machine) and per wall-clock second; best of
 ``--repeats``. Inputs: canonical encodings as numpy arrays (NB201 op codes, OFA ``(n, 46)``
-rows) and as strings. Neither rate depends on the latency values, so the table holds
-MAC-proportional entries and the forest (64 trees, the default ``ModelForest``) is fitted on a
-MAC-derived target with noise over ``--train`` architectures; pass ``--lut FILE`` or
-``--predictor FILE`` to time real ones.
+rows, FBNet ``(n, 22)`` op codes) and as strings. Neither rate depends on the latency values,
+so the table holds MAC-proportional entries and the forest (64 trees, the default
+``ModelForest``) is fitted on a MAC-derived target with noise over ``--train`` architectures;
+pass ``--lut FILE`` or ``--predictor FILE`` to time real ones.
 
-    python benchmarks/nas_throughput.py [--n 100000] [--repeats 3] [--export 3]
+    python benchmarks/nas_throughput.py [--space fbnet] [--n 100000] [--repeats 3] [--export 3]
 """
 from __future__ import annotations
 
@@ -89,14 +90,12 @@ def export_path_rate(space: str, count: int) -> float:
 
 
 def space_inputs(space: str, n: int) -> tuple[Any, list[str]]:
-    """(array encodings, strings) of ``n`` random architectures."""
-    from costmeter.models.spaces import nb201, ofa_mbv3
+    """(array encodings, canonical strings) of ``n`` random architectures of ``space``."""
+    from costmeter.models.spaces import get_space
 
-    if space == "nb201":
-        strings = nb201.sample(n, seed=5)
-        return nb201.to_codes(strings), strings
-    array = ofa_mbv3.sample_array(n, seed=5)
-    return array, [ofa_mbv3.format_arch(row) for row in array]
+    module = get_space(space)
+    strings = module.sample(n, seed=5)
+    return module.to_array(strings), strings
 
 
 def main() -> None:
@@ -105,18 +104,25 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--train", type=int, default=2000, help="forest training archs")
     parser.add_argument("--export", type=int, default=3, help="archs timed on the export path")
+    parser.add_argument("--space", action="append", default=[],
+                        help="a space with lookup tables (repeatable; default: all of them)")
     parser.add_argument("--lut", action="append", default=[], help="a real table (repeatable)")
     parser.add_argument("--predictor", action="append", default=[],
                         help="a real .costmodel (repeatable)")
     args = parser.parse_args()
 
     from costmeter import load_lut, load_predictor
+    from costmeter.models.spaces import require_capability, spaces_with
+
+    spaces = args.space or list(spaces_with("lut"))
+    for space in spaces:
+        require_capability(space, "lut")
 
     real_luts = {t.space: t for t in map(load_lut, args.lut)}
     real_forests = {p.space: p for p in map(load_predictor, args.predictor)}
     print(f"{'space':<9} {'predictor':<10} {'input':<8} {'archs/s (1 core)':>17} "
           f"{'archs/s (wall)':>15} {'vs 100k':>8}")
-    for space in ("nb201", "ofa_mbv3"):
+    for space in spaces:
         array, strings = space_inputs(space, args.n)
         models = {"lut": real_luts.get(space) or synthetic_table(space),
                   "forest": real_forests.get(space) or synthetic_forest(space, args.train)}

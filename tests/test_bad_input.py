@@ -179,6 +179,7 @@ CASES: list[tuple[list[str], str]] = [
     (["predict", "{manifest}", "-m", ARCH], "bad_manifest.costmodel"),
     (["predict", "{not_zip}", "-m", ARCH], "not_a_zip.costmodel"),
     (["predict", "{missing}", "-m", ARCH], "not exist"),
+    (["predict", "{bad_json}", "-m", "fbnet:" + "|".join(["k3_e1"] * 22)], "bad_lut.json"),
     # bench results
     (["results", "show", "0"], "RESULT_ID"),
     (["results", "show", "99999999999999999999999"], "RESULT_ID"),
@@ -224,6 +225,7 @@ CASES: list[tuple[list[str], str]] = [
     # bench lut *
     (["lut", "build", "--space", "nosuch"], "nosuch"),
     (["lut", "build", "--space", "nb201", "--resolution", ""], "--resolution"),
+    (["lut", "build", "--space", "fbnet", "--resolution", "224"], "resolution 224 is not in the space"),
     (["lut", "build", "--space", "nb201", "--threads", "0"], "--threads"),
     (["lut", "build", "--space", "nb201", "--min-time", "nan"], "--min-time"),
     (["lut", "build", "--space", "nb201", "-o", "{regular}/t.json"], "is a file"),

@@ -17,7 +17,8 @@ def lut() -> None:
 
 
 @lut.command()
-@click.option("--space", required=True, help="ofa_mbv3 or nb201")
+@click.option("--space", required=True,
+              help="A search space that declares lookup-table blocks (nb201, ofa_mbv3, fbnet)")
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--runtime", default="onnxruntime", show_default=True)
 @click.option("--resolution", type=IntList(1, 4096), default=None,

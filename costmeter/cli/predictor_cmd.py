@@ -181,11 +181,15 @@ def _cross_validate(frame, space, device, runtime, split, train_share, held_out,
               help="Per kernel type latencies (kernel-level predictors)")
 @workdir_option
 def predict(model_file: str, archs: tuple[str, ...], breakdown: bool, workdir: Path | None) -> None:
-    """Predicted latency ± uncertainty (ms) of architectures, from a saved predictor."""
+    """Predicted latency ± uncertainty (ms) of architectures, from a saved predictor or a lookup
+    table (TABLE.json from `bench lut build`)."""
     from costmeter.predictors import load_artifact as load_predictor, read_manifest
     from costmeter.predictors import NetworkPredictor
     from costmeter.models.spaces import split_model_id
 
+    if Path(model_file).suffix.lower() in (".json", ".csv"):
+        _predict_with_table(model_file, archs)
+        return
     pred = load_predictor(model_file)
     if isinstance(pred, NetworkPredictor):
         manifest = read_manifest(model_file)
@@ -226,6 +230,28 @@ def _predict_graph_target(pred, models: list[str], workdir: Path | None) -> None
         live = float(table.loc[name, "peak_activation_bytes"])
         click.echo(f"{name}\t{spec.name} {spec.format(value)} ({pred.device or '?'}, {pred.runtime or '?'}; "
                    f"analytic peak activations {live / 2**20:.4g} MiB)")
+
+
+def _predict_with_table(path: str, archs: tuple[str, ...]) -> None:
+    """Sum each architecture's block entries in a lookup table (any space that has one)."""
+    from costmeter.errors import ConfigError
+    from costmeter.models.spaces import get_space, split_model_id
+    from costmeter.predictors import load_lut
+
+    table = load_lut(path)
+    items = [a for value in archs for a in (model_specs((value,)) if value.startswith("@")
+                                             else [value.strip()])]
+    clean = []
+    for item in items:
+        space, arch = split_model_id(item) or (table.space, get_space(table.space).canonical(item))
+        if space != table.space:
+            raise ConfigError(f"{item[:60]!r} is a {space} architecture but {path} prices "
+                              f"{table.space}; give {table.space} architectures or a {space} table")
+        clean.append(arch)
+    mean, unc = table.predict(clean)
+    for arch, m, s in zip(clean, mean, unc):
+        click.echo(f"{table.space}:{arch}\t{m:.4g} ms ± {s:.2g} ({table.device}, {table.runtime}; "
+                   "lookup table)")
 
 
 def _predict_networks(pred, models: list[str], manifest: dict, breakdown: bool, workdir: Path | None) -> None:

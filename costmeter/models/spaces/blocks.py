@@ -7,6 +7,9 @@ on, in OFA's spelling::
     Conv-input:224x224x3-output:112x112x16
     expanded_conv-input:56x56x24-output:28x28x40-expand:6-kernel:5-stride:2-idskip:0-se:1-hs:0
 
+Grouped 1x1 convolutions (FBNet's ``_g2`` blocks) add ``-groups:G`` to an ``expanded_conv``
+key; keys of ungrouped blocks keep OFA's spelling unchanged.
+
 A space that offers lookup tables declares the ``lut`` capability and has a ``lut`` module
 following :class:`LutBlocks`: which blocks it produces, how an architecture decomposes into
 them, their torch modules, and dense arrays for summing an encoded batch without a Python loop.
@@ -28,7 +31,8 @@ EntryValue = Callable[[str], tuple[float, float]]
 
 @dataclass(frozen=True)
 class BlockSpec:
-    """One block: kind, input and output (H, W, C), and the MBConv fields (0/False elsewhere).
+    """One block: kind, input and output (H, W, C), and the MBConv fields (0/False elsewhere;
+    ``groups`` is the group count of the block's 1x1 convolutions, 1 when not grouped).
 
     ``kind`` is the space's block name (``Conv``, ``expanded_conv``, ``Conv_1``, ``Logits``, an
     NB201 op name, ``add``, ``residual_block`` ...); ``space`` tells which space's modules build
@@ -47,6 +51,7 @@ class BlockSpec:
     se: bool = False
     hs: bool = False
     inputs: int = 1
+    groups: int = 1
 
     @property
     def key(self) -> str:
@@ -55,6 +60,8 @@ class BlockSpec:
         if self.kind == "expanded_conv":
             text += (f"-expand:{self.expand}-kernel:{self.kernel}-stride:{self.stride}"
                      f"-idskip:{int(self.idskip)}-se:{int(self.se)}-hs:{int(self.hs)}")
+            if self.groups != 1:
+                text += f"-groups:{self.groups}"
         elif self.kind == "residual_block":
             text += f"-stride:{self.stride}"
         return text
@@ -63,9 +70,10 @@ class BlockSpec:
     def module_key(self) -> str:
         """Identity of the block's torch module, which does not depend on H and W: blocks
         sharing it are exported once (with symbolic H/W) and measured at each size."""
-        return (f"{self.space}-{self.kind}-c{self.input_hwc[2]}-o{self.output_hwc[2]}-e{self.expand}"
+        text = (f"{self.space}-{self.kind}-c{self.input_hwc[2]}-o{self.output_hwc[2]}-e{self.expand}"
                 f"-k{self.kernel}-s{self.stride}-i{int(self.idskip)}-se{int(self.se)}"
                 f"-hs{int(self.hs)}")
+        return text if self.groups == 1 else f"{text}-g{self.groups}"
 
     def input_shape(self, batch: int = 1) -> tuple[int, int, int, int]:
         """NCHW shape of (each of) the block's input tensor(s)."""

@@ -39,7 +39,7 @@ FORMAT_VERSION = 1
 MIN_ENTRY_MS = 1e-4  # floor of an overhead-corrected entry (0.1 us)
 SOURCES = ("measured", "predicted")
 ENTRY_COLUMNS = ("key", "kind", "input", "output", "expand", "kernel", "stride", "idskip", "se",
-                 "hs", "latency_ms", "raw_ms", "spread_ms", "samples", "source")
+                 "hs", "groups", "latency_ms", "raw_ms", "spread_ms", "samples", "source")
 
 
 @dataclass(frozen=True)
@@ -68,7 +68,7 @@ def _entry_fields(spec: BlockSpec) -> tuple[tuple[str, Any], ...]:
     return (("input", "x".join(map(str, spec.input_hwc))),
             ("output", "x".join(map(str, spec.output_hwc))), ("expand", spec.expand),
             ("kernel", spec.kernel), ("stride", spec.stride), ("idskip", int(spec.idskip)),
-            ("se", int(spec.se)), ("hs", int(spec.hs)))
+            ("se", int(spec.se)), ("hs", int(spec.hs)), ("groups", spec.groups))
 
 
 class LatencyTable:
@@ -262,8 +262,8 @@ def build_lut(space: str, device: str = "cpu", runtime: str = "onnxruntime",
               sink: Any = None) -> LatencyTable:
     """Measure (or, with ``predictor``, predict) every block of ``space`` at ``resolutions``.
 
-    ``interleave``: blocks sampled round-robin in groups of this size (default per space:
-    ofa_mbv3 4, nb201 1 = each block alone); see :mod:`~costmeter.predictors.lut.measure`.
+    ``interleave``: blocks sampled round-robin in groups of this size (default: the space's
+    ``lut.INTERLEAVE``; 1 = each block alone); see :mod:`~costmeter.predictors.lut.measure`.
     ``predictor``: a kernel-level predictor (``KernelForest``) or the path of a
     ``.costmodel`` file holding one; blocks are then priced from their ONNX graphs' kernels
     with the runtime's fusion rules and nothing is timed. ``output`` (optional) saves the
@@ -350,7 +350,7 @@ def load_table(path: str | Path, device: str | None = None, runtime: str | None 
             entry = LutEntry(str(row["key"]), str(row["kind"]), float(row["latency_ms"]),
                              float(row["raw_ms"]), float(row["spread_ms"]), int(row["samples"]),
                              str(row["source"]),
-                             tuple((c, row.get(c, "")) for c in ENTRY_COLUMNS[2:10]))
+                             tuple((c, row.get(c, "")) for c in ENTRY_COLUMNS[2:11]))
         except (KeyError, TypeError, ValueError) as exc:
             raise StoreError(f"{json_path} entry {number} is malformed ({type(exc).__name__}: "
                              f"{exc}); build the table again") from exc

@@ -1,4 +1,5 @@
-"""FBNet search space, HW-NAS-Bench's CIFAR-100 variant: encodings, features, torch network.
+"""FBNet search space, HW-NAS-Bench's CIFAR-100 variant: encodings, features, torch network
+(lookup-table blocks in :mod:`.lut`).
 
 Blocks (Wu et al., "FBNet", CVPR 2019): ``kK_eE`` is an inverted residual -- 1x1 expansion to
 ``E x c_in`` channels, KxK depthwise conv, 1x1 linear projection, BN after each conv, ReLU
@@ -71,9 +72,9 @@ from costmeter.models.spaces.fbnet.analytic import (
 
 NAME = "fbnet"
 SIZE = len(BLOCKS) ** N_LAYERS  # 9^22, about 9.8e20
-#: optional parts (see :mod:`costmeter.models.spaces`): none yet -- far too large to enumerate
-#: or index; lookup-table blocks not written yet
-CAPABILITIES: frozenset[str] = frozenset()
+#: optional parts (see :mod:`costmeter.models.spaces`): lookup-table blocks (:mod:`.lut`); far
+#: too large to enumerate or index
+CAPABILITIES: frozenset[str] = frozenset({"lut"})
 
 
 def to_array(archs: Any) -> Any:
