@@ -1,50 +1,42 @@
-"""Held-out-family latency prediction on this CPU with ONNX Runtime (issue 3 target: >= 95%
-of unseen-family models within +-10%; nn-Meter reports 99.0% on a Pixel 4 CPU).
+"""Held-out-family accuracy of the public bring-up workflow on this CPU (issue 18 targets:
+>= 90% of held-out networks within +-10% with a 30-minute budget, >= 95% with 90 minutes, and
+the build's leave-one-family-out estimate within 10 points of the measured figure).
 
-Train on ResNet and MobileNetV2 variants and NB201 samples; test on MobileNetV3 and
-EfficientNet variants and OFA-MobileNetV3 samples. Every latency is measured here, through the
-harness runner (one isolated worker per model or kernel, ONNX Runtime, 1 thread):
+What it does, as a new user would:
 
-1. the architectures (``predictors.collect``) into a SQLite store in the working folder;
-2. kernel micro-benchmarks (``predictors.sampling``) drawn from a prior built from the zoo's
-   models and samples of the two search spaces (not from the test variants), then one round
-   of adaptive re-sampling around kernels whose cross-validated error exceeds 10%. Image
-   kernels are timed in context (``predictors.kernel_samples``: between 1x1 max pools, minus
-   the baselines); ``--isolated`` also times them alone, the old way, in ``<workdir>/isolated``,
-   and prints both.
+1. ``bench predictor build --threads 1 --cpus C --budget B`` in the working folder
+   (``--fresh`` empties it first; each further ``--budgets`` entry extends the same build);
+2. measures held-out networks drawn anew -- MobileNetV3 and EfficientNet variants, OFA archs,
+   and the zoo models of those families -- pinned to the same CPU at the same thread count,
+   in ``--rounds`` rounds of a shuffled order, with a reference network every
+   ``--reference-every`` networks so that drift of the machine shows; each network timed as the
+   build times its calibration networks (at 1 thread by the thread's CPU clock), its latency the
+   fastest run over the rounds;
+3. prints, for the calibrated predictor, the raw kernel sum and a model-level forest fitted on
+   the build's calibration networks: share within +-10%, MAPE, median error (bias) and
+   Spearman, overall and per family, beside the build's leave-one-family-out estimate; and
+   appends one JSON line per budget to ``<workdir>/curve.jsonl``.
 
-Every architecture and every kernel is measured ``--rounds`` times (3), minutes apart, and the
-lowest median is kept: on this shared 2-vCPU machine other work only ever adds time.
+    python benchmarks/predictor_cpu_families.py --fresh --budgets 30m,90m --cpus 1
 
-Predictors compared on the test families: the kernel-level forest sum (nn-Meter's scheme: one
-forest per kernel type, summed, plus the measured per-run overhead), the same sum with a
-per-executed-kernel offset and an intercept fitted on the training models, the same sum
-calibrated on the training models by the cache model of ``bench kernels fit --calibrate-on``
-(:class:`~costmeter.predictors.estimators.calibration.TrafficCalibration`: a cost per MB of weights and of
-activations, plus a cost per MB of the weights that miss the cache, the missing share read off
-this machine's measured cache curve at the network's weight footprint),
-the model-level forest on aggregated features, and the FLOPs-linear baseline. Everything measured is cached in
-the working folder (``COSTMETER_BENCH_DIR``, default ``.costmeter/bench-families``), so a rerun
-only fits and prints. ``--quick`` shrinks every count for a smoke run. ``--fresh SEED``
-measures new architectures of the test families (all MobileNetV3 variants, new EfficientNet and
-OFA draws) into ``<workdir>-fresh<SEED>`` and scores the same predictors on those that are not
-in the main test set -- a check on networks nobody looked at while designing the predictors.
-
-    python benchmarks/predictor_cpu_families.py [--quick] [--min-time 0.3]
+Working folder: ``COSTMETER_BENCH_DIR`` (default ``.costmeter/bench-build``).
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import random
+import shutil
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
-TRAIN = {"resnet": 14, "mobilenet_v2": 24, "nb201": 60}
-TEST = {"mobilenet_v3": 24, "efficientnet": 20, "ofa_mbv3": 30}
-# --fresh: every MobileNetV3 variant, and new draws of the other two test families
-FRESH = {"mobilenet_v3": 40, "efficientnet": 40, "ofa_mbv3": 30}
+TEST_COUNTS = {"mobilenet_v3": 12, "efficientnet": 12, "ofa_mbv3": 12}
+TEST_ZOO = ("mobilenet_v3_small", "mobilenet_v3_large", "efficientnet_b0")
+REFERENCE = "mobilenet_v2"
 THREADS = 1
 
 
@@ -52,286 +44,271 @@ def _log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
-def measure_architectures(workdir: Path, store: Any, counts: dict[str, int], min_time: float,
-                          rounds: int, seed: int = 1) -> None:
-    """Every architecture measured ``rounds`` times, the rounds minutes apart."""
-    from costmeter.predictors.workflows.collect import collect, collect_protocol
-
-    for round_number in range(1, rounds + 1):
-        for space, n in counts.items():
-            started = time.perf_counter()
-            results = collect(space, n, device="cpu", runtime="onnxruntime", workdir=workdir,
-                              store=store, seed=seed, threads=THREADS, min_results=round_number,
-                              protocol=collect_protocol(min_time))
-            _log(f"round {round_number}: measured {len(results)} {space} models in "
-                 f"{time.perf_counter() - started:.0f} s")
+def run_build(workdir: Path, budget: str, cpus: str, output: Path) -> float:
+    """The public command, as a subprocess; returns its wall time (s)."""
+    command = [sys.executable, "-c", "import sys; from costmeter.cli import main; sys.exit(main(sys.argv[1:]))",
+               "predictor", "build", "--threads", str(THREADS), "--budget", budget, "--target", "0.9",
+               "-o", str(output), "--workdir", str(workdir)] + (["--cpus", cpus] if cpus else [])
+    _log("$ bench " + " ".join(command[3:]))
+    started = time.perf_counter()
+    subprocess.run(command, check=True)
+    return time.perf_counter() - started
 
 
-def measured_models(workdir: Path, store: Any, spaces: list[str]) -> dict[str, Any]:
-    """model_id -> (item, latency ms): the lowest of the per-round medians."""
-    from costmeter.predictors.workflows.collect import measured_latencies
+def test_models(seed: int) -> list[tuple[str, str]]:
+    """(model id, family) of the held-out networks: new draws plus the families' zoo models."""
+    from costmeter.predictors.workflows.collect import plan
 
-    return measured_latencies(store, spaces, "cpu", "onnxruntime", threads=THREADS)
-
-
-def kernel_graph(onnx_path: Path, rules: Any) -> Any:
-    from costmeter.models.onnx.graph import load_graph
-    from costmeter.predictors.kernels.fuse import fuse
-
-    return fuse(load_graph(onnx_path), rules)
+    out = [(item.model_id, family) for family, n in TEST_COUNTS.items()
+           for item in plan(family, n, seed=seed)]
+    return out + [(name, name.rsplit("_", 1)[0] if name.startswith("mobilenet") else "efficientnet")
+                  for name in TEST_ZOO]
 
 
-def kernel_samples(workdir: Path, rules: Any, quick: bool, store: Any, rounds: int,
-                   context: bool = True) -> Any:
-    """Kernel micro-benchmarks (cached in the working folder once measured): in context, or
-    alone (``context=False``, kept in the sub-folder ``isolated``)."""
-    from costmeter.predictors.sampling.prior import DEFAULT_COUNTS, sample_kernels
-    from costmeter.predictors.sampling.measure import KernelSamples, measure_kernels, samples_path
-    from costmeter.predictors.sampling.configs import KernelConfig
+def measure(workdir: Path, models: list[str], cpus: str, rounds: int, every: int, seed: int,
+            min_time: float | None) -> tuple[dict[str, float], list[float]]:
+    """Fastest run (ms) of each model over ``rounds`` shuffled rounds, pinned, timed as the build
+    times its calibration networks, with the reference network interleaved; returns
+    (latencies, the reference's latencies in order)."""
+    from costmeter.models.export import export_onnx
+    from costmeter.predictors import BuildSpec
+    from costmeter.predictors.workflows.build_steps import time_networks
+    from costmeter.predictors.workflows.graphs import hashed_source
 
-    if not context:
-        workdir = workdir / "isolated"
-    path = samples_path(workdir, "cpu", "onnxruntime")
-    if path.exists():
-        samples = KernelSamples.load(path)
-        _log(f"loaded {len(samples.rows)} kernel samples from {path}")
-    else:
-        counts = {t: (max(2, n // 20) if quick else n) for t, n in DEFAULT_COUNTS.items()}
-        started = time.perf_counter()
-        samples = sample_kernels(rules, "cpu", workdir, counts, store, threads=THREADS,
-                                 space_samples=4 if quick else 30,
-                                 adaptive_max=10 if quick else 160, log=_log, context=context)
-        _log(f"kernel sampling took {time.perf_counter() - started:.0f} s "
-             f"(configs the rules split: {len(samples.split)})")
-    once = [r for r in samples.rows if r["source"] == "measured" and int(r["rounds"]) < rounds]
-    if once:  # another round, later: keep the lower of the medians
-        started = time.perf_counter()
-        configs = [KernelConfig.from_dict(json.loads(r["config"])) for r in once]
-        samples.merge_lower(measure_kernels(configs, rules, "cpu", workdir, threads=THREADS,
-                                            sink=store, context=context))
-        samples.save(path)
-        _log(f"re-measured {len(configs)} kernels in {time.perf_counter() - started:.0f} s")
-    return samples
-
-
-def forest_sums(samples: Any, graphs: dict[str, Any], models: list[list[str]], overhead: float,
-                cold: bool = False) -> list[Any]:
-    """Kernel-forest sums (ms, plus the per-run overhead) of each list of ``models``, from
-    forests fitted on ``samples`` (``cold``: their cold-weight latencies)."""
-    from costmeter.predictors.kernels.features import stack_tables
-    from costmeter.predictors.estimators.forest import KernelForest, ModelForest
-
-    forest = KernelForest(ModelForest(n_estimators=200), on_unknown="flops_linear")
-    forest.fit(samples.tables(), samples.latencies(cold=cold))
-    fallback = forest.predict_with_uncertainty(stack_tables({m: graphs[m] for m in models[-1]}))
-    _log(f"kernel-sum share priced by the FLOPs-linear fallback: max "
-         f"{float(fallback['fallback_share'].max()):.4f}")
-    return [forest.predict(stack_tables({m: graphs[m] for m in names})).reindex(names).to_numpy()
-            + overhead for names in models]
+    spec = BuildSpec(threads=THREADS)
+    clock, min_time = spec.clock, min_time if min_time is not None else spec.network_time_s
+    files = {m: export_onnx(hashed_source(m, workdir), workdir) for m in [REFERENCE, *models]}
+    best: dict[str, float] = {}
+    reference: list[float] = []
+    rng = random.Random(seed)
+    for round_number in range(rounds):
+        order = list(models)
+        rng.shuffle(order)
+        sequence = [m for i, name in enumerate(order)
+                    for m in (([REFERENCE] if i % every == 0 else []) + [name])] + [REFERENCE]
+        keys = {f"{i}#{name}": files[name] for i, name in enumerate(sequence)}
+        with _pinned(cpus):
+            timed = time_networks(keys, THREADS, clock, min_time)
+        for key, value in timed.items():
+            name = key.split("#", 1)[1]
+            if name == REFERENCE:
+                reference.append(value)
+            elif value == value:
+                best[name] = min(value, best.get(name, float("inf")))
+        _log(f"round {round_number + 1}: {len(order)} held-out networks ({clock} clock), reference "
+             f"{REFERENCE} {min(reference):.3f}..{max(reference):.3f} ms")
+    return best, reference
 
 
-def corrected(base_train: Any, base_test: Any, design_train: Any, design_test: Any,
-              y_train: Any, family_weight: Any) -> tuple[Any, Any]:
-    """``base + design @ w`` on the test models, ``w`` by least squares on the training models'
-    relative errors, each training family weighing the same (NB201's 60 small networks would
-    rule otherwise); returns (test predictions, w)."""
+def _pinned(cpus: str):
+    from costmeter.predictors import pinned
+
+    return pinned(tuple(int(c) for c in cpus.split(",")) if cpus else ())
+
+
+def model_forest(workdir: Path, costmodel: Path, test: list[str]) -> Any:
+    """A model-level forest on the build's calibration networks, predicting ``test``."""
     import numpy as np
 
-    scale = np.sqrt(family_weight) / y_train
-    w = np.linalg.lstsq(design_train * scale[:, None], (y_train - base_train) * scale,
-                        rcond=None)[0]
-    return base_test + design_test @ w, w
+    from costmeter.predictors.artifacts import read_manifest
+    from costmeter.predictors.estimators.forest import ModelForest
+    from costmeter.predictors.kernels.features import model_feature_table
+    from costmeter.predictors.workflows.graphs import hashed_source, kernel_graph
+    from costmeter.predictors.workflows.predict import predictor_rules
+
+    state = json.loads(next((workdir / "build").glob("state-*.json")).read_text())
+    rules = predictor_rules(read_manifest(costmodel), workdir)
+    train = {m: min(v for v in e["ms"] if v == v) for m, e in state["networks"].items()
+             if any(v == v for v in e["ms"])}
+    graphs = {m: kernel_graph(hashed_source(m, workdir), workdir, rules) for m in [*train, *test]}
+    table = model_feature_table(graphs)
+    forest = ModelForest(n_estimators=300).fit(table.loc[list(train)], np.array(list(train.values())))
+    return forest.predict(table.loc[test])
 
 
-def kernel_sums(samples: Any, graphs: dict[str, Any], train: dict[str, Any],
-                test: dict[str, Any], label: str, curve: tuple[Any, Any]) -> dict[str, Any]:
-    """Test-model predictions of the kernel-forest sum fitted on ``samples``: as is (plus the
-    per-run overhead); with a per-executed-kernel offset and an intercept fitted on the
-    training models (:func:`corrected`); and calibrated by the cache model of
-    :class:`~costmeter.predictors.estimators.network.NetworkPredictor` on the training models (what
-    ``bench kernels fit --calibrate-on`` does). Samples timed in context add the same with
-    cold-weight latencies."""
-    import numpy as np
-
-    from costmeter.predictors.estimators.calibration import network_terms
-
-    overhead = float(np.nanmedian([r["overhead_ms"] for r in samples.rows if r["source"] == "measured"]))
-    names = [list(train), list(test)]
-    y_train = np.array([ms for _, ms in train.values()])
-    families = [item.space for item, _ in train.values()]
-    family_weight = np.array([1.0 / families.count(f) for f in families])
-    kernels_train, kernels_test = (np.array([[network_terms(graphs[m])["kernels"], 1.0] for m in group])
-                                   for group in names)
-    raw_train, raw_test = forest_sums(samples, graphs, names, overhead)
-    offset_test, (offset, intercept) = corrected(raw_train, raw_test, kernels_train, kernels_test,
-                                                 y_train, family_weight)
-    _log(f"{label}: fitted on the training models: {offset * 1e3:.2f} us per executed kernel + "
-         f"{intercept * 1e3:.1f} us")
-    out = {f"kernel forest sum, {label}": raw_test,
-           f"  + per-kernel offset fit on train, {label}": offset_test,
-           f"  + cache model calibrated on train, {label}": calibrated_sums(
-               samples, graphs, train, test, overhead, False, label, curve)}
-    if samples.method == "context":
-        out[f"kernel sum, cold weights, {label}"] = forest_sums(samples, graphs, names, overhead,
-                                                                cold=True)[1]
-        out[f"  + cache model calibrated on train, cold weights, {label}"] = calibrated_sums(
-            samples, graphs, train, test, overhead, True, label, curve)
-    return out
-
-
-def cache_curve(workdir: Path) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """This machine's cache curve (:func:`measure_cache_curve`), measured once and kept in the
-    working folder so that reruns fit the same calibration."""
-    from costmeter.harness.probes.cache import measure_cache_curve
-
-    path = workdir / "cache-curve.json"
-    if not path.exists():
-        sizes, costs = measure_cache_curve()
-        path.write_text(json.dumps({"mb": sizes, "us_per_mb": costs}))
-    curve = json.loads(path.read_text())
-    _log("cache curve (MB: us per MB): " + ", ".join(
-        f"{mb:g}: {us:.1f}" for mb, us in zip(curve["mb"], curve["us_per_mb"])))
-    return tuple(curve["mb"]), tuple(curve["us_per_mb"])
-
-
-def calibrated_sums(samples: Any, graphs: dict[str, Any], train: dict[str, Any],
-                    test: dict[str, Any], overhead: float, cold: bool, label: str,
-                    curve: tuple[Any, Any]) -> Any:
-    """Test-model latencies of a :class:`NetworkPredictor` calibrated on the training models
-    (each family a group), with this machine's cache curve."""
-    from costmeter.predictors.estimators.calibration import TrafficCalibration
-    from costmeter.predictors.estimators.forest import KernelForest, ModelForest
-    from costmeter.predictors.estimators.network import NetworkPredictor
-
-    model = NetworkPredictor(KernelForest(ModelForest(n_estimators=200), on_unknown="flops_linear"),
-                             overhead_ms=overhead,
-                             calibration=TrafficCalibration(curve_mb=curve[0], curve_us_per_mb=curve[1]))
-    model.fit(samples.tables(), samples.latencies(cold=cold), {m: graphs[m] for m in train},
-              [ms for _, ms in train.values()], [item.space for item, _ in train.values()])
-    frame = model.predict_frame({m: graphs[m] for m in test})
-    _log(f"{label}{', cold weights' if cold else ''}: {model.calibration_.describe()}; "
-         f"{int((~frame['calibrated']).sum())} test models outside the calibration range")
-    return frame["latency_ms"].to_numpy()
-
-
-def evaluate(samples_by_method: dict[str, Any], train: dict[str, Any], test: dict[str, Any],
-             rules: Any, workdir: Path, test_workdir: Path | None = None) -> Any:
+def evaluate(workdir: Path, costmodel: Path, measured: dict[str, float],
+             families: dict[str, str]) -> tuple[Any, dict[str, Any]]:
     import numpy as np
     import pandas as pd
 
-    from costmeter.predictors.workflows.collect import export_item
+    from costmeter.predictors import predict_models, read_manifest
     from costmeter.predictors.estimators.evaluate import metrics
-    from costmeter.predictors.kernels.features import model_feature_table
-    from costmeter.predictors.estimators.forest import FlopsLinear, ModelForest
 
-    graphs = {m: kernel_graph(export_item(item, workdir), rules) for m, (item, _) in train.items()}
-    graphs.update({m: kernel_graph(export_item(item, test_workdir or workdir), rules)
-                   for m, (item, _) in test.items()})
-    y_train = np.array([ms for _, ms in train.values()])
-    y_test = np.array([ms for _, ms in test.values()])
-    predictions: dict[str, Any] = {}
-    for label, samples in samples_by_method.items():
-        predictions.update(kernel_sums(samples, graphs, train, test, label, cache_curve(workdir)))
-    features = model_feature_table(graphs)
-    x_train, x_test = features.loc[list(train)], features.loc[list(test)]
-    model_forest = ModelForest(n_estimators=300).fit(x_train, y_train)
-    flops_linear = FlopsLinear(feature="flops").fit(x_train, y_train)
-    predictions["model-level forest"] = model_forest.predict(x_test)
-    predictions["FLOPs-linear"] = flops_linear.predict(x_test)
-    families = np.array([item.space for item, _ in test.values()])
+    names = sorted(measured)
+    _, answers = predict_models(costmodel, names, workdir, threads=THREADS)
+    y = np.array([measured[m] for m in names])
+    predictions = {"calibrated predictor": np.array([a["latency_ms"] for a in answers]),
+                   "raw kernel sum": np.array([a["kernel_sum_ms"] for a in answers]),
+                   "model-level forest": model_forest(workdir, costmodel, names)}
+    fam = np.array([families[m] for m in names])
     rows = []
-    for name, predicted in predictions.items():
-        predicted = np.maximum(predicted, 1e-6)
-        row = {"predictor": name, **{f"{k}": v for k, v in metrics(y_test, predicted).items()
-                                     if k in ("within_10_pct", "mape_pct", "spearman")}}
-        for family in sorted(set(families)):
-            mask = families == family
-            row[f"{family} ±10%"] = metrics(y_test[mask], predicted[mask])["within_10_pct"]
+    for label, predicted in predictions.items():
+        scores = metrics(y, predicted)
+        row = {"predictor": label, "within_10_pct": scores["within_10_pct"], "mape_pct": scores["mape_pct"],
+               "bias_pct": scores["bias_pct"], "spearman": scores["spearman"]}
+        for family in sorted(set(fam)):
+            row[f"{family} ±10%"] = metrics(y[fam == family], predicted[fam == family])["within_10_pct"]
         rows.append(row)
-    return pd.DataFrame(rows).set_index("predictor")
+    manifest = read_manifest(costmodel)
+    return pd.DataFrame(rows).set_index("predictor"), manifest["extra"]
+
+
+def replay(workdir: Path, costmodel: Path, budget_s: float, network_share: float,
+           adaptive_share: float) -> tuple[Any, dict[str, Any]]:
+    """The predictor a build of ``budget_s`` with these shares would have fitted, replayed from
+    a larger build in ``workdir``: the prefixes of its nested kernel and network plans (and of
+    its re-sampled kernels, in the order measured) that the shares buy at the build's own
+    measured rates, first-round network latencies only. Returns (the fitted predictor, counts)."""
+    import math
+
+    from costmeter.predictors.estimators.calibration import TrafficCalibration
+    from costmeter.predictors.estimators.forest import KernelForest, ModelForest
+    from costmeter.predictors.estimators.network import NetworkPredictor
+    from costmeter.predictors.sampling.measure import KernelSamples, samples_path
+    from costmeter.predictors.workflows.build import FOREST_TREES, BuildSeams, BuildSpec, load_state
+    from costmeter.predictors.workflows.build_steps import BuildRun
+    from costmeter.predictors.workflows.graphs import network_rows, read_json
+    from costmeter.workdir import Workdir
+
+    wd = Workdir(workdir)
+    extra = json.loads(__import__("zipfile").ZipFile(costmodel).read("manifest.json"))["extra"]
+    spec = BuildSpec(threads=THREADS, cpus=tuple(int(c) for c in (extra.get("cpus") or "").split(",") if c),
+                     budget_s=budget_s)
+    state = load_state(wd, spec)
+    run = BuildRun(spec, wd, state, None, None, BuildSeams())
+    run.prior()
+    spent, items = state["spent_s"], state["items"]
+    fixed = spent["prior"] + spent["curve"] + spent["fit"]
+    measuring = max(0.0, budget_s - fixed)
+    rate = {s: spent[s] / max(items.get(s, 0), 1) for s in ("kernels", "adaptive", "networks")}
+    n_kernels = int(measuring * (1 - network_share) * (1 - adaptive_share) / rate["kernels"])
+    n_adaptive = int(measuring * (1 - network_share) * adaptive_share / max(rate["adaptive"], 1e-9))
+    n_networks = int(measuring * network_share / rate["networks"])
+    samples = KernelSamples.load(samples_path(wd.root, "cpu", "onnxruntime"))
+    by_key = {r["key"]: r for r in samples.rows}
+    planned = [c.key for c in run.kernel_plan()]
+    in_plan = set(planned)
+    rows = [by_key[k] for k in planned[:n_kernels] if k in by_key]
+    rows += [r for r in samples.rows if r["key"] not in in_plan and r["source"] == "measured"][:n_adaptive]
+    rows += [r for r in run._folded]
+    chosen = KernelSamples("cpu", "onnxruntime", rows=rows, method="context")
+    plan = [i.model_id for i in run.network_plan()][:n_networks]
+    networks = {m: state["networks"][m] for m in plan if m in state["networks"]
+                and math.isfinite(state["networks"][m]["ms"][0])}
+    names = sorted(networks)
+    curve = read_json(wd.cache_curve("cpu"))
+    model = NetworkPredictor(KernelForest(ModelForest(n_estimators=FOREST_TREES), on_unknown="flops_linear"),
+                             extra["overhead_ms"], TrafficCalibration(curve["mb"], curve["us_per_mb"]))
+    model.fit(chosen.tables(), chosen.latencies(), {m: network_rows(m, wd.root, run.rules)[1] for m in names},
+              [networks[m]["ms"][0] for m in names], [networks[m]["family"] for m in names])
+    return model, {"kernels": len(rows), "networks": len(names)}
+
+
+def score_replays(workdir: Path, costmodel: Path, measured: dict[str, float], families: dict[str, str],
+                  budgets: list[str], shares: list[tuple[float, float]]) -> Any:
+    """Held-out figures of replayed builds: each budget at the rule's shares, and the largest
+    budget at each (network share, re-sampling share) of ``shares``."""
+    import numpy as np
+    import pandas as pd
+
+    from costmeter.predictors import parse_duration
+    from costmeter.predictors.estimators.evaluate import metrics
+    from costmeter.predictors.workflows import budget as rule
+    from costmeter.predictors.workflows.graphs import network_rows
+    from costmeter.predictors.workflows.predict import predictor_rules
+    from costmeter.predictors.artifacts import read_manifest
+
+    names = sorted(measured)
+    rules = predictor_rules(read_manifest(costmodel), workdir)
+    rows = {m: network_rows(m, workdir, rules)[1] for m in names}
+    y = np.array([measured[m] for m in names])
+    cases = [(b, rule.NETWORK_SHARE, rule.ADAPTIVE_SHARE) for b in budgets]
+    cases += [(budgets[-1], n, a) for n, a in shares]
+    out = []
+    for budget, network_share, adaptive_share in cases:
+        model, counts = replay(workdir, costmodel, parse_duration(budget), network_share, adaptive_share)
+        cal = model.calibration_
+        scores = metrics(y, model.predict(rows).reindex(names).to_numpy())
+        out.append({"budget": budget, "network share": network_share, "re-sampling share": adaptive_share,
+                    **counts, "within_10_pct": scores["within_10_pct"], "mape_pct": scores["mape_pct"],
+                    "bias_pct": scores["bias_pct"], "spearman": scores["spearman"],
+                    "lofo_within_pct": 100 * cal.cv_within_, "terms": ",".join(cal.terms_)})
+        _log(f"replayed {budget} (networks {network_share:.0%}, re-sampling {adaptive_share:.0%}): "
+             f"{out[-1]['within_10_pct']:.1f}% within ±10%")
+    return pd.DataFrame(out)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="tiny counts: a smoke run")
-    parser.add_argument("--min-time", type=float, default=0.3, help="seconds sampled per model")
-    parser.add_argument("--isolated", action="store_true",
-                        help="also time the kernels alone (the old way) and compare")
-    parser.add_argument("--samples", action="append", default=[], metavar="LABEL=CSV",
-                        help="also compare kernel samples saved elsewhere (repeatable)")
-    parser.add_argument("--fresh", type=int, default=None, metavar="SEED",
-                        help="also test on test-family architectures drawn with SEED into "
-                             "<workdir>-fresh<SEED>, leaving out those of the main test set")
-    parser.add_argument("--fresh-rounds", type=int, default=3,
-                        help="measurements per fresh architecture (lowest median kept)")
-    parser.add_argument("--rounds", type=int, default=3,
-                        help="measurements per architecture and per kernel (lowest median kept)")
+    parser.add_argument("--fresh", action="store_true", help="start from an empty working folder")
+    parser.add_argument("--budgets", default="30m", help="comma-separated budgets; each extends the build")
+    parser.add_argument("--cpus", default="1", help="CPU(s) every measurement is pinned to ('' for none)")
+    parser.add_argument("--rounds", type=int, default=2, help="rounds over the held-out networks")
+    parser.add_argument("--reference-every", type=int, default=4, help="held-out networks per reference run")
+    parser.add_argument("--test-seed", type=int, default=7, help="seed of the held-out draws")
+    parser.add_argument("--min-time", type=float, default=None,
+                        help="sampling seconds per network and round (default: as the build times networks)")
+    parser.add_argument("--no-build", action="store_true",
+                        help="evaluate the last built budget's file on its saved held-out measurements "
+                             "(no build, no measuring)")
+    parser.add_argument("--replay", default="", metavar="BUDGETS",
+                        help="after the last build, also score the builds these smaller budgets would have "
+                             "fitted (prefixes of its nested plans at its measured rates), e.g. 10m,20m")
+    parser.add_argument("--shares", default="", metavar="N:A,...",
+                        help="with --replay: also the last budget at these network:re-sampling shares, "
+                             "e.g. 0.1:0.2,0.4:0.2,0.25:0")
     args = parser.parse_args()
 
-    from costmeter.predictors.kernels.rules import builtin_rules
-    from costmeter.predictors.sampling.measure import KernelSamples
-    from costmeter.results.store import ResultStore
-
-    workdir = Path(os.environ.get("COSTMETER_BENCH_DIR", ".costmeter/bench-families"))
-    if args.quick:
-        workdir = workdir.with_name(workdir.name + "-quick")
+    workdir = Path(os.environ.get("COSTMETER_BENCH_DIR", ".costmeter/bench-build")).absolute()
+    if args.fresh and workdir.exists():
+        shutil.rmtree(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    scale = (lambda n: max(2, n // 8)) if args.quick else (lambda n: n)
-    train_counts = {s: scale(n) for s, n in TRAIN.items()}
-    test_counts = {s: scale(n) for s, n in TEST.items()}
-    rules = builtin_rules("onnxruntime")
-    with ResultStore(f"sqlite:///{(workdir / 'store.db').resolve()}") as store:
-        measure_architectures(workdir, store, {**train_counts, **test_counts}, args.min_time,
-                              args.rounds)
-        samples = {"in context": kernel_samples(workdir, rules, args.quick, store, args.rounds)}
-        if args.isolated:
-            samples["alone"] = kernel_samples(workdir, rules, args.quick, store, args.rounds,
-                                              context=False)
-        for spec in args.samples:
-            label, _, path = spec.partition("=")
-            samples[label] = KernelSamples.load(path)
-        train = measured_models(workdir, store, list(train_counts))
-        test = measured_models(workdir, store, list(test_counts))
-    _log(f"{len(train)} training models, {len(test)} test models")
-    for label, kernel_rows in samples.items():
-        _log(f"kernels timed {label}: {len(kernel_rows.rows)} rows {kernel_rows.summary()}")
+    tests = test_models(args.test_seed)
+    families = dict(tests)
     import pandas as pd
 
-    table = evaluate(samples, train, test, rules, workdir)
-    with pd.option_context("display.width", 200, "display.precision", 3):
-        print(table.to_string())
-    if args.fresh is not None:
-        fresh_dir = workdir.with_name(f"{workdir.name}-fresh{args.fresh}")
-        fresh = fresh_architectures(fresh_dir, {s: scale(n) for s, n in FRESH.items()}, test,
-                                    args.min_time, args.fresh_rounds, args.fresh)
-        table = evaluate(samples, train, fresh, rules, workdir, fresh_dir)
-        print(f"fresh test architectures (seed {args.fresh}), none in the main test set:")
+    for budget in [b.strip() for b in args.budgets.split(",") if b.strip()]:
+        costmodel = workdir / f"cpu-{budget}.costmodel"
+        saved = workdir / f"held-out-{budget}.json"
+        if args.no_build:
+            wall, load = float("nan"), os.getloadavg()
+            measured, reference = json.loads(saved.read_text()).values()
+        else:
+            wall = run_build(workdir, budget, args.cpus, costmodel)
+            load = os.getloadavg()
+            _log(f"build with --budget {budget} took {wall / 60:.1f} min; load average now "
+                 f"{load[0]:.1f} {load[1]:.1f} {load[2]:.1f} on {os.cpu_count()} CPUs")
+            measured, reference = measure(workdir, list(families), args.cpus, args.rounds,
+                                          args.reference_every, args.test_seed, args.min_time)
+            saved.write_text(json.dumps({"measured": measured, "reference": reference}))
+        table, extra = evaluate(workdir, costmodel, measured, families)
+        calibration = extra["calibration"]
         with pd.option_context("display.width", 200, "display.precision", 3):
+            print(f"\n--budget {budget}: {len(measured)} held-out networks, {extra['kernel_samples']} kernels, "
+                  f"{calibration['networks']} calibration networks; terms {calibration['terms']}")
             print(table.to_string())
-
-
-def fresh_architectures(fresh_dir: Path, counts: dict[str, int], test: dict[str, Any],
-                        min_time: float, rounds: int, seed: int) -> dict[str, Any]:
-    """Architectures of the test families drawn with ``seed`` and measured into ``fresh_dir``,
-    without those of the main ``test`` set (whose re-measured latencies are compared with the
-    earlier ones, as a check of the ground truth)."""
-    import numpy as np
-
-    from costmeter.results.store import ResultStore
-
-    fresh_dir.mkdir(parents=True, exist_ok=True)
-    with ResultStore(f"sqlite:///{(fresh_dir / 'store.db').resolve()}") as store:
-        measure_architectures(fresh_dir, store, counts, min_time, rounds, seed=seed)
-        measured = measured_models(fresh_dir, store, list(counts))
-    again = [measured[m][1] / test[m][1] for m in measured if m in test]
-    if again:
-        ratio = np.array(again)
-        _log(f"{len(again)} main-test architectures measured again: latency now / before "
-             f"median {np.median(ratio):.3f}, |ratio - 1| median {np.median(np.abs(ratio - 1)):.3f}, "
-             f"max {np.max(np.abs(ratio - 1)):.3f}")
-    fresh = {m: v for m, v in measured.items() if m not in test}
-    _log(f"{len(fresh)} fresh test architectures")
-    return fresh
+        measured_within = float(table.loc["calibrated predictor", "within_10_pct"])
+        print(f"leave-one-family-out estimate printed by the build: {calibration['lofo_within']:.1%}; "
+              f"measured on held-out families: {measured_within / 100:.1%} "
+              f"(difference {calibration['lofo_within'] * 100 - measured_within:+.1f} points)")
+        drift = max(reference) / min(reference) - 1
+        print(f"reference {REFERENCE}: {len(reference)} runs, fastest-run spread {drift:.1%} "
+              f"(min {min(reference):.3f} ms, max {max(reference):.3f} ms)\n")
+        last = (costmodel, measured)
+        with open(workdir / "curve.jsonl", "a") as handle:
+            handle.write(json.dumps({"budget": budget, "build_wall_s": wall, "load": load,
+                                     "held_out": len(measured), "lofo_within": calibration["lofo_within"],
+                                     "reference_spread": drift, "kernels": extra["kernel_samples"],
+                                     "networks": calibration["networks"],
+                                     "table": json.loads(table.to_json(orient="index"))}) + "\n")
+    if args.replay:
+        shares = [tuple(float(v) for v in pair.split(":")) for pair in args.shares.split(",") if pair]
+        budgets = [b.strip() for b in args.replay.split(",") if b.strip()]
+        replays = score_replays(workdir, last[0], last[1], families, budgets, shares)
+        with pd.option_context("display.width", 200, "display.precision", 3):
+            print("replayed smaller builds (prefixes of the last build's plans), held-out figures:")
+            print(replays.to_string(index=False))
+        replays.to_csv(workdir / "replays.csv", index=False)
 
 
 if __name__ == "__main__":

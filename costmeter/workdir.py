@@ -17,19 +17,37 @@ Layout (all relative to ``root``):
 - ``tmp/`` -- per-run temporary folders of worker processes (removed when a run ends);
 - ``spool/`` -- results a busy or unreachable store could not take yet;
 - ``probes/`` -- machine probes (cache curve, roofline peaks);
-- ``logs/`` -- what libraries printed while ``bench`` commands ran (``bench.log``).
+- ``logs/`` -- what libraries printed while ``bench`` commands ran (``bench.log``);
+- ``build/`` -- the state of ``bench predictor build`` runs (settings, time spent, plans, the
+  networks measured for calibration), so an interrupted build resumes.
 
-Cache kinds besides converted artifacts: ``ids`` (content hashes and size figures of built-in
-models, per version of the model code) and ``reference`` (torch eager outputs for parity).
+Caches derived by content hash, each safe to delete: ``cache/onnx`` (exports), ``cache/ids``
+(content hashes and size figures of built-in models, per version of the model code),
+``cache/reference`` (torch eager outputs for parity), ``cache/graphs`` (a model's kernel
+features and network terms under a rule set) and ``cache/predictions`` (answers of one
+predictor file for one model). :data:`KINDS` groups every path by what it is, for
+``bench workdir du`` and ``bench workdir clean``.
 """
 from __future__ import annotations
 
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 ENV_HOME = "COSTMETER_HOME"
 DEFAULT_NAME = ".costmeter"
+# what lives in a working folder, by kind: (description, removed by a plain `bench workdir clean`)
+KINDS: dict[str, tuple[str, bool]] = {
+    "caches": ("exports, converted models, graph analyses, answers (rebuilt on demand)", True),
+    "micro": ("micro-benchmark models kept after measuring", True),
+    "tmp": ("temporary files of workers", True),
+    "samples": ("kernel samples, fusion rules, build state, machine probes", False),
+    "lut": ("latency lookup tables", False),
+    "logs": ("what libraries printed while bench commands ran (rotated at 2 MiB)", False),
+    "store": ("the results store and results waiting for it", False),
+    "other": ("anything else", False),
+}
 
 
 def _safe(text: str) -> str:
@@ -134,3 +152,97 @@ class Workdir:
     def log_file(self) -> Path:
         """Where libraries' messages go while a ``bench`` command runs (rotated at 2 MiB)."""
         return self.logs / "bench.log"
+
+    def cache_curve(self, device: str) -> Path:
+        """The measured cache curve of ``device`` (JSON)."""
+        return self.probes / f"cache-curve-{_safe(device)}.json"
+
+    # -- content-addressed analyses
+    @property
+    def id_cache(self) -> Path:
+        """Model id -> content hash of built-in models, one file per version of the model code."""
+        return self.cache("ids")
+
+    @property
+    def graph_cache(self) -> Path:
+        """Kernel features and network terms of a model under a rule set, by content hash."""
+        return self.cache("graphs")
+
+    @property
+    def prediction_cache(self) -> Path:
+        """Answers of a predictor file for a model, by both content hashes."""
+        return self.cache("predictions")
+
+    # -- predictor builds
+    @property
+    def builds(self) -> Path:
+        return self.root / "build"
+
+    def build_state(self, device: str, runtime: str) -> Path:
+        """State of the ``bench predictor build`` of ``runtime`` on ``device`` (JSON)."""
+        return self.builds / f"state-{_safe(device)}-{_safe(runtime)}.json"
+
+    def build_prior(self, device: str, runtime: str) -> Path:
+        """The kernel prior of that build: configs seen in real models, folded kernels (JSON)."""
+        return self.builds / f"prior-{_safe(device)}-{_safe(runtime)}.json"
+
+    def build_lock(self, device: str, runtime: str) -> Path:
+        """Held while a build of ``runtime`` on ``device`` runs."""
+        return self.builds / f"lock-{_safe(device)}-{_safe(runtime)}"
+
+    # -- disk use
+    def kind_of(self, path: Path) -> str:
+        """The :data:`KINDS` entry a path under ``root`` belongs to."""
+        parts = Path(path).relative_to(self.root).parts
+        top = parts[0] if parts else ""
+        if top == "cache":
+            return "caches"
+        if top == "kernels":
+            return "micro" if len(parts) > 1 and parts[1] in ("micro", "detect") else "samples"
+        if top in ("build", "probes"):
+            return "samples"
+        if top == "tmp":
+            return "tmp"
+        if top == "lut":
+            return "lut"
+        if top == "logs":
+            return "logs"
+        if top == "spool" or top.startswith(self.store_path.name):
+            return "store"
+        return "other"
+
+    def usage(self) -> dict[str, tuple[int, int]]:
+        """Bytes and files per kind (every kind of :data:`KINDS`, zero when absent)."""
+        out = {kind: (0, 0) for kind in KINDS}
+        if not self.root.is_dir():
+            return out
+        for folder, _, files in os.walk(self.root):
+            for name in files:
+                path = Path(folder) / name
+                try:
+                    size = path.lstat().st_size
+                except OSError:  # removed while walking
+                    continue
+                kind = self.kind_of(path)
+                out[kind] = (out[kind][0] + size, out[kind][1] + 1)
+        return out
+
+    def remove(self, kinds: set[str] | frozenset[str]) -> tuple[int, int]:
+        """Delete every file of ``kinds`` (then empty folders); returns (bytes, files) freed."""
+        freed, count = 0, 0
+        if not self.root.is_dir():
+            return 0, 0
+        for folder, _, files in os.walk(self.root, topdown=False):
+            for name in files:
+                path = Path(folder) / name
+                if self.kind_of(path) not in kinds:
+                    continue
+                try:
+                    size = path.lstat().st_size
+                    path.unlink()
+                except OSError:
+                    continue
+                freed, count = freed + size, count + 1
+            if Path(folder) != self.root and not any(Path(folder).iterdir()):
+                shutil.rmtree(folder, ignore_errors=True)
+        return freed, count

@@ -11,7 +11,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from costmeter.errors import ConfigError
 from costmeter.harness.probes.cache import measure_cache_curve
-from costmeter.predictors.estimators.calibration import TrafficCalibration, miss_fraction, network_terms
+from costmeter.predictors.estimators.calibration import BOUNDS, CANDIDATES, TrafficCalibration, miss_fraction, network_terms
 
 CURVE = ((1.0, 16.0, 32.0, 64.0), (10.0, 12.0, 30.0, 50.0))  # MB, us per MB
 
@@ -81,14 +81,80 @@ def _synthetic(seed: int = 0) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
 
 def test_calibration_recovers_the_cache_model() -> None:
     frame, y, groups = _synthetic()
-    model = TrafficCalibration(*CURVE).fit(frame, y, groups)
-    assert model.coef_ == pytest.approx([0.010, 0.005, 0.030], abs=1e-9)
-    assert model.intercept_ms_ == pytest.approx(0.1, abs=1e-9)
-    assert model.cv_within_ == 1.0 and model.cv_rel_rmse_ < 1e-9
+    model = TrafficCalibration(*CURVE, alpha=0.0).fit(frame, y, groups)
+    assert model.terms_ == ("intercept", "weight_mb", "activation_mb", "miss_mb")
+    coef = dict(zip(CANDIDATES, model.coef_))
+    assert [coef[t] for t in model.terms_] == pytest.approx([0.1, 0.010, 0.005, 0.030], abs=1e-6)
+    assert coef["scale"] == 0.0 and model.intercept_ms_ == pytest.approx(0.1, abs=1e-6)
+    assert model.cv_within_ == 1.0 and model.cv_rel_rmse_ < 1e-6
+    assert model.kernel_sum_within_ < 0.5  # the sum alone misses: the terms are needed
     assert model.predict(frame) == pytest.approx(y)
-    assert "50% of 32 MB" in model.describe() and "3 families" in model.describe()
+    assert "50% of 32 MB" not in model.describe() and "3 families" in model.describe()
     outside = frame.head(2).assign(kernel_sum_ms=[frame.kernel_sum_ms.min() / 2, 100.0])
     assert model.in_range(frame).all() and not model.in_range(outside).any()
+
+
+def test_costs_per_mb_never_go_negative() -> None:
+    """Latency that falls with weight MB (as an unconstrained fit found on real networks) can't
+    give a negative cost per MB: every fitted coefficient stays within its bounds."""
+    frame, _, groups = _synthetic()
+    y = (frame.kernel_sum_ms * 1.3 - 0.02 * frame.weight_mb).clip(lower=0.2).to_numpy()
+    model = TrafficCalibration(*CURVE).fit(frame, y, groups)
+    for name, value in zip(CANDIDATES, model.coef_):
+        low, high = BOUNDS[name]
+        assert low - 1e-12 <= value <= high + 1e-12, (name, value)
+    assert dict(zip(CANDIDATES, model.coef_))["weight_mb"] == 0.0
+
+
+def test_calibration_falls_back_to_the_kernel_sum_when_no_term_helps_out_of_family() -> None:
+    """Networks whose measured latency is the kernel sum times unstructured noise: no term
+    beats the plain sum on unseen families, so none is kept and predictions are the sum."""
+    frame, _, groups = _synthetic()
+    noise = np.random.default_rng(3).uniform(0.97, 1.03, len(frame))
+    y = frame.kernel_sum_ms.to_numpy() * noise
+    model = TrafficCalibration(*CURVE).fit(frame, y, groups)
+    assert model.terms_ == ()
+    assert model.predict(frame) == pytest.approx(frame.kernel_sum_ms.to_numpy())
+    assert "no term beat the kernel sum" in model.describe()
+
+
+def test_a_calibration_that_loses_to_the_kernel_sum_out_of_family_is_dropped() -> None:
+    """Two families run 30% above their kernel sum, the third at it: any share fitted on two
+    families misses the third by >10%, so the nested estimate (0% within) loses to the plain
+    sum (the third family: 33%) and no term is kept."""
+    frame, _, groups = _synthetic()
+    noise = np.random.default_rng(5).uniform(0.99, 1.01, len(frame))
+    y = frame.kernel_sum_ms.to_numpy() * np.where(groups == "c", 1.0, 1.3) * noise
+    model = TrafficCalibration(*CURVE).fit(frame, y, groups)
+    assert model.terms_ == () and model.predict(frame) == pytest.approx(frame.kernel_sum_ms.to_numpy())
+    assert model.cv_within_ == model.kernel_sum_within_ == pytest.approx(1 / 3)
+
+
+def test_a_small_network_moves_by_at_most_the_cross_validated_error() -> None:
+    """A per-run term fitted on large networks would add +50% to a network five times smaller
+    than any of them; the correction there is capped at the calibration's own CV error."""
+    frame, _, groups = _synthetic()
+    frame = frame.assign(kernel_sum_ms=frame.kernel_sum_ms + 5.0)  # 6..15 ms
+    noise = np.random.default_rng(4).uniform(0.98, 1.02, len(frame))
+    y = (frame.kernel_sum_ms + 0.5).to_numpy() * noise
+    model = TrafficCalibration(*CURVE).fit(frame, y, groups)
+    assert model.intercept_ms_ > 0.3  # a real per-run term, needed in range
+    tiny = frame.head(3).assign(kernel_sum_ms=[1.0, 0.5, 0.2], weight_mb=1.0, activation_mb=1.0)
+    moved = model.predict(tiny) / tiny.kernel_sum_ms.to_numpy() - 1
+    assert 0 < model.cv_rel_rmse_ < 0.1
+    assert np.all(np.abs(moved) <= model.cv_rel_rmse_ + 1e-12)
+    inside = model.predict(frame.head(3)) - frame.kernel_sum_ms.head(3).to_numpy()
+    assert inside == pytest.approx(np.full(3, model.intercept_ms_), rel=0.2)  # not capped in range
+
+
+def test_the_cross_validated_figure_is_out_of_family() -> None:
+    """One family runs 20% slower than the others: fitted on all three the terms absorb part
+    of it, but the nested leave-one-family-out figure says that family is not predicted."""
+    frame, y, groups = _synthetic()
+    slow = y.copy()
+    slow[groups == "c"] *= 1.2
+    model = TrafficCalibration(*CURVE).fit(frame, slow, groups)
+    assert model.cv_by_family_["c"] < 0.5 and model.cv_within_ < 0.9
 
 
 def test_calibration_weighs_families_equally() -> None:

@@ -309,3 +309,22 @@ def test_heavy_kernels_in_context_are_also_timed_with_cold_weights(tmp_path: Pat
     alone = measure_kernels([light], RULES, workdir=tmp_path, measure=measure)
     with pytest.raises(ConfigError, match="--context"):
         alone.latencies(cold=True)
+
+
+def test_samples_timed_by_another_clock_threads_or_pinning_do_not_mix(tmp_path: Path) -> None:
+    from costmeter.predictors.sampling.measure import KernelSamples, time_files
+
+    row = {"key": "k", "kernel_type": "conv", "config": "", "features": {}, "raw_ms": 1.0,
+           "overhead_ms": 0.0, "baseline_ms": 0.0, "latency_ms": 1.0, "cold_ms": 1.0,
+           "source": "measured", "rounds": 1}
+    cpu = KernelSamples("cpu", "onnxruntime", [row], method="context", threads=1, cpus="1", clock="thread_cpu")
+    path = cpu.save(tmp_path / "s.csv")
+    loaded = KernelSamples.load(path)
+    assert (loaded.threads, loaded.cpus, loaded.clock) == (1, "1", "thread_cpu")
+    for other in (dict(clock="wall"), dict(threads=2), dict(cpus="0")):
+        settings = {**dict(threads=1, cpus="1", clock="thread_cpu"), **other}
+        new = KernelSamples("cpu", "onnxruntime", [{**row, "key": "j"}], method="context", **settings)
+        with pytest.raises(ConfigError, match="use the same --threads and --cpus"):
+            KernelSamples.load(path).extend(new)
+    with pytest.raises(ConfigError, match="one intra-op thread"):
+        time_files([], "cpu", "onnxruntime", 2, None, clock="thread_cpu")

@@ -37,6 +37,7 @@ def _register() -> None:
         results_cmd,
         run_cmd,
         suite_cmd,
+        workdir_cmd,
     )
 
     bench.add_command(run_cmd.run)
@@ -54,6 +55,7 @@ def _register() -> None:
     bench.add_command(suite_cmd.suite)
     bench.add_command(nightly_cmd.nightly)
     bench.add_command(farm_cmd.farm)
+    bench.add_command(workdir_cmd.workdir)
 
 
 _register()

@@ -5,8 +5,8 @@ from pathlib import Path
 
 import click
 
-from costmeter.cli.common import (MODEL_HELP, OutputPath, check_target, count, model_specs, non_empty_list, open_store,
-                                  seconds, store_option, workdir_option)
+from costmeter.cli.common import (MODEL_HELP, OutputPath, check_cpus, check_target, count, model_specs,
+                                  non_empty_list, open_store, seconds, store_option, workdir_option)
 from costmeter.devices.options import MAX_THREADS
 from costmeter.harness.config import default_workdir
 
@@ -16,7 +16,10 @@ from costmeter.harness.config import default_workdir
 @click.option("--samples", type=count(1, example="100"), default=100, show_default=True, help="Architectures to sample")
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--runtime", default="onnxruntime", show_default=True)
-@click.option("--threads", type=count(1, MAX_THREADS, "1"), default=None)
+@click.option("--threads", type=count(1, MAX_THREADS, "1"), default=None,
+              help="Intra-op threads (default: the runtime's own; give the count your predictor is built for)")
+@click.option("--cpus", default=None, metavar="LIST", callback=check_cpus,
+              help="Pin the workers to CPUs, e.g. 1 or 2-3 (recorded in the key)")
 @click.option("--batch", type=count(1, 2**31 - 1, "1"), default=1, show_default=True)
 @click.option("--seed", type=count(0, 2**32 - 1, "0"), default=0, show_default=True)
 @click.option("--min-time", type=seconds(min_open=True, example="0.5"), default=0.5, show_default=True,
@@ -26,24 +29,38 @@ from costmeter.harness.config import default_workdir
 @click.option("--tag", default=None)
 @store_option
 @workdir_option
-def collect(space: str, samples: int, device: str, runtime: str, threads: int | None, batch: int, seed: int,
-            min_time: float, min_results: int, tag: str | None, store_url: str | None, workdir: Path | None) -> None:
-    """Measure sampled architectures of a search space through the harness, into the store."""
+def collect(space: str, samples: int, device: str, runtime: str, threads: int | None, cpus: str | None,
+            batch: int, seed: int, min_time: float, min_results: int, tag: str | None, store_url: str | None,
+            workdir: Path | None) -> None:
+    """Measure sampled architectures of a search space through the harness, into the store.
+
+    Draws are nested: --samples 60 measures the --samples 30 draw of the same seed, and more."""
     from costmeter.cli.render import print_summary_line
     from costmeter.cli.common import with_run_progress
     from costmeter.predictors import collect as run_collect
-    from costmeter.predictors import collect_protocol
+    from costmeter.predictors import collect_protocol, pinned
 
     check_target(device, runtime)
+    pin = _cpus(cpus)
     store = open_store(store_url, workdir)
     try:
-        results = with_run_progress(lambda progress: run_collect(
-            space, samples, device=device, runtime=runtime, workdir=workdir or default_workdir(), store=store,
-            seed=seed, threads=threads, batch=batch, protocol=collect_protocol(min_time_s=min_time),
-            progress=progress, min_results=min_results, tag=tag))
+        with pinned(pin):
+            results = with_run_progress(lambda progress: run_collect(
+                space, samples, device=device, runtime=runtime, workdir=workdir or default_workdir(), store=store,
+                seed=seed, threads=threads, batch=batch, protocol=collect_protocol(min_time_s=min_time),
+                progress=progress, min_results=min_results, tag=tag, cpus=cpus if pin else None))
     finally:
         store.close()
     print_summary_line(results, f"{space} architectures")
+
+
+def _cpus(text: str | None) -> tuple[int, ...]:
+    """``--cpus`` as CPU numbers (ConfigError when malformed)."""
+    if not text:
+        return ()
+    from costmeter.harness.executors.remote import parse_cpus
+
+    return tuple(parse_cpus(text))
 
 
 @click.group()
@@ -60,9 +77,10 @@ def kernels() -> None:
               help="Interleaved rounds over every micro-benchmark")
 @click.option("--min-time", type=seconds(min_open=True, example="0.3"), default=0.3, show_default=True,
               help="Sampling seconds per micro-benchmark")
+@click.option("--keep-artifacts", is_flag=True, help="Keep the micro-benchmark models after measuring them")
 @workdir_option
 def detect(device: str, runtime: str, pairs: str | None, threads: int, repeats: int, min_time: float,
-           workdir: Path | None) -> None:
+           keep_artifacts: bool, workdir: Path | None) -> None:
     """Find fused op pairs with micro-benchmarks (T1 + T2 - T12 > 0.5 min(T1, T2)); store the rules."""
     from costmeter.predictors import detect_fusion, parse_pairs
     from costmeter.predictors import rules_path
@@ -71,7 +89,7 @@ def detect(device: str, runtime: str, pairs: str | None, threads: int, repeats: 
     check_target(device, runtime)
     wd = workdir or default_workdir()
     rule_set = detect_fusion(chosen, device=device, runtime=runtime, workdir=wd, threads=threads,
-                             repeats=repeats, min_time_s=min_time)
+                             repeats=repeats, min_time_s=min_time, keep_artifacts=keep_artifacts)
     for row in rule_set.evidence:
         click.echo("  ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
     click.echo(f"{len(rule_set.rules)} fusion rules; wrote {rules_path(wd, device, runtime)}")
@@ -121,25 +139,30 @@ def show(models: tuple[str, ...], device: str, runtime: str, batch: int, workdir
 @click.option("--seed", type=count(0, 2**32 - 1, "0"), default=0, show_default=True)
 @click.option("--context", is_flag=True,
               help="Time image kernels between context ops, minus their baselines (default: alone)")
+@click.option("--cpus", default=None, metavar="LIST", callback=check_cpus,
+              help="Pin every measurement to CPUs, e.g. 1 (recorded)")
+@click.option("--keep-artifacts", is_flag=True, help="Keep the micro-benchmark models after measuring them")
 @store_option
 @workdir_option
 def sample(device: str, runtime: str, threads: int, min_time: float, space_samples: int, adaptive_rounds: int,
-           seed: int, context: bool, store_url: str | None, workdir: Path | None) -> None:
+           seed: int, context: bool, cpus: str | None, keep_artifacts: bool, store_url: str | None,
+           workdir: Path | None) -> None:
     """Measure kernel micro-benchmarks drawn from the zoo's and the spaces' kernels.
 
     Local runtimes that take ONNX files time them in batch workers; others (and remote devices)
     run each file through the harness, whose results go to the store."""
-    from costmeter.predictors import sample_kernels
-    from costmeter.predictors import load_rules
-    from costmeter.predictors import samples_path
+    from costmeter.predictors import load_rules, pinned, sample_kernels, samples_path
 
     check_target(device, runtime)
     wd = workdir or default_workdir()
+    pin = _cpus(cpus)
     store = open_store(store_url, workdir)
     try:
-        samples = sample_kernels(load_rules(runtime, device, wd), device=device, workdir=wd, store=store,
-                                 threads=threads, min_time_s=min_time, seed=seed, space_samples=space_samples,
-                                 adaptive_rounds=adaptive_rounds, log=click.echo, context=context)
+        with pinned(pin):
+            samples = sample_kernels(load_rules(runtime, device, wd), device=device, workdir=wd, store=store,
+                                     threads=threads, min_time_s=min_time, seed=seed, space_samples=space_samples,
+                                     adaptive_rounds=adaptive_rounds, log=click.echo, context=context,
+                                     keep_artifacts=keep_artifacts, cpus=",".join(map(str, pin)))
     finally:
         store.close()
     click.echo(f"{len(samples.rows)} kernel samples in {samples_path(wd, device, runtime)}")

@@ -79,7 +79,7 @@ def non_empty_list(text: str, what: str, example: str) -> list[str]:
     return items
 
 
-def _check_cpus(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+def check_cpus(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
     """``--cpus 4-7,9``: CPU numbers and ascending ranges, each number at most MAX_CPU_INDEX."""
     from costmeter.devices.options import MAX_CPU_INDEX
 
@@ -97,7 +97,7 @@ def _check_cpus(ctx: click.Context, param: click.Parameter, value: str | None) -
 
 def cpus_option(f: Callable[..., Any]) -> Callable[..., Any]:
     """``--cpus LIST``: pin the worker to these CPUs (recorded in the key)."""
-    return click.option("--cpus", default=None, metavar="LIST", callback=_check_cpus,
+    return click.option("--cpus", default=None, metavar="LIST", callback=check_cpus,
                         help="Pin the worker to CPUs (taskset), e.g. 4-7 or 0,2; recorded in the key")(f)
 
 

@@ -5,8 +5,10 @@ from pathlib import Path
 
 import click
 
-from costmeter.cli.common import (MODEL_HELP, OutputPath, count, fraction, input_file, model_specs,
-                                  non_empty_list, open_store, query_frame, store_option, workdir_option)
+from costmeter.cli.common import (MODEL_HELP, OutputPath, check_cpus, check_target, count, fraction, input_file,
+                                  model_specs, non_empty_list, open_store, query_frame, split_list, store_option,
+                                  workdir_option)
+from costmeter.devices.options import MAX_THREADS
 from costmeter.harness.config import default_workdir
 
 
@@ -71,7 +73,8 @@ def fit(space: str | None, device: str, runtime: str | None, target: str, holdou
     """Fit a predictor of latency, peak memory or energy (whichever the stored results or imported
     traces hold) and save it with a manifest: a forest on a search space's analytic features, or
     (no --space) a whole-model predictor on ONNX graph features, the analytic peak activation
-    memory among them."""
+    memory among them. A space's forest records its training architectures, so that
+    `bench predictor eval` scores only others."""
     from costmeter.predictors import fit_from_results, get_target, save_predictor
 
     spec = get_target(target)
@@ -91,11 +94,139 @@ def fit(space: str | None, device: str, runtime: str | None, target: str, holdou
         pred, scores, digest = fit_from_results(frame, space=space, device=device, runtime=runtime,
                                                 holdout=holdout, seed=seed, target=target)
         what = "architectures"
+        trained = _training_models(frame, space, device, runtime, spec.column)
     save_predictor(pred, output, training_hash=digest, metrics=scores,
-                   extra={"target": spec.name, "target_column": spec.column, "unit": spec.unit})
+                   extra={"target": spec.name, "target_column": spec.column, "unit": spec.unit,
+                          **({"training_models": trained} if space is not None else {})})
     shown = ", ".join(f"{k} {v:.3g}" for k, v in scores.items() if k in ("spearman", "mape_pct", "within_10_pct"))
     click.echo(f"wrote {output} ({spec.name} of {pred.n_train_} {what}; held-out: "
                f"{shown or 'not enough data'})")
+
+
+def _training_models(frame, space: str, device: str, runtime: str | None, column: str) -> list[str]:
+    """Digests of the architectures a space's forest was trained on (see `bench predictor eval`)."""
+    from costmeter.models.spaces import get_space
+    from costmeter.predictors import training_digests
+    from costmeter.results.traces import training_frame
+
+    archs = training_frame(frame, space, device=device, runtime=runtime, statistic=column)["arch"]
+    return training_digests([get_space(space).canonical(a) for a in archs])
+
+
+@predictor.command()
+@click.option("--device", default="cpu", show_default=True, help="This machine's CPU")
+@click.option("--runtime", default="onnxruntime", show_default=True)
+@click.option("--threads", type=count(1, MAX_THREADS, "1"), required=True,
+              help="Intra-op threads of every measurement (and of the latencies it will predict)")
+@click.option("--cpus", default=None, metavar="LIST", callback=check_cpus,
+              help="Pin every step to these CPUs, e.g. 1 or 2-3 (recommended on a shared machine)")
+@click.option("--budget", required=True, metavar="DURATION",
+              help="Total wall time of the build, e.g. 30m or 1h30m; a larger one measures more "
+                   "and extends an earlier build in the same folder")
+@click.option("--calibrate-on", default="resnet,mobilenet_v2,nb201", show_default=True, metavar="FAMILIES",
+              help="Families whose measured networks calibrate the kernel sum (at least 2)")
+@click.option("--target", type=fraction("0.9", max_open=False), default=None,
+              help="Share of networks you need within ±10% (e.g. 0.9): says so plainly when the estimate is below")
+@click.option("--seed", type=count(0, 2**32 - 1, "0"), default=0, show_default=True,
+              help="Seed of every draw (kernels, networks)")
+@click.option("--keep-artifacts", is_flag=True, help="Keep the micro-benchmark models after measuring them")
+@click.option("--output", "-o", type=OutputPath(), required=True, help="FILE.costmodel")
+@store_option
+@workdir_option
+def build(device: str, runtime: str, threads: int, cpus: str | None, budget: str, calibrate_on: str,
+          target: float | None, seed: int, keep_artifacts: bool, output: str, store_url: str | None,
+          workdir: Path | None) -> None:
+    """Build a kernel-level predictor of this machine in one resumable step: kernel micro-benchmarks,
+    calibration networks, the cache curve and the fit, within --budget. Ctrl-C keeps what was
+    measured; the same command resumes. Prints the leave-one-family-out estimate."""
+    from costmeter.errors import ConfigError
+    from costmeter.predictors import BuildSpec, build_predictor, check_build, parse_duration
+
+    try:
+        budget_s = parse_duration(budget)
+    except ValueError as error:
+        raise ConfigError(f"--budget: {error}") from None
+    check_target(device, runtime)
+    cpu_list: tuple[int, ...] = ()
+    if cpus:
+        from costmeter.harness.executors.remote import parse_cpus
+
+        cpu_list = tuple(parse_cpus(cpus))
+    spec = BuildSpec(device=device, runtime=runtime, threads=threads, cpus=cpu_list, budget_s=budget_s,
+                     calibrate_on=tuple(split_list(calibrate_on)), seed=seed, keep_artifacts=keep_artifacts)
+    check_build(spec, workdir or default_workdir())  # before the store or the folder is written
+    store = open_store(store_url, workdir)
+    try:
+        with _BuildDisplay() as display:
+            result = build_predictor(spec, output, workdir or default_workdir(), store=store,
+                                     progress=display.update)
+    except KeyboardInterrupt:
+        click.echo("interrupted: what was measured is kept; run the same command to resume", err=True)
+        raise
+    finally:
+        store.close()
+    _print_build(result, spec, target)
+
+
+def _print_build(result, spec, target: float | None) -> None:
+    from costmeter.predictors import format_duration
+
+    cal = result.calibration
+    pinning = f"pinned to CPU {spec.cpus_text}" if spec.cpus else "not pinned"
+    families = ", ".join(f"{f} {n}" for f, n in cal["families"].items())
+    click.echo(f"wrote {result.output}: {result.kernels} kernels timed in context and {cal['networks']} "
+               f"calibration networks ({families}), {spec.threads} thread(s), {pinning}; "
+               f"{format_duration(sum(result.spent_s.values()))} of {format_duration(spec.budget_s)}")
+    click.echo(f"calibration: {cal['summary']}")
+    by_family = ", ".join(f"{f} {v:.0%}" for f, v in cal["lofo_by_family"].items())
+    click.echo(f"leave-one-family-out estimate: {cal['lofo_within']:.0%} of networks within "
+               f"±{cal['tolerance']:.0%} (MAPE {cal['lofo_mape_pct']:.1f}%, median error "
+               f"{cal['lofo_bias']:+.1%}; {by_family}); the raw kernel sum: {cal['kernel_sum_within']:.0%}")
+    if target is not None and cal["lofo_within"] < target:
+        click.echo(f"BELOW TARGET: the estimate {cal['lofo_within']:.0%} is below the {target:.0%} you need. "
+                   f"A larger --budget measures more kernels and networks (the same command with "
+                   f"--budget {format_duration(spec.budget_s * 3)} extends this build); see the README "
+                   "for the accuracy each budget reached on held-out families")
+
+
+class _BuildDisplay:
+    """One rich progress display on stderr: the budget spent with an estimate of the time left,
+    the current step, and its notes above the bars. It appears with the first report, so a
+    build refused before it starts prints its one-line error alone."""
+
+    bar = None
+
+    def __enter__(self) -> "_BuildDisplay":
+        return self
+
+    def _start(self) -> None:
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+        self.bar = Progress(TextColumn("{task.description:<10}"), BarColumn(), MofNCompleteColumn(),
+                            TextColumn("{task.fields[info]}"), console=Console(stderr=True))
+        self.bar.__enter__()
+        self.total = self.bar.add_task("budget", total=1, info="")
+        self.step = self.bar.add_task("", total=None, info="")
+        self.last_note = ""
+
+    def update(self, event) -> None:
+        from costmeter.predictors import format_duration
+
+        if self.bar is None:
+            self._start()
+        budget = round(event.budget_s)
+        self.bar.update(self.total, total=budget, completed=min(round(event.spent_s), budget),
+                        info=f"{format_duration(event.spent_s)} spent, about {format_duration(event.left_s)} left")
+        self.bar.update(self.step, description=event.step, total=max(event.total, 1), completed=event.done,
+                        info=event.status)
+        if event.note and event.note != self.last_note:
+            self.bar.console.print(f"{event.step}: {event.note}")
+            self.last_note = event.note
+
+    def __exit__(self, *exc) -> None:
+        if self.bar is not None:
+            self.bar.__exit__(*exc)
 
 
 @predictor.command("eval")
@@ -108,41 +239,61 @@ def fit(space: str | None, device: str, runtime: str | None, target: str, holdou
               help="Training share (random split)")
 @click.option("--held-out", default=None, help="Comma-separated families to test on (family split)")
 @click.option("--seed", type=count(0, 2**32 - 1, "0"), default=0, show_default=True)
+@click.option("--in-sample", is_flag=True,
+              help="Score a predictor file on every stored row, its training rows included (labelled IN-SAMPLE)")
 @click.option("--output", "-o", type=OutputPath(), default=None,
               help="Write per-model predictions (CSV) for `bench report predictor`")
 @store_option
 @workdir_option
 def eval_(model_file: str | None, space: str | None, device: str | None, runtime: str | None, split: str,
-          train_share: float, held_out: str | None, seed: int, output: str | None,
+          train_share: float, held_out: str | None, seed: int, in_sample: bool, output: str | None,
           store_url: str | None, workdir: Path | None) -> None:
-    """RMSE, MAPE, share within ±5/10/15%, Spearman and Kendall, overall and per family."""
+    """RMSE, MAPE, share within ±5/10/15%, Spearman and Kendall, overall and per family.
+
+    A predictor file is scored only on stored rows it was not trained on (its manifest says
+    which); a fresh forest (--space/--device) is cross-validated."""
     from costmeter.errors import ConfigError
     from costmeter.predictors import family_of, metrics_table
 
-    frame = query_frame(store_url, workdir)
+    label = "held out"
     if model_file:
-        from costmeter.predictors import load_artifact as load_predictor
-        from costmeter.results.traces import training_frame
-
-        pred = load_predictor(model_file)
-        test = training_frame(frame, pred.space, device=pred.device, runtime=pred.runtime)
-        archs, measured = list(test["arch"]), test["latency_ms"].to_numpy()
-        predicted = pred.predict(archs)
-        ids = [f"{pred.space}:{a}" for a in archs]
+        evaluation = _evaluate_file(model_file, store_url, workdir, in_sample)
+        ids, families = evaluation.ids, evaluation.families
+        measured, predicted = evaluation.measured_ms, evaluation.predicted_ms
+        if evaluation.in_sample:
+            label = "IN-SAMPLE"
+            click.echo("IN-SAMPLE: these rows include the predictor's own training rows; the figures "
+                       "overstate its accuracy on models it has not seen", err=True)
+        else:
+            click.echo(f"{len(ids)} stored models the predictor was not trained on "
+                       f"({evaluation.left_out} training rows left out)")
     elif space and device:
-        ids, archs, measured, predicted = _cross_validate(frame, space, device, runtime, split, train_share,
-                                                          held_out, seed)
+        ids, archs, measured, predicted = _cross_validate(query_frame(store_url, workdir), space, device,
+                                                          runtime, split, train_share, held_out, seed)
+        families = [family_of(i) if split != "family" else _family(a) for i, a in zip(ids, archs)]
     else:
         raise ConfigError("give a predictor file, or --space and --device to cross-validate a fresh forest")
-    families = [family_of(i) if split != "family" else _family(a) for i, a in zip(ids, archs)]
-    table = metrics_table(measured, predicted, families)
+    table = metrics_table(measured, predicted, families, overall_label=f"overall ({label})")
     click.echo(table.to_string(float_format=lambda v: f"{v:.3f}"))
     if output:
         import pandas as pd
 
         pd.DataFrame({"model_id": ids, "family": families, "measured_ms": measured,
-                      "predicted_ms": predicted}).to_csv(output, index=False)
+                      "predicted_ms": predicted, "in_sample": label == "IN-SAMPLE"}).to_csv(output, index=False)
         click.echo(f"wrote {output}")
+
+
+def _evaluate_file(model_file: str, store_url: str | None, workdir: Path | None, in_sample: bool):
+    from costmeter.predictors import evaluate_arch_predictor, evaluate_network_predictor
+    from costmeter.predictors import is_network_predictor, read_manifest
+
+    if is_network_predictor(read_manifest(model_file)):
+        store = open_store(store_url, workdir)
+        try:
+            return evaluate_network_predictor(model_file, store, workdir or default_workdir(), in_sample)
+        finally:
+            store.close()
+    return evaluate_arch_predictor(model_file, query_frame(store_url, workdir), in_sample)
 
 
 def _family(arch: str) -> str:
@@ -176,25 +327,29 @@ def _cross_validate(frame, space, device, runtime, split, train_share, held_out,
 @click.argument("model_file", type=input_file())
 @click.option("--model", "-m", "archs", required=True, multiple=True,
               help="Repeatable, one architecture per value (space: prefix optional), or @FILE with one "
-                   "per line. For a kernel-level predictor (`bench kernels fit`): " + MODEL_HELP)
+                   "per line. For a kernel-level predictor (`bench predictor build`): " + MODEL_HELP)
+@click.option("--threads", type=count(1, MAX_THREADS, "1"), default=None,
+              help="The thread count you will run at; refused when the predictor was built for another")
 @click.option("--breakdown/--no-breakdown", default=True, show_default=True,
               help="Per kernel type latencies (kernel-level predictors)")
 @workdir_option
-def predict(model_file: str, archs: tuple[str, ...], breakdown: bool, workdir: Path | None) -> None:
-    """Predicted latency ± uncertainty (ms) of architectures, from a saved predictor or a lookup
-    table (TABLE.json from `bench lut build`)."""
-    from costmeter.predictors import load_artifact as load_predictor, read_manifest
-    from costmeter.predictors import NetworkPredictor
-    from costmeter.models.spaces import split_model_id
+def predict(model_file: str, archs: tuple[str, ...], threads: int | None, breakdown: bool,
+            workdir: Path | None) -> None:
+    """Predicted latency ± uncertainty (ms) of models, from a saved predictor or a lookup table
+    (TABLE.json from `bench lut build`)."""
+    from costmeter.predictors import is_network_predictor, manifest_of
 
     if Path(model_file).suffix.lower() in (".json", ".csv"):
         _predict_with_table(model_file, archs)
         return
-    pred = load_predictor(model_file)
-    if isinstance(pred, NetworkPredictor):
-        manifest = read_manifest(model_file)
-        _predict_networks(pred, model_specs(archs), manifest, breakdown, workdir)
+    manifest = manifest_of(model_file)
+    if is_network_predictor(manifest):
+        _predict_networks(model_file, model_specs(archs), threads, breakdown, workdir)
         return
+    from costmeter.models.spaces import split_model_id
+    from costmeter.predictors import load_artifact as load_predictor
+
+    pred = load_predictor(model_file)
     from costmeter.predictors import GraphTargetPredictor
 
     if isinstance(pred, GraphTargetPredictor):
@@ -254,27 +409,26 @@ def _predict_with_table(path: str, archs: tuple[str, ...]) -> None:
                    "lookup table)")
 
 
-def _predict_networks(pred, models: list[str], manifest: dict, breakdown: bool, workdir: Path | None) -> None:
-    """Export each model, apply the runtime's fusion rules, print the network prediction and its kernels."""
-    from costmeter.models.export import export_onnx
-    from costmeter.models.source import resolve_model
-    from costmeter.models.onnx.graph import load_graph
-    from costmeter.predictors import load_rules
-    from costmeter.predictors import fuse
+def _predict_networks(model_file: str, models: list[str], threads: int | None, breakdown: bool,
+                      workdir: Path | None) -> None:
+    """Each model's prediction and kernels, from the working folder's caches where it can."""
+    from costmeter.predictors import predict_models
 
-    wd = workdir or default_workdir()
+    manifest, answers = predict_models(model_file, models, workdir or default_workdir(), threads=threads)
+    extra = manifest.get("extra") or {}
     device, runtime = manifest.get("device") or "cpu", manifest.get("runtime") or "onnxruntime"
-    rules = load_rules(runtime, device, wd)
-    graphs = {m: fuse(load_graph(export_onnx(resolve_model(m), wd)), rules) for m in models}
-    frame = pred.predict_frame(graphs)
-    parts = pred.breakdown(graphs) if breakdown else None
-    click.echo(pred.describe())
-    for name, row in frame.iterrows():
-        note = "" if row["calibrated"] or pred.calibration_ is None else \
-            "; outside the calibration networks' range, not calibrated"
-        click.echo(f"{name}\t{row['latency_ms']:.4g} ms ± {row['std_ms']:.2g} ({device}, {runtime}; "
-                   f"kernel sum {row['kernel_sum_ms']:.4g} ms{note})")
-        if parts is not None:
-            for (_, kernel_type), k in parts.loc[[name]].iterrows():
-                click.echo(f"  {kernel_type:<16} x{int(k['count']):<4} {k['latency_ms']:9.4f} ms "
-                           f"{k['share']:6.1%}")
+    built = extra.get("threads")
+    setting = f"{built} thread(s)" if built is not None else "threads not recorded"
+    if extra.get("cpus"):
+        setting += f" on CPU {extra['cpus']}"
+    if built is not None and threads is None:
+        setting += " (--threads checks yours)"
+    for answer in answers:
+        note = "" if answer["calibrated"] or not extra.get("calibration") else "; kernel sum, not calibrated"
+        if extra.get("calibration") and not answer["in_range"] and answer["calibrated"]:
+            note = "; outside the calibration networks' sizes"
+        click.echo(f"{answer['model']}\t{answer['latency_ms']:.4g} ms ± {answer['std_ms']:.2g} ({device}, "
+                   f"{runtime}, {setting}; kernel sum {answer['kernel_sum_ms']:.4g} ms{note})")
+        if breakdown:
+            for k in answer["breakdown"]:
+                click.echo(f"  {k['kernel_type']:<16} x{k['count']:<4} {k['latency_ms']:9.4f} ms {k['share']:6.1%}")

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import sys
 import tempfile
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -151,6 +152,9 @@ def _child(job_path: str, out_path: str) -> int:
     rng = np.random.default_rng(0)
     entries = job["entries"]
     group = max(1, int(job.get("interleave", 1)))
+    # "thread_cpu": each run timed by this thread's CPU clock (1 intra-op thread only): time the
+    # run spent descheduled by other work on a shared core is not counted
+    clock = time.thread_time_ns if job.get("clock") == "thread_cpu" else time.perf_counter_ns
     with open(out_path, "a") as out, \
             tempfile.TemporaryDirectory(prefix="lut-block-", dir=Path(out_path).parent) as tmp:
         def emit(record: dict[str, Any]) -> None:
@@ -176,7 +180,7 @@ def _child(job_path: str, out_path: str) -> int:
                 for k, entry in enumerate(members):
                     emit({"started": entry["key"]})
                     sessions.append(prepare(entry, number * group + k))
-                outcomes = sample_group(sessions, protocol)
+                outcomes = sample_group(sessions, protocol, clock)
             finally:
                 for session in sessions:
                     session.close()
@@ -284,6 +288,7 @@ def judged_line(key: str, outcome: Any, protocol: Any) -> dict[str, Any]:
     median = float(np.median(ns)) if ns.size else float("nan")
     mad = float(np.median(np.abs(ns - median))) if ns.size else float("nan")
     return {"key": key, "median_ms": median / 1e6, "spread_ms": 1.4826 * mad / 1e6,
+            "min_ms": float(ns.min()) / 1e6 if ns.size else float("nan"),
             "samples": int(ns.size), "samples_ns": [int(v) for v in outcome.samples_ns],
             "p50_low_ms": None if p50 is None or p50.low is None else p50.low / 1e6,
             "p50_high_ms": None if p50 is None or p50.high is None else p50.high / 1e6,

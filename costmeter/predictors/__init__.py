@@ -69,6 +69,21 @@ _PUBLIC: dict[str, str] = {
     "measured_latencies": "costmeter.predictors.workflows.collect",
     "fit_network_predictor": "costmeter.predictors.workflows.network",
     "fit_graph_target": "costmeter.predictors.workflows.graph_target",
+    # bring-up: one resumable build under a time budget
+    "BuildSpec": "costmeter.predictors.workflows.build",
+    "build_predictor": "costmeter.predictors.workflows.build",
+    "check_build": "costmeter.predictors.workflows.build",
+    "pinned": "costmeter.predictors.workflows.build",
+    "parse_duration": "costmeter.predictors.workflows.budget",
+    "format_duration": "costmeter.predictors.workflows.budget",
+    # predicting and evaluating saved files
+    "predict_models": "costmeter.predictors.workflows.predict",
+    "is_network_predictor": "costmeter.predictors.workflows.predict",
+    "manifest_of": "costmeter.predictors.workflows.predict",
+    "network_rows": "costmeter.predictors.workflows.graphs",
+    "training_digests": "costmeter.predictors.workflows.evaluate",
+    "evaluate_arch_predictor": "costmeter.predictors.workflows.evaluate",
+    "evaluate_network_predictor": "costmeter.predictors.workflows.evaluate",
 }
 _ALIASES = {"load_artifact": "load_predictor"}  # public name -> name inside its module
 

@@ -1,11 +1,16 @@
 """Whole-network latency from kernel micro-benchmarks: :class:`NetworkPredictor`.
 
-The kernel-level forests (:class:`~costmeter.predictors.estimators.forest.KernelForest`, one per kernel
-type) price every kernel a runtime runs for a network; their sum plus the measured per-run
-overhead is nn-Meter's prediction. Optionally, a :class:`~costmeter.predictors.estimators.calibration.
-TrafficCalibration` fitted on networks measured on the same device adds what a network pays
-that its kernels timed one by one do not (weights and activations coming from beyond the
-caches). This is what ``bench kernels fit`` writes and ``bench predict`` reads.
+The kernel-level forests (:class:`~costmeter.predictors.estimators.forest.KernelForest`, one per
+kernel type) price every kernel a runtime runs for a network; their sum plus the measured
+per-run overhead is nn-Meter's prediction. Optionally, a :class:`~costmeter.predictors.
+estimators.calibration.TrafficCalibration` fitted on networks measured on the same device adds
+what a network pays that its kernels timed one by one do not (weights and activations coming
+from beyond the caches). This is what ``bench predictor build`` and ``bench kernels fit``
+write and ``bench predict`` reads.
+
+A network is given either as a fused kernel graph or as its
+:class:`~costmeter.predictors.estimators.rows.NetworkRows` -- the per-kernel features and network
+terms, which is all a prediction reads.
 """
 from __future__ import annotations
 
@@ -17,8 +22,10 @@ from sklearn.base import BaseEstimator, clone
 from sklearn.utils.validation import check_is_fitted
 
 from costmeter.errors import ConfigError
-from costmeter.predictors.estimators.calibration import BASE_COLUMN, TrafficCalibration, network_terms
+from costmeter.predictors.estimators.calibration import BASE_COLUMN, TrafficCalibration
+from costmeter.predictors.estimators.rows import NetworkRows, as_rows, stack_rows
 
+__all__ = ["NetworkPredictor", "NetworkRows", "as_rows", "stack_rows"]
 
 class NetworkPredictor(BaseEstimator):
     """Kernel-forest sum (+ per-run overhead, + optional calibration) per network.
@@ -39,9 +46,9 @@ class NetworkPredictor(BaseEstimator):
             graphs: Mapping[str, Any] | None = None, network_ms: Any = None,
             groups: Any = None) -> NetworkPredictor:
         """Fit the kernel forests on micro-benchmarks (``kernel_type -> features`` and
-        ``kernel_type -> latencies ms``); with ``graphs`` (name -> KernelGraph) and their
-        measured ``network_ms`` (same order), also the calibration, ``groups`` naming each
-        network's family."""
+        ``kernel_type -> latencies ms``); with ``graphs`` (name -> kernel graph or
+        :class:`NetworkRows`) and their measured ``network_ms`` (same order), also the
+        calibration, ``groups`` naming each network's family."""
         from costmeter.predictors.estimators.forest import KernelForest, ModelForest
 
         if not np.isfinite(self.overhead_ms) or self.overhead_ms < 0:
@@ -64,9 +71,10 @@ class NetworkPredictor(BaseEstimator):
     def predict_frame(self, graphs: Mapping[str, Any]) -> Any:
         """Per network (index: the names of ``graphs``): ``latency_ms``, ``std_ms``,
         ``kernel_sum_ms`` (forests plus overhead), ``fallback_share`` (share priced by the
-        FLOPs-linear fallback, kernel types without a forest), the calibration terms and
-        ``calibrated``: False where the network's kernel sum lies outside those of the
-        calibration networks -- the correction is not extrapolated, the kernel sum is returned.
+        FLOPs-linear fallback, kernel types without a forest), the calibration terms,
+        ``calibrated`` (a correction was applied) and ``in_range`` (the kernel sum lies within
+        the calibration networks'; a smaller network's correction is capped at the
+        calibration's cross-validated error).
 
         ``std_ms`` combines the kernels' spread across trees (independent) and, when
         calibrated, the calibration's cross-validated relative error on unseen families."""
@@ -74,13 +82,13 @@ class NetworkPredictor(BaseEstimator):
         frame = self._sums(graphs)
         frame["latency_ms"] = frame[BASE_COLUMN]
         frame["calibrated"] = False
+        frame["in_range"] = False
         if self.calibration_ is None:
             return frame
-        inside = self.calibration_.in_range(frame)
-        calibrated = self.calibration_.predict(frame)
-        frame["latency_ms"] = np.where(inside, calibrated, frame[BASE_COLUMN])
-        frame["calibrated"] = inside
-        calibration_std = np.where(inside, self.calibration_.cv_rel_rmse_ * frame["latency_ms"], 0.0)
+        frame["latency_ms"] = self.calibration_.predict(frame)
+        frame["calibrated"] = bool(len(self.calibration_.terms_))
+        frame["in_range"] = self.calibration_.in_range(frame)
+        calibration_std = self.calibration_.cv_rel_rmse_ * frame["latency_ms"]
         frame["std_ms"] = np.sqrt(frame["std_ms"] ** 2 + calibration_std ** 2)
         return frame
 
@@ -90,10 +98,8 @@ class NetworkPredictor(BaseEstimator):
 
     def breakdown(self, graphs: Mapping[str, Any]) -> Any:
         """Per network and kernel type: summed kernel latency (ms), count and share."""
-        from costmeter.predictors.kernels.features import stack_tables
-
         check_is_fitted(self)
-        return self.kernel_forest_.breakdown(stack_tables(dict(graphs)))
+        return self.kernel_forest_.breakdown(stack_rows(graphs))
 
     def describe(self) -> str:
         """One line: what the prediction is made of."""
@@ -106,13 +112,12 @@ class NetworkPredictor(BaseEstimator):
     def _sums(self, graphs: Mapping[str, Any]) -> Any:
         import pandas as pd
 
-        from costmeter.predictors.kernels.features import stack_tables
-
         if not graphs:
             raise ConfigError("no networks to predict")
-        sums = self.kernel_forest_.predict_with_uncertainty(stack_tables(dict(graphs)))
-        names = list(graphs)
-        frame = pd.DataFrame({m: network_terms(graphs[m]) for m in names}).T
+        rows = {name: as_rows(network) for name, network in graphs.items()}
+        sums = self.kernel_forest_.predict_with_uncertainty(stack_rows(rows))
+        names = list(rows)
+        frame = pd.DataFrame({m: rows[m].terms for m in names}).T.astype("float64")
         frame[BASE_COLUMN] = sums["latency_ms"].reindex(names).fillna(0.0) + self.overhead_ms
         frame["std_ms"] = sums["std_ms"].reindex(names).fillna(0.0)
         frame["fallback_share"] = sums["fallback_share"].reindex(names).fillna(0.0)

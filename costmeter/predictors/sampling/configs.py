@@ -248,10 +248,14 @@ def _fits(config: KernelConfig) -> bool:
 
 def sample_configs(prior: KernelPrior, counts: Mapping[str, int], seed: int = 0,
                    jitter: float = 0.7) -> list[KernelConfig]:
-    """Draw ``counts[kernel_type]`` distinct configs per type from ``prior`` (deterministic)."""
-    rng = random.Random(seed)
+    """Draw ``counts[kernel_type]`` distinct configs per type from ``prior``, type by type.
+
+    Deterministic and nested: each kernel type draws from its own generator (seeded by
+    ``seed`` and the type), so a larger count of one type starts with the smaller draw and
+    leaves the other types' draws unchanged."""
     out: list[KernelConfig] = []
     for kernel_type, count in counts.items():
+        rng = random.Random(f"{seed}-{kernel_type}")
         pool = prior.configs.get(kernel_type, [])
         if count and not pool:
             raise ConfigError(
@@ -268,6 +272,18 @@ def sample_configs(prior: KernelPrior, counts: Mapping[str, int], seed: int = 0,
                 seen.add(config.key)
                 out.append(config)
     return out
+
+
+def interleave(configs: Sequence[KernelConfig]) -> list[KernelConfig]:
+    """``configs`` reordered so that every prefix holds each kernel type in proportion to its
+    share of the whole (the i-th of n configs of a type sits at position (i + 0.5) / n), while
+    each type keeps its own order: a build that stops early has measured a balanced prefix."""
+    by_type: dict[str, list[KernelConfig]] = {}
+    for config in configs:
+        by_type.setdefault(config.kernel_type, []).append(config)
+    ranked = [((i + 0.5) / len(group), order, config)
+              for order, group in enumerate(by_type.values()) for i, config in enumerate(group)]
+    return [config for _, _, config in sorted(ranked, key=lambda item: item[:2])]
 
 
 def adaptive_configs(configs: Sequence[KernelConfig], relative_errors: Sequence[float],

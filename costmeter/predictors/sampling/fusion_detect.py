@@ -143,13 +143,16 @@ def detect_fusion(pairs: Sequence[tuple[str, str]] | None = None, device: str = 
                   runtime: str = "onnxruntime", workdir: Path | str = ".costmeter",
                   threads: int | None = 1, repeats: int = 3, min_time_s: float = 0.3,
                   sink: Any = None, measure: MeasureFn | None = None,
-                  save: bool = True) -> RuleSet:
+                  save: bool = True, keep_artifacts: bool = False) -> RuleSet:
     """Measure ``pairs`` on ``device``/``runtime``, derive and (``save``) store the rule set.
 
     Returns the detected :class:`RuleSet` (``source="detected"``, one evidence row per pair:
     medians in ms, overhead, saving, verdict). ``measure`` replaces the harness runner (a
-    function from ONNX files to median ms), for tests and remote devices.
+    function from ONNX files to median ms), for tests and remote devices. The micro-benchmark
+    files are removed once measured unless ``keep_artifacts``.
     """
+    import shutil
+
     pairs = list(pairs or DEFAULT_PAIRS)
     if repeats < 1:
         raise ConfigError(f"repeats must be >= 1 (got {repeats})")
@@ -163,7 +166,14 @@ def detect_fusion(pairs: Sequence[tuple[str, str]] | None = None, device: str = 
     for op1, op2 in pairs:
         files += [write_model(m, folder, stem) for m, stem in
                   zip(pair_models(op1, op2), (op1, op2, f"{op1}_{op2}"))]
-    rounds = [measure(files) for _ in range(repeats)]  # interleaved: each round runs every file
+    try:
+        rounds = [measure(files) for _ in range(repeats)]  # interleaved: each round runs every file
+    finally:
+        if not keep_artifacts:
+            for path in files:
+                path.unlink(missing_ok=True)
+            if folder.is_dir() and not any(folder.iterdir()):
+                shutil.rmtree(folder, ignore_errors=True)
     medians = [statistics.median(r[i] for r in rounds) for i in range(len(files))]
     overhead = medians[0]
     timings = []

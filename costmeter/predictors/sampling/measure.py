@@ -40,29 +40,25 @@ from __future__ import annotations
 import json
 import math
 import statistics
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Sequence
 
-from costmeter.errors import ConfigError, StoreError
-from costmeter.workdir import Workdir
-from costmeter.predictors.kernels.features import FEATURE_SCHEMA_VERSION, KERNEL_FEATURES, kernel_features
+from costmeter.errors import ConfigError
+from costmeter.predictors.kernels.features import kernel_features
+from costmeter.predictors.kernels.fuse import fuse
 from costmeter.predictors.kernels.rules import RuleSet
-from costmeter.predictors.kernels.fuse import KernelGraph, fuse
 from costmeter.predictors.sampling.configs import KernelConfig
+from costmeter.predictors.sampling.samples import (  # noqa: F401  (re-exported)
+    CLOCKS, FOLDED_LATENCY_MS, FOLDED_TYPES, METHODS, KernelSamples, setting)
+from costmeter.workdir import Workdir
 
 MIN_KERNEL_MS = 1e-4  # floor of an overhead-corrected kernel latency (0.1 us)
-FOLDED_LATENCY_MS = 1e-4
-FOLDED_TYPES: tuple[str, ...] = ("constant",)
 OVERHEAD_REPEATS = 3
-_ROW_COLUMNS = ["key", "kernel_type", "config", "features", "raw_ms", "overhead_ms",
-                "baseline_ms", "latency_ms", "cold_ms", "source", "rounds"]
 
 # groups of ONNX files (each group timed together) -> their median latencies (ms)
 GroupMeasureFn = Callable[[list[list[Path]]], list[list[float]]]
 CONTEXT_TYPES: tuple[str, ...] = ("conv", "dwconv", "conv_transpose", "pool", "global_pool",
                                   "elementwise", "activation", "concat", "norm")
-METHODS: tuple[str, ...] = ("context", "isolated")
 BATCH_CHUNK = 240  # files per batch worker
 # in context, a kernel with at least this much weight is timed as copies with their own weights,
 # round-robin, so that its weights come from memory as in a network (whose other kernels evict
@@ -71,158 +67,6 @@ COLD_WEIGHT_BYTES = 256 * 1024
 COLD_FOOTPRINT_BYTES = 64 * 1024 * 1024
 MAX_COLD_COPIES = 12
 BATCH_TIMEOUT_S = 1800.0
-
-
-@dataclass
-class KernelSamples:
-    """Measured kernels: one row each (config, raw and corrected latency, named features)."""
-
-    device: str
-    runtime: str
-    rows: list[dict[str, Any]] = field(default_factory=list)
-    method: str = "isolated"  # how image kernels were timed: "isolated" or "context"
-    split: list[KernelConfig] = field(default_factory=list)  # configs the rules cut in pieces
-
-    def tables(self) -> dict[str, Any]:
-        """kernel_type -> DataFrame of :data:`KERNEL_FEATURES` (index: config key)."""
-        import pandas as pd
-
-        out: dict[str, Any] = {}
-        for kernel_type in sorted({r["kernel_type"] for r in self.rows}):
-            rows = [r for r in self.rows if r["kernel_type"] == kernel_type]
-            frame = pd.DataFrame([r["features"] for r in rows], index=[r["key"] for r in rows],
-                                 columns=list(KERNEL_FEATURES[kernel_type]), dtype="float64")
-            frame.attrs.update(feature_schema_version=FEATURE_SCHEMA_VERSION,
-                               kernel_type=kernel_type)
-            out[kernel_type] = frame
-        return out
-
-    def latencies(self, cold: bool = False) -> dict[str, Any]:
-        """kernel_type -> overhead-corrected latencies (ms), aligned with :meth:`tables`;
-        ``cold``: with the weights out of cache (kernels timed in context only)."""
-        import numpy as np
-
-        if cold and self.method != "context":
-            raise ConfigError("cold-weight latencies exist only for kernels timed in context; "
-                              "measure them with --context")
-        column = "cold_ms" if cold else "latency_ms"
-        types = sorted({r["kernel_type"] for r in self.rows})
-        return {t: np.array([r[column] for r in self.rows if r["kernel_type"] == t])
-                for t in types}
-
-    def configs(self) -> list[KernelConfig]:
-        """The measured configs (folded rows have none and are skipped)."""
-        return [KernelConfig.from_dict(json.loads(r["config"])) for r in self.rows if r["config"]]
-
-    def extend(self, other: KernelSamples) -> KernelSamples:
-        """Add ``other``'s rows (same device and runtime); rows with a known key are skipped."""
-        if (other.device, other.runtime) != (self.device, self.runtime):
-            raise ConfigError(f"cannot merge kernel samples of {other.device}/{other.runtime} "
-                              f"into {self.device}/{self.runtime}; keep them apart")
-        if other.rows and self.rows and other.method != self.method:
-            raise ConfigError(f"cannot merge kernels timed {other.method} into samples timed "
-                              f"{self.method}; measure them all one way (a new working folder)")
-        known = {r["key"] for r in self.rows}
-        self.rows += [r for r in other.rows if r["key"] not in known]
-        self.split += other.split
-        return self
-
-    def merge_lower(self, other: KernelSamples) -> KernelSamples:
-        """Fold in a re-measurement: per config key keep the round whose kernel run was the
-        fastest (with that round's baselines), count the rounds.
-
-        Contention on a shared machine only adds time, so the lower of two medians taken at
-        different times is the better estimate; new keys are added as in :meth:`extend`.
-        """
-        by_key = {r["key"]: r for r in self.rows}
-        for row in other.rows:
-            mine = by_key.get(row["key"])
-            if mine is None:
-                self.extend(KernelSamples(self.device, self.runtime, [row], method=other.method))
-                continue
-            mine["rounds"] = int(mine.get("rounds", 1)) + 1
-            if row["raw_ms"] < mine["raw_ms"]:
-                mine.update({k: row[k] for k in ("raw_ms", "overhead_ms", "baseline_ms",
-                                                   "latency_ms", "cold_ms")})
-        return self
-
-    def add_folded(self, kernel_graphs: Iterable[KernelGraph]) -> KernelSamples:
-        """Rows for kernels folded at load time (:data:`FOLDED_TYPES`), at FOLDED_LATENCY_MS."""
-        known = {r["key"] for r in self.rows}
-        for kernel_graph in kernel_graphs:
-            for kernel in kernel_graph.kernels:
-                if kernel.kernel_type not in FOLDED_TYPES:
-                    continue
-                values = kernel_features(kernel)
-                key = "folded-" + json.dumps(values, sort_keys=True)
-                if key not in known:
-                    known.add(key)
-                    self.rows.append({"key": key, "kernel_type": kernel.kernel_type, "config": "",
-                                      "features": values, "raw_ms": float("nan"),
-                                      "overhead_ms": float("nan"), "baseline_ms": float("nan"),
-                                      "latency_ms": FOLDED_LATENCY_MS,
-                                      "cold_ms": FOLDED_LATENCY_MS, "source": "folded",
-                                      "rounds": 0})
-        return self
-
-    def summary(self) -> dict[str, int]:
-        """Measured rows per kernel type."""
-        counts: dict[str, int] = {}
-        for row in self.rows:
-            counts[row["kernel_type"]] = counts.get(row["kernel_type"], 0) + 1
-        return counts
-
-    def save(self, path: Path | str) -> Path:
-        """Write as CSV (features as JSON, schema version in a column); returns the path."""
-        import pandas as pd
-
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        frame = pd.DataFrame(self.rows, columns=_ROW_COLUMNS)
-        frame["features"] = [json.dumps(f, sort_keys=True) for f in frame["features"]]
-        frame["feature_schema_version"] = FEATURE_SCHEMA_VERSION
-        frame["device"], frame["runtime"], frame["method"] = self.device, self.runtime, self.method
-        tmp = path.with_suffix(".tmp")
-        frame.to_csv(tmp, index=False)
-        tmp.replace(path)
-        return path
-
-    @classmethod
-    def load(cls, path: Path | str) -> KernelSamples:
-        """Read :meth:`save` output; StoreError for another feature schema or a bad file."""
-        import pandas as pd
-
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"kernel sample file not found: {path}; measure kernels first")
-        try:
-            frame = pd.read_csv(path, keep_default_na=False, na_values=[""])
-        except (OSError, ValueError) as error:
-            raise StoreError(f"cannot read kernel samples {path} ({type(error).__name__}); "
-                             "measure the kernels again") from error
-        versions = set(frame.get("feature_schema_version", []))
-        if versions and versions != {FEATURE_SCHEMA_VERSION}:
-            raise StoreError(f"kernel samples {path} use feature schema {sorted(versions)}, this "
-                             f"costmeter uses {FEATURE_SCHEMA_VERSION}; measure the kernels again")
-        if frame.empty:
-            return cls(device="", runtime="")
-        method = str(frame["method"].iloc[0]) if "method" in frame else "isolated"
-        if method not in METHODS:
-            raise StoreError(f"kernel samples {path} were timed by an unknown method {method!r}; "
-                             "measure the kernels again")
-        samples = cls(device=str(frame["device"].iloc[0]), runtime=str(frame["runtime"].iloc[0]),
-                      method=method)
-        if "rounds" not in frame:  # written before re-measurement rounds were counted
-            frame["rounds"] = (frame["source"] == "measured").astype(int)
-        if "baseline_ms" not in frame:  # written before kernels were timed in context
-            frame["baseline_ms"] = frame["overhead_ms"]
-        if "cold_ms" not in frame:
-            frame["cold_ms"] = frame["latency_ms"] if method == "context" else float("nan")
-        for record in frame[_ROW_COLUMNS].to_dict("records"):
-            record["features"] = json.loads(record["features"])
-            record["config"] = record["config"] if isinstance(record["config"], str) else ""
-            samples.rows.append(record)
-        return samples
 
 
 def _runner_measure(device: str, runtime: str, workdir: Path, threads: int | None,
@@ -240,28 +84,49 @@ def _runner_measure(device: str, runtime: str, workdir: Path, threads: int | Non
     return measure
 
 
-def _batch_measure(device: str, runtime: str, threads: int | None, min_time_s: float,
-                   progress: Any, sink: Any = None) -> GroupMeasureFn:
-    """Every group sampled round-robin in a batch worker (local runtimes taking ONNX files)."""
+def time_files(entries: list[dict[str, Any]], device: str, runtime: str, threads: int | None,
+               protocol: Any, clock: str = "wall", progress: Any = None, sink: Any = None,
+               tag: str = "kernels-sample") -> dict[str, dict[str, Any]]:
+    """Time ONNX files in batch workers (local runtimes taking ONNX files): ``entries`` are
+    ``{"key", "onnx", optional "group" and "shape"}``; returns key -> the worker's line
+    (``median_ms``, ``min_ms``, ``spread_ms``, ``samples``; a NaN median when a run failed).
+    ``sink`` receives every file's judged harness result (raw samples, verdict, environment),
+    tagged ``tag``.
+
+    ``clock="thread_cpu"`` times each run by the worker thread's CPU clock, so that time spent
+    descheduled by other work on a shared core is not counted; ONNX Runtime runs a session on
+    the calling thread at 1 intra-op thread, so this needs ``threads == 1``."""
+    import tempfile
     from dataclasses import asdict
 
     from costmeter.harness.batch import OVERHEAD_KEY, measure_entries, overhead_model_bytes
+
+    if clock not in CLOCKS:
+        raise ConfigError(f"unknown clock {clock!r}; use one of {', '.join(CLOCKS)}")
+    if clock == "thread_cpu" and threads != 1:
+        raise ConfigError(f"the thread CPU clock times one intra-op thread; got threads={threads} "
+                          "(time several threads by the wall clock)")
+    with tempfile.TemporaryDirectory(prefix="costmeter-timing-") as tmp:
+        overhead_path = Path(tmp) / "overhead.onnx"
+        overhead_path.write_bytes(overhead_model_bytes())
+        base = {"device": device, "runtime": runtime, "threads": threads, "options": [],
+                "protocol": {**asdict(protocol), "percentiles": [50.0]}, "clock": clock,
+                "overhead": {"key": OVERHEAD_KEY, "onnx": str(overhead_path), "shape": [1, 1]}}
+        lines, _, _ = measure_entries(base, entries, BATCH_CHUNK, BATCH_TIMEOUT_S, progress,
+                                      sink=sink, tag=tag)
+    return lines
+
+
+def _batch_measure(device: str, runtime: str, threads: int | None, min_time_s: float,
+                   progress: Any, sink: Any = None, clock: str = "wall") -> GroupMeasureFn:
+    """Every group sampled round-robin in a batch worker (local runtimes taking ONNX files)."""
     from costmeter.predictors.sampling.micro_measure import micro_protocol
 
     def measure(groups: list[list[Path]]) -> list[list[float]]:
-        import tempfile
-
         entries = [{"key": f"{g}/{i}", "onnx": str(path), "group": g}
                    for g, group in enumerate(groups) for i, path in enumerate(group)]
-        protocol = {**asdict(micro_protocol(min_time_s)), "percentiles": [50.0]}
-        with tempfile.TemporaryDirectory(prefix="costmeter-kernels-") as tmp:
-            overhead_path = Path(tmp) / "overhead.onnx"
-            overhead_path.write_bytes(overhead_model_bytes())
-            base = {"device": device, "runtime": runtime, "threads": threads, "options": [],
-                    "protocol": protocol, "overhead": {"key": OVERHEAD_KEY,
-                                                       "onnx": str(overhead_path), "shape": [1, 1]}}
-            lines, overheads, _ = measure_entries(base, entries, BATCH_CHUNK, BATCH_TIMEOUT_S,
-                                                  progress, sink=sink, tag="kernels-sample")
+        lines = time_files(entries, device, runtime, threads, micro_protocol(min_time_s), clock,
+                           progress, sink)
         by_key = {k: float(line["median_ms"]) for k, line in lines.items()}
         return [[by_key.get(f"{g}/{i}", float("nan")) for i in range(len(group))]
                 for g, group in enumerate(groups)]
@@ -270,39 +135,64 @@ def _batch_measure(device: str, runtime: str, threads: int | None, min_time_s: f
 
 
 def _default_measure(device: str, runtime: str, workdir: Path, threads: int | None,
-                     min_time_s: float, sink: Any, progress: Any) -> GroupMeasureFn:
+                     min_time_s: float, sink: Any, progress: Any, clock: str) -> GroupMeasureFn:
     from costmeter.harness.batch import check_local_onnx_runtime
 
     try:
         check_local_onnx_runtime(device, runtime)
     except ConfigError:
+        if clock != "wall":
+            raise ConfigError(f"{runtime} on {device} is timed through the harness runner, by the "
+                              "wall clock only; leave the thread CPU clock out") from None
         return _runner_measure(device, runtime, workdir, threads, min_time_s, sink, progress)
-    return _batch_measure(device, runtime, threads, min_time_s, progress, sink)
+    return _batch_measure(device, runtime, threads, min_time_s, progress, sink, clock)
 
 
 def measure_kernels(configs: Sequence[KernelConfig], rules: RuleSet, device: str = "cpu",
                     workdir: Path | str = ".costmeter", threads: int | None = 1,
                     min_time_s: float = 0.2, sink: Any = None,
                     measure: GroupMeasureFn | None = None, progress: Any = None,
-                    context: bool = False) -> KernelSamples:
+                    context: bool = False, keep_artifacts: bool = False,
+                    cpus: str = "", clock: str = "wall") -> KernelSamples:
     """Measure ``configs`` on ``device`` with ``rules.runtime``; see the module docstring.
 
     ``context``: image kernels measured between context ops, minus their baselines (default:
     alone, minus the per-run overhead). Failed runs are left out of the rows (their configs are
     neither split nor measured); ``measure`` replaces the measuring (groups of ONNX files ->
-    their medians in ms), for tests. ``sink`` receives every kernel's judged harness result (raw samples, verdict,
-    environment), from the batch children or, where each file runs in its own worker
-    (runtimes that do not take ONNX files, remote devices), from the runner.
+    their medians in ms), for tests. ``sink`` receives every kernel's judged harness result (raw
+    samples, verdict, environment), from the batch children or, where each file runs in its own
+    worker (runtimes that do not take ONNX files, remote devices), from the runner.
+
+    The micro-benchmark files go to a folder of their own under the working folder's
+    ``kernels/micro``, removed once they are measured (or when measuring fails) unless
+    ``keep_artifacts``. ``threads``, ``cpus`` (the pinning of this process, inherited by
+    the workers; recorded only) and ``clock`` (see :func:`time_files`) are kept with the samples.
     """
+    import shutil
+    import uuid
+
+    workdir = Path(workdir)
+    folder = Workdir.of(workdir).micro_models / f"run-{uuid.uuid4().hex[:12]}"
+    measure = measure or _default_measure(device, rules.runtime, workdir, threads, min_time_s,
+                                          sink, progress, clock)
+    try:
+        samples = _measure_in(folder, configs, rules, measure, device, threads, cpus, context)
+        samples.clock = clock
+        return samples
+    finally:
+        if not keep_artifacts:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _measure_in(folder: Path, configs: Sequence[KernelConfig], rules: RuleSet,
+                measure: GroupMeasureFn, device: str, threads: int | None, cpus: str,
+                context: bool) -> KernelSamples:
     from costmeter.models.onnx.graph import load_graph
     from costmeter.models.onnx.microbench import chain_model, write_model
 
-    workdir = Path(workdir)
-    folder = Workdir.of(workdir).micro_models
-    measure = measure or _default_measure(device, rules.runtime, workdir, threads, min_time_s,
-                                          sink, progress)
     samples = KernelSamples(device=device, runtime=rules.runtime,
-                            method="context" if context else "isolated")
+                            method="context" if context else "isolated", threads=threads,
+                            cpus=cpus)
     planned: list[tuple[KernelConfig, dict[str, float], list[list[Path]], list[int]]] = []
     for config in configs:
         model = config.build()

@@ -27,17 +27,28 @@ PRIOR_SPACES: tuple[str, ...] = ("nb201", "ofa_mbv3")
 
 def prior_graphs(workdir: Path | str, rules: RuleSet, space_samples: int = 30,
                  seed: int = 100, spaces: Sequence[str] = PRIOR_SPACES) -> list[Any]:
-    """Kernel graphs of every zoo model and of ``space_samples`` samples of each space."""
-    from costmeter.models.export import export_onnx
-    from costmeter.models.source import resolve_model, zoo_names
-    from costmeter.predictors.workflows.collect import export_item, plan
-    from costmeter.models.onnx.graph import load_graph
-    from costmeter.predictors.kernels.fuse import fuse
+    """Kernel graphs of every zoo model and of ``space_samples`` samples of each space (their
+    rows are kept in the working folder's graph cache too)."""
+    from costmeter.predictors.workflows.graphs import hashed_source, kernel_graph, remember_rows
 
-    paths = [export_onnx(resolve_model(name), workdir) for name in zoo_names()]
+    graphs = []
+    for spec in prior_specs(space_samples, seed, spaces):
+        source = hashed_source(spec, workdir)
+        graphs.append(kernel_graph(source, workdir, rules))
+        remember_rows(source, workdir, rules, graphs[-1])  # `bench predict` of these is warm
+    return graphs
+
+
+def prior_specs(space_samples: int = 30, seed: int = 100,
+                spaces: Sequence[str] = PRIOR_SPACES) -> list[str]:
+    """Model ids of the prior: every zoo model and ``space_samples`` samples of each space."""
+    from costmeter.models.source import zoo_names
+    from costmeter.predictors.workflows.collect import plan
+
+    specs = list(zoo_names())
     for space in spaces:
-        paths += [export_item(item, workdir) for item in plan(space, space_samples, seed=seed)]
-    return [fuse(load_graph(path), rules) for path in paths]
+        specs += [item.model_id for item in plan(space, space_samples, seed=seed)]
+    return specs
 
 
 def cross_validated_errors(samples: KernelSamples, folds: int = 5,
@@ -77,7 +88,8 @@ def sample_kernels(rules: RuleSet, device: str = "cpu", workdir: Path | str = ".
                    space_samples: int = 30, adaptive_rounds: int = 1, per_point: int = 2,
                    adaptive_max: int = 160, threshold: float = 0.10,
                    graphs: Sequence[Any] | None = None, log: Any = None,
-                   measure: Any = None, context: bool = False) -> KernelSamples:
+                   measure: Any = None, context: bool = False, keep_artifacts: bool = False,
+                   cpus: str = "") -> KernelSamples:
     """Measure kernel samples for ``rules.runtime`` on ``device``; see the module docstring.
 
     Kernel types that the prior does not contain are skipped. Existing samples in the working
@@ -85,7 +97,9 @@ def sample_kernels(rules: RuleSet, device: str = "cpu", workdir: Path | str = ".
     one-line progress messages; ``measure`` replaces the measuring (groups of ONNX files ->
     median ms). ``context``: image kernels timed in context (see
     :func:`~costmeter.predictors.sampling.measure.measure_kernels`); samples already in the folder
-    must have been timed the same way.
+    must have been timed the same way, at the same ``threads`` and ``cpus`` (the pinning of
+    this process, recorded). Micro-benchmark files are removed once measured unless
+    ``keep_artifacts``.
     """
     say = log or (lambda message: None)
     graphs = list(graphs) if graphs is not None else prior_graphs(workdir, rules, space_samples)
@@ -95,7 +109,7 @@ def sample_kernels(rules: RuleSet, device: str = "cpu", workdir: Path | str = ".
     method = "context" if context else "isolated"
     samples = KernelSamples.load(path) if path.exists() else KernelSamples(device, rules.runtime)
     if not samples.rows:
-        samples = KernelSamples(device, rules.runtime, method=method)
+        samples = KernelSamples(device, rules.runtime, method=method, threads=threads, cpus=cpus)
     elif samples.method != method:
         raise ConfigError(f"{path} holds kernels timed {samples.method}; time the new ones the same "
                           f"way ({'--context' if samples.method == 'context' else 'without --context'})"
@@ -104,7 +118,8 @@ def sample_kernels(rules: RuleSet, device: str = "cpu", workdir: Path | str = ".
     known = {r["key"] for r in samples.rows}
     configs = [c for c in sample_configs(prior, wanted, seed=seed) if c.key not in known]
     kwargs = dict(device=device, workdir=workdir, threads=threads, min_time_s=min_time_s,
-                  sink=store, measure=measure, context=context)
+                  sink=store, measure=measure, context=context, keep_artifacts=keep_artifacts,
+                  cpus=cpus)
     samples.extend(measure_kernels(configs, rules, **kwargs))
     say(f"measured {len(configs)} kernel configs")
     for round_index in range(adaptive_rounds):
@@ -112,8 +127,10 @@ def sample_kernels(rules: RuleSet, device: str = "cpu", workdir: Path | str = ".
         extra = adaptive_configs(measured, errors, per_point, threshold, seed + 1 + round_index)
         extra = extra[:adaptive_max]
         large = sum(abs(e) > threshold for e in errors)
-        say(f"adaptive round {round_index + 1}: {large}/{len(errors)} kernels off by more than "
-            f"{threshold:.0%}; measuring {len(extra)} neighbours")
+        say(f"adaptive round {round_index + 1}: the forests miss {large} of {len(errors)} kernels "
+            f"by more than {threshold:.0%} out of fold; measuring {len(extra)} neighbours there "
+            "(usual after a first draw: more rounds, --adaptive-rounds, or a larger `bench "
+            "predictor build --budget` measure more where the forests are wrong)")
         if not extra:
             break
         samples.extend(measure_kernels(extra, rules, **kwargs))

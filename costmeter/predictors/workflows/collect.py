@@ -112,7 +112,7 @@ def collect(space: str, samples: int, device: str = "cpu", runtime: str = "onnxr
             workdir: Path | str = ".costmeter", store: Any = None, seed: int = 0,
             threads: int | None = None, batch: int = 1, protocol: Any = None,
             progress: Callable[..., None] | None = None, min_results: int = 1,
-            tag: str | None = None) -> list[Any]:
+            tag: str | None = None, cpus: str | None = None) -> list[Any]:
     """Measure ``samples`` architectures of ``space``; returns their RunResults.
 
     Everything is validated before anything runs (unknown space, device or runtime raise a
@@ -120,7 +120,9 @@ def collect(space: str, samples: int, device: str = "cpu", runtime: str = "onnxr
     finishes. An architecture that already has ``min_results`` ok results in the store for this
     device, runtime and batch is not measured again (0 measures everything; 2 gives every
     architecture a second, later measurement, e.g. to take the lower of two medians on a
-    shared machine).
+    shared machine); only results at ``threads`` count, when given. ``cpus`` records the pinning (e.g. ``"1"``) in each result's key; the
+    caller pins this process (:func:`~costmeter.predictors.workflows.build.pinned`), and the
+    workers inherit it.
     """
     from costmeter.harness.config import RunConfig
     from costmeter.harness.runner import Runner, validate
@@ -130,12 +132,16 @@ def collect(space: str, samples: int, device: str = "cpu", runtime: str = "onnxr
     tag = tag or f"collect:{space}"
     if store is not None and min_results > 0:
         frame = store.query(device=device, runtime=runtime, status="ok")
-        counts = (frame.loc[frame["batch"] == batch, "model_id"].value_counts().to_dict()
-                  if len(frame) else {})
+        if len(frame):  # results at another thread count measure something else
+            same = frame["batch"] == batch
+            if threads is not None and "threads" in frame:
+                same &= frame["threads"] == threads
+            frame = frame.loc[same]
+        counts = frame["model_id"].value_counts().to_dict() if len(frame) else {}
         items = [i for i in items if counts.get(i.model_id, 0) < min_results]
     base = RunConfig(model="placeholder", device=device, runtime=runtime, batch=batch,
                      threads=threads, protocol=protocol, check_outputs=False,
-                     workdir=str(workdir), tag=tag)
+                     workdir=str(workdir), tag=tag, options=(("cpus", cpus),) if cpus else ())
     _check_runtime(base)
     jobs = validate([replace(base, model=item.model_id) for item in items])
     return Runner(store, Path(workdir), progress=progress).run(jobs, tag=tag)

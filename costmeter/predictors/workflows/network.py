@@ -33,6 +33,7 @@ def fit_network_predictor(workdir: Any, device: str = "cpu", runtime: str = "onn
 
     workdir = Path(workdir)
     path = samples_path(workdir, device, runtime)
+    rules_used = load_rules(runtime, device, workdir)
     if not path.exists():
         raise ConfigError(f"no kernel samples at {path}; run `bench kernels sample --device {device} "
                           f"--runtime {runtime}` first")
@@ -40,7 +41,8 @@ def fit_network_predictor(workdir: Any, device: str = "cpu", runtime: str = "onn
     overheads = [float(r["overhead_ms"]) for r in samples.rows if r["source"] == "measured"]
     overhead = float(np.nanmedian(overheads)) if overheads else 0.0
     extra: dict[str, Any] = {"kernel_timing": samples.method + (", cold weights" if cold else ""),
-                             "overhead_ms": overhead, "kernel_samples": len(samples.rows)}
+                             "overhead_ms": overhead, "kernel_samples": len(samples.rows),
+                             "threads": samples.threads, "cpus": samples.cpus or None}
     unknown = [s for s in calibrate_on if s not in collect_spaces()]
     if unknown:
         raise ConfigError(f"--calibrate-on: unknown space {', '.join(unknown)}; choose from "
@@ -54,24 +56,37 @@ def fit_network_predictor(workdir: Any, device: str = "cpu", runtime: str = "onn
             raise ConfigError(f"calibration measures the cache curve of this machine; it is not "
                               f"available for {device} (use the kernel sum, or calibrate on the "
                               "device itself)")
-        measured = measured_latencies(store, list(calibrate_on), device, runtime)
+        measured = measured_latencies(store, list(calibrate_on), device, runtime,
+                                      threads=samples.threads)
+        if samples.threads is None:
+            found = {r.key.threads for r in store.results(device=device, runtime=runtime, status="ok")
+                     if r.key.model_id in measured}
+            if len(found) > 1:
+                raise ConfigError(f"the calibration networks were measured at several thread counts "
+                                  f"({', '.join(map(str, sorted(found, key=str)))}) and the kernels "
+                                  "record none; measure both at one count (`--threads`), or use "
+                                  "`bench predictor build`")
         if len(measured) < 4 or len({item.space for item, _ in measured.values()}) < 2:
             raise ConfigError(f"calibration needs measured networks of at least 2 of "
                               f"{', '.join(calibrate_on)} (found {len(measured)}); run `bench "
                               f"collect --space SPACE --device {device} --runtime {runtime}` "
                               "for each")
-        rules = load_rules(runtime, device, workdir)
-        graphs = {m: fuse(load_graph(export_item(item, workdir)), rules)
+        graphs = {m: fuse(load_graph(export_item(item, workdir)), rules_used)
                   for m, (item, _) in measured.items()}
         network_ms = [ms for _, ms in measured.values()]
         groups = [item.space for item, _ in measured.values()]
         curve_mb, curve_us = measure_cache_curve(sink=store)  # each size judged and stored
         calibration = TrafficCalibration(curve_mb=curve_mb, curve_us_per_mb=curve_us)
+    extra["rules"] = rules_used.to_dict()
     model = NetworkPredictor(overhead_ms=overhead, calibration=calibration).fit(
         samples.tables(), samples.latencies(cold=cold), graphs, network_ms, groups)
     if model.calibration_ is not None:
+        cal = model.calibration_
         extra["calibration"] = {"networks": len(network_ms or []), "families": sorted(set(groups or [])),
-                                "cache_curve": {"mb": list(model.calibration_.curve_mb),
-                                                "us_per_mb": list(model.calibration_.curve_us_per_mb)},
-                                "summary": model.calibration_.describe()}
+                                "terms": list(cal.terms_), "lofo_within": cal.cv_within_,
+                                "lofo_rel_rmse": cal.cv_rel_rmse_,
+                                "cache_curve": {"mb": list(cal.curve_mb),
+                                                "us_per_mb": list(cal.curve_us_per_mb)},
+                                "summary": cal.describe()}
+        extra["calibration_networks"] = sorted(graphs or {})
     return model, extra

@@ -1,0 +1,284 @@
+"""`bench predictor build`: one resumable workflow under a time budget (fake hardware seams:
+a fake clock, kernels and networks timed by formulas, a fixed cache curve)."""
+from __future__ import annotations
+
+import errno
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from costmeter.errors import ConfigError, StoreError
+from costmeter.predictors.workflows import budget as rule
+from costmeter.predictors.workflows.build import BuildSeams, BuildSpec, build_predictor, load_state
+from costmeter.workdir import Workdir
+
+ROOT = Path(__file__).resolve().parents[1]
+CURVE = ((1.0, 16.0, 32.0, 64.0), (10.0, 12.0, 30.0, 50.0))
+
+
+def prior_graphs() -> list:
+    """Kernel graphs of small chains: convs, depthwise convs, activations, adds, pools, fc."""
+    from costmeter.models.onnx.graph import load_graph
+    from costmeter.predictors.kernels.fuse import fuse
+    from costmeter.predictors.kernels.rules import builtin_rules
+    from costmeter.predictors.sampling.configs import make_config
+
+    configs = [make_config("conv", (1, c, s, s), [("Conv", {"c_out": o, "kernel": k}), ("Relu", {})])
+               for c in (8, 16) for o in (16, 32) for s in (8, 16) for k in (1, 3)]
+    configs += [make_config("dwconv", (1, c, s, s), [("DWConv", {"kernel": 3, "stride": 1})])
+                for c in (8, 16, 24) for s in (8, 16)]
+    configs += [make_config("activation", (1, c, 8, 8), [("Sigmoid", {})]) for c in (8, 16, 32)]
+    configs += [make_config("global_pool", (1, c, 8, 8), [("GlobalAveragePool", {})]) for c in (8, 16)]
+    rules = builtin_rules("onnxruntime")
+    return [fuse(load_graph(c.build()), rules) for c in configs]
+
+
+def kernel_ms(groups: list[list[Path]]) -> list[list[float]]:
+    """Medians by formula: the overhead model 0.01 ms, others by file name and size."""
+    return [[0.01 if p.name.startswith("overhead") else 0.02 + p.stat().st_size / 2e6 for p in g]
+            for g in groups]
+
+
+def network_ms(items: list) -> dict[str, float]:
+    return {i.model_id: 1.0 + (sum(map(ord, i.model_id)) % 50) / 10 for i in items}
+
+
+def network_rows(model_id: str):
+    """Rows of a few real convs whose count and sizes follow the id, so networks differ."""
+    from costmeter.models.onnx.graph import load_graph
+    from costmeter.predictors.estimators.rows import NetworkRows
+    from costmeter.predictors.kernels.fuse import fuse
+    from costmeter.predictors.kernels.rules import builtin_rules
+    from costmeter.predictors.sampling.configs import make_config
+
+    size = 1 + sum(map(ord, model_id)) % 7
+    config = make_config("conv", (1, 16, 8, 8), [("Conv", {"c_out": 8 * size, "kernel": 3}), ("Relu", {})])
+    rows = NetworkRows.of(fuse(load_graph(config.build()), builtin_rules("onnxruntime")))
+    return NetworkRows(rows.kernels * size, {"weight_mb": 0.004 * size * size,
+                                             "activation_mb": 0.02 * size, "kernels": float(size)})
+
+
+@pytest.fixture(autouse=True)
+def small_forests(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fewer trees and a shorter kernel plan: the fake kernels need neither, and tests run faster."""
+    from costmeter.predictors.workflows import build_steps
+
+    monkeypatch.setattr(build_steps, "FOREST_TREES", 16)
+    monkeypatch.setattr(build_steps, "KERNEL_PLAN_SCALE", 1)
+
+
+class Clock:
+    """A fake clock: every reading advances it by ``step`` seconds."""
+
+    def __init__(self, step: float = 20.0) -> None:
+        self.now, self.step = 0.0, step
+
+    def __call__(self) -> float:
+        self.now += self.step
+        return self.now
+
+
+def measured_keys(groups: list[list[Path]]) -> list[str]:
+    """Config keys of the kernels in measured files (their graph is named ``<type>_<key>``)."""
+    import onnx
+
+    names = [onnx.load(str(p), load_external_data=False).graph.name for g in groups for p in g]
+    return [n.rsplit("_", 1)[-1] for n in names if len(n.rsplit("_", 1)[-1]) == 12]
+
+
+def seams(clock: Clock | None = None, measured: list | None = None, kernel=kernel_ms) -> BuildSeams:
+    def measure(groups):
+        if measured is not None:
+            measured.extend(measured_keys(groups))
+        return kernel(groups)
+
+    return BuildSeams(kernel_measure=measure, network_measure=network_ms, prior_graphs=prior_graphs,
+                      network_rows=network_rows, cache_curve=lambda: CURVE, clock=clock or Clock())
+
+
+def spec(**change) -> BuildSpec:
+    values = dict(threads=1, budget_s=600.0, calibrate_on=("resnet", "mobilenet_v2", "nb201"))
+    values.update(change)
+    return BuildSpec(**values)
+
+
+def test_a_build_writes_a_calibrated_predictor_recording_its_settings(tmp_path: Path) -> None:
+    from costmeter.predictors.artifacts import load_predictor, read_manifest
+
+    out = tmp_path / "m.costmodel"
+    result = build_predictor(spec(), out, tmp_path / "wd", seams=seams())
+    manifest = read_manifest(out)
+    extra = manifest["extra"]
+    assert extra["threads"] == 1 and extra["cpus"] is None and extra["kernel_timing"] == "context"
+    assert extra["build"]["budget_s"] == 600.0 and extra["rules"]["runtime"] == "onnxruntime"
+    assert set(result.networks) == {"resnet", "mobilenet_v2", "nb201"}
+    assert len(extra["calibration_networks"]) == sum(result.networks.values())
+    counts = list(result.networks.values())
+    assert max(counts) - min(counts) <= 1  # families interleaved: each weighs the same
+    # the build spent its budget, give or take a chunk, and no step more than its share
+    allotment = rule.allot(600.0, result.spent_s, {s: True for s in ("prior", "curve", "fit")})
+    for step in rule.MEASURING:
+        assert result.spent_s[step] <= allotment.of(step) + 2 * 20.0, step
+    assert sum(result.spent_s.values()) <= 600.0 + 3 * 20.0
+    assert 0.0 <= result.calibration["lofo_within"] <= 1.0
+    assert load_predictor(out).calibration_ is not None
+
+
+def test_more_budget_extends_the_same_build_with_a_superset(tmp_path: Path) -> None:
+    from costmeter.predictors.sampling.measure import KernelSamples, samples_path
+
+    wd = tmp_path / "wd"
+    small = build_predictor(spec(budget_s=600.0), tmp_path / "a.costmodel", wd, seams=seams())
+    kernels_small = {r["key"] for r in KernelSamples.load(samples_path(wd, "cpu", "onnxruntime")).rows}
+    state_small = load_state(Workdir(wd), spec())
+    large = build_predictor(spec(budget_s=1200.0), tmp_path / "b.costmodel", wd, seams=seams())
+    kernels_large = {r["key"] for r in KernelSamples.load(samples_path(wd, "cpu", "onnxruntime")).rows}
+    state_large = load_state(Workdir(wd), spec(budget_s=1200.0))
+    assert kernels_small < kernels_large
+    assert set(state_small["networks"]) < set(state_large["networks"])
+    assert large.kernels > small.kernels
+
+
+def test_a_fresh_larger_build_draws_the_smaller_ones_plan_first(tmp_path: Path) -> None:
+    """Nested draws: a fresh build with twice the budget measures what the smaller one did."""
+    from costmeter.predictors.sampling.measure import KernelSamples, samples_path
+
+    keys = []
+    for budget, name in ((600.0, "a"), (1200.0, "b")):
+        build_predictor(spec(budget_s=budget), tmp_path / f"{name}.costmodel", tmp_path / name, seams=seams())
+        keys.append({r["key"] for r in KernelSamples.load(samples_path(tmp_path / name, "cpu", "onnxruntime")).rows
+                     if r["source"] == "measured"})
+        keys[-1] = (keys[-1], set(load_state(Workdir(tmp_path / name), spec(budget_s=budget))["networks"]))
+    (kernels_a, networks_a), (kernels_b, networks_b) = keys
+    assert networks_a < networks_b
+    assert len(kernels_a & kernels_b) >= 0.8 * len(kernels_a)  # re-sampling depends on what was measured
+
+
+def test_a_budget_below_the_minimum_is_refused_before_anything_runs(tmp_path: Path) -> None:
+    measured: list = []
+    with pytest.raises(ConfigError, match=r"below the minimum of \d+m.*give --budget"):
+        build_predictor(spec(budget_s=120.0), tmp_path / "m.costmodel", tmp_path / "wd",
+                        seams=seams(measured=measured))
+    assert measured == [] and not (tmp_path / "m.costmodel").exists() and not (tmp_path / "wd").exists()
+
+
+@pytest.mark.parametrize("change", [dict(threads=2, cpus=(0, 1)), dict(cpus=(0,)),
+                                    dict(calibrate_on=("resnet", "nb201"))])
+def test_other_settings_in_the_same_folder_are_refused(tmp_path: Path, change: dict) -> None:
+    if "cpus" in change and not set(change["cpus"]) <= os.sched_getaffinity(0):
+        pytest.skip("needs CPUs 0 and 1")
+    wd = tmp_path / "wd"
+    build_predictor(spec(), tmp_path / "a.costmodel", wd, seams=seams())
+    measured: list = []
+    with pytest.raises(ConfigError, match="holds a build made with --threads 1 --cpus \\(unpinned\\)"):
+        build_predictor(spec(**change), tmp_path / "b.costmodel", wd, seams=seams(measured=measured))
+    assert measured == []
+
+
+def test_threads_beyond_the_pinned_cpus_and_unknown_families_are_refused() -> None:
+    with pytest.raises(ConfigError, match="share cores"):
+        BuildSpec(threads=2, cpus=(0,))
+    with pytest.raises(ConfigError, match="at least 2 families"):
+        BuildSpec(calibrate_on=("resnet", "nope"))
+    with pytest.raises(ConfigError, match="this machine's CPU"):
+        BuildSpec(device="cuda")
+
+
+def test_a_full_disk_is_one_error_and_keeps_what_was_measured(tmp_path: Path) -> None:
+    from costmeter.predictors.sampling.measure import KernelSamples, samples_path
+
+    calls = {"n": 0}
+
+    def filling(groups):
+        calls["n"] += 1
+        if calls["n"] > 2:
+            raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "wd" / "x"))
+        return kernel_ms(groups)
+
+    wd = tmp_path / "wd"
+    with pytest.raises(StoreError, match="disk is full.*rerun the same command to resume"):
+        build_predictor(spec(), tmp_path / "m.costmodel", wd, seams=seams(kernel=filling))
+    kept = KernelSamples.load(samples_path(wd, "cpu", "onnxruntime")).rows
+    assert kept and load_state(Workdir(wd), spec())["kernels"]["position"] > 0
+    build_predictor(spec(), tmp_path / "m.costmodel", wd, seams=seams())  # resumes
+    assert (tmp_path / "m.costmodel").exists()
+
+
+def test_pinning_holds_during_the_build_and_is_undone(tmp_path: Path) -> None:
+    allowed = os.sched_getaffinity(0)
+    cpu = min(allowed)
+    seen = []
+
+    def measure(groups):
+        seen.append(os.sched_getaffinity(0))
+        return kernel_ms(groups)
+
+    result = build_predictor(spec(cpus=(cpu,)), tmp_path / "m.costmodel", tmp_path / "wd",
+                             seams=seams(kernel=measure))
+    assert seen and all(s == {cpu} for s in seen)
+    assert os.sched_getaffinity(0) == allowed
+    assert result.manifest["extra"]["cpus"] == str(cpu)
+
+
+def test_ctrl_c_then_the_same_call_resumes_where_it_stopped(tmp_path: Path) -> None:
+    """A build in a child process gets SIGINT mid-way; the same call measures only the rest."""
+    wd = tmp_path / "wd"
+    child = textwrap.dedent(f"""
+        import sys, time
+        sys.path.insert(0, {str(ROOT)!r}); sys.path.insert(0, {str(ROOT / 'tests')!r})
+        import test_build as t
+        from costmeter.predictors.workflows import build_steps
+        from costmeter.predictors.workflows.build import build_predictor
+        build_steps.FOREST_TREES, build_steps.KERNEL_PLAN_SCALE = 16, 1  # as the parent's fixture
+        def slow(groups):
+            time.sleep(0.3)
+            return t.kernel_ms(groups)
+        s = t.seams(kernel=slow)
+        s.clock = time.monotonic
+        build_predictor(t.spec(budget_s=3600.0), {str(tmp_path / 'm.costmodel')!r}, {str(wd)!r}, seams=s)
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", child], stderr=subprocess.PIPE, text=True)
+    state_path = Workdir(wd).build_state("cpu", "onnxruntime")
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        state = json.loads(state_path.read_text()) if state_path.exists() else {}
+        if state.get("kernels", {}).get("position", 0) >= 48:
+            break
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode != 0 and "KeyboardInterrupt" in err
+    from costmeter.predictors.sampling.measure import KernelSamples, samples_path
+
+    before = {r["key"] for r in KernelSamples.load(samples_path(wd, "cpu", "onnxruntime")).rows}
+    position = json.loads(state_path.read_text())["kernels"]["position"]
+    assert position >= 48 and len(before) >= 48
+    measured: list = []
+    build_predictor(spec(budget_s=3600.0), tmp_path / "m.costmodel", wd, seams=seams(measured=measured))
+    again = set(measured)
+    assert again, "the resumed build measured nothing"
+    after = KernelSamples.load(samples_path(wd, "cpu", "onnxruntime"))
+    assert before <= {r["key"] for r in after.rows}
+    assert json.loads(state_path.read_text())["kernels"]["position"] > position
+    assert not any(key in again for key in before), "kernels measured before the interrupt were measured again"
+
+
+def test_budget_rule_splits_and_grows_monotonically() -> None:
+    small, large = rule.allot(1800.0), rule.allot(5400.0)
+    for step in rule.MEASURING:
+        assert large.of(step) > small.of(step) > 0
+    measuring = 1800.0 - sum(rule.FIXED_ESTIMATE_S.values())
+    assert small.networks == pytest.approx(rule.NETWORK_SHARE * measuring)
+    assert small.kernels + small.adaptive + small.networks == pytest.approx(measuring)
+    assert rule.parse_duration("1h30m") == 5400 and rule.parse_duration("90s") == 90
+    assert rule.format_duration(5400) == "1h30m"
+    with pytest.raises(ValueError):
+        rule.parse_duration("30 minutes")
