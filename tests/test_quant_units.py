@@ -76,7 +76,9 @@ def test_all_expands_to_each_runtimes_precisions_and_explained_refusals() -> Non
     got = [(c.runtime, config_precision(c.options)) for c in expanded]
     assert got == [("ort", "fp32"), ("ort", "int8"), ("ov", "fp32"), ("ov", "fp16"), ("ov", "bf16"),
                    ("ov", "int8"), ("tvm", "fp32"), ("tvm", "int8"), ("compile", "fp32")]
-    assert all(dict(c.options)["calibration"] == "random:4" for c in expanded if config_precision(c.options) == "int8")
+    int8 = {c.runtime: dict(c.options) for c in expanded if config_precision(c.options) == "int8"}
+    assert int8["ort"]["calibration"] == int8["ov"]["calibration"] == "random:4"
+    assert "calibration" not in int8["tvm"]  # TVM's schema takes none: its int8 is an unsupported result
     with pytest.raises(ConfigError, match="runtime compile cannot run int8; it runs fp32"):
         expand_precisions(configs, ["int8"], None, _get)
     with pytest.raises(ConfigError, match="give the precision once"):
@@ -173,3 +175,20 @@ def test_runtime_all_skips_runtimes_without_the_precision_and_names_them() -> No
     expanded = expand_precisions(configs, ["int8"], None, _get, skipped)
     assert [(c.runtime, config_precision(c.options)) for c in expanded] == [("ort", "int8")]
     assert skipped == ["runtime compile cannot run int8; it runs fp32"]
+
+
+def test_every_real_runtimes_precisions_pass_its_option_schema() -> None:
+    """`--precision all --runtime all` builds options every runtime's schema accepts: the
+    quantizing runtimes carry the calibration set, TVM (int8 only explained) carries none."""
+    from costmeter.devices.base import get_runtime
+    from costmeter.harness.validation import check_settings
+
+    runtimes = ("torch", "torch_compile", "onnxruntime", "openvino", "tvm", "litert", "executorch")
+    configs = [RunConfig(model="tiny_cnn", runtime=r, options=(("cpus", "0"),)) for r in runtimes]
+    expanded = expand_precisions(configs, None, "random:4", get_runtime)
+    for config in expanded:
+        check_settings(config)  # ConfigError (unknown option ...) would fail the test
+    int8 = {c.runtime: dict(c.options) for c in expanded if config_precision(c.options) == "int8"}
+    assert set(int8) == {"torch", "onnxruntime", "openvino", "tvm", "litert", "executorch"}
+    assert int8["tvm"] == {"cpus": "0", "precision": "int8"}
+    assert all(o["calibration"] == "random:4" for r, o in int8.items() if r != "tvm")

@@ -10,6 +10,9 @@ from costmeter.cli.common import (OutputPath, count, fits_in_memory, fraction, i
 from costmeter.devices.options import MAX_THREADS
 from costmeter.harness.config import default_workdir
 
+# reports.pareto.SERIES_CHOICES, spelled here so that `bench --help` loads no pandas
+PARETO_SERIES = ("device", "runtime", "device_runtime", "precision", "runtime_precision")
+
 
 def _selection(f):
     f = click.option("--device", default=None, help="Only this device")(f)
@@ -42,8 +45,9 @@ def report() -> None:
 @click.option("--y", default="top1", show_default=True, help="Metric on the y axis")
 @click.option("--x-goal", type=click.Choice(["min", "max"]), default=None)
 @click.option("--y-goal", type=click.Choice(["min", "max"]), default=None)
-@click.option("--series", "series_by", type=click.Choice(["device", "runtime", "device_runtime"]),
-              default="device_runtime", show_default=True)
+@click.option("--series", "series_by", type=click.Choice(PARETO_SERIES),
+              default="device_runtime", show_default=True,
+              help="What one colour is: device, runtime, both, precision (fp32/fp16/bf16/int8) or runtime and precision")
 @click.option("--ref", "reference", default=None, metavar="X,Y", help="Hypervolume reference point")
 @click.option("--valid-only", is_flag=True, help="Leave INVALID results out")
 @click.option("--out", type=OutputPath(), default=None, help="Plot file (.png/.svg/.pdf)")

@@ -77,6 +77,7 @@ PUBLISHED_FOOTNOTE = (
 )
 BUILTIN_SOURCE = "published"
 CSV_SOURCE = "csv"
+MEASURED_SOURCE = "measured"  # top-1 on the labelled set of `bench run --accuracy-data`
 
 
 def architecture_of(model_id: str) -> str:
@@ -163,15 +164,38 @@ def attach_accuracy(
     """A copy of ``results`` with ``acc_<metric>`` and ``acc_<metric>_source`` columns.
 
     A row matches an accuracy entry by exact model id first, then by architecture. User CSV
-    entries take precedence over the published references.
+    entries take precedence over the published references, and a result's own measured top-1
+    (``accuracy_top1`` from ``bench run --accuracy-data``, in percent) over both: it is the only
+    figure that belongs to that result's precision and runtime rather than to the model.
     """
     sources = [published_table()] if use_published else []
     if user is not None and len(user):
         sources.append(user[["model", "metric", "value", "source"]])
     out = results.copy()
-    if not sources:
-        return out
-    table = pd.concat(sources, ignore_index=True)
+    if sources:
+        _attach_tables(out, pd.concat(sources, ignore_index=True))
+    _attach_measured(out)
+    return out
+
+
+def _attach_measured(out: pd.DataFrame) -> None:
+    """Overwrite ``acc_top1`` with each row's measured top-1 (percent) where it has one."""
+    if "accuracy_top1" not in out.columns:
+        return
+    measured = 100.0 * pd.to_numeric(out["accuracy_top1"], errors="coerce")
+    has = measured.notna()
+    if not has.any():
+        return
+    column = ACCURACY_PREFIX + "top1"
+    if column not in out.columns:
+        out[column] = np.nan
+        out[column + "_source"] = None
+    out[column] = pd.to_numeric(out[column], errors="coerce").astype(float).where(~has, measured)
+    out[column + "_source"] = out[column + "_source"].astype(object).where(~has, MEASURED_SOURCE)
+
+
+def _attach_tables(out: pd.DataFrame, table: pd.DataFrame) -> None:
+    """Add ``acc_<metric>`` (+ ``_source``) columns to ``out`` from a long accuracy table."""
     model_ids = out["model_id"].astype(str)
     architectures = model_ids.map(architecture_of)
     for metric, entries in table.groupby("metric", sort=True):
@@ -189,7 +213,6 @@ def attach_accuracy(
                     origin[match] = source
         out[ACCURACY_PREFIX + str(metric)] = values
         out[ACCURACY_PREFIX + str(metric) + "_source"] = origin
-    return out
 
 
 def uses_published(frame: pd.DataFrame) -> bool:

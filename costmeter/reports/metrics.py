@@ -76,6 +76,15 @@ def _inferences_per_joule(frame: pd.DataFrame) -> pd.Series:
     return 1.0 / energy.where(energy > 0)
 
 
+def _percent_of(column: str) -> Callable[[pd.DataFrame], pd.Series]:
+    """A fraction column (0..1) as percent; NaN where the frame lacks it."""
+    def derive(frame: pd.DataFrame) -> pd.Series:
+        if column not in frame.columns:
+            return pd.Series(np.nan, index=frame.index, dtype=float)
+        return 100.0 * pd.to_numeric(frame[column], errors="coerce")
+    return derive
+
+
 def _latency(pct: str) -> Metric:
     return Metric(
         name=f"latency_{pct}",
@@ -112,6 +121,15 @@ BUILTIN_METRICS: dict[str, Metric] = {
         Metric("params", "params", "min", "parameters"),
         Metric("macs", "macs", "min", "MACs"),
         Metric("artifact_size", "artifact_bytes", "min", "artifact size", "bytes"),
+        # measured by `bench run --accuracy-data` / fidelity against fp32 (results/fidelity.py)
+        Metric("measured_top1", "accuracy_top1", "max", "measured top-1", "%",
+               derive=_percent_of("accuracy_top1")),
+        Metric("accuracy_delta", "accuracy_delta_pp", "max", "top-1 change vs fp32", "pp"),
+        Metric("top1_agreement", "fidelity_top1_agreement", "max", "top-1 agreement with fp32", "%",
+               derive=_percent_of("fidelity_top1_agreement")),
+        Metric("fidelity_cosine", "fidelity_cosine", "max", "output cosine similarity to fp32"),
+        Metric("fidelity_max_abs_diff", "fidelity_max_abs_diff", "min", "max |output - fp32|"),
+        Metric("quantize_time", "quantize_s", "min", "quantization time", "s"),
     )
 }
 

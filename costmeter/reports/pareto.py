@@ -16,7 +16,7 @@ import pandas as pd
 from costmeter.errors import ConfigError, UnavailableError
 from costmeter.reports.metrics import Metric, key_label, resolve_metric
 
-SERIES_CHOICES = ("device", "runtime", "device_runtime")
+SERIES_CHOICES = ("device", "runtime", "device_runtime", "precision", "runtime_precision")
 REFERENCE_MARGIN = 0.1
 
 
@@ -91,7 +91,7 @@ def hypervolume_2d(points: Any, reference: Sequence[float], maximize: Sequence[b
 class ParetoResult:
     """A front over two metrics.
 
-    ``points`` has one row per result: label, model_id, device, runtime, series, x, y, x_low,
+    ``points`` has one row per result: label, model_id, device, runtime, precision, series, x, y, x_low,
     x_high, y_low, y_high (CI bounds, NaN when unknown), valid and on_front. ``hypervolume`` is
     in x-unit times y-unit, against ``reference``; ``series_hypervolume`` per series.
     """
@@ -129,11 +129,22 @@ class ParetoResult:
         return "\n".join(lines)
 
 
+def precisions_of(frame: pd.DataFrame) -> pd.Series:
+    """Each row's precision (``fp32`` where the frame has no ``precision`` column or no value)."""
+    if "precision" not in frame.columns:
+        return pd.Series("fp32", index=frame.index, dtype=object)
+    return frame["precision"].fillna("fp32").astype(str).replace("", "fp32")
+
+
 def _series_of(frame: pd.DataFrame, series_by: str) -> pd.Series:
     if series_by not in SERIES_CHOICES:
         raise ConfigError(f"series {series_by!r} is not one of {', '.join(SERIES_CHOICES)}")
     if series_by == "device_runtime":
         return frame["device"].astype(str) + "/" + frame["runtime"].astype(str)
+    if series_by == "precision":
+        return precisions_of(frame)
+    if series_by == "runtime_precision":
+        return frame["runtime"].astype(str) + "/" + precisions_of(frame)
     return frame[series_by].astype(str)
 
 
@@ -151,7 +162,8 @@ def pareto_analysis(
 
     ``results`` should already be filtered (``usable_results``) and carry accuracy columns when an
     accuracy metric is used (``attach_accuracy``). The front is taken over all points; each series
-    (device, runtime or both) also gets its own hypervolume against the same reference.
+    (device, runtime, both, precision, or runtime and precision) also gets its own hypervolume
+    against the same reference.
     Raises ConfigError for unknown metrics or when no row has both metrics.
     """
     x_metric = resolve_metric(x, results, x_goal)
@@ -162,6 +174,7 @@ def pareto_analysis(
             "model_id": results["model_id"].astype(str).to_numpy(),
             "device": results["device"].astype(str).to_numpy(),
             "runtime": results["runtime"].astype(str).to_numpy(),
+            "precision": precisions_of(results).to_numpy(),
             "series": _series_of(results, series_by).to_numpy(),
             "x": x_metric.values(results).to_numpy(),
             "y": y_metric.values(results).to_numpy(),
@@ -215,10 +228,16 @@ def wants_log(values: Any, span: float = LOG_SPAN) -> bool:
 
 def point_labels(points: pd.DataFrame) -> list[str]:
     """A label per point: the model id, with its series added where the same model appears in
-    more than one series (two runtimes of one model would otherwise print the same text)."""
+    more than one series (two runtimes of one model would otherwise print the same text), and its
+    precision where one series holds the model at several precisions."""
     repeated = points.groupby("model_id")["series"].transform("nunique") > 1
-    return [f"{m} ({s})" if r else str(m)
-            for m, s, r in zip(points["model_id"], points["series"], repeated)]
+    precision = points["precision"] if "precision" in points.columns else pd.Series("fp32", index=points.index)
+    mixed = precision.groupby([points["model_id"], points["series"]]).transform("nunique") > 1
+    labels = []
+    for m, s, r, p, x in zip(points["model_id"], points["series"], repeated, precision, mixed):
+        text = f"{m} ({s})" if r else str(m)
+        labels.append(f"{text} {p}" if x else text)
+    return labels
 
 
 def pareto_figure(result: ParetoResult, *, label_points: bool = True) -> tuple[Any, list[Any]]:

@@ -11,15 +11,16 @@ import pandas as pd
 
 from costmeter.errors import ConfigError
 from costmeter.reports import formatting as fmt
-from costmeter.reports.accuracy import BUILTIN_SOURCE, PUBLISHED_FOOTNOTE
+from costmeter.reports.accuracy import BUILTIN_SOURCE, MEASURED_SOURCE, PUBLISHED_FOOTNOTE
 from costmeter.reports.metrics import ACCURACY_PREFIX, key_label
-from costmeter.reports.pareto import pareto_mask
+from costmeter.reports.pareto import pareto_mask, precisions_of
 
 TABLE_COLUMNS = (
     "device", "runtime", "model_id", "label", "batch", "params", "macs", "latency_p50_ms",
     "latency_p50_low_ms", "latency_p50_high_ms", "latency_p99_ms", "throughput_items_per_s",
     "peak_rss_bytes", "energy_per_inference_j", "energy_provenance", "accuracy", "accuracy_source",
     "pareto_optimal", "accuracy_per_ms", "inferences_per_j", "validity", "reasons",
+    "precision", "precision_effective", "accuracy_delta_pp", "top1_agreement",
 )
 PUBLISHED_MARK = "†"
 INVALID_MARK = "*"
@@ -43,7 +44,11 @@ def efficiency_table(results: pd.DataFrame, *, accuracy_metric: str = "top1") ->
     Energy counts only when its provenance is not 'unavailable'. ``pareto_optimal`` is taken within
     each (device, runtime, batch) over latency p50 (min) and accuracy (max); it is NA where the
     accuracy is unknown. ``accuracy_per_ms`` is accuracy / latency p50 (points per ms);
-    ``inferences_per_j`` is 1 / energy per inference. Sorted by device, runtime, batch, latency.
+    ``inferences_per_j`` is 1 / energy per inference. ``precision`` is what the run asked for
+    (fp32 by default), ``precision_effective`` what the runtime was seen to run,
+    ``accuracy_delta_pp`` the measured top-1 change against fp32 (``bench run --accuracy-data``,
+    percentage points) and ``top1_agreement`` the share of held-out inputs whose top-1 class
+    matches fp32's (percent). Sorted by device, runtime, batch, latency.
     """
     provenance = _column(results, "energy_provenance", "unavailable").fillna("unavailable")
     energy = _numeric(results, "energy_per_inference_j").where(provenance != "unavailable")
@@ -69,6 +74,10 @@ def efficiency_table(results: pd.DataFrame, *, accuracy_metric: str = "top1") ->
             "accuracy_source": _column(results, accuracy_column + "_source", None),
             "validity": _column(results, "validity", "VALID").astype(str),
             "reasons": _column(results, "reasons", "").fillna("").astype(str),
+            "precision": precisions_of(results),
+            "precision_effective": _column(results, "precision_effective", "").fillna("").astype(str),
+            "accuracy_delta_pp": _numeric(results, "accuracy_delta_pp"),
+            "top1_agreement": 100.0 * _numeric(results, "fidelity_top1_agreement"),
         },
         index=results.index,
     )
@@ -89,15 +98,28 @@ def efficiency_table(results: pd.DataFrame, *, accuracy_metric: str = "top1") ->
     return table[list(TABLE_COLUMNS)].reset_index(drop=True)
 
 
-def _headers(accuracy_metric: str) -> list[str]:
-    return [
-        "Model", "Batch", "Params", "MACs", "Latency p50 ms [95% CI]", "p99 ms", "Items/s",
-        "Peak memory", "Energy/inference", accuracy_metric, "Pareto",
-        f"{accuracy_metric}/ms", "Inferences/J",
-    ]
+BASE_HEADERS = ("Model", "Batch", "Params", "MACs", "Latency p50 ms [95% CI]", "p99 ms", "Items/s",
+                "Peak memory", "Energy/inference")
+PRECISION_HEADERS = ("Precision", "Top-1 change vs fp32 (pp)", "Top-1 agree %")
+
+
+def shows_precision(table: pd.DataFrame) -> bool:
+    """Whether the rendered table needs the precision columns: some row ran at a precision
+    other than fp32, or carries a measured accuracy change or top-1 agreement."""
+    return bool((table["precision"] != "fp32").any() or table["accuracy_delta_pp"].notna().any()
+                or table["top1_agreement"].notna().any())
+
+
+def _headers(accuracy_metric: str, with_precision: bool = False) -> list[str]:
+    return [*BASE_HEADERS, *(PRECISION_HEADERS if with_precision else ()), accuracy_metric, "Pareto",
+            f"{accuracy_metric}/ms", "Inferences/J"]
 
 
 ALIGN = ["l"] + ["r"] * 12
+
+
+def _align(with_precision: bool) -> list[str]:
+    return ALIGN[:len(BASE_HEADERS)] + ["l", "r", "r"] * with_precision + ALIGN[len(BASE_HEADERS):]
 
 
 def _energy_cell(row: pd.Series) -> str:
@@ -122,8 +144,24 @@ def _pareto_cell(value: object) -> str:
     return "yes" if bool(value) else "no"
 
 
-def formatted_rows(group: pd.DataFrame) -> list[list[str]]:
-    """The display strings of one device/runtime group, in header order."""
+def _precision_cell(row: pd.Series) -> str:
+    """``int8``, or ``int8 (ran mixed (35% int8))`` when what ran differs from what was asked."""
+    ran = str(row["precision_effective"] or "")
+    if ran and ran != row["precision"]:
+        return f"{row['precision']} (ran {ran})"
+    return str(row["precision"])
+
+
+def _precision_cells(row: pd.Series) -> list[str]:
+    delta = row["accuracy_delta_pp"]
+    agree = row["top1_agreement"]
+    return [_precision_cell(row), fmt.MISSING if fmt.is_missing(delta) else f"{delta:+.1f}",
+            fmt.MISSING if fmt.is_missing(agree) else f"{agree:.1f}"]
+
+
+def formatted_rows(group: pd.DataFrame, with_precision: bool = False) -> list[list[str]]:
+    """The display strings of one device/runtime group, in header order (with the precision
+    columns when ``with_precision``)."""
     rows = []
     for _, row in group.iterrows():
         model = row["model_id"] + (INVALID_MARK if row["validity"] != "VALID" else "")
@@ -141,6 +179,7 @@ def formatted_rows(group: pd.DataFrame) -> list[list[str]]:
                 fmt.significant(row["throughput_items_per_s"]),
                 fmt.size_bytes(row["peak_rss_bytes"]),
                 _energy_cell(row),
+                *(_precision_cells(row) if with_precision else ()),
                 accuracy or fmt.MISSING,
                 _pareto_cell(row["pareto_optimal"]),
                 fmt.significant(row["accuracy_per_ms"]),
@@ -161,6 +200,12 @@ def footnotes(table: pd.DataFrame) -> list[str]:
         notes.append(f"{INVALID_MARK} {row['label']}: INVALID measurement ({reasons}).")
     if (table["energy_provenance"] == "estimated").any():
         notes.append("(est.) Energy estimated from a power model, not measured by a counter.")
+    if (table["accuracy_source"] == MEASURED_SOURCE).any():
+        notes.append("Accuracy measured on the labelled set given to `bench run --accuracy-data` "
+                     "(top-1, %), per result and precision.")
+    if shows_precision(table):
+        notes.append("Top-1 change vs fp32: measured top-1 minus fp32 torch's on the same labelled "
+                     "inputs; Top-1 agree: held-out inputs whose top-1 class matches fp32 torch's.")
     notes.append(
         "Pareto: optimal in latency p50 and accuracy among results of the same device, runtime "
         "and batch; – where the accuracy is unknown."
@@ -175,10 +220,11 @@ def _groups(table: pd.DataFrame):
 def to_markdown(table: pd.DataFrame, *, accuracy_metric: str = "top1") -> str:
     """Markdown: one '## device / runtime' section with a pipe table each, then footnotes."""
     parts = []
+    wide = shows_precision(table)
     for (device, runtime), group in _groups(table):
         header = f"## {device} / {runtime}"
         parts.append(header + "\n\n" + fmt.markdown_table(
-            _headers(accuracy_metric), formatted_rows(group), ALIGN
+            _headers(accuracy_metric, wide), formatted_rows(group, wide), _align(wide)
         ))
     parts.extend(footnotes(table))
     return "\n\n".join(parts) + "\n"
@@ -189,11 +235,13 @@ def to_html(
 ) -> str:
     """HTML: one section per device/runtime; a complete page unless ``full_document`` is False."""
     sections = []
+    wide = shows_precision(table)
     for (device, runtime), group in _groups(table):
         sections.append(
             f'<section class="device-runtime">\n<h2>{fmt.escape_html(device)} / '
             f"{fmt.escape_html(runtime)}</h2>\n"
-            + fmt.html_table(_headers(accuracy_metric), formatted_rows(group), ALIGN, "efficiency")
+            + fmt.html_table(_headers(accuracy_metric, wide), formatted_rows(group, wide), _align(wide),
+                             "efficiency")
             + "\n</section>"
         )
     notes = "\n".join(f'<p class="footnote">{fmt.escape_html(n)}</p>' for n in footnotes(table))
@@ -220,11 +268,12 @@ def to_csv(table: pd.DataFrame) -> str:
 def to_latex(table: pd.DataFrame, *, accuracy_metric: str = "top1") -> str:
     """LaTeX: one booktabs ``tabular`` per device/runtime (needs ``\\usepackage{booktabs}``)."""
     blocks = []
+    wide = shows_precision(table)
     for (device, runtime), group in _groups(table):
-        header = " & ".join(fmt.escape_latex(h) for h in _headers(accuracy_metric)) + r" \\"
+        header = " & ".join(fmt.escape_latex(h) for h in _headers(accuracy_metric, wide)) + r" \\"
         rows = [
             " & ".join(fmt.escape_latex(cell) for cell in row) + r" \\"
-            for row in formatted_rows(group)
+            for row in formatted_rows(group, wide)
         ]
         blocks.append(
             "\n".join(
@@ -232,7 +281,7 @@ def to_latex(table: pd.DataFrame, *, accuracy_metric: str = "top1") -> str:
                     r"\begin{table}[ht]",
                     r"\centering",
                     r"\caption{" + fmt.escape_latex(f"{device} / {runtime}") + "}",
-                    r"\begin{tabular}{" + "".join(ALIGN) + "}",
+                    r"\begin{tabular}{" + "".join(_align(wide)) + "}",
                     r"\toprule",
                     header,
                     r"\midrule",

@@ -23,6 +23,24 @@ from __future__ import annotations
 
 from typing import Any
 
+# Spellings of each precision (runtimes' own included: OpenVINO's f32/bf16/f16) -> its name.
+PRECISION_ALIASES: dict[str, str] = {
+    "fp32": "fp32", "float32": "fp32", "f32": "fp32",
+    "fp16": "fp16", "float16": "fp16", "f16": "fp16", "half": "fp16",
+    "bf16": "bf16", "bfloat16": "bf16",
+    "int8": "int8", "i8": "int8", "qint8": "int8",
+}
+DEFAULT_PRECISION = "fp32"
+
+
+def precision_name(value: Any) -> str:
+    """The precision a run's ``precision`` option asks for: ``fp32``, ``fp16``, ``bf16`` or
+    ``int8``; fp32 for no value and for values that name none (OpenVINO's ``default``)."""
+    if value is None:
+        return DEFAULT_PRECISION
+    return PRECISION_ALIASES.get(str(value).strip().lower(), DEFAULT_PRECISION)
+
+
 PRECISION_FIELDS: tuple[str, ...] = (
     "precision", "precision_effective", "precision_compute_share", "precision_evidence", "quant_recipe",
     "quantize_s", "calibration", "calibration_sha", "calibration_samples",

@@ -155,7 +155,7 @@ def read_frame(path: Path | str) -> pd.DataFrame:
     """Read a CSV or Parquet file written by :func:`export_results` back into a DataFrame.
 
     CSV gets the dtypes of ``ResultStore.query()`` back: UTC timestamps, nullable ``threads``,
-    and empty ``reasons``/``warnings`` as empty strings.
+    and empty ``reasons``/``warnings``/``precision_effective`` as empty strings.
     """
     import pandas as pd
 
@@ -171,9 +171,9 @@ def read_frame(path: Path | str) -> pd.DataFrame:
     for name in ("started_at", "finished_at"):
         if name in frame:
             frame[name] = pd.to_datetime(frame[name], utc=True, format="ISO8601")
-    for name in ("reasons", "warnings"):
-        if name in frame:
-            frame[name] = frame[name].fillna("").astype(str)
+    for name in ("reasons", "warnings", "precision_effective"):
+        if name in frame:  # an all-empty column reads as float NaN
+            frame[name] = frame[name].astype(object).fillna("").astype(str)
     if "threads" in frame:
         frame["threads"] = frame["threads"].astype("Int64")
     return frame

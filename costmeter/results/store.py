@@ -361,7 +361,8 @@ class ResultStore:
         Latencies in ms, throughput in items/s, memory in bytes, energy in J; ``started_at`` and
         ``finished_at`` are UTC timestamps. Results without samples have NaN statistics.
         """
-        columns = [c for c in results_table.c if c.name not in _JSON_COLUMNS]
+        # extra_json is read for the precision and fidelity columns (frames.PRECISION_COLUMNS)
+        columns = [c for c in results_table.c if c.name not in _JSON_COLUMNS or c.name == "extra_json"]
         conditions = _conditions(
             run_id=run_id, tag=tag, model_id=model_id, device=device, runtime=runtime,
             status=status, since=since, until=until, git_sha=git_sha,

@@ -16,15 +16,10 @@ from dataclasses import replace
 from typing import Any
 
 from costmeter.errors import ConfigError
+from costmeter.results.fidelity import DEFAULT_PRECISION, PRECISION_ALIASES, precision_name
 
 PRECISIONS: tuple[str, ...] = ("fp32", "fp16", "bf16", "int8")
-DEFAULT_PRECISION = "fp32"
-ALIASES: dict[str, str] = {
-    "fp32": "fp32", "float32": "fp32", "f32": "fp32",
-    "fp16": "fp16", "float16": "fp16", "f16": "fp16", "half": "fp16",
-    "bf16": "bf16", "bfloat16": "bf16",
-    "int8": "int8", "i8": "int8", "qint8": "int8",
-}
+ALIASES: dict[str, str] = PRECISION_ALIASES
 DEFAULT_CALIBRATION = "random:32"
 
 
@@ -42,10 +37,7 @@ def config_precision(options: Any) -> str:
     Values that are not precision names (OpenVINO's ``precision=default``) read as fp32, the
     precision asked for when nothing is forced.
     """
-    value = dict(options).get("precision")
-    if value is None:
-        return DEFAULT_PRECISION
-    return ALIASES.get(str(value).strip().lower(), DEFAULT_PRECISION)
+    return precision_name(dict(options).get("precision"))
 
 
 def runtime_precisions(runtime: Any) -> tuple[str, ...]:
@@ -87,13 +79,25 @@ def parse_precision_list(spec: str) -> list[str] | None:
 
 def with_precision(config: Any, precision: str, calibration: str | None) -> Any:
     """``config`` (a RunConfig) set to ``precision``: the option ``precision`` (absent for fp32)
-    and, for int8, ``calibration`` (the spec recorded in the key)."""
+    and, for int8 on a runtime that quantizes, ``calibration`` (the spec recorded in the key). A
+    runtime that only explains why it has no int8 (TVM) takes no calibration: its result is
+    ``unsupported`` and its key names no calibration set."""
     options = {k: v for k, v in config.options if k not in ("precision", "calibration")}
     if precision != DEFAULT_PRECISION:
         options["precision"] = precision
-    if precision == "int8":
+    if precision == "int8" and _takes_calibration(config):
         options["calibration"] = calibration or DEFAULT_CALIBRATION
     return replace(config, options=tuple(sorted(options.items())))
+
+
+def _takes_calibration(config: Any) -> bool:
+    """Whether ``config``'s runtime declares the ``calibration`` option (it quantizes)."""
+    from costmeter.devices.options import option_specs
+
+    try:
+        return "calibration" in option_specs(config.device_kind, config.runtime)
+    except ConfigError:  # a runtime without a schema: its options are refused later, with the fix
+        return True
 
 
 def expand_precisions(configs: list[Any], precisions: list[str] | None, calibration: str | None,
