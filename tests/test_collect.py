@@ -115,3 +115,23 @@ def test_bench_run_and_bench_collect_give_one_architecture_one_id(workdir: Path)
         assert collected[0].key.digest() == ran[0].key.digest()
         assert set(store.query()["model_id"]) == {item.model_id}
     assert spelled != item.arch
+
+
+def test_measured_latencies_keep_precisions_apart(workdir: Path) -> None:
+    """An int8 result of an architecture (faster) never stands in for its fp32 latency."""
+    from costmeter.results.schema import BenchKey, Measurement, RunResult, Status
+    from costmeter.results.store import ResultStore
+
+    item = plan("nb201", 1, seed=3)[0]
+
+    def stored(median_ms: float, options: tuple[tuple[str, str], ...]) -> RunResult:
+        key = BenchKey(item.model_id, "h", "cpu", "onnxruntime", 1, (1, 3, 32, 32), "float32", 1, options)
+        return RunResult(key=key, status=Status.OK, run_id="r", started_at="2026-12-01T00:00:00",
+                         finished_at="2026-12-01T00:00:01", measurement=Measurement([[int(median_ms * 1e6)] * 5]))
+
+    with ResultStore(f"sqlite:///{workdir / 'store.db'}") as store:
+        store.write(stored(2.0, ()))
+        store.write(stored(0.5, (("precision", "int8"), ("calibration", "random:8"))))
+        fp32 = measured_latencies(store, ["nb201"], threads=1)
+        int8 = measured_latencies(store, ["nb201"], threads=1, precision="int8")
+    assert fp32[item.model_id][1] == pytest.approx(2.0) and int8[item.model_id][1] == pytest.approx(0.5)

@@ -112,7 +112,8 @@ def collect(space: str, samples: int, device: str = "cpu", runtime: str = "onnxr
             workdir: Path | str = ".costmeter", store: Any = None, seed: int = 0,
             threads: int | None = None, batch: int = 1, protocol: Any = None,
             progress: Callable[..., None] | None = None, min_results: int = 1,
-            tag: str | None = None, cpus: str | None = None) -> list[Any]:
+            tag: str | None = None, cpus: str | None = None, precision: str = "fp32",
+            calibration: str | None = None) -> list[Any]:
     """Measure ``samples`` architectures of ``space``; returns their RunResults.
 
     Everything is validated before anything runs (unknown space, device or runtime raise a
@@ -122,9 +123,11 @@ def collect(space: str, samples: int, device: str = "cpu", runtime: str = "onnxr
     architecture a second, later measurement, e.g. to take the lower of two medians on a
     shared machine); only results at ``threads`` count, when given. ``cpus`` records the pinning (e.g. ``"1"``) in each result's key; the
     caller pins this process (:func:`~costmeter.predictors.workflows.build.pinned`), and the
-    workers inherit it.
+    workers inherit it. ``precision`` (fp32 or int8, with ``calibration`` as ``--calibration``
+    takes it) is part of what counts as measured: fp32 results never stand in for int8 ones.
     """
     from costmeter.harness.config import RunConfig
+    from costmeter.harness.quantize.precision import with_precision
     from costmeter.harness.runner import Runner, validate
 
     items = plan(space, samples, seed)
@@ -132,8 +135,8 @@ def collect(space: str, samples: int, device: str = "cpu", runtime: str = "onnxr
     tag = tag or f"collect:{space}"
     if store is not None and min_results > 0:
         frame = store.query(device=device, runtime=runtime, status="ok")
-        if len(frame):  # results at another thread count measure something else
-            same = frame["batch"] == batch
+        if len(frame):  # results at another thread count or precision measure something else
+            same = (frame["batch"] == batch) & (frame["precision"] == precision)
             if threads is not None and "threads" in frame:
                 same &= frame["threads"] == threads
             frame = frame.loc[same]
@@ -142,6 +145,7 @@ def collect(space: str, samples: int, device: str = "cpu", runtime: str = "onnxr
     base = RunConfig(model="placeholder", device=device, runtime=runtime, batch=batch,
                      threads=threads, protocol=protocol, check_outputs=False,
                      workdir=str(workdir), tag=tag, options=(("cpus", cpus),) if cpus else ())
+    base = with_precision(base, precision, calibration)
     _check_runtime(base)
     jobs = validate([replace(base, model=item.model_id) for item in items])
     return Runner(store, Path(workdir), progress=progress).run(jobs, tag=tag)
@@ -159,17 +163,22 @@ def _check_runtime(config: Any) -> None:
 
 def measured_latencies(store: Any, spaces: list[str] | tuple[str, ...], device: str = "cpu",
                        runtime: str = "onnxruntime",
-                       threads: int | None = None) -> dict[str, Any]:
+                       threads: int | None = None, precision: str = "fp32") -> dict[str, Any]:
     """model_id -> (CollectItem, latency ms) of every architecture of ``spaces`` (search spaces
-    or families) measured on ``device``/``runtime`` in ``store`` (at ``threads`` when given).
+    or families) measured on ``device``/``runtime`` at ``precision`` in ``store`` (at ``threads``
+    when given).
 
     A model measured several times keeps the lowest of its medians: on a shared machine other
-    work only ever adds time."""
+    work only ever adds time (an int8 result is never the lowest fp32 one)."""
     import numpy as np
+
+    from costmeter.results.fidelity import precision_name
 
     out: dict[str, Any] = {}
     for result in store.results(device=device, runtime=runtime, status="ok"):
         if result.measurement is None or (threads is not None and result.key.threads != threads):
+            continue
+        if precision_name(dict(result.key.options).get("precision")) != precision:
             continue
         item = item_of(result.key.model_id)
         if item is None or item.space not in spaces:
