@@ -80,3 +80,57 @@ def test_int8_and_fp32_side_by_side_with_recipe_fidelity_and_accuracy(
     assert fp32["extra"]["fidelity_max_abs_diff"] < 1e-4  # fp32 ORT against fp32 torch
     assert fp32["extra"]["accuracy_top1"] == pytest.approx(fp32["extra"]["accuracy_top1_fp32"])
     assert "parity_ok" not in int8["extra"]  # judged by fidelity, not by the fp32 tolerance
+
+
+USER_MODEL = '''
+import os
+with open(os.environ["IMPORT_LOG"], "a") as log:
+    log.write(f"{os.getpid()}\\n")
+import torch
+
+
+def build():
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.Linear(8 * 36, 4))
+    return net.eval(), (torch.randn(1, 3, 8, 8),)
+'''
+
+
+@pytest.mark.slow
+def test_a_python_model_runs_int8_with_its_calibration_and_accuracy_files_in_children_only(
+        tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    """User code is imported in child processes only, also to check --calibration and
+    --accuracy-data files against its inputs, draw its held-out inputs and compute its fp32
+    reference; a file that does not fit it is still one line, exit 2, no store."""
+    import os
+
+    (tmp_path / "usermodel.py").write_text(USER_MODEL)
+    imports = tmp_path / "imports.txt"
+    monkeypatch.setenv("IMPORT_LOG", str(imports))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")]))
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "calib.npz", x=rng.standard_normal((6, 3, 8, 8)).astype(np.float32))
+    np.savez(tmp_path / "bad.npz", x=np.zeros((6, 3, 9, 9), np.float32))
+    np.savez(tmp_path / "acc.npz", x=rng.standard_normal((10, 3, 8, 8)).astype(np.float32), labels=np.arange(10) % 4)
+    store = tmp_path / "r.db"
+    base = ["run", "--model", "usermodel:build", "--runtime", "onnxruntime", "--threads", "1",
+            "--workdir", str(tmp_path / "wd"), "--store", f"sqlite:///{store}", *QUICK]
+    assert main([*base, "--precision", "int8", "--calibration", str(tmp_path / "bad.npz")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "input 'input' has shape (6, 3, 9, 9)" in err[0] and "expects (N, 3, 8, 8)" in err[0]
+    assert not store.exists()
+    rc = main([*base, "--precision", "fp32,int8", "--calibration", str(tmp_path / "calib.npz"),
+               "--accuracy-data", str(tmp_path / "acc.npz"), "--json"])
+    captured = capsys.readouterr()
+    assert rc == 0, captured.err
+    results = {r["key"]["options"].get("precision", "fp32"): r for r in json.loads(captured.out)}
+    int8 = results["int8"]
+    assert int8["status"] == "ok" and int8["extra"]["precision_effective"] == "int8"
+    assert int8["key"]["options"]["calibration"] == f"sha:{int8['extra']['calibration_sha']}"
+    assert int8["extra"]["calibration_samples"] == 6
+    assert int8["extra"]["fidelity_samples"] == 10 and int8["extra"]["fidelity_inputs"] == "acc.npz"
+    assert 0 < int8["extra"]["fidelity_max_abs_diff"] < 1 and int8["extra"]["fidelity_cosine"] > 0.9
+    assert "accuracy_delta_pp" in int8["extra"]
+    assert results["fp32"]["extra"]["fidelity_max_abs_diff"] < 1e-4  # the child's fp32 torch vs ORT fp32
+    pids = {int(line) for line in imports.read_text().split()}
+    assert pids and os.getpid() not in pids

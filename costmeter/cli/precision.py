@@ -20,14 +20,14 @@ def precision_configs(configs: list[Any], precision: str | None, calibration: st
     from costmeter.devices.base import get_runtime
     from costmeter.harness.quantize.data import RANDOM_WARNING, calibration_option, load_npz_set
     from costmeter.harness.quantize.precision import expand_precisions, parse_precision_list
-    from costmeter.models.source import resolve_model
+    from costmeter.models.source import python_target, resolve_model
 
     wanted = parse_precision_list(precision) if precision else ["fp32"]
     if calibration and wanted is not None and "int8" not in wanted:
         raise ConfigError("--calibration is for int8; add --precision int8 (or all)")
     sources: dict[str, Any] = {}
-    if calibration or accuracy_data:
-        sources = {c.model: resolve_model(c.model) for c in configs}
+    if calibration or accuracy_data:  # python models: checked by check_inspected_sets, in no import here
+        sources = {c.model: resolve_model(c.model) for c in configs if python_target(c.model) is None}
     for source in sources.values() if accuracy_data else ():
         load_npz_set(accuracy_data, source, "accuracy data", with_labels=True)
     calib = calibration_option(calibration, list(sources.values()), workdir) if calibration else None
@@ -42,6 +42,29 @@ def precision_configs(configs: list[Any], precision: str | None, calibration: st
     if any(dict(c.options).get("calibration", "").startswith("random:") for c in expanded):
         click.echo(f"warning: {RANDOM_WARNING}", err=True)
     return expanded
+
+
+def check_inspected_sets(jobs: list[Any], calibration: str | None, accuracy_data: str | None,
+                         workdir: Path) -> list[Any]:
+    """The jobs of python models, whose inputs are known only once ``validate`` inspected them in
+    a child, checked against ``--accuracy-data`` and ``--calibration`` (ConfigError, before
+    anything runs or is written) and keyed by their own calibration set; other jobs unchanged."""
+    from dataclasses import replace
+
+    from costmeter.harness.quantize.data import calibration_option, load_npz_set
+    from costmeter.harness.worker import InspectedSource
+
+    out = []
+    for job in jobs:
+        if isinstance(job.source, InspectedSource):
+            if accuracy_data:
+                load_npz_set(accuracy_data, job.source, "accuracy data", with_labels=True)
+            options = dict(job.config.options)
+            if calibration and "calibration" in options:
+                options["calibration"] = calibration_option(calibration, [job.source], workdir)
+                job = replace(job, config=replace(job.config, options=tuple(sorted(options.items()))))
+        out.append(job)
+    return out
 
 
 def _median_ns(r: RunResult) -> float | None:

@@ -72,7 +72,7 @@ def run(device: str, runtime: str, models: tuple[str, ...], batch: list[int], th
         known_hosts: str | None, accept_new_host_key: bool, benchmark_model: str | None,
         store_url: str | None, workdir: Path | None) -> None:
     """Measure latency (percentiles with CIs), memory and energy; store every result."""
-    from costmeter.cli.precision import precision_configs, print_precision_table
+    from costmeter.cli.precision import check_inspected_sets, precision_configs, print_precision_table
     from costmeter.cli.render import print_results, result_json
     from costmeter.harness.runner import Runner, expand, validate
 
@@ -101,7 +101,7 @@ def run(device: str, runtime: str, models: tuple[str, ...], batch: list[int], th
         configs = expand(base, model_specs(models), runtimes, batch, thread_list, devices)
         configs = precision_configs(configs, precision, calibration, accuracy_data, workdir,
                                     all_runtimes=runtime.strip() == "all")
-        jobs = validate(configs)
+        jobs = check_inspected_sets(validate(configs), calibration, accuracy_data, workdir)
         executors.preflight(configs)
         store = open_store(store_url, workdir)
         try:

@@ -121,13 +121,16 @@ class InspectedSource:
         return "inputs were not built at this batch" if entry is None else entry.get("error")
 
     def example_inputs(self, batch: int, seed: int = 0) -> dict[str, Any]:
-        """The inputs the child built at ``batch`` (seed 0), loaded from the inputs cache."""
+        """The inputs the child built at ``batch`` (seed 0), loaded from the inputs cache; other
+        seeds and batches (calibration and held-out sets) drawn here from the input specs, exactly
+        as the child would (:func:`costmeter.models.source.random_inputs`)."""
         import numpy as np
 
+        from costmeter.models.source import random_inputs
+
         entry = self.batches.get(int(batch)) or {}
-        if seed != 0 or "inputs" not in entry:
-            raise UnsupportedError(f"{self.model_id}: inputs at batch {batch} were not built in its "
-                                   "worker; python models are built in worker processes only")
+        if seed != 0 or "inputs" not in entry:  # the child's recipe, from the specs it reported
+            return random_inputs(self.inputs, batch, seed, self.model_id)
         with np.load(entry["inputs"]) as npz:
             return {name: npz[name] for name in npz.files}
 

@@ -24,7 +24,7 @@ import inspect
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from costmeter.errors import ConfigError, UnsupportedError
 from costmeter.models import zoo
@@ -119,8 +119,6 @@ class ModelSource:
         Floats are standard normal; integers uniform in ``[low, high)``. Same ``batch`` and
         ``seed`` give identical arrays in every process.
         """
-        import numpy as np
-
         if batch < 1:
             raise ConfigError(f"batch must be >= 1, got {batch}; pass a positive batch size")
         if self.fixed_batch is not None and batch != self.fixed_batch:
@@ -128,25 +126,7 @@ class ModelSource:
                 f"{self.model_id} has a fixed batch of {self.fixed_batch} in its ONNX file; "
                 f"use batch {self.fixed_batch} or re-export the model with a dynamic batch dim"
             )
-        rng = np.random.default_rng(seed)
-        arrays: dict[str, Any] = {}
-        for spec in self.inputs:
-            if any(d < 0 for d in spec.shape):
-                raise ConfigError(
-                    f"input {spec.name!r} of {self.model_id} has unknown dims {spec.shape}; "
-                    "export the model with fixed non-batch dimensions"
-                )
-            shape = spec.full_shape(batch)
-            kind = np.dtype(spec.dtype).kind
-            if kind == "b":
-                arrays[spec.name] = rng.integers(0, 2, size=shape).astype(bool)
-            elif kind in "iu":
-                low = 0 if spec.low is None else spec.low
-                high = low + 2 if spec.high is None else spec.high
-                arrays[spec.name] = rng.integers(low, high, size=shape).astype(spec.dtype)
-            else:
-                arrays[spec.name] = rng.standard_normal(shape, dtype=np.float32).astype(spec.dtype)
-        return arrays
+        return random_inputs(self.inputs, batch, seed, self.model_id)
 
     def content_hash(self) -> str:
         """16-hex-digit hash: inputs + architecture + weights (python), + recipe and seed (zoo),
@@ -244,6 +224,34 @@ def resolve_model(spec: str) -> ModelSource:
         f"unknown model {spec!r}; {hint}choose a zoo model ({', '.join(entries)}), "
         "an .onnx file path, or pkg.module:function"
     )
+
+
+def random_inputs(inputs: Sequence[InputSpec], batch: int, seed: int, model_id: str) -> dict[str, Any]:
+    """Deterministic inputs for ``inputs`` at ``batch`` (name -> numpy array): floats standard
+    normal, integers uniform in ``[low, high)``, booleans fair; the same in every process. The one
+    recipe of :meth:`ModelSource.example_inputs`, usable where only the input specs are known (a
+    python model inspected in a child)."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    arrays: dict[str, Any] = {}
+    for spec in inputs:
+        if any(d < 0 for d in spec.shape):
+            raise ConfigError(
+                f"input {spec.name!r} of {model_id} has unknown dims {spec.shape}; "
+                "export the model with fixed non-batch dimensions"
+            )
+        shape = spec.full_shape(batch)
+        kind = np.dtype(spec.dtype).kind
+        if kind == "b":
+            arrays[spec.name] = rng.integers(0, 2, size=shape).astype(bool)
+        elif kind in "iu":
+            low = 0 if spec.low is None else spec.low
+            high = low + 2 if spec.high is None else spec.high
+            arrays[spec.name] = rng.integers(low, high, size=shape).astype(spec.dtype)
+        else:
+            arrays[spec.name] = rng.standard_normal(shape, dtype=np.float32).astype(spec.dtype)
+    return arrays
 
 
 def python_target(spec: str) -> str | None:

@@ -134,6 +134,8 @@ def calibration_option(spec: str, sources: list[Any], workdir: Path | str) -> st
         return f"random:{value}"
     if kind == "sha":
         raise ConfigError(f"--calibration {spec!r}: give random:N or a FILE.npz")
+    if not sources:  # only python models: keyed per model once inspected (cli check_inspected_sets)
+        return str(value)
     sets = [load_npz_set(str(value), source, "calibration") for source in sources]
     store_set(sets[0], workdir)
     return f"sha:{sets[0].sha}"

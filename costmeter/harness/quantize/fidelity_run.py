@@ -8,9 +8,11 @@ ran at it (an int8 request that ran fp32) is INVALID with that reason: it is nev
 """
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
+from costmeter.errors import UnsupportedError
 from costmeter.harness.quantize.precision import DEFAULT_PRECISION, config_precision
 
 _REFERENCES: dict[tuple[str, str], list[Any]] = {}
@@ -80,11 +82,21 @@ def run_heldout(session: Any, inputs_path: str, out_path: str, batch: int) -> No
     np.savez(out_path, *[np.concatenate([p[i] for p in parts]) for i in range(len(parts[0]))])
 
 
-def reference_outputs(source: Any, arrays: dict[str, Any], batch: int, key: tuple[str, str]) -> list[Any]:
-    """fp32 outputs of ``source`` on ``arrays`` (torch eager, or ONNX Runtime for ONNX files)."""
+def reference_outputs(source: Any, arrays: dict[str, Any], batch: int, key: tuple[str, str],
+                      inputs_path: str | None = None) -> list[Any]:
+    """fp32 outputs of ``source`` on ``arrays`` (torch eager, or ONNX Runtime for ONNX files).
+    A python model (user code, inspected in a child) is run in a child of its own on the saved
+    ``inputs_path``: its code never runs in this process."""
     import numpy as np
 
+    from costmeter.harness.worker import InspectedSource
+
     if key in _REFERENCES:
+        return _REFERENCES[key]
+    if isinstance(source, InspectedSource):
+        if inputs_path is None:
+            raise UnsupportedError(f"{source.model_id}: the fp32 reference of a python model needs its inputs file")
+        _REFERENCES[key] = _reference_in_child(source.target, inputs_path, batch)
         return _REFERENCES[key]
     parts: list[list[Any]] = []
     if source.has_torch():
@@ -105,6 +117,39 @@ def reference_outputs(source: Any, arrays: dict[str, Any], batch: int, key: tupl
             parts.append([np.asarray(o)[:real] for o in session.run(None, feed)])
     _REFERENCES[key] = [np.concatenate([p[i] for p in parts]) for i in range(len(parts[0]))]
     return _REFERENCES[key]
+
+
+REFERENCE_TIMEOUT_S = 1800.0
+
+
+def _reference_in_child(target: str, inputs_path: str, batch: int) -> list[Any]:
+    """Torch eager fp32 outputs of the python model ``target`` on the held-out inputs saved at
+    ``inputs_path``, computed by ``python -m costmeter.harness.quantize.fidelity_run`` through the
+    launcher. UnsupportedError with the child's last words when it fails."""
+    import numpy as np
+
+    from costmeter.harness.launcher import launch, scratch_dir
+
+    with scratch_dir("reference-") as tmp:
+        out = tmp / "reference.npz"
+        done = launch([sys.executable, "-m", "costmeter.harness.quantize.fidelity_run", target, inputs_path,
+                       str(out), str(batch)], timeout_s=REFERENCE_TIMEOUT_S, stderr_path=tmp / "stderr.txt")
+        if not done.ok or not out.is_file():
+            raise UnsupportedError(f"fp32 reference of {target}: " + done.describe("its worker", REFERENCE_TIMEOUT_S))
+        with np.load(out) as npz:
+            return [npz[f"arr_{i}"] for i in range(len(npz.files))]
+
+
+def _reference_main(target: str, inputs_path: str, out_path: str, batch: str) -> int:
+    """Child side of :func:`_reference_in_child`."""
+    import numpy as np
+
+    from costmeter.models.source import resolve_model
+
+    arrays, _, _ = _load(inputs_path)
+    outputs = reference_outputs(resolve_model(target), arrays, int(batch), ("child", inputs_path))
+    np.savez(out_path, *outputs)
+    return 0
 
 
 def apply_fidelity(result: Any, job: Any, inputs_path: str | None, outputs_path: str | None) -> None:
@@ -129,11 +174,12 @@ def apply_fidelity(result: Any, job: Any, inputs_path: str | None, outputs_path:
         with np.load(outputs_path) as npz:
             got = [npz[f"arr_{i}"] for i in range(len(npz.files))]
         Path(outputs_path).unlink(missing_ok=True)
-        reference = reference_outputs(job.source, arrays, job.config.batch, (job.model_hash, Path(inputs_path).name))
         try:
+            reference = reference_outputs(job.source, arrays, job.config.batch,
+                                          (job.model_hash, Path(inputs_path).name), inputs_path)
             extra.update(fidelity(reference, got, labels))
             extra["fidelity_inputs"] = origin
-        except ValueError as error:
+        except (ValueError, UnsupportedError) as error:
             extra["fidelity"] = f"not measured: {error}"
     elif inputs_path:
         extra["fidelity"] = "not measured: this runtime's session cannot take new inputs"
@@ -167,3 +213,7 @@ def _judge_precision(result: Any, precision: str, validity: Any) -> None:
                                f"({extra.get('precision_evidence', '')}); the rest ran in a wider type")
     else:
         extra["precision_effective"] = precision
+
+
+if __name__ == "__main__":
+    raise SystemExit(_reference_main(*sys.argv[1:5]))
