@@ -290,3 +290,24 @@ def test_pinned_worker_failures_come_back_as_failed_results(tmp_path: Path) -> N
     assert results["segv"].status is Status.FAILED and "SIGSEGV" in results["segv"].error
     assert results["healthy"].status is Status.OK
     assert results["healthy"].environment["cpu_affinity"] == [0]
+
+
+def test_an_openvino_ir_travels_with_its_weights(tmp_path: Path) -> None:
+    """A pinned (or remote) run copies the IR's folder, so model.xml finds model.bin beside it;
+    single-file artifacts are copied alone."""
+    from costmeter.devices.remote.transport import LocalTransport
+
+    ir = tmp_path / "cache" / "openvino-int8" / "key.q"
+    ir.mkdir(parents=True)
+    (ir / "model.xml").write_text("<net/>")
+    (ir / "model.bin").write_bytes(b"\x00" * 16)
+    onnx = tmp_path / "cache" / "m.onnx"
+    onnx.write_bytes(b"onnx")
+    remote = tmp_path / "remote"
+    remote.mkdir()
+    executor = WorkerExecutor(LocalTransport(), sys.executable, SOURCE_ROOT, str(remote))
+    uploaded = Path(executor._upload_artifact(str(ir / "model.xml")))
+    assert uploaded.name == "model.xml" and uploaded.with_suffix(".bin").read_bytes() == b"\x00" * 16
+    single = Path(executor._upload_artifact(str(onnx)))
+    assert single.read_bytes() == b"onnx" and single.parent != uploaded.parent
+    assert executor._upload_artifact(None) is None

@@ -93,7 +93,8 @@ def precision_rows(results: list[RunResult]) -> list[dict[str, str]]:
         row = {"model": r.key.model_id, "runtime": r.key.runtime, "precision": precision}
         median = _median_ns(r)
         if median is None:
-            row["p50 ms"] = r.status.value
+            row["p50 ms"] = "-"
+            row["status"] = r.status.value.upper()  # the reason is in the results table's notes
             rows.append(row)
             continue
         row["p50 ms"] = f"{median / 1e6:.3g}"

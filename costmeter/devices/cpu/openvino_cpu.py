@@ -129,9 +129,10 @@ class OpenVinoCPU:
         try:
             compiled = core.compile_model(core.read_model(str(artifact.path)), "CPU", config)
         except Exception as exc:  # vendor boundary: OpenVINO raises RuntimeError subclasses
-            lines = [ln for ln in str(exc).strip().splitlines() if ln.strip()]
-            first = lines[0][:300] if lines else type(exc).__name__
-            raise UnsupportedError(f"openvino cannot compile {artifact.path}: {first}") from exc
+            lines = [ln.strip() for ln in str(exc).strip().splitlines() if ln.strip()]
+            # the first line is often only "Exception from src/...cpp:84:"; the reason follows it
+            detail = " ".join(lines)[:400] if lines else type(exc).__name__
+            raise UnsupportedError(f"openvino cannot compile {artifact.path}: {detail}") from exc
         request = compiled.create_infer_request()
         arrays = _ordered_inputs([p.get_any_name() for p in compiled.inputs], artifact.inputs)
         arrays = [np.ascontiguousarray(a) for a in arrays]

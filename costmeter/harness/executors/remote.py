@@ -163,6 +163,17 @@ class WorkerExecutor:
             self._uploaded[local] = remote
         return self._uploaded[local]
 
+    def _upload_artifact(self, local: str | None) -> str | None:
+        """The artifact with the files it needs beside it: an OpenVINO IR (``.xml``) reads its
+        weights from the ``.bin`` of the same name, so its folder travels whole."""
+        if local is None:
+            return None
+        path = Path(local)
+        if path.suffix == ".xml" and path.with_suffix(".bin").is_file():
+            folder = self._upload(str(path.parent), path.parent.name)
+            return f"{folder}/{path.name}"
+        return self._upload(local, path.name)
+
     def __call__(self, job: WorkerJob, timeout_s: float) -> WorkerOutcome:
         """Run ``job`` on the device; never raises for what happens there (a failed outcome)."""
         try:
@@ -178,7 +189,7 @@ class WorkerExecutor:
             config["device"] = "cpu"  # the board runs the cpu adapters on its own CPU
         options = dict(tuple(kv) for kv in config.get("options", []))
         cpus = parse_cpus(options["cpus"]) if options.get("cpus") else []
-        artifact = self._upload(job.artifact_path, Path(job.artifact_path).name if job.artifact_path else "")
+        artifact = self._upload_artifact(job.artifact_path)
         inputs = self._upload(job.inputs_path, "inputs.npz")
         outputs = f"{root}/{run_id}-outputs.npz" if job.outputs_path else None
         remote_job = replace(job, config=config, artifact_path=artifact, inputs_path=inputs, outputs_path=outputs)
@@ -317,6 +328,17 @@ class DeviceExecutors:
         from costmeter.devices.remote.ssh import SshOptions, SshTransport
 
         return SshTransport(spec.target, self.settings.ssh or SshOptions())
+
+    def _upload_artifact(self, local: str | None) -> str | None:
+        """The artifact with the files it needs beside it: an OpenVINO IR (``.xml``) reads its
+        weights from the ``.bin`` of the same name, so its folder travels whole."""
+        if local is None:
+            return None
+        path = Path(local)
+        if path.suffix == ".xml" and path.with_suffix(".bin").is_file():
+            folder = self._upload(str(path.parent), path.parent.name)
+            return f"{folder}/{path.name}"
+        return self._upload(local, path.name)
 
     def __call__(self, job: WorkerJob, timeout_s: float) -> WorkerOutcome:
         device = str(job.config.get("device", "cpu"))
