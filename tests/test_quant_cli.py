@@ -47,6 +47,19 @@ def test_bad_calibration_is_refused(tmp_path: Path, capsys: pytest.CaptureFixtur
 
 
 @pytest.mark.slow
+def test_bad_input_with_every_runtime_and_precision_is_still_one_line(tmp_path: Path,
+                                                                      capsys: pytest.CaptureFixture) -> None:
+    """`--runtime all --precision all` imports every installed runtime (their libraries log on
+    import): the error is still the only line, and no store is written."""
+    assert "random:N needs N >= 1" in _bad(["--runtime", "all", "--precision", "all", "--calibration", "random:0"],
+                                            tmp_path, capsys)
+    wrong = tmp_path / "wrong.npz"
+    np.savez(wrong, input=np.zeros((2, 3, 8, 8), np.float32))
+    line = _bad(["--runtime", "all", "--precision", "all", "--calibration", str(wrong)], tmp_path, capsys)
+    assert "input 'input' has shape (2, 3, 8, 8)" in line and "expects (N, 3, 32, 32)" in line
+
+
+@pytest.mark.slow
 def test_int8_and_fp32_side_by_side_with_recipe_fidelity_and_accuracy(
         tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     from costmeter.models.source import resolve_model

@@ -244,6 +244,25 @@ def test_cli_mentions_the_log_once(tmp_path: Path, capsys: pytest.CaptureFixture
     assert "Failed to load" not in err
 
 
+def test_an_error_stays_one_line_when_libraries_logged(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    from costmeter.cli import bench
+    from costmeter.errors import ConfigError
+
+    @bench.command("noisy-failing-test-command", hidden=True)
+    def noisy() -> None:
+        logging.getLogger("torchao").warning("Failed to load a .so")
+        raise ConfigError("bad input; fix it")
+
+    monkeypatch.chdir(tmp_path)
+    try:
+        assert main(["noisy-failing-test-command"]) == 2
+    finally:
+        bench.commands.pop("noisy-failing-test-command")
+    assert capsys.readouterr().err.strip().splitlines() == ["error: bad input; fix it"]
+    assert "Failed to load a .so" in (tmp_path / ".costmeter" / "logs" / "bench.log").read_text()
+
+
 def test_costmeters_own_warnings_still_reach_the_terminal(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     log = LibraryLog()
     log.use_workdir(tmp_path / "wd")

@@ -69,17 +69,19 @@ def main(argv: list[str] | None = None) -> int:
     exit 2 too. Anything else is a bug, reported in one line as an internal error (exit 2). With
     COSTMETER_DEBUG set, OS errors, memory errors and bugs go through with their traceback.
     Libraries' log records and warnings go to the working folder's log file meanwhile
-    (mentioned once).
+    (mentioned once, unless the command failed with exit code 2: its error stays one line).
     """
     from costmeter.cli.logging_setup import LIBRARY_LOG
 
     LIBRARY_LOG.use_workdir(None)
     LIBRARY_LOG.install()
+    code = 2
     try:
-        return _run(argv)
+        code = _run(argv)
+        return code
     finally:
         logged = LIBRARY_LOG.uninstall()
-        if logged:
+        if logged and code != 2:  # an error is one line: the log file stays, unmentioned
             click.echo(f"note: {logged} log message{'s' if logged > 1 else ''} (libraries' output, warnings) "
                        f"written to {LIBRARY_LOG.display_path()}", err=True)
 
