@@ -114,7 +114,9 @@ def print_table(pairs: list[tuple[Any, Any]], medians: dict[Any, list[float]], l
         r8 = last.get(int8)
         a, b = medians.get(fp32, []), medians.get(int8, [])
         if not a or not b:
-            why = (r8.error or "")[:90] if r8 is not None and r8.status is not Status.OK else "no samples"
+            # the reason, without the artifact's path that errors name first ("cannot load PATH: why")
+            why = (r8.error or "").split(": ", 1)[-1][:160] if r8 is not None and r8.status is not Status.OK \
+                else "no samples"
             print(f"| {fp32.model} | {fp32.runtime} | {_ms(a)} | {r8.status.value if r8 else '-'} | - | - | {why} "
                   "| - | - | - | - | - |")
             continue
