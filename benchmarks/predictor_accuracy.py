@@ -75,8 +75,19 @@ import numpy as np
 from sklearn.base import clone
 
 from costmeter.models.spaces import fbnet, get_space, nb201
+from costmeter.predictors.estimators.additive import AdditiveForest
+from costmeter.predictors.estimators.conformal import (
+    COVERAGES,
+    calibrate_cv,
+    coverage_report,
+    gaussian_interval,
+)
 from costmeter.predictors.estimators.evaluate import metrics
-from costmeter.predictors.estimators.fewshot import FewShotTransfer, reference_architectures
+from costmeter.predictors.estimators.fewshot import (
+    FewShotTransfer,
+    informative_rows,
+    reference_architectures,
+)
 from costmeter.predictors.estimators.forest import FlopsLinear, ModelForest
 from costmeter.results.traces import read_traces
 
@@ -288,11 +299,13 @@ def per_device(args: Any, space: str, F: Any, archs: list[str], rows: np.ndarray
                                          min_samples_leaf=1, n_estimators=100, n_jobs=args.n_jobs),
         "onehot-lin": lambda: OneHotLinear(onehot),
         "FLOPs-lin": lambda: FlopsLinear(feature="macs_total"),
+        "additive": lambda: AdditiveForest(linear_features=onehot, n_jobs=args.n_jobs),
     }
     X_rows = F.assign(row=np.arange(n))  # features + row number (for the traces of others)
     pairs = duplicate_pairs(space, archs)
     onehot_all = F[onehot].to_numpy()
-    columns = [*models, "forest-cv", "+others"]
+    columns = [*models] + ([] if args.no_cv else ["forest-cv", "+others"])
+    intervals: list[tuple[str, dict[str, Any]]] = []
     header = (f"{'device':18s}" + "".join(f" | {m:>10s} rho ±10%" for m in columns)
               + " | all rho  ±10% | noise% dup±10 rho-max rho-q | lag1 | drift-adj rho  ±10%")
     noise_src = (f"{len(pairs)} duplicate pairs" if len(pairs) >= 2 else
@@ -307,6 +320,8 @@ def per_device(args: Any, space: str, F: Any, archs: list[str], rows: np.ndarray
     for j, device in enumerate(devices):
         y = Y[:, j]
         cells = []
+        found: dict[str, Any] = {}
+        intervals.append((device, found))
         for name in columns:
             start = time.perf_counter()
             if name == "forest-cv":
@@ -322,7 +337,16 @@ def per_device(args: Any, space: str, F: Any, archs: list[str], rows: np.ndarray
             else:
                 est = models[name]().fit(F.iloc[train], y[train])
                 fit_s[name] += time.perf_counter() - start
-                pred = est.predict(F)
+                if name in ("forest", "additive"):
+                    pred, std = est.predict_with_uncertainty(F)
+                    found[name] = (pred[test_c], std[test_c])
+                else:
+                    pred = est.predict(F)
+            if name == "additive":
+                start = time.perf_counter()
+                found["calibration"] = calibrate_cv(models[name](), F.iloc[train], y[train],
+                                                    folds=args.folds)
+                fit_s[name] += time.perf_counter() - start
             if name == "forest":
                 all_pred[:, j] = pred
             m = metrics(y[test_c], pred[test_c])
@@ -345,8 +369,9 @@ def per_device(args: Any, space: str, F: Any, archs: list[str], rows: np.ndarray
         print(f"{label:18s}{cells}")
     print(f"(fit time per device on {args.train} archs, {args.n_jobs} jobs: "
           + ", ".join(f"{m} {fit_s[m] / len(devices):.2f} s" for m in columns) + ")")
-    print("(forest-cv time includes its grid search; +others reuses the chosen settings)")
-    for name in ("forest", "forest-cv", "+others", "onehot-lin"):
+    print("(forest-cv time includes its grid search; +others reuses the chosen settings; "
+          f"additive includes its {args.folds}-fold interval calibration)")
+    for name in [m for m in ("forest", "forest-cv", "+others", "onehot-lin", "additive") if m in columns]:
         hits = [d for d, (r, w) in zip(devices, summary[name]) if r >= 0.98 and w >= 90]
         met = [d for d, (r, _), c in zip(devices, summary[name], ceilings) if _meets(r, c)]
         print(f"{name} meets rho >= 0.98 and >= 90% within ±10% on {len(hits)}/{len(devices)} "
@@ -354,41 +379,110 @@ def per_device(args: Any, space: str, F: Any, archs: list[str], rows: np.ndarray
               + (" (with the other devices' traces)" if name == "+others" else "")
               + (f"; missed: {', '.join(d for d in devices if d not in met)}"
                  if 0 < len(met) < len(devices) else ""))
+    interval_table(devices, Y[test_c], dict(intervals))
     return all_pred
+
+
+def interval_table(devices: list[str], Y_test: np.ndarray, found: dict[str, dict[str, Any]]) -> None:
+    """Print coverage and mean relative width of 80/90/95% intervals on the test archs:
+    conformal intervals of ``additive`` (the default model) against the tree-spread intervals
+    of ``forest`` (one-sigma spread read as Gaussian on the log scale)."""
+    levels = "".join(f" | {c:.0%} cov  width" for c in COVERAGES)
+    header = f"{'device':18s} | {'model':10s}{levels}"
+    print(f"\nPrediction intervals on the test archs (never seen in fitting or calibration): "
+          f"coverage % and mean relative width %\n{header}\n{'-' * len(header)}")
+    hits = {(m, c): 0 for m in ("conformal", "tree") for c in COVERAGES}
+    worst = {(m, c): 0.0 for m in ("conformal", "tree") for c in COVERAGES}
+    for j, device in enumerate(devices):
+        entry = found[device]
+        y = Y_test[:, j]
+        for label, (mean, std) in (("conformal", entry["additive"]), ("tree", entry["forest"])):
+            cells = []
+            for c in COVERAGES:
+                lo, hi = (entry["calibration"].interval(mean, std, c) if label == "conformal"
+                          else gaussian_interval(mean, std, c))
+                r = coverage_report(y, lo, hi, mean)
+                off = r["coverage_pct"] - 100 * c
+                hits[(label, c)] += abs(off) <= 2.0
+                worst[(label, c)] = max(worst[(label, c)], abs(off))
+                cells.append(f" | {r['coverage_pct']:7.1f} {r['width_pct']:6.1f}")
+            print(f"{device:18s} | {label:10s}{''.join(cells)}")
+    for label in ("conformal", "tree"):
+        print(f"{label}: coverage within ±2 points of nominal on "
+              + ", ".join(f"{hits[(label, c)]}/{len(devices)} devices at {c:.0%} (worst {worst[(label, c)]:.1f})"
+                          for c in COVERAGES))
+
+
+def source_predictions(space: str, F: Any, Y: np.ndarray, folds: int, n_jobs: int) -> np.ndarray:
+    """Out-of-fold predictions (archs x devices, ms) of the default model of every device,
+    fitted on all of that device's traces (``folds``-fold, so no architecture is predicted by a
+    model that saw it): what a user holding the other devices' traces can predict for an
+    architecture they never measured."""
+    from sklearn.model_selection import KFold
+
+    onehot = list(get_space(space).onehot_feature_names())
+    out = np.zeros_like(Y)
+    for tr, te in KFold(folds, shuffle=True, random_state=0).split(F):
+        for j in range(Y.shape[1]):
+            est = AdditiveForest(linear_features=onehot, n_estimators=32, n_jobs=n_jobs)
+            out[te, j] = est.fit(F.iloc[tr], Y[tr, j]).predict(F.iloc[te])
+    return out
 
 
 def few_shot(args: Any, space: str, F: Any, archs: list[str], devices: list[str], Y: np.ndarray,
              valid: np.ndarray, all_pred: np.ndarray) -> None:
-    """Print the few-shot table: K target points + the other devices' forests."""
+    """Print the few-shot table: K target points + the other devices' predictors."""
     n = len(archs)
-    refs = reference_architectures(space, k=args.k, seed=args.seed, pool=archs)
+    started = time.perf_counter()
+    P = source_predictions(space, F, Y, args.source_folds, args.n_jobs)
+    logs = np.log(np.maximum(P, 1e-9))
+    pool = np.flatnonzero(valid)
     lookup = {a: i for i, a in enumerate(archs)}
-    ref_rows = np.array([lookup[a] for a in refs])
-    eval_rows = np.setdiff1d(np.flatnonzero(valid), ref_rows)
+    fixed = {k: np.array([lookup[a] for a in reference_architectures(space, k=k, seed=args.seed, pool=archs)])
+             for k in args.ks}
     row_ids = np.arange(n)[:, None]
-    print(f"\nFew-shot, K={args.k} reference architectures per target device "
-          f"(Spearman rho on {len(eval_rows)} valid archs)\n"
-          f"{'target':18s} | {'LODO':>6s} | {'hw-out':>6s} | {'scratch':>7s} | top sources (LODO)")
-    results: dict[str, list[float]] = {"LODO": [], "hw-out": [], "scratch": []}
+    print(f"\nFew-shot: K architectures measured on the target + the other devices' models, each "
+          f"fitted on all of its device's traces ({args.source_folds}-fold out-of-fold predictions; "
+          f"{time.perf_counter() - started:.0f} s). Spearman rho on the valid archs not measured.\n"
+          "fixed: K spread over MACs (the same for every device); chosen: K chosen for the most "
+          "information about the target given the sources (informative_rows).\n"
+          "own: the target's own model fitted on all its other traces (a ceiling); blend-all: the "
+          "non-negative blend fitted on every architecture (the blend's ceiling).")
+    cols = [f"{kind} K={k}" for k in args.ks for kind in ("fixed", "chosen")] + [
+        f"hw-out K={args.k}", f"scratch K={args.k}"]
+    header = f"{'target':18s} | {'own':>6s} | {'blend-all':>9s}" + "".join(f" | {c:>11s}" for c in cols)
+    print(f"{header}\n{'-' * len(header)}")
+    results: dict[str, list[float]] = {c: [] for c in ["own", "blend-all", *cols]}
     for j, device in enumerate(devices):
         y = Y[:, j]
-        line = []
-        for label, keep in (("LODO", lambda d, t=device: d != t),
-                            ("hw-out", lambda d, t=device: hardware_of(d) != hardware_of(t))):
-            sources = {d: _Precomputed(all_pred[:, i]) for i, d in enumerate(devices) if keep(d)}
-            fs = FewShotTransfer(sources).fit(row_ids[ref_rows], y[ref_rows])
-            rho = metrics(y[eval_rows], fs.predict(row_ids[eval_rows]))["spearman"]
-            results[label].append(rho)
-            line.append(rho)
-            if label == "LODO":
-                w = fs.weights_
-                top = ", ".join(f"{k} {v:.2f}" for k, v in w[w > 0].head(3).items())
-        scratch = ModelForest(n_jobs=args.n_jobs, min_samples_leaf=1).fit(F.iloc[ref_rows], y[ref_rows])
-        rho_s = metrics(y[eval_rows], scratch.predict(F.iloc[eval_rows]))["spearman"]
-        results["scratch"].append(rho_s)
-        print(f"{device:18s} | {line[0]:6.3f} | {line[1]:6.3f} | {rho_s:7.3f} | {top}")
-    print(f"{'mean':18s} | {np.mean(results['LODO']):6.3f} | {np.mean(results['hw-out']):6.3f} | "
-          f"{np.mean(results['scratch']):7.3f} | (target: mean >= 0.95)")
+        line = {"own": metrics(y[pool], P[pool, j])["spearman"]}
+        lodo = [i for i in range(len(devices)) if i != j]
+        blend = FewShotTransfer({devices[i]: _Precomputed(P[:, i]) for i in lodo})
+        line["blend-all"] = metrics(y[pool], blend.fit(row_ids[pool], y[pool]).predict(row_ids[pool]))["spearman"]
+        for k in args.ks:
+            chosen = informative_rows(logs[:, lodo], k, candidates=pool)
+            for kind, refs in (("fixed", fixed[k]), ("chosen", chosen)):
+                evaluate = np.setdiff1d(pool, refs)
+                fs = FewShotTransfer({devices[i]: _Precomputed(P[:, i]) for i in lodo}).fit(row_ids[refs], y[refs])
+                line[f"{kind} K={k}"] = metrics(y[evaluate], fs.predict(row_ids[evaluate]))["spearman"]
+            if k == args.k:
+                keep = [i for i in lodo if hardware_of(devices[i]) != hardware_of(device)]
+                refs = informative_rows(logs[:, keep], k, candidates=pool)
+                evaluate = np.setdiff1d(pool, refs)
+                fs = FewShotTransfer({devices[i]: _Precomputed(P[:, i]) for i in keep}).fit(row_ids[refs], y[refs])
+                line[f"hw-out K={k}"] = metrics(y[evaluate], fs.predict(row_ids[evaluate]))["spearman"]
+                refs = fixed[k]
+                evaluate = np.setdiff1d(pool, refs)
+                scratch = ModelForest(n_jobs=args.n_jobs, min_samples_leaf=1).fit(F.iloc[refs], y[refs])
+                line[f"scratch K={k}"] = metrics(y[evaluate], scratch.predict(F.iloc[evaluate]))["spearman"]
+        for c, v in line.items():
+            results[c].append(v)
+        print(f"{device:18s} | {line['own']:6.3f} | {line['blend-all']:9.3f}"
+              + "".join(f" | {line[c]:11.3f}" for c in cols))
+    for label, fn in (("mean", np.mean), ("min", np.min)):
+        print(f"{label:18s} | {fn(results['own']):6.3f} | {fn(results['blend-all']):9.3f}"
+              + "".join(f" | {fn(results[c]):11.3f}" for c in cols))
+    print(f"(target at K={args.k}: mean >= 0.975 and no device below 0.92, leaving one device out)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -397,14 +491,25 @@ def main(argv: list[str] | None = None) -> int:
                         help="latency table (default: ../shared/data/<space>_latency.csv.gz)")
     parser.add_argument("--space", choices=SPACES, default="nb201")
     parser.add_argument("--train", type=int, default=900, help="training architectures per device")
-    parser.add_argument("--k", type=int, default=10, help="target architectures for few-shot")
+    parser.add_argument("--k", type=int, default=10, help="few-shot K for the hw-out and scratch columns")
+    parser.add_argument("--ks", default="5,10,20", help="few-shot K values")
+    parser.add_argument("--source-folds", type=int, default=5, help="folds of the source models")
+    parser.add_argument("--only", choices=["per-device", "few-shot"], default=None)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--n-jobs", type=int, default=2)
+    parser.add_argument("--folds", type=int, default=10, help="folds of the interval calibration")
+    parser.add_argument("--no-cv", action="store_true",
+                        help="skip forest-cv and +others (the grid search is most of the time)")
+    parser.add_argument("--devices", default=None, help="comma-separated subset of devices")
     args = parser.parse_args(argv)
+    args.ks = [int(k) for k in str(args.ks).split(",")]
     path = Path(args.path) if args.path else DATA / f"{args.space}_latency.csv.gz"
 
     t0 = time.perf_counter()
     archs, rows, devices, Y = load(path, args.space)
+    if args.devices:
+        keep = [devices.index(d) for d in args.devices.split(",")]
+        devices, Y = [devices[i] for i in keep], Y[:, keep]
     F = get_space(args.space).features(archs)
     valid = (F["connected"].to_numpy() > 0 if "connected" in F.columns
              else np.ones(len(archs), dtype=bool))
@@ -412,8 +517,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{n} architectures x {len(devices)} devices from {path.name} ({args.space}; read + "
           f"features {time.perf_counter() - t0:.1f} s); {int((~valid).sum())} disconnected "
           "cells excluded from the main metrics")
-    all_pred = per_device(args, args.space, F, archs, rows, devices, Y, valid)
-    few_shot(args, args.space, F, archs, devices, Y, valid, all_pred)
+    all_pred = (per_device(args, args.space, F, archs, rows, devices, Y, valid)
+                if args.only != "few-shot" else None)
+    if args.only != "per-device":
+        few_shot(args, args.space, F, archs, devices, Y, valid, all_pred)
 
     # fit time on all traces of one device
     onehot = list(get_space(args.space).onehot_feature_names())

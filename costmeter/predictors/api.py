@@ -7,12 +7,16 @@ export::
     from costmeter import load_predictor
     model = load_predictor("ofa_cpu.costmodel", device="cpu", runtime="onnxruntime")
     latency_ms, uncertainty_ms = model.predict(archs)     # numpy arrays, one value per arch
-    ok = model.satisfies(archs, budget_ms=25.0)            # boolean mask
+    latency_ms, lower_ms, upper_ms = model.predict(archs, coverage=0.9)   # conformal interval
+    ok = model.satisfies(archs, budget_ms=25.0, confidence=0.9)  # P(latency <= 25 ms) >= 0.9
 
-- :class:`ForestPredictor` wraps a fitted ``ArchPredictor`` (a forest on the space's analytic
-  features) loaded safely from a ``.costmodel`` file; the uncertainty is the spread across trees.
+- :class:`ForestPredictor` wraps a fitted ``ArchPredictor`` (a ridge base and a forest on the
+  space's analytic features) loaded safely from a ``.costmodel`` file; the uncertainty is the
+  spread across trees, and intervals come from its conformal calibration (cross-conformal,
+  computed when it was fitted; see :mod:`costmeter.predictors.estimators.conformal`).
 - ``load_lut`` returns a :class:`~costmeter.predictors.lut.table.LatencyTable`; its uncertainty is
-  the run-to-run spread of the summed blocks (plus the additivity error once checked).
+  the run-to-run spread of the summed blocks (plus the additivity error once checked); its
+  intervals need a calibration on measured networks (``bench lut check --calibrate``).
 
 Throughput: architectures are first turned into the space's canonical integer array by its
 vectorised ``to_array`` (canonical strings never go through a per-string parser), then
@@ -57,22 +61,48 @@ class ForestPredictor:
     def __repr__(self) -> str:
         return f"ForestPredictor({self.space}, {self.device}/{self.runtime}, {self.path or 'in memory'})"
 
-    def predict(self, archs: Any) -> tuple[np.ndarray, np.ndarray]:
-        """(latency ms, one-sigma uncertainty ms) per architecture."""
+    @property
+    def target(self) -> str:
+        """What the predictor predicts (``latency``, ``peak_memory`` or ``energy``)."""
+        return str(getattr(self.estimator, "target", "latency"))
+
+    def predict(self, archs: Any, coverage: float | None = None) -> tuple[np.ndarray, ...]:
+        """(latency ms, one-sigma uncertainty ms) per architecture; with ``coverage`` (0 < c < 1)
+        instead (latency ms, lower ms, upper ms) of a conformal interval holding the measured
+        value with probability >= ``coverage``."""
         from costmeter.models.spaces import get_space
 
+        calibration = None
+        if coverage is not None:
+            from costmeter.predictors.estimators.conformal import check_coverage
+
+            check_coverage(coverage)
+            calibration = self.estimator.calibration()
         a = get_space(self.space).to_array(_as_items(archs))
         mean, std = np.empty(len(a)), np.empty(len(a))
         for start in range(0, len(a), CHUNK_ROWS):
             part = slice(start, start + CHUNK_ROWS)
             mean[part], std[part] = self.estimator.predict_with_uncertainty(a[part])
-        return mean, std
+        if calibration is None:
+            return mean, std
+        lower, upper = calibration.interval(mean, std, coverage)
+        return mean, lower, upper
 
-    def satisfies(self, archs: Any, budget_ms: float, sigmas: float = 0.0) -> np.ndarray:
-        """Boolean mask: predicted latency (+ ``sigmas`` x uncertainty) <= ``budget_ms``."""
+    def satisfies(self, archs: Any, budget_ms: float, sigmas: float = 0.0,
+                  confidence: float | None = None) -> np.ndarray:
+        """Boolean mask. With ``confidence`` (0 < c < 1): the latency is within ``budget_ms``
+        with at least that probability (conformal one-sided bound); otherwise the predicted
+        latency (+ ``sigmas`` x uncertainty) is within it."""
         from costmeter.predictors.lut.table import check_budget
 
         budget = check_budget(budget_ms)
+        if confidence is not None:
+            from costmeter.predictors.estimators.conformal import check_coverage
+
+            check_coverage(confidence, "confidence")
+            calibration = self.estimator.calibration()
+            mean, std = self.predict(archs)
+            return calibration.upper(mean, std, confidence) <= budget
         mean, std = self.predict(archs)
         return mean + sigmas * std <= budget
 

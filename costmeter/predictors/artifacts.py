@@ -56,6 +56,8 @@ TRUSTED_TYPES: tuple[str, ...] = (
     "costmeter.predictors.estimators.calibration.TrafficCalibration",
     "costmeter.predictors.estimators.graph_target.GraphTargetPredictor",
     "sklearn.linear_model._base.LinearRegression",
+    "costmeter.predictors.estimators.additive.AdditiveForest",
+    "costmeter.predictors.estimators.conformal.ConformalCalibration",
     "sklearn.tree._tree.Tree",
 )
 

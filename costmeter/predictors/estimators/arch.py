@@ -29,32 +29,54 @@ class ArchPredictor(RegressorMixin, BaseEstimator):
     """Latency (ms) of search-space architectures on one device/runtime.
 
     Parameters: ``space`` (registered space name), ``regressor`` (template estimator on the
-    space's named features; default ``ModelForest()``), ``device`` and ``runtime`` (labels
-    recorded in the artifact manifest and checked by the NAS API).
-    Fitted: ``regressor_``, ``feature_schema_`` (e.g. ``nb201/v1``), ``n_train_``.
+    space's named features, with ``predict_with_uncertainty``; default
+    :meth:`default_regressor`), ``device`` and ``runtime`` (labels recorded in the artifact
+    manifest and checked by the NAS API), ``conformal_folds`` (folds of the cross-conformal
+    calibration behind :meth:`predict_interval`; 0 fits none), ``conformal_floor`` (spread floor
+    as a share of the median spread).
+    Fitted: ``regressor_``, ``feature_schema_`` (e.g. ``nb201/v1``), ``n_train_``,
+    ``conformal_`` (a :class:`~costmeter.predictors.estimators.conformal.ConformalCalibration`
+    or None).
     """
 
     def __init__(self, space: str = "nb201", regressor: Any = None, device: str | None = None,
-                 runtime: str | None = None) -> None:
+                 runtime: str | None = None, conformal_folds: int = 10,
+                 conformal_floor: float = 0.25) -> None:
         self.space = space
         self.regressor = regressor
         self.device = device
         self.runtime = runtime
+        self.conformal_folds = conformal_folds
+        self.conformal_floor = conformal_floor
 
     def _features(self, archs: Any) -> Any:
         return get_space(self.space).features(archs)
 
+    def default_regressor(self) -> Any:
+        """The template used when ``regressor`` is None: a ridge base on the space's one-hot
+        columns (all columns where it has none) times a forest correction."""
+        from costmeter.predictors.estimators.additive import AdditiveForest
+
+        space = get_space(self.space)
+        onehot = getattr(space, "onehot_feature_names", None)
+        return AdditiveForest(linear_features=tuple(onehot()) if onehot is not None else None)
+
     def fit(self, archs: Any, latency_ms: Any) -> ArchPredictor:
-        """Fit the regressor on the analytic features of ``archs`` and latencies (ms)."""
-        from costmeter.predictors.estimators.forest import ModelForest
+        """Fit the regressor on the analytic features of ``archs`` and latencies (ms); with
+        ``conformal_folds`` >= 2, also the interval calibration from out-of-fold predictions."""
+        from costmeter.predictors.estimators.conformal import calibrate_cv
 
         space = get_space(self.space)
         y = np.asarray(latency_ms, dtype=np.float64).ravel()
         features = self._features(archs)
         if len(features) != len(y):
             raise ConfigError(f"{len(features)} architectures but {len(y)} latencies")
-        template = self.regressor if self.regressor is not None else ModelForest()
+        template = self.regressor if self.regressor is not None else self.default_regressor()
         self.regressor_ = clone(template).fit(features, y)
+        self.conformal_ = None
+        if self.conformal_folds and self.conformal_folds >= 2 and len(y) >= 4:
+            self.conformal_ = calibrate_cv(template, features, y, folds=self.conformal_folds,
+                                           floor=self.conformal_floor)
         self.feature_schema_ = feature_schema(self.space)
         names = getattr(self.regressor_, "feature_names_in_", None)
         all_names = list(space.feature_names())
@@ -122,14 +144,45 @@ class ArchPredictor(RegressorMixin, BaseEstimator):
         mean, std = self.regressor_.predict_with_uncertainty(self._regressor_input(archs))
         return np.asarray(mean, dtype=np.float64), np.asarray(std, dtype=np.float64)
 
-    def satisfies(self, archs: Any, budget_ms: float, sigmas: float = 0.0) -> np.ndarray:
-        """Boolean mask: predicted latency (+ ``sigmas`` x uncertainty) <= ``budget_ms``."""
-        if not budget_ms > 0:
-            raise ConfigError(f"latency budget must be positive, got {budget_ms} ms")
+    def calibration(self) -> Any:
+        """The fitted interval calibration; ConfigError when the predictor has none."""
+        self._check_schema()
+        conformal = getattr(self, "conformal_", None)
+        if conformal is None:
+            raise ConfigError("this predictor carries no interval calibration (fitted with "
+                              "conformal_folds=0, or by an older costmeter); refit it with "
+                              "`bench predictor fit`")
+        return conformal
+
+    def predict_interval(self, archs: Any, coverage: float = 0.9) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(latency ms, lower ms, upper ms): a conformal interval holding the measured latency
+        with probability >= ``coverage`` (0 < coverage < 1)."""
+        from costmeter.predictors.estimators.conformal import check_coverage
+
+        check_coverage(coverage)
+        conformal = self.calibration()
+        mean, std = self.predict_with_uncertainty(archs)
+        lower, upper = conformal.interval(mean, std, coverage)
+        return mean, lower, upper
+
+    def satisfies(self, archs: Any, budget_ms: float, sigmas: float = 0.0,
+                  confidence: float | None = None) -> np.ndarray:
+        """Boolean mask. With ``confidence``: the latency is within ``budget_ms`` with at least
+        that probability (the one-sided conformal upper bound is <= budget); otherwise the
+        predicted latency (+ ``sigmas`` x uncertainty) is."""
+        from costmeter.predictors.lut.table import check_budget
+
+        budget = check_budget(budget_ms)
+        if confidence is not None:
+            from costmeter.predictors.estimators.conformal import check_coverage
+
+            check_coverage(confidence, "confidence")
+            mean, std = self.predict_with_uncertainty(archs)
+            return self.calibration().upper(mean, std, confidence) <= budget
         if sigmas:
             mean, std = self.predict_with_uncertainty(archs)
-            return mean + sigmas * std <= budget_ms
-        return self.predict(archs) <= budget_ms
+            return mean + sigmas * std <= budget
+        return self.predict(archs) <= budget
 
 
 def fit_from_results(frame: Any, *, space: str, device: str, runtime: str | None = None,
