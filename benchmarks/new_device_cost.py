@@ -19,7 +19,8 @@ one-hot encoding times a forest, 32 trees here), scored on the test set:
 
 Per device and point: Spearman rho and the share within ±10% of the measurement. Summary: the
 number of measured architectures each strategy needs to reach random's accuracy at 900
-(both rho and ±10%), per device and its median (target: active <= 300 on the median device).
+(both rho, within 0.005, and ±10%, within 1 point), per device and its median (target: active
+<= 300 on the median device).
 
     python benchmarks/new_device_cost.py [--space nb201|fbnet] [--devices a,b] [--n-jobs 1]
 """
@@ -97,11 +98,16 @@ def curves(space: str, F: Any, y: np.ndarray, pool: np.ndarray, test: np.ndarray
     return out
 
 
+RHO_SLACK, WITHIN_SLACK = 0.005, 1.0
+
+
 def needed(curve: dict[int, tuple[float, float]], goal: tuple[float, float]) -> int | None:
-    """Fewest checkpoint count whose rho and ±10% both reach ``goal`` (None if none does)."""
+    """Fewest checkpoint count whose rho and ±10% both reach ``goal`` (None if none does),
+    within ``RHO_SLACK`` and ``WITHIN_SLACK`` points: random's own 900-point figure moves by about
+    that much between seeds."""
     for n in CHECKPOINTS:
         rho, within = curve.get(n, (np.nan, np.nan))
-        if rho >= goal[0] - 1e-9 and within >= goal[1] - 1e-9:
+        if rho >= goal[0] - RHO_SLACK and within >= goal[1] - WITHIN_SLACK:
             return n
     return None
 
