@@ -233,3 +233,4 @@ def test_network_predictor_calibrates_and_round_trips(tmp_path: Path) -> None:
     assert load_predictor(path).predict(graphs).to_numpy() == pytest.approx(frame["latency_ms"].to_numpy())
     with pytest.raises(ConfigError, match="one measured latency per network"):
         NetworkPredictor().fit(samples.tables(), samples.latencies(), graphs, measured[:3])
+

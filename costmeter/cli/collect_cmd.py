@@ -27,21 +27,36 @@ from costmeter.harness.config import default_workdir
 @click.option("--min-results", type=count(0, example="1"), default=1, show_default=True,
               help="Skip architectures that already have this many ok results (0: measure all)")
 @click.option("--tag", default=None)
+@click.option("--strategy", type=click.Choice(["random", "active"]), default=None,
+              help="Measure --budget architectures in rounds: in a random order, or where the predictor "
+                   "refitted after each round is least sure (search spaces only)")
+@click.option("--budget", type=count(1, example="300"), default=None,
+              help="Architectures to measure with --strategy")
 @store_option
 @workdir_option
 def collect(space: str, samples: int, device: str, runtime: str, threads: int | None, cpus: str | None,
-            batch: int, seed: int, min_time: float, min_results: int, tag: str | None, store_url: str | None,
-            workdir: Path | None) -> None:
+            batch: int, seed: int, min_time: float, min_results: int, tag: str | None, strategy: str | None,
+            budget: int | None, store_url: str | None, workdir: Path | None) -> None:
     """Measure sampled architectures of a search space through the harness, into the store.
 
-    Draws are nested: --samples 60 measures the --samples 30 draw of the same seed, and more."""
+    Draws are nested: --samples 60 measures the --samples 30 draw of the same seed, and more.
+    With --strategy and --budget, rounds of measurements chosen at random or where the model is
+    least sure."""
     from costmeter.cli.render import print_summary_line
     from costmeter.cli.common import with_run_progress
+    from costmeter.errors import ConfigError
     from costmeter.predictors import collect as run_collect
     from costmeter.predictors import collect_protocol, pinned
 
+    if (strategy is None) != (budget is None):
+        raise ConfigError("--strategy and --budget go together (e.g. --strategy active --budget 300); "
+                          "without them, --samples N measures N random architectures")
     check_target(device, runtime)
     pin = _cpus(cpus)
+    if strategy is not None:
+        _collect_strategy(space, strategy, budget, device, runtime, threads, batch, seed, min_time, tag,
+                          store_url, workdir)
+        return
     store = open_store(store_url, workdir)
     try:
         with pinned(pin):
@@ -61,6 +76,28 @@ def _cpus(text: str | None) -> tuple[int, ...]:
     from costmeter.harness.executors.remote import parse_cpus
 
     return tuple(parse_cpus(text))
+
+
+def _collect_strategy(space: str, strategy: str, budget: int, device: str, runtime: str, threads: int | None,
+                      batch: int, seed: int, min_time: float, tag: str | None, store_url: str | None,
+                      workdir: Path | None) -> None:
+    """``bench collect --strategy S --budget N``: rounds of measurements, one line per round."""
+    import math
+
+    from costmeter.cli.common import with_run_progress
+    from costmeter.predictors import collect_protocol, collect_strategy
+
+    store = open_store(store_url, workdir)
+    try:
+        result = with_run_progress(lambda progress: collect_strategy(
+            space, budget, strategy, device=device, runtime=runtime, workdir=workdir or default_workdir(),
+            store=store, seed=seed, threads=threads, batch=batch, protocol=collect_protocol(min_time_s=min_time),
+            progress=progress, tag=tag, log=click.echo))
+    finally:
+        store.close()
+    failed = sum(1 for v in result.values if not math.isfinite(v))
+    click.echo(f"{strategy}: {len(result.archs)} {space} architectures in {len(result.rounds)} rounds "
+               f"({failed} failed)" + (" -- see `bench results list`" if failed else ""))
 
 
 @click.group()

@@ -8,8 +8,11 @@ import click
 from costmeter.cli.common import (MODEL_HELP, OutputPath, check_cpus, check_target, count, fraction, input_file,
                                   model_specs, non_empty_list, open_store, query_frame, split_list, store_option,
                                   workdir_option)
+from costmeter.cli.params import FiniteRange
 from costmeter.devices.options import MAX_THREADS
 from costmeter.harness.config import default_workdir
+
+MAX_BUDGET_MS = 1e9
 
 
 @click.group()
@@ -332,18 +335,33 @@ def _cross_validate(frame, space, device, runtime, split, train_share, held_out,
               help="The thread count you will run at; refused when the predictor was built for another")
 @click.option("--breakdown/--no-breakdown", default=True, show_default=True,
               help="Per kernel type latencies (kernel-level predictors)")
+@click.option("--coverage", type=fraction("0.9"), default=None,
+              help="Print a conformal interval that holds the measured latency with this probability")
+@click.option("--budget-ms", type=FiniteRange(0.0, MAX_BUDGET_MS, min_open=True, example="25"), default=None,
+              help="Say whether each latency stays within this budget (ms) with probability --confidence")
+@click.option("--confidence", type=fraction("0.9"), default=0.9, show_default=True,
+              help="Probability behind --budget-ms")
 @workdir_option
 def predict(model_file: str, archs: tuple[str, ...], threads: int | None, breakdown: bool,
-            workdir: Path | None) -> None:
+            coverage: float | None, budget_ms: float | None, confidence: float, workdir: Path | None) -> None:
     """Predicted latency ± uncertainty (ms) of models, from a saved predictor or a lookup table
-    (TABLE.json from `bench lut build`)."""
+    (TABLE.json from `bench lut build`); with --coverage a calibrated interval, with --budget-ms
+    whether the latency stays within it with probability --confidence (search-space predictors)."""
+    from costmeter.errors import ConfigError
     from costmeter.predictors import is_network_predictor, manifest_of
 
+    asked = "--coverage" if coverage is not None else "--budget-ms" if budget_ms is not None else None
     if Path(model_file).suffix.lower() in (".json", ".csv"):
+        if asked:
+            raise ConfigError(f"{asked} needs a search-space .costmodel; a lookup table has no interval "
+                              "calibration yet")
         _predict_with_table(model_file, archs)
         return
     manifest = manifest_of(model_file)
     if is_network_predictor(manifest):
+        if asked:
+            raise ConfigError(f"{asked} needs a search-space .costmodel; kernel-level predictors have no "
+                              "interval calibration yet")
         _predict_networks(model_file, model_specs(archs), threads, breakdown, workdir)
         return
     from costmeter.models.spaces import split_model_id
@@ -353,6 +371,9 @@ def predict(model_file: str, archs: tuple[str, ...], threads: int | None, breakd
     from costmeter.predictors import GraphTargetPredictor
 
     if isinstance(pred, GraphTargetPredictor):
+        if asked:
+            raise ConfigError(f"{asked} needs a search-space .costmodel; whole-model predictors "
+                              f"({pred.target}) have no interval calibration yet")
         _predict_graph_target(pred, model_specs(archs), workdir)
         return
     items = [a for value in archs for a in (model_specs((value,)) if value.startswith("@")
@@ -360,12 +381,28 @@ def predict(model_file: str, archs: tuple[str, ...], threads: int | None, breakd
     clean = [(split_model_id(a) or (pred.space, a))[1] for a in items]
     from costmeter.predictors import get_target
 
-    mean, std = pred.predict_with_uncertainty(clean)
     spec = get_target(getattr(pred, "target_", "latency"))
-    for arch, m, s in zip(clean, mean, std):
-        value = f"{m:.4g} ms ± {s:.2g}" if spec.unit == "ms" else \
-            f"{spec.name} {spec.format(m)} ± {spec.format(s)}"
-        click.echo(f"{pred.space}:{arch}\t{value} ({pred.device or '?'}, {pred.runtime or '?'})")
+    if budget_ms is not None and spec.unit != "ms":
+        raise ConfigError(f"--budget-ms is a latency budget; {model_file} predicts {spec.name}")
+
+    def value(v: float) -> str:
+        return f"{v:.4g} ms" if spec.unit == "ms" else f"{spec.name} {spec.format(v)}"
+
+    def spread(v: float, digits: int = 2) -> str:
+        return f"{v:.{digits}g}" if spec.unit == "ms" else spec.format(v)
+
+    if coverage is not None:
+        mean, lower, upper = pred.predict_interval(clean, coverage)
+        shown = [f"{value(m)} [{spread(lo, 4)}, {spread(hi, 4)}] ({coverage:.0%} interval, "
+                 for m, lo, hi in zip(mean, lower, upper)]
+    else:
+        mean, std = pred.predict_with_uncertainty(clean)
+        shown = [f"{value(m)} ± {spread(s)} (" for m, s in zip(mean, std)]
+    within = pred.satisfies(clean, budget_ms, confidence=confidence) if budget_ms is not None else None
+    for i, (arch, text) in enumerate(zip(clean, shown)):
+        note = "" if within is None else \
+            f"; within {budget_ms:g} ms at {confidence:.0%}: {'yes' if within[i] else 'no'}"
+        click.echo(f"{pred.space}:{arch}\t{text}{pred.device or '?'}, {pred.runtime or '?'}){note}")
 
 
 def _predict_graph_target(pred, models: list[str], workdir: Path | None) -> None:

@@ -65,6 +65,7 @@ _PUBLIC: dict[str, str] = {
     "parse_pairs": "costmeter.predictors.sampling.fusion_detect",
     "collect": "costmeter.predictors.workflows.collect",
     "collect_protocol": "costmeter.predictors.workflows.collect",
+    "collect_strategy": "costmeter.predictors.workflows.collect",
     "export_item": "costmeter.predictors.workflows.collect",
     "measured_latencies": "costmeter.predictors.workflows.collect",
     "fit_network_predictor": "costmeter.predictors.workflows.network",

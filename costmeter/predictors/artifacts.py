@@ -1,7 +1,8 @@
 """Save and load fitted predictors safely: a zip with a JSON manifest and a skops payload.
 
 A ``.costmodel`` file holds ``manifest.json`` (device, runtime, feature schema, library
-versions, training-set hash, metrics, SHA-256 of the payload) and ``model.skops``. Loading
+versions, training-set hash, metrics, the interval calibration's data and method, SHA-256 of
+the payload) and ``model.skops``. Loading
 never runs plain pickle: the payload is read by ``skops.io`` with an explicit list of trusted
 types (:data:`TRUSTED_TYPES`); a file naming any other type is refused before anything is
 built. The hash detects modification and corruption; it is not a signature (anyone can
@@ -104,6 +105,13 @@ def current_feature_schema(schema: str | None) -> str | None:
     return feature_schema(family) if family in space_names() else None
 
 
+def interval_calibration(estimator: Any) -> dict[str, Any] | None:
+    """What the estimator's conformal intervals were calibrated on and how (method, rows, folds,
+    spread floor, score quantiles), for the manifest; None when it carries no calibration."""
+    conformal = getattr(estimator, "conformal_", None)
+    return conformal.describe() if conformal is not None else None
+
+
 def save_predictor(estimator: Any, path: str | Path, *, device: str | None = None,
                    runtime: str | None = None, feature_schema: str | None = None,
                    training_hash: str | None = None, training_rows: int | None = None,
@@ -138,6 +146,7 @@ def save_predictor(estimator: Any, path: str | Path, *, device: str | None = Non
                     "sha256": hashlib.sha256(payload).hexdigest()},
         "trusted_types": list(TRUSTED_TYPES),
         "extra": dict(extra or {}),
+        "interval": interval_calibration(estimator),
     }
     target = Path(path)
     tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")

@@ -73,6 +73,7 @@ def _schema(format_name: str, format_version: int, payload_name: str) -> dict[st
                 "additionalProperties": {"$ref": f"#/$defs/json{MAX_DEPTH - 1}"}},
             "trusted_types": {"type": "array", "maxItems": 256, "items": _NAME},
             "extra": free,
+            "interval": {"anyOf": [{"type": "null"}, free]},
         },
         "additionalProperties": {"$ref": f"#/$defs/json{MAX_DEPTH}"},
         "$defs": _bounded_json(MAX_DEPTH),

@@ -106,8 +106,9 @@ class ConformalCalibration(BaseEstimator):
         self.floor = floor
 
     def fit(self, pred_log: Any, spread_log: Any, y: Any, *, method: str = METHOD_SPLIT,
-            folds: int = 0) -> ConformalCalibration:
-        """Scores of truths ``y`` (positive, e.g. ms) against log predictions and log spreads."""
+            folds: int = 0, data: str = "") -> ConformalCalibration:
+        """Scores of truths ``y`` (positive, e.g. ms) against log predictions and log spreads;
+        ``data`` says in words which rows they are (recorded in the manifest)."""
         pred_log = np.asarray(pred_log, dtype=np.float64).ravel()
         spread = np.asarray(spread_log, dtype=np.float64).ravel()
         truth = np.asarray(y, dtype=np.float64).ravel()
@@ -127,6 +128,7 @@ class ConformalCalibration(BaseEstimator):
         self.n_calibration_ = int(truth.size)
         self.method_ = method
         self.folds_ = int(folds)
+        self.data_ = str(data)
         return self
 
     def _scale(self, spread_log: Any) -> np.ndarray:
@@ -160,7 +162,8 @@ class ConformalCalibration(BaseEstimator):
     def describe(self) -> dict[str, Any]:
         """JSON-ready summary for an artifact manifest: method, rows, folds, floor and the score
         quantiles of the 80/90/95% intervals (log units)."""
-        return {"method": self.method_, "scale": "log latency, normalised by the model's spread",
+        return {"method": self.method_, "data": getattr(self, "data_", ""),
+                "scale": "log latency, normalised by the model's spread",
                 "calibration_rows": self.n_calibration_, "folds": self.folds_,
                 "floor_log": round(float(self.floor_), 6), "floor_share_of_median": self.floor,
                 "quantiles": {f"{c:g}": [_finite(v) for v in self.quantiles(c)] for c in COVERAGES}}
@@ -170,12 +173,13 @@ def _finite(value: float) -> float | None:
     return round(value, 6) if math.isfinite(value) else None
 
 
-def calibrate_split(mean_ms: Any, std_ms: Any, measured: Any, floor: float = DEFAULT_FLOOR) -> ConformalCalibration:
+def calibrate_split(mean_ms: Any, std_ms: Any, measured: Any, floor: float = DEFAULT_FLOOR,
+                    data: str = "a separate calibration set") -> ConformalCalibration:
     """Calibration from predictions (``mean_ms``, one-sigma ``std_ms``) of rows the model was not
     fitted on, against their ``measured`` values (same unit). This is what a kernel-level network
     predictor or a lookup table calls with networks measured whole."""
     pred_log, spread = log_and_spread(mean_ms, std_ms)
-    return ConformalCalibration(floor).fit(pred_log, spread, measured, method=METHOD_SPLIT)
+    return ConformalCalibration(floor).fit(pred_log, spread, measured, method=METHOD_SPLIT, data=data)
 
 
 def out_of_fold(template: Any, X: Any, y: Any, folds: int = DEFAULT_FOLDS, seed: int = 0,
@@ -212,8 +216,10 @@ def calibrate_cv(template: Any, X: Any, y: Any, folds: int = DEFAULT_FOLDS, seed
     mean, std = out_of_fold(template, X, y, folds, seed, groups)
     mean = np.maximum(mean, 1e-12)
     pred_log, spread = log_and_spread(mean, std)
-    return ConformalCalibration(floor).fit(pred_log, spread, y, method=METHOD_CV,
-                                           folds=min(int(folds), len(mean)))
+    return ConformalCalibration(floor).fit(
+        pred_log, spread, y, method=METHOD_CV, folds=min(int(folds), len(mean)),
+        data=f"the {len(mean)} training rows, each predicted by a model fitted without its fold"
+             + (" (folds keep each group together)" if groups is not None else ""))
 
 
 def gaussian_interval(mean_ms: Any, std_ms: Any, coverage: float) -> tuple[np.ndarray, np.ndarray]:

@@ -151,6 +151,62 @@ def collect(space: str, samples: int, device: str = "cpu", runtime: str = "onnxr
     return Runner(store, Path(workdir), progress=progress).run(jobs, tag=tag)
 
 
+def collect_strategy(space: str, budget: int, strategy: str = "active", device: str = "cpu",
+                     runtime: str = "onnxruntime", workdir: Path | str = ".costmeter", store: Any = None,
+                     seed: int = 0, threads: int | None = None, batch: int = 1, protocol: Any = None,
+                     progress: Callable[..., None] | None = None, tag: str | None = None,
+                     log: Callable[[str], None] | None = None) -> Any:
+    """Measure ``budget`` architectures of the search space ``space`` one round at a time
+    (``bench collect --strategy random|active --budget N``): ``random`` takes a seeded random
+    order, ``active`` refits the default predictor after each round and measures next where it
+    is least sure (:func:`~costmeter.predictors.estimators.active.space_collection`). Each
+    round's results go to ``store`` as they finish; an architecture the store already holds for
+    this device, runtime and batch is taken from it rather than measured again. Returns the
+    :class:`~costmeter.predictors.estimators.active.CollectionResult` (latencies in ms, NaN where
+    a measurement failed). Unknown spaces, strategies, devices or runtimes and a budget beyond
+    the space are refused before anything runs."""
+    import numpy as np
+
+    from costmeter.harness.config import RunConfig
+    from costmeter.harness.runner import Runner, validate
+    from costmeter.predictors.estimators.active import STRATEGIES, space_collection
+
+    if space not in search_spaces():
+        raise ConfigError(f"--strategy needs a search space ({', '.join(search_spaces())}), not {space!r}; "
+                          "zoo families are collected with --samples")
+    if strategy not in STRATEGIES:
+        raise ConfigError(f"unknown strategy {strategy!r}; use one of {', '.join(STRATEGIES)}")
+    protocol = protocol or collect_protocol()
+    tag = tag or f"collect:{space}:{strategy}"
+    base = RunConfig(model="placeholder", device=device, runtime=runtime, batch=batch, threads=threads,
+                     protocol=protocol, check_outputs=False, workdir=str(workdir), tag=tag)
+    _check_runtime(base)
+    module = get_space(space)
+
+    def stored() -> dict[str, float]:
+        if store is None:
+            return {}
+        frame = store.query(device=device, runtime=runtime, status="ok")
+        if not len(frame):
+            return {}
+        rows = frame.loc[frame["batch"] == batch]
+        medians = rows.dropna(subset=["latency_p50_ms"]).groupby("model_id")["latency_p50_ms"].min()
+        return {str(k): float(v) for k, v in medians.items()}  # the lowest median: load only adds
+
+    def measure(archs: list[str]) -> Any:
+        items = [CollectItem(space, str(a), tuple(module.input_shape(a, batch=1))) for a in archs]
+        known = stored()
+        todo = [i for i in items if i.model_id not in known]
+        if todo:
+            jobs = validate([replace(base, model=item.model_id) for item in todo])
+            for result in Runner(store, Path(workdir), progress=progress).run(jobs, tag=tag):
+                if result.measurement is not None and str(getattr(result.status, "value", "")) == "ok":
+                    known[result.key.model_id] = float(np.median(result.measurement.all_samples_ns())) / 1e6
+        return np.asarray([known.get(i.model_id, np.nan) for i in items], dtype=np.float64)
+
+    return space_collection(space, budget, measure, strategy=strategy, seed=seed, log=log)
+
+
 def _check_runtime(config: Any) -> None:
     """Fail before exporting anything when the device or runtime is unknown or missing."""
     from costmeter.harness.runner import check_runtime
