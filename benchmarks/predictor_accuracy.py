@@ -301,10 +301,12 @@ def per_device(args: Any, space: str, F: Any, archs: list[str], rows: np.ndarray
         "FLOPs-lin": lambda: FlopsLinear(feature="macs_total"),
         "additive": lambda: AdditiveForest(linear_features=onehot, n_jobs=args.n_jobs),
     }
+    if args.only == "intervals":  # the two models behind the interval table, nothing else
+        models = {name: models[name] for name in ("forest", "additive")}
     X_rows = F.assign(row=np.arange(n))  # features + row number (for the traces of others)
     pairs = duplicate_pairs(space, archs)
     onehot_all = F[onehot].to_numpy()
-    columns = [*models] + ([] if args.no_cv else ["forest-cv", "+others"])
+    columns = [*models] + ([] if args.no_cv or args.only == "intervals" else ["forest-cv", "+others"])
     intervals: list[tuple[str, dict[str, Any]]] = []
     header = (f"{'device':18s}" + "".join(f" | {m:>10s} rho ±10%" for m in columns)
               + " | all rho  ±10% | noise% dup±10 rho-max rho-q | lag1 | drift-adj rho  ±10%")
@@ -494,7 +496,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--k", type=int, default=10, help="few-shot K for the hw-out and scratch columns")
     parser.add_argument("--ks", default="5,10,20", help="few-shot K values")
     parser.add_argument("--source-folds", type=int, default=5, help="folds of the source models")
-    parser.add_argument("--only", choices=["per-device", "few-shot"], default=None)
+    parser.add_argument("--only", choices=["per-device", "intervals", "few-shot"], default=None,
+                        help="one part; intervals: per-device with the forest and the default model only")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--n-jobs", type=int, default=2)
     parser.add_argument("--folds", type=int, default=10, help="folds of the interval calibration")
@@ -519,10 +522,16 @@ def main(argv: list[str] | None = None) -> int:
           "cells excluded from the main metrics")
     all_pred = (per_device(args, args.space, F, archs, rows, devices, Y, valid)
                 if args.only != "few-shot" else None)
-    if args.only != "per-device":
+    if args.only not in ("per-device", "intervals"):
         few_shot(args, args.space, F, archs, devices, Y, valid, all_pred)
 
-    # fit time on all traces of one device
+    if args.only is None:
+        fit_times(args, F, Y, n, t0)
+    return 0
+
+
+def fit_times(args: Any, F: Any, Y: np.ndarray, n: int, t0: float) -> None:
+    """Print the fit time of the forest and the one-hot reference on all traces of one device."""
     onehot = list(get_space(args.space).onehot_feature_names())
     y0 = Y[:, 0]
     start = time.perf_counter()
@@ -534,7 +543,6 @@ def main(argv: list[str] | None = None) -> int:
     fit_ref_s = time.perf_counter() - start
     print(f"\nFit on {n} traces ({args.n_jobs} jobs): forest {fit_s:.1f} s, onehot-RF "
           f"{fit_ref_s:.1f} s; total benchmark {time.perf_counter() - t0:.0f} s")
-    return 0
 
 
 if __name__ == "__main__":

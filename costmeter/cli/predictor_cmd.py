@@ -74,7 +74,9 @@ def predictor() -> None:
 def fit(space: str | None, device: str, runtime: str | None, target: str, holdout: float, seed: int,
         output: str, store_url: str | None, workdir: Path | None) -> None:
     """Fit a predictor of latency, peak memory or energy (whichever the stored results or imported
-    traces hold) and save it with a manifest: a forest on a search space's analytic features, or
+    traces hold) and save it with a manifest: on a search space, the default model (a ridge base
+    on the one-hot encoding times a forest on the analytic features) with its interval
+    calibration, or
     (no --space) a whole-model predictor on ONNX graph features, the analytic peak activation
     memory among them. A space's forest records its training architectures, so that
     `bench predictor eval` scores only others."""
