@@ -162,9 +162,17 @@ def save_predictor(estimator: Any, path: str | Path, *, device: str | None = Non
     return manifest
 
 
-def _open(path: str | Path, limits: Limits) -> tuple[dict[str, Any], bytes]:
+def peek_manifest(path: str | Path, *, max_payload_bytes: int | None = None) -> dict[str, Any]:
+    """The manifest of a predictor file, its sizes (on the zip's central directory) and schema
+    checked, without reading the payload: its hash is checked when the payload is loaded
+    (:func:`load_predictor`). StoreError/ConfigError (one line) as :func:`read_manifest`."""
+    return _open(path, Limits.resolve(max_payload_bytes), payload=False)[0]
+
+
+def _open(path: str | Path, limits: Limits, payload: bool = True) -> tuple[dict[str, Any], bytes]:
     """(validated manifest, payload bytes): sizes checked on the zip's central directory first,
-    then the manifest against its schema, then the payload's hash and size."""
+    then the manifest against its schema, then the payload's hash and size (without
+    ``payload``: the manifest alone, and empty bytes)."""
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"predictor file {p} not found; fit one with `bench predictor fit`")
@@ -176,12 +184,14 @@ def _open(path: str | Path, limits: Limits) -> tuple[dict[str, Any], bytes]:
                 raw = read_member(zf, MANIFEST_NAME, limits.manifest_bytes, str(p))
                 manifest = parse_manifest(raw, str(p), format_name=FORMAT,
                                           format_version=FORMAT_VERSION, payload_name=PAYLOAD_NAME)
-                payload = read_member(zf, PAYLOAD_NAME, limits.payload_bytes, str(p))
+                if not payload:
+                    return manifest, b""
+                data = read_member(zf, PAYLOAD_NAME, limits.payload_bytes, str(p))
     except OSError as exc:
         raise StoreError(f"cannot read predictor file {p}: {exc.strerror or exc}; check the path "
                          "and its permissions") from exc
-    _check(manifest, payload, p)
-    return manifest, payload
+    _check(manifest, data, p)
+    return manifest, data
 
 
 def read_manifest(path: str | Path, *, max_payload_bytes: int | None = None) -> dict[str, Any]:

@@ -46,23 +46,14 @@ def predictor_rules(manifest: dict[str, Any], workdir: Path | str) -> Any:
 
 
 def manifest_of(model_file: Path | str) -> dict[str, Any]:
-    """The manifest of a predictor file, read without its payload (a 200-tree payload is tens of
-    MB to inflate and hash). Enough to answer from the cache: answers are keyed by the
-    manifest's payload hash, and a model not answered yet is answered by
-    :func:`~costmeter.predictors.artifacts.load_predictor`, which checks the payload against it."""
-    import json
-    import zipfile
+    """The manifest of a predictor file, its sizes and schema checked but read without its
+    payload (a 200-tree payload is tens of MB to inflate and hash). Enough to answer from the
+    cache: answers are keyed by the manifest's payload hash, and a model not answered yet is
+    answered by :func:`~costmeter.predictors.artifacts.load_predictor`, which checks the
+    payload against it."""
+    from costmeter.predictors.artifacts import peek_manifest
 
-    from costmeter.predictors.artifacts import FORMAT, MANIFEST_NAME, read_manifest
-
-    try:
-        with zipfile.ZipFile(model_file) as archive:
-            manifest = json.loads(archive.read(MANIFEST_NAME))
-    except (OSError, KeyError, ValueError, zipfile.BadZipFile):
-        return read_manifest(model_file)  # its one-line error says what is wrong
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        return read_manifest(model_file)
-    return manifest
+    return peek_manifest(model_file)
 
 
 def predict_models(model_file: Path | str, specs: Sequence[str], workdir: Path | str,
