@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
@@ -11,6 +12,9 @@ from costmeter.cli.common import (MODEL_HELP, OutputPath, check_cpus, check_targ
 from costmeter.cli.params import FiniteRange
 from costmeter.devices.options import MAX_THREADS
 from costmeter.harness.config import default_workdir
+
+if TYPE_CHECKING:
+    from costmeter.cli.network_bounds import NetworkBounds
 
 MAX_BUDGET_MS = 1e9
 
@@ -348,7 +352,8 @@ def predict(model_file: str, archs: tuple[str, ...], threads: int | None, breakd
             coverage: float | None, budget_ms: float | None, confidence: float, workdir: Path | None) -> None:
     """Predicted latency ± uncertainty (ms) of models, from a saved predictor or a lookup table
     (TABLE.json from `bench lut build`); with --coverage a calibrated interval, with --budget-ms
-    whether the latency stays within it with probability --confidence (search-space predictors)."""
+    whether the latency stays within it with probability --confidence (search-space and
+    calibrated kernel-level predictors)."""
     from costmeter.errors import ConfigError
     from costmeter.predictors import is_network_predictor, manifest_of
 
@@ -361,10 +366,14 @@ def predict(model_file: str, archs: tuple[str, ...], threads: int | None, breakd
         return
     manifest = manifest_of(model_file)
     if is_network_predictor(manifest):
-        if asked:
-            raise ConfigError(f"{asked} needs a search-space .costmodel; kernel-level predictors have no "
-                              "interval calibration yet")
-        _predict_networks(model_file, model_specs(archs), threads, breakdown, workdir)
+        from costmeter.predictors import interval_of
+
+        bounds = None
+        if asked:  # checked before any model is exported
+            from costmeter.cli.network_bounds import NetworkBounds
+
+            bounds = NetworkBounds(interval_of(manifest, model_file), coverage, budget_ms, confidence)
+        _predict_networks(model_file, model_specs(archs), threads, breakdown, workdir, bounds)
         return
     from costmeter.models.spaces import split_model_id
     from costmeter.predictors import load_artifact as load_predictor
@@ -449,7 +458,7 @@ def _predict_with_table(path: str, archs: tuple[str, ...]) -> None:
 
 
 def _predict_networks(model_file: str, models: list[str], threads: int | None, breakdown: bool,
-                      workdir: Path | None) -> None:
+                      workdir: Path | None, bounds: NetworkBounds | None = None) -> None:
     """Each model's prediction and kernels, from the working folder's caches where it can."""
     from costmeter.predictors import predict_models
 
@@ -466,8 +475,9 @@ def _predict_networks(model_file: str, models: list[str], threads: int | None, b
         note = "" if answer["calibrated"] or not extra.get("calibration") else "; kernel sum, not calibrated"
         if extra.get("calibration") and not answer["in_range"] and answer["calibrated"]:
             note = "; outside the calibration networks' sizes"
-        click.echo(f"{answer['model']}\t{answer['latency_ms']:.4g} ms ± {answer['std_ms']:.2g} ({device}, "
-                   f"{runtime}, {setting}; kernel sum {answer['kernel_sum_ms']:.4g} ms{note})")
+        shown, verdict = bounds.text(answer) if bounds else (f"± {answer['std_ms']:.2g}", "")
+        click.echo(f"{answer['model']}\t{answer['latency_ms']:.4g} ms {shown} ({device}, "
+                   f"{runtime}, {setting}; kernel sum {answer['kernel_sum_ms']:.4g} ms{note}){verdict}")
         if breakdown:
             for k in answer["breakdown"]:
                 click.echo(f"  {k['kernel_type']:<16} x{k['count']:<4} {k['latency_ms']:9.4f} ms {k['share']:6.1%}")

@@ -81,6 +81,7 @@ _PUBLIC: dict[str, str] = {
     "predict_models": "costmeter.predictors.workflows.predict",
     "is_network_predictor": "costmeter.predictors.workflows.predict",
     "manifest_of": "costmeter.predictors.workflows.predict",
+    "interval_of": "costmeter.predictors.workflows.predict",
     "network_rows": "costmeter.predictors.workflows.graphs",
     "training_digests": "costmeter.predictors.workflows.evaluate",
     "evaluate_arch_predictor": "costmeter.predictors.workflows.evaluate",

@@ -102,7 +102,9 @@ class TrafficCalibration(RegressorMixin, BaseEstimator):
     ``cv_bias_`` (nested leave-one-family-out: for each family, the terms are chosen and fitted
     on the others only, then it is predicted; ``cv_within_`` is the mean over families of the
     share within ``tolerance``, ``cv_rel_rmse_`` the one-sigma relative uncertainty on an unseen
-    family, ``cv_bias_`` the median relative error), ``cv_by_family_`` (family -> share
+    family, ``cv_bias_`` the median relative error, ``cv_predicted_`` the nested predictions
+    themselves in ms, one per network -- the kernel sums when no term is kept),
+    ``cv_by_family_`` (family -> share
     within), ``kernel_sum_within_`` and ``kernel_sum_rel_rmse_`` (the same figures for the plain
     kernel sum), ``n_groups_`` and ``base_range_ms_`` (smallest and largest kernel sum among the
     networks). :meth:`predict` never moves a network smaller than every calibration network by
@@ -152,7 +154,9 @@ class TrafficCalibration(RegressorMixin, BaseEstimator):
         columns = self._select(design, base, y, groups, np.arange(len(y)))
         if not self._beats_kernel_sum():  # the procedure does not generalise: keep the sum
             columns = ()
+            predicted = base
             self._score(base, base, y, groups)
+        self.cv_predicted_ = np.array(predicted, dtype=np.float64)
         self.terms_ = tuple(CANDIDATES[c] for c in columns)
         self.coef_ = _constrained_fit(design, base, y, groups, np.arange(len(y)), columns,
                                       self.alpha)

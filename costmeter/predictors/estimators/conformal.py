@@ -57,6 +57,8 @@ DEFAULT_FLOOR = 0.25
 COVERAGES: tuple[float, ...] = (0.8, 0.9, 0.95)
 METHOD_CV = "cross-conformal (out-of-fold normalised log residuals, final model refit on all rows)"
 METHOD_SPLIT = "split-conformal (normalised log residuals on a separate calibration set)"
+METHOD_KERNEL = ("split-conformal (normalised log residuals of the calibration networks, each "
+                 "predicted by a calibration fitted without its family; scale: the kernels' spread)")
 
 
 def check_coverage(coverage: Any, name: str = "coverage") -> float:
@@ -167,6 +169,34 @@ class ConformalCalibration(BaseEstimator):
                 "calibration_rows": self.n_calibration_, "folds": self.folds_,
                 "floor_log": round(float(self.floor_), 6), "floor_share_of_median": self.floor,
                 "quantiles": {f"{c:g}": [_finite(v) for v in self.quantiles(c)] for c in COVERAGES}}
+
+
+    def state(self) -> dict[str, Any]:
+        """Everything an interval needs, JSON-ready: :meth:`describe` plus the sorted
+        ``scores`` (log units); :meth:`from_state` rebuilds the calibration from it."""
+        return {**self.describe(), "scores": [float(v) for v in self.scores_]}
+
+    @classmethod
+    def from_state(cls, state: Any) -> ConformalCalibration:
+        """The calibration written by :meth:`state` (e.g. read back from a manifest's extra);
+        ConfigError when the scores or the floor are missing or not finite numbers."""
+        try:
+            scores = np.sort(np.asarray(state["scores"], dtype=np.float64).ravel())
+            floor_log = float(state["floor_log"])
+            share = float(state.get("floor_share_of_median", DEFAULT_FLOOR))
+        except (KeyError, TypeError, ValueError, AttributeError):
+            raise ConfigError("the interval calibration in this predictor is unreadable (no "
+                              "scores or floor); rebuild the predictor") from None
+        if scores.size < 2 or not np.all(np.isfinite(scores)) or not 0 <= floor_log < math.inf:
+            raise ConfigError("the interval calibration in this predictor holds fewer than 2 "
+                              "finite scores or a negative floor; rebuild the predictor")
+        calibration = cls(share)
+        calibration.scores_, calibration.floor_ = scores, floor_log
+        calibration.n_calibration_ = int(scores.size)
+        calibration.method_ = str(state.get("method", METHOD_SPLIT))
+        calibration.folds_ = int(state.get("folds", 0) or 0)
+        calibration.data_ = str(state.get("data", ""))
+        return calibration
 
 
 def _finite(value: float) -> float | None:

@@ -23,6 +23,8 @@ from sklearn.utils.validation import check_is_fitted
 
 from costmeter.errors import ConfigError
 from costmeter.predictors.estimators.calibration import BASE_COLUMN, TrafficCalibration
+from costmeter.predictors.estimators.conformal import (METHOD_KERNEL, ConformalCalibration,
+                                                       log_and_spread)
 from costmeter.predictors.estimators.rows import NetworkRows, as_rows, stack_rows
 
 __all__ = ["NetworkPredictor", "NetworkRows", "as_rows", "stack_rows"]
@@ -33,7 +35,8 @@ class NetworkPredictor(BaseEstimator):
     ``kernel_forest``: the template :class:`KernelForest` (cloned and fitted); ``overhead_ms``:
     the runtime's per-run cost of an almost empty model (ms), added once per network;
     ``calibration``: a :class:`TrafficCalibration` template, fitted when :meth:`fit` is given
-    measured networks. Fitted: ``kernel_forest_``, ``calibration_`` (None without networks).
+    measured networks. Fitted: ``kernel_forest_``, ``calibration_`` (None without networks),
+    ``conformal_`` (the interval calibration, :func:`_interval_calibration`; None without).
     """
 
     def __init__(self, kernel_forest: Any = None, overhead_ms: float = 0.0,
@@ -57,6 +60,7 @@ class NetworkPredictor(BaseEstimator):
             ModelForest(), on_unknown="flops_linear")
         self.kernel_forest_ = clone(template).fit(tables, kernel_latency_ms)
         self.calibration_ = None
+        self.conformal_ = None
         if graphs is not None:
             if network_ms is None or len(network_ms) != len(graphs):
                 raise ConfigError(f"calibration needs one measured latency per network: "
@@ -64,9 +68,50 @@ class NetworkPredictor(BaseEstimator):
                                   f"{0 if network_ms is None else len(network_ms)} latencies")
             frame = self._sums(graphs)
             template = self.calibration if self.calibration is not None else TrafficCalibration()
-            self.calibration_ = clone(template).fit(frame, np.asarray(network_ms, dtype=np.float64),
-                                                    groups)
+            measured = np.asarray(network_ms, dtype=np.float64)
+            self.calibration_ = clone(template).fit(frame, measured, groups)
+            self.conformal_ = _interval_calibration(self.calibration_, frame, measured)
         return self
+
+    def interval_calibration(self) -> ConformalCalibration:
+        """The fitted conformal calibration; ConfigError when the predictor was fitted without
+        measured networks (or by an older costmeter)."""
+        check_is_fitted(self)
+        conformal = getattr(self, "conformal_", None)
+        if conformal is None:
+            raise ConfigError("this kernel-level predictor has no interval calibration (it was "
+                              "fitted without measured networks, or by an older costmeter); build "
+                              "it with `bench predictor build` or `bench kernels fit --calibrate-on`")
+        return conformal
+
+    def predict_interval(self, graphs: Mapping[str, Any], coverage: float = 0.9) -> Any:
+        """:meth:`predict_frame` plus ``lower_ms`` and ``upper_ms``: a conformal interval holding
+        the measured latency with probability >= ``coverage`` (``inf`` upper bound when the
+        calibration has too few networks for that level)."""
+        conformal = self.interval_calibration()
+        frame = self.predict_frame(graphs)
+        frame["lower_ms"], frame["upper_ms"] = conformal.interval(
+            frame["latency_ms"], frame["kernel_std_ms"], coverage)
+        return frame
+
+    def satisfies(self, graphs: Mapping[str, Any], budget_ms: float, confidence: float = 0.9) -> Any:
+        """Per network (a boolean Series): the measured latency stays within ``budget_ms`` with
+        probability >= ``confidence`` (the one-sided conformal upper bound is <= the budget)."""
+        import pandas as pd
+
+        from costmeter.predictors.lut.table import check_budget
+
+        budget = check_budget(budget_ms)
+        conformal = self.interval_calibration()
+        frame = self.predict_frame(graphs)
+        upper = conformal.upper(frame["latency_ms"], frame["kernel_std_ms"], confidence)
+        return pd.Series(upper <= budget, index=frame.index, name="within")
+
+    def interval_state(self) -> dict[str, Any] | None:
+        """The interval calibration for a manifest's extra (method, data, sorted scores, floor;
+        see :meth:`ConformalCalibration.state`), None without one."""
+        conformal = getattr(self, "conformal_", None)
+        return conformal.state() if conformal is not None else None
 
     def predict_frame(self, graphs: Mapping[str, Any]) -> Any:
         """Per network (index: the names of ``graphs``): ``latency_ms``, ``std_ms``,
@@ -76,11 +121,13 @@ class NetworkPredictor(BaseEstimator):
         the calibration networks'; a smaller network's correction is capped at the
         calibration's cross-validated error).
 
-        ``std_ms`` combines the kernels' spread across trees (independent) and, when
-        calibrated, the calibration's cross-validated relative error on unseen families."""
+        ``std_ms`` combines the kernels' spread across trees (independent; alone in
+        ``kernel_std_ms``, the scale of the conformal intervals) and, when calibrated, the
+        calibration's cross-validated relative error on unseen families."""
         check_is_fitted(self)
         frame = self._sums(graphs)
         frame["latency_ms"] = frame[BASE_COLUMN]
+        frame["kernel_std_ms"] = frame["std_ms"]
         frame["calibrated"] = False
         frame["in_range"] = False
         if self.calibration_ is None:
@@ -123,3 +170,17 @@ class NetworkPredictor(BaseEstimator):
         frame["fallback_share"] = sums["fallback_share"].reindex(names).fillna(0.0)
         frame.index.name = "model"
         return frame
+
+
+def _interval_calibration(calibration: TrafficCalibration, frame: Any,
+                          measured: np.ndarray) -> ConformalCalibration:
+    """Split-conformal scores of the calibration networks: each network's measured latency
+    against its leave-one-family-out prediction (``calibration.cv_predicted_``), on the log
+    scale, normalised by the relative spread its kernels' forests give (``std_ms / latency``),
+    floored at a quarter of the median spread."""
+    predicted = np.maximum(np.asarray(calibration.cv_predicted_, dtype=np.float64), 1e-12)
+    pred_log, spread = log_and_spread(predicted, frame["std_ms"].to_numpy(dtype=np.float64))
+    return ConformalCalibration().fit(
+        pred_log, spread, measured, method=METHOD_KERNEL,
+        data=f"the {len(measured)} calibration networks of {calibration.n_groups_} families, each "
+             "predicted by a calibration fitted without its family")

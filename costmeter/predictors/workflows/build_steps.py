@@ -374,6 +374,7 @@ class BuildRun:
                  "clock": self.spec.clock, "kernel_timing": "context", "overhead_ms": overhead,
                  "kernel_samples": len(samples.rows), "rules": self.rules.to_dict(),
                  "calibration": calibration, "calibration_networks": names,
+                 "interval": model.interval_state(),
                  "build": {"budget_s": self.spec.budget_s, "seed": self.spec.seed,
                            "spent_s": {k: round(v, 1) for k, v in self.state["spent_s"].items()},
                            "network_rounds": _rounds(measured)}}

@@ -89,4 +89,5 @@ def fit_network_predictor(workdir: Any, device: str = "cpu", runtime: str = "onn
                                                 "us_per_mb": list(cal.curve_us_per_mb)},
                                 "summary": cal.describe()}
         extra["calibration_networks"] = sorted(graphs or {})
+        extra["interval"] = model.interval_state()
     return model, extra

@@ -16,7 +16,7 @@ from costmeter.errors import ConfigError
 from costmeter.workdir import Workdir
 
 NETWORK_ESTIMATOR = "costmeter.predictors.estimators.network.NetworkPredictor"
-ANSWER_VERSION = 1
+ANSWER_VERSION = 2
 
 
 def is_network_predictor(manifest: dict[str, Any]) -> bool:
@@ -56,11 +56,26 @@ def manifest_of(model_file: Path | str) -> dict[str, Any]:
     return peek_manifest(model_file)
 
 
+def interval_of(manifest: dict[str, Any], path: Path | str) -> Any:
+    """The conformal calibration kept in a kernel-level predictor's manifest (extra
+    ``interval``), read without its payload; ConfigError, saying how to get one, when the
+    predictor was built without measured networks."""
+    from costmeter.predictors.estimators.conformal import ConformalCalibration
+
+    state = (manifest.get("extra") or {}).get("interval")
+    if not state:
+        raise ConfigError(f"{path} has no interval calibration (fitted without measured networks, "
+                          "or by an older costmeter); build it with `bench predictor build` or "
+                          "`bench kernels fit --calibrate-on SPACE,SPACE`")
+    return ConformalCalibration.from_state(state)
+
+
 def predict_models(model_file: Path | str, specs: Sequence[str], workdir: Path | str,
                    threads: int | None = None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """(manifest, one answer per spec) from a kernel-level predictor file.
 
-    An answer: ``model``, ``latency_ms``, ``std_ms`` (one sigma), ``kernel_sum_ms``,
+    An answer: ``model``, ``latency_ms``, ``std_ms`` (one sigma), ``kernel_std_ms`` (the
+    kernels' part of it, the conformal intervals' scale), ``kernel_sum_ms``,
     ``calibrated``, ``in_range`` and ``breakdown`` (per kernel type: ``kernel_type``, ``count``,
     ``latency_ms``, ``share``). Raises ConfigError for another thread count or a file that is
     not kernel-level."""
@@ -127,6 +142,7 @@ def answers_of(predictor: Any, rows: dict[str, Any]) -> dict[str, dict[str, Any]
         kernels = parts.loc[[spec]].reset_index()
         out[str(spec)] = {
             "model": str(spec), "latency_ms": float(row["latency_ms"]), "std_ms": float(row["std_ms"]),
+            "kernel_std_ms": float(row["kernel_std_ms"]),
             "kernel_sum_ms": float(row["kernel_sum_ms"]), "calibrated": bool(row["calibrated"]),
             "in_range": bool(row["in_range"]),
             "breakdown": [{"kernel_type": str(k["kernel_type"]), "count": int(k["count"]),
