@@ -16,10 +16,11 @@ class NetworkBounds:
         self.budget_ms, self.confidence = budget_ms, confidence
 
     def _too_few(self, level: float, two_sided: bool) -> str:
-        from costmeter.predictors.estimators.conformal import min_rows
+        from costmeter.predictors import conformal_min_rows
 
         return (f"{self.conformal.n_calibration_} calibration networks, a {level:.0%} "
-                f"{'interval' if two_sided else 'bound'} needs at least {min_rows(level, two_sided)}")
+                f"{'interval' if two_sided else 'bound'} needs at least "
+                f"{conformal_min_rows(level, two_sided)}")
 
     def text(self, answer: dict[str, Any]) -> tuple[str, str]:
         """(what replaces ``± std``, a note for the end of the line)."""

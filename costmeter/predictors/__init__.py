@@ -82,12 +82,13 @@ _PUBLIC: dict[str, str] = {
     "is_network_predictor": "costmeter.predictors.workflows.predict",
     "manifest_of": "costmeter.predictors.workflows.predict",
     "interval_of": "costmeter.predictors.workflows.predict",
+    "conformal_min_rows": "costmeter.predictors.estimators.conformal",
     "network_rows": "costmeter.predictors.workflows.graphs",
     "training_digests": "costmeter.predictors.workflows.evaluate",
     "evaluate_arch_predictor": "costmeter.predictors.workflows.evaluate",
     "evaluate_network_predictor": "costmeter.predictors.workflows.evaluate",
 }
-_ALIASES = {"load_artifact": "load_predictor"}  # public name -> name inside its module
+_ALIASES = {"load_artifact": "load_predictor", "conformal_min_rows": "min_rows"}  # public name -> name inside its module
 
 __all__ = sorted(_PUBLIC)
 
