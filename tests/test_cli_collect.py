@@ -131,3 +131,12 @@ def test_kernels_fit_calibrated_on_collected_networks_then_predict(tmp_path: Pat
     else:  # no term beat the kernel sum out of family: the kernel sum is the answer, and says so
         assert "kernel sum, not calibrated" in line and predicted == pytest.approx(kernel_sum, rel=1e-3)
     assert "conv" in out  # the per kernel type breakdown
+    # 5 calibration networks: a 50% interval, but too few for 90% (19 needed), said in words
+    assert len(read_manifest(model)["extra"]["interval"]["scores"]) == 5
+    assert main(["predict", str(model), "-m", "tiny_cnn", "--coverage", "0.5", "--no-breakdown",
+                 "--workdir", str(wd)]) == 0
+    assert "(50% interval)" in capsys.readouterr().out
+    assert main(["predict", str(model), "-m", "tiny_cnn", "--coverage", "0.9", "--no-breakdown",
+                 "--workdir", str(wd)]) == 0
+    assert "no finite 90% interval: 5 calibration networks, a 90% interval needs at least 19" \
+        in capsys.readouterr().out
