@@ -123,7 +123,7 @@ def test_bench_predict_prints_intervals_and_budget_verdicts(built, capsys) -> No
     mean = frame["latency_ms"].iloc[0]
     assert low <= mean <= high
     assert main([*args, "--budget-ms", f"{100 * high:g}", "--confidence", "0.5"]) == 0
-    assert capsys.readouterr().out.strip().endswith(f"at 50%: yes")
+    assert capsys.readouterr().out.strip().endswith("at 50%: yes")
     assert main([*args, "--budget-ms", f"{low / 10:g}", "--confidence", "0.5"]) == 0
     assert capsys.readouterr().out.strip().endswith("at 50%: no")
     networks = len(read_manifest(out)["extra"]["calibration_networks"])
