@@ -32,6 +32,7 @@ def _register() -> None:
         farm_cmd,
         lut_cmd,
         nightly_cmd,
+        predict_cmd,
         predictor_cmd,
         report_cmd,
         results_cmd,
@@ -48,7 +49,7 @@ def _register() -> None:
     bench.add_command(report_cmd.calibrate)
     bench.add_command(predictor_cmd.traces)
     bench.add_command(predictor_cmd.predictor)
-    bench.add_command(predictor_cmd.predict)
+    bench.add_command(predict_cmd.predict)
     bench.add_command(lut_cmd.lut)
     bench.add_command(collect_cmd.collect)
     bench.add_command(collect_cmd.kernels)
