@@ -230,3 +230,57 @@ def test_a_node_whose_raylet_is_gone_counts_as_lost(monkeypatch: pytest.MonkeyPa
     assert not raylet_alive()  # killed, not yet reaped (a zombie) counts as gone
     proc.wait()
     assert not raylet_alive()
+
+
+class _FlakyRay:
+    """A stand-in for the ray module whose first ``init`` calls fail as Ray Client's do when
+    the head could not start the driver's server."""
+
+    def __init__(self, failures: int, message: str = "Initialization failure from server: Traceback") -> None:
+        self.failures, self.message, self.calls, self.connected = failures, message, 0, False
+
+    def is_initialized(self) -> bool:
+        return self.connected
+
+    def init(self, address: str, **_: object) -> None:
+        self.calls += 1
+        if self.calls <= self.failures:
+            raise ConnectionAbortedError(self.message)
+        self.connected = True
+
+    def shutdown(self) -> None:
+        self.connected = False
+
+
+@pytest.mark.parametrize("failures,connects", [(0, True), (2, True), (3, False)])
+def test_a_ray_client_server_that_failed_to_start_is_tried_again(monkeypatch: pytest.MonkeyPatch, failures: int,
+                                                                connects: bool) -> None:
+    from costmeter.errors import UnavailableError
+    from costmeter.harness.executors import ray_farm
+
+    fake = _FlakyRay(failures)
+    monkeypatch.setattr(ray_farm, "import_ray", lambda: fake)
+    monkeypatch.setattr(ray_farm, "_require_reachable", lambda where: None)
+    monkeypatch.setattr(ray_farm.time, "sleep", lambda s: None)
+    if connects:
+        with ray_farm.farm_session("ray://127.0.0.1:10001"):
+            assert fake.connected
+        assert fake.calls == failures + 1 and not fake.connected
+    else:
+        with pytest.raises(UnavailableError, match="Initialization failure from server"):
+            with ray_farm.farm_session("ray://127.0.0.1:10001"):
+                pass
+        assert fake.calls == ray_farm.CLIENT_TRIES
+
+
+def test_other_connection_errors_are_not_tried_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    from costmeter.errors import UnavailableError
+    from costmeter.harness.executors import ray_farm
+
+    fake = _FlakyRay(1, message="connection refused")
+    monkeypatch.setattr(ray_farm, "import_ray", lambda: fake)
+    monkeypatch.setattr(ray_farm, "_require_reachable", lambda where: None)
+    with pytest.raises(UnavailableError, match="connection refused"):
+        with ray_farm.farm_session("ray://127.0.0.1:10001"):
+            pass
+    assert fake.calls == 1

@@ -143,6 +143,25 @@ def node_start_argv(devices: list[str] | tuple[str, ...], address: str | None = 
     return argv
 
 
+CLIENT_TRIES = 3  # Ray Client's per-driver server on the head can fail to start; it is started anew per try
+
+
+def _init_with_retries(ray: Any, where: FarmAddress, kwargs: dict[str, Any]) -> None:
+    """``ray.init`` at ``where``; a Ray Client connection whose server-side start failed
+    ("Initialization failure from server") is tried again, up to CLIENT_TRIES times, 2 s apart."""
+    for attempt in range(1, CLIENT_TRIES + 1):
+        try:
+            ray.init(address=where.ray_address, **kwargs)
+            return
+        except (ConnectionError, RuntimeError) as exc:
+            client = str(where.ray_address).startswith("ray://")
+            if not client or "Initialization failure from server" not in str(exc) or attempt == CLIENT_TRIES:
+                raise
+            if ray.is_initialized():
+                ray.shutdown()
+            time.sleep(2.0)
+
+
 @contextlib.contextmanager
 def farm_session(address: str, devices: list[str] | tuple[str, ...] = ()) -> Iterator[FarmAddress]:
     """Connect this process to the farm for the ``with`` block (a driver already connected is
@@ -159,7 +178,7 @@ def farm_session(address: str, devices: list[str] | tuple[str, ...] = ()) -> Ite
     elif where.kind != "auto":
         _require_reachable(where)
     try:
-        ray.init(address=where.ray_address, **kwargs)
+        _init_with_retries(ray, where, kwargs)
     except (ConnectionError, RuntimeError, ValueError, TimeoutError) as exc:
         lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()] or [type(exc).__name__]
         first = " ".join(lines[:2])[:200]
