@@ -164,15 +164,7 @@ class WorkerExecutor:
         return self._uploaded[local]
 
     def _upload_artifact(self, local: str | None) -> str | None:
-        """The artifact with the files it needs beside it: an OpenVINO IR (``.xml``) reads its
-        weights from the ``.bin`` of the same name, so its folder travels whole."""
-        if local is None:
-            return None
-        path = Path(local)
-        if path.suffix == ".xml" and path.with_suffix(".bin").is_file():
-            folder = self._upload(str(path.parent), path.parent.name)
-            return f"{folder}/{path.name}"
-        return self._upload(local, path.name)
+        return upload_artifact(self._upload, local)
 
     def __call__(self, job: WorkerJob, timeout_s: float) -> WorkerOutcome:
         """Run ``job`` on the device; never raises for what happens there (a failed outcome)."""
@@ -330,15 +322,7 @@ class DeviceExecutors:
         return SshTransport(spec.target, self.settings.ssh or SshOptions())
 
     def _upload_artifact(self, local: str | None) -> str | None:
-        """The artifact with the files it needs beside it: an OpenVINO IR (``.xml``) reads its
-        weights from the ``.bin`` of the same name, so its folder travels whole."""
-        if local is None:
-            return None
-        path = Path(local)
-        if path.suffix == ".xml" and path.with_suffix(".bin").is_file():
-            folder = self._upload(str(path.parent), path.parent.name)
-            return f"{folder}/{path.name}"
-        return self._upload(local, path.name)
+        return upload_artifact(self._upload, local)
 
     def __call__(self, job: WorkerJob, timeout_s: float) -> WorkerOutcome:
         device = str(job.config.get("device", "cpu"))
@@ -373,3 +357,16 @@ class DeviceExecutors:
         for executor in self._executors.values():
             executor.close()
         self._executors.clear()
+
+
+def upload_artifact(upload: Callable[[str, str], str], local: str | None) -> str | None:
+    """Upload an artifact with the files it needs beside it (``upload(local path, name)`` returns
+    the remote path): an OpenVINO IR (``.xml``) reads its weights from the ``.bin`` of the same
+    name, so its folder travels whole."""
+    if local is None:
+        return None
+    path = Path(local)
+    if path.suffix == ".xml" and path.with_suffix(".bin").is_file():
+        folder = upload(str(path.parent), path.parent.name)
+        return f"{folder}/{path.name}"
+    return upload(local, path.name)

@@ -11,7 +11,6 @@ exported and analysed.
 """
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import os
@@ -19,29 +18,10 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from costmeter.models.known import code_fingerprint
 from costmeter.workdir import Workdir
 
 _BUILT_IN = ("zoo", "space", "family")
-
-
-@functools.lru_cache(maxsize=1)
-def code_fingerprint() -> str:
-    """16 hex digits over the model-building code (``costmeter/models/**.py``) and the
-    installed torch version: built-in content hashes are valid for one fingerprint."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    import costmeter.models
-
-    digest = hashlib.sha256()
-    root = Path(costmeter.models.__file__).parent
-    for path in sorted(root.rglob("*.py")):
-        digest.update(str(path.relative_to(root)).encode())
-        digest.update(path.read_bytes())
-    try:
-        digest.update(version("torch").encode())
-    except PackageNotFoundError:
-        digest.update(b"no torch")
-    return digest.hexdigest()[:16]
 
 
 def rules_digest(rules: Any) -> str:
