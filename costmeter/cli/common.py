@@ -179,3 +179,16 @@ def with_run_progress(call: Callable[[Callable[..., None]], Any], quiet: bool = 
     finally:
         if started:
             bar.stop()
+
+
+def subset_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    """``--history``, ``--budget``, ``--by`` and ``--rank-by``: what a cheap nightly subset is
+    chosen from (``bench suite subset`` and ``bench report subset``)."""
+    f = click.option("--rank-by", default="device,runtime", show_default=True,
+                     help="Key fields that name what the suite ranks")(f)
+    f = click.option("--by", "budget_by", type=click.Choice(["keys", "time"]), default="keys",
+                     show_default=True, help="Budget as a share of keys or of measuring time")(f)
+    f = click.option("--budget", required=True, type=fraction("0.1", max_open=False),
+                     help="Share of the suite to keep, e.g. 0.1")(f)
+    return click.option("--history", required=True, metavar="SELECTOR",
+                        help="The suite's stored history, e.g. tag:nightly")(f)

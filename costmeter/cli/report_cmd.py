@@ -6,7 +6,7 @@ from pathlib import Path
 import click
 
 from costmeter.cli.common import (OutputPath, count, fits_in_memory, fraction, input_file, open_store, query_frame,
-                                  seconds, store_option, workdir_option)
+                                  seconds, store_option, subset_options, workdir_option)
 from costmeter.devices.options import MAX_THREADS
 from costmeter.harness.config import default_workdir
 
@@ -220,14 +220,7 @@ def history(store_url, workdir, **kw) -> None:
 
 
 @report.command("subset")
-@click.option("--history", required=True, metavar="SELECTOR",
-              help="The suite's stored history, e.g. tag:nightly")
-@click.option("--budget", required=True, type=fraction("0.1", max_open=False),
-              help="Share of the suite to keep, e.g. 0.1")
-@click.option("--by", "budget_by", type=click.Choice(["keys", "time"]), default="keys",
-              show_default=True, help="Budget as a share of keys or of measuring time")
-@click.option("--rank-by", default="device,runtime", show_default=True,
-              help="Key fields that name what the suite ranks")
+@subset_options
 @click.option("--nights", type=click.Choice(["run", "date"]), default="run", show_default=True,
               help="A night is one run, or one date")
 @click.option("--held-out", type=fraction("0.33"), default=1 / 3, show_default=True,

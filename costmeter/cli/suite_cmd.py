@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from costmeter.cli.common import OutputPath, fraction, input_file, open_store, store_option, workdir_option
+from costmeter.cli.common import OutputPath, input_file, open_store, store_option, subset_options, workdir_option
 from costmeter.errors import ConfigError
 from costmeter.harness.config import default_workdir
 
@@ -139,14 +139,7 @@ def run(suite_file: str, resume: bool, sha: str | None, tag: str | None, farm: s
 
 @suite.command("subset")
 @click.argument("suite_file", type=input_file())
-@click.option("--history", required=True, metavar="SELECTOR",
-              help="The suite's stored history, e.g. tag:nightly")
-@click.option("--budget", required=True, type=fraction("0.1", max_open=False),
-              help="Share of the suite to keep, e.g. 0.1")
-@click.option("--by", "budget_by", type=click.Choice(["keys", "time"]), default="keys",
-              show_default=True, help="Budget as a share of keys or of measuring time")
-@click.option("--rank-by", default="device,runtime", show_default=True,
-              help="Key fields that name what the suite ranks")
+@subset_options
 @click.option("--json", "json_out", type=OutputPath(), default=None,
               help="Write the subset report as JSON here")
 @store_option
