@@ -203,6 +203,54 @@ class TrafficCalibration(RegressorMixin, BaseEstimator):
                 f"{self.cv_within_:.0%} within ±{self.tolerance:.0%} (kernel sum alone: "
                 f"{self.kernel_sum_within_:.0%})")
 
+    def state(self) -> dict[str, Any]:
+        """Everything :meth:`predict` needs and the out-of-family figures, JSON-ready (kept terms,
+        one coefficient per :data:`CANDIDATES`, cache curve, range of calibration sums);
+        :meth:`from_state` rebuilds the fitted calibration from it."""
+        check_is_fitted(self)
+        return {"terms": list(self.terms_), "coef": [float(v) for v in self.coef_],
+                "candidates": list(self.candidates), "tolerance": float(self.tolerance),
+                "alpha": float(self.alpha), "curve_mb": [float(v) for v in self.curve_mb],
+                "curve_us_per_mb": [float(v) for v in self.curve_us_per_mb],
+                "base_range_ms": list(self.base_range_ms_), "n_groups": self.n_groups_,
+                "cv_within": self.cv_within_, "cv_rel_rmse": self.cv_rel_rmse_,
+                "cv_mape": self.cv_mape_, "cv_bias": self.cv_bias_,
+                "kernel_sum_within": self.kernel_sum_within_,
+                "kernel_sum_rel_rmse": self.kernel_sum_rel_rmse_,
+                "cv_by_family": dict(self.cv_by_family_)}
+
+    @classmethod
+    def from_state(cls, state: Any) -> TrafficCalibration:
+        """The fitted calibration written by :meth:`state`; ConfigError when a field is missing,
+        a coefficient lies outside :data:`BOUNDS` or a number is not finite."""
+        try:
+            calibration = cls([float(v) for v in state["curve_mb"]],
+                              [float(v) for v in state["curve_us_per_mb"]],
+                              float(state["tolerance"]), float(state["alpha"]),
+                              tuple(str(c) for c in state["candidates"]))
+            coef = np.asarray(state["coef"], dtype=np.float64)
+            terms = tuple(str(t) for t in state["terms"])
+            low, high = (float(v) for v in state["base_range_ms"])
+            figures = {k: float(state[k]) for k in ("cv_within", "cv_rel_rmse", "cv_mape", "cv_bias",
+                                                    "kernel_sum_within", "kernel_sum_rel_rmse")}
+            n_groups = int(state["n_groups"])
+            by_family = {str(k): float(v) for k, v in dict(state.get("cv_by_family") or {}).items()}
+        except (KeyError, TypeError, ValueError, AttributeError):
+            raise ConfigError("the network calibration in this file is unreadable (a field is "
+                              "missing or not a number); calibrate again") from None
+        in_bounds = coef.shape == (len(CANDIDATES),) and all(
+            BOUNDS[c][0] <= v <= BOUNDS[c][1] for c, v in zip(CANDIDATES, coef))
+        if not in_bounds or not set(terms) <= set(CANDIDATES) or not np.isfinite(
+                [low, high, *figures.values()]).all():
+            raise ConfigError("the network calibration in this file has coefficients outside "
+                              "their bounds or non-finite figures; calibrate again")
+        calibration.coef_, calibration.terms_ = coef, terms
+        calibration.base_range_ms_, calibration.n_groups_ = (low, high), n_groups
+        calibration.cv_by_family_ = by_family
+        for key, value in figures.items():
+            setattr(calibration, f"{key}_", value)
+        return calibration
+
     def _score(self, predicted: np.ndarray, base: np.ndarray, y: np.ndarray,
                groups: np.ndarray) -> None:
         relative, plain = predicted / y - 1, base / y - 1

@@ -8,6 +8,8 @@ measurements:
 - ``lut``: the table's estimate (block entries, overhead-corrected, plus one run overhead);
 - ``lut_raw``: the plain sum of the blocks' raw medians (what a table without the overhead
   correction would say);
+- ``lut_calibrated``: the table's calibrated prediction, when it carries a calibration
+  (``bench lut calibrate``);
 - ``predictor``: a learned predictor (``.costmodel``), when given, side by side.
 
 Metrics per row (:mod:`costmeter.predictors.estimators.evaluate`): bias (median relative error, %), MAPE
@@ -150,6 +152,8 @@ def check_lut(table: LatencyTable, networks: int = 30, predictor: Any = None, se
     archs = sample_archs(table.space, networks, table.resolutions, seed)
     predictions = {"lut": table.estimate_batch(archs),
                    "lut_raw": table.estimate_batch(archs, corrected=False)}
+    if table.calibrated:  # the calibrated prediction, side by side with the plain sum
+        predictions["lut_calibrated"] = table.predict(archs)[0]
     if learned is not None:
         predictions["predictor"] = learned.predict(archs)[0]
     errors: list[str | None]

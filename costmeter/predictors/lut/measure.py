@@ -199,19 +199,9 @@ def predict_blocks(specs: Sequence[BlockSpec], predictor: Any, device: str, runt
     and the kernels' predictions are summed. Returns (timings, facts, predictor description).
     """
     from costmeter.predictors.kernels.features import stack_tables
-    from costmeter.models.onnx.graph import load_graph
-    from costmeter.predictors.kernels.rules import load_rules
-    from costmeter.predictors.kernels.fuse import fuse
 
     estimator, info = _kernel_predictor(predictor, device, runtime)
-    rules = load_rules(runtime, device, workdir)
-    graphs = {}
-    cache: dict[str, bytes] = {}
-    for spec in specs:
-        path = str(export_block(spec, workdir))
-        if path not in cache:
-            cache[path] = Path(path).read_bytes()
-        graphs[spec.key] = fuse(load_graph(pinned_model(cache[path], spec.input_shape())), rules)
+    graphs, rules = block_graphs(specs, device, runtime, workdir)
     frame = estimator.predict_with_uncertainty(stack_tables(graphs))
     timings = {}
     for spec in specs:  # a block without any kernel (an identity) costs nothing
@@ -220,6 +210,25 @@ def predict_blocks(specs: Sequence[BlockSpec], predictor: Any, device: str, runt
         timings[spec.key] = BlockTiming(spec.key, mean, std, 0)
     info["fusion_rules"] = rules.runtime
     return timings, {"overhead_ms": 0.0, "environment": {}}, info
+
+
+def block_graphs(specs: Sequence[BlockSpec], device: str, runtime: str,
+                 workdir: Path | str) -> tuple[dict[str, Any], Any]:
+    """(key -> fused kernel graph of the block's ONNX file at its input size, fusion rules):
+    the runtime's rules detected in ``workdir`` if any, else the built-in ones."""
+    from costmeter.models.onnx.graph import load_graph
+    from costmeter.predictors.kernels.fuse import fuse
+    from costmeter.predictors.kernels.rules import load_rules
+
+    rules = load_rules(runtime, device, workdir)
+    graphs = {}
+    cache: dict[str, bytes] = {}
+    for spec in specs:
+        path = str(export_block(spec, workdir))
+        if path not in cache:
+            cache[path] = Path(path).read_bytes()
+        graphs[spec.key] = fuse(load_graph(pinned_model(cache[path], spec.input_shape())), rules)
+    return graphs, rules
 
 
 def _kernel_predictor(predictor: Any, device: str, runtime: str) -> tuple[Any, dict[str, Any]]:

@@ -14,12 +14,17 @@ empty model measured alongside), so a network of ~25 blocks pays that overhead o
 times; ``corrected=False`` sums the raw medians instead (the additivity check reports both).
 :meth:`LatencyTable.estimate_batch` gathers from dense numpy tables: no per-architecture
 Python loop for array encodings.
+
+Calibration (format version 2): ``bench lut calibrate`` fits, on whole networks measured on
+the device, what the sums miss (per-run and traffic terms) and split-conformal residuals
+(:mod:`costmeter.predictors.lut.calibrate`); ``predict`` then returns calibrated latencies,
+``predict(coverage=...)`` intervals and ``satisfies(confidence=...)`` a budget test that holds
+with that probability. A table without one (older files included) says "uncalibrated".
 """
 from __future__ import annotations
 
 import json
 import math
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -30,12 +35,12 @@ import numpy as np
 
 from costmeter.errors import ConfigError, StoreError
 from costmeter.models.spaces import get_space, lut_blocks
-from costmeter.workdir import Workdir
 from costmeter.predictors.lut import blocks
 from costmeter.predictors.lut.blocks import BlockSpec
 
 FORMAT = "costmeter-lut"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: a calibration on measured networks may be stored (manifest "calibration")
+READABLE_VERSIONS = (1, 2)
 MIN_ENTRY_MS = 1e-4  # floor of an overhead-corrected entry (0.1 us)
 SOURCES = ("measured", "predicted")
 ENTRY_COLUMNS = ("key", "kind", "input", "output", "expand", "kernel", "stride", "idskip", "se",
@@ -83,6 +88,8 @@ class LatencyTable:
         self.manifest = dict(manifest)
         self.entries: dict[str, LutEntry] = {e.key: e for e in entries}
         self._dense: dict[bool, tuple[Any, ...]] = {}
+        self._calibration: Any = None
+        self.format_version = FORMAT_VERSION
 
     # -- identity
     @property
@@ -107,7 +114,43 @@ class LatencyTable:
 
     def __repr__(self) -> str:
         return (f"LatencyTable({self.space}, {self.device}/{self.runtime}, "
-                f"resolutions={list(self.resolutions)}, {len(self.entries)} entries)")
+                f"resolutions={list(self.resolutions)}, {len(self.entries)} entries, "
+                f"{'calibrated' if self.calibrated else 'uncalibrated'})")
+
+    # -- calibration
+    @property
+    def calibration(self) -> Any:
+        """The :class:`~costmeter.predictors.lut.calibrate.LutCalibration` stored in the
+        manifest, None when the table is uncalibrated."""
+        if self._calibration is None and self.manifest.get("calibration"):
+            from costmeter.predictors.lut.calibrate import LutCalibration
+
+            self._calibration = LutCalibration.from_state(self.manifest["calibration"])
+        return self._calibration
+
+    @property
+    def calibrated(self) -> bool:
+        return bool(self.manifest.get("calibration"))
+
+    def set_calibration(self, calibration: Any) -> None:
+        """Store a fitted calibration in the manifest (written by :meth:`save`)."""
+        self.manifest["calibration"] = calibration.state()
+        self._calibration = calibration
+
+    def calibration_note(self) -> str:
+        """One line: what the table's predictions are, calibrated or plainly uncalibrated."""
+        if self.calibrated:
+            return self.calibration.describe()
+        why = (f"a format version {self.format_version} file, written before calibrations"
+               if self.format_version < 2 else "never calibrated")
+        return (f"uncalibrated ({why}): predictions are sums of blocks timed alone, with no "
+                "interval; run `bench lut calibrate TABLE` to measure whole networks and fit one")
+
+    def _require_calibration(self, asked: str) -> Any:
+        if not self.calibrated:
+            raise ConfigError(f"{asked} needs a calibrated lookup table and this one is "
+                              f"uncalibrated; run `bench lut calibrate TABLE` first")
+        return self.calibration
 
     def check_compatible(self, device: str | None = None, runtime: str | None = None,
                          resolutions: Sequence[int] | None = None, space: str | None = None,
@@ -160,28 +203,61 @@ class LatencyTable:
 
     # -- vectorised
     def estimate_batch(self, archs: Any, corrected: bool = True) -> np.ndarray:
-        """Latency (ms) of every architecture, vectorised (see :meth:`predict`)."""
-        return self.predict(archs, corrected=corrected)[0]
+        """Sum (ms) of every architecture's blocks, vectorised: :meth:`estimate` without a
+        calibration (see :meth:`predict` for the calibrated latency)."""
+        return self.predict(archs, corrected=corrected, calibrated=False)[0]
 
-    def predict(self, archs: Any, corrected: bool = True) -> tuple[np.ndarray, np.ndarray]:
-        """(latency ms, uncertainty ms) per architecture (strings, dicts, or encoding arrays).
+    def predict(self, archs: Any, corrected: bool = True, coverage: float | None = None,
+                calibrated: bool = True) -> tuple[np.ndarray, ...]:
+        """(latency ms, uncertainty ms) per architecture (strings, dicts, or encoding arrays);
+        with ``coverage`` (0 < c < 1) instead (latency ms, lower ms, upper ms) of a conformal
+        interval holding the measured median with that probability (calibrated tables only).
 
-        The uncertainty is the root-sum-square of the blocks' single-run spreads (run-to-run
-        variation of the sum of independent blocks); when the table carries an additivity check
-        (``manifest["check"]``), its RMS relative error times the latency is added in quadrature.
+        Calibrated (and ``calibrated``), the latency is the calibration's correction of the
+        sum, and the uncertainty adds its out-of-group relative RMSE times the latency in
+        quadrature; otherwise the latency is the sum, and the uncertainty the root-sum-square of
+        the blocks' single-run spreads, plus (when the table carries an additivity check,
+        ``manifest["check"]``) its RMS relative error times the latency in quadrature.
         """
+        if coverage is not None:
+            from costmeter.predictors.estimators.conformal import check_coverage
+
+            check_coverage(coverage)
+            self._require_calibration("an interval (coverage)")
         space = get_space(self.space)
         encoded = space.to_array(archs)
         mean, var = lut_blocks(self.space).dense_predict(self._dense_tables(corrected), encoded)
         if not np.isfinite(mean).all():
             row = int(np.flatnonzero(~np.isfinite(mean))[0])
             self.breakdown(space.format_arch(encoded[row]), corrected)  # raises naming the gap
-        rel = float((self.manifest.get("check") or {}).get("rms_rel_error") or 0.0)
-        return mean, np.sqrt(var + (rel * mean) ** 2)
+        calibration = self.calibration if calibrated and corrected else None
+        if calibration is None:
+            rel = float((self.manifest.get("check") or {}).get("rms_rel_error") or 0.0)
+            return mean, np.sqrt(var + (rel * mean) ** 2)
+        mean = calibration.adjust(mean, *calibration.network_terms(self.space, self.resolutions, encoded))
+        if coverage is not None:
+            lower, upper = calibration.conformal.interval(mean, np.zeros_like(mean), coverage)
+            return mean, lower, upper
+        return mean, np.sqrt(var + (calibration.traffic.cv_rel_rmse_ * mean) ** 2)
 
-    def satisfies(self, archs: Any, budget_ms: float, sigmas: float = 0.0) -> np.ndarray:
-        """Boolean mask: estimate (+ ``sigmas`` x uncertainty) <= ``budget_ms``."""
+    def upper(self, archs: Any, confidence: float = 0.9) -> np.ndarray:
+        """One-sided upper bound (ms) per architecture: its measured median stays below it with
+        probability >= ``confidence`` (calibrated tables only)."""
+        from costmeter.predictors.estimators.conformal import check_coverage
+
+        check_coverage(confidence, "confidence")
+        calibration = self._require_calibration("a confidence bound")
+        mean = self.predict(archs)[0]
+        return calibration.conformal.upper(mean, np.zeros_like(mean), confidence)
+
+    def satisfies(self, archs: Any, budget_ms: float, sigmas: float = 0.0,
+                  confidence: float | None = None) -> np.ndarray:
+        """Boolean mask. With ``confidence`` (0 < c < 1): the measured latency stays within
+        ``budget_ms`` with at least that probability (:meth:`upper` <= budget; calibrated
+        tables only); otherwise the prediction (+ ``sigmas`` x uncertainty) is within it."""
         budget = check_budget(budget_ms)
+        if confidence is not None:
+            return self.upper(archs, confidence) <= budget
         mean, unc = self.predict(archs)
         return mean + sigmas * unc <= budget
 
@@ -232,27 +308,7 @@ def check_budget(budget_ms: Any) -> float:
     return value
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-# ----------------------------------------------------------------------------- build / load
-def default_lut_path(workdir: Path | str, space: str, device: str, runtime: str,
-                     resolutions: Sequence[int] | None = None, predicted: bool = False,
-                     precision: str = "fp32") -> Path:
-    """``<workdir>/lut/<space>-<device>-<runtime>[-int8][-r<res>-...][-predicted].json``."""
-    safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in device)
-    res = blocks.check_resolutions(space, resolutions)
-    tag = "" if res == blocks.space_resolutions(space) else "-r" + "-".join(map(str, res))
-    runtime = runtime if precision == "fp32" else f"{runtime}-{precision}"
-    return Workdir.of(workdir).lut / f"{space}-{safe}-{runtime}{tag}{'-predicted' if predicted else ''}.json"
-
-
+# ----------------------------------------------------------------------------- build
 def build_lut(space: str, device: str = "cpu", runtime: str = "onnxruntime",
               resolutions: Sequence[int] | None = None, predictor: Any = None,
               workdir: Path | str = ".costmeter", threads: int | None = 1,
@@ -312,7 +368,7 @@ def build_lut(space: str, device: str = "cpu", runtime: str = "onnxruntime",
         "interleave": facts.get("interleave"),
         "environment": facts.get("environment") or {},
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "costmeter_version": __version__, "check": None,
+        "costmeter_version": __version__, "check": None, "calibration": None,
     }
     table = LatencyTable(manifest, entries)
     if output is not None:
@@ -320,44 +376,5 @@ def build_lut(space: str, device: str = "cpu", runtime: str = "onnxruntime",
     return table
 
 
-def load_table(path: str | Path, device: str | None = None, runtime: str | None = None,
-               resolutions: Sequence[int] | None = None, space: str | None = None) -> LatencyTable:
-    """Read a table (``.json``, or the ``.csv`` beside it); refuse one built for another
-    device/runtime/resolution/space than asked (ConfigError saying which)."""
-    p = Path(path)
-    json_path = p.with_suffix(".json") if p.suffix.lower() == ".csv" else p
-    if not json_path.is_file():
-        raise ConfigError(f"lookup table {json_path} not found; build one with `bench lut build`")
-    try:
-        body = json.loads(json_path.read_text())
-    except (OSError, ValueError) as exc:
-        raise StoreError(f"{json_path} is not a readable lookup table ({type(exc).__name__}); "
-                         "build it again with `bench lut build`") from exc
-    if not isinstance(body, dict) or body.get("format") != FORMAT:
-        raise StoreError(f"{json_path} is not a costmeter lookup table (no '{FORMAT}' format "
-                         "field); build one with `bench lut build`")
-    if body.get("format_version") != FORMAT_VERSION:
-        raise StoreError(f"{json_path} has lookup-table format version "
-                         f"{body.get('format_version')!r}; this costmeter reads version "
-                         f"{FORMAT_VERSION}; build it again with `bench lut build`")
-    manifest = body.get("manifest") or {}
-    lacking = [f for f in ("space", "device", "runtime", "resolutions") if f not in manifest]
-    if lacking:
-        raise StoreError(f"{json_path} manifest lacks {', '.join(lacking)}; build it again")
-    entries = []
-    for number, row in enumerate(body.get("entries") or []):
-        try:
-            entry = LutEntry(str(row["key"]), str(row["kind"]), float(row["latency_ms"]),
-                             float(row["raw_ms"]), float(row["spread_ms"]), int(row["samples"]),
-                             str(row["source"]),
-                             tuple((c, row.get(c, "")) for c in ENTRY_COLUMNS[2:11]))
-        except (KeyError, TypeError, ValueError) as exc:
-            raise StoreError(f"{json_path} entry {number} is malformed ({type(exc).__name__}: "
-                             f"{exc}); build the table again") from exc
-        if not (entry.latency_ms > 0 and math.isfinite(entry.latency_ms)):
-            raise StoreError(f"{json_path} entry {entry.key} has latency {entry.latency_ms} ms; "
-                             "latencies must be positive -- build the table again")
-        entries.append(entry)
-    table = LatencyTable(manifest, entries)
-    table.check_compatible(device, runtime, resolutions, space, where=str(json_path))
-    return table
+from costmeter.predictors.lut.files import (  # noqa: E402  (re-exported; files imports this module lazily)
+    atomic_write as _atomic_write, default_lut_path, load_table)
