@@ -1,6 +1,8 @@
-"""``bench lut build|check``: latency lookup tables for NAS, and how far they can be trusted."""
+"""``bench lut build|check|calibrate``: latency lookup tables for NAS, how far they can be
+trusted, and their calibration on measured whole networks."""
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import click
@@ -75,6 +77,7 @@ def build(space: str, device: str, runtime: str, resolution: list[int] | None, p
     stored = "" if predicted else "; every block's samples and verdict stored (tag lut)"
     click.echo(f"{len(table.entries)} entries, per-run overhead {table.overhead_ms * 1e3:.1f} us; "
                f"wrote {json_path} and {json_path.with_suffix('.csv')}{stored}")
+    click.echo(table.calibration_note())
     if invalid:
         click.echo(f"{len(invalid)} of {len(table.entries)} entries INVALID (median not pinned "
                    f"within the time limit), e.g. {invalid[0]}; raise --min-time")
@@ -109,6 +112,7 @@ def check(table_path: str, networks: int, predictor_path: str | None, device: st
     finally:
         store.close()
     fmt = {"float_format": lambda v: f"{v:.3f}"}
+    click.echo(f"table: {table.calibration_note()}")
     click.echo("against each network's median latency:")
     click.echo(report.metrics("median").to_string(**fmt))
     if report.measured_p10_ms is not None:
@@ -116,3 +120,41 @@ def check(table_path: str, networks: int, predictor_path: str | None, device: st
         click.echo(report.metrics("p10").to_string(**fmt))
     if update:
         click.echo(f"recorded the check in {record_check(table, report, table_path)}")
+
+
+@lut.command()
+@click.argument("table_path", type=input_file())
+@click.option("--networks", type=count(10, example="30"), default=30, show_default=True,
+              help="Whole networks measured (nested seeded draws), each between two passes of a reference network")
+@click.option("--seed", type=count(0, 2**32 - 1, "1000"), default=1000, show_default=True,
+              help="Seed of the first draw (network i: seed + i)")
+@click.option("--min-time", type=seconds(min_open=True, example="0.5"), default=0.5, show_default=True,
+              help="Sampling seconds per network")
+@click.option("--output", "-o", type=OutputPath(), default=None,
+              help="Write the calibrated table here (default: in place)")
+@store_option
+@workdir_option
+def calibrate(table_path: str, networks: int, seed: int, min_time: float, output: str | None,
+              store_url: str | None, workdir: Path | None) -> None:
+    """Measure whole networks interleaved with a reference network, fit what the table's sums miss
+    (per-run and traffic terms, non-negative) and conformal residuals; store them in the table."""
+    from costmeter.predictors import load_table
+    from costmeter.predictors.lut.calibrate import calibrate_lut
+
+    table = load_table(table_path)
+    store = open_store(store_url, workdir)
+    try:
+        calibration, run = with_run_progress(lambda cb: calibrate_lut(
+            table, networks, seed, workdir or default_workdir(), min_time, store, progress=cb))
+    finally:
+        store.close()
+    path = table.save(output or table_path)[0]
+    info = calibration.info
+    click.echo(run.describe())
+    click.echo(f"table sum: bias {info['sum_bias_pct']:+.1f} % against the {info['networks']} "
+               f"measured medians; calibrated (each network predicted without its group): "
+               f"{info['calibrated_bias_pct']:+.1f} %")
+    click.echo(calibration.describe())
+    low, high = calibration.conformal.quantiles(0.9)
+    click.echo(f"90% interval: {math.expm1(low):+.1%} .. {math.expm1(high):+.1%} of the prediction; "
+               f"wrote {path}")

@@ -45,10 +45,7 @@ def predict(model_file: str, archs: tuple[str, ...], threads: int | None, breakd
 
     asked = "--coverage" if coverage is not None else "--budget-ms" if budget_ms is not None else None
     if Path(model_file).suffix.lower() in (".json", ".csv"):
-        if asked:
-            raise ConfigError(f"{asked} needs a search-space .costmodel; a lookup table has no interval "
-                              "calibration yet")
-        _predict_with_table(model_file, archs)
+        _predict_with_table(model_file, archs, coverage, budget_ms, confidence)
         return
     manifest = manifest_of(model_file)
     if is_network_predictor(manifest):
@@ -121,13 +118,19 @@ def _predict_graph_target(pred, models: list[str], workdir: Path | None) -> None
                    f"analytic peak activations {live / 2**20:.4g} MiB)")
 
 
-def _predict_with_table(path: str, archs: tuple[str, ...]) -> None:
-    """Sum each architecture's block entries in a lookup table (any space that has one)."""
+def _predict_with_table(path: str, archs: tuple[str, ...], coverage: float | None = None,
+                        budget_ms: float | None = None, confidence: float = 0.9) -> None:
+    """Each architecture's latency from a lookup table (any space that has one): its calibrated
+    prediction, or the sum of its block entries when the table is uncalibrated; intervals and
+    budgets need a calibrated table (``bench lut calibrate``)."""
     from costmeter.errors import ConfigError
     from costmeter.models.spaces import get_space, split_model_id
     from costmeter.predictors import load_lut
 
     table = load_lut(path)
+    if (coverage is not None or budget_ms is not None) and not table.calibrated:
+        raise ConfigError(f"{'--coverage' if coverage is not None else '--budget-ms'} needs a calibrated "
+                          f"lookup table and {path} is uncalibrated; run `bench lut calibrate {path}`")
     items = [a for value in archs for a in (model_specs((value,)) if value.startswith("@")
                                              else [value.strip()])]
     clean = []
@@ -138,9 +141,17 @@ def _predict_with_table(path: str, archs: tuple[str, ...]) -> None:
                               f"{table.space}; give {table.space} architectures or a {space} table")
         clean.append(arch)
     mean, unc = table.predict(clean)
-    for arch, m, s in zip(clean, mean, unc):
-        click.echo(f"{table.space}:{arch}\t{m:.4g} ms ± {s:.2g} ({table.device}, {table.runtime}; "
-                   "lookup table)")
+    kind = "calibrated lookup table" if table.calibrated else "lookup table, uncalibrated"
+    shown = [f"{m:.4g} ms ± {s:.2g}" for m, s in zip(mean, unc)]
+    if coverage is not None:
+        _, lower, upper = table.predict(clean, coverage=coverage)
+        shown = [f"{m:.4g} ms [{lo:.4g}, {hi:.4g}] ({coverage:.0%} interval)"
+                 for m, lo, hi in zip(mean, lower, upper)]
+    within = table.satisfies(clean, budget_ms, confidence=confidence) if budget_ms is not None else None
+    for i, (arch, text) in enumerate(zip(clean, shown)):
+        note = "" if within is None else \
+            f"; within {budget_ms:g} ms at {confidence:.0%}: {'yes' if within[i] else 'no'}"
+        click.echo(f"{table.space}:{arch}\t{text} ({table.device}, {table.runtime}; {kind}){note}")
 
 
 def _predict_networks(model_file: str, models: list[str], threads: int | None, breakdown: bool,

@@ -56,9 +56,6 @@ def calibration_archs(space: str, n: int, resolutions: Sequence[int], seed: int 
     """``n`` architectures, the ``i``-th drawn with seed ``seed + i`` (nested draws)."""
     from costmeter.models.spaces import lut_blocks
 
-    if n < MIN_NETWORKS:
-        raise ConfigError(f"a calibration needs at least {MIN_NETWORKS} networks (a 90% bound "
-                          f"needs 9 residuals), got {n}; use --networks 30")
     sampler = lut_blocks(space)
     return [sampler.sample_at(1, resolutions, seed=seed + i)[0] for i in range(n)]
 
@@ -84,18 +81,27 @@ class Interleaved:
     reference_ms: np.ndarray
 
     def drift_pct(self) -> float:
-        """Range of the reference's medians over their median (%); NaN with fewer than 2."""
+        """Signed drift over the pass (%): the median of the reference's last quarter of passes
+        over that of its first quarter, minus one; NaN with fewer than 2 passes."""
+        ref = self.reference_ms[np.isfinite(self.reference_ms)]
+        if ref.size < 2:
+            return float("nan")
+        quarter = max(1, ref.size // 4)
+        return float((np.median(ref[-quarter:]) / np.median(ref[:quarter]) - 1) * 100)
+
+    def spread_pct(self) -> float:
+        """Range of the reference's medians over their median (%): drift plus noise."""
         ref = self.reference_ms[np.isfinite(self.reference_ms)]
         return float(np.ptp(ref) / np.median(ref) * 100) if ref.size >= 2 else float("nan")
 
     def describe(self) -> str:
-        """One line: the reference's median and drift over the pass."""
+        """One line: the reference's median, drift and range over the pass."""
         ref = self.reference_ms[np.isfinite(self.reference_ms)]
         if not ref.size:
             return "reference network: no pass measured"
-        return (f"reference network measured {ref.size} times between them: median "
-                f"{np.median(ref):.3f} ms, range {ref.min():.3f}-{ref.max():.3f} ms "
-                f"(drift {self.drift_pct():.1f} % of its median)")
+        return (f"reference network measured {ref.size} times in between: median "
+                f"{np.median(ref):.3f} ms, drift {self.drift_pct():+.1f} % (last quarter of its "
+                f"passes against the first), range {self.spread_pct():.1f} % of its median")
 
 
 def measure_interleaved(space: str, archs: Sequence[str], reference: str, device: str = "cpu",
@@ -261,6 +267,9 @@ def calibrate_lut(table: Any, networks: int = DEFAULT_NETWORKS, seed: int = SEED
     """Measure ``networks`` drawn networks interleaved with the reference, fit the calibration,
     and set it on ``table`` (saved by the caller with ``table.save``). ``measure``, ``curve``
     and ``terms`` replace the harness, the cache probe and the block exports, for tests."""
+    if networks < MIN_NETWORKS:
+        raise ConfigError(f"a calibration needs at least {MIN_NETWORKS} networks (a 90% bound "
+                          f"needs 9 residuals), got {networks}; use --networks 30")
     archs = calibration_archs(table.space, networks, table.resolutions, seed)
     reference = reference_arch(table.space, table.resolutions)
     table.predict(archs + [reference], calibrated=False)  # every block is in the table
@@ -272,6 +281,7 @@ def calibrate_lut(table: Any, networks: int = DEFAULT_NETWORKS, seed: int = SEED
                               tag=f"lut-calibrate:{table.space}", measure=measure, progress=progress)
     info = {"seed": int(seed), "reference": reference,
             "reference_ms": [float(v) for v in run.reference_ms], "drift_pct": run.drift_pct(),
+            "reference_median_ms": float(np.nanmedian(run.reference_ms)),
             "min_time_s": float(min_time_s)}
     calibration = fit_calibration(table, archs, run.measured_ms, terms, curve, FOLDS, info)
     table.set_calibration(calibration)
