@@ -5,20 +5,38 @@ Objectives: predicted latency on a device (a lookup table or a learned ``.costmo
 and an accuracy proxy computed for real on the candidate network at initialisation (NASWOT,
 Mellor et al. 2021: log-determinant of the ReLU activation-pattern kernel over a batch of
 random inputs; or synflow, Tanaka et al. 2020; or a user-supplied accuracy table; maximise).
-The budget is an NSGA-II constraint; a candidate predicted over budget is not scored by the
-proxy at all (the point of a microsecond latency model in the loop). Each NSGA-II generation is
-asked for as a batch and its latencies predicted in one call.
+The budget is an NSGA-II constraint at a confidence: a candidate is feasible when its measured
+latency stays within the budget with probability >= ``--confidence`` (the model's one-sided
+conformal upper bound is within it: ``satisfies(archs, budget, confidence)``), and the
+constraint NSGA-II minimises is that bound minus the budget. A candidate that is not feasible is
+not scored by the proxy at all (the point of a microsecond latency model in the loop). Each
+NSGA-II generation is asked for as a batch and its latencies predicted in one call.
+
+A lookup table needs a calibration on measured whole networks for that bound (``bench lut
+calibrate``; see :mod:`costmeter.predictors.lut.calibrate`): without ``--lut``/``--predictor``
+a table is measured and calibrated first, and an uncalibrated table given with ``--lut`` is
+calibrated (and saved) before the search; both are cached in the working folder.
 
 The feasible Pareto set is then measured like ``bench run`` does (harness runner, one isolated
-worker per network, results in the store under the tag ``nas-search``); the script prints
-predicted vs measured latency per member and writes ``trials.csv``, ``pareto.csv`` and
+worker per network, results in the store under the tag ``nas-search``), interleaved with a fixed
+reference network (ref, n1, ref, n2, ..., ref) so that the machine's drift during the pass shows,
+and against the reference's median when the table was calibrated. The script prints predicted vs
+measured latency per member and the figures that say whether the budget held: the share of the
+returned networks measured within the budget, the share whose measured median is within ±10 %
+of the prediction, the bias and Spearman's rho; it writes ``trials.csv``, ``pareto.csv`` and
 ``pareto.png`` to ``--out``.
 
-Without ``--lut``/``--predictor`` a table is measured first (cached in the working folder).
 Small settings finish in a few minutes on a CPU::
 
     python examples/nas_search.py --space nb201 --trials 40 --population 10
     python examples/nas_search.py --space ofa_mbv3 --resolutions 128,160 --trials 60 --population 12
+
+The budget check of ofa_mbv3 (on a quiet machine: one pinned CPU, one thread; about 12 minutes,
+most of it measuring the table, the 30 calibration networks and the 20 returned networks)::
+
+    python examples/nas_search.py --space ofa_mbv3 --resolutions 128,160 --trials 200 \
+        --population 20 --budget-ms 3.06 --confidence 0.9 --measure 20 --threads 1 --cpus 2 \
+        --workdir .costmeter-nas --out .costmeter-nas/search
 """
 from __future__ import annotations
 
@@ -150,18 +168,43 @@ def latency_model(args: argparse.Namespace, resolutions: Sequence[int], say: Any
     if args.predictor:
         return load_predictor(args.predictor, device=args.device, runtime=args.runtime,
                               space=args.space)
-    if args.lut:
-        return load_lut(args.lut, device=args.device, runtime=args.runtime,
-                        resolutions=resolutions if args.space == "ofa_mbv3" else None,
-                        space=args.space)
     res = resolutions if args.space == "ofa_mbv3" else None
-    path = default_lut_path(args.workdir, args.space, args.device, args.runtime, res)
-    if path.is_file():
-        say(f"using the lookup table {path}")
-        return load_lut(path, device=args.device, runtime=args.runtime, space=args.space)
-    say(f"measuring a {args.space} lookup table on {args.device}/{args.runtime} (once) ...")
-    return build_lut(args.space, args.device, args.runtime, res, workdir=args.workdir,
-                     threads=args.threads, output=path)
+    if args.lut:
+        path = Path(args.lut)
+        table = load_lut(path, device=args.device, runtime=args.runtime, resolutions=res,
+                         space=args.space)
+    else:
+        path = default_lut_path(args.workdir, args.space, args.device, args.runtime, res)
+        if path.is_file():
+            say(f"using the lookup table {path}")
+            table = load_lut(path, device=args.device, runtime=args.runtime, space=args.space)
+        else:
+            say(f"measuring a {args.space} lookup table on {args.device}/{args.runtime} (once) ...")
+            table = build_lut(args.space, args.device, args.runtime, res, workdir=args.workdir,
+                              threads=args.threads, output=path)
+    if not table.calibrated:
+        from costmeter.predictors.lut.calibrate import calibrate_lut
+        from costmeter.results.store import ResultStore, default_store_url
+
+        say(f"table {table.calibration_note()}")
+        say(f"calibrating it: {args.calibration_networks} whole networks measured, interleaved "
+            "with a reference network ...")
+        with ResultStore(default_store_url(Path(args.workdir))) as store:
+            _, run = calibrate_lut(table, args.calibration_networks, workdir=args.workdir,
+                                   min_time_s=args.min_time, store=store)
+        table.save(path)
+        say(run.describe())
+    say(f"table {table.calibration_note()}")
+    return table
+
+
+def upper_bound(model: Any, archs: Sequence[str], confidence: float) -> np.ndarray:
+    """Per architecture, the latency (ms) its measurement stays below with probability >=
+    ``confidence`` (a calibrated table's or a predictor's one-sided conformal bound)."""
+    if hasattr(model, "upper"):
+        return model.upper(archs, confidence)
+    mean, std = model.predict(archs)
+    return model.estimator.calibration().upper(mean, std, confidence)
 
 
 # ----------------------------------------------------------------------------- search
@@ -179,31 +222,35 @@ def search(args: argparse.Namespace, model: Any, proxy: Proxy, budget: float,
         trials = [study.ask() for _ in range(min(args.population, args.trials - done))]
         archs = [suggest_arch(t, args.space, resolutions) for t in trials]
         latency, uncertainty = model.predict(archs)
-        for trial, arch, ms, unc in zip(trials, archs, latency, uncertainty):
+        upper = upper_bound(model, archs, args.confidence)
+        within = model.satisfies(archs, budget, confidence=args.confidence)
+        for trial, arch, ms, unc, high, feasible in zip(trials, archs, latency, uncertainty, upper, within):
             trial.set_user_attr("arch", arch)
             trial.set_user_attr("latency_ms", float(ms))
             trial.set_user_attr("uncertainty_ms", float(unc))
-            trial.set_constraint("latency_over_budget_ms", float(ms) - budget)
-            feasible = ms <= budget
+            trial.set_user_attr("upper_ms", float(high))
+            trial.set_user_attr("feasible", bool(feasible))
+            # the bound over the budget (an infinite bound: far over it)
+            trial.set_constraint("latency_over_budget_ms", min(float(high) - budget, 1e6))
             score = proxy(arch) if feasible else None
             if score is not None:
                 floor = score if floor is None else min(floor, score)
-            trial.set_user_attr("proxy_scored", feasible)
+            trial.set_user_attr("proxy_scored", bool(feasible))
             # an infeasible candidate is never scored: NSGA-II ranks it by its violation
             study.tell(trial, [float(ms), score if score is not None else (floor or 0.0)])
         done += len(trials)
         say(f"{done}/{args.trials} trials, {sum(t.user_attrs['proxy_scored'] for t in study.trials)}"
-            f" within {budget:.3g} ms")
+            f" within {budget:.3g} ms at {args.confidence:.0%} confidence")
     return study
 
 
-def pareto_members(study: Any, budget: float, limit: int) -> list[Any]:
-    """Feasible Pareto-optimal trials, one per architecture, by latency; at most ``limit``,
-    spread evenly over the front."""
+def pareto_members(study: Any, limit: int) -> list[Any]:
+    """Feasible Pareto-optimal trials (within the budget at the confidence), one per
+    architecture, by latency; at most ``limit``, spread evenly over the front."""
     seen, front = set(), []
     for trial in sorted(study.best_trials, key=lambda t: t.values[0]):
         arch = trial.user_attrs["arch"]
-        if trial.user_attrs["latency_ms"] <= budget and arch not in seen:
+        if trial.user_attrs["feasible"] and arch not in seen:
             seen.add(arch)
             front.append(trial)
     if len(front) > limit:
@@ -212,21 +259,50 @@ def pareto_members(study: Any, budget: float, limit: int) -> list[Any]:
     return front
 
 
-def measure(args: argparse.Namespace, archs: Sequence[str]) -> list[Any]:
-    """Measure whole networks like ``bench run``: harness runner, results in the store."""
-    from costmeter.harness.config import ProtocolConfig, RunConfig
-    from costmeter.harness.runner import Runner, validate
+def measure(args: argparse.Namespace, model: Any, archs: Sequence[str],
+            resolutions: Sequence[int]) -> Any:
+    """Measure whole networks like ``bench run`` (harness runner, results in the store),
+    interleaved with a reference network: the calibration's when the model is a calibrated
+    table, else the space's (:func:`costmeter.predictors.lut.calibrate.reference_arch`)."""
+    from costmeter.predictors.lut.calibrate import measure_interleaved, reference_arch
     from costmeter.results.store import ResultStore, default_store_url
 
-    protocol = ProtocolConfig(warmup_count=5, warmup_s=0.2, min_count=20, min_time_s=args.min_time,
-                              max_time_s=max(10.0, 10 * args.min_time), percentiles=(50.0,),
-                              auto_min_count=False, max_cv=0.5, max_rel_ci=0.02)
-    configs = [RunConfig(model=f"{args.space}:{arch}", device=args.device, runtime=args.runtime,
-                         threads=args.threads, protocol=protocol, check_outputs=False,
-                         workdir=str(args.workdir), tag="nas-search") for arch in archs]
-    jobs = validate(configs)
+    calibration = getattr(model, "calibration", None)
+    reference = (calibration.info.get("reference") if calibration is not None else None) or \
+        reference_arch(args.space, resolutions)
     with ResultStore(default_store_url(Path(args.workdir))) as store:
-        return Runner(store, Path(args.workdir)).run(jobs, tag="nas-search")
+        return measure_interleaved(args.space, archs, reference, args.device, args.runtime,
+                                   args.workdir, args.threads, args.min_time, store, tag="nas-search")
+
+
+def budget_summary(measured_ms: Any, predicted_ms: Any, budget_ms: float) -> dict[str, float]:
+    """Did the budget hold? Over the networks measured (NaN left out): ``n``, the share measured
+    within ``budget_ms`` (%), the share whose measured median is within ±10 % of the prediction
+    (%), the bias (median of predicted / measured - 1, %), MAPE (%) and Spearman's rho."""
+    from costmeter.predictors.estimators.evaluate import metrics
+
+    measured = np.asarray(measured_ms, dtype=np.float64)
+    predicted = np.asarray(predicted_ms, dtype=np.float64)
+    ok = np.isfinite(measured) & np.isfinite(predicted)
+    if not ok.any():
+        return {"n": 0, "within_budget_pct": float("nan"), "within_10_pct": float("nan"),
+                "bias_pct": float("nan"), "mape_pct": float("nan"), "spearman": float("nan")}
+    m = metrics(measured[ok], predicted[ok])
+    return {"n": int(ok.sum()), "within_budget_pct": float(np.mean(measured[ok] <= budget_ms) * 100),
+            "within_10_pct": m["within_10_pct"], "bias_pct": m["bias_pct"],
+            "mape_pct": m["mape_pct"], "spearman": m["spearman"]}
+
+
+def summary_lines(summary: dict[str, float], budget_ms: float, confidence: float) -> list[str]:
+    """The printed verdict: both target figures with their targets, then bias and rank."""
+    if not summary["n"]:
+        return ["no returned network could be measured"]
+    return [f"of {summary['n']} networks returned as within {budget_ms:.3g} ms at {confidence:.0%} "
+            f"confidence: {summary['within_budget_pct']:.0f} % measured within the budget (target "
+            f">= {confidence:.0%}), {summary['within_10_pct']:.0f} % measured within ±10 % of "
+            "the prediction (target >= 80 %)",
+            f"predicted vs measured median: bias {summary['bias_pct']:+.1f} %, MAPE "
+            f"{summary['mape_pct']:.1f} %, Spearman {summary['spearman']:.2f}"]
 
 
 def pareto_plot(trials: Any, front: Any, budget: float, path: Path, title: str) -> None:
@@ -242,7 +318,7 @@ def pareto_plot(trials: Any, front: Any, budget: float, path: Path, title: str) 
     over = trials[~trials["proxy_scored"]]
     if len(over):
         ax.scatter(over["latency_ms"], np.full(len(over), scored["proxy"].min() if len(scored) else 0),
-                   marker="x", s=14, c="0.8", label="over budget (not scored)")
+                   marker="x", s=14, c="0.8", label=f"not within budget at the confidence (not scored)")
     ax.plot(front["predicted_ms"], front["proxy"], "o-", c="C0", label="Pareto set, predicted")
     measured = front[np.isfinite(front["measured_ms"])]
     ax.scatter(measured["measured_ms"], measured["proxy"], marker="s", c="C3", label="measured")
@@ -265,11 +341,17 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--device", default="cpu")
     p.add_argument("--runtime", default="onnxruntime")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--cpus", default=None,
+                   help="pin this script and every worker it starts to these CPUs, e.g. 2 or 4-7")
     p.add_argument("--lut", help="lookup table (.json) from `bench lut build`")
     p.add_argument("--predictor", help="learned predictor (.costmodel)")
     p.add_argument("--resolutions", default="128,160", help="ofa_mbv3 resolutions searched")
     p.add_argument("--budget-ms", type=float, default=None,
                    help="latency budget (default: the median prediction of 500 random archs)")
+    p.add_argument("--confidence", type=float, default=0.9,
+                   help="probability that a returned network measures within the budget")
+    p.add_argument("--calibration-networks", type=int, default=30,
+                   help="whole networks measured to calibrate an uncalibrated lookup table")
     p.add_argument("--trials", type=int, default=40)
     p.add_argument("--population", type=int, default=10)
     p.add_argument("--proxy", choices=["naswot", "synflow"], default="naswot")
@@ -283,15 +365,52 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def check_args(args: argparse.Namespace) -> list[int]:
+    """Refuse bad settings before anything is measured (ConfigError, one line); returns the CPUs
+    to pin to (empty: no pinning)."""
+    from costmeter.errors import ConfigError
+    from costmeter.predictors.estimators.conformal import check_coverage
+    from costmeter.predictors.lut.calibrate import MIN_NETWORKS
+    from costmeter.predictors.lut.table import check_budget
+    from costmeter.predictors.workflows.build import check_pinning
+
+    check_coverage(args.confidence, "--confidence")
+    if args.budget_ms is not None:
+        check_budget(args.budget_ms)
+    if args.calibration_networks < MIN_NETWORKS:
+        raise ConfigError(f"--calibration-networks must be >= {MIN_NETWORKS}, got {args.calibration_networks}")
+    if args.measure < 1 or args.trials < 1 or args.population < 2 or not args.min_time > 0:
+        raise ConfigError("--measure and --trials must be >= 1, --population >= 2 and --min-time > 0")
+    cpus: list[int] = []
+    for part in (args.cpus or "").split(","):
+        low, dash, high = part.strip().partition("-")
+        if not part.strip():
+            continue
+        if not (low.isdigit() and (not dash or high.isdigit())):
+            raise ConfigError(f"--cpus {args.cpus!r} is not a CPU list; give e.g. 2 or 4-7")
+        cpus += list(range(int(low), int(high if dash else low) + 1))
+    check_pinning(cpus)
+    return cpus
+
+
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    """Run the search; returns the trials and the Pareto frames and the output paths."""
+    """Run the search; returns the trials and the Pareto frames, the budget summary and the
+    output folder."""
+    from costmeter.predictors.workflows.build import pinned
+
+    args = parse_args(argv)
+    with pinned(check_args(args)):
+        return run(args)
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    """Table (or predictor), search, interleaved measurement of the returned set, summary."""
     import pandas as pd
 
     from costmeter.predictors.estimators.evaluate import metrics
     from costmeter.predictors.lut.table import check_budget
     from costmeter.models.spaces import get_space
 
-    args = parse_args(argv)
     started = time.perf_counter()
 
     def say(message: str) -> None:
@@ -307,25 +426,28 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     budget = check_budget(args.budget_ms)
     proxy = Proxy(args.space, args.proxy, args.proxy_batch, args.accuracy_table)
     say(f"searching {args.space} with NSGA-II: {args.trials} trials, population {args.population}, "
-        f"budget {budget:.3g} ms, objective {'table accuracy' if args.accuracy_table else args.proxy}")
+        f"budget {budget:.3g} ms at {args.confidence:.0%} confidence, objective "
+        f"{'table accuracy' if args.accuracy_table else args.proxy}")
     study = search(args, model, proxy, budget, resolutions, say)
     trials = pd.DataFrame([{"number": t.number, "arch": t.user_attrs["arch"],
                             "latency_ms": t.values[0], "uncertainty_ms": t.user_attrs["uncertainty_ms"],
-                            "proxy": t.values[1], "proxy_scored": t.user_attrs["proxy_scored"]}
+                            "upper_ms": t.user_attrs["upper_ms"], "proxy": t.values[1],
+                            "proxy_scored": t.user_attrs["proxy_scored"]}
                            for t in study.trials])
-    members = pareto_members(study, budget, args.measure)
-    say(f"measuring {len(members)} Pareto members through the harness ...")
-    results = measure(args, [t.user_attrs["arch"] for t in members]) if members else []
-    samples = [np.asarray(r.measurement.all_samples_ns(), dtype=np.float64) / 1e6
-               if r.measurement is not None and r.measurement.all_samples_ns() else np.full(1, np.nan)
-               for r in results]
-    front = pd.DataFrame({"arch": [t.user_attrs["arch"] for t in members],
+    members = pareto_members(study, args.measure)
+    archs = [t.user_attrs["arch"] for t in members]
+    say(f"measuring {len(members)} Pareto members through the harness, interleaved with a "
+        "reference network ...")
+    run_ = measure(args, model, archs, resolutions) if members else None
+    nan = np.full(len(members), np.nan)
+    front = pd.DataFrame({"arch": archs,
                           "predicted_ms": [t.values[0] for t in members],
-                          "uncertainty_ms": [t.user_attrs["uncertainty_ms"] for t in members],
-                          "measured_ms": [float(np.median(x)) for x in samples],
-                          "measured_p10_ms": [float(np.percentile(x, 10)) for x in samples],
+                          "upper_ms": [t.user_attrs["upper_ms"] for t in members],
+                          "measured_ms": run_.measured_ms if run_ else nan,
+                          "measured_p10_ms": run_.p10_ms if run_ else nan,
                           "proxy": [t.values[1] for t in members]})
     front["error_pct"] = (front["predicted_ms"] / front["measured_ms"] - 1) * 100
+    front["within_budget"] = front["measured_ms"] <= budget
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     trials.to_csv(out / "trials.csv", index=False)
@@ -335,15 +457,25 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                 f"{args.space} on {args.device}/{args.runtime}: latency from {Path(source).name}")
     with pd.option_context("display.width", 200, "display.max_colwidth", 70):
         print(front.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    if run_ is not None:
+        print(run_.describe())
+        calibration = getattr(model, "calibration", None)
+        then = calibration.info.get("reference_median_ms") if calibration is not None else None
+        ref = run_.reference_ms[np.isfinite(run_.reference_ms)]
+        if then and ref.size:
+            print(f"reference network now {np.median(ref):.3f} ms against {then:.3f} ms when the "
+                  f"table was calibrated ({(np.median(ref) / then - 1) * 100:+.1f} %: the machine's "
+                  "drift between the two passes)")
+    summary = budget_summary(front["measured_ms"], front["predicted_ms"], budget)
+    for line in summary_lines(summary, budget, args.confidence):
+        print(line)
     ok = np.isfinite(front["measured_ms"].to_numpy())
-    for column, label in (("measured_ms", "median"), ("measured_p10_ms", "10th percentile")):
-        if ok.sum() >= 2:  # p10: what a quiet machine would show (see costmeter.predictors.lut.check)
-            m = metrics(front[column][ok], front["predicted_ms"][ok])
-            print(f"predicted vs measured {label} over {int(ok.sum())} networks: bias "
-                  f"{m['bias_pct']:+.1f} %, MAPE {m['mape_pct']:.1f} %, within +-10 % "
-                  f"{m['within_10_pct']:.0f} %, Spearman {m['spearman']:.2f}")
+    if ok.sum() >= 2:  # p10: what a quiet machine would show (see costmeter.predictors.lut.check)
+        m = metrics(front["measured_p10_ms"][ok], front["predicted_ms"][ok])
+        print(f"against the 10th percentile instead: bias {m['bias_pct']:+.1f} %, within ±10 % "
+              f"{m['within_10_pct']:.0f} %")
     say(f"wrote {out / 'trials.csv'}, {out / 'pareto.csv'}, {out / 'pareto.png'}")
-    return {"trials": trials, "pareto": front, "budget_ms": budget, "out": out}
+    return {"trials": trials, "pareto": front, "budget_ms": budget, "summary": summary, "out": out}
 
 
 if __name__ == "__main__":
