@@ -50,6 +50,8 @@ from typing import Any
 
 import numpy as np
 
+from costmeter.predictors.estimators.evaluate import budget_summary, summary_lines
+
 OFA_STAGES, OFA_SLOTS = 5, 4
 
 
@@ -198,15 +200,6 @@ def latency_model(args: argparse.Namespace, resolutions: Sequence[int], say: Any
     return table
 
 
-def upper_bound(model: Any, archs: Sequence[str], confidence: float) -> np.ndarray:
-    """Per architecture, the latency (ms) its measurement stays below with probability >=
-    ``confidence`` (a calibrated table's or a predictor's one-sided conformal bound)."""
-    if hasattr(model, "upper"):
-        return model.upper(archs, confidence)
-    mean, std = model.predict(archs)
-    return model.estimator.calibration().upper(mean, std, confidence)
-
-
 # ----------------------------------------------------------------------------- search
 def search(args: argparse.Namespace, model: Any, proxy: Proxy, budget: float,
            resolutions: Sequence[int], say: Any) -> Any:
@@ -222,7 +215,7 @@ def search(args: argparse.Namespace, model: Any, proxy: Proxy, budget: float,
         trials = [study.ask() for _ in range(min(args.population, args.trials - done))]
         archs = [suggest_arch(t, args.space, resolutions) for t in trials]
         latency, uncertainty = model.predict(archs)
-        upper = upper_bound(model, archs, args.confidence)
+        upper = model.upper(archs, args.confidence)  # the bound behind satisfies()
         within = model.satisfies(archs, budget, confidence=args.confidence)
         for trial, arch, ms, unc, high, feasible in zip(trials, archs, latency, uncertainty, upper, within):
             trial.set_user_attr("arch", arch)
@@ -273,36 +266,6 @@ def measure(args: argparse.Namespace, model: Any, archs: Sequence[str],
     with ResultStore(default_store_url(Path(args.workdir))) as store:
         return measure_interleaved(args.space, archs, reference, args.device, args.runtime,
                                    args.workdir, args.threads, args.min_time, store, tag="nas-search")
-
-
-def budget_summary(measured_ms: Any, predicted_ms: Any, budget_ms: float) -> dict[str, float]:
-    """Did the budget hold? Over the networks measured (NaN left out): ``n``, the share measured
-    within ``budget_ms`` (%), the share whose measured median is within ±10 % of the prediction
-    (%), the bias (median of predicted / measured - 1, %), MAPE (%) and Spearman's rho."""
-    from costmeter.predictors.estimators.evaluate import metrics
-
-    measured = np.asarray(measured_ms, dtype=np.float64)
-    predicted = np.asarray(predicted_ms, dtype=np.float64)
-    ok = np.isfinite(measured) & np.isfinite(predicted)
-    if not ok.any():
-        return {"n": 0, "within_budget_pct": float("nan"), "within_10_pct": float("nan"),
-                "bias_pct": float("nan"), "mape_pct": float("nan"), "spearman": float("nan")}
-    m = metrics(measured[ok], predicted[ok])
-    return {"n": int(ok.sum()), "within_budget_pct": float(np.mean(measured[ok] <= budget_ms) * 100),
-            "within_10_pct": m["within_10_pct"], "bias_pct": m["bias_pct"],
-            "mape_pct": m["mape_pct"], "spearman": m["spearman"]}
-
-
-def summary_lines(summary: dict[str, float], budget_ms: float, confidence: float) -> list[str]:
-    """The printed verdict: both target figures with their targets, then bias and rank."""
-    if not summary["n"]:
-        return ["no returned network could be measured"]
-    return [f"of {summary['n']} networks returned as within {budget_ms:.3g} ms at {confidence:.0%} "
-            f"confidence: {summary['within_budget_pct']:.0f} % measured within the budget (target "
-            f">= {confidence:.0%}), {summary['within_10_pct']:.0f} % measured within ±10 % of "
-            "the prediction (target >= 80 %)",
-            f"predicted vs measured median: bias {summary['bias_pct']:+.1f} %, MAPE "
-            f"{summary['mape_pct']:.1f} %, Spearman {summary['spearman']:.2f}"]
 
 
 def pareto_plot(trials: Any, front: Any, budget: float, path: Path, title: str) -> None:
@@ -463,12 +426,20 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         then = calibration.info.get("reference_median_ms") if calibration is not None else None
         ref = run_.reference_ms[np.isfinite(run_.reference_ms)]
         if then and ref.size:
+            ratio = float(np.median(ref) / then)
+            front["measured_at_calibration_ms"] = front["measured_ms"] / ratio
+            front.to_csv(out / "pareto.csv", index=False)
             print(f"reference network now {np.median(ref):.3f} ms against {then:.3f} ms when the "
-                  f"table was calibrated ({(np.median(ref) / then - 1) * 100:+.1f} %: the machine's "
-                  "drift between the two passes)")
+                  f"table was calibrated ({(ratio - 1) * 100:+.1f} %: the machine's drift between "
+                  "the two passes)")
     summary = budget_summary(front["measured_ms"], front["predicted_ms"], budget)
     for line in summary_lines(summary, budget, args.confidence):
         print(line)
+    if "measured_at_calibration_ms" in front:
+        again = budget_summary(front["measured_at_calibration_ms"], front["predicted_ms"], budget)
+        print(f"with the measurements scaled by the reference's drift since the calibration: "
+              f"{again['within_budget_pct']:.0f} % within the budget, {again['within_10_pct']:.0f} % "
+              f"within ±10 %, bias {again['bias_pct']:+.1f} %")
     ok = np.isfinite(front["measured_ms"].to_numpy())
     if ok.sum() >= 2:  # p10: what a quiet machine would show (see costmeter.predictors.lut.check)
         m = metrics(front["measured_p10_ms"][ok], front["predicted_ms"][ok])

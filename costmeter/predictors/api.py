@@ -14,9 +14,12 @@ export::
   space's analytic features) loaded safely from a ``.costmodel`` file; the uncertainty is the
   spread across trees, and intervals come from its conformal calibration (cross-conformal,
   computed when it was fitted; see :mod:`costmeter.predictors.estimators.conformal`).
-- ``load_lut`` returns a :class:`~costmeter.predictors.lut.table.LatencyTable`; its uncertainty is
-  the run-to-run spread of the summed blocks (plus the additivity error once checked); its
-  intervals need a calibration on measured networks (``bench lut check --calibrate``).
+- ``load_lut`` returns a :class:`~costmeter.predictors.lut.table.LatencyTable`; uncalibrated,
+  its prediction is the sum of its blocks and its uncertainty their run-to-run spread (plus the
+  additivity error once checked); calibrated on measured whole networks (``bench lut
+  calibrate``), it predicts what the sums miss and gives conformal intervals and bounds.
+
+Both also give ``upper(archs, confidence)``: the one-sided bound (ms) behind ``satisfies``.
 
 Throughput: architectures are first turned into the space's canonical integer array by its
 vectorised ``to_array`` (canonical strings never go through a per-string parser), then
@@ -97,14 +100,19 @@ class ForestPredictor:
 
         budget = check_budget(budget_ms)
         if confidence is not None:
-            from costmeter.predictors.estimators.conformal import check_coverage
-
-            check_coverage(confidence, "confidence")
-            calibration = self.estimator.calibration()
-            mean, std = self.predict(archs)
-            return calibration.upper(mean, std, confidence) <= budget
+            return self.upper(archs, confidence) <= budget
         mean, std = self.predict(archs)
         return mean + sigmas * std <= budget
+
+    def upper(self, archs: Any, confidence: float = 0.9) -> np.ndarray:
+        """One-sided upper bound (ms) per architecture: the measured latency stays below it
+        with probability >= ``confidence`` (0 < c < 1; conformal)."""
+        from costmeter.predictors.estimators.conformal import check_coverage
+
+        check_coverage(confidence, "confidence")
+        calibration = self.estimator.calibration()
+        mean, std = self.predict(archs)
+        return calibration.upper(mean, std, confidence)
 
 
 def _as_items(archs: Any) -> Any:

@@ -6,6 +6,9 @@ pred/true - 1 in %), ``within_5_pct``/``within_10_pct``/``within_15_pct`` (share
 predictions within +-5/10/15 % of the measurement, in %), ``spearman`` (rank correlation rho)
 and ``kendall`` (tau-b), both from scipy.
 
+Budgets: :func:`budget_summary` says whether networks returned as within a latency budget
+measured within it, and how close their measurements came to the predictions.
+
 Splits: :func:`random_split` (by count or fraction, seeded) and :func:`family_split` (hold out
 whole model families, e.g. train on ResNet/MobileNetV2, test on MobileNetV3/EfficientNet).
 """
@@ -147,3 +150,32 @@ def evaluate_predictor(predictor: Any, frame: Any, statistic: str = "latency_p50
                           runtime=predictor.runtime, statistic=statistic)
     pred = predictor.predict(list(test["arch"]))
     return metrics_table(test["latency_ms"].to_numpy(), pred)
+
+
+# ----------------------------------------------------------------------------- budgets
+def budget_summary(measured_ms: Any, predicted_ms: Any, budget_ms: float) -> dict[str, float]:
+    """Did the budget hold? Over the networks measured (NaN left out): ``n``, the share measured
+    within ``budget_ms`` (%), the share whose measured median is within ±10 % of the prediction
+    (%), the bias (median of predicted / measured - 1, %), MAPE (%) and Spearman's rho."""
+    measured = np.asarray(measured_ms, dtype=np.float64)
+    predicted = np.asarray(predicted_ms, dtype=np.float64)
+    ok = np.isfinite(measured) & np.isfinite(predicted)
+    if not ok.any():
+        return {"n": 0, "within_budget_pct": float("nan"), "within_10_pct": float("nan"),
+                "bias_pct": float("nan"), "mape_pct": float("nan"), "spearman": float("nan")}
+    m = metrics(measured[ok], predicted[ok])
+    return {"n": int(ok.sum()), "within_budget_pct": float(np.mean(measured[ok] <= budget_ms) * 100),
+            "within_10_pct": m["within_10_pct"], "bias_pct": m["bias_pct"],
+            "mape_pct": m["mape_pct"], "spearman": m["spearman"]}
+
+
+def summary_lines(summary: dict[str, float], budget_ms: float, confidence: float) -> list[str]:
+    """The printed verdict: both target figures with their targets, then bias and rank."""
+    if not summary["n"]:
+        return ["no returned network could be measured"]
+    return [f"of {summary['n']} networks returned as within {budget_ms:.3g} ms at {confidence:.0%} "
+            f"confidence: {summary['within_budget_pct']:.0f} % measured within the budget (target "
+            f">= {confidence:.0%}), {summary['within_10_pct']:.0f} % measured within ±10 % of "
+            "the prediction (target >= 80 %)",
+            f"predicted vs measured median: bias {summary['bias_pct']:+.1f} %, MAPE "
+            f"{summary['mape_pct']:.1f} %, Spearman {summary['spearman']:.2f}"]
