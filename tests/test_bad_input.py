@@ -234,6 +234,10 @@ CASES: list[tuple[list[str], str]] = [
     (["lut", "check", "{bad_json}"], "bad_lut.json"),
     (["lut", "check", "{missing}.json"], "not exist"),
     (["lut", "check", "{bad_json}", "--networks", "0"], "--networks"),
+    (["lut", "calibrate", "{bad_json}"], "bad_lut.json"),
+    (["lut", "calibrate", "{missing}.json"], "not exist"),
+    (["lut", "calibrate", "{bad_json}", "--networks", "5"], "--networks"),
+    (["lut", "calibrate", "{bad_json}", "--min-time", "0"], "--min-time"),
     # bench kernels *
     (["kernels", "detect", "--pairs", ","], "op pairs"),
     (["kernels", "detect", "--pairs", ""], "op pairs"),

@@ -139,7 +139,7 @@ def calibrate(table_path: str, networks: int, seed: int, min_time: float, output
     """Measure whole networks interleaved with a reference network, fit what the table's sums miss
     (per-run and traffic terms, non-negative) and conformal residuals; store them in the table."""
     from costmeter.predictors import load_table
-    from costmeter.predictors.lut.calibrate import calibrate_lut
+    from costmeter.predictors import calibrate_lut
 
     table = load_table(table_path)
     store = open_store(store_url, workdir)

@@ -55,6 +55,7 @@ _PUBLIC: dict[str, str] = {
     "check_budget": "costmeter.predictors.lut.table",
     "check_lut": "costmeter.predictors.lut.check",
     "record_check": "costmeter.predictors.lut.check",
+    "calibrate_lut": "costmeter.predictors.lut.calibrate",
     # building: sampling and workflows
     "KernelSamples": "costmeter.predictors.sampling.measure",
     "measure_kernels": "costmeter.predictors.sampling.measure",
