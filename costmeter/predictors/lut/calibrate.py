@@ -200,8 +200,10 @@ class LutCalibration:
     def describe(self) -> str:
         """One line: how many networks, what was kept, out-of-group figures."""
         t = self.traffic
+        kept = t.describe().replace("kernel sum", "table sum").replace(
+            "leave-one-family-out over", "leave-one-group-out over").replace("families", "groups of draws")
         return (f"calibrated on {self.info.get('networks')} measured networks "
-                f"({self.info.get('calibrated_at', '?')}): {t.describe()}; out-of-group bias "
+                f"({self.info.get('calibrated_at', '?')}): {kept}; out-of-group bias "
                 f"{t.cv_bias_ * 100:+.1f} % (table sum alone: "
                 f"{self.info.get('sum_bias_pct', float('nan')):+.1f} %)")
 
