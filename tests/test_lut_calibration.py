@@ -178,3 +178,27 @@ def test_cli_bad_input_is_one_line_exit_2(calibrated: tuple, tmp_path: Path,
         assert path.read_text() == before
     assert main(["lut", "calibrate", str(plain), "--networks", "3"]) == 2
     assert "--networks" in capsys.readouterr().err
+
+
+def test_cli_calibrates_a_table_in_place(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                         capsys: pytest.CaptureFixture) -> None:
+    """`bench lut calibrate` end to end, with the harness, the cache probe and the block exports
+    replaced by the synthetic machine of these tests."""
+    from costmeter.predictors.lut import calibrate, check
+
+    table, terms = table_and_terms(seed=3)
+    path = table.save(tmp_path / "t")[0]
+
+    def measure_networks(space: str, order: list[str], *args: object, **kwargs: object) -> tuple:
+        median = truth(table, terms, order, seed=4)
+        return median, median * 0.9, [None] * len(order)
+
+    monkeypatch.setattr(check, "measure_networks", measure_networks)
+    monkeypatch.setattr(calibrate, "block_terms", lambda *args: terms)
+    monkeypatch.setattr(calibrate, "cache_curve", lambda *args: CURVE)
+    assert main(["lut", "calibrate", str(path), "--networks", "12", "--workdir", str(tmp_path / "wd")]) == 0
+    out = capsys.readouterr().out
+    assert "reference network measured 13 times" in out and "calibrated on 12 measured networks" in out
+    assert "90% upper bound" in out and "two-sided 90% interval: needs at least 19 networks" in out
+    loaded = load_table(path)
+    assert loaded.calibrated and loaded.calibration.info["networks"] == 12

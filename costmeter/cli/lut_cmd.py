@@ -140,6 +140,7 @@ def calibrate(table_path: str, networks: int, seed: int, min_time: float, output
     (per-run and traffic terms, non-negative) and conformal residuals; store them in the table."""
     from costmeter.predictors import load_table
     from costmeter.predictors import calibrate_lut
+    from costmeter.predictors import conformal_min_rows as min_rows
 
     table = load_table(table_path)
     store = open_store(store_url, workdir)
@@ -155,6 +156,10 @@ def calibrate(table_path: str, networks: int, seed: int, min_time: float, output
                f"measured medians; calibrated (each network predicted without its group): "
                f"{info['calibrated_bias_pct']:+.1f} %")
     click.echo(calibration.describe())
+    bound = float(calibration.conformal.upper([1.0], [0.0], 0.9)[0]) - 1
     low, high = calibration.conformal.quantiles(0.9)
-    click.echo(f"90% interval: {math.expm1(low):+.1%} .. {math.expm1(high):+.1%} of the prediction; "
-               f"wrote {path}")
+    two_sided = (f"{math.expm1(low):+.1%} .. {math.expm1(high):+.1%} of the prediction"
+                 if math.isfinite(low) and math.isfinite(high) else
+                 f"needs at least {min_rows(0.9)} networks")
+    click.echo(f"90% upper bound: {bound:+.1%} over the prediction (two-sided 90% interval: "
+               f"{two_sided}); wrote {path}")

@@ -201,7 +201,7 @@ class LutCalibration:
         """One line: how many networks, what was kept, out-of-group figures."""
         t = self.traffic
         kept = t.describe().replace("kernel sum", "table sum").replace(
-            "leave-one-family-out over", "leave-one-group-out over").replace("families", "groups of draws")
+            "leave-one-family-out over", "leave-one-group-out over").replace("families", "groups of draws").replace("out of family", "out of group")
         return (f"calibrated on {self.info.get('networks')} measured networks "
                 f"({self.info.get('calibrated_at', '?')}): {kept}; out-of-group bias "
                 f"{t.cv_bias_ * 100:+.1f} % (table sum alone: "
