@@ -140,6 +140,8 @@ def test_bad_coverage_budget_and_network_count(calibrated: tuple) -> None:
     for bad in (0, -1.0, float("nan"), "fast"):
         with pytest.raises(ConfigError, match="budget"):
             table.satisfies(archs, bad, confidence=0.9)
+    with pytest.raises(ConfigError, match="around the calibrated prediction"):
+        table.predict(archs, coverage=0.9, corrected=False)
     fresh, _ = table_and_terms()
     with pytest.raises(ConfigError, match="at least 10 networks"):
         calibrate_lut(fresh, networks=5, measure=lambda a: np.ones(len(a)), curve=CURVE, terms=terms)

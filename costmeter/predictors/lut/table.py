@@ -224,6 +224,9 @@ class LatencyTable:
 
             check_coverage(coverage)
             self._require_calibration("an interval (coverage)")
+            if not (calibrated and corrected):
+                raise ConfigError("an interval (coverage) is around the calibrated prediction; "
+                                  "leave corrected and calibrated at True")
         space = get_space(self.space)
         encoded = space.to_array(archs)
         mean, var = lut_blocks(self.space).dense_predict(self._dense_tables(corrected), encoded)
