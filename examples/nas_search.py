@@ -418,8 +418,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     source = args.predictor or args.lut or "measured lookup table"
     pareto_plot(trials, front, budget, out / "pareto.png",
                 f"{args.space} on {args.device}/{args.runtime}: latency from {Path(source).name}")
+    if not members:
+        print(f"no candidate was within {budget:.3g} ms at {args.confidence:.0%} confidence "
+              f"(smallest bound: {trials['upper_ms'].min():.3g} ms); raise --budget-ms, lower "
+              "--confidence or run more --trials")
     with pd.option_context("display.width", 200, "display.max_colwidth", 70):
-        print(front.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+        if members:
+            print(front.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     if run_ is not None:
         print(run_.describe())
         calibration = getattr(model, "calibration", None)
@@ -433,7 +438,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                   f"table was calibrated ({(ratio - 1) * 100:+.1f} %: the machine's drift between "
                   "the two passes)")
     summary = budget_summary(front["measured_ms"], front["predicted_ms"], budget)
-    for line in summary_lines(summary, budget, args.confidence):
+    for line in summary_lines(summary, budget, args.confidence) if members else []:
         print(line)
     if "measured_at_calibration_ms" in front:
         again = budget_summary(front["measured_at_calibration_ms"], front["predicted_ms"], budget)
