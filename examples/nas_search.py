@@ -31,8 +31,9 @@ Small settings finish in a few minutes on a CPU::
     python examples/nas_search.py --space nb201 --trials 40 --population 10
     python examples/nas_search.py --space ofa_mbv3 --resolutions 128,160 --trials 60 --population 12
 
-The budget check of ofa_mbv3 (on a quiet machine: one pinned CPU, one thread; about 12 minutes,
-most of it measuring the table, the 30 calibration networks and the 20 returned networks)::
+The budget check of ofa_mbv3 (on a quiet machine: one pinned CPU, one thread; about 10 minutes:
+the table, ~1 min; the proxy, 1-2 s per candidate within the budget; about 100 whole networks
+measured, ~1.5 s each: 30 for the calibration, up to 20 returned, the reference between them)::
 
     python examples/nas_search.py --space ofa_mbv3 --resolutions 128,160 --trials 200 \
         --population 20 --budget-ms 3.06 --confidence 0.9 --measure 20 --threads 1 --cpus 2 \
