@@ -204,3 +204,14 @@ def test_cli_calibrates_a_table_in_place(tmp_path: Path, monkeypatch: pytest.Mon
     assert "90% upper bound" in out and "two-sided 90% interval: needs at least 19 networks" in out
     loaded = load_table(path)
     assert loaded.calibrated and loaded.calibration.info["networks"] == 12
+
+
+def test_the_additivity_check_shows_the_calibrated_prediction_beside_the_sum(calibrated: tuple) -> None:
+    from costmeter.predictors.lut.check import check_lut
+
+    table, terms, _, _ = calibrated
+    report = check_lut(table, networks=40, seed=77, measure=lambda archs: truth(table, terms, archs, seed=5))
+    metrics = report.metrics()
+    assert list(metrics.index) == ["lut", "lut_raw", "lut_calibrated"]
+    assert abs(metrics.loc["lut_calibrated", "bias_pct"]) < 3 < abs(metrics.loc["lut", "bias_pct"])
+    assert metrics.loc["lut_calibrated", "within_10_pct"] > metrics.loc["lut", "within_10_pct"]
