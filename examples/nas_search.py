@@ -36,7 +36,7 @@ the table, ~1 min; the proxy, 1-2 s per candidate within the budget; about 100 w
 measured, ~1.5 s each: 30 for the calibration, up to 20 returned, the reference between them)::
 
     python examples/nas_search.py --space ofa_mbv3 --resolutions 128,160 --trials 200 \
-        --population 20 --budget-ms 3.06 --confidence 0.9 --measure 20 --threads 1 --cpus 2 \
+        --population 20 --budget-ms 3.06 --confidence 0.9 --measure 20 --threads 1 --cpus 1 \
         --workdir .costmeter-nas --out .costmeter-nas/search
 """
 from __future__ import annotations
