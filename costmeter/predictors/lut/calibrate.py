@@ -209,7 +209,9 @@ class LutCalibration:
 
     def state(self) -> dict[str, Any]:
         """JSON-ready: traffic state, conformal state (sorted scores), block terms, info."""
-        return {"traffic": self.traffic.state(), "conformal": self.conformal.state(),
+        conformal = {**self.conformal.state(),
+                     "scale": "log latency, one scale for every network (no spread normalisation)"}
+        return {"traffic": self.traffic.state(), "conformal": conformal,
                 "block_terms": {k: [float(w), float(a)] for k, (w, a) in sorted(self.terms.items())},
                 "info": dict(self.info)}
 
