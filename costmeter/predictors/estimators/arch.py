@@ -51,9 +51,12 @@ class ArchPredictor(RegressorMixin, BaseEstimator):
     Parameters: ``space`` (registered space name), ``regressor`` (template estimator on the
     space's named features, with ``predict_with_uncertainty``; default
     :meth:`default_regressor`), ``device`` and ``runtime`` (labels recorded in the artifact
-    manifest and checked by the NAS API), ``conformal_folds`` (folds of the cross-conformal
-    calibration behind :meth:`predict_interval`; 0 fits none), ``conformal_floor`` (spread floor
-    as a share of the median spread).
+    manifest and checked by the NAS API), ``conformal_folds`` (0 fits no interval
+    calibration; otherwise a regressor with ``jackknife`` -- the default -- is calibrated on
+    its own leave-one-out predictions, any other by cross-conformal calibration with this many
+    folds), ``conformal_floor`` (spread floor as a share of the median spread: 1.0 widens only
+    where the trees disagree more than on the median architecture; lower floors let a noisy
+    spread from the calibration rows' fewer out-of-bag trees widen every interval).
     Fitted: ``regressor_``, ``feature_schema_`` (e.g. ``nb201/v1``), ``n_train_``,
     ``conformal_`` (a :class:`~costmeter.predictors.estimators.conformal.ConformalCalibration`
     or None).
@@ -61,7 +64,7 @@ class ArchPredictor(RegressorMixin, BaseEstimator):
 
     def __init__(self, space: str = "nb201", regressor: Any = None, device: str | None = None,
                  runtime: str | None = None, conformal_folds: int = 10,
-                 conformal_floor: float = 0.25) -> None:
+                 conformal_floor: float = 1.0) -> None:
         self.space = space
         self.regressor = regressor
         self.device = device
@@ -77,8 +80,8 @@ class ArchPredictor(RegressorMixin, BaseEstimator):
         return default_regressor(self.space)
 
     def fit(self, archs: Any, latency_ms: Any) -> ArchPredictor:
-        """Fit the regressor on the analytic features of ``archs`` and latencies (ms); with
-        ``conformal_folds`` >= 2, also the interval calibration from out-of-fold predictions."""
+        """Fit the regressor on the analytic features of ``archs`` and latencies (ms), and the
+        interval calibration (see ``conformal_folds``)."""
         from costmeter.predictors.estimators.conformal import (
             Jackknifed,
             calibrate_cv,
