@@ -115,7 +115,8 @@ class AdditiveForest(_NamedFeatures, RegressorMixin, BaseEstimator):
         best: tuple[float, Any, float] | None = None
         for scale in scales:
             factor = np.where(onehot, scale, 1.0)
-            ridge = RidgeCV(alphas=tuple(self.alphas)).fit(z * factor, target, sample_weight=weight)
+            ridge = RidgeCV(alphas=np.array(self.alphas, dtype=np.float64)).fit(
+                z * factor, target, sample_weight=weight)
             if best is None or ridge.best_score_ > best[0]:
                 best = (float(ridge.best_score_), ridge, scale)
         assert best is not None
