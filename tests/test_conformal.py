@@ -170,11 +170,23 @@ def test_manifest_records_the_calibration(saved_model: tuple[Path, list[str], np
     with zipfile.ZipFile(path) as zf:
         manifest = json.loads(zf.read("manifest.json"))
     interval = manifest["interval"]
-    assert interval["method"].startswith("cross-conformal") and interval["folds"] == 4
+    assert interval["method"].startswith("jackknife") and interval["folds"] == 0
     assert interval["calibration_rows"] == 120 and "120 training rows" in interval["data"]
     low90, high90 = interval["quantiles"]["0.9"]
     low80, high80 = interval["quantiles"]["0.8"]
     assert low90 <= low80 < high80 <= high90
+
+
+def test_regressors_without_a_jackknife_get_cross_conformal_scores() -> None:
+    from costmeter.predictors.estimators.arch import ArchPredictor
+    from costmeter.predictors.estimators.forest import ModelForest
+
+    archs, data = _slice()
+    y = data["gold_6240_ms"].to_numpy(dtype=np.float64)
+    model = ArchPredictor("nb201", regressor=ModelForest(n_estimators=8), conformal_folds=4)
+    described = model.fit(archs[:60], y[:60]).calibration().describe()
+    assert described["method"].startswith("cross-conformal") and described["folds"] == 4
+    assert "60 training rows" in described["data"]
 
 
 def test_nas_api_interval_and_budget(saved_model: tuple[Path, list[str], np.ndarray]) -> None:
