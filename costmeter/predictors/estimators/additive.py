@@ -238,6 +238,8 @@ class AdditiveForest(_NamedFeatures, RegressorMixin, BaseEstimator):
         check_is_fitted(self)
         arr = self._predict_matrix(X, dtype=np.float32)
         base = self._base(arr[:, self.linear_columns_].astype(np.float64))
+        if self._weight() == 0.0:  # the correction was shrunk away: the trees need not run
+            return base
         return base * np.exp(self._weight() * self.estimator_.estimator_.predict(arr))
 
     def predict_with_uncertainty(self, X: Any) -> tuple[np.ndarray, np.ndarray]:
