@@ -19,7 +19,7 @@ def test_registered_with_the_protocol_attributes() -> None:
     assert fbnet.BLOCKS == ("k3_e1", "k3_e1_g2", "k3_e3", "k3_e6", "k5_e1", "k5_e1_g2", "k5_e3",
                             "k5_e6", "skip")
     assert fbnet.input_shape(ALL_SKIP, batch=4) == (4, 3, 32, 32)
-    assert fbnet.CAPABILITIES == frozenset({"lut"})  # lookup-table blocks: test_fbnet_lut.py
+    assert fbnet.CAPABILITIES == frozenset({"onehot", "lut"})  # lookup-table blocks: test_fbnet_lut.py
     with pytest.raises(ConfigError, match="'fbnet' is too large to enumerate"):
         enumerate_space("fbnet")
     np.testing.assert_array_equal(fbnet.to_array([ALL_SKIP]), np.full((1, 22), 8))

@@ -42,7 +42,8 @@ def test_registry_names_and_unknown_space() -> None:
 PROTOCOL = ("NAME", "SIZE", "FEATURE_SCHEMA_VERSION", "CAPABILITIES", "parse", "format_arch",
             "canonical", "to_array", "sample", "feature_names", "feature_matrix", "features",
             "param_count", "macs", "input_shape", "build_torch")
-OPTIONAL = {"enumerate": ("enumerate_archs",), "index": ("to_index", "index_to_codes")}
+OPTIONAL = {"enumerate": ("enumerate_archs",), "index": ("to_index", "index_to_codes"),
+            "onehot": ("onehot_feature_names",)}
 LUT_PROTOCOL = ("RESOLUTIONS", "INTERLEAVE", "space_blocks", "arch_blocks", "arch_resolution",
                 "block_module", "dense_tables", "dense_predict", "sample_at")
 
@@ -58,6 +59,11 @@ def test_every_space_follows_the_protocol_and_declares_its_options(name: str) ->
     for capability, attributes in OPTIONAL.items():
         if has_capability(name, capability):
             assert [a for a in attributes if not hasattr(sp, a)] == []
+    if has_capability(name, "onehot"):  # named feature columns, one per (position, choice)
+        onehot = list(sp.onehot_feature_names())
+        assert set(onehot) <= set(sp.feature_names())
+        assert (sp.features(sp.sample(8, seed=1))[onehot].to_numpy() > 0).sum(axis=1).tolist() == [
+            len(onehot) // len({n.split("_", 1)[1] for n in onehot})] * 8
     if has_capability(name, "lut"):
         lut = lut_blocks(name)
         assert [a for a in LUT_PROTOCOL if not hasattr(lut, a)] == []

@@ -14,6 +14,9 @@ Optional parts are *declared* in ``CAPABILITIES`` (never probed):
 - ``"enumerate"``: ``enumerate_archs()`` lists the whole space;
 - ``"index"``: ``to_index(archs)`` and ``index_to_codes(index)`` -- a dense index over a small
   space, so a predictor can tabulate the whole space once;
+- ``"onehot"``: ``onehot_feature_names()`` -- the per-layer (per-edge) choice columns among
+  the features, one per (position, choice): the columns of a per-layer latency sum, which the
+  default predictor penalises apart from the structured features;
 - ``"lut"``: a ``lut`` submodule following :class:`~costmeter.models.spaces.blocks.LutBlocks`
   (lookup-table blocks; see :func:`lut_blocks`).
 
@@ -38,9 +41,9 @@ _SPACES: dict[str, str] = {
     "ofa_mbv3": "costmeter.models.spaces.ofa_mbv3",
     "fbnet": "costmeter.models.spaces.fbnet",
 }
-CAPABILITY_NAMES = ("enumerate", "index", "lut")
+CAPABILITY_NAMES = ("enumerate", "index", "onehot", "lut")
 _LACKS = {"enumerate": "is too large to enumerate", "index": "has no dense index",
-          "lut": "has no lookup-table blocks"}
+          "lut": "has no lookup-table blocks", "onehot": "has no one-hot choice columns"}
 
 
 class SearchSpace(Protocol):

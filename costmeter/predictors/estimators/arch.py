@@ -25,15 +25,38 @@ a lookup of a handful of points and its metrics, if any, come from 1-3 rows. A f
 target: the NB201 fixture slice has 300."""
 
 
+ONEHOT_SCALES: tuple[float, ...] = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0)
+"""Penalty scales of the one-hot columns tried by the default model (see
+:class:`~costmeter.predictors.estimators.additive.AdditiveForest`): from "the structured
+features carry the sum" to "the full per-layer table"."""
+
+
+def default_regressor(space: str, **forest: Any) -> Any:
+    """The default latency model of a space (unfitted): a ridge base on every analytic feature
+    with the space's one-hot columns (declared by its ``"onehot"`` capability) under their own
+    penalty, times a forest correction shrunk by its out-of-bag fit. ``forest``: settings passed
+    on (``n_estimators``, ``n_jobs``, ...)."""
+    from costmeter.models.spaces import has_capability
+    from costmeter.predictors.estimators.additive import AdditiveForest
+
+    onehot = (tuple(get_space(space).onehot_feature_names())
+              if has_capability(space, "onehot") else None)
+    return AdditiveForest(onehot_features=onehot, onehot_scales=ONEHOT_SCALES if onehot else (1.0,),
+                          shrink_forest=True, **forest)
+
+
 class ArchPredictor(RegressorMixin, BaseEstimator):
     """Latency (ms) of search-space architectures on one device/runtime.
 
     Parameters: ``space`` (registered space name), ``regressor`` (template estimator on the
     space's named features, with ``predict_with_uncertainty``; default
     :meth:`default_regressor`), ``device`` and ``runtime`` (labels recorded in the artifact
-    manifest and checked by the NAS API), ``conformal_folds`` (folds of the cross-conformal
-    calibration behind :meth:`predict_interval`; 0 fits none), ``conformal_floor`` (spread floor
-    as a share of the median spread).
+    manifest and checked by the NAS API), ``conformal_folds`` (0 fits no interval
+    calibration; otherwise a regressor with ``jackknife`` -- the default -- is calibrated on
+    its own leave-one-out predictions, any other by cross-conformal calibration with this many
+    folds), ``conformal_floor`` (spread floor as a share of the median spread: 1.0 widens only
+    where the trees disagree more than on the median architecture; lower floors let a noisy
+    spread from the calibration rows' fewer out-of-bag trees widen every interval).
     Fitted: ``regressor_``, ``feature_schema_`` (e.g. ``nb201/v1``), ``n_train_``,
     ``conformal_`` (a :class:`~costmeter.predictors.estimators.conformal.ConformalCalibration`
     or None).
@@ -41,7 +64,7 @@ class ArchPredictor(RegressorMixin, BaseEstimator):
 
     def __init__(self, space: str = "nb201", regressor: Any = None, device: str | None = None,
                  runtime: str | None = None, conformal_folds: int = 10,
-                 conformal_floor: float = 0.25) -> None:
+                 conformal_floor: float = 1.0) -> None:
         self.space = space
         self.regressor = regressor
         self.device = device
@@ -53,18 +76,17 @@ class ArchPredictor(RegressorMixin, BaseEstimator):
         return get_space(self.space).features(archs)
 
     def default_regressor(self) -> Any:
-        """The template used when ``regressor`` is None: a ridge base on the space's one-hot
-        columns (all columns where it has none) times a forest correction."""
-        from costmeter.predictors.estimators.additive import AdditiveForest
-
-        space = get_space(self.space)
-        onehot = getattr(space, "onehot_feature_names", None)
-        return AdditiveForest(linear_features=tuple(onehot()) if onehot is not None else None)
+        """The template used when ``regressor`` is None: :func:`default_regressor` of the space."""
+        return default_regressor(self.space)
 
     def fit(self, archs: Any, latency_ms: Any) -> ArchPredictor:
-        """Fit the regressor on the analytic features of ``archs`` and latencies (ms); with
-        ``conformal_folds`` >= 2, also the interval calibration from out-of-fold predictions."""
-        from costmeter.predictors.estimators.conformal import calibrate_cv
+        """Fit the regressor on the analytic features of ``archs`` and latencies (ms), and the
+        interval calibration (see ``conformal_folds``)."""
+        from costmeter.predictors.estimators.conformal import (
+            Jackknifed,
+            calibrate_cv,
+            calibrate_jackknife,
+        )
 
         space = get_space(self.space)
         y = np.asarray(latency_ms, dtype=np.float64).ravel()
@@ -74,7 +96,10 @@ class ArchPredictor(RegressorMixin, BaseEstimator):
         template = self.regressor if self.regressor is not None else self.default_regressor()
         self.regressor_ = clone(template).fit(features, y)
         self.conformal_ = None
-        if self.conformal_folds and self.conformal_folds >= 2 and len(y) >= 4:
+        if isinstance(self.regressor_, Jackknifed) and self.conformal_folds and len(y) >= 4:
+            self.conformal_ = calibrate_jackknife(self.regressor_, features, y,
+                                                  floor=self.conformal_floor)
+        elif self.conformal_folds and self.conformal_folds >= 2 and len(y) >= 4:
             self.conformal_ = calibrate_cv(template, features, y, folds=self.conformal_folds,
                                            floor=self.conformal_floor)
         self.feature_schema_ = feature_schema(self.space)

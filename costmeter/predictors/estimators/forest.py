@@ -76,14 +76,15 @@ class ModelForest(_NamedFeatures, RegressorMixin, BaseEstimator):
     ``max_features`` (fraction of features tried per split), ``min_samples_leaf``,
     ``log_target`` (fit log-latency, so relative errors weigh alike at every scale),
     ``features`` (named columns to use; ``None`` = every column of the fit table),
-    ``n_jobs``, ``random_state``.
+    ``n_jobs``, ``random_state``, ``oob`` (random forest only: keep each training row's
+    out-of-bag prediction, target space, as ``estimator_.oob_prediction_``).
     Fitted: ``estimator_`` (the scikit-learn forest), ``feature_names_in_``, ``n_features_in_``.
     """
 
     def __init__(self, algorithm: str = "random_forest", n_estimators: int = 64,
                  max_features: float | str | None = 0.33, min_samples_leaf: int = 2,
                  log_target: bool = True, features: Sequence[str] | None = None,
-                 n_jobs: int | None = 1, random_state: int | None = 0) -> None:
+                 n_jobs: int | None = 1, random_state: int | None = 0, oob: bool = False) -> None:
         self.algorithm = algorithm
         self.n_estimators = n_estimators
         self.max_features = max_features
@@ -92,6 +93,7 @@ class ModelForest(_NamedFeatures, RegressorMixin, BaseEstimator):
         self.features = features
         self.n_jobs = n_jobs
         self.random_state = random_state
+        self.oob = oob
 
     def fit(self, X: Any, y: Any, sample_weight: Any = None) -> ModelForest:
         """Fit on features ``X`` (DataFrame with named columns, or array) and latencies ``y`` (ms)."""
@@ -111,9 +113,10 @@ class ModelForest(_NamedFeatures, RegressorMixin, BaseEstimator):
                                   "log_target needs positive latencies (or log_target=False)")
             target = np.log(target)
         cls = RandomForestRegressor if self.algorithm == "random_forest" else ExtraTreesRegressor
+        extra = {"oob_score": True} if self.oob and cls is RandomForestRegressor else {}
         self.estimator_ = cls(n_estimators=self.n_estimators, max_features=self.max_features,
                               min_samples_leaf=self.min_samples_leaf, n_jobs=self.n_jobs,
-                              random_state=self.random_state)
+                              random_state=self.random_state, **extra)
         self.estimator_.fit(arr, target, sample_weight=sample_weight)
         return self
 

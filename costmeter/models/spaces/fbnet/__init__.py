@@ -72,9 +72,9 @@ from costmeter.models.spaces.fbnet.analytic import (
 
 NAME = "fbnet"
 SIZE = len(BLOCKS) ** N_LAYERS  # 9^22, about 9.8e20
-#: optional parts (see :mod:`costmeter.models.spaces`): lookup-table blocks (:mod:`.lut`); far
-#: too large to enumerate or index
-CAPABILITIES: frozenset[str] = frozenset({"lut"})
+#: optional parts (see :mod:`costmeter.models.spaces`): one-hot layer columns, lookup-table
+#: blocks (:mod:`.lut`); far too large to enumerate or index
+CAPABILITIES: frozenset[str] = frozenset({"onehot", "lut"})
 
 
 def to_array(archs: Any) -> Any:

@@ -37,7 +37,7 @@ EDGES: tuple[tuple[int, int], ...] = ((0, 1), (0, 2), (1, 2), (0, 3), (1, 3), (2
 N_EDGES = 6
 SIZE = len(OPS) ** N_EDGES  # 15,625
 FEATURE_SCHEMA_VERSION = 1
-CAPABILITIES: frozenset[str] = frozenset({"enumerate", "index", "lut"})
+CAPABILITIES: frozenset[str] = frozenset({"enumerate", "index", "onehot", "lut"})
 
 STAGE_CHANNELS: tuple[int, ...] = (16, 32, 64)
 STAGE_RESOLUTION: tuple[int, ...] = (32, 16, 8)
