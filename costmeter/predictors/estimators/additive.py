@@ -122,8 +122,8 @@ class AdditiveForest(_NamedFeatures, RegressorMixin, BaseEstimator):
         """(log latency, one-sigma spread of the forest's trees, log units) per row."""
         arr = self._predict_matrix(X, dtype=np.float32)
         base = self._base(arr[:, self.linear_columns_].astype(np.float64))
-        trees = self.estimator_._tree_outputs(arr)
-        return np.log(base) + trees.mean(axis=0), trees.std(axis=0)
+        mean, spread = self.estimator_.tree_mean_std(arr)
+        return np.log(base) + mean, spread
 
     def predict(self, X: Any) -> np.ndarray:
         """Predicted latency (ms) per row."""
