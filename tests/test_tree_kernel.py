@@ -123,3 +123,34 @@ def test_bad_strings_still_raise_one_line_errors(fitted: tuple[str, ForestPredic
     with pytest.raises(ConfigError) as info:
         model.predict(good + [bad], coverage=0.9)
     assert words in str(info.value) and "\n" not in str(info.value)
+
+
+def test_ofa_byte_mask_validation_agrees_with_the_field_by_field_check() -> None:
+    from costmeter.models.spaces import ofa_mbv3
+
+    rng = np.random.default_rng(5)
+    base = ofa_mbv3.sample_array(400, seed=9)
+    for trial in range(200):
+        a = base[rng.integers(0, len(base), 3)].copy()
+        for _ in range(int(rng.integers(0, 3))):
+            a[rng.integers(0, len(a)), rng.integers(0, a.shape[1])] = rng.choice(
+                [-1, 0, 2, 3, 4, 5, 6, 7, 9, 128, 130, 224, 255, 256, 999])
+        try:
+            want = ofa_mbv3._validate_slowly(a)
+        except ConfigError as error:
+            with pytest.raises(ConfigError) as raised:
+                ofa_mbv3._validate_array(a)
+            assert str(raised.value) == str(error)
+            continue
+        np.testing.assert_array_equal(ofa_mbv3._validate_array(a), want)
+
+
+def test_ofa_token_decoder_reads_every_sampled_string() -> None:
+    from costmeter.models.spaces import ofa_mbv3
+    from costmeter.models.spaces.ofa_mbv3.strings import decode_canonical
+
+    strings = ofa_mbv3.sample(3000, seed=8)
+    np.testing.assert_array_equal(decode_canonical(strings), ofa_mbv3.sample_array(3000, seed=8))
+    shifted = [strings[0] + "|k3e4", "|".join(strings[1].split("|")[:-1])] + strings[2:5]
+    assert decode_canonical(shifted) is None  # the '|' count is checked per string
+    assert decode_canonical([" " + strings[0]]) is None and decode_canonical([]) is None
