@@ -154,3 +154,26 @@ def test_ofa_token_decoder_reads_every_sampled_string() -> None:
     shifted = [strings[0] + "|k3e4", "|".join(strings[1].split("|")[:-1])] + strings[2:5]
     assert decode_canonical(shifted) is None  # the '|' count is checked per string
     assert decode_canonical([" " + strings[0]]) is None and decode_canonical([]) is None
+
+
+def test_fbnet_byte_decoder_agrees_with_the_parser_or_steps_aside() -> None:
+    from costmeter.models.spaces.fbnet import encoding
+
+    strings = encoding.sample(2000, seed=4)
+    np.testing.assert_array_equal(encoding._fast_codes(strings), encoding.sample_codes(2000, seed=4))
+    rng = np.random.default_rng(6)
+    alphabet = list("k35e136_g2skip| \n") + ["é"]
+    for _ in range(400):
+        text = strings[int(rng.integers(0, len(strings)))]
+        at = int(rng.integers(0, len(text)))
+        text = text[:at] + str(rng.choice(alphabet)) + text[at + int(rng.integers(0, 2)):]
+        fast = encoding._fast_codes([strings[0], text])
+        try:
+            want = np.stack([encoding.parse(strings[0]), encoding.parse(text)])
+        except ConfigError:
+            assert fast is None
+            continue
+        if fast is not None:  # the parser also accepts spellings with spaces; those step aside
+            np.testing.assert_array_equal(fast, want)
+    assert encoding._fast_codes([strings[0] + "|skip"]) is None
+    assert encoding._fast_codes(["|".join(strings[0].split("|")[:-1]), strings[1] + "|skip"]) is None
