@@ -380,6 +380,22 @@ def _block_tables() -> np.ndarray:
     return tables
 
 
+@lru_cache(maxsize=1)
+def _block_sums() -> np.ndarray:
+    """``(20 * 6, 17)`` 0/1 matrix summing the per-block quantities of :func:`_block_tables`:
+    MACs per stage (5), parameters per stage (5), each quantity over the network (6), MACs
+    over the network (1)."""
+    q = len(_BLOCK_TABLES)
+    m = np.zeros((N_SLOTS, q, 17))
+    for slot in range(N_SLOTS):
+        stage = slot // MAX_DEPTH
+        m[slot, :4, stage] = 1.0
+        m[slot, 4, 5 + stage] = 1.0
+        m[slot, np.arange(q), 10 + np.arange(q)] = 1.0
+        m[slot, :4, 16] = 1.0
+    return m.reshape(N_SLOTS * q, 17)
+
+
 def _value_index(values: Sequence[int]) -> np.ndarray:
     lut = np.zeros(max(values) + 1, dtype=np.int64)
     lut[list(values)] = np.arange(1, len(values) + 1)
@@ -405,11 +421,9 @@ def feature_matrix(archs: Iterable[Any] | np.ndarray) -> np.ndarray:
     es = a[:, 1 + N_STAGES + N_SLOTS:]
     combo = _K_INDEX[ks] * 4 + _E_INDEX[es]                     # 0 = inactive
     flat = (((r - RESOLUTIONS[0]) // 4)[:, None] * N_SLOTS + np.arange(N_SLOTS)) * 16 + combo
-    per_block = _block_tables()[flat]                              # (n, 20, 6)
-    per_stage = per_block.reshape(n, N_STAGES, MAX_DEPTH, -1).sum(axis=2)
-    totals = per_stage.sum(axis=1)                                 # (n, 6)
-    stage_macs = per_stage[:, :, :4].sum(axis=2)
-    stage_params = per_stage[:, :, 4]
+    per_block = _block_tables()[flat].reshape(n, -1)               # (n, 20 * 6)
+    sums = per_block @ _block_sums()  # integers below 2**53: exact in any order
+    stage_macs, stage_params, totals = sums[:, :5], sums[:, 5:10], sums[:, 10:16]
     fixed_macs, fixed_params = _fixed_parts(r)
     combo_counts = np.bincount((np.arange(n)[:, None] * 16 + combo).ravel(),
                                minlength=16 * n).reshape(n, 16)
@@ -417,7 +431,7 @@ def feature_matrix(archs: Iterable[Any] | np.ndarray) -> np.ndarray:
                               for j in range(len(EXPANDS))]]
     out = np.empty((n, len(feature_names())))
     cols = [r[:, None], depth.sum(axis=1, keepdims=True), depth, counts, stage_macs,
-            stage_params, (fixed_macs + stage_macs.sum(axis=1))[:, None], totals[:, :4],
+            stage_params, (fixed_macs + sums[:, 16])[:, None], totals[:, :4],
             (fixed_params + totals[:, 4])[:, None], totals[:, 5:6], ks, es]
     start = 0
     for c in cols:
