@@ -35,6 +35,7 @@ import numpy as np
 MIN_COMPILED_ROWS = 512
 BLOCK_ROWS = 4096  # rows partitioned together (their feature columns stay in cache)
 SMALL_SEGMENT = 4  # a node holding this many rows or fewer finishes them row by row
+TRANSPOSE_ROWS = 256  # rows transposed at a time
 MAX_DEPTH = 500  # the kernel's node stack; deeper trees go through scikit-learn
 
 _FLAT: weakref.WeakKeyDictionary[Any, tuple[np.ndarray, ...]] = weakref.WeakKeyDictionary()
@@ -103,6 +104,15 @@ def sklearn_mean_std(forest: Any, x32: np.ndarray) -> tuple[np.ndarray, np.ndarr
     return out.mean(axis=0), out.std(axis=0)
 
 
+def feature_columns(x32: np.ndarray, rows: int = TRANSPOSE_ROWS) -> np.ndarray:
+    """The matrix transposed (features x rows, C order: one feature's values contiguous, as the
+    kernel's partitions read them), ``rows`` rows at a time so that both sides stay in cache."""
+    out = np.empty((x32.shape[1], len(x32)), dtype=np.float32)
+    for start in range(0, len(x32), rows):
+        out[:, start:start + rows] = x32[start:start + rows].T
+    return out
+
+
 def tree_mean_std(forest: Any, x32: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(mean, standard deviation) across the trees of a fitted forest regressor, per row of a
     C-contiguous float32 matrix (units of the forest's target). Compiled when possible."""
@@ -110,7 +120,7 @@ def tree_mean_std(forest: Any, x32: np.ndarray) -> tuple[np.ndarray, np.ndarray]
             or max(est.tree_.max_depth for est in forest.estimators_) >= MAX_DEPTH):
         return sklearn_mean_std(forest, x32)
     feature, threshold, children, value, roots = flatten_forest(forest)
-    columns = np.ascontiguousarray(x32.T)  # one feature's values contiguous: partitions read them
+    columns = feature_columns(x32)
     mean, std = np.empty(len(x32)), np.empty(len(x32))
     _compiled_kernel()(columns, feature, threshold, children, value, roots, mean, std,
                        BLOCK_ROWS, SMALL_SEGMENT)
