@@ -230,8 +230,8 @@ class AdditiveForest(_NamedFeatures, RegressorMixin, BaseEstimator):
         is the trees' own, not shrunk with the correction: it says where the data are thin."""
         arr = self._predict_matrix(X, dtype=np.float32)
         base = self._base(arr[:, self.linear_columns_].astype(np.float64))
-        trees = self.estimator_._tree_outputs(arr)
-        return np.log(base) + self._weight() * trees.mean(axis=0), trees.std(axis=0)
+        mean, spread = self.estimator_.tree_mean_std(arr)
+        return np.log(base) + self._weight() * mean, spread
 
     def predict(self, X: Any) -> np.ndarray:
         """Predicted latency (ms) per row."""

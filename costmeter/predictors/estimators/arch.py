@@ -143,7 +143,10 @@ class ArchPredictor(RegressorMixin, BaseEstimator):
             import pandas as pd
 
             return pd.DataFrame(matrix, columns=list(get_space(self.space).feature_names()))
-        return np.ascontiguousarray(matrix[:, self.columns_], dtype=np.float32)
+        columns = self.columns_
+        if len(columns) == matrix.shape[1] and np.array_equal(columns, np.arange(len(columns))):
+            return np.ascontiguousarray(matrix, dtype=np.float32)  # every column, in order
+        return np.ascontiguousarray(matrix[:, columns], dtype=np.float32)
 
     def _regressor_input(self, archs: Any) -> Any:
         self._check_schema()

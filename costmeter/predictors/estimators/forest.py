@@ -128,6 +128,14 @@ class ModelForest(_NamedFeatures, RegressorMixin, BaseEstimator):
             out[i] = tree.predict(x32, check_input=False)
         return out
 
+    def tree_mean_std(self, arr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(mean, standard deviation) of the per-tree predictions in target space per row of a
+        float32 matrix, in one pass (compiled when numba is installed; see
+        :mod:`~costmeter.predictors.estimators.tree_kernel`)."""
+        from costmeter.predictors.estimators.tree_kernel import tree_mean_std
+
+        return tree_mean_std(self.estimator_, np.ascontiguousarray(arr, dtype=np.float32))
+
     def predict(self, X: Any) -> np.ndarray:
         """Predicted latency (ms) per row."""
         arr = self._predict_matrix(X, dtype=np.float32)  # what the trees use: no second copy
@@ -140,8 +148,7 @@ class ModelForest(_NamedFeatures, RegressorMixin, BaseEstimator):
         With a log target the spread is taken in log space and mapped back
         (``std_ms = latency_ms * std_log``): a relative error estimate.
         """
-        trees = self._tree_outputs(self._predict_matrix(X, dtype=np.float32))
-        mean, std = trees.mean(axis=0), trees.std(axis=0)
+        mean, std = self.tree_mean_std(self._predict_matrix(X, dtype=np.float32))
         if self.log_target:
             latency = np.exp(mean)
             return latency, latency * std

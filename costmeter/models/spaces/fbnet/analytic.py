@@ -143,9 +143,11 @@ def feature_matrix(archs: Iterable[Any] | np.ndarray) -> np.ndarray:
     rows = np.arange(n)[:, None]
     flat = np.arange(N_LAYERS) * nb + codes                              # (n, 22) into 198
     table = block_table().reshape(N_LAYERS * nb, len(QUANTITIES))
-    out = np.zeros((n, len(feature_names())))
+    width = len(feature_names())
     n_onehot = N_LAYERS * nb
-    out[rows, flat] = 1.0
+    out = np.empty((n, width))
+    out[:, :n_onehot] = 0.0  # every other column is written below
+    out.reshape(-1)[(rows * width + flat).ravel()] = 1.0
     col = n_onehot
     layer_macs = table[:, :4].sum(axis=1)[flat]
     counts = np.bincount((rows * nb + codes).ravel(), minlength=n * nb).reshape(n, nb)
@@ -155,7 +157,7 @@ def feature_matrix(archs: Iterable[Any] | np.ndarray) -> np.ndarray:
                   np.add.reduceat(layer_macs, _STAGE_STARTS, axis=1)):
         out[:, col:col + block.shape[1]] = block
         col += block.shape[1]
-    totals = np.ascontiguousarray(out[:, :n_onehot]) @ table              # (n, Q)
+    totals = out[:, :n_onehot] @ table  # (n, Q); integer sums: exact in any order
     fixed = fixed_costs()
     identity = (codes[:, ~SKIP_IS_CONV] == SKIP).sum(axis=1)
     out[:, col:] = np.column_stack([

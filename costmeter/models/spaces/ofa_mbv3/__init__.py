@@ -159,10 +159,39 @@ def _allowed_mask(values: np.ndarray, allowed: Sequence[int]) -> np.ndarray:
     return lut[np.clip(values, 0, len(lut) - 1)] & (values >= 0)
 
 
+def _byte_mask(allowed: Sequence[int]) -> np.ndarray:
+    mask = np.zeros(256, dtype=bool)
+    mask[list(allowed)] = True
+    return mask
+
+
+_OK_R, _OK_D, _OK_K, _OK_E = (_byte_mask(v) for v in (RESOLUTIONS, DEPTHS, KERNELS, EXPANDS))
+_ACTIVE_SLOTS = np.arange(MAX_DEPTH)[None, :] < np.arange(256)[:, None]  # depth -> active slots
+
+
 def _validate_array(a: np.ndarray) -> np.ndarray:
-    """Check an (n, 46) array and zero the inactive slots (vectorised)."""
+    """Check an (n, 46) array and zero the inactive slots (vectorised).
+
+    Arrays whose values all fit a byte are checked with byte-indexed masks in one pass per
+    field; anything else (or anything invalid) goes through the field-by-field check that
+    names the first bad value."""
     if a.ndim != 2 or a.shape[1] != ARRAY_WIDTH:
         raise ConfigError(f"ofa_mbv3: array encoding must have shape (n, {ARRAY_WIDTH}), got {a.shape}")
+    if a.size and a.min() >= 0 and a.max() < 256:
+        b = a.astype(np.uint8)
+        depth = b[:, 1:1 + N_STAGES]
+        active = _ACTIVE_SLOTS[depth].reshape(len(b), N_SLOTS)
+        ks, es = b[:, 1 + N_STAGES:1 + N_STAGES + N_SLOTS], b[:, 1 + N_STAGES + N_SLOTS:]
+        if (_OK_R[b[:, 0]].all() and _OK_D[depth].all() and (_OK_K[ks] | ~active).all()
+                and (_OK_E[es] | ~active).all()):
+            out = b.astype(np.int64)
+            out[:, 1 + N_STAGES:1 + N_STAGES + N_SLOTS] *= active
+            out[:, 1 + N_STAGES + N_SLOTS:] *= active
+            return out
+    return _validate_slowly(a)
+
+
+def _validate_slowly(a: np.ndarray) -> np.ndarray:
     a = a.astype(np.int64, copy=True)
     depth = a[:, 1:1 + N_STAGES]
     active = (np.arange(MAX_DEPTH)[None, None, :] < depth[:, :, None]).reshape(len(a), N_SLOTS)
@@ -188,26 +217,23 @@ def _validate_array(a: np.ndarray) -> np.ndarray:
 def to_array(archs: Iterable[Any] | np.ndarray | str) -> np.ndarray:
     """Canonical ``(n, 46)`` int array of strings, OFA dicts, rows, or an int array.
 
-    Lists of canonical strings are decoded with vectorised numpy (:mod:`.strings`, in chunks
-    of :data:`DECODE_CHUNK` so the working set stays in cache); anything else, and any string
-    the fast path cannot vouch for, goes through :func:`parse`, whose ConfigError names the
-    bad field."""
+    Lists of canonical strings are decoded by token lookups (:mod:`.strings`, in chunks of
+    :data:`DECODE_CHUNK` so the working set stays in cache; what it decodes is in the space);
+    anything else, and any string the fast path cannot vouch for, goes through :func:`parse`,
+    whose ConfigError names the bad field."""
     if isinstance(archs, (str, dict)):
         archs = [archs]
     if isinstance(archs, np.ndarray) and archs.dtype.kind in "iu":
         return _validate_array(archs.reshape(1, -1) if archs.ndim == 1 else archs)
     if not isinstance(archs, (list, tuple)):
         archs = list(archs)
-    if archs and all(type(x) is str for x in archs):
+    if archs and set(map(type, archs)) == {str}:
         from costmeter.models.spaces.ofa_mbv3.strings import decode_canonical
 
         parts = [decode_canonical(archs[i:i + DECODE_CHUNK])
                  for i in range(0, len(archs), DECODE_CHUNK)]
         if all(part is not None for part in parts):
-            try:
-                return _validate_array(np.concatenate(parts))  # type: ignore[arg-type]
-            except ConfigError:
-                pass  # out of the space: let the parser name the field in its own words
+            return np.concatenate(parts)  # type: ignore[arg-type]
     rows = [parse(a) if isinstance(a, str) else from_ofa_dict(a) if isinstance(a, dict)
             else np.asarray(a, dtype=np.int64) for a in archs]
     if not rows:
@@ -354,6 +380,22 @@ def _block_tables() -> np.ndarray:
     return tables
 
 
+@lru_cache(maxsize=1)
+def _block_sums() -> np.ndarray:
+    """``(20 * 6, 17)`` 0/1 matrix summing the per-block quantities of :func:`_block_tables`:
+    MACs per stage (5), parameters per stage (5), each quantity over the network (6), MACs
+    over the network (1)."""
+    q = len(_BLOCK_TABLES)
+    m = np.zeros((N_SLOTS, q, 17))
+    for slot in range(N_SLOTS):
+        stage = slot // MAX_DEPTH
+        m[slot, :4, stage] = 1.0
+        m[slot, 4, 5 + stage] = 1.0
+        m[slot, np.arange(q), 10 + np.arange(q)] = 1.0
+        m[slot, :4, 16] = 1.0
+    return m.reshape(N_SLOTS * q, 17)
+
+
 def _value_index(values: Sequence[int]) -> np.ndarray:
     lut = np.zeros(max(values) + 1, dtype=np.int64)
     lut[list(values)] = np.arange(1, len(values) + 1)
@@ -379,11 +421,9 @@ def feature_matrix(archs: Iterable[Any] | np.ndarray) -> np.ndarray:
     es = a[:, 1 + N_STAGES + N_SLOTS:]
     combo = _K_INDEX[ks] * 4 + _E_INDEX[es]                     # 0 = inactive
     flat = (((r - RESOLUTIONS[0]) // 4)[:, None] * N_SLOTS + np.arange(N_SLOTS)) * 16 + combo
-    per_block = _block_tables()[flat]                              # (n, 20, 6)
-    per_stage = per_block.reshape(n, N_STAGES, MAX_DEPTH, -1).sum(axis=2)
-    totals = per_stage.sum(axis=1)                                 # (n, 6)
-    stage_macs = per_stage[:, :, :4].sum(axis=2)
-    stage_params = per_stage[:, :, 4]
+    per_block = _block_tables()[flat].reshape(n, -1)               # (n, 20 * 6)
+    sums = per_block @ _block_sums()  # integers below 2**53: exact in any order
+    stage_macs, stage_params, totals = sums[:, :5], sums[:, 5:10], sums[:, 10:16]
     fixed_macs, fixed_params = _fixed_parts(r)
     combo_counts = np.bincount((np.arange(n)[:, None] * 16 + combo).ravel(),
                                minlength=16 * n).reshape(n, 16)
@@ -391,7 +431,7 @@ def feature_matrix(archs: Iterable[Any] | np.ndarray) -> np.ndarray:
                               for j in range(len(EXPANDS))]]
     out = np.empty((n, len(feature_names())))
     cols = [r[:, None], depth.sum(axis=1, keepdims=True), depth, counts, stage_macs,
-            stage_params, (fixed_macs + stage_macs.sum(axis=1))[:, None], totals[:, :4],
+            stage_params, (fixed_macs + sums[:, 16])[:, None], totals[:, :4],
             (fixed_params + totals[:, 4])[:, None], totals[:, 5:6], ks, es]
     start = 0
     for c in cols:
