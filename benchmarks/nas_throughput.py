@@ -55,7 +55,27 @@ def synthetic_table(space: str) -> Any:
         entries.append(LutEntry(spec.key, spec.kind, ms, ms, 0.01 * ms, 20, "measured"))
     manifest = {"space": space, "device": "cpu", "runtime": "onnxruntime",
                 "resolutions": list(lut_blocks.space_resolutions(space)), "overhead_ms": 0.005}
-    return LatencyTable(manifest, entries)
+    table = LatencyTable(manifest, entries)
+    synthetic_calibration(table, {e.key: (e.latency_ms, 2 * e.latency_ms) for e in entries})
+    return table
+
+
+def synthetic_calibration(table: Any, terms: dict[str, tuple[float, float]]) -> None:
+    """Calibrate ``table`` as ``bench lut calibrate`` does, on 30 networks whose "measured"
+    latency is the table's sum x 1.2 with 5% lognormal noise, a made-up cache curve and block
+    terms (weight, activation MB) proportional to the entries: the rate of calibrated
+    predictions and intervals does not depend on these values."""
+    import numpy as np
+
+    from costmeter.predictors.lut.calibrate import calibrate_lut
+
+    rng = np.random.default_rng(1)
+
+    def measure(archs: Any) -> Any:
+        return table.predict(list(archs), calibrated=False)[0] * 1.2 * rng.lognormal(0, 0.05, len(archs))
+
+    calibrate_lut(table, networks=30, measure=measure, curve=((1.0, 10.0, 100.0), (50.0, 60.0, 120.0)),
+                  terms=terms)
 
 
 def synthetic_forest(space: str, train: int) -> Any:
