@@ -23,6 +23,10 @@ from sklearn.utils.validation import check_is_fitted
 
 from costmeter.errors import ConfigError
 from costmeter.predictors.estimators.calibration import BASE_COLUMN, TrafficCalibration
+
+# kernel types with fewer measured kernels than this get a linear base under their forest
+SPARSE_KERNEL_ROWS = 20
+LINEAR_KERNEL_FEATURES: tuple[str, ...] = ("flops", "bytes_read", "bytes_written", "weight_bytes")
 from costmeter.predictors.estimators.conformal import (METHOD_KERNEL, ConformalCalibration,
                                                        log_and_spread)
 from costmeter.predictors.estimators.rows import NetworkRows, as_rows, stack_rows
@@ -52,12 +56,9 @@ class NetworkPredictor(BaseEstimator):
         ``kernel_type -> latencies ms``); with ``graphs`` (name -> kernel graph or
         :class:`NetworkRows`) and their measured ``network_ms`` (same order), also the
         calibration, ``groups`` naming each network's family."""
-        from costmeter.predictors.estimators.forest import KernelForest, ModelForest
-
         if not np.isfinite(self.overhead_ms) or self.overhead_ms < 0:
             raise ConfigError(f"overhead_ms must be a finite non-negative number, got {self.overhead_ms}")
-        template = self.kernel_forest if self.kernel_forest is not None else KernelForest(
-            ModelForest(), on_unknown="flops_linear")
+        template = self.kernel_forest if self.kernel_forest is not None else default_kernel_forest()
         self.kernel_forest_ = clone(template).fit(tables, kernel_latency_ms)
         self.calibration_ = None
         self.conformal_ = None
@@ -170,6 +171,21 @@ class NetworkPredictor(BaseEstimator):
         frame["fallback_share"] = sums["fallback_share"].reindex(names).fillna(0.0)
         frame.index.name = "model"
         return frame
+
+
+def default_kernel_forest(n_estimators: int = 64) -> Any:
+    """The kernel forests a predictor fits: a :class:`~costmeter.predictors.estimators.forest.
+    ModelForest` per kernel type, and for a type with fewer than :data:`SPARSE_KERNEL_ROWS`
+    measured kernels an :class:`~costmeter.predictors.estimators.additive.AdditiveForest` with a
+    linear base in :data:`LINEAR_KERNEL_FEATURES`, which scales with the kernel's size between
+    and beyond the few sizes measured (a short budget measures six fully connected layers)."""
+    from costmeter.predictors.estimators.additive import AdditiveForest
+    from costmeter.predictors.estimators.forest import KernelForest, ModelForest
+
+    return KernelForest(ModelForest(n_estimators=n_estimators), on_unknown="flops_linear",
+                        sparse_forest=AdditiveForest(linear_features=LINEAR_KERNEL_FEATURES,
+                                                     n_estimators=n_estimators),
+                        sparse_below=SPARSE_KERNEL_ROWS)
 
 
 def _interval_calibration(calibration: TrafficCalibration, frame: Any,

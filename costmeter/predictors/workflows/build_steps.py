@@ -333,8 +333,7 @@ class BuildRun:
         import numpy as np
 
         from costmeter.predictors.estimators.calibration import TrafficCalibration
-        from costmeter.predictors.estimators.forest import KernelForest, ModelForest
-        from costmeter.predictors.estimators.network import NetworkPredictor
+        from costmeter.predictors.estimators.network import NetworkPredictor, default_kernel_forest
         from costmeter.predictors.sampling.measure import KernelSamples
 
         known = {x["key"] for x in self.samples().rows}
@@ -354,8 +353,7 @@ class BuildRun:
         groups = [measured[m]["family"] for m in names]
         overheads = [float(r["overhead_ms"]) for r in samples.rows if r["source"] == "measured"]
         overhead = float(np.nanmedian(overheads)) if overheads else 0.0
-        model = NetworkPredictor(KernelForest(ModelForest(n_estimators=FOREST_TREES),
-                                              on_unknown="flops_linear"), overhead,
+        model = NetworkPredictor(default_kernel_forest(FOREST_TREES), overhead,
                                  TrafficCalibration(*self._curve)).fit(
             samples.tables(), samples.latencies(), rows, latency, groups)
         cal = model.calibration_

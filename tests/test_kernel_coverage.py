@@ -1,0 +1,86 @@
+"""Kernel samples cover what networks run: op chains rare in the prior are drawn, and a kernel
+type with few measured kernels is priced by a model that follows the kernel's size."""
+from __future__ import annotations
+
+import collections
+
+import numpy as np
+import pandas as pd
+
+from costmeter.models.onnx.graph import load_graph
+from costmeter.predictors.kernels.features import kernel_features
+from costmeter.predictors.kernels.fuse import fuse
+from costmeter.predictors.kernels.rules import builtin_rules
+from costmeter.predictors.sampling.configs import KernelPrior, make_config, op_chain, sample_configs
+
+RULES = builtin_rules("onnxruntime")
+
+
+def _activation_prior() -> KernelPrior:
+    """Many ReLUs (NB201 cells), few SiLUs (EfficientNet), two HardSwishes."""
+    relus = [make_config("activation", (1, c, s, s), [("Relu", {})])
+             for c in (16, 32, 64) for s in (8, 16, 32)] * 30
+    silus = [make_config("activation", (1, 32, 112, 112), [("SiLU", {})]),
+             make_config("activation", (1, 144, 56, 56), [("SiLU", {})])]
+    hardswish = [make_config("activation", (1, 72, 28, 28), [("HardSwish", {})])]
+    return KernelPrior({"activation": relus + silus + hardswish}, {})
+
+
+def test_op_chains_name_ops_and_broadcast_operands() -> None:
+    scale = make_config("elementwise", (1, 8, 4, 4), [("Mul", {"broadcast": True})])
+    plain = make_config("elementwise", (1, 8, 4, 4), [("Mul", {"broadcast": False})])
+    conv = make_config("conv", (1, 8, 4, 4), [("Conv", {"c_out": 8, "kernel": 1}), ("HardSwish", {})])
+    assert op_chain(scale) == ("Mul:broadcast",) and op_chain(plain) == ("Mul",)
+    assert op_chain(conv) == ("Conv", "HardSwish")
+
+
+def test_rare_op_chains_are_drawn_and_frequency_alone_misses_them() -> None:
+    prior = _activation_prior()
+    drawn = collections.Counter(op_chain(c)[0] for c in sample_configs(prior, {"activation": 24}, seed=0))
+    by_frequency = collections.Counter(
+        op_chain(c)[0] for c in sample_configs(prior, {"activation": 24}, seed=0, chain_share=0.0))
+    assert drawn["SiLU"] >= 3 and drawn["HardSwish"] >= 2, drawn
+    assert by_frequency["SiLU"] + by_frequency["HardSwish"] <= 1, by_frequency
+    assert drawn["Relu"] >= 8  # the common chain still gets its share
+
+
+def _fc_table(sizes: list[tuple[int, int]]) -> pd.DataFrame:
+    rows = {}
+    for k, n in sizes:
+        config = make_config("fc", (1, k), [("Gemm", {"n": n})])
+        (kernel,) = [x for x in fuse(load_graph(config.build()), RULES).kernels
+                     if x.kernel_type == "fc"]
+        rows[config.key] = kernel_features(kernel)
+    return pd.DataFrame.from_dict(rows, orient="index")
+
+
+def test_a_sparse_kernel_type_is_priced_by_its_size_not_by_its_neighbours() -> None:
+    from costmeter.predictors.estimators.additive import AdditiveForest
+    from costmeter.predictors.estimators.forest import KernelForest, ModelForest
+    from costmeter.predictors.estimators.network import (
+        LINEAR_KERNEL_FEATURES,
+        SPARSE_KERNEL_ROWS,
+        default_kernel_forest,
+    )
+
+    # six classifiers measured, from tiny to large; memory-bound: 2 us + 0.1 ms per MB of weights
+    train = _fc_table([(48, 8), (128, 64), (640, 1248), (960, 2000), (1600, 1248), (256, 256)])
+    latency = lambda t: 0.002 + 0.1 * t["weight_bytes"].to_numpy() / 1e6  # noqa: E731
+    asked = _fc_table([(1280, 1000), (1024, 1000)])  # EfficientNet-B0's and MobileNetV3's sizes
+    truth = latency(asked)
+    sparse = KernelForest(ModelForest(n_estimators=50),
+                          sparse_forest=AdditiveForest(linear_features=LINEAR_KERNEL_FEATURES,
+                                                       n_estimators=50),
+                          sparse_below=SPARSE_KERNEL_ROWS).fit({"fc": train}, {"fc": latency(train)})
+    plain = KernelForest(ModelForest(n_estimators=50)).fit({"fc": train}, {"fc": latency(train)})
+    assert isinstance(sparse.forests_["fc"], AdditiveForest)
+    assert isinstance(default_kernel_forest(10).fit({"fc": train}, {"fc": latency(train)})
+                      .forests_["fc"], AdditiveForest)
+    got = sparse.predict_kernels({"fc": asked})["latency_ms"].to_numpy()
+    plain_got = plain.predict_kernels({"fc": asked})["latency_ms"].to_numpy()
+    assert np.all(np.abs(got / truth - 1) < 0.15), (got, truth)
+    assert np.any(np.abs(plain_got / truth - 1) > 0.3), (plain_got, truth)  # what it replaces
+    many = pd.concat([train] * 4)  # as many rows as the threshold: the plain forest again
+    assert isinstance(KernelForest(ModelForest(n_estimators=10), sparse_forest=AdditiveForest(),
+                                   sparse_below=SPARSE_KERNEL_ROWS).fit(
+        {"fc": many}, {"fc": latency(many)}).forests_["fc"], ModelForest)
