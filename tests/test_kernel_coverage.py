@@ -84,3 +84,20 @@ def test_a_sparse_kernel_type_is_priced_by_its_size_not_by_its_neighbours() -> N
     assert isinstance(KernelForest(ModelForest(n_estimators=10), sparse_forest=AdditiveForest(),
                                    sparse_below=SPARSE_KERNEL_ROWS).fit(
         {"fc": many}, {"fc": latency(many)}).forests_["fc"], ModelForest)
+
+
+def test_cold_latencies_for_the_named_kernel_types_only() -> None:
+    from costmeter.predictors.sampling.samples import COLD_WEIGHT_TYPES, KernelSamples
+
+    def row(key: str, kernel_type: str, warm: float, cold: float) -> dict:
+        return {"key": key, "kernel_type": kernel_type, "config": "", "features": {},
+                "raw_ms": warm, "overhead_ms": 0.0, "baseline_ms": 0.0, "latency_ms": warm,
+                "cold_ms": cold, "source": "measured", "rounds": 1}
+
+    samples = KernelSamples("cpu", "onnxruntime", method="context",
+                            rows=[row("a", "fc", 0.195, 0.375), row("b", "conv", 0.41, 0.68)])
+    assert "fc" in COLD_WEIGHT_TYPES and "conv" not in COLD_WEIGHT_TYPES
+    mixed = samples.latencies(cold=COLD_WEIGHT_TYPES)
+    assert mixed["fc"].tolist() == [0.375] and mixed["conv"].tolist() == [0.41]
+    assert samples.latencies()["fc"].tolist() == [0.195]
+    assert samples.latencies(cold=True)["conv"].tolist() == [0.68]

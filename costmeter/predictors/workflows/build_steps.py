@@ -335,6 +335,7 @@ class BuildRun:
         from costmeter.predictors.estimators.calibration import TrafficCalibration
         from costmeter.predictors.estimators.network import NetworkPredictor, default_kernel_forest
         from costmeter.predictors.sampling.measure import KernelSamples
+        from costmeter.predictors.sampling.samples import COLD_WEIGHT_TYPES
 
         known = {x["key"] for x in self.samples().rows}
         samples = KernelSamples(self.spec.device, self.spec.runtime, method="context",
@@ -355,7 +356,7 @@ class BuildRun:
         overhead = float(np.nanmedian(overheads)) if overheads else 0.0
         model = NetworkPredictor(default_kernel_forest(FOREST_TREES), overhead,
                                  TrafficCalibration(*self._curve)).fit(
-            samples.tables(), samples.latencies(), rows, latency, groups)
+            samples.tables(), samples.latencies(cold=COLD_WEIGHT_TYPES), rows, latency, groups)
         cal = model.calibration_
         counts = {f: groups.count(f) for f in families}
         calibration = {"networks": len(names), "families": counts, "terms": list(cal.terms_),
@@ -370,6 +371,7 @@ class BuildRun:
                        "summary": cal.describe()}
         extra = {"threads": self.spec.threads, "cpus": self.spec.cpus_text or None,
                  "clock": self.spec.clock, "kernel_timing": "context", "overhead_ms": overhead,
+                 "cold_weight_types": list(COLD_WEIGHT_TYPES),
                  "kernel_samples": len(samples.rows), "rules": self.rules.to_dict(),
                  "calibration": calibration, "calibration_networks": names,
                  "interval": model.interval_state(),
