@@ -101,3 +101,17 @@ def test_cold_latencies_for_the_named_kernel_types_only() -> None:
     assert mixed["fc"].tolist() == [0.375] and mixed["conv"].tolist() == [0.41]
     assert samples.latencies()["fc"].tolist() == [0.195]
     assert samples.latencies(cold=True)["conv"].tolist() == [0.68]
+
+
+def test_a_constant_scale_after_a_conv_is_one_kernel_and_timed_behind_a_barrier() -> None:
+    from costmeter.models.onnx.microbench import chain_model
+    from costmeter.predictors.sampling.measure import _fuses_into_edge
+
+    # ONNX Runtime folds Conv -> Mul(constant) into the conv's weights
+    model = chain_model([("Conv", {"c_out": 16, "kernel": 3}), ("MulConst", {})], (1, 16, 8, 8))
+    kernels = [k for k in fuse(load_graph(model), RULES).kernels if k.kernel_type != "constant"]
+    assert [k.unit_types for k in kernels] == [["Conv", "Mul"]]
+    # so a lone constant scale is timed after a pool, not folded into the context's conv (which
+    # measured 0.1 us for a scale that NB201 cells run in 4-5 us)
+    assert _fuses_into_edge(make_config("elementwise", (1, 16, 32, 32), [("MulConst", {})]), RULES)
+    assert not _fuses_into_edge(make_config("elementwise", (1, 16, 32, 32), [("Mul", {})]), RULES)

@@ -121,6 +121,8 @@ BUILTIN_RULES: dict[str, dict[str, Any]] = {
             {"name": "conv_bn_add_act", "steps": [
                 {"types": ["Conv"]},
                 {"types": ["BatchNormalization"], "optional": True},
+                # a constant scale is folded into the weights (ConvMulFusion)
+                {"types": ["Mul"], "optional": True, "operand": "const"},
                 {"types": ["Add"], "optional": True},
                 {"types": _ORT_CONV_ACTS, "optional": True}]},
             {"name": "gemm_act", "steps": [
