@@ -4,8 +4,9 @@ Replays ``bench collect --strategy random|active`` on the measured latency table
 release, Lee et al., NeurIPS 2021, MIT; 21 devices each; see ``benchmarks/predictor_accuracy.py``):
 for each device in turn as the new device, a fixed random 30% of the valid architectures is the
 test set and the rest the pool that "measuring" draws from (a table lookup). Curves, each point a
-predictor fitted on the architectures measured so far (the default model: a ridge base on the
-one-hot encoding times a forest, 32 trees here), scored on the test set:
+predictor fitted on the architectures measured so far (``--model default``: the space's
+``arch.default_regressor``, 32 trees here; ``--model previous``: the earlier default, a ridge on
+the one-hot encoding times an unshrunk forest), scored on the test set:
 
 - ``random``: a seeded random order of the pool (nested: the 50 are the first 50 of the 100);
 - ``active``: 10 random, then rounds growing by 25% taken where the predictor is least sure
@@ -23,6 +24,7 @@ number of measured architectures each strategy needs to reach random's accuracy 
 <= 300 on the median device).
 
     python benchmarks/new_device_cost.py [--space nb201|fbnet] [--devices a,b] [--n-jobs 1]
+        [--model default|previous] [--sources-cache FILE.npz]
 """
 from __future__ import annotations
 
@@ -36,11 +38,18 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from predictor_accuracy import DATA, SPACES, _Precomputed, load, source_predictions  # noqa: E402
+from predictor_accuracy import (  # noqa: E402
+    DATA,
+    SOURCE_MODELS,
+    SPACES,
+    _Precomputed,
+    cached_source_predictions,
+    latency_model,
+    load,
+)
 
 from costmeter.models.spaces import get_space  # noqa: E402
 from costmeter.predictors.estimators.active import run_collection  # noqa: E402
-from costmeter.predictors.estimators.additive import AdditiveForest  # noqa: E402
 from costmeter.predictors.estimators.evaluate import metrics  # noqa: E402
 from costmeter.predictors.estimators.fewshot import FewShotTransfer, informative_rows  # noqa: E402
 
@@ -51,14 +60,12 @@ STRATEGIES = ("random", "active", "fs+active")
 def curves(space: str, F: Any, y: np.ndarray, pool: np.ndarray, test: np.ndarray,
            sources: dict[str, np.ndarray], args: Any) -> dict[str, dict[int, tuple[float, float]]]:
     """strategy -> checkpoint -> (rho, % within ±10%) on ``test`` for one device."""
-    onehot = list(get_space(space).onehot_feature_names())
     names = list(F.columns)
     X = F.assign(row=np.arange(len(F)))
     out: dict[str, dict[int, tuple[float, float]]] = {s: {} for s in STRATEGIES}
 
-    def model() -> AdditiveForest:
-        return AdditiveForest(linear_features=onehot, features=names, n_estimators=32,
-                              n_jobs=args.n_jobs)
+    def model() -> Any:
+        return latency_model(space, args.model, features=names, n_estimators=32, n_jobs=args.n_jobs)
 
     def score(label: str) -> Any:
         def on_round(n: int, predictor: Any, _rows: np.ndarray) -> None:
@@ -121,8 +128,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--cv", type=int, default=3, help="folds of the local model in fs+active")
     parser.add_argument("--n-jobs", type=int, default=1)
+    parser.add_argument("--model", choices=SOURCE_MODELS, default="default",
+                        help="latency model of every device and curve: the space's default "
+                             "(arch.default_regressor) or the previous one, for comparison")
     parser.add_argument("--sources-cache", default=None,
-                        help="an .npy file keeping the source models' predictions between runs")
+                        help="an .npz file keeping the source models' predictions between runs")
     args = parser.parse_args(argv)
     path = Path(args.path) if args.path else DATA / f"{args.space}_latency.csv.gz"
     started = time.perf_counter()
@@ -134,12 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     test = np.sort(shuffled[: int(0.3 * rows.size)])
     pool = np.sort(shuffled[int(0.3 * rows.size):])
     cache = Path(args.sources_cache) if args.sources_cache else None
-    if cache is not None and cache.is_file():
-        P = np.load(cache)
-    else:
-        P = source_predictions(args.space, F, Y, 5, args.n_jobs)
-        if cache is not None:
-            np.save(cache, P)
+    P = cached_source_predictions(cache, args.space, F, Y, 5, args.n_jobs, args.model)
     targets = args.devices.split(",") if args.devices else devices
     print(f"{args.space}: {len(pool)} pool and {len(test)} test architectures, {len(targets)} target "
           f"devices; source models ready in {time.perf_counter() - started:.0f} s")

@@ -322,7 +322,7 @@ def per_device(args: Any, space: str, F: Any, archs: list[str], rows: np.ndarray
                                          min_samples_leaf=1, n_estimators=100, n_jobs=args.n_jobs),
         "onehot-lin": lambda: OneHotLinear(onehot),
         "FLOPs-lin": lambda: FlopsLinear(feature="macs_total"),
-        "additive": lambda: AdditiveForest(linear_features=onehot, n_jobs=args.n_jobs),
+        "additive": lambda: latency_model(space, "previous", n_jobs=args.n_jobs),
         "default": lambda: default_regressor(space, n_jobs=args.n_jobs),
     }
     if args.only == "intervals":  # the two models behind the interval table, nothing else
@@ -484,20 +484,55 @@ def fresh_split_reference(Y_test: np.ndarray, found: dict[str, dict[str, Any]],
               f"{hits[c]}/{Y_test.shape[1]} at {c:.0%}" for c in COVERAGES))
 
 
-def source_predictions(space: str, F: Any, Y: np.ndarray, folds: int, n_jobs: int) -> np.ndarray:
-    """Out-of-fold predictions (archs x devices, ms) of the default model of every device,
-    fitted on all of that device's traces (``folds``-fold, so no architecture is predicted by a
-    model that saw it): what a user holding the other devices' traces can predict for an
-    architecture they never measured."""
+SOURCE_MODELS = ("default", "previous")
+
+
+def latency_model(space: str, kind: str = "default", **settings: Any) -> Any:
+    """Unfitted latency model of one device: ``default`` is the space's
+    ``arch.default_regressor`` (what ``bench predictor fit`` fits); ``previous`` the earlier
+    default, kept for comparison -- a ridge on the one-hot columns alone times a forest
+    correction that is not shrunk. ``settings``: passed on (``n_estimators``, ``n_jobs``,
+    ``features``, ...)."""
+    if kind not in SOURCE_MODELS:
+        raise ValueError(f"unknown model {kind!r}: use one of {', '.join(SOURCE_MODELS)}")
+    if kind == "previous":
+        return AdditiveForest(linear_features=list(get_space(space).onehot_feature_names()), **settings)
+    return default_regressor(space, **settings)
+
+
+def source_predictions(space: str, F: Any, Y: np.ndarray, folds: int, n_jobs: int,
+                       model: str = "default") -> np.ndarray:
+    """Out-of-fold predictions (archs x devices, ms) of every device's ``model`` (see
+    :func:`latency_model`; 32 trees), fitted on all of that device's traces (``folds``-fold,
+    so no architecture is predicted by a model that saw it): what a user holding the other
+    devices' traces can predict for an architecture they never measured."""
     from sklearn.model_selection import KFold
 
-    onehot = list(get_space(space).onehot_feature_names())
     out = np.zeros_like(Y)
     for tr, te in KFold(folds, shuffle=True, random_state=0).split(F):
         for j in range(Y.shape[1]):
-            est = AdditiveForest(linear_features=onehot, n_estimators=32, n_jobs=n_jobs)
+            est = latency_model(space, model, n_estimators=32, n_jobs=n_jobs)
             out[te, j] = est.fit(F.iloc[tr], Y[tr, j]).predict(F.iloc[te])
     return out
+
+
+def cached_source_predictions(cache: Path | None, space: str, F: Any, Y: np.ndarray, folds: int,
+                              n_jobs: int, model: str = "default") -> np.ndarray:
+    """:func:`source_predictions`, kept in ``cache`` (an ``.npz`` file recording the space,
+    model and folds) between runs; a cache made with other settings is an error, not reused."""
+    if cache is not None and cache.is_file():
+        with np.load(cache) as stored:
+            made = (str(stored["space"]), str(stored["model"]), int(stored["folds"]))
+            P = stored["predictions"]
+        if made != (space, model, folds) or P.shape != Y.shape:
+            raise SystemExit(f"error: {cache} holds {made[1]} source predictions for {made[0]} "
+                             f"({made[2]} folds, shape {P.shape}); pass another --sources-cache "
+                             f"for {model} on {space} ({folds} folds)")
+        return P
+    P = source_predictions(space, F, Y, folds, n_jobs, model)
+    if cache is not None:
+        np.savez(cache, predictions=P, space=space, model=model, folds=folds)
+    return P
 
 
 def few_shot(args: Any, space: str, F: Any, archs: list[str], devices: list[str], Y: np.ndarray,
@@ -505,15 +540,16 @@ def few_shot(args: Any, space: str, F: Any, archs: list[str], devices: list[str]
     """Print the few-shot table: K target points + the other devices' predictors."""
     n = len(archs)
     started = time.perf_counter()
-    P = source_predictions(space, F, Y, args.source_folds, args.n_jobs)
+    cache = Path(args.sources_cache) if args.sources_cache else None
+    P = cached_source_predictions(cache, space, F, Y, args.source_folds, args.n_jobs, args.source_model)
     logs = np.log(np.maximum(P, 1e-9))
     pool = np.flatnonzero(valid)
     lookup = {a: i for i, a in enumerate(archs)}
     fixed = {k: np.array([lookup[a] for a in reference_architectures(space, k=k, seed=args.seed, pool=archs)])
              for k in args.ks}
     row_ids = np.arange(n)[:, None]
-    print(f"\nFew-shot: K architectures measured on the target + the other devices' models, each "
-          f"fitted on all of its device's traces ({args.source_folds}-fold out-of-fold predictions; "
+    print(f"\nFew-shot: K architectures measured on the target + the other devices' {args.source_model} "
+          f"models, each fitted on all of its device's traces ({args.source_folds}-fold out-of-fold predictions; "
           f"{time.perf_counter() - started:.0f} s). Spearman rho on the valid archs not measured.\n"
           "fixed: K spread over MACs (the same for every device); chosen: K chosen for the most "
           "information about the target given the sources (informative_rows).\n"
@@ -567,6 +603,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--source-folds", type=int, default=5, help="folds of the source models")
     parser.add_argument("--only", choices=["per-device", "intervals", "few-shot"], default=None,
                         help="one part; intervals: per-device with the forest and the default model only")
+    parser.add_argument("--source-model", choices=SOURCE_MODELS, default="default",
+                        help="few-shot source models: the space's default or the previous one")
+    parser.add_argument("--sources-cache", default=None,
+                        help="an .npz file keeping the few-shot source predictions between runs")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--n-jobs", type=int, default=2)
     parser.add_argument("--no-cv", action="store_true",
