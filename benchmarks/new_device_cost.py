@@ -38,11 +38,11 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from predictor_accuracy import (  # noqa: E402
+from accuracy_tables import (  # noqa: E402
     DATA,
     SOURCE_MODELS,
     SPACES,
-    _Precomputed,
+    Precomputed,
     cached_source_predictions,
     latency_model,
     load,
@@ -91,7 +91,7 @@ def curves(space: str, F: Any, y: np.ndarray, pool: np.ndarray, test: np.ndarray
                    fit=lambda rows, v: model().fit(features(rows), v), features=features,
                    strategy="active", seed=args.seed, checkpoints=CHECKPOINTS,
                    on_round=score("active"))
-    source_preds = {d: _Precomputed(p) for d, p in sources.items()}
+    source_preds = {d: Precomputed(p) for d, p in sources.items()}
     logs = np.log(np.column_stack(list(sources.values())))
     refs = informative_rows(logs, 10, candidates=pool)
 
