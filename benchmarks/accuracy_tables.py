@@ -8,6 +8,7 @@ the space's ``arch.default_regressor`` -- the one place that says what the defau
 from __future__ import annotations
 
 import re
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -287,15 +288,17 @@ def source_predictions(space: str, F: Any, Y: np.ndarray, folds: int, n_jobs: in
 def cached_source_predictions(cache: Path | None, space: str, F: Any, Y: np.ndarray, folds: int,
                               n_jobs: int, model: str = "default") -> np.ndarray:
     """:func:`source_predictions`, kept in ``cache`` (an ``.npz`` file recording the space,
-    model and folds) between runs; a cache made with other settings is an error, not reused."""
+    model and folds) between runs; a cache made with other settings is an error (exit 2), not
+    reused."""
     if cache is not None and cache.is_file():
         with np.load(cache) as stored:
             made = (str(stored["space"]), str(stored["model"]), int(stored["folds"]))
             P = stored["predictions"]
         if made != (space, model, folds) or P.shape != Y.shape:
-            raise SystemExit(f"error: {cache} holds {made[1]} source predictions for {made[0]} "
-                             f"({made[2]} folds, shape {P.shape}); pass another --sources-cache "
-                             f"for {model} on {space} ({folds} folds)")
+            print(f"error: {cache} holds {made[1]} source predictions for {made[0]} ({made[2]} "
+                  f"folds, shape {P.shape}); pass another --sources-cache for {model} on {space} "
+                  f"({folds} folds)", file=sys.stderr)
+            raise SystemExit(2)
         return P
     P = source_predictions(space, F, Y, folds, n_jobs, model)
     if cache is not None:

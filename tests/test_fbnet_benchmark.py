@@ -69,6 +69,34 @@ def test_quantisation_ceiling(bench: ModuleType) -> None:
     assert bench.quantisation_ceiling(narrow) < 0.97 < bench.quantisation_ceiling(wide)
 
 
+def test_source_models_follow_the_space_default(bench: ModuleType) -> None:
+    from costmeter.predictors.estimators.additive import AdditiveForest
+    from costmeter.predictors.estimators.arch import default_regressor
+
+    ours = bench.latency_model("fbnet", n_estimators=8).get_params()
+    assert ours == default_regressor("fbnet", n_estimators=8).get_params()
+    previous = bench.latency_model("fbnet", "previous")
+    assert isinstance(previous, AdditiveForest) and not previous.shrink_forest
+    assert list(previous.linear_features) == list(fbnet.onehot_feature_names())
+    with pytest.raises(ValueError, match="unknown model"):
+        bench.latency_model("fbnet", "forest")
+
+
+def test_sources_cache_made_with_other_settings_is_refused(
+        bench: ModuleType, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    cache = tmp_path / "sources.npz"
+    stored = np.full((6, 3), 2.0)
+    np.savez(cache, predictions=stored, space="fbnet", model="previous", folds=5)
+    Y = np.ones((6, 3))
+    reused = bench.cached_source_predictions(cache, "fbnet", None, Y, 5, 1, "previous")
+    assert np.array_equal(reused, stored)                     # same settings: read, not refitted
+    with pytest.raises(SystemExit) as stop:
+        bench.cached_source_predictions(cache, "fbnet", None, Y, 5, 1, "default")
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert "holds previous source predictions for fbnet" in err and err.count("\n") == 1
+
+
 @pytest.mark.slow
 def test_benchmark_runs_on_the_fbnet_fixture(bench: ModuleType, capsys: pytest.CaptureFixture) -> None:
     assert bench.main([str(FIXTURE), "--space", "fbnet", "--train", "40", "--n-jobs", "1"]) == 0
