@@ -153,6 +153,11 @@ def test_calibrate_and_roofline_commands(store, tmp_path) -> None:
                            out=tmp_path / "roof.png")
     assert "| resnet18/onnxruntime@cpu b1 t4 |" in text
     assert (tmp_path / "roof.png").read_bytes()[:4] == b"\x89PNG"
+    empty = tmp_path / "kernels.csv"
+    empty.write_text("")
+    with pytest.raises(ConfigError, match="cannot be read as CSV") as caught:
+        report_roofline(store.query(), calibration=tmp_path, device="cpu", kernels=empty)
+    assert "\n" not in str(caught.value)
 
 
 @pytest.mark.parametrize(

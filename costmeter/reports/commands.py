@@ -195,7 +195,12 @@ def report_roofline(
         path = Path(kernels)
         if not path.is_file():
             raise ConfigError(f"kernel breakdown {str(path)!r} does not exist")
-        tables.append(roofline_table(kernel_items(pd.read_csv(path)), peak, bandwidth))
+        try:
+            breakdown = pd.read_csv(path)
+        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
+            raise ConfigError(f"kernel breakdown {str(path)!r} cannot be read as CSV ({err}); "
+                              "write columns kernel,flops,bytes_read,bytes_written,latency_ms") from err
+        tables.append(roofline_table(kernel_items(breakdown), peak, bandwidth))
     table = pd.concat(tables, ignore_index=True)
     if table.empty:
         raise ConfigError(
