@@ -1,9 +1,19 @@
 """Shared fixtures: an isolated working folder and store for every test that asks for one."""
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 
 import pytest
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Children must be able to get Ctrl-C. A shell starts background jobs (`cmd &`, nohup)
+    with SIGINT ignored, and an ignored signal stays ignored across exec, so the child
+    processes of the Ctrl-C tests would ignore it too; a Python-level handler here is reset to
+    the default in every child instead."""
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture
