@@ -23,6 +23,23 @@ FIXTURE = Path(__file__).parent / "fixtures" / "nb201_slice.csv.gz"
 DEVICES = ("1080ti_1_ms", "titan_rtx_32_ms", "gold_6240_ms", "pixel3_ms", "samsung_a50_ms")
 
 
+class ColumnModel:
+    """A prefit "model" for MAPIE reading one column of a two-column table (log prediction |
+    spread or scale)."""
+
+    def __init__(self, column: int) -> None:
+        self.column, self.is_fitted_, self.n_features_in_ = column, True, 2
+
+    def fit(self, X: np.ndarray, y: np.ndarray) -> ColumnModel:
+        return self
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        return np.asarray(X)[:, self.column]
+
+    def __sklearn_is_fitted__(self) -> bool:
+        return True
+
+
 def _synthetic(n: int, seed: int, bias: float = 0.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(prediction ms, spread ms, truth ms): log-normal truths whose error scales with the
     reported spread, spreads ranging over 20x, a model biased by ``bias`` (log units)."""
@@ -91,25 +108,12 @@ def test_bounds_agree_with_mapie() -> None:
     mapie_regression = pytest.importorskip("mapie.regression")
     from mapie.conformity_scores import ResidualNormalisedScore
 
-    class LogModel:  # prefit models on a one-column table: log prediction | spread
-        def __init__(self, column: int) -> None:
-            self.column, self.is_fitted_, self.n_features_in_ = column, True, 2
-
-        def fit(self, X: np.ndarray, y: np.ndarray) -> LogModel:
-            return self
-
-        def predict(self, X: np.ndarray) -> np.ndarray:
-            return np.asarray(X)[:, self.column]
-
-        def __sklearn_is_fitted__(self) -> bool:
-            return True
-
     pred, std, truth = _synthetic(3000, seed=8, bias=0.02)
     cal = calibrate_split(pred, std, truth, floor=0.0)
     test_pred, test_std, _ = _synthetic(500, seed=9)
-    score = ResidualNormalisedScore(residual_estimator=LogModel(1), prefit=True, sym=False)
+    score = ResidualNormalisedScore(residual_estimator=ColumnModel(1), prefit=True, sym=False)
     regressor = mapie_regression.SplitConformalRegressor(
-        LogModel(0), confidence_level=0.9, conformity_score=score, prefit=True)
+        ColumnModel(0), confidence_level=0.9, conformity_score=score, prefit=True)
     regressor.conformalize(np.column_stack([np.log(pred), std / pred]), np.log(truth))
     _, bounds = regressor.predict_interval(np.column_stack([np.log(test_pred), test_std / test_pred]))
     lo, hi = cal.interval(test_pred, test_std, 0.9)
@@ -299,19 +303,6 @@ def test_jackknife_interval_agrees_with_mapie() -> None:
     from costmeter.models.spaces import fbnet
     from costmeter.predictors.estimators.arch import ArchPredictor
 
-    class Column:  # prefit "model" reading one column of a table: log prediction | scale
-        def __init__(self, column: int) -> None:
-            self.column, self.is_fitted_, self.n_features_in_ = column, True, 2
-
-        def fit(self, X: np.ndarray, y: np.ndarray) -> Column:
-            return self
-
-        def predict(self, X: np.ndarray) -> np.ndarray:
-            return np.asarray(X)[:, self.column]
-
-        def __sklearn_is_fitted__(self) -> bool:
-            return True
-
     data = pd.read_csv(FBNET)
     archs = list(data["arch"])
     y = data["1080ti_1_ms"].to_numpy(dtype=np.float64)
@@ -319,9 +310,9 @@ def test_jackknife_interval_agrees_with_mapie() -> None:
     cal = model.calibration()
     assert cal.method_.startswith("jackknife") and cal.n_calibration_ == 400
     pred_log, spread = model.regressor_.jackknife(fbnet.features(archs[:400]), y[:400])
-    score = ResidualNormalisedScore(residual_estimator=Column(1), prefit=True, sym=False)
+    score = ResidualNormalisedScore(residual_estimator=ColumnModel(1), prefit=True, sym=False)
     regressor = mapie_regression.SplitConformalRegressor(
-        Column(0), confidence_level=0.9, conformity_score=score, prefit=True)
+        ColumnModel(0), confidence_level=0.9, conformity_score=score, prefit=True)
     regressor.conformalize(np.column_stack([pred_log, np.maximum(spread, cal.floor_)]), np.log(y[:400]))
     mean, std = model.predict_with_uncertainty(archs[400:])
     _, bounds = regressor.predict_interval(np.column_stack([np.log(mean), np.maximum(std / mean, cal.floor_)]))
