@@ -24,6 +24,14 @@ predictors have (:mod:`costmeter.predictors.estimators.calibration` and
    calibration fitted without its group (``cv_predicted_``), as plain log residuals (the blocks'
    run-to-run spread says little about a network's error, so no normalisation).
 
+Assumptions of the interval: the networks asked about are exchangeable with the random
+calibration draws (a search that selects one end of the space breaks this: on ofa_mbv3 the
+networks a budgeted NSGA-II search returned measured about 10% below the calibrated prediction,
+while the draws were unbiased), and they run in the machine state of the calibration pass, one
+process, one thread setting (the reference network's drift since the pass is stored to show how
+far that holds). Coverage is measured by ``examples/nas_search.py`` (share of returned networks
+within the budget), not assumed.
+
 The result (:class:`LutCalibration`) is stored in the table's manifest under ``calibration``
 (lookup-table format version 2); ``predict``/``satisfies`` of the table then use it.
 """
