@@ -17,7 +17,14 @@ What it does, as a new user would:
    Spearman, overall and per family, beside the build's leave-one-family-out estimate; and
    appends one JSON line per budget to ``<workdir>/curve.jsonl``.
 
+``--precisions fp32,int8`` (issue 17) builds and scores one predictor per precision in the same
+working folder: the int8 build quantizes every micro-benchmark and calibration network with ONNX
+Runtime's static QDQ recipe (``bench predictor build --precision int8``), and the held-out
+networks are measured as the files ``bench run --precision int8`` runs. A table of both
+precisions closes the output.
+
     python benchmarks/predictor_cpu_families.py --fresh --budgets 30m,90m --cpus 1
+    python benchmarks/predictor_cpu_families.py --budgets 30m --precisions fp32,int8 --cpus 1
 
 Working folder: ``COSTMETER_BENCH_DIR`` (default ``.costmeter/bench-build``).
 """
@@ -44,11 +51,12 @@ def _log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
-def run_build(workdir: Path, budget: str, cpus: str, output: Path) -> float:
+def run_build(workdir: Path, budget: str, cpus: str, output: Path, precision: str = "fp32") -> float:
     """The public command, as a subprocess; returns its wall time (s)."""
     command = [sys.executable, "-c", "import sys; from costmeter.cli import main; sys.exit(main(sys.argv[1:]))",
                "predictor", "build", "--threads", str(THREADS), "--budget", budget, "--target", "0.9",
-               "-o", str(output), "--workdir", str(workdir)] + (["--cpus", cpus] if cpus else [])
+               "--precision", precision, "-o", str(output), "--workdir", str(workdir)]
+    command += ["--cpus", cpus] if cpus else []
     _log("$ bench " + " ".join(command[3:]))
     started = time.perf_counter()
     subprocess.run(command, check=True)
@@ -66,18 +74,17 @@ def test_models(seed: int) -> list[tuple[str, str]]:
 
 
 def measure(workdir: Path, models: list[str], cpus: str, rounds: int, every: int, seed: int,
-            min_time: float | None) -> tuple[dict[str, float], list[float]]:
-    """Fastest run (ms) of each model over ``rounds`` shuffled rounds, pinned, timed as the build
-    times its calibration networks, with the reference network interleaved; returns
-    (latencies, the reference's latencies in order)."""
-    from costmeter.models.export import export_onnx
+            min_time: float | None, precision: str = "fp32") -> tuple[dict[str, float], list[float]]:
+    """Fastest run (ms) of each model at ``precision`` over ``rounds`` shuffled rounds, pinned,
+    timed as the build times its calibration networks, with the reference network (at the same
+    precision) interleaved; returns (latencies, the reference's latencies in order)."""
     from costmeter.predictors import BuildSpec
     from costmeter.predictors.workflows.build_steps import time_networks
-    from costmeter.predictors.workflows.graphs import hashed_source
+    from costmeter.predictors.workflows.graphs import hashed_source, model_file
 
     spec = BuildSpec(threads=THREADS)
     clock, min_time = spec.clock, min_time if min_time is not None else spec.network_time_s
-    files = {m: export_onnx(hashed_source(m, workdir), workdir) for m in [REFERENCE, *models]}
+    files = {m: model_file(hashed_source(m, workdir), workdir, precision) for m in [REFERENCE, *models]}
     best: dict[str, float] = {}
     reference: list[float] = []
     rng = random.Random(seed)
@@ -106,7 +113,7 @@ def _pinned(cpus: str):
     return pinned(tuple(int(c) for c in cpus.split(",")) if cpus else ())
 
 
-def model_forest(workdir: Path, costmodel: Path, test: list[str]) -> Any:
+def model_forest(workdir: Path, costmodel: Path, test: list[str], precision: str = "fp32") -> Any:
     """A model-level forest on the build's calibration networks, predicting ``test``."""
     import numpy as np
 
@@ -114,20 +121,23 @@ def model_forest(workdir: Path, costmodel: Path, test: list[str]) -> Any:
     from costmeter.predictors.estimators.forest import ModelForest
     from costmeter.predictors.kernels.features import model_feature_table
     from costmeter.predictors.workflows.graphs import hashed_source, kernel_graph
+    from costmeter.predictors.sampling.measure import precision_slot
     from costmeter.predictors.workflows.predict import predictor_rules
+    from costmeter.workdir import Workdir
 
-    state = json.loads(next((workdir / "build").glob("state-*.json")).read_text())
+    state = json.loads(Workdir(workdir).build_state("cpu", precision_slot("onnxruntime", precision)).read_text())
     rules = predictor_rules(read_manifest(costmodel), workdir)
     train = {m: min(v for v in e["ms"] if v == v) for m, e in state["networks"].items()
              if any(v == v for v in e["ms"])}
-    graphs = {m: kernel_graph(hashed_source(m, workdir), workdir, rules) for m in [*train, *test]}
-    table = model_feature_table(graphs)
+    graphs = {m: kernel_graph(hashed_source(m, workdir), workdir, rules, precision=precision)
+              for m in [*train, *test]}
+    table = model_feature_table(graphs, precision)
     forest = ModelForest(n_estimators=300).fit(table.loc[list(train)], np.array(list(train.values())))
     return forest.predict(table.loc[test])
 
 
 def evaluate(workdir: Path, costmodel: Path, measured: dict[str, float],
-             families: dict[str, str]) -> tuple[Any, dict[str, Any]]:
+             families: dict[str, str], precision: str = "fp32") -> tuple[Any, dict[str, Any]]:
     import numpy as np
     import pandas as pd
 
@@ -135,11 +145,11 @@ def evaluate(workdir: Path, costmodel: Path, measured: dict[str, float],
     from costmeter.predictors.estimators.evaluate import metrics
 
     names = sorted(measured)
-    _, answers = predict_models(costmodel, names, workdir, threads=THREADS)
+    _, answers = predict_models(costmodel, names, workdir, threads=THREADS, precision=precision)
     y = np.array([measured[m] for m in names])
     predictions = {"calibrated predictor": np.array([a["latency_ms"] for a in answers]),
                    "raw kernel sum": np.array([a["kernel_sum_ms"] for a in answers]),
-                   "model-level forest": model_forest(workdir, costmodel, names)}
+                   "model-level forest": model_forest(workdir, costmodel, names, precision)}
     fam = np.array([families[m] for m in names])
     rows = []
     for label, predicted in predictions.items():
@@ -238,6 +248,50 @@ def score_replays(workdir: Path, costmodel: Path, measured: dict[str, float], fa
     return pd.DataFrame(out)
 
 
+def score_budget(workdir: Path, budget: str, precision: str, families: dict[str, str],
+                 args: Any) -> tuple[Any, Path, dict[str, float]]:
+    """Build (or reuse, with ``--no-build``) the ``budget`` predictor at ``precision``, measure
+    the held-out networks at that precision, print its table; returns (table, file, latencies)."""
+    import pandas as pd
+
+    tag = budget if precision == "fp32" else f"{precision}-{budget}"
+    costmodel = workdir / f"cpu-{tag}.costmodel"
+    saved = workdir / f"held-out-{tag}.json"
+    if args.no_build:
+        wall, load = float("nan"), os.getloadavg()
+        measured, reference = json.loads(saved.read_text()).values()
+    else:
+        wall = run_build(workdir, budget, args.cpus, costmodel, precision)
+        load = os.getloadavg()
+        _log(f"{precision} build with --budget {budget} took {wall / 60:.1f} min; load average now "
+             f"{load[0]:.1f} {load[1]:.1f} {load[2]:.1f} on {os.cpu_count()} CPUs")
+        measured, reference = measure(workdir, list(families), args.cpus, args.rounds,
+                                      args.reference_every, args.test_seed, args.min_time, precision)
+        saved.write_text(json.dumps({"measured": measured, "reference": reference}))
+    table, extra = evaluate(workdir, costmodel, measured, families, precision)
+    calibration = extra["calibration"]
+    with pd.option_context("display.width", 200, "display.precision", 3):
+        print(f"\n{precision}, --budget {budget}: {len(measured)} held-out networks, "
+              f"{extra['kernel_samples']} kernels, {calibration['networks']} calibration networks; "
+              f"terms {calibration['terms']}")
+        print(table.to_string())
+    measured_within = float(table.loc["calibrated predictor", "within_10_pct"])
+    print(f"leave-one-family-out estimate printed by the build: {calibration['lofo_within']:.1%}; "
+          f"measured on held-out families: {measured_within / 100:.1%} "
+          f"(difference {calibration['lofo_within'] * 100 - measured_within:+.1f} points)")
+    drift = max(reference) / min(reference) - 1
+    print(f"reference {REFERENCE} ({precision}): {len(reference)} runs, fastest-run spread {drift:.1%} "
+          f"(min {min(reference):.3f} ms, max {max(reference):.3f} ms)\n")
+    with open(workdir / "curve.jsonl", "a") as handle:
+        handle.write(json.dumps({"budget": budget, "precision": precision, "build_wall_s": wall,
+                                 "load": load, "held_out": len(measured),
+                                 "lofo_within": calibration["lofo_within"],
+                                 "reference_spread": drift, "kernels": extra["kernel_samples"],
+                                 "networks": calibration["networks"],
+                                 "table": json.loads(table.to_json(orient="index"))}) + "\n")
+    return table, costmodel, measured
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--fresh", action="store_true", help="start from an empty working folder")
@@ -248,6 +302,8 @@ def main() -> None:
     parser.add_argument("--test-seed", type=int, default=7, help="seed of the held-out draws")
     parser.add_argument("--min-time", type=float, default=None,
                         help="sampling seconds per network and round (default: as the build times networks)")
+    parser.add_argument("--precisions", default="fp32", metavar="LIST",
+                        help="fp32, int8 or fp32,int8: one build and one held-out table per precision")
     parser.add_argument("--no-build", action="store_true",
                         help="evaluate the last built budget's file on its saved held-out measurements "
                              "(no build, no measuring)")
@@ -267,41 +323,23 @@ def main() -> None:
     families = dict(tests)
     import pandas as pd
 
-    for budget in [b.strip() for b in args.budgets.split(",") if b.strip()]:
-        costmodel = workdir / f"cpu-{budget}.costmodel"
-        saved = workdir / f"held-out-{budget}.json"
-        if args.no_build:
-            wall, load = float("nan"), os.getloadavg()
-            measured, reference = json.loads(saved.read_text()).values()
-        else:
-            wall = run_build(workdir, budget, args.cpus, costmodel)
-            load = os.getloadavg()
-            _log(f"build with --budget {budget} took {wall / 60:.1f} min; load average now "
-                 f"{load[0]:.1f} {load[1]:.1f} {load[2]:.1f} on {os.cpu_count()} CPUs")
-            measured, reference = measure(workdir, list(families), args.cpus, args.rounds,
-                                          args.reference_every, args.test_seed, args.min_time)
-            saved.write_text(json.dumps({"measured": measured, "reference": reference}))
-        table, extra = evaluate(workdir, costmodel, measured, families)
-        calibration = extra["calibration"]
+    precisions = [p.strip() for p in args.precisions.split(",") if p.strip()]
+    unknown = [p for p in precisions if p not in ("fp32", "int8")]
+    if unknown or not precisions:
+        parser.error(f"--precisions takes fp32 and/or int8 (got {args.precisions!r})")
+    summary = []
+    for precision in precisions:
+        for budget in [b.strip() for b in args.budgets.split(",") if b.strip()]:
+            table, last_file, measured = score_budget(workdir, budget, precision, families, args)
+            summary.append(table.assign(precision=precision, budget=budget))
+            if precision == "fp32":
+                last = (last_file, measured)
+    if len(precisions) > 1:
+        frame = pd.concat(summary).reset_index().set_index(["precision", "budget", "predictor"])
         with pd.option_context("display.width", 200, "display.precision", 3):
-            print(f"\n--budget {budget}: {len(measured)} held-out networks, {extra['kernel_samples']} kernels, "
-                  f"{calibration['networks']} calibration networks; terms {calibration['terms']}")
-            print(table.to_string())
-        measured_within = float(table.loc["calibrated predictor", "within_10_pct"])
-        print(f"leave-one-family-out estimate printed by the build: {calibration['lofo_within']:.1%}; "
-              f"measured on held-out families: {measured_within / 100:.1%} "
-              f"(difference {calibration['lofo_within'] * 100 - measured_within:+.1f} points)")
-        drift = max(reference) / min(reference) - 1
-        print(f"reference {REFERENCE}: {len(reference)} runs, fastest-run spread {drift:.1%} "
-              f"(min {min(reference):.3f} ms, max {max(reference):.3f} ms)\n")
-        last = (costmodel, measured)
-        with open(workdir / "curve.jsonl", "a") as handle:
-            handle.write(json.dumps({"budget": budget, "build_wall_s": wall, "load": load,
-                                     "held_out": len(measured), "lofo_within": calibration["lofo_within"],
-                                     "reference_spread": drift, "kernels": extra["kernel_samples"],
-                                     "networks": calibration["networks"],
-                                     "table": json.loads(table.to_json(orient="index"))}) + "\n")
-    if args.replay:
+            print("held-out families by precision (the same networks, measured at each):")
+            print(frame[["within_10_pct", "mape_pct", "bias_pct", "spearman"]].to_string())
+    if args.replay and "fp32" in precisions:
         shares = [tuple(float(v) for v in pair.split(":")) for pair in args.shares.split(",") if pair]
         budgets = [b.strip() for b in args.replay.split(",") if b.strip()]
         replays = score_replays(workdir, last[0], last[1], families, budgets, shares)

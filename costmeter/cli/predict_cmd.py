@@ -25,6 +25,8 @@ MAX_BUDGET_MS = 1e9
                    "per line. For a kernel-level predictor (`bench predictor build`): " + MODEL_HELP)
 @click.option("--threads", type=count(1, MAX_THREADS, "1"), default=None,
               help="The thread count you will run at; refused when the predictor was built for another")
+@click.option("--precision", type=click.Choice(["fp32", "int8"]), default=None,
+              help="The precision you will run at; refused when a kernel-level predictor was built for another")
 @click.option("--breakdown/--no-breakdown", default=True, show_default=True,
               help="Per kernel type latencies (kernel-level predictors)")
 @click.option("--coverage", type=fraction("0.9"), default=None,
@@ -34,7 +36,7 @@ MAX_BUDGET_MS = 1e9
 @click.option("--confidence", type=fraction("0.9"), default=0.9, show_default=True,
               help="Probability behind --budget-ms")
 @workdir_option
-def predict(model_file: str, archs: tuple[str, ...], threads: int | None, breakdown: bool,
+def predict(model_file: str, archs: tuple[str, ...], threads: int | None, precision: str | None, breakdown: bool,
             coverage: float | None, budget_ms: float | None, confidence: float, workdir: Path | None) -> None:
     """Predicted latency ± uncertainty (ms) of models, from a saved predictor or a lookup table
     (TABLE.json from `bench lut build`); with --coverage a calibrated interval, with --budget-ms
@@ -44,6 +46,10 @@ def predict(model_file: str, archs: tuple[str, ...], threads: int | None, breakd
     from costmeter.predictors import is_network_predictor, manifest_of
 
     asked = "--coverage" if coverage is not None else "--budget-ms" if budget_ms is not None else None
+    if precision is not None and not (Path(model_file).suffix.lower() not in (".json", ".csv")
+                                      and is_network_predictor(manifest_of(model_file))):
+        raise ConfigError("--precision checks a kernel-level predictor (`bench predictor build`); "
+                          f"{model_file} records its precision in its manifest -- leave --precision out")
     if Path(model_file).suffix.lower() in (".json", ".csv"):
         _predict_with_table(model_file, archs, coverage, budget_ms, confidence)
         return
@@ -56,7 +62,7 @@ def predict(model_file: str, archs: tuple[str, ...], threads: int | None, breakd
             from costmeter.cli.network_bounds import NetworkBounds
 
             bounds = NetworkBounds(interval_of(manifest, model_file), coverage, budget_ms, confidence)
-        _predict_networks(model_file, model_specs(archs), threads, breakdown, workdir, bounds)
+        _predict_networks(model_file, model_specs(archs), threads, breakdown, workdir, bounds, precision)
         return
     from costmeter.models.spaces import split_model_id
     from costmeter.predictors import load_artifact as load_predictor
@@ -155,11 +161,13 @@ def _predict_with_table(path: str, archs: tuple[str, ...], coverage: float | Non
 
 
 def _predict_networks(model_file: str, models: list[str], threads: int | None, breakdown: bool,
-                      workdir: Path | None, bounds: NetworkBounds | None = None) -> None:
+                      workdir: Path | None, bounds: NetworkBounds | None = None,
+                      precision: str | None = None) -> None:
     """Each model's prediction and kernels, from the working folder's caches where it can."""
     from costmeter.predictors import predict_models
 
-    manifest, answers = predict_models(model_file, models, workdir or default_workdir(), threads=threads)
+    manifest, answers = predict_models(model_file, models, workdir or default_workdir(), threads=threads,
+                                       precision=precision)
     extra = manifest.get("extra") or {}
     device, runtime = manifest.get("device") or "cpu", manifest.get("runtime") or "onnxruntime"
     built = extra.get("threads")
@@ -168,6 +176,8 @@ def _predict_networks(model_file: str, models: list[str], threads: int | None, b
         setting += f" on CPU {extra['cpus']}"
     if built is not None and threads is None:
         setting += " (--threads checks yours)"
+    if extra.get("precision", "fp32") != "fp32":
+        setting += f", {extra['precision']}"
     for answer in answers:
         note = "" if answer["calibrated"] or not extra.get("calibration") else "; kernel sum, not calibrated"
         if extra.get("calibration") and not answer["in_range"] and answer["calibrated"]:

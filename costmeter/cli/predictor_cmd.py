@@ -134,12 +134,15 @@ def _training_models(frame, space: str, device: str, runtime: str | None, column
 @click.option("--seed", type=count(0, 2**32 - 1, "0"), default=0, show_default=True,
               help="Seed of every draw (kernels, networks)")
 @click.option("--keep-artifacts", is_flag=True, help="Keep the micro-benchmark models after measuring them")
+@click.option("--precision", type=click.Choice(["fp32", "int8"]), default="fp32", show_default=True,
+              help="Precision the predicted networks run at; int8 quantizes micro-benchmarks and "
+                   "networks with ONNX Runtime's static QDQ recipe (that of `bench run --precision int8`)")
 @click.option("--output", "-o", type=OutputPath(), required=True, help="FILE.costmodel")
 @store_option
 @workdir_option
 def build(device: str, runtime: str, threads: int, cpus: str | None, budget: str, calibrate_on: str,
-          target: float | None, seed: int, keep_artifacts: bool, output: str, store_url: str | None,
-          workdir: Path | None) -> None:
+          target: float | None, seed: int, keep_artifacts: bool, precision: str, output: str,
+          store_url: str | None, workdir: Path | None) -> None:
     """Build a kernel-level predictor of this machine in one resumable step: kernel micro-benchmarks,
     calibration networks, the cache curve and the fit, within --budget. Ctrl-C keeps what was
     measured; the same command resumes. Prints the leave-one-family-out estimate."""
@@ -157,7 +160,8 @@ def build(device: str, runtime: str, threads: int, cpus: str | None, budget: str
 
         cpu_list = tuple(parse_cpus(cpus))
     spec = BuildSpec(device=device, runtime=runtime, threads=threads, cpus=cpu_list, budget_s=budget_s,
-                     calibrate_on=tuple(split_list(calibrate_on)), seed=seed, keep_artifacts=keep_artifacts)
+                     calibrate_on=tuple(split_list(calibrate_on)), seed=seed, keep_artifacts=keep_artifacts,
+                     precision=precision)
     check_build(spec, workdir or default_workdir())  # before the store or the folder is written
     store = open_store(store_url, workdir)
     try:
@@ -179,7 +183,7 @@ def _print_build(result, spec, target: float | None) -> None:
     pinning = f"pinned to CPU {spec.cpus_text}" if spec.cpus else "not pinned"
     families = ", ".join(f"{f} {n}" for f, n in cal["families"].items())
     click.echo(f"wrote {result.output}: {result.kernels} kernels timed in context and {cal['networks']} "
-               f"calibration networks ({families}), {spec.threads} thread(s), {pinning}; "
+               f"calibration networks ({families}), {spec.precision}, {spec.threads} thread(s), {pinning}; "
                f"{format_duration(sum(result.spent_s.values()))} of {format_duration(spec.budget_s)}")
     click.echo(f"calibration: {cal['summary']}")
     by_family = ", ".join(f"{f} {v:.0%}" for f, v in cal["lofo_by_family"].items())

@@ -24,7 +24,10 @@ int8 constants (folded). The composite ``QDQPair`` names one activation Q -> DQ 
 Runtime then runs Conv [+ activation] + the output's pair as one ``QLinearConv`` (and Add + pair
 as ``QLinearAdd``, Gemm + pair as ``QGemm``, pool + pair as ``QLinearGlobalAveragePool``), read off
 its optimized graph of QDQ mobilenet_v2 (52 QLinearConv, 10 QLinearAdd, 1 QGemm, 1 QLinear pool,
-the input's QuantizeLinear and the output's DequantizeLinear left alone). A dynamic graph
+the input's QuantizeLinear and the output's DequantizeLinear left alone). An op with no integer
+kernel runs in float between a DequantizeLinear and a QuantizeLinear; it takes its output's pair
+(rule ``float_requantize``), so a network's kernel and the micro-benchmark of that op, quantized
+alone, cover the same work. A dynamic graph
 (``quantize_dynamic``) spells a quantized matmul as ``MatMulInteger`` -> ``Cast`` -> ``Mul`` by the
 scales (+ bias ``Add``), which ONNX Runtime runs as ``MatMulIntegerToFloat`` /
 ``DynamicQuantizeMatMul``; ``DynamicQuantizeLinear`` of an input shared by several matmuls stays
@@ -76,6 +79,13 @@ QUANTIZED_TYPES: frozenset[str] = frozenset({
     "QLinearGlobalAveragePool", "QLinearAveragePool", "MatMulIntegerToFloat", "DynamicQuantizeMatMul",
 })
 
+# ops that stay in float between a QDQ graph's pairs (no integer kernel takes them as such)
+FLOAT_IN_QUANTIZED_TYPES: tuple[str, ...] = (
+    *ACTIVATION_TYPES, *BINARY_TYPES, "Softmax", "LayerNormalization", "LayerNormPieces",
+    "BatchNormalization", "MatMul", "Concat", "Transpose", "Reshape", "Flatten", "Resize",
+    "ReduceMean",
+)
+
 # int8 rules (see the module docstring): each ends on the QDQ pair that requantizes the output
 QUANTIZED_RULES: list[dict[str, Any]] = [
     {"name": "qlinear_conv", "steps": [
@@ -97,6 +107,11 @@ QUANTIZED_RULES: list[dict[str, Any]] = [
         {"types": ["Cast"]},
         {"types": ["Mul"], "operand": "any"},
         {"types": ["Add"], "optional": True, "operand": "const"}]},
+    # an op ONNX Runtime runs in float inside a quantized graph (DequantizeLinear -> op ->
+    # QuantizeLinear) takes its output's pair, as a micro-benchmark of the op measures it
+    {"name": "float_requantize", "steps": [
+        {"types": [*FLOAT_IN_QUANTIZED_TYPES]},
+        {"types": ["QDQPair"], "operand": "const"}]},
     {"name": "requantize", "kernel_type": "elementwise", "steps": [{"types": ["QDQPair"]}]},
 ]
 

@@ -153,8 +153,12 @@ def measure_kernels(configs: Sequence[KernelConfig], rules: RuleSet, device: str
                     min_time_s: float = 0.2, sink: Any = None,
                     measure: GroupMeasureFn | None = None, progress: Any = None,
                     context: bool = False, keep_artifacts: bool = False,
-                    cpus: str = "", clock: str = "wall") -> KernelSamples:
+                    cpus: str = "", clock: str = "wall", precision: str = "fp32") -> KernelSamples:
     """Measure ``configs`` on ``device`` with ``rules.runtime``; see the module docstring.
+
+    ``precision="int8"``: every micro-benchmark and baseline is quantized first
+    (:mod:`costmeter.predictors.sampling.quantized`), and its kernel's features are those of the
+    quantized kernel; the per-run overhead stays a float model.
 
     ``context``: image kernels measured between context ops, minus their baselines (default:
     alone, minus the per-run overhead). Failed runs are left out of the rows (their configs are
@@ -171,12 +175,16 @@ def measure_kernels(configs: Sequence[KernelConfig], rules: RuleSet, device: str
     import shutil
     import uuid
 
+    from costmeter.predictors.sampling.quantized import check_micro_precision
+
+    check_micro_precision(precision, rules.runtime)
     workdir = Path(workdir)
     folder = Workdir.of(workdir).micro_models / f"run-{uuid.uuid4().hex[:12]}"
     measure = measure or _default_measure(device, rules.runtime, workdir, threads, min_time_s,
                                           sink, progress, clock)
     try:
-        samples = _measure_in(folder, configs, rules, measure, device, threads, cpus, context)
+        samples = _measure_in(folder, configs, rules, measure, device, threads, cpus, context,
+                              precision)
         samples.clock = clock
         return samples
     finally:
@@ -186,9 +194,12 @@ def measure_kernels(configs: Sequence[KernelConfig], rules: RuleSet, device: str
 
 def _measure_in(folder: Path, configs: Sequence[KernelConfig], rules: RuleSet,
                 measure: GroupMeasureFn, device: str, threads: int | None, cpus: str,
-                context: bool) -> KernelSamples:
+                context: bool, precision: str = "fp32") -> KernelSamples:
     from costmeter.models.onnx.graph import load_graph
     from costmeter.models.onnx.microbench import chain_model, write_model
+    from costmeter.predictors.sampling.quantized import quantize_model, sampled_kernels
+
+    quantize = quantize_model if precision == "int8" else None
 
     samples = KernelSamples(device=device, runtime=rules.runtime,
                             method="context" if context else "isolated", threads=threads,
@@ -196,14 +207,16 @@ def _measure_in(folder: Path, configs: Sequence[KernelConfig], rules: RuleSet,
     planned: list[tuple[KernelConfig, dict[str, float], list[list[Path]], list[int]]] = []
     for config in configs:
         model = config.build()
-        kernels = [k for k in fuse(load_graph(model), rules).kernels
-                   if k.kernel_type not in FOLDED_TYPES]
+        if quantize is not None:
+            model = quantize(model)
+        kernels = sampled_kernels(fuse(load_graph(model), rules),
+                                  {i.name for i in model.graph.input}, FOLDED_TYPES)
         if len(kernels) != 1 or kernels[0].kernel_type != config.kernel_type:
             samples.split.append(config)
             continue
         values = kernel_features(kernels[0])
         kernel_groups, weights = _kernel_files(config, model, folder, context, rules,
-                                               values["weight_bytes"])
+                                               values["weight_bytes"], quantize)
         planned.append((config, values, kernel_groups, weights))
     if not planned:
         return samples
@@ -247,11 +260,14 @@ def _corrected(timed: list[float], weights: list[int], overhead: float) -> tuple
 
 
 def _kernel_files(config: KernelConfig, model: Any, folder: Path, context: bool,
-                  rules: RuleSet, weight_bytes: float) -> tuple[list[list[Path]], list[int]]:
+                  rules: RuleSet, weight_bytes: float,
+                  quantize: Callable[[Any], Any] | None = None) -> tuple[list[list[Path]], list[int]]:
     """The groups of files timed for one kernel and how many boundaries each baseline stands
-    for. Alone: the kernel. In context: the kernel and one baseline per distinct boundary shape;
-    when its weights are large (:func:`cold_copies`), a second group with copies of the kernel
-    that have their own weights, and the baselines again."""
+    for. Alone: the kernel (``model``, already quantized when ``quantize`` is given). In
+    context: the kernel and one baseline per distinct boundary shape; when its weights are large
+    (:func:`cold_copies`), a second group with copies of the kernel that have their own weights,
+    and the baselines again. ``quantize`` (a model -> its int8 model) is applied to every file
+    built here."""
     from costmeter.models.onnx.microbench import (
         chain_model,
         context_baseline,
@@ -259,22 +275,25 @@ def _kernel_files(config: KernelConfig, model: Any, folder: Path, context: bool,
         write_model,
     )
 
+    def q(built: Any) -> Any:
+        return quantize(built) if quantize is not None else built
+
     if not context:
         return [[write_model(model, folder, config.kernel_type)]], []
     ops = [(op, dict(p)) for op, p in config.ops]
     name = f"{config.kernel_type}_{config.key}"
     seeds = range(cold_copies(weight_bytes) + 1)
     if config.kernel_type not in CONTEXT_TYPES or len(config.input_shape) != 4:
-        files = [write_model(chain_model(ops, config.input_shape, name, seed), folder,
+        files = [write_model(q(chain_model(ops, config.input_shape, name, seed)), folder,
                              config.kernel_type) for seed in seeds]
         return ([files[:1], files[1:]] if len(files) > 2 else [files[:1]]), []
     barrier = _fuses_into_edge(config, rules)
     files = []
     for seed in seeds:
         in_context, boundary = context_chain(ops, config.input_shape, name, barrier, seed)
-        files.append(write_model(in_context, folder, f"{config.kernel_type}_ctx"))
+        files.append(write_model(q(in_context), folder, f"{config.kernel_type}_ctx"))
     shapes = sorted(set(boundary))
-    baselines = [write_model(context_baseline(shape, barrier), folder, "baseline")
+    baselines = [write_model(q(context_baseline(shape, barrier)), folder, "baseline")
                  for shape in shapes]
     groups = [[files[0], *baselines]] + ([[*files[1:], *baselines]] if len(files) > 2 else [])
     return groups, [boundary.count(shape) for shape in shapes]
@@ -300,6 +319,11 @@ def _fuses_into_edge(config: KernelConfig, rules: RuleSet) -> bool:
     return len(first.ops) > 1
 
 
-def samples_path(workdir: Path | str, device: str, runtime: str) -> Path:
-    """Where the kernel samples of ``runtime`` on ``device`` are kept."""
-    return Workdir.of(workdir).kernel_samples(device, runtime)
+def samples_path(workdir: Path | str, device: str, runtime: str, precision: str = "fp32") -> Path:
+    """Where the kernel samples of ``runtime`` on ``device`` at ``precision`` are kept."""
+    return Workdir.of(workdir).kernel_samples(device, precision_slot(runtime, precision))
+
+
+def precision_slot(runtime: str, precision: str = "fp32") -> str:
+    """The name a runtime's files at ``precision`` go under (``onnxruntime``, ``onnxruntime-int8``)."""
+    return runtime if precision == "fp32" else f"{runtime}-{precision}"

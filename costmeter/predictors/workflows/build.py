@@ -57,7 +57,9 @@ STEPS: tuple[str, ...] = ("prior", "kernels", "adaptive", "networks", "curve", "
 @dataclass(frozen=True)
 class BuildSpec:
     """What to build: device, runtime, threads, pinning (``cpus``; empty: not pinned), budget
-    (s, the build's total wall time over all its runs), calibration families, seed."""
+    (s, the build's total wall time over all its runs), calibration families, seed, and the
+    precision the predicted networks run at (fp32, or int8: ONNX Runtime's static QDQ, the
+    recipe of ``bench run --precision int8``, for micro-benchmarks and networks alike)."""
 
     device: str = "cpu"
     runtime: str = "onnxruntime"
@@ -69,9 +71,13 @@ class BuildSpec:
     keep_artifacts: bool = False
     kernel_min_time_s: float | None = None  # per micro-benchmark; default by clock, see below
     network_min_time_s: float | None = None  # per network; default by clock, see below
+    precision: str = "fp32"
 
     def __post_init__(self) -> None:
+        from costmeter.predictors.sampling.quantized import check_micro_precision
         from costmeter.predictors.workflows.collect import collect_spaces
+
+        check_micro_precision(self.precision, self.runtime)
 
         object.__setattr__(self, "cpus", tuple(sorted({int(c) for c in self.cpus})))
         object.__setattr__(self, "calibrate_on", tuple(dict.fromkeys(self.calibrate_on)))
@@ -114,23 +120,35 @@ class BuildSpec:
         return 0.25 if self.clock == "thread_cpu" else 0.5
 
     @property
+    def slot(self) -> str:
+        """The name this build's files go under in the working folder: the runtime, with the
+        precision unless fp32 (an fp32 and an int8 build share a folder, not their files)."""
+        from costmeter.predictors.sampling.measure import precision_slot
+
+        return precision_slot(self.runtime, self.precision)
+
+    @property
     def cpus_text(self) -> str:
         """The pinning as ``taskset`` writes it (``"0,2"``; ``""``: not pinned)."""
         return ",".join(str(c) for c in self.cpus)
 
     def identity(self) -> dict[str, Any]:
         """What must not change between the runs of one build in one working folder."""
-        return {"device": self.device, "runtime": self.runtime, "threads": int(self.threads),
-                "cpus": list(self.cpus), "seed": int(self.seed),
-                "calibrate_on": list(self.calibrate_on), "kernel_timing": "context",
-                "clock": self.clock}
+        identity = {"device": self.device, "runtime": self.runtime, "threads": int(self.threads),
+                    "cpus": list(self.cpus), "seed": int(self.seed),
+                    "calibrate_on": list(self.calibrate_on), "kernel_timing": "context",
+                    "clock": self.clock}
+        if self.precision != "fp32":
+            identity["precision"] = self.precision
+        return identity
 
 
 def describe_identity(identity: dict[str, Any]) -> str:
     """``--threads 1 --cpus 1 --calibrate-on resnet,nb201 --seed 0`` for error messages."""
     cpus = ",".join(str(c) for c in identity.get("cpus") or []) or "(unpinned)"
     return (f"--threads {identity.get('threads')} --cpus {cpus} --calibrate-on "
-            f"{','.join(identity.get('calibrate_on') or [])} --seed {identity.get('seed')}")
+            f"{','.join(identity.get('calibrate_on') or [])} --seed {identity.get('seed')} "
+            f"--precision {identity.get('precision', 'fp32')}")
 
 
 @dataclass(frozen=True)
@@ -220,7 +238,7 @@ def new_state(spec: BuildSpec) -> dict[str, Any]:
 def load_state(wd: Workdir, spec: BuildSpec) -> dict[str, Any]:
     """The folder's build state for ``spec``'s device and runtime (new when there is none);
     ConfigError when it was built with other settings."""
-    data = read_json(wd.build_state(spec.device, spec.runtime))
+    data = read_json(wd.build_state(spec.device, spec.slot))
     if data is None:
         state = new_state(spec)
     elif data.get("version") != STATE_VERSION:
@@ -239,7 +257,7 @@ def load_state(wd: Workdir, spec: BuildSpec) -> dict[str, Any]:
 
 def save_state(wd: Workdir, spec: BuildSpec, state: dict[str, Any]) -> None:
     """Write the build state atomically."""
-    write_json(wd.build_state(spec.device, spec.runtime), state)
+    write_json(wd.build_state(spec.device, spec.slot), state)
 
 
 def check_pinning(cpus: Sequence[int]) -> None:
@@ -276,13 +294,13 @@ def build_lock(wd: Workdir, spec: BuildSpec) -> Iterator[None]:
     """Held while the build runs; ConfigError when another build of the folder holds it."""
     import fcntl
 
-    path = wd.build_lock(spec.device, spec.runtime)
+    path = wd.build_lock(spec.device, spec.slot)
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a+") as handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise ConfigError(f"another build of {spec.runtime} on {spec.device} is running in "
+            raise ConfigError(f"another build of {spec.slot} on {spec.device} is running in "
                               f"{wd.root}; wait for it, or use another --workdir") from None
         try:
             yield

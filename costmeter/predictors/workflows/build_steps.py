@@ -104,8 +104,10 @@ class BuildRun:
         from costmeter.predictors.sampling.configs import KernelConfig, KernelPrior
         from costmeter.predictors.sampling.measure import KernelSamples
 
+        # the prior holds float configs from float models: a build at another precision (which
+        # quantizes each micro-benchmark) reuses it
         path = self.wd.build_prior(self.spec.device, self.spec.runtime)
-        data = read_json(path) if self.state["done"].get("prior") else None
+        data = read_json(path) if self.state["done"].get("prior") or self.spec.precision != "fp32" else None
         if data is None:
             self.report("prior", 0, 1, "exporting and analysing the zoo's and the spaces' models")
             with self.timed("prior"):
@@ -132,7 +134,7 @@ class BuildRun:
         from costmeter.predictors.sampling.measure import KernelSamples, samples_path, setting
 
         if self._samples is None:
-            path = samples_path(self.wd.root, self.spec.device, self.spec.runtime)
+            path = samples_path(self.wd.root, self.spec.device, self.spec.runtime, self.spec.precision)
             mine = KernelSamples(self.spec.device, self.spec.runtime, method="context",
                                  threads=self.spec.threads, cpus=self.spec.cpus_text,
                                  clock=self.spec.clock)
@@ -197,7 +199,7 @@ class BuildRun:
         from costmeter.predictors.sampling.measure import measure_kernels, samples_path
 
         samples = self.samples()
-        path = samples_path(self.wd.root, self.spec.device, self.spec.runtime)
+        path = samples_path(self.wd.root, self.spec.device, self.spec.runtime, self.spec.precision)
         while record["position"] < len(plan) and self.left(step) > 0:
             known = {r["key"] for r in samples.rows}
             size = self.chunk(step, KERNEL_CHUNK, rule.SECONDS_PER_KERNEL)
@@ -211,7 +213,7 @@ class BuildRun:
                         min_time_s=self.spec.kernel_time_s, sink=self.store,
                         measure=self.seams.kernel_measure, context=True,
                         keep_artifacts=self.spec.keep_artifacts, cpus=self.spec.cpus_text,
-                        clock=self.spec.clock)
+                        clock=self.spec.clock, precision=self.spec.precision)
                     samples.extend(measured)
                     samples.save(path)
                 record["position"] += len(chunk)
@@ -251,11 +253,10 @@ class BuildRun:
         clock, pinned (inherited)."""
         if self.seams.network_measure is not None:
             return dict(self.seams.network_measure(items))
-        from costmeter.models.export import export_onnx
-        from costmeter.predictors.workflows.graphs import hashed_source
+        from costmeter.predictors.workflows.graphs import hashed_source, model_file
 
-        files = {item.model_id: export_onnx(hashed_source(item.model_id, self.wd.root), self.wd.root)
-                 for item in items}
+        files = {item.model_id: model_file(hashed_source(item.model_id, self.wd.root), self.wd.root,
+                                           self.spec.precision) for item in items}
         return time_networks(files, self.spec.threads, self.spec.clock,
                              self.spec.network_time_s, self.spec.runtime)
 
@@ -265,7 +266,7 @@ class BuildRun:
             return self.seams.network_rows(model_id)
         from costmeter.predictors.workflows.graphs import network_rows
 
-        return network_rows(model_id, self.wd.root, self.rules)[1]
+        return network_rows(model_id, self.wd.root, self.rules, precision=self.spec.precision)[1]
 
     # -- 5. curve
     def curve(self) -> None:
@@ -329,6 +330,19 @@ class BuildRun:
         specs = [*prior_specs(PRIOR_SPACE_SAMPLES), *self.state["networks"]]
         return sum(drop_export(spec, self.wd.root) for spec in specs)
 
+    def quantization(self) -> dict[str, Any]:
+        """The int8 recipe for the manifest (nothing at fp32)."""
+        if self.spec.precision == "fp32":
+            return {}
+        from costmeter.predictors.sampling.quantized import CALIBRATION_SAMPLES
+
+        return {"quantization": {
+            "method": "static", "format": "QDQ", "weights": "int8 per-channel",
+            "activations": "uint8 per-tensor", "calibration_method": "MinMax",
+            "networks_calibration": "random:32 (as `bench run --precision int8`)",
+            "micro_benchmark_calibration": f"random:{CALIBRATION_SAMPLES}",
+            "tool": "onnxruntime.quantization"}}
+
     def _fit(self) -> tuple[Any, dict[str, Any], dict[str, int]]:
         import numpy as np
 
@@ -370,6 +384,7 @@ class BuildRun:
                        "cache_curve": {"mb": list(self._curve[0]), "us_per_mb": list(self._curve[1])},
                        "summary": cal.describe()}
         extra = {"threads": self.spec.threads, "cpus": self.spec.cpus_text or None,
+                 "precision": self.spec.precision, **self.quantization(),
                  "clock": self.spec.clock, "kernel_timing": "context", "overhead_ms": overhead,
                  "cold_weight_types": list(COLD_WEIGHT_TYPES),
                  "kernel_samples": len(samples.rows), "rules": self.rules.to_dict(),

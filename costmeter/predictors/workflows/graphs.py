@@ -68,44 +68,51 @@ def hashed_source(spec: str, workdir: Path | str) -> Any:
     return source
 
 
-def rows_path(source: Any, workdir: Path | str, rules: Any, batch: int = 1) -> tuple[str, Path]:
-    """(cache key, file) of a model source's kernel rows under ``rules`` at ``batch``."""
+def rows_path(source: Any, workdir: Path | str, rules: Any, batch: int = 1,
+              precision: str = "fp32") -> tuple[str, Path]:
+    """(cache key, file) of a model source's kernel rows under ``rules`` at ``batch`` and
+    ``precision`` (fp32: the exported graph; int8: its quantized graph)."""
     from costmeter.predictors.estimators.rows import ROWS_VERSION
     from costmeter.predictors.kernels.features import FEATURE_SCHEMA_VERSION
 
     text = (f"{source.content_hash()}|{rules_digest(rules)}|features{FEATURE_SCHEMA_VERSION}|"
-            f"rows{ROWS_VERSION}|b{batch}")
+            f"rows{ROWS_VERSION}|b{batch}") + ("" if precision == "fp32" else f"|{precision}")
     key = hashlib.sha256(text.encode()).hexdigest()[:24]
     return key, Workdir.of(workdir).graph_cache / f"{key}.json"
 
 
-def remember_rows(source: Any, workdir: Path | str, rules: Any, graph: Any, batch: int = 1) -> Any:
+def remember_rows(source: Any, workdir: Path | str, rules: Any, graph: Any, batch: int = 1,
+                  precision: str = "fp32") -> Any:
     """Keep the rows of an analysed kernel graph in the graph cache; returns them."""
     from costmeter.predictors.estimators.rows import NetworkRows
 
     rows = NetworkRows.of(graph)
-    write_json(rows_path(source, workdir, rules, batch)[1], rows.to_dict())
+    write_json(rows_path(source, workdir, rules, batch, precision)[1], rows.to_dict())
     return rows
 
 
-def network_rows(spec: str, workdir: Path | str, rules: Any, batch: int = 1) -> tuple[str, Any]:
-    """(cache key, :class:`NetworkRows`) of the model ``spec`` under ``rules`` at ``batch``;
-    exported and analysed only when the working folder does not hold them yet."""
+def network_rows(spec: str, workdir: Path | str, rules: Any, batch: int = 1,
+                 precision: str = "fp32") -> tuple[str, Any]:
+    """(cache key, :class:`NetworkRows`) of the model ``spec`` under ``rules`` at ``batch`` and
+    ``precision``; exported (and quantized) and analysed only when the working folder does not
+    hold them yet."""
     from costmeter.predictors.estimators.rows import ROWS_VERSION, NetworkRows
 
     source = hashed_source(spec, workdir)
-    key, path = rows_path(source, workdir, rules, batch)
+    key, path = rows_path(source, workdir, rules, batch, precision)
     cached = read_json(path)
     if cached is not None and cached.get("version") == ROWS_VERSION:
         return key, NetworkRows.from_dict(cached)
-    return key, remember_rows(source, workdir, rules, kernel_graph(source, workdir, rules, batch), batch)
+    graph = kernel_graph(source, workdir, rules, batch, precision)
+    return key, remember_rows(source, workdir, rules, graph, batch, precision)
 
 
-def cached_network_rows(spec: str, workdir: Path | str, rules: Any, batch: int = 1) -> tuple[str, Any] | None:
+def cached_network_rows(spec: str, workdir: Path | str, rules: Any, batch: int = 1,
+                        precision: str = "fp32") -> tuple[str, Any] | None:
     """:func:`network_rows` when the graph cache holds them already, else None (nothing exported)."""
     from costmeter.predictors.estimators.rows import ROWS_VERSION, NetworkRows
 
-    key, path = rows_path(hashed_source(spec, workdir), workdir, rules, batch)
+    key, path = rows_path(hashed_source(spec, workdir), workdir, rules, batch, precision)
     cached = read_json(path)
     if cached is None or cached.get("version") != ROWS_VERSION:
         return None
@@ -128,10 +135,27 @@ def drop_export(spec: str, workdir: Path | str) -> int:
     return size
 
 
-def kernel_graph(source: Any, workdir: Path | str, rules: Any, batch: int = 1) -> Any:
-    """The fused kernel graph of a model source (exported through the one exporter's cache)."""
+def model_file(source: Any, workdir: Path | str, precision: str = "fp32") -> Path:
+    """The ONNX file a network runs at ``precision``: its export (fp32), or the export quantized
+    by ONNX Runtime's recipe of ``bench run --precision int8`` (static QDQ, calibrated on
+    ``random:32``), the very file that command measures; both cached in the working folder."""
     from costmeter.models.export import export_onnx
+
+    if precision == "fp32":
+        return export_onnx(source, workdir)
+    from costmeter.errors import ConfigError
+    from costmeter.harness.convert.quantize import precision_artifact
+
+    if precision != "int8":
+        raise ConfigError(f"kernel-level predictors are built at fp32 or int8, not {precision!r}")
+    converted = precision_artifact("onnxruntime", source, workdir, 1, {"precision": "int8"})
+    return Path(converted.path)
+
+
+def kernel_graph(source: Any, workdir: Path | str, rules: Any, batch: int = 1,
+                 precision: str = "fp32") -> Any:
+    """The fused kernel graph of a model source at ``precision`` (see :func:`model_file`)."""
     from costmeter.models.onnx.graph import load_graph
     from costmeter.predictors.kernels.fuse import fuse
 
-    return fuse(load_graph(export_onnx(source, workdir), batch=batch), rules)
+    return fuse(load_graph(model_file(source, workdir, precision), batch=batch), rules)

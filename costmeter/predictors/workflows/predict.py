@@ -33,6 +33,20 @@ def check_threads(manifest: dict[str, Any], threads: int | None, path: Path | st
                           f"a predictor with `bench predictor build --threads {threads}`")
 
 
+def predictor_precision(manifest: dict[str, Any]) -> str:
+    """The precision a kernel-level predictor's networks run at (fp32 for files that do not say)."""
+    return str((manifest.get("extra") or {}).get("precision") or "fp32")
+
+
+def check_precision(manifest: dict[str, Any], precision: str | None, path: Path | str) -> None:
+    """ConfigError when ``precision`` is given and differs from the predictor's (an int8
+    latency says nothing about fp32)."""
+    built = predictor_precision(manifest)
+    if precision is not None and precision != built:
+        raise ConfigError(f"{path} predicts latencies at {built}, not {precision}; build a "
+                          f"predictor with `bench predictor build --precision {precision}`")
+
+
 def predictor_rules(manifest: dict[str, Any], workdir: Path | str) -> Any:
     """The fusion rules the predictor was fitted under (kept in its manifest), else the
     working folder's rules for its device and runtime."""
@@ -71,14 +85,16 @@ def interval_of(manifest: dict[str, Any], path: Path | str) -> Any:
 
 
 def predict_models(model_file: Path | str, specs: Sequence[str], workdir: Path | str,
-                   threads: int | None = None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+                   threads: int | None = None,
+                   precision: str | None = None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """(manifest, one answer per spec) from a kernel-level predictor file.
 
     An answer: ``model``, ``latency_ms``, ``std_ms`` (one sigma), ``kernel_std_ms`` (the
     kernels' part of it, the conformal intervals' scale), ``kernel_sum_ms``,
     ``calibrated``, ``in_range`` and ``breakdown`` (per kernel type: ``kernel_type``, ``count``,
-    ``latency_ms``, ``share``). Raises ConfigError for another thread count or a file that is
-    not kernel-level."""
+    ``latency_ms``, ``share``). Each model is analysed at the predictor's precision (int8: its
+    quantized graph). Raises ConfigError for another thread count or precision, or a file that
+    is not kernel-level."""
     from costmeter.predictors.workflows.graphs import network_rows, read_json, write_json
 
     manifest = manifest_of(model_file)
@@ -86,13 +102,15 @@ def predict_models(model_file: Path | str, specs: Sequence[str], workdir: Path |
         raise ConfigError(f"{model_file} is not a kernel-level predictor; give architectures of "
                           f"its space ({manifest.get('space')}) instead")
     check_threads(manifest, threads, model_file)
+    check_precision(manifest, precision, model_file)
     rules = predictor_rules(manifest, workdir)
+    built = predictor_precision(manifest)
     payload = str((manifest.get("payload") or {}).get("sha256", ""))[:16]
     folder = Workdir.of(workdir).prediction_cache
     answers: dict[str, dict[str, Any]] = {}
     missing: dict[str, tuple[Path, Any]] = {}
     for spec in specs:
-        key, rows = network_rows(spec, workdir, rules)
+        key, rows = network_rows(spec, workdir, rules, precision=built)
         path = folder / f"{payload}-{key}.json"
         cached = read_json(path)
         if cached is not None and cached.get("version") == ANSWER_VERSION:
@@ -122,7 +140,8 @@ def cache_answers(predictor: Any, manifest: dict[str, Any], specs: Sequence[str]
 
     rules = predictor_rules(manifest, workdir)
     payload = str((manifest.get("payload") or {}).get("sha256", ""))[:16]
-    found = {spec: cached_network_rows(spec, workdir, rules) for spec in specs}
+    found = {spec: cached_network_rows(spec, workdir, rules, precision=predictor_precision(manifest))
+             for spec in specs}
     found = {spec: hit for spec, hit in found.items() if hit is not None}
     if not found:
         return 0
