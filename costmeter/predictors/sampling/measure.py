@@ -43,7 +43,7 @@ import statistics
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from costmeter.errors import ConfigError
+from costmeter.errors import ConfigError, UnsupportedError
 from costmeter.predictors.kernels.features import kernel_features
 from costmeter.predictors.kernels.fuse import fuse
 from costmeter.predictors.kernels.rules import RuleSet
@@ -206,17 +206,19 @@ def _measure_in(folder: Path, configs: Sequence[KernelConfig], rules: RuleSet,
                             cpus=cpus)
     planned: list[tuple[KernelConfig, dict[str, float], list[list[Path]], list[int]]] = []
     for config in configs:
-        model = config.build()
-        if quantize is not None:
-            model = quantize(model)
-        kernels = sampled_kernels(fuse(load_graph(model), rules),
-                                  {i.name for i in model.graph.input}, FOLDED_TYPES)
-        if len(kernels) != 1 or kernels[0].kernel_type != config.kernel_type:
+        try:
+            model = config.build() if quantize is None else quantize(config.build())
+            kernels = sampled_kernels(fuse(load_graph(model), rules),
+                                      {i.name for i in model.graph.input}, FOLDED_TYPES)
+            if len(kernels) != 1 or kernels[0].kernel_type != config.kernel_type:
+                samples.split.append(config)
+                continue
+            values = kernel_features(kernels[0])
+            kernel_groups, weights = _kernel_files(config, model, folder, context, rules,
+                                                   values["weight_bytes"], quantize)
+        except UnsupportedError:  # a quantizer that fails on the micro-benchmark: not measurable
             samples.split.append(config)
             continue
-        values = kernel_features(kernels[0])
-        kernel_groups, weights = _kernel_files(config, model, folder, context, rules,
-                                               values["weight_bytes"], quantize)
         planned.append((config, values, kernel_groups, weights))
     if not planned:
         return samples

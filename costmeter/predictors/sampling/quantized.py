@@ -40,10 +40,13 @@ def _input_shapes(model: Any) -> dict[str, list[int]]:
 
 def quantize_model(model: Any) -> Any:
     """``model`` (an ``onnx.ModelProto`` of float inputs) quantized to static QDQ int8, as a
-    new ``onnx.ModelProto``; calibrated on random inputs seeded by its content."""
+    new ``onnx.ModelProto``; calibrated on random inputs seeded by its content. UnsupportedError
+    when the quantizer fails on it (ONNX Runtime's calibration session rejects, for instance, a
+    16x16 convolution on a 1x1 input that the float session pads)."""
     import numpy as np
     import onnx
 
+    from costmeter.errors import UnsupportedError
     from costmeter.harness.convert.quant_backends import quantize_onnx
 
     data = model.SerializeToString(deterministic=True)
@@ -54,7 +57,11 @@ def quantize_model(model: Any) -> Any:
     with tempfile.TemporaryDirectory(prefix="costmeter-q-") as tmp:
         source, out = Path(tmp) / "float.onnx", Path(tmp) / "int8.onnx"
         source.write_bytes(data)
-        quantize_onnx(str(source), str(out), feeds, dynamic=False)
+        try:
+            quantize_onnx(str(source), str(out), feeds, dynamic=False)
+        except Exception as error:  # the quantizer's own errors have no common base class
+            raise UnsupportedError(f"onnxruntime.quantization failed on {model.graph.name}: "
+                                   f"{str(error).splitlines()[0][:200]}") from error
         quantized = onnx.load(str(out))
     quantized.graph.name = model.graph.name
     return quantized
