@@ -280,11 +280,16 @@ class KernelForest(BaseEstimator):
 
     def predict_kernels(self, tables: Mapping[str, Any]) -> Any:
         """Per-kernel predictions: DataFrame with ``model``, ``kernel_type``, ``kernel``,
-        ``latency_ms``, ``std_ms`` and ``priced_by`` (``forest`` or ``flops_linear``)."""
+        ``latency_ms``, ``std_ms`` and ``priced_by`` (``forest``, ``flops_linear``, or
+        ``negligible``: a kernel type of ``NEGLIGIBLE_TYPES`` without a forest, at
+        ``NEGLIGIBLE_LATENCY_MS``)."""
         import pandas as pd
 
+        from costmeter.predictors.kernels.fuse import NEGLIGIBLE_LATENCY_MS, NEGLIGIBLE_TYPES
+
         check_is_fitted(self)
-        unknown = sorted(t for t, df in tables.items() if t not in self.forests_ and len(df))
+        unknown = sorted(t for t, df in tables.items()
+                         if t not in self.forests_ and t not in NEGLIGIBLE_TYPES and len(df))
         if unknown and (self.on_unknown == "error" or self.fallback_ is None
                         or any(self.flops_feature not in tables[t].columns for t in unknown)):
             detail = ", ".join(f"{t} ({len(tables[t])} kernels)" for t in unknown)
@@ -297,6 +302,9 @@ class KernelForest(BaseEstimator):
             if kernel_type in self.forests_:
                 est, priced_by = self.forests_[kernel_type], "forest"
                 pred, std = est.predict_with_uncertainty(table)
+            elif kernel_type in NEGLIGIBLE_TYPES:
+                priced_by = "negligible"
+                pred, std = np.full(len(table), NEGLIGIBLE_LATENCY_MS), np.zeros(len(table))
             else:
                 est, priced_by = self.fallback_, "flops_linear"
                 pred, std = est.predict_with_uncertainty(table[[self.flops_feature]])

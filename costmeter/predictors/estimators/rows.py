@@ -9,7 +9,7 @@ from typing import Any
 
 from costmeter.errors import ConfigError
 
-ROWS_VERSION = 1  # bump when NetworkRows' content changes meaning
+ROWS_VERSION = 2  # bump when NetworkRows' content changes meaning (2: shape arithmetic is "shape")
 
 
 @dataclass(frozen=True)
