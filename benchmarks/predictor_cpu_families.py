@@ -172,8 +172,7 @@ def replay(workdir: Path, costmodel: Path, budget_s: float, network_share: float
     import math
 
     from costmeter.predictors.estimators.calibration import TrafficCalibration
-    from costmeter.predictors.estimators.forest import KernelForest, ModelForest
-    from costmeter.predictors.estimators.network import NetworkPredictor
+    from costmeter.predictors.estimators.network import NetworkPredictor, default_kernel_forest
     from costmeter.predictors.sampling.measure import KernelSamples, samples_path
     from costmeter.predictors.workflows.build import FOREST_TREES, BuildSeams, BuildSpec, load_state
     from costmeter.predictors.workflows.build_steps import BuildRun
@@ -207,7 +206,7 @@ def replay(workdir: Path, costmodel: Path, budget_s: float, network_share: float
                 and math.isfinite(state["networks"][m]["ms"][0])}
     names = sorted(networks)
     curve = read_json(wd.cache_curve("cpu"))
-    model = NetworkPredictor(KernelForest(ModelForest(n_estimators=FOREST_TREES), on_unknown="flops_linear"),
+    model = NetworkPredictor(default_kernel_forest(FOREST_TREES),
                              extra["overhead_ms"], TrafficCalibration(curve["mb"], curve["us_per_mb"]))
     model.fit(chosen.tables(), chosen.latencies(), {m: network_rows(m, wd.root, run.rules)[1] for m in names},
               [networks[m]["ms"][0] for m in names], [networks[m]["family"] for m in names])

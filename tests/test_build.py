@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import json
+import math
 import os
 import signal
 import subprocess
@@ -132,14 +133,24 @@ def test_a_build_writes_a_calibrated_predictor_recording_its_settings(tmp_path: 
     assert load_predictor(out).calibration_ is not None
 
 
+def irregular_kernel_ms(groups: list[list[Path]]) -> list[list[float]]:
+    """:func:`kernel_ms` times a factor no kernel model can read off the features (so that
+    cross-validation finds kernels to re-sample, as on real hardware)."""
+    base = kernel_ms(groups)
+    return [[t * (1 + 0.5 * math.sin(p.stat().st_size)) for t, p in zip(times, g)]
+            for times, g in zip(base, groups)]
+
+
 def test_more_budget_extends_the_same_build_with_a_superset(tmp_path: Path) -> None:
     from costmeter.predictors.sampling.measure import KernelSamples, samples_path
 
     wd = tmp_path / "wd"
-    small = build_predictor(spec(budget_s=600.0), tmp_path / "a.costmodel", wd, seams=seams())
+    small = build_predictor(spec(budget_s=600.0), tmp_path / "a.costmodel", wd,
+                            seams=seams(kernel=irregular_kernel_ms))
     kernels_small = {r["key"] for r in KernelSamples.load(samples_path(wd, "cpu", "onnxruntime")).rows}
     state_small = load_state(Workdir(wd), spec())
-    large = build_predictor(spec(budget_s=1200.0), tmp_path / "b.costmodel", wd, seams=seams())
+    large = build_predictor(spec(budget_s=1200.0), tmp_path / "b.costmodel", wd,
+                            seams=seams(kernel=irregular_kernel_ms))
     kernels_large = {r["key"] for r in KernelSamples.load(samples_path(wd, "cpu", "onnxruntime")).rows}
     state_large = load_state(Workdir(wd), spec(budget_s=1200.0))
     assert kernels_small < kernels_large

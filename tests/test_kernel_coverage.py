@@ -59,9 +59,10 @@ def test_a_sparse_kernel_type_is_priced_by_its_size_not_by_its_neighbours() -> N
     from costmeter.predictors.estimators.forest import KernelForest, ModelForest
     from costmeter.predictors.estimators.network import (
         LINEAR_KERNEL_FEATURES,
-        SPARSE_KERNEL_ROWS,
         default_kernel_forest,
     )
+
+    sparse_rows = 20
 
     # six classifiers measured, from tiny to large; memory-bound: 2 us + 0.1 ms per MB of weights
     train = _fc_table([(48, 8), (128, 64), (640, 1248), (960, 2000), (1600, 1248), (256, 256)])
@@ -71,7 +72,7 @@ def test_a_sparse_kernel_type_is_priced_by_its_size_not_by_its_neighbours() -> N
     sparse = KernelForest(ModelForest(n_estimators=50),
                           sparse_forest=AdditiveForest(linear_features=LINEAR_KERNEL_FEATURES,
                                                        n_estimators=50),
-                          sparse_below=SPARSE_KERNEL_ROWS).fit({"fc": train}, {"fc": latency(train)})
+                          sparse_below=sparse_rows).fit({"fc": train}, {"fc": latency(train)})
     plain = KernelForest(ModelForest(n_estimators=50)).fit({"fc": train}, {"fc": latency(train)})
     assert isinstance(sparse.forests_["fc"], AdditiveForest)
     assert isinstance(default_kernel_forest(10).fit({"fc": train}, {"fc": latency(train)})
@@ -82,7 +83,7 @@ def test_a_sparse_kernel_type_is_priced_by_its_size_not_by_its_neighbours() -> N
     assert np.any(np.abs(plain_got / truth - 1) > 0.3), (plain_got, truth)  # what it replaces
     many = pd.concat([train] * 4)  # as many rows as the threshold: the plain forest again
     assert isinstance(KernelForest(ModelForest(n_estimators=10), sparse_forest=AdditiveForest(),
-                                   sparse_below=SPARSE_KERNEL_ROWS).fit(
+                                   sparse_below=sparse_rows).fit(
         {"fc": many}, {"fc": latency(many)}).forests_["fc"], ModelForest)
 
 

@@ -13,8 +13,8 @@ with ``q_lo``/``q_hi`` the finite-sample conformal quantiles of the scores (Lei 
 2018, "Distribution-free predictive inference for regression"; the normalised score is what
 MAPIE calls ``ResidualNormalisedScore``, here with the trees' spread as the residual model).
 On the log scale the interval is relative: ±10% means the same at 0.1 ms and at 100 ms. The
-floor (``floor`` x the median calibration spread) keeps an over-confident model from getting an
-interval of zero width.
+floor (``floor`` x the median calibration spread, and at least :data:`MIN_FLOOR_LOG`) keeps an
+over-confident model from getting an interval of zero width.
 
 Two-sided intervals are equal-tailed: each tail holds at most ``(1 - coverage) / 2`` of the
 scores, so a biased model gets an asymmetric interval, and :meth:`ConformalCalibration.upper`
@@ -64,6 +64,10 @@ from costmeter.errors import ConfigError
 
 DEFAULT_FOLDS = 10
 DEFAULT_FLOOR = 0.25
+# the least spread a score divides by (log units): 0.1% of the latency. A model whose parts
+# agree more closely than that (a linear base with no correction on smooth data) would turn
+# residuals of a few percent into scores of millions.
+MIN_FLOOR_LOG = 1e-3
 COVERAGES: tuple[float, ...] = (0.8, 0.9, 0.95)
 METHOD_CV = "cross-conformal (out-of-fold normalised log residuals, final model refit on all rows)"
 METHOD_JACKKNIFE = ("jackknife conformal (normalised log residuals of each training row predicted "
@@ -137,7 +141,7 @@ class ConformalCalibration(BaseEstimator):
             raise ConfigError(f"the spread floor must be >= 0, got {self.floor}")
         spread = np.where(np.isfinite(spread) & (spread > 0), spread, 0.0)
         median = float(np.median(spread))
-        self.floor_ = self.floor * median if median > 0 else 1.0
+        self.floor_ = max(self.floor * median, MIN_FLOOR_LOG) if median > 0 else 1.0
         self.scores_ = np.sort((np.log(truth) - pred_log) / np.maximum(spread, self.floor_))
         self.n_calibration_ = int(truth.size)
         self.method_ = method

@@ -58,25 +58,28 @@ def cross_validated_errors(samples: KernelSamples, folds: int = 5,
                            n_estimators: int = 60) -> tuple[list[Any], list[float]]:
     """(configs, out-of-fold relative errors pred/measured - 1) of the measured kernels.
 
-    One forest per kernel type (:class:`~costmeter.predictors.estimators.forest.ModelForest`); types with
-    fewer than ``2 * folds`` rows are skipped.
+    One model per kernel type, the kind a predictor fits (:func:`~costmeter.predictors.
+    estimators.network.default_kernel_forest`); types with fewer than ``2 * folds`` rows are
+    skipped.
     """
     import numpy as np
+    from sklearn.base import clone
     from sklearn.model_selection import KFold
 
-    from costmeter.predictors.estimators.forest import ModelForest
+    from costmeter.predictors.estimators.network import default_kernel_forest
 
     by_key = {c.key: c for c in samples.configs()}
     tables, latencies = samples.tables(), samples.latencies()
     configs: list[Any] = []
     errors: list[float] = []
+    template = default_kernel_forest(n_estimators).forest
     for kernel_type, table in tables.items():
         y = latencies[kernel_type]
         if len(table) < 2 * folds:
             continue
         predicted = np.zeros(len(y))
         for train, test in KFold(folds, shuffle=True, random_state=0).split(table):
-            forest = ModelForest(n_estimators=n_estimators).fit(table.iloc[train], y[train])
+            forest = clone(template).fit(table.iloc[train], y[train])
             predicted[test] = forest.predict(table.iloc[test])
         for key, p, t in zip(table.index, predicted, y):
             if key in by_key:
