@@ -172,7 +172,7 @@ def replay(workdir: Path, costmodel: Path, budget_s: float, network_share: float
     import math
 
     from costmeter.predictors.estimators.calibration import TrafficCalibration
-    from costmeter.predictors.estimators.network import NetworkPredictor, default_kernel_forest
+    from costmeter.predictors.estimators.network import NetworkPredictor, kernel_models
     from costmeter.predictors.sampling.measure import KernelSamples, samples_path
     from costmeter.predictors.workflows.build import FOREST_TREES, BuildSeams, BuildSpec, load_state
     from costmeter.predictors.workflows.build_steps import BuildRun
@@ -206,7 +206,8 @@ def replay(workdir: Path, costmodel: Path, budget_s: float, network_share: float
                 and math.isfinite(state["networks"][m]["ms"][0])}
     names = sorted(networks)
     curve = read_json(wd.cache_curve("cpu"))
-    model = NetworkPredictor(default_kernel_forest(FOREST_TREES),
+    chosen = extra["calibration"].get("kernel_model", "forest")  # builds before the choice: forests
+    model = NetworkPredictor(kernel_models(FOREST_TREES)[chosen],
                              extra["overhead_ms"], TrafficCalibration(curve["mb"], curve["us_per_mb"]))
     model.fit(chosen.tables(), chosen.latencies(), {m: network_rows(m, wd.root, run.rules)[1] for m in names},
               [networks[m]["ms"][0] for m in names], [networks[m]["family"] for m in names])

@@ -293,3 +293,30 @@ def test_budget_rule_splits_and_grows_monotonically() -> None:
     assert rule.format_duration(5400) == "1h30m"
     with pytest.raises(ValueError):
         rule.parse_duration("30 minutes")
+
+
+def test_the_build_keeps_the_kernel_model_that_does_better_out_of_family(tmp_path: Path) -> None:
+    from costmeter.predictors.artifacts import load_predictor, read_manifest
+    from costmeter.predictors.estimators.network import KERNEL_MODELS
+    from costmeter.predictors.workflows.build_steps import choose_kernel_model
+
+    out = tmp_path / "m.costmodel"
+    build_predictor(spec(), out, tmp_path / "wd", seams=seams())
+    cal = read_manifest(out)["extra"]["calibration"]
+    assert set(cal["kernel_models"]) == set(KERNEL_MODELS) and cal["kernel_model"] in KERNEL_MODELS
+    best = max(v["lofo_within"] for v in cal["kernel_models"].values())
+    assert cal["kernel_models"][cal["kernel_model"]]["lofo_within"] == best
+    assert cal["lofo_within"] == best  # the printed estimate is the kept model's
+    kinds = {type(f).__name__ for f in load_predictor(out).kernel_forest_.forests_.values()}
+    if cal["kernel_model"] == "additive":
+        assert kinds == {"AdditiveForest"}
+    else:  # forests, with the additive model only for sparse types
+        assert "ModelForest" in kinds
+
+    class Fitted:
+        def __init__(self, within: float, rmse: float) -> None:
+            self.calibration_ = type("C", (), {"cv_within_": within, "cv_rel_rmse_": rmse})()
+
+    assert choose_kernel_model({"additive": Fitted(0.5, 0.2), "forest": Fitted(0.8, 0.3)}) == "forest"
+    assert choose_kernel_model({"additive": Fitted(0.8, 0.2), "forest": Fitted(0.8, 0.3)}) == "additive"
+    assert choose_kernel_model({"additive": Fitted(0.8, 0.3), "forest": Fitted(0.8, 0.3)}) == "additive"

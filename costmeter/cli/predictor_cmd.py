@@ -186,6 +186,10 @@ def _print_build(result, spec, target: float | None) -> None:
                f"calibration networks ({families}), {spec.precision}, {spec.threads} thread(s), {pinning}; "
                f"{format_duration(sum(result.spent_s.values()))} of {format_duration(spec.budget_s)}")
     click.echo(f"calibration: {cal['summary']}")
+    if cal.get("kernel_models"):
+        tried = ", ".join(f"{name} {v['lofo_within']:.0%}" for name, v in cal["kernel_models"].items())
+        click.echo(f"kernel models (leave-one-family-out within ±{cal['tolerance']:.0%}): {tried}; "
+                   f"kept {cal['kernel_model']}")
     by_family = ", ".join(f"{f} {v:.0%}" for f, v in cal["lofo_by_family"].items())
     click.echo(f"leave-one-family-out estimate: {cal['lofo_within']:.0%} of networks within "
                f"±{cal['tolerance']:.0%} (MAPE {cal['lofo_mape_pct']:.1f}%, median error "

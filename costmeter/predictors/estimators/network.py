@@ -24,7 +24,25 @@ from sklearn.utils.validation import check_is_fitted
 from costmeter.errors import ConfigError
 from costmeter.predictors.estimators.calibration import BASE_COLUMN, TrafficCalibration
 
-# the linear base of every kernel type's model (see default_kernel_forest)
+# Kernel models (one per kernel type), by name; ``bench predictor build`` fits both and keeps the
+# one whose calibrated predictor does better out of family on its calibration networks.
+#   additive -- an AdditiveForest for every kernel type: a ridge base on LINEAR_KERNEL_FEATURES
+#               (FLOPs, bytes read and written, weight bytes) times a forest correction. A forest
+#               alone answers between its training kernels with averages of their neighbours: a
+#               build's few hundred kernels spread over three orders of magnitude leave the small
+#               kernels of 32-pixel networks priced by larger ones (NB201's 3x3 convolutions at
+#               32 channels, 16x16: measured 28 us in context, priced 45 us). Refitted on the
+#               kernels and networks of one fp32 30-minute build (ONNX Runtime, 1 thread, one
+#               pinned core), kernel sums within +-10% went from 7.5% to 80% of NB201 networks,
+#               47.5% to 77.5% of ResNets and 80% to 90% of MobileNetV2s, and the build's
+#               leave-one-family-out estimate from 48% to 82.5%, against 84.6% measured on 39
+#               networks of held-out families (Spearman 0.991 -> 0.995).
+#   forest   -- a ModelForest per kernel type, the additive model only for types with fewer
+#               than SPARSE_KERNEL_ROWS kernels. On the int8 build of the same machine it was
+#               the better one (estimate 34% against the additive model's 27%; 59% against 36%
+#               on the held-out families).
+KERNEL_MODELS: tuple[str, ...] = ("additive", "forest")
+SPARSE_KERNEL_ROWS = 20
 LINEAR_KERNEL_FEATURES: tuple[str, ...] = ("flops", "bytes_read", "bytes_written", "weight_bytes")
 from costmeter.predictors.estimators.conformal import (METHOD_KERNEL, ConformalCalibration,
                                                        log_and_spread)
@@ -173,24 +191,19 @@ class NetworkPredictor(BaseEstimator):
 
 
 def default_kernel_forest(n_estimators: int = 64) -> Any:
-    """The kernel models a predictor fits: for every kernel type an :class:`~costmeter.predictors.
-    estimators.additive.AdditiveForest`, a ridge base on :data:`LINEAR_KERNEL_FEATURES` (FLOPs,
-    bytes read and written, weight bytes) times a forest correction.
+    """The kernel models a predictor fits by default: :data:`KERNEL_MODELS` ``"additive"``."""
+    return kernel_models(n_estimators)["additive"]
 
-    A forest alone answers between its training kernels with averages of their neighbours: a
-    build's few hundred kernels spread over three orders of magnitude leave the small kernels of
-    32-pixel networks priced by larger ones (NB201's 3x3 convolutions at 32 channels, 16x16:
-    measured 28 us in context, priced 45 us). The linear base follows the size between and
-    beyond the kernels measured. Refitted on the kernels and networks of one 30-minute build
-    (ONNX Runtime, 1 thread, one pinned core), kernel sums within +-10% went from 7.5% to 80% of
-    NB201 networks, 47.5% to 77.5% of ResNets and 80% to 90% of MobileNetV2s; the build's
-    leave-one-family-out estimate from 48% to 82.5%, against 84.6% measured on 39 networks of
-    held-out families (Spearman 0.991 -> 0.995)."""
+
+def kernel_models(n_estimators: int = 64) -> dict[str, Any]:
+    """The kernel models a build chooses between, by name (see :data:`KERNEL_MODELS`)."""
     from costmeter.predictors.estimators.additive import AdditiveForest
-    from costmeter.predictors.estimators.forest import KernelForest
+    from costmeter.predictors.estimators.forest import KernelForest, ModelForest
 
-    return KernelForest(AdditiveForest(linear_features=LINEAR_KERNEL_FEATURES, n_estimators=n_estimators),
-                        on_unknown="flops_linear")
+    additive = AdditiveForest(linear_features=LINEAR_KERNEL_FEATURES, n_estimators=n_estimators)
+    return {"additive": KernelForest(additive, on_unknown="flops_linear"),
+            "forest": KernelForest(ModelForest(n_estimators=n_estimators), on_unknown="flops_linear",
+                                   sparse_forest=additive, sparse_below=SPARSE_KERNEL_ROWS)}
 
 
 def _interval_calibration(calibration: TrafficCalibration, frame: Any,
