@@ -145,3 +145,24 @@ def test_predict_refuses_another_precision_than_the_build(tmp_path: Path, capsys
     err = capsys.readouterr().err.strip()
     assert rc == 2 and len(err.splitlines()) == 1 and "onnxruntime" in err
     assert not (tmp_path / "new").exists()
+
+
+def test_a_chain_that_splits_when_quantized_is_measured_as_the_kernels_it_splits_into(tmp_path: Path) -> None:
+    """SiLU is one float kernel but two int8 ones (QLinearSigmoid, QLinearMul): an int8 build
+    measures those, so that a quantized EfficientNet's sigmoids are priced from sigmoids."""
+    import json as _json
+
+    from costmeter.predictors.kernels.rules import builtin_rules
+    from costmeter.predictors.sampling.configs import make_config
+    from costmeter.predictors.sampling.measure import measure_kernels
+
+    silu = make_config("activation", (1, 32, 16, 16), [("SiLU", {})])
+    fake = lambda groups: [[0.01 if p.name.startswith("overhead") else 0.05 for p in g] for g in groups]  # noqa: E731
+    int8 = measure_kernels([silu], builtin_rules("onnxruntime"), workdir=tmp_path, measure=fake,
+                           context=True, precision="int8")
+    assert int8.split == [silu]
+    measured = sorted((r["kernel_type"], _json.loads(r["config"])["ops"][0][0]) for r in int8.rows)
+    assert measured == [("activation", "Sigmoid"), ("elementwise", "Mul")]
+    assert {r["features"]["precision_bits"] for r in int8.rows} == {8}
+    fp32 = measure_kernels([silu], builtin_rules("onnxruntime"), workdir=tmp_path, measure=fake, context=True)
+    assert not fp32.split and [r["key"] for r in fp32.rows] == [silu.key]  # one float kernel

@@ -94,6 +94,8 @@ def _epilogue(kernel: Kernel, start: int = 1) -> list[tuple[str, dict[str, Any]]
     produced = {o.name for u in kernel.units for o in u.outputs}
     for position, unit in enumerate(kernel.units[start:], start=start):
         kind = unit.op_type
+        if kind == "QDQPair":  # an int8 kernel's requantization: quantizing the config adds it
+            continue
         if kind in _ACTS or kind == "BatchNormalization":
             ops.append((kind, {}))
         elif kind in ("Add", "Mul"):

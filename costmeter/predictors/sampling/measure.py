@@ -47,7 +47,7 @@ from costmeter.errors import ConfigError, UnsupportedError
 from costmeter.predictors.kernels.features import kernel_features
 from costmeter.predictors.kernels.fuse import fuse
 from costmeter.predictors.kernels.rules import RuleSet
-from costmeter.predictors.sampling.configs import KernelConfig
+from costmeter.predictors.sampling.configs import KernelConfig, config_from_kernel
 from costmeter.predictors.sampling.samples import (  # noqa: F401  (re-exported)
     CLOCKS, FOLDED_LATENCY_MS, FOLDED_TYPES, METHODS, KernelSamples, setting)
 from costmeter.workdir import Workdir
@@ -205,13 +205,19 @@ def _measure_in(folder: Path, configs: Sequence[KernelConfig], rules: RuleSet,
                             method="context" if context else "isolated", threads=threads,
                             cpus=cpus)
     planned: list[tuple[KernelConfig, dict[str, float], list[list[Path]], list[int]]] = []
-    for config in configs:
+    queue, seen = list(configs), {c.key for c in configs}
+    while queue:
+        config = queue.pop(0)
         try:
             model = config.build() if quantize is None else quantize(config.build())
             kernels = sampled_kernels(fuse(load_graph(model), rules),
                                       {i.name for i in model.graph.input}, FOLDED_TYPES)
             if len(kernels) != 1 or kernels[0].kernel_type != config.kernel_type:
                 samples.split.append(config)
+                if quantize is not None:  # measure the kernels a quantized network runs instead
+                    pieces = [p for p in map(config_from_kernel, kernels) if p and p.key not in seen]
+                    seen.update(p.key for p in pieces)
+                    queue += pieces
                 continue
             values = kernel_features(kernels[0])
             kernel_groups, weights = _kernel_files(config, model, folder, context, rules,
