@@ -219,6 +219,14 @@ class AdditiveForest(_NamedFeatures, RegressorMixin, BaseEstimator):
         denom = float(oob[seen] @ oob[seen])
         return float(np.clip(oob[seen] @ ratio[seen] / denom, 0.0, 1.0)) if denom > 0 else 0.0
 
+    def _linear64(self, arr: np.ndarray) -> np.ndarray:
+        """The linear columns of ``arr`` as float64 (one conversion, no gather, when they are
+        every column in order, as in the spaces' default models)."""
+        cols = self.linear_columns_
+        if len(cols) == arr.shape[1] and np.array_equal(cols, np.arange(len(cols))):
+            return arr.astype(np.float64)
+        return arr[:, cols].astype(np.float64)
+
     def _base(self, lin: np.ndarray) -> np.ndarray:
         return np.maximum(lin @ self.coef_ + self.intercept_, self.base_floor_ms_)
 
@@ -229,7 +237,7 @@ class AdditiveForest(_NamedFeatures, RegressorMixin, BaseEstimator):
         """(log latency, one-sigma spread of the forest's trees, log units) per row. The spread
         is the trees' own, not shrunk with the correction: it says where the data are thin."""
         arr = self._predict_matrix(X, dtype=np.float32)
-        base = self._base(arr[:, self.linear_columns_].astype(np.float64))
+        base = self._base(self._linear64(arr))
         mean, spread = self.estimator_.tree_mean_std(arr)
         return np.log(base) + self._weight() * mean, spread
 
@@ -237,7 +245,7 @@ class AdditiveForest(_NamedFeatures, RegressorMixin, BaseEstimator):
         """Predicted latency (ms) per row."""
         check_is_fitted(self)
         arr = self._predict_matrix(X, dtype=np.float32)
-        base = self._base(arr[:, self.linear_columns_].astype(np.float64))
+        base = self._base(self._linear64(arr))
         if self._weight() == 0.0:  # the correction was shrunk away: the trees need not run
             return base
         return base * np.exp(self._weight() * self.estimator_.estimator_.predict(arr))
