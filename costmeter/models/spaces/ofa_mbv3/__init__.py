@@ -160,35 +160,43 @@ def _allowed_mask(values: np.ndarray, allowed: Sequence[int]) -> np.ndarray:
 
 
 def _byte_mask(allowed: Sequence[int]) -> np.ndarray:
-    mask = np.zeros(256, dtype=bool)
-    mask[list(allowed)] = True
+    mask = np.zeros(256, dtype=np.uint8)
+    mask[list(allowed)] = 1
     return mask
 
 
 _OK_R, _OK_D, _OK_K, _OK_E = (_byte_mask(v) for v in (RESOLUTIONS, DEPTHS, KERNELS, EXPANDS))
-_ACTIVE_SLOTS = np.arange(MAX_DEPTH)[None, :] < np.arange(256)[:, None]  # depth -> active slots
+_ACTIVE_SLOTS = (np.arange(MAX_DEPTH)[None, :] < np.arange(256)[:, None]).astype(np.uint8)
+"""depth -> 0/1 per slot of a stage (uint8, so that masks multiply bytes without casts)"""
+VALIDATE_CHUNK = 4096  # rows checked per pass (the byte copies stay in cache)
 
 
 def _validate_array(a: np.ndarray) -> np.ndarray:
     """Check an (n, 46) array and zero the inactive slots (vectorised).
 
-    Arrays whose values all fit a byte are checked with byte-indexed masks in one pass per
-    field; anything else (or anything invalid) goes through the field-by-field check that
-    names the first bad value."""
+    Arrays whose values all fit a byte are checked, :data:`VALIDATE_CHUNK` rows at a time,
+    with byte-indexed 0/1 masks: every field in its allowed set, where an inactive slot (zeroed)
+    must look invalid and an active one valid. Anything else (or anything invalid) goes
+    through the field-by-field check that names the first bad value."""
     if a.ndim != 2 or a.shape[1] != ARRAY_WIDTH:
         raise ConfigError(f"ofa_mbv3: array encoding must have shape (n, {ARRAY_WIDTH}), got {a.shape}")
-    if a.size and a.min() >= 0 and a.max() < 256:
-        b = a.astype(np.uint8)
-        depth = b[:, 1:1 + N_STAGES]
-        active = _ACTIVE_SLOTS[depth].reshape(len(b), N_SLOTS)
-        ks, es = b[:, 1 + N_STAGES:1 + N_STAGES + N_SLOTS], b[:, 1 + N_STAGES + N_SLOTS:]
-        if (_OK_R[b[:, 0]].all() and _OK_D[depth].all() and (_OK_K[ks] | ~active).all()
-                and (_OK_E[es] | ~active).all()):
-            out = b.astype(np.int64)
-            out[:, 1 + N_STAGES:1 + N_STAGES + N_SLOTS] *= active
-            out[:, 1 + N_STAGES + N_SLOTS:] *= active
-            return out
-    return _validate_slowly(a)
+    out = np.empty(a.shape, dtype=np.int64)
+    k0, e0 = 1 + N_STAGES, 1 + N_STAGES + N_SLOTS
+    for start in range(0, len(a), VALIDATE_CHUNK):
+        part = a[start:start + VALIDATE_CHUNK]
+        if not (part.min() >= 0 and part.max() < 256):
+            return _validate_slowly(a)
+        b = part.astype(np.uint8)
+        depth = b[:, 1:k0]
+        active = np.take(_ACTIVE_SLOTS, depth, axis=0).reshape(len(b), N_SLOTS)
+        b[:, k0:e0] *= active
+        b[:, e0:] *= active
+        if not (np.take(_OK_R, b[:, 0]).all() and np.take(_OK_D, depth).all()
+                and np.array_equal(np.take(_OK_K, b[:, k0:e0]), active)
+                and np.array_equal(np.take(_OK_E, b[:, e0:]), active)):
+            return _validate_slowly(a)
+        out[start:start + VALIDATE_CHUNK] = b
+    return out
 
 
 def _validate_slowly(a: np.ndarray) -> np.ndarray:

@@ -23,10 +23,9 @@ from costmeter.models.spaces.blocks import BlockSpec, EntryValue
 RESOLUTIONS: tuple[int, ...] = s.RESOLUTIONS
 INTERLEAVE = 4  # groups of four blocks sampled round-robin (see predictors.lut.measure)
 
-_K_CODE = np.zeros(8, dtype=np.int64)
-_K_CODE[list(s.KERNELS)] = [1, 2, 3]
-_E_CODE = np.zeros(7, dtype=np.int64)
-_E_CODE[list(s.EXPANDS)] = [1, 2, 3]
+_RAW = 8  # dense tables are indexed by the raw kernel and expand values (0: inactive slot)
+_SLOT_OFFSET = np.arange(s.N_SLOTS, dtype=np.int64) * _RAW * _RAW
+DENSE_CHUNK = 4096  # rows looked up per pass (their index arrays stay in cache)
 
 
 def stage_inputs(resolution: int) -> list[int]:
@@ -112,13 +111,14 @@ def sample_at(n: int, resolutions: Sequence[int], seed: int = 0) -> list[str]:
 
 def dense_tables(value: EntryValue, resolutions: Sequence[int],
                  overhead_ms: float) -> tuple[np.ndarray, ...]:
-    """(slot mean, slot var) flat over (resolution, slot, kernel code, expand code) and
-    (fixed mean, fixed var) per resolution, in ms and ms^2; NaN where the table has no entry.
-    ``overhead_ms`` (the per-run overhead, paid once per network) is added to the fixed part."""
+    """(slot mean, slot var) flat over (resolution, slot, kernel, expand), the last two by their
+    raw values (0 to 7: an inactive slot has both 0 and costs nothing; values outside the space
+    are NaN, never reached by a validated encoding), and (fixed mean, fixed var) per
+    resolution, in ms and ms^2; NaN where the table has no entry. ``overhead_ms`` (the per-run
+    overhead, paid once per network) is added to the fixed part."""
     n_res = len(s.RESOLUTIONS)
-    slot = np.full((n_res, s.N_SLOTS, 4, 4, 2), np.nan)
-    slot[:, :, 0, :, :] = 0.0  # inactive slots cost nothing
-    slot[:, :, :, 0, :] = 0.0
+    slot = np.full((n_res, s.N_SLOTS, _RAW, _RAW, 2), np.nan)
+    slot[:, :, 0, 0, :] = 0.0  # inactive slots cost nothing
     fixed = np.full((n_res, 2), np.nan)
     for ri, r in enumerate(s.RESOLUTIONS):
         if r not in resolutions:
@@ -127,10 +127,10 @@ def dense_tables(value: EntryValue, resolutions: Sequence[int],
         fixed[ri] = [sum(v[0] for v in values) + overhead_ms, sum(v[1] for v in values)]
         for stage in range(s.N_STAGES):
             for b in range(s.MAX_DEPTH):
-                for ki, k in enumerate(s.KERNELS, start=1):
-                    for ei, e in enumerate(s.EXPANDS, start=1):
+                for k in s.KERNELS:
+                    for e in s.EXPANDS:
                         spec = block_spec(r, stage, b == 0, k, e)
-                        slot[ri, stage * s.MAX_DEPTH + b, ki, ei] = value(spec.key)
+                        slot[ri, stage * s.MAX_DEPTH + b, k, e] = value(spec.key)
     flat = slot.reshape(-1, 2)
     return (np.ascontiguousarray(flat[:, 0]), np.ascontiguousarray(flat[:, 1]),
             fixed[:, 0].copy(), fixed[:, 1].copy())
@@ -139,16 +139,22 @@ def dense_tables(value: EntryValue, resolutions: Sequence[int],
 def dense_predict(tables: tuple[np.ndarray, ...],
                   encoded: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(mean ms, variance ms^2) of each canonical ``(n, 46)`` row; NaN where an entry is
-    missing (a resolution or block the table lacks)."""
+    missing (a resolution or block the table lacks). :data:`DENSE_CHUNK` rows at a time: one
+    index per slot (``((resolution, slot) * 8 + kernel) * 8 + expand``), two gathers, two sums."""
     slot_mean, slot_var, fixed_mean, fixed_var = tables
-    a = encoded
-    r_index = (a[:, 0] - s.RESOLUTIONS[0]) // 4
-    ks = a[:, 1 + s.N_STAGES:1 + s.N_STAGES + s.N_SLOTS]
-    es = a[:, 1 + s.N_STAGES + s.N_SLOTS:]
-    flat = ((r_index[:, None] * s.N_SLOTS + np.arange(s.N_SLOTS)) * 16
-            + _K_CODE[ks] * 4 + _E_CODE[es])
-    mean = slot_mean[flat].sum(axis=1) + fixed_mean[r_index]
-    var = slot_var[flat].sum(axis=1) + fixed_var[r_index]
+    n = len(encoded)
+    mean, var = np.empty(n), np.empty(n)
+    k0, e0 = 1 + s.N_STAGES, 1 + s.N_STAGES + s.N_SLOTS
+    for start in range(0, n, DENSE_CHUNK):
+        a = encoded[start:start + DENSE_CHUNK]
+        r_index = (a[:, 0] - s.RESOLUTIONS[0]) // 4
+        flat = a[:, k0:e0] * _RAW
+        flat += a[:, e0:]
+        flat += _SLOT_OFFSET
+        flat += (r_index * (s.N_SLOTS * _RAW * _RAW))[:, None]
+        part = slice(start, start + DENSE_CHUNK)
+        mean[part] = np.take(slot_mean, flat).sum(axis=1) + fixed_mean[r_index]
+        var[part] = np.take(slot_var, flat).sum(axis=1) + fixed_var[r_index]
     return mean, var
 
 
