@@ -81,6 +81,49 @@ def test_kernel_reproduces_per_tree_mean_and_std_of_a_log_target_forest() -> Non
     np.testing.assert_allclose(spread / latency, trees.std(axis=0), rtol=1e-9, atol=1e-13)
 
 
+@pytest.mark.parametrize("n_trees", [1, 3, 6, 13])
+def test_kernel_groups_and_leftovers_match_per_tree_outputs(n_trees: int) -> None:
+    """Rows and trees walk in groups of four: counts that leave rows and trees over (and fewer
+    trees than a group) must give what every tree's own predict gives, row for row."""
+    pytest.importorskip("numba")
+    from costmeter.predictors.estimators.forest import ModelForest
+
+    rng = np.random.default_rng(n_trees)
+    X = rng.normal(size=(400, 5)).astype(np.float32)
+    X[:, 1] = np.round(X[:, 1] * 2)
+    forest = ModelForest(n_estimators=n_trees, min_samples_leaf=1).fit(
+        X, np.exp(X[:, 0] + 0.3 * X[:, 1]))
+    for rows in (tree_kernel.MIN_COMPILED_ROWS + 1, tree_kernel.MIN_COMPILED_ROWS + 3, 1030):
+        probe = np.concatenate([X, rng.normal(size=(rows - len(X), 5)).astype(np.float32)])
+        trees = forest._tree_outputs(probe)
+        mean, std = tree_kernel.tree_mean_std(forest.estimator_, probe)
+        np.testing.assert_allclose(mean, trees.mean(axis=0), rtol=1e-13, atol=1e-14)
+        np.testing.assert_allclose(std, trees.std(axis=0), rtol=1e-9, atol=1e-13)
+
+
+def test_sibling_order_keeps_every_node_and_pairs_children() -> None:
+    from costmeter.predictors.estimators.forest import ModelForest
+
+    rng = np.random.default_rng(7)
+    X = rng.normal(size=(300, 4)).astype(np.float32)
+    forest = ModelForest(n_estimators=3, min_samples_leaf=1).fit(X, np.exp(X[:, 0]))
+    feature, threshold, left, value, roots = tree_kernel.flatten_forest(forest.estimator_)
+    for est, root in zip(forest.estimator_.estimators_, roots):
+        tree = est.tree_
+        order = tree_kernel.sibling_order(tree.children_left, tree.children_right)
+        assert sorted(order.tolist()) == list(range(tree.node_count)) and order[0] == 0
+        for pos, node in enumerate(order):
+            k = int(root) + pos
+            if tree.children_left[node] < 0:
+                assert left[k] == k and threshold[k] == np.inf
+            else:
+                child = int(left[k]) - int(root)
+                assert order[child] == tree.children_left[node]
+                assert order[child + 1] == tree.children_right[node]
+                assert feature[k] == tree.feature[node]
+            assert value[k] == tree.value[node].ravel()[0]
+
+
 def test_fallback_is_the_per_tree_reference(monkeypatch: pytest.MonkeyPatch) -> None:
     from costmeter.predictors.estimators.forest import ModelForest
 

@@ -79,7 +79,7 @@ def sibling_order(left: np.ndarray, right: np.ndarray) -> np.ndarray:
 
 
 def flatten_forest(forest: Any) -> tuple[np.ndarray, ...]:
-    """(feature int32, threshold float32, left int32, value float64, roots int32) of every tree
+    """(feature uint32, threshold float32, left uint32, value float64, roots uint32) of every tree
     of a fitted scikit-learn forest regressor, concatenated, each tree in :func:`sibling_order`:
     a node's right child is ``left + 1``. A leaf is its own left child (threshold +inf, feature
     0), so a walk that reaches it stays there."""
@@ -101,11 +101,11 @@ def flatten_forest(forest: Any) -> tuple[np.ndarray, ...]:
         value.append(tree.value.reshape(tree.node_count, -1)[order, 0])
         roots.append(offset)
         offset += tree.node_count
-    flat = (np.concatenate(feature).astype(np.int32),
+    flat = (np.concatenate(feature).astype(np.uint32),
             np.concatenate(threshold).astype(np.float32),
-            np.concatenate(left).astype(np.int32),
+            np.concatenate(left).astype(np.uint32),
             np.concatenate(value).astype(np.float64),
-            np.asarray(roots, dtype=np.int32))
+            np.asarray(roots, dtype=np.uint32))
     _FLAT[forest] = flat
     return flat
 
