@@ -99,7 +99,7 @@ class ForestPredictor:
         rows = chunk_rows(len(space.feature_names()))
         for start in range(0, len(a), rows):
             part = slice(start, start + rows)
-            mean[part], std[part] = self.estimator.predict_with_uncertainty(a[part])
+            mean[part], std[part] = self.estimator.predict_with_uncertainty(a[part], validated=True)
         if calibration is None:
             return mean, std
         lower, upper = calibration.interval(mean, std, coverage)

@@ -148,11 +148,11 @@ class ArchPredictor(RegressorMixin, BaseEstimator):
             return np.ascontiguousarray(matrix, dtype=np.float32)  # every column, in order
         return np.ascontiguousarray(matrix[:, columns], dtype=np.float32)
 
-    def _regressor_input(self, archs: Any) -> Any:
+    def _regressor_input(self, archs: Any, validated: bool = False) -> Any:
         self._check_schema()
         if self.columns_ is None:
             return self._features(archs)
-        return self._inputs_from_matrix(get_space(self.space).feature_matrix(archs))
+        return self._inputs_from_matrix(get_space(self.space).feature_matrix(archs, validated=validated))
 
     def predict(self, archs: Any) -> np.ndarray:
         """Predicted latency (ms) of each architecture (strings, dicts or an encoding array)."""
@@ -162,14 +162,15 @@ class ArchPredictor(RegressorMixin, BaseEstimator):
             return table[0][get_space(self.space).to_index(archs)]
         return np.asarray(self.regressor_.predict(self._regressor_input(archs)), dtype=np.float64)
 
-    def predict_with_uncertainty(self, archs: Any) -> tuple[np.ndarray, np.ndarray]:
-        """(latency ms, one-sigma uncertainty ms) of each architecture."""
+    def predict_with_uncertainty(self, archs: Any, validated: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """(latency ms, one-sigma uncertainty ms) of each architecture. ``validated``:
+        ``archs`` is already the space's ``to_array`` output (checked), not checked again."""
         self._check_schema()
         table = self._space_table()
         if table is not None:
             index = get_space(self.space).to_index(archs)
             return table[0][index], table[1][index]
-        mean, std = self.regressor_.predict_with_uncertainty(self._regressor_input(archs))
+        mean, std = self.regressor_.predict_with_uncertainty(self._regressor_input(archs, validated))
         return np.asarray(mean, dtype=np.float64), np.asarray(std, dtype=np.float64)
 
     def calibration(self) -> Any:

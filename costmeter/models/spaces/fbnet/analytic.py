@@ -131,14 +131,15 @@ def _stage_matrix() -> np.ndarray:
 _STAGE_STARTS = np.concatenate([[0], np.cumsum(np.bincount(LAYER_STAGE))[:-1]])
 
 
-def feature_matrix(archs: Iterable[Any] | np.ndarray) -> np.ndarray:
+def feature_matrix(archs: Iterable[Any] | np.ndarray, validated: bool = False) -> np.ndarray:
     """Analytic features as a float64 ``(n, len(feature_names()))`` array.
 
     Vectorised: one scatter writes the per-layer one-hots, gathers from :func:`block_table`
     give the per-layer MACs, ``bincount`` the per-stage counts and one matrix product the
     network totals (100,000 architectures in about a second, most of it writing the output).
+    ``validated``: ``archs`` is already what :func:`to_codes` returned, used as it is.
     """
-    codes = to_codes(archs).astype(np.int64)
+    codes = (archs if validated else to_codes(archs)).astype(np.int64)
     n, nb = len(codes), len(BLOCKS)
     rows = np.arange(n)[:, None]
     flat = np.arange(N_LAYERS) * nb + codes                              # (n, 22) into 198

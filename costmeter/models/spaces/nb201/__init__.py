@@ -278,11 +278,12 @@ def _feature_table() -> np.ndarray:
     return table
 
 
-def feature_matrix(archs: Iterable[Any] | np.ndarray) -> np.ndarray:
+def feature_matrix(archs: Iterable[Any] | np.ndarray, validated: bool = False) -> np.ndarray:
     """Analytic features as a float64 ``(n, len(feature_names()))`` array.
 
     The space is finite, so the features of all 15,625 cells are computed once (vectorised
-    numpy, ~20 ms) and looked up by index afterwards.
+    numpy, ~20 ms) and looked up by index afterwards (``validated``, for the common signature:
+    the lookup's index is checked either way).
     """
     return _feature_table()[to_index(archs)]
 

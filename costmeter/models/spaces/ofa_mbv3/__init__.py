@@ -414,14 +414,15 @@ _K_INDEX = _value_index(KERNELS)
 _E_INDEX = _value_index(EXPANDS)
 
 
-def feature_matrix(archs: Iterable[Any] | np.ndarray) -> np.ndarray:
+def feature_matrix(archs: Iterable[Any] | np.ndarray, validated: bool = False) -> np.ndarray:
     """Analytic features as a float64 ``(n, len(feature_names()))`` array.
 
     Vectorised: per-block MACs/params for every (resolution, slot, kernel, expand) are
     tabulated once and gathered. MACs count multiply-accumulates of convolutions and linear
     layers at batch 1; parameters are trainable ones (BN running statistics excluded).
+    ``validated``: ``archs`` is already what :func:`to_array` returned, used as it is.
     """
-    a = to_array(archs)
+    a = archs if validated else to_array(archs)
     n = len(a)
     r = a[:, 0]
     depth = a[:, 1:1 + N_STAGES]
