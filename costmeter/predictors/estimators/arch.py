@@ -170,7 +170,14 @@ class ArchPredictor(RegressorMixin, BaseEstimator):
         if table is not None:
             index = get_space(self.space).to_index(archs)
             return table[0][index], table[1][index]
-        mean, std = self.regressor_.predict_with_uncertainty(self._regressor_input(archs, validated))
+        inputs = self._regressor_input(archs, validated)
+        if validated:  # features of checked encodings are finite: scikit-learn need not scan them
+            from sklearn import config_context
+
+            with config_context(assume_finite=True):
+                mean, std = self.regressor_.predict_with_uncertainty(inputs)
+        else:
+            mean, std = self.regressor_.predict_with_uncertainty(inputs)
         return np.asarray(mean, dtype=np.float64), np.asarray(std, dtype=np.float64)
 
     def calibration(self) -> Any:

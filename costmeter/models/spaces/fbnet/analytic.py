@@ -99,6 +99,7 @@ _TOTALS = ("macs_total", "macs_expand", "macs_depthwise", "macs_project", "macs_
            "n_identity")
 
 
+@lru_cache(maxsize=1)
 def feature_names() -> tuple[str, ...]:
     """Names of the analytic features (schema ``fbnet/v1``), in column order.
 

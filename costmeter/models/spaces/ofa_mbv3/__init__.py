@@ -314,6 +314,7 @@ def blocks(arch: Any) -> list[dict[str, Any]]:
 
 
 # ----------------------------------------------------------------------------- analytic features
+@lru_cache(maxsize=1)
 def feature_names() -> tuple[str, ...]:
     """Names of the analytic features, in the column order of :func:`features`."""
     names = ["resolution", "depth_total"] + [f"stage{s + 1}_depth" for s in range(N_STAGES)]
@@ -412,6 +413,8 @@ def _value_index(values: Sequence[int]) -> np.ndarray:
 
 _K_INDEX = _value_index(KERNELS)
 _E_INDEX = _value_index(EXPANDS)
+_COMBO = (_K_INDEX[:, None] * 4 + _E_INDEX[None, :]).ravel()
+"""(kernel index * 4 + expand index) of ``kernel * len(_E_INDEX) + expand``: one lookup"""
 
 
 def feature_matrix(archs: Iterable[Any] | np.ndarray, validated: bool = False) -> np.ndarray:
@@ -428,9 +431,9 @@ def feature_matrix(archs: Iterable[Any] | np.ndarray, validated: bool = False) -
     depth = a[:, 1:1 + N_STAGES]
     ks = a[:, 1 + N_STAGES:1 + N_STAGES + N_SLOTS]
     es = a[:, 1 + N_STAGES + N_SLOTS:]
-    combo = _K_INDEX[ks] * 4 + _E_INDEX[es]                     # 0 = inactive
+    combo = np.take(_COMBO, ks * len(_E_INDEX) + es)           # 0 = inactive
     flat = (((r - RESOLUTIONS[0]) // 4)[:, None] * N_SLOTS + np.arange(N_SLOTS)) * 16 + combo
-    per_block = _block_tables()[flat].reshape(n, -1)               # (n, 20 * 6)
+    per_block = np.take(_block_tables(), flat, axis=0).reshape(n, -1)  # (n, 20 * 6)
     sums = per_block @ _block_sums()  # integers below 2**53: exact in any order
     stage_macs, stage_params, totals = sums[:, :5], sums[:, 5:10], sums[:, 10:16]
     fixed_macs, fixed_params = _fixed_parts(r)
