@@ -168,6 +168,23 @@ def test_bad_strings_still_raise_one_line_errors(fitted: tuple[str, ForestPredic
     assert words in str(info.value) and "\n" not in str(info.value)
 
 
+def test_a_bad_row_past_the_first_chunk_is_named_by_its_batch_row(
+        fitted: tuple[str, ForestPredictor]) -> None:
+    """Chunks are checked one at a time; the error still counts rows from the batch's start."""
+    from costmeter.predictors.api import chunk_rows
+
+    space, model = fitted
+    module = get_space(space)
+    array = module.to_array(module.sample(chunk_rows(len(module.feature_names())) + 500, seed=1))
+    row = len(array) - 7
+    array[row, 0] = 99  # outside every space's first field
+    with pytest.raises(ConfigError, match=f"\\(row {row}\\)") as info:
+        model.predict(array, coverage=0.9)
+    with pytest.raises(ConfigError) as whole:
+        module.to_array(array)
+    assert str(info.value) == str(whole.value)
+
+
 def test_ofa_byte_mask_validation_agrees_with_the_field_by_field_check() -> None:
     from costmeter.models.spaces import ofa_mbv3
 

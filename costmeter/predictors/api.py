@@ -21,11 +21,11 @@ export::
 
 Both also give ``upper(archs, confidence)``: the one-sided bound (ms) behind ``satisfies``.
 
-Throughput: architectures are first turned into the space's canonical integer array by its
-vectorised ``to_array`` (canonical strings never go through a per-string parser), then
+Throughput: architectures are turned into the space's canonical integer array by its
+vectorised ``to_array`` (canonical strings never go through a per-string parser), checked,
 featurised and predicted in chunks (:func:`chunk_rows`: at most :data:`CHUNK_ROWS`, fewer for
-wide feature rows) so that the working set stays in cache; spaces with a dense index (NB201: 15,625 cells) are tabulated once and looked up. Bad
-input raises a ``ConfigError`` (a ValueError) that names the field and its allowed values.
+wide feature rows) so that the working set stays in cache; spaces with a dense index (NB201:
+15,625 cells) are tabulated once and looked up. Bad input raises a ``ConfigError`` (a ValueError) that names the field and its allowed values.
 """
 from __future__ import annotations
 
@@ -94,12 +94,15 @@ class ForestPredictor:
             check_coverage(coverage)
             calibration = self.estimator.calibration()
         space = get_space(self.space)
-        a = space.to_array(_as_items(archs))
-        mean, std = np.empty(len(a)), np.empty(len(a))
+        items = _as_items(archs)
+        if not (isinstance(items, list) or getattr(items, "ndim", 0) == 2):
+            items = space.to_array(items)  # e.g. one architecture's 1-D row
+        mean, std = np.empty(len(items)), np.empty(len(items))
         rows = chunk_rows(len(space.feature_names()))
-        for start in range(0, len(a), rows):
+        for start in range(0, len(items), rows):
             part = slice(start, start + rows)
-            mean[part], std[part] = self.estimator.predict_with_uncertainty(a[part], validated=True)
+            mean[part], std[part] = self.estimator.predict_with_uncertainty(
+                _checked_chunk(space, items, part), validated=True)
         if calibration is None:
             return mean, std
         lower, upper = calibration.interval(mean, std, coverage)
@@ -127,6 +130,17 @@ class ForestPredictor:
         calibration = self.estimator.calibration()
         mean, std = self.predict(archs)
         return calibration.upper(mean, std, confidence)
+
+
+def _checked_chunk(space: Any, items: Any, part: slice) -> np.ndarray:
+    """The canonical array of ``items[part]`` (converted and checked a chunk at a time, while
+    it is in cache); a bad architecture raises the error a check of the whole batch gives, with
+    its row counted from the batch's start."""
+    try:
+        return space.to_array(items[part])
+    except ConfigError:
+        space.to_array(items)
+        raise
 
 
 def _as_items(archs: Any) -> Any:
