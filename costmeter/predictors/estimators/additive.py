@@ -220,11 +220,12 @@ class AdditiveForest(_NamedFeatures, RegressorMixin, BaseEstimator):
         return float(np.clip(oob[seen] @ ratio[seen] / denom, 0.0, 1.0)) if denom > 0 else 0.0
 
     def _linear64(self, arr: np.ndarray) -> np.ndarray:
-        """The linear columns of ``arr`` as float64 (one conversion, no gather, when they are
-        every column in order, as in the spaces' default models)."""
+        """The linear columns of ``arr`` as float64, column-major as numpy's column gather
+        gives them (BLAS then sums each row in the same order, to the last bit); one conversion,
+        no gather, when they are every column in order, as in the spaces' default models."""
         cols = self.linear_columns_
         if len(cols) == arr.shape[1] and np.array_equal(cols, np.arange(len(cols))):
-            return arr.astype(np.float64)
+            return arr.astype(np.float64, order="F")
         return arr[:, cols].astype(np.float64)
 
     def _base(self, lin: np.ndarray) -> np.ndarray:
