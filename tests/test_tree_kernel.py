@@ -124,6 +124,19 @@ def test_sibling_order_keeps_every_node_and_pairs_children() -> None:
             assert value[k] == tree.value[node].ravel()[0]
 
 
+def test_base_without_the_column_gather_is_the_same_to_the_last_bit(
+        fitted: tuple[str, ForestPredictor]) -> None:
+    """The default models' base uses every column: it skips the gather, not a single bit."""
+    space, model = fitted
+    regressor = model.estimator.regressor_
+    x = model.estimator._inputs_from_matrix(get_space(space).feature_matrix(
+        get_space(space).sample(3000, seed=12)))
+    assert len(regressor.linear_columns_) == x.shape[1]
+    gathered = x[:, regressor.linear_columns_].astype(np.float64)
+    np.testing.assert_array_equal(regressor._linear64(x), gathered)
+    np.testing.assert_array_equal(regressor._base(regressor._linear64(x)), regressor._base(gathered))
+
+
 def test_fallback_is_the_per_tree_reference(monkeypatch: pytest.MonkeyPatch) -> None:
     from costmeter.predictors.estimators.forest import ModelForest
 
