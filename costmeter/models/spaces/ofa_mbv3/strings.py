@@ -58,7 +58,7 @@ def decode_canonical(items: Sequence[str]) -> np.ndarray | None:
     stage_codes = codes[:, 1:]
     if (codes[:, 0] < groups).any() or (stage_codes < 0).any() or (stage_codes >= groups).any():
         return None
-    picked = stages[stage_codes]                                   # (n, 5, 9)
+    picked = np.take(stages, stage_codes, axis=0)                   # (n, 5, 9)
     out = np.empty((n, s.ARRAY_WIDTH), dtype=np.int64)
     out[:, 0] = resolutions[codes[:, 0] - groups]
     out[:, 1:1 + s.N_STAGES] = picked[:, :, 0]
