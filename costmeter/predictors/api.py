@@ -95,10 +95,11 @@ class ForestPredictor:
             calibration = self.estimator.calibration()
         space = get_space(self.space)
         items = _as_items(archs)
-        if not (isinstance(items, list) or getattr(items, "ndim", 0) == 2):
-            items = space.to_array(items)  # e.g. one architecture's 1-D row
+        tabulated = getattr(self.estimator, "tabulated", False)  # looked up, no features built
+        if tabulated or not (isinstance(items, list) or getattr(items, "ndim", 0) == 2):
+            items = space.to_array(items)  # the whole batch at once (or one 1-D row)
         mean, std = np.empty(len(items)), np.empty(len(items))
-        rows = chunk_rows(len(space.feature_names()))
+        rows = CHUNK_ROWS if tabulated else chunk_rows(len(space.feature_names()))
         for start in range(0, len(items), rows):
             part = slice(start, start + rows)
             mean[part], std[part] = self.estimator.predict_with_uncertainty(

@@ -138,6 +138,12 @@ class ArchPredictor(RegressorMixin, BaseEstimator):
             self.__dict__["_table"] = table
         return table
 
+    @property
+    def tabulated(self) -> bool:
+        """Whether predictions are lookups in a table of the whole (small) space (built on
+        first use), so that no architecture is featurised when predicting."""
+        return self._space_table() is not None
+
     def _inputs_from_matrix(self, matrix: np.ndarray) -> Any:
         if self.columns_ is None:
             import pandas as pd
