@@ -25,7 +25,8 @@ Throughput: architectures are turned into the space's canonical integer array by
 vectorised ``to_array`` (canonical strings never go through a per-string parser), checked,
 featurised and predicted in chunks (:func:`chunk_rows`: at most :data:`CHUNK_ROWS`, fewer for
 wide feature rows) so that the working set stays in cache; spaces with a dense index (NB201:
-15,625 cells) are tabulated once and looked up. Bad input raises a ``ConfigError`` (a ValueError) that names the field and its allowed values.
+15,625 cells) are tabulated once and looked up. Bad input raises a ``ConfigError`` (a
+ValueError) that names the field and its allowed values (and, for arrays, the batch's row).
 """
 from __future__ import annotations
 
