@@ -140,6 +140,11 @@ def test_predict_refuses_another_precision_than_the_build(tmp_path: Path, capsys
     err = capsys.readouterr().err.strip()
     assert rc == 2 and len(err.splitlines()) == 1
     assert "predicts latencies at fp32, not int8" in err and "--precision int8" in err
+    table = tmp_path / "t.json"
+    table.write_text("{}")
+    rc = main(["predict", str(table), "-m", "nb201:x", "--precision", "int8"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1 and "leave --precision out" in err
     rc = main(["predictor", "build", "--threads", "1", "--budget", "30m", "--precision", "int8",
                "--runtime", "openvino", "-o", str(tmp_path / "x.costmodel"), "--workdir", str(tmp_path / "new")])
     err = capsys.readouterr().err.strip()

@@ -46,14 +46,14 @@ def predict(model_file: str, archs: tuple[str, ...], threads: int | None, precis
     from costmeter.predictors import is_network_predictor, manifest_of
 
     asked = "--coverage" if coverage is not None else "--budget-ms" if budget_ms is not None else None
-    if precision is not None and not (Path(model_file).suffix.lower() not in (".json", ".csv")
-                                      and is_network_predictor(manifest_of(model_file))):
+    table = Path(model_file).suffix.lower() in (".json", ".csv")
+    manifest = None if table else manifest_of(model_file)
+    if precision is not None and not (manifest and is_network_predictor(manifest)):
         raise ConfigError("--precision checks a kernel-level predictor (`bench predictor build`); "
                           f"{model_file} records its precision in its manifest -- leave --precision out")
-    if Path(model_file).suffix.lower() in (".json", ".csv"):
+    if table:
         _predict_with_table(model_file, archs, coverage, budget_ms, confidence)
         return
-    manifest = manifest_of(model_file)
     if is_network_predictor(manifest):
         from costmeter.predictors import interval_of
 

@@ -143,11 +143,10 @@ def model_file(source: Any, workdir: Path | str, precision: str = "fp32") -> Pat
 
     if precision == "fp32":
         return export_onnx(source, workdir)
-    from costmeter.errors import ConfigError
     from costmeter.harness.convert.quantize import precision_artifact
+    from costmeter.predictors.sampling.quantized import check_micro_precision
 
-    if precision != "int8":
-        raise ConfigError(f"kernel-level predictors are built at fp32 or int8, not {precision!r}")
+    check_micro_precision(precision, "onnxruntime")
     converted = precision_artifact("onnxruntime", source, workdir, 1, {"precision": "int8"})
     return Path(converted.path)
 
