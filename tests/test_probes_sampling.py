@@ -146,3 +146,20 @@ def test_batch_lines_become_stored_results_measured_or_failed(tmp_path) -> None:
     assert b.validity is Validity.INVALID and b.measurement.hit_max_time
     assert b.reasons == lines["b"]["reasons"] and a.environment == {"hostname": "box"}
     assert c.status is Status.FAILED and c.error == "worker died (signal 11)" and c.tag == "lut"
+
+
+def test_a_micro_benchmark_that_never_settles_stops_at_its_cap_not_at_ten_seconds() -> None:
+    from costmeter.predictors.sampling.micro_measure import (MICRO_MAX_TIME_FACTOR,
+                                                             MICRO_MAX_TIME_FLOOR_S, micro_protocol)
+
+    protocol = micro_protocol(0.05)
+    assert protocol.max_time_s == max(MICRO_MAX_TIME_FLOOR_S, MICRO_MAX_TIME_FACTOR * 0.05)
+    assert micro_protocol(0.2).max_time_s == pytest.approx(2.0)  # wall-clock runner protocol
+    clock = FakeClock()
+    # a kernel and two baselines, one of them scattered (a busy machine): the median of a
+    # 300%-jitter run never pins to +-2% within the cap
+    outcomes = sample_group(_sessions(clock, 0.01, 0.01, 3.0), protocol, clock)
+    assert outcomes[2].hit_max_time and not outcomes[0].hit_max_time
+    spent_s = clock() / 1e9
+    assert 3 * protocol.max_time_s <= spent_s < 3 * protocol.max_time_s + 0.5  # not 3 x 10 s
+    assert all(o.samples_ns and len(o.samples_ns) == len(outcomes[0].samples_ns) for o in outcomes)
