@@ -6,6 +6,7 @@ import hashlib
 import io
 import json
 import warnings
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -220,7 +221,8 @@ def test_onnxruntime_rules_match_the_graph_onnxruntime_runs(zoo_onnx: dict[str, 
                               "GlobalAveragePool", "MaxPool", "MatMul"):
             ort_kernels[node.op_type] += 1
     ours: collections.Counter[str] = collections.Counter()
-    for kernel in fuse(load_graph(zoo_onnx[name]), "onnxruntime").kernels:
+    chains = replace(builtin_rules("onnxruntime"), blocks=())  # the fusion chains, not the blocks
+    for kernel in fuse(load_graph(zoo_onnx[name]), chains).kernels:
         types = kernel.unit_types
         if types[0] == "Conv":
             act = [t for t in types[1:] if t not in ("Add", "BatchNormalization")]
@@ -300,3 +302,83 @@ def test_detect_fusion_through_the_real_runner(workdir: Path) -> None:
     split = [k.unit_types for k in fuse(load_graph(chain), rule_set).kernels]
     assert split == ([["Conv", "Relu"]] if evidence["fused"] else [["Conv"], ["Relu"]])
     assert read_rules(rules_path(workdir, "cpu", "onnxruntime")) == rule_set
+
+
+# ------------------------------------------------------------------------ blocks (squeeze-excite)
+@pytest.mark.parametrize("name", ["mobilenet_v3_small", "efficientnet_b0"])
+def test_every_squeeze_excite_is_one_se_kernel_that_its_micro_benchmark_rebuilds(
+        zoo_onnx: dict[str, Path], name: str) -> None:
+    from costmeter.models import zoo
+    from costmeter.models.layers import SqueezeExcite
+    from costmeter.predictors.kernels.features import kernel_features
+    from costmeter.predictors.sampling.configs import config_from_kernel
+
+    blocks = sum(isinstance(m, SqueezeExcite) for m in zoo.build_zoo_model(name).modules())
+    graph = load_graph(zoo_onnx[name])
+    grouped = fuse(graph, "onnxruntime")
+    pieces = fuse(graph, replace(builtin_rules("onnxruntime"), blocks=()))
+    se = [k for k in grouped.kernels if k.kernel_type == "se"]
+    assert blocks > 0 and len(se) == blocks
+    holder = {op.index: k.index for k in pieces.kernels for op in k.ops}
+    merged = [{holder[op.index] for op in k.ops} for k in se]  # the pieces each block took whole
+    for kernel, taken in zip(se, merged):
+        assert 4 <= len(taken) <= 5  # pool, conv(+act), [act], conv+gate, Mul
+        assert {op.index for op in kernel.ops} == \
+            {op.index for k in pieces.kernels if k.index in taken for op in k.ops}
+    assert len(pieces.kernels) - len(grouped.kernels) == sum(len(t) - 1 for t in merged)
+    assert [k.index for k in grouped.kernels] == list(range(len(grouped.kernels)))
+    assert sorted(op.index for k in grouped.kernels for op in k.ops) == \
+        sorted(op.index for k in pieces.kernels for op in k.ops)  # nothing dropped
+    assert not [k for k in grouped.kernels if k.unit_types == ["Mul"]]
+    for kernel in se:
+        assert kernel.unit_types[0] == "GlobalAveragePool" and kernel.unit_types[-1] == "Mul"
+        assert kernel.outputs[0].shape == kernel.inputs[0].shape  # the block keeps its input's shape
+        config = config_from_kernel(kernel)
+        assert config is not None and config.kernel_type == "se"
+        rebuilt = [k for k in fuse(load_graph(config.build()), "onnxruntime").kernels
+                   if k.kernel_type != "constant"]
+        assert [k.kernel_type for k in rebuilt] == ["se"]
+        assert kernel_features(rebuilt[0]) == kernel_features(kernel)
+
+
+def test_a_mul_by_a_gate_that_is_not_an_se_block_stays_an_elementwise_kernel() -> None:
+    builder = GraphBuilder("notse")
+    x = builder.input((1, 16, 8, 8), "x")
+    pooled, shape = builder.apply("GlobalAveragePool", x, (1, 16, 8, 8))
+    gate, shape = builder.apply("Sigmoid", pooled, shape)  # no 1x1 convs in between
+    out = builder.node("Mul", [x, gate])
+    kernels = fuse(load_graph(builder.model([(out, (1, 16, 8, 8))])), "onnxruntime").kernels
+    assert "se" not in {k.kernel_type for k in kernels}
+    assert {"global_pool", "elementwise"} <= {k.kernel_type for k in kernels}
+
+
+def test_block_patterns_are_validated_and_kept_with_the_rule_set() -> None:
+    with pytest.raises(ConfigError, match="unknown block pattern"):
+        RuleSet(runtime="onnxruntime", rules=(), blocks=("transformer",))
+    rules = builtin_rules("onnxruntime")
+    assert rules.blocks == ("se",)
+    assert RuleSet.from_dict(rules.to_dict()).blocks == ("se",)
+    assert "blocks" not in replace(rules, blocks=()).to_dict()  # older rule files keep their digest
+
+
+def test_onnx_runtime_runs_an_se_blocks_mul_off_the_blocked_layout(tmp_path: Path) -> None:
+    """Why the block is priced whole: in its micro-benchmark, as in a network, ONNX Runtime
+    converts the block's input out of NCHWc for the per-channel Mul and the product back."""
+    import onnx
+    import onnxruntime as ort
+
+    from costmeter.models.onnx.microbench import context_chain
+
+    model, _ = context_chain([("SE", {"c_mid": 24, "act": "Relu", "gate": "HardSigmoid"})],
+                             (1, 72, 16, 16))
+    path = tmp_path / "se.onnx"
+    onnx.save(model, path)
+    optimized = _ort_optimized(path, tmp_path)
+    nodes = list(optimized.graph.node)
+    if not any(n.domain == "com.microsoft.nchwc" for n in nodes):
+        pytest.skip("this CPU build of ONNX Runtime has no blocked (NCHWc) layout")
+    produced_by = {o: n for n in nodes for o in n.output}
+    mul = next(n for n in nodes if n.op_type == "Mul")
+    assert {produced_by[i].op_type for i in mul.input} == {"ReorderOutput"}
+    pool = next(n for n in nodes if n.op_type == "GlobalAveragePool")
+    assert pool.domain == ""  # the pool runs on the plain layout too

@@ -33,7 +33,7 @@ WEIGHT_SEED = 0
 
 # ops GraphBuilder.apply can emit, by the shape of tensor they act on
 IMAGE_OPS = ("Conv", "DWConv", "BatchNormalization", "MaxPool", "AveragePool", "GlobalAveragePool",
-             "Concat", "Resize")
+             "Concat", "Resize", "SE")
 ANY_OPS = ("Relu", "Clip", "HardSwish", "HardSigmoid", "Sigmoid", "Tanh", "LeakyRelu", "SiLU",
            "GELU", "Add", "AddConst", "Mul", "MulConst")
 TOKEN_OPS = ("MatMul", "Gemm", "LayerNormalization", "Softmax", "Transpose", "Flatten")
@@ -116,7 +116,8 @@ class GraphBuilder:
 
         Parameters ``p``: Conv/DWConv ``c_out``, ``kernel``, ``stride``, ``bias``; pools
         ``kernel``, ``stride``; MatMul/Gemm ``n``; Add/Mul ``broadcast`` (second operand
-        ``[N, C, 1, 1]``); Concat ``others`` (channel counts of extra inputs); Resize ``scale``.
+        ``[N, C, 1, 1]``); Concat ``others`` (channel counts of extra inputs); Resize ``scale``;
+        SE ``c_mid``, ``act``, ``gate`` (a squeeze-excite block, :meth:`_op_se`).
         """
         handler = getattr(self, f"_op_{op.lower()}", None)
         if handler is not None:
@@ -170,6 +171,18 @@ class GraphBuilder:
 
     def _op_globalaveragepool(self, x: str, shape: tuple[int, ...]) -> tuple[str, tuple[int, ...]]:
         return self.node("GlobalAveragePool", [x]), (shape[0], shape[1], 1, 1)
+
+    def _op_se(self, x: str, shape: tuple[int, ...], c_mid: int = 8, act: str = "Relu",
+               gate: str = "HardSigmoid") -> tuple[str, tuple[int, ...]]:
+        """Squeeze-excite as torch exports it: global average pool, 1x1 conv to ``c_mid``,
+        ``act`` (none when empty), 1x1 conv back, ``gate``, the input times the gate."""
+        pooled, squeezed = self._op_globalaveragepool(x, shape)
+        y, squeezed = self._op_conv(pooled, squeezed, c_out=c_mid, kernel=1)
+        if act:
+            y, squeezed = self.apply(act, y, squeezed)
+        y, squeezed = self._op_conv(y, squeezed, c_out=shape[1], kernel=1)
+        y, squeezed = self.apply(gate, y, squeezed)
+        return self.node("Mul", [x, y]), shape
 
     def _op_silu(self, x: str, shape: tuple[int, ...]) -> tuple[str, tuple[int, ...]]:
         return self.node("Mul", [x, self.node("Sigmoid", [x])]), shape

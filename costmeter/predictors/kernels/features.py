@@ -25,7 +25,7 @@ from typing import Any, Mapping
 from costmeter.models.onnx.graph import Op, TensorInfo
 from costmeter.predictors.kernels.fuse import KERNEL_TYPES, Kernel, KernelGraph
 
-FEATURE_SCHEMA_VERSION = 2  # 2: precision_bits (kernels, models) and int8_macs_share (models)
+FEATURE_SCHEMA_VERSION = 3  # 2: precision_bits (kernels, models) and int8_macs_share (models); 3: the se block type
 PRECISION_BITS: dict[str, int] = {"fp32": 32, "fp16": 16, "bf16": 16, "int8": 8}
 _COMPUTE_TYPES = ("conv", "dwconv", "conv_transpose", "fc", "matmul", "attention")
 
@@ -64,6 +64,7 @@ _TYPE_FEATURES: dict[str, tuple[str, ...]] = {
     "resize": ("in_numel", "scale"),
     "data": ("in_numel", "op_code"),
     "view": (), "shape": (), "constant": (), "other": ("in_numel",),
+    "se": ("h_in", "w_in", "c", "c_mid", "act_code", "gate_code"),
 }
 KERNEL_FEATURES: dict[str, tuple[str, ...]] = {
     t: COMMON_FEATURES + _TYPE_FEATURES[t] + ("precision_bits",) for t in KERNEL_TYPES
@@ -213,6 +214,17 @@ def _global_pool(kernel: Kernel, op: Op) -> dict[str, float]:
     return {"h_in": h_in, "w_in": w_in, "c": x[1] if len(x) > 1 else 0}
 
 
+def _se(kernel: Kernel, op: Op) -> dict[str, float]:
+    from costmeter.predictors.kernels.blocks import se_parts
+
+    values = _global_pool(kernel, op)
+    parts = se_parts(kernel.units[1:-1])
+    squeezed, act, gate = parts if parts else (0, "", "")
+    values.update(c_mid=squeezed, act_code=ACTIVATION_CODES.get(act, 0),
+                  gate_code=ACTIVATION_CODES.get(gate, 0))
+    return values
+
+
 def _elementwise(kernel: Kernel, op: Op) -> dict[str, float]:
     out = sum(_numel(t) for t in kernel.outputs)
     tensors = [t for t in kernel.inputs if not t.constant]
@@ -268,7 +280,7 @@ _EXTRACTORS: dict[str, Any] = {
     "softmax": lambda k, op: _rows(k, op, ("rows", "row_len")),
     "layernorm": lambda k, op: _rows(k, op, ("rows", "hidden")),
     "norm": _norm, "reduce": _in_out("out_numel_reduced"), "resize": _in_out("scale"),
-    "data": _in_out("op_code"), "other": _in_out(""),
+    "data": _in_out("op_code"), "other": _in_out(""), "se": _se,
 }
 
 

@@ -6,7 +6,9 @@ units, then walks the units in graph order and lets the first matching rule of t
 steps, each through a tensor with a single consumer). Every op ends in exactly one
 :class:`Kernel`; ops no rule claims become one-op kernels. :meth:`KernelGraph.unknown_report`
 lists the op types the cost model has no formula or kernel type for, with their share of FLOPs
-and bytes, so an under-prediction never hides.
+and bytes, so an under-prediction never hides. A rule set's ``blocks`` then merge groups of
+kernels that a runtime's layout makes one unit of cost (a squeeze-excite block, kernel type
+``se``; see :mod:`costmeter.predictors.kernels.blocks`).
 
 Kernel costs: FLOPs, MACs and weight bytes are sums over the member ops; ``bytes_read`` and
 ``bytes_written`` count only the tensors crossing the kernel boundary (a fused intermediate never
@@ -31,7 +33,7 @@ from costmeter.predictors.kernels.rules import (
 KERNEL_TYPES: tuple[str, ...] = (
     "conv", "dwconv", "conv_transpose", "fc", "matmul", "attention", "pool", "global_pool",
     "elementwise", "activation", "concat", "softmax", "layernorm", "norm", "reduce", "resize",
-    "data", "view", "shape", "constant", "other",
+    "data", "view", "shape", "constant", "other", "se",
 )
 _CATEGORY_TYPES = {"pool": "pool", "resize": "resize", "data": "data", "view": "view",
                    "shape": "shape", "normalize": "norm", "reduce": "reduce"}
@@ -205,6 +207,10 @@ def fuse(graph: OpGraph, rules: RuleSet | str = "onnxruntime") -> KernelGraph:
         kernel_type = (rule.kernel_type if rule and rule.kernel_type else None) or classify(members[0])
         kernels.append(_make_kernel(len(kernels), kernel_type, rule.name if rule else "single",
                                     members))
+    if rule_set.blocks:
+        from costmeter.predictors.kernels.blocks import group_blocks
+
+        kernels = group_blocks(kernels, rule_set.blocks, graph_outputs)
     return KernelGraph(graph, kernels, rule_set)
 
 

@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from costmeter.errors import ConfigError
+from costmeter.predictors.kernels.blocks import BLOCK_PATTERNS
 
 RULES_FORMAT_VERSION = 1
 
@@ -131,6 +132,7 @@ _XNNPACK_RULES: list[dict[str, Any]] = [
 BUILTIN_RULES: dict[str, dict[str, Any]] = {
     "onnxruntime": {
         "composites": ["SiLU", "GELU", "LayerNormPieces", "QDQPair"],
+        "blocks": ["se"],  # its per-channel Mul leaves NCHWc: see kernels.blocks
         "rules": [
             *QUANTIZED_RULES,
             {"name": "conv_bn_add_act", "steps": [
@@ -269,6 +271,8 @@ class RuleSet:
     device: str = "any"
     source: str = "builtin"  # builtin | detected | file
     evidence: tuple[dict[str, Any], ...] = field(default=(), compare=False)
+    # kernel groups priced as one kernel (costmeter.predictors.kernels.blocks), e.g. ("se",)
+    blocks: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         unknown = [c for c in self.composites if c not in COMPOSITE_PATTERNS]
@@ -277,6 +281,10 @@ class RuleSet:
                 f"unknown composite pattern(s) {unknown} in the {self.runtime} rule set; "
                 f"use {', '.join(COMPOSITE_PATTERNS)}"
             )
+        unknown = [b for b in self.blocks if b not in BLOCK_PATTERNS]
+        if unknown:
+            raise ConfigError(f"unknown block pattern(s) {unknown} in the {self.runtime} rule set; "
+                              f"use {', '.join(BLOCK_PATTERNS)}")
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RuleSet:
@@ -294,23 +302,27 @@ class RuleSet:
             device=str(data.get("device", "any")),
             source=str(data.get("source", "file")),
             evidence=tuple(data.get("evidence", ())),
+            blocks=tuple(data.get("blocks", ())),
         )
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict (format version included)."""
-        return {
+        out = {
             "format_version": RULES_FORMAT_VERSION, "runtime": self.runtime,
             "device": self.device, "source": self.source,
             "composites": list(self.composites), "rules": [r.to_dict() for r in self.rules],
             "evidence": list(self.evidence),
         }
+        if self.blocks:  # left out when empty: rule sets written before blocks keep their digest
+            out["blocks"] = list(self.blocks)
+        return out
 
 
 def builtin_rules(runtime: str) -> RuleSet:
     """The shipped rule set of ``runtime``; runtimes without one get no fusion (one op, one kernel)."""
     data = BUILTIN_RULES.get(runtime, {"composites": [], "rules": []})
     return RuleSet(runtime=runtime, rules=tuple(FusionRule.from_dict(r) for r in data["rules"]),
-                   composites=tuple(data["composites"]))
+                   composites=tuple(data["composites"]), blocks=tuple(data.get("blocks", ())))
 
 
 def rules_path(workdir: Path | str, device: str, runtime: str) -> Path:

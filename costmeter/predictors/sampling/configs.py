@@ -27,7 +27,7 @@ from costmeter.predictors.kernels.fuse import Kernel, KernelGraph
 
 SAMPLED_TYPES: tuple[str, ...] = (
     "conv", "dwconv", "fc", "matmul", "attention", "pool", "global_pool", "elementwise",
-    "activation", "concat", "softmax", "layernorm", "norm", "view", "data",
+    "activation", "concat", "softmax", "layernorm", "norm", "view", "data", "se",
 )
 MAX_ACTIVATION_ELEMENTS = 4_000_000  # keeps one micro-benchmark under ~50 ms on a CPU core
 MAX_WEIGHT_ELEMENTS = 8_000_000
@@ -148,6 +148,13 @@ def config_from_kernel(kernel: Kernel) -> KernelConfig | None:
                               "stride": int((attrs.get("strides") or [1])[0])})
     elif kind == "global_pool" and len(x) == 4:
         first = ("GlobalAveragePool", {})
+    elif kind == "se" and len(x) == 4:
+        from costmeter.predictors.kernels.blocks import se_parts
+
+        parts = se_parts(kernel.units[1:-1])
+        if parts is None:
+            return None
+        return make_config(kind, x, [("SE", {"c_mid": parts[0], "act": parts[1], "gate": parts[2]})])
     elif kind in ("elementwise", "activation"):
         rest = _epilogue(kernel, start=0)
         if rest:
@@ -233,6 +240,8 @@ def perturb(config: KernelConfig, pool: Sequence[KernelConfig], rng: random.Rand
             params[name] = rng.choice(choices)
     if "others" in params:
         params["others"] = [_round8(c * rng.choice(scales)) for c in params["others"]]
+    if "c_mid" in params:  # an SE block keeps its squeeze ratio as its channels move
+        params["c_mid"] = max(1, round(params["c_mid"] * shape[1] / config.input_shape[1]))
     epilogues = list(dict.fromkeys(c.ops[1:] for c in pool if c.ops[0][0] == first_op))
     if len(ops) > 1 and epilogues and rng.random() < jitter / 2:
         ops = ops[:1] + [(op, dict(p)) for op, p in rng.choice(epilogues)]

@@ -232,5 +232,6 @@ def rules_from_pairs(timings: Sequence[PairTiming], runtime: str, device: str) -
     rules.sort(key=lambda r: (r.steps[0].types[0] in BINARY_TYPES, -len(r.steps)))
     return RuleSet(runtime=runtime, rules=tuple(rules),
                    composites=builtin_rules(runtime).composites or ("SiLU", "GELU"),
+                   blocks=builtin_rules(runtime).blocks,
                    device=device, source="detected",
                    evidence=tuple(t.to_dict() for t in timings))

@@ -58,7 +58,7 @@ OVERHEAD_REPEATS = 3
 # groups of ONNX files (each group timed together) -> their median latencies (ms)
 GroupMeasureFn = Callable[[list[list[Path]]], list[list[float]]]
 CONTEXT_TYPES: tuple[str, ...] = ("conv", "dwconv", "conv_transpose", "pool", "global_pool",
-                                  "elementwise", "activation", "concat", "norm")
+                                  "elementwise", "activation", "concat", "norm", "se")
 BATCH_CHUNK = 240  # files per batch worker
 # in context, a kernel with at least this much weight is timed as copies with their own weights,
 # round-robin, so that its weights come from memory as in a network (whose other kernels evict

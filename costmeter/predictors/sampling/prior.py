@@ -23,7 +23,7 @@ from costmeter.predictors.sampling.configs import adaptive_configs, build_prior,
 DEFAULT_COUNTS: dict[str, int] = {
     "conv": 260, "dwconv": 200, "fc": 80, "pool": 40, "global_pool": 40, "elementwise": 200,
     "activation": 150, "view": 8, "norm": 8, "concat": 8, "softmax": 8, "layernorm": 8,
-    "matmul": 12, "data": 8,
+    "matmul": 12, "data": 8, "se": 60,
 }
 PRIOR_SPACES: tuple[str, ...] = ("nb201", "ofa_mbv3")
 
