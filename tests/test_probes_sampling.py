@@ -163,29 +163,3 @@ def test_a_micro_benchmark_that_never_settles_stops_at_its_cap_not_at_ten_second
     spent_s = clock() / 1e9
     assert 3 * protocol.max_time_s <= spent_s < 3 * protocol.max_time_s + 0.5  # not 3 x 10 s
     assert all(o.samples_ns and len(o.samples_ns) == len(outcomes[0].samples_ns) for o in outcomes)
-
-
-def test_a_build_counts_micro_benchmarks_stopped_unsettled_and_warns_of_a_busy_machine(
-        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
-    from pathlib import Path
-
-    import costmeter.predictors.sampling.measure as measure
-    from costmeter.cli.predictor_cmd import _print_busy
-    from costmeter.predictors.workflows.budget import BUSY_MIN_TIMED, BUSY_UNSETTLED_SHARE
-
-    def fake_time_files(entries, *args, **kwargs):  # every third file hit its cap
-        return {e["key"]: {"median_ms": 0.01, "hit_max_time": i % 3 == 0}
-                for i, e in enumerate(entries)}
-
-    monkeypatch.setattr(measure, "time_files", fake_time_files)
-    tally: dict[str, int] = {}
-    timed = measure._batch_measure("cpu", "onnxruntime", 1, 0.05, None, tally=tally)
-    medians = timed([[Path("a.onnx"), Path("b.onnx"), Path("c.onnx")]] * 20)
-    assert medians == [[0.01] * 3] * 20
-    assert tally == {"timed": 60, "unsettled": 20}
-    _print_busy(tally)
-    assert "BUSY MACHINE: 20 of 60" in capsys.readouterr().out
-    quiet = {"timed": 200, "unsettled": int(BUSY_UNSETTLED_SHARE * 200)}
-    _print_busy(quiet)
-    _print_busy({"timed": BUSY_MIN_TIMED - 1, "unsettled": BUSY_MIN_TIMED - 1})  # too few to say
-    assert capsys.readouterr().out == ""

@@ -194,24 +194,11 @@ def _print_build(result, spec, target: float | None) -> None:
     click.echo(f"leave-one-family-out estimate: {cal['lofo_within']:.0%} of networks within "
                f"±{cal['tolerance']:.0%} (MAPE {cal['lofo_mape_pct']:.1f}%, median error "
                f"{cal['lofo_bias']:+.1%}; {by_family}); the raw kernel sum: {cal['kernel_sum_within']:.0%}")
-    _print_busy(result.manifest.get("extra", {}).get("build", {}).get("micro_benchmarks") or {})
     if target is not None and cal["lofo_within"] < target:
         click.echo(f"BELOW TARGET: the estimate {cal['lofo_within']:.0%} is below the {target:.0%} you need. "
                    f"A larger --budget measures more kernels and networks (the same command with "
                    f"--budget {format_duration(spec.budget_s * 3)} extends this build); see the README "
                    "for the accuracy each budget reached on held-out families")
-
-
-def _print_busy(tally: dict[str, int]) -> None:
-    """Say so when many micro-benchmarks were stopped unsettled: other work disturbed them."""
-    from costmeter.predictors.workflows.budget import BUSY_MIN_TIMED, BUSY_UNSETTLED_SHARE
-
-    timed, unsettled = int(tally.get("timed", 0)), int(tally.get("unsettled", 0))
-    if timed >= BUSY_MIN_TIMED and unsettled > BUSY_UNSETTLED_SHARE * timed:
-        click.echo(f"BUSY MACHINE: {unsettled} of {timed} micro-benchmark runs ({unsettled / timed:.0%}) "
-                   f"did not settle to ±2% within their time cap (a quiet build: under "
-                   f"{BUSY_UNSETTLED_SHARE:.0%}). Other work slows and scatters kernel timings even on "
-                   "another core; rebuild in a fresh --workdir when the machine is quiet.")
 
 
 class _BuildDisplay:

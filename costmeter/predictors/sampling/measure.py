@@ -118,11 +118,8 @@ def time_files(entries: list[dict[str, Any]], device: str, runtime: str, threads
 
 
 def _batch_measure(device: str, runtime: str, threads: int | None, min_time_s: float,
-                   progress: Any, sink: Any = None, clock: str = "wall",
-                   tally: dict[str, int] | None = None) -> GroupMeasureFn:
-    """Every group sampled round-robin in a batch worker (local runtimes taking ONNX files).
-    ``tally`` counts the files timed (``timed``) and those whose median had not settled to the
-    protocol's precision when its time cap stopped them (``unsettled``)."""
+                   progress: Any, sink: Any = None, clock: str = "wall") -> GroupMeasureFn:
+    """Every group sampled round-robin in a batch worker (local runtimes taking ONNX files)."""
     from costmeter.predictors.sampling.micro_measure import micro_protocol
 
     def measure(groups: list[list[Path]]) -> list[list[float]]:
@@ -130,10 +127,6 @@ def _batch_measure(device: str, runtime: str, threads: int | None, min_time_s: f
                    for g, group in enumerate(groups) for i, path in enumerate(group)]
         lines = time_files(entries, device, runtime, threads, micro_protocol(min_time_s), clock,
                            progress, sink)
-        if tally is not None:
-            tally["timed"] = tally.get("timed", 0) + len(lines)
-            tally["unsettled"] = tally.get("unsettled", 0) + sum(
-                bool(line.get("hit_max_time")) for line in lines.values())
         by_key = {k: float(line["median_ms"]) for k, line in lines.items()}
         return [[by_key.get(f"{g}/{i}", float("nan")) for i in range(len(group))]
                 for g, group in enumerate(groups)]
@@ -142,8 +135,7 @@ def _batch_measure(device: str, runtime: str, threads: int | None, min_time_s: f
 
 
 def _default_measure(device: str, runtime: str, workdir: Path, threads: int | None,
-                     min_time_s: float, sink: Any, progress: Any, clock: str,
-                     tally: dict[str, int] | None = None) -> GroupMeasureFn:
+                     min_time_s: float, sink: Any, progress: Any, clock: str) -> GroupMeasureFn:
     from costmeter.harness.batch import check_local_onnx_runtime
 
     try:
@@ -153,7 +145,7 @@ def _default_measure(device: str, runtime: str, workdir: Path, threads: int | No
             raise ConfigError(f"{runtime} on {device} is timed through the harness runner, by the "
                               "wall clock only; leave the thread CPU clock out") from None
         return _runner_measure(device, runtime, workdir, threads, min_time_s, sink, progress)
-    return _batch_measure(device, runtime, threads, min_time_s, progress, sink, clock, tally)
+    return _batch_measure(device, runtime, threads, min_time_s, progress, sink, clock)
 
 
 def measure_kernels(configs: Sequence[KernelConfig], rules: RuleSet, device: str = "cpu",
@@ -161,8 +153,7 @@ def measure_kernels(configs: Sequence[KernelConfig], rules: RuleSet, device: str
                     min_time_s: float = 0.2, sink: Any = None,
                     measure: GroupMeasureFn | None = None, progress: Any = None,
                     context: bool = False, keep_artifacts: bool = False,
-                    cpus: str = "", clock: str = "wall", precision: str = "fp32",
-                    tally: dict[str, int] | None = None) -> KernelSamples:
+                    cpus: str = "", clock: str = "wall", precision: str = "fp32") -> KernelSamples:
     """Measure ``configs`` on ``device`` with ``rules.runtime``; see the module docstring.
 
     ``precision="int8"``: every micro-benchmark and baseline is quantized first
@@ -180,8 +171,6 @@ def measure_kernels(configs: Sequence[KernelConfig], rules: RuleSet, device: str
     ``kernels/micro``, removed once they are measured (or when measuring fails) unless
     ``keep_artifacts``. ``threads``, ``cpus`` (the pinning of this process, inherited by
     the workers; recorded only) and ``clock`` (see :func:`time_files`) are kept with the samples.
-    ``tally`` (batch workers only) counts the files timed and those stopped unsettled by their
-    time cap: many unsettled micro-benchmarks mean other work disturbed the timing.
     """
     import shutil
     import uuid
@@ -192,7 +181,7 @@ def measure_kernels(configs: Sequence[KernelConfig], rules: RuleSet, device: str
     workdir = Path(workdir)
     folder = Workdir.of(workdir).micro_models / f"run-{uuid.uuid4().hex[:12]}"
     measure = measure or _default_measure(device, rules.runtime, workdir, threads, min_time_s,
-                                          sink, progress, clock, tally)
+                                          sink, progress, clock)
     try:
         samples = _measure_in(folder, configs, rules, measure, device, threads, cpus, context,
                               precision)

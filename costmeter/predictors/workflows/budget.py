@@ -25,10 +25,6 @@ NETWORK_SHARE = 0.25  # calibration networks
 ADAPTIVE_SHARE = 0.20  # of the kernel time: re-sampling around kernels the forests get wrong
 MIN_NETWORKS_PER_FAMILY = 3
 MEASURING = ("kernels", "adaptive", "networks")
-# A build warns of a busy machine when more than this share of its micro-benchmark runs (of at
-# least BUSY_MIN_TIMED) stopped at their time cap unsettled (see the README for the measurements)
-BUSY_UNSETTLED_SHARE = 0.10
-BUSY_MIN_TIMED = 50
 
 
 @dataclass(frozen=True)

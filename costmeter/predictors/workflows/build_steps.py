@@ -213,8 +213,7 @@ class BuildRun:
                         min_time_s=self.spec.kernel_time_s, sink=self.store,
                         measure=self.seams.kernel_measure, context=True,
                         keep_artifacts=self.spec.keep_artifacts, cpus=self.spec.cpus_text,
-                        clock=self.spec.clock, precision=self.spec.precision,
-                        tally=self.state.setdefault("micro_benchmarks", {"timed": 0, "unsettled": 0}))
+                        clock=self.spec.clock, precision=self.spec.precision)
                     samples.extend(measured)
                     samples.save(path)
                 record["position"] += len(chunk)
@@ -399,8 +398,7 @@ class BuildRun:
                  "interval": model.interval_state(),
                  "build": {"budget_s": self.spec.budget_s, "seed": self.spec.seed,
                            "spent_s": {k: round(v, 1) for k, v in self.state["spent_s"].items()},
-                           "network_rounds": _rounds(measured),
-                           "micro_benchmarks": dict(self.state.get("micro_benchmarks", {}))}}
+                           "network_rounds": _rounds(measured)}}
         return model, extra, counts
 
 
