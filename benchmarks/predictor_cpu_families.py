@@ -174,6 +174,7 @@ def replay(workdir: Path, costmodel: Path, budget_s: float, network_share: float
     from costmeter.predictors.estimators.calibration import TrafficCalibration
     from costmeter.predictors.estimators.network import NetworkPredictor, kernel_models
     from costmeter.predictors.sampling.measure import KernelSamples, samples_path
+    from costmeter.predictors.sampling.samples import COLD_WEIGHT_TYPES
     from costmeter.predictors.workflows.build import FOREST_TREES, BuildSeams, BuildSpec, load_state
     from costmeter.predictors.workflows.build_steps import BuildRun
     from costmeter.predictors.workflows.graphs import network_rows, read_json
@@ -206,10 +207,11 @@ def replay(workdir: Path, costmodel: Path, budget_s: float, network_share: float
                 and math.isfinite(state["networks"][m]["ms"][0])}
     names = sorted(networks)
     curve = read_json(wd.cache_curve("cpu"))
-    chosen = extra["calibration"].get("kernel_model", "forest")  # builds before the choice: forests
-    model = NetworkPredictor(kernel_models(FOREST_TREES)[chosen],
+    kept = extra["calibration"].get("kernel_model", "forest")  # builds before the choice: forests
+    model = NetworkPredictor(kernel_models(FOREST_TREES)[kept],
                              extra["overhead_ms"], TrafficCalibration(curve["mb"], curve["us_per_mb"]))
-    model.fit(chosen.tables(), chosen.latencies(), {m: network_rows(m, wd.root, run.rules)[1] for m in names},
+    model.fit(chosen.tables(), chosen.latencies(cold=COLD_WEIGHT_TYPES),
+              {m: network_rows(m, wd.root, run.rules)[1] for m in names},
               [networks[m]["ms"][0] for m in names], [networks[m]["family"] for m in names])
     return model, {"kernels": len(rows), "networks": len(names)}
 
