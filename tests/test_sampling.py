@@ -188,10 +188,8 @@ def test_samples_save_load_and_refuse_another_schema(tmp_path: Path) -> None:
     loaded = KernelSamples.load(path)
     assert pd.DataFrame(loaded.rows).equals(pd.DataFrame(samples.rows))  # NaN raw_ms of folded rows
     assert (loaded.device, loaded.runtime) == ("cpu", "onnxruntime")
-    current = path.read_text()
-    path.write_text(current.replace(f",{FEATURE_SCHEMA_VERSION},cpu,onnxruntime", ",2,cpu,onnxruntime"))
-    assert pd.DataFrame(KernelSamples.load(path).rows).equals(pd.DataFrame(samples.rows))  # 3 reads 2
-    path.write_text(current.replace(f",{FEATURE_SCHEMA_VERSION},cpu,onnxruntime", ",99,cpu,onnxruntime"))
+    text = path.read_text().replace(f",{FEATURE_SCHEMA_VERSION},cpu,onnxruntime", ",99,cpu,onnxruntime")
+    path.write_text(text)
     with pytest.raises(StoreError, match="feature schema"):
         KernelSamples.load(path)
 

@@ -26,9 +26,6 @@ from costmeter.models.onnx.graph import Op, TensorInfo
 from costmeter.predictors.kernels.fuse import KERNEL_TYPES, Kernel, KernelGraph
 
 FEATURE_SCHEMA_VERSION = 3  # 2: precision_bits (kernels, models) and int8_macs_share (models); 3: the se block type
-# kernel sample rows of these schemas read as rows of this one: 3 added a kernel type (se) and its
-# model columns, and left every other kernel type's features as they were in 2
-SAMPLE_SCHEMAS_READ: tuple[int, ...] = (2, 3)
 PRECISION_BITS: dict[str, int] = {"fp32": 32, "fp16": 16, "bf16": 16, "int8": 8}
 _COMPUTE_TYPES = ("conv", "dwconv", "conv_transpose", "fc", "matmul", "attention")
 

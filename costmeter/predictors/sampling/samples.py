@@ -9,8 +9,7 @@ from pathlib import Path
 from typing import Any, Collection, Iterable
 
 from costmeter.errors import ConfigError, StoreError
-from costmeter.predictors.kernels.features import (FEATURE_SCHEMA_VERSION, KERNEL_FEATURES,
-                                                  SAMPLE_SCHEMAS_READ, kernel_features)
+from costmeter.predictors.kernels.features import FEATURE_SCHEMA_VERSION, KERNEL_FEATURES, kernel_features
 from costmeter.predictors.kernels.fuse import KernelGraph
 from costmeter.predictors.sampling.configs import KernelConfig
 
@@ -170,7 +169,7 @@ class KernelSamples:
             raise StoreError(f"cannot read kernel samples {path} ({type(error).__name__}); "
                              "measure the kernels again") from error
         versions = set(frame.get("feature_schema_version", []))
-        if versions and not versions <= set(SAMPLE_SCHEMAS_READ):
+        if versions and versions != {FEATURE_SCHEMA_VERSION}:
             raise StoreError(f"kernel samples {path} use feature schema {sorted(versions)}, this "
                              f"costmeter uses {FEATURE_SCHEMA_VERSION}; measure the kernels again")
         if frame.empty:
