@@ -11,6 +11,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -320,3 +321,27 @@ def test_the_build_keeps_the_kernel_model_that_does_better_out_of_family(tmp_pat
     assert choose_kernel_model({"additive": Fitted(0.5, 0.2), "forest": Fitted(0.8, 0.3)}) == "forest"
     assert choose_kernel_model({"additive": Fitted(0.8, 0.2), "forest": Fitted(0.8, 0.3)}) == "additive"
     assert choose_kernel_model({"additive": Fitted(0.8, 0.3), "forest": Fitted(0.8, 0.3)}) == "additive"
+
+
+def test_a_prior_of_older_kernel_types_is_analysed_again(tmp_path: Path) -> None:
+    """A working folder's prior from before the se blocks (no feature schema in it) would plan no
+    se kernels while the networks' rows hold them: the build analyses the models again."""
+
+    calls: list[int] = []
+
+    def counted_prior() -> list:
+        calls.append(1)
+        return prior_graphs()
+
+    wd = tmp_path / "wd"
+    out = tmp_path / "m.costmodel"
+    build_predictor(spec(), out, wd, seams=replace(seams(), prior_graphs=counted_prior))
+    path = Workdir(wd).build_prior("cpu", "onnxruntime")
+    data = json.loads(path.read_text())
+    assert len(calls) == 1 and data["feature_schema"] >= 3
+    build_predictor(spec(), out, wd, seams=replace(seams(), prior_graphs=counted_prior))
+    assert len(calls) == 1  # the same schema: the folder's prior is reused
+    del data["feature_schema"]
+    path.write_text(json.dumps(data))
+    build_predictor(spec(), out, wd, seams=replace(seams(), prior_graphs=counted_prior))
+    assert len(calls) == 2 and "feature_schema" in json.loads(path.read_text())

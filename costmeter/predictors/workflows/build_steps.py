@@ -102,12 +102,15 @@ class BuildRun:
     # -- 1. prior
     def prior(self) -> None:
         from costmeter.predictors.sampling.configs import KernelConfig, KernelPrior
+        from costmeter.predictors.kernels.features import FEATURE_SCHEMA_VERSION
         from costmeter.predictors.sampling.measure import KernelSamples
 
         # the prior holds float configs from float models: a build at another precision (which
         # quantizes each micro-benchmark) reuses it
         path = self.wd.build_prior(self.spec.device, self.spec.runtime)
         data = read_json(path) if self.state["done"].get("prior") or self.spec.precision != "fp32" else None
+        if data is not None and data.get("feature_schema") != FEATURE_SCHEMA_VERSION:
+            data = None  # a prior of older kernel types (before the se blocks): analyse again
         if data is None:
             self.report("prior", 0, 1, "exporting and analysing the zoo's and the spaces' models")
             with self.timed("prior"):
@@ -119,7 +122,8 @@ class BuildRun:
                 found = build_prior(graphs)
                 folded = KernelSamples(self.spec.device, self.spec.runtime).add_folded(graphs).rows
                 data = {"configs": {t: [c.to_dict() for c in cs] for t, cs in found.configs.items()},
-                        "unbuildable": found.unbuildable, "folded": folded}
+                        "unbuildable": found.unbuildable, "folded": folded,
+                        "feature_schema": FEATURE_SCHEMA_VERSION}
                 write_json(path, data)
                 self.state["done"]["prior"] = True
         self._prior = KernelPrior({t: [KernelConfig.from_dict(c) for c in cs]
