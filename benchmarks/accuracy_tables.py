@@ -139,6 +139,19 @@ def noise_from_additive_fit(y: np.ndarray, onehot: np.ndarray, rows: np.ndarray,
             _ceiling(fit[rows], log_resid, seed))
 
 
+def noise_ceiling(y: np.ndarray, pairs: np.ndarray, onehot: np.ndarray, rows: np.ndarray,
+                  seed: int = 0) -> tuple[float, float, float, float]:
+    """(noise %, % of duplicate pairs within ±10%, ``rho-max``, ``rho-max*``) of latencies ``y``
+    (ms) over the architectures ``rows``: from the duplicate ``pairs`` when there are at least
+    two (``rho-max*`` is then ``rho-max``), else from the additive fit's cross-validated
+    residuals (:func:`noise_from_additive_fit`; the pairs' share is NaN)."""
+    if len(pairs) >= 2:
+        noise, within, rho_max = noise_from_duplicates(y, pairs, y[rows], seed)
+        return noise, within, rho_max, rho_max
+    noise, rho_max, rho_fit = noise_from_additive_fit(y, onehot, rows, seed)
+    return noise, float("nan"), rho_max, rho_fit
+
+
 def quantisation_ceiling(y_ms: np.ndarray, seed: int = 0, draws: int = 5) -> float:
     """Spearman rho between stand-ins for the true latencies (``y_ms`` + uniform ±0.5 ms) and
     their values rounded to whole ms; NaN unless ``y_ms`` holds whole numbers only."""
