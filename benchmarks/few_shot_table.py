@@ -38,7 +38,7 @@ TARGET_MIN = 0.92
 def within_ceiling(rho: float, ceiling: float) -> bool:
     """The target the noise allows: rho >= min(0.98, ceiling) - 0.01 (0.97 where the ceiling
     is unknown)."""
-    return bool(rho >= (0.98 if not np.isfinite(ceiling) else min(0.98, ceiling)) - 0.01)
+    return bool(rho >= (0.98 if not np.isfinite(ceiling) else min(0.98, ceiling)) - 0.01 - 1e-12)
 
 
 def target_line(name: str, devices: list[str], rhos: list[float], ceilings: list[float]) -> str:

@@ -2,6 +2,7 @@
 additive fit, the whole-ms rounding ceiling, and a run on the fixture slice."""
 from __future__ import annotations
 
+import importlib
 import importlib.util
 from pathlib import Path
 from types import ModuleType
@@ -107,3 +108,32 @@ def test_benchmark_runs_on_the_fbnet_fixture(bench: ModuleType, capsys: pytest.C
     assert "onehot-lin" in out and "forest meets rho >= 0.98" in out and "default meets" in out
     assert "rho-max*" in out and "against rho-max* on" in out
     assert "noise from additive-fit residuals (0 duplicate pairs" in out
+    # the few-shot table: each device's rho beside its ceiling, both targets counted
+    assert "| rho-max |    own | blend-all |" in out
+    assert "  chosen K=10: mean" in out and "rho >= min(0.98, rho-max) - 0.01 on" in out
+
+
+def test_few_shot_targets_literal_and_against_the_ceiling(bench: ModuleType) -> None:
+    table = importlib.import_module("few_shot_table")     # on the path once the benchmark loaded
+    assert table.within_ceiling(0.975, 0.99) and not table.within_ceiling(0.965, 0.99)  # 0.98 caps
+    assert table.within_ceiling(0.76, 0.77) and not table.within_ceiling(0.759, 0.77)  # noisy phone
+    assert table.within_ceiling(0.97, float("nan")) and not table.within_ceiling(0.969, float("nan"))
+    devices = ["gpu", "phone", "cpu"]
+    line = table.target_line("chosen K=10", devices, [0.99, 0.76, 0.95], [1.0, 0.77, 0.99])
+    assert "mean 0.900, min 0.760" in line and "literal target (mean >= 0.975, none below 0.92) missed" in line
+    assert "(below 0.92: phone)" in line and "on 2/3 (missed: cpu)" in line
+    line = table.target_line("x", devices, [0.99, 0.98, 0.975], [1.0, 0.99, 0.99])
+    assert "target (mean >= 0.975, none below 0.92) met" in line and "on 3/3" in line
+    assert "below" not in line.split("met")[1] and "missed" not in line
+
+
+def test_noise_ceiling_takes_pairs_when_there_are_any(bench: ModuleType) -> None:
+    rng = np.random.default_rng(1)
+    y = rng.uniform(1, 10, 400)
+    pairs = np.column_stack([np.arange(0, 200, 2), np.arange(1, 200, 2)])
+    y[pairs[:, 1]] = y[pairs[:, 0]] * np.exp(rng.normal(0, 0.05, len(pairs)))
+    noise, within, rho_max, rho_fit = bench.noise_ceiling(y, pairs, np.zeros((400, 1)), np.arange(400))
+    assert 3.0 < noise < 5.0 and within > 80 and rho_fit == rho_max and 0.9 < rho_max < 1.0
+    exact, onehot = _additive(1200, 0.0)
+    noise, within, rho_max, rho_fit = bench.noise_ceiling(exact, np.zeros((0, 2), int), onehot, np.arange(1200))
+    assert noise < 1e-6 and np.isnan(within) and rho_max > 0.9999 and rho_fit > 0.9999
