@@ -23,6 +23,25 @@ correction on the architecture features) were tried and were not better than the
 non-negative blend at K = 10 on both tables; the correction helps devices that lie outside
 the sources' span (pixel3, an exact per-layer sum) but is unstable with 10 points.
 
+Measured later, leaving one device out with K chosen (mean rho at K = 5 / 10 / 20; the
+non-negative blend first): NB201 0.970 / 0.974 / 0.975, FBNet 0.946 / 0.947 / 0.950. Ridge on
+the sources' log predictions (equivalently on all their principal components) with its
+strength chosen by exact leave-one-out on the K points: NB201 0.942 / 0.973 / 0.974, FBNet
+0.897 / 0.943 / 0.947. Ridge on the top 5 components, PLS (components by leave-one-out), a
+non-negative ridge, and MACs and parameters as extra sources were no better on both tables;
+the blend averaged with that ridge lifts NB201 at K = 10 (0.976, pixel3 0.883 -> 0.907) but
+lowers K = 5 on both tables and FBNet at K = 10 (0.947). Sources of the previous model type (a
+ridge on the one-hot encoding times an unshrunk forest) give FBNet 0.949 / 0.953 / 0.953, but
+choosing between the two model types per target by leave-one-source-out (on the 20 sources)
+gives 0.947 at K = 10 again: those sources are no more accurate (mean own rho 0.957 against
+0.960) and about as smooth (the variance of their predictions 92% of the measured one against
+91%); what differs is which K architectures the design picks, and on the whole-ms phones one
+unlucky pick moves rho by 0.1 or more. The design's ``rank`` chosen by leave-one-source-out
+lifts FBNet at K = 10 / 20 (0.954 / 0.955) but lowers it at K = 5 (0.938). The devices below
+0.92 are those recorded in whole ms (noise ceilings 0.77-0.90 on FBNet) and NB201's pixel3,
+whose ranking lies outside the sources' span (the blend fitted on every architecture reaches
+0.887).
+
 With many target measurements (K in the hundreds) a ``local`` model of the target alone (e.g.
 a ``ModelForest`` on the architecture features) can join the sources: it is fitted on the K
 points and enters the least squares through its out-of-fold predictions (``cv`` folds), so its
