@@ -36,8 +36,9 @@ choosing between the two model types per target by leave-one-source-out (on the 
 gives 0.947 at K = 10 again: those sources are no more accurate (mean own rho 0.957 against
 0.960) and about as smooth (the variance of their predictions 92% of the measured one against
 91%); what differs is which K architectures the design picks, and on the whole-ms phones one
-unlucky pick moves rho by 0.1 or more. The design's ``rank`` chosen by leave-one-source-out
-lifts FBNet at K = 10 / 20 (0.954 / 0.955) but lowers it at K = 5 (0.938). The devices below
+unlucky pick moves rho by 0.1 or more. The design's ``rank`` chosen per target by
+leave-one-source-out (2-8, the sources' measured latencies as truth) lifts FBNet at K = 10 / 20
+(0.954 / 0.955) but lowers it at K = 5 (0.938); NB201 0.974 / 0.974 / 0.975. The devices below
 0.92 are those recorded in whole ms (noise ceilings 0.77-0.90 on FBNet) and NB201's pixel3,
 whose ranking lies outside the sources' span (the blend fitted on every architecture reaches
 0.887).
