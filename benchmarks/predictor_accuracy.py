@@ -66,7 +66,10 @@ i.e. rho >= min(0.98, rho-max - 0.01); counted per model, against ``rho-max`` an
 Intervals (``--only intervals`` prints only these): the default model's conformal intervals,
 calibrated as ``ArchPredictor.fit`` does (jackknife scores of the training rows), against the
 forest's tree spread read as Gaussian; whole-ms columns are counted apart; a reference line
-calibrates on 900 test architectures instead (rows the fit never saw).
+calibrates on 900 test architectures instead (rows the fit never saw). ``--coverage-draws R``
+repeats the interval check over R seeded draws of the training architectures and sets each
+device's coverage, averaged over the draws, against the spread that exchangeability alone gives
+(``benchmarks/coverage_draws.py``; ``--only coverage`` prints only that, 20 draws unless told).
 
 Few-shot (``benchmarks/few_shot_table.py``): for each device in turn as target, K architectures
 measured on it -- ``fixed`` (chosen from the file's architectures by MACs quantiles, the same for
@@ -111,6 +114,7 @@ from accuracy_tables import (  # noqa: E402
     noise_from_additive_fit,
     quantisation_ceiling,
 )
+from coverage_draws import run_check  # noqa: E402
 from few_shot_table import few_shot  # noqa: E402
 
 from costmeter.models.spaces import get_space  # noqa: E402
@@ -279,8 +283,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--k", type=int, default=10, help="few-shot K for the hw-out and scratch columns")
     parser.add_argument("--ks", default="5,10,20", help="few-shot K values")
     parser.add_argument("--source-folds", type=int, default=5, help="folds of the source models")
-    parser.add_argument("--only", choices=["per-device", "intervals", "few-shot"], default=None,
-                        help="one part; intervals: per-device with the forest and the default model only")
+    parser.add_argument("--only", choices=["per-device", "intervals", "few-shot", "coverage"],
+                        default=None, help="one part; intervals: per-device with the forest and "
+                        "the default model only; coverage: the repeated-draw check only")
+    parser.add_argument("--coverage-draws", type=int, default=0,
+                        help="R: the interval check repeated over R seeded training draws")
+    parser.add_argument("--mapie-draws", type=int, default=0,
+                        help="MAPIE's CV+ and jackknife+-after-bootstrap on the first R draws (slow)")
     parser.add_argument("--source-model", choices=SOURCE_MODELS, default="default",
                         help="few-shot source models: the space's default or the previous one")
     parser.add_argument("--sources-cache", default=None,
@@ -292,6 +301,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--devices", default=None, help="comma-separated subset of devices")
     args = parser.parse_args(argv)
     args.ks = [int(k) for k in str(args.ks).split(",")]
+    if not 0 <= args.mapie_draws <= max(args.coverage_draws, 20 if args.only == "coverage" else 0):
+        print(f"error: --mapie-draws {args.mapie_draws} needs 0 <= it <= --coverage-draws "
+              f"({args.coverage_draws}); pass --coverage-draws R first", file=sys.stderr)
+        return 2
+    if args.coverage_draws < 0:
+        print(f"error: --coverage-draws must be >= 0, got {args.coverage_draws}", file=sys.stderr)
+        return 2
     path = Path(args.path) if args.path else DATA / f"{args.space}_latency.csv.gz"
 
     t0 = time.perf_counter()
@@ -306,9 +322,12 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{n} architectures x {len(devices)} devices from {path.name} ({args.space}; read + "
           f"features {time.perf_counter() - t0:.1f} s); {int((~valid).sum())} disconnected "
           "cells excluded from the main metrics")
-    if args.only != "few-shot":
+    if args.only not in ("few-shot", "coverage"):
         per_device(args, args.space, F, archs, rows, devices, Y, valid)
-    if args.only not in ("per-device", "intervals"):
+    if args.coverage_draws or args.only == "coverage":
+        run_check(args.space, F, Y, valid, devices, args.train, args.coverage_draws or 20,
+                  args.seed, args.n_jobs, args.mapie_draws)
+    if args.only not in ("per-device", "intervals", "coverage"):
         few_shot(args, args.space, F, archs, devices, Y, valid)
 
     if args.only is None:
