@@ -13,14 +13,17 @@ For ``R`` seeded draws of the training architectures (draw ``r`` uses seed ``see
 draw 0 is the single-draw table's), each device's default model is fitted once, and every
 interval below is computed from that one fit:
 
-- ``jackknife`` -- the library default (``ArchPredictor``'s calibration and floor);
+- ``jackknife`` -- the library default (``ArchPredictor``'s calibration and floor: the
+  matched jackknife of ``AdditiveForest.jackknife``);
+- ``previous`` -- the jackknife of the model's own out-of-bag trees alone (about 24 of 64 per
+  row), the default before;
 - variants of the same scores that differ in one setting (the spread floor, no normalisation,
   a half-step widening of columns recorded in whole ms);
-- ``sub-ensemble`` (a diagnostic, not a method): each test architecture predicted by a random
-  subset of the trees, each tree kept with the probability that a training row is out of its
-  bootstrap sample -- the calibration rows' situation. If it covers where ``jackknife`` does
-  not, the full forest's test predictions are not distributed like the calibration rows'
-  out-of-bag ones;
+- ``sub-ensemble`` (a diagnostic, not a method): ``previous`` scores, each test architecture
+  predicted by a random subset of the trees, each tree kept with the probability that a
+  training row is out of its bootstrap sample -- the calibration rows' situation. If it covers
+  where ``previous`` does not, the full forest's test predictions are not distributed like the
+  calibration rows' out-of-bag ones;
 - ``split, fresh`` (a reference): split-conformal scores of the final model on ``n`` test
   architectures the fit never saw, coverage on the others.
 
@@ -48,7 +51,7 @@ from costmeter.predictors.estimators.conformal import (
 TOLERANCE_POINTS = 2.0
 REFERENCE_SIMS = 4000
 PREVIOUS_FLOOR = 1.0
-"""The spread floor (share of the median calibration spread) before this check."""
+"""The spread floor (share of the median calibration spread) of the ``previous`` calibration."""
 
 
 def exchangeable_coverage(n_cal: int, n_test: int, sims: int = REFERENCE_SIMS,
@@ -91,6 +94,8 @@ class DeviceFit:
     whole_ms: bool
     oob_trees: np.ndarray
     weight: float
+    prev_log: np.ndarray
+    prev_spread: np.ndarray
 
 
 def fit_device(model: Any, X_train: Any, y_train: np.ndarray, X_test: Any, y_test: np.ndarray,
@@ -98,6 +103,8 @@ def fit_device(model: Any, X_train: Any, y_train: np.ndarray, X_test: Any, y_tes
     """Fit ``model`` (an unfitted ``AdditiveForest``, the default) and collect a :class:`DeviceFit`."""
     model.fit(X_train, y_train)
     jk_log, jk_spread = model.jackknife(X_train, y_train)
+    model.set_params(matched_jackknife=False)
+    prev_log, prev_spread = model.jackknife(X_train, y_train)
     test_log, test_spread = model.predict_log(X_test)
     arr = np.ascontiguousarray(X_test[list(model.feature_names_in_)].to_numpy(np.float32))
     trees = np.stack([t.predict(arr) for t in model.estimator_.estimator_.estimators_])
@@ -112,7 +119,8 @@ def fit_device(model: Any, X_train: Any, y_train: np.ndarray, X_test: Any, y_tes
     for rows in model.estimator_.estimator_.estimators_samples_:
         oob[np.unique(rows)] -= 1
     return DeviceFit(jk_log, jk_spread, y_train, test_log, test_spread,
-                     base_log + weight * sub_mean, np.sqrt(sub_var), y_test, valid, whole, oob, weight)
+                     base_log + weight * sub_mean, np.sqrt(sub_var), y_test, valid, whole, oob, weight,
+                     prev_log, prev_spread)
 
 
 def _covered(fit: DeviceFit, cal: ConformalCalibration, pred_log: np.ndarray, spread: np.ndarray,
@@ -130,11 +138,12 @@ def _covered(fit: DeviceFit, cal: ConformalCalibration, pred_log: np.ndarray, sp
 
 
 def _jackknife(floor: float, half_step: bool = False, sub: bool = False,
-               normalised: bool = True) -> Callable[[DeviceFit], list[float]]:
+               normalised: bool = True, previous: bool = False) -> Callable[[DeviceFit], list[float]]:
     def coverage(fit: DeviceFit) -> list[float]:
         ones = np.ones_like
+        jk_log, jk_spread = (fit.prev_log, fit.prev_spread) if previous else (fit.jk_log, fit.jk_spread)
         cal = ConformalCalibration(floor).fit(
-            fit.jk_log, fit.jk_spread if normalised else ones(fit.jk_spread), fit.y_train)
+            jk_log, jk_spread if normalised else ones(jk_spread), fit.y_train)
         pred, spread = (fit.sub_log, fit.sub_spread) if sub else (fit.test_log, fit.test_spread)
         return _covered(fit, cal, pred, spread if normalised else ones(spread), half_step)
     return coverage
@@ -164,12 +173,13 @@ def _fresh_split(floor: float, n_cal: int) -> Callable[[DeviceFit], list[float]]
 def interval_variants(default_floor: float, n_cal: int) -> dict[str, Callable[[DeviceFit], list[float]]]:
     """The intervals compared, by name (see the module docstring); ``default_floor``: the
     library's spread floor (``ArchPredictor().conformal_floor``)."""
-    variants = {"jackknife": _jackknife(default_floor)}
+    variants = {"jackknife": _jackknife(default_floor),
+                "previous": _jackknife(PREVIOUS_FLOOR, previous=True)}
     for floor in sorted({PREVIOUS_FLOOR, 0.25, 0.0} - {default_floor}):
         variants[f"floor {floor:g}"] = _jackknife(floor)
     variants["unnormalised"] = _jackknife(default_floor, normalised=False)
     variants["half-step"] = _jackknife(default_floor, half_step=True)
-    variants["sub-ensemble"] = _jackknife(default_floor, sub=True)
+    variants["sub-ensemble"] = _jackknife(PREVIOUS_FLOOR, sub=True, previous=True)
     variants["all test rows"] = _all_rows(default_floor)
     variants["split, fresh"] = _fresh_split(default_floor, n_cal)
     return variants
