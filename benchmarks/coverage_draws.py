@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -226,7 +227,12 @@ def collect_draws(make_model: Callable[[], Any], F: Any, Y: np.ndarray, valid: n
 
 
 def _misses(values: np.ndarray, level: float) -> np.ndarray:
-    return np.abs(values - 100 * level) > TOLERANCE_POINTS
+    """Figures more than 2 points off ``level``; NaN (not measured) is neither a miss nor a hit."""
+    return np.isfinite(values) & (np.abs(values - 100 * level) > TOLERANCE_POINTS)
+
+
+def _within(values: np.ndarray, level: float) -> np.ndarray:
+    return np.isfinite(values) & (np.abs(values - 100 * level) <= TOLERANCE_POINTS)
 
 
 def print_draws(result: DrawResult, seed: int, detail: str = "jackknife") -> dict[str, Any]:
@@ -253,25 +259,29 @@ def print_draws(result: DrawResult, seed: int, detail: str = "jackknife") -> dic
         print(f"{device + (' (whole ms)' if result.whole_ms[j] else ''):27s}{cells}")
     print("(* : the mean over draws is more than 2 points off nominal)")
     summary: dict[str, Any] = {}
-    for name, values in result.coverage.items():
-        avg = np.nanmean(values, axis=0)
-        single = [int((~_misses(values[0, :, c], lv)).sum()) for c, lv in enumerate(COVERAGES)]
-        averaged = [int((~_misses(avg[:, c], lv)).sum()) for c, lv in enumerate(COVERAGES)]
-        misses = [float(_misses(values[:, :, c], lv).sum(axis=1).mean()) for c, lv in enumerate(COVERAGES)]
-        pooled_sd = [float(np.nanmean(np.nanstd(values[:, :, c], axis=0, ddof=1))) if draws > 1
-                     else math.nan for c in range(len(COVERAGES))]
-        summary[name] = {"single": single, "averaged": averaged, "misses": misses,
-                         "mean": [float(np.nanmean(avg[:, c])) for c in range(len(COVERAGES))],
-                         "sd": pooled_sd}
-        whole = [j for j, w in enumerate(result.whole_ms) if w]
-        whole_txt = (f"; whole-ms columns averaged " + "/".join(
-            f"{np.nanmean(avg[whole, c]):.1f}" for c in range(len(COVERAGES)))) if whole else ""
-        print(f"{name:13s}: within ±2 single draw " + "/".join(map(str, single))
-              + f", averaged " + "/".join(map(str, averaged)) + f" of {n_dev}; misses per draw "
-              + "/".join(f"{m:.1f}" for m in misses) + " (exchangeability: "
-              + "/".join(f"{n_dev * p:.1f}" for p in ref_miss) + "); mean "
-              + "/".join(f"{v:.1f}" for v in summary[name]["mean"]) + "; sd over draws "
-              + "/".join(f"{v:.2f}" for v in pooled_sd) + whole_txt)
+    with warnings.catch_warnings():  # a variant without figures (NaN) prints nan
+        warnings.simplefilter("ignore", RuntimeWarning)
+        for name, values in result.coverage.items():
+            avg = np.nanmean(values, axis=0)
+            single = [int(_within(values[0, :, c], lv).sum()) for c, lv in enumerate(COVERAGES)]
+            averaged = [int(_within(avg[:, c], lv).sum()) for c, lv in enumerate(COVERAGES)]
+            done = np.isfinite(values[:, :, 0]).any(axis=1)  # the draws this variant ran on
+            misses = [float(_misses(values[done, :, c], lv).sum(axis=1).mean()) if done.any()
+                      else math.nan for c, lv in enumerate(COVERAGES)]
+            pooled_sd = [float(np.nanmean(np.nanstd(values[:, :, c], axis=0, ddof=1))) if draws > 1
+                         else math.nan for c in range(len(COVERAGES))]
+            summary[name] = {"single": single, "averaged": averaged, "misses": misses,
+                             "mean": [float(np.nanmean(avg[:, c])) for c in range(len(COVERAGES))],
+                             "sd": pooled_sd}
+            whole = [j for j, w in enumerate(result.whole_ms) if w]
+            whole_txt = (f"; whole-ms columns averaged " + "/".join(
+                f"{np.nanmean(avg[whole, c]):.1f}" for c in range(len(COVERAGES)))) if whole else ""
+            print(f"{name:13s}: within ±2 single draw " + "/".join(map(str, single))
+                  + f", averaged " + "/".join(map(str, averaged)) + f" of {n_dev}; misses per draw "
+                  + "/".join(f"{m:.1f}" for m in misses) + " (exchangeability: "
+                  + "/".join(f"{n_dev * p:.1f}" for p in ref_miss) + "); mean "
+                  + "/".join(f"{v:.1f}" for v in summary[name]["mean"]) + "; sd over draws "
+                  + "/".join(f"{v:.2f}" for v in pooled_sd) + whole_txt)
     return summary
 
 

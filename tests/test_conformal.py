@@ -342,3 +342,32 @@ def test_held_out_coverage_on_the_fbnet_slice() -> None:
             inside[c].extend(((y[test] >= lo) & (y[test] <= hi)).tolist())
     assert 86.5 <= 100 * np.mean(inside[0.9]) <= 93.5, np.mean(inside[0.9])
     assert 76.0 <= 100 * np.mean(inside[0.8]) <= 85.0, np.mean(inside[0.8])
+
+
+def test_jackknife_rows_get_as_many_out_of_bag_trees_as_the_model_has() -> None:
+    """The calibration rows are predicted by about n_estimators out-of-bag trees (extra trees
+    fitted for the jackknife only), so their spread is distributed like the model's own spread
+    at new architectures; the model's own out-of-bag trees alone (about 37% of them) give a
+    spread that is low (here ~15% at the median with 16 trees) and intervals that lean wide."""
+    from costmeter.models.spaces import fbnet
+    from costmeter.predictors.estimators.arch import default_regressor
+
+    data = pd.read_csv(FBNET)
+    X = fbnet.features(list(data["arch"]))
+    ratios: dict[bool, list[float]] = {True: [], False: []}
+    for device in FBNET_DEVICES[:2]:
+        y = data[device].to_numpy(dtype=np.float64)
+        model = default_regressor("fbnet", n_estimators=16).fit(X.iloc[:400], y[:400])
+        before = model.predict(X.iloc[400:])
+        _, test_spread = model.predict_log(X.iloc[400:])
+        for matched in (True, False):
+            model.set_params(matched_jackknife=matched)
+            _, spread = model.jackknife(X.iloc[:400], y[:400])
+            ratios[matched].append(float(np.median(spread) / np.median(test_spread)))
+            if matched:
+                assert 14.5 <= model.jackknife_trees_ <= 17.5, model.jackknife_trees_
+            else:
+                assert model.jackknife_trees_ < 7.0, model.jackknife_trees_
+        assert np.array_equal(model.predict(X.iloc[400:]), before)  # the model is unchanged
+    assert 0.93 <= np.mean(ratios[True]) <= 1.05, ratios  # measured 0.97
+    assert np.mean(ratios[False]) < np.mean(ratios[True]) - 0.06, ratios  # measured 0.84

@@ -34,13 +34,17 @@ Where the scores come from:
 - :func:`calibrate_jackknife` (what ``ArchPredictor.fit`` does when its regressor offers
   ``jackknife``, as the default :class:`~costmeter.predictors.estimators.additive.AdditiveForest`
   does): each training row predicted by the final model without that row -- an exact
-  leave-one-out prediction of the ridge base and the out-of-bag trees of the forest -- so the
+  leave-one-out prediction of the ridge base and out-of-bag trees of the forest -- so the
   scores describe the model that answers, with no refits. On the FBNet table (198 one-hot
-  columns, 900 rows) 10-fold scores left the 80% interval about two points too wide, the
-  jackknife's within half a point on average over the 21 devices. What neither removes: the
-  final model's own luck on its training draw. Calibrated on the rows it was fitted on, a
-  device's coverage still moves by about ±2.3 points at 80% (a split calibration on 900 fresh
-  rows: ±1.4), which ``benchmarks/predictor_accuracy.py`` shows.
+  columns, 900 rows) 10-fold scores left the 80% interval about two points too wide. The
+  model's own trees leave a row out of about 37% of them, and fewer trees give a noisier mean
+  and a lower spread than the model's at a new architecture: scores from them over-covered by
+  about half a point on average over seeded draws (NB201 80.8 / 90.7 / 95.6% at 80 / 90 / 95%),
+  so the jackknife fits extra trees, for these predictions only, until each row has about as
+  many out-of-bag trees as the model (``AdditiveForest(matched_jackknife=True)``). What no
+  calibration on the training rows removes is the final model's own luck on its draw: a
+  device's coverage moves with the draw by about 1.3-1.7 points (sd) at 80%, where
+  exchangeability alone gives 1.4-1.5; ``benchmarks/coverage_draws.py`` measures both.
 - :func:`calibrate_split`: predictions on a separate calibration set (measured networks for a
   kernel-level network predictor or a lookup table, whose model was fitted on other data).
 
