@@ -8,7 +8,8 @@ pool onto the plain layout as well, and converts the product back. In a MobileNe
 (1 thread) the pool's ten instances took about 46 us on the plain layout where the same pools
 timed on their own, in the blocked layout, were priced at 8 us, and 34 small reorders around
 the blocks took about 118 us (ONNX Runtime's profiler, node times, which include the profiler's
-own cost per node; the other core was busy). Pricing the pieces one by one misses this; nn-Meter makes the block one kernel type (``se``) for the same reason.
+own cost per node; the other core was busy). Pricing the pieces one by one misses this;
+nn-Meter makes the block one kernel type (``se``) for the same reason.
 
 :func:`group_blocks` merges every exact match of a block into one kernel. ``se`` matches, in
 graph order: ``GlobalAveragePool(x)``; a 1x1 ``Conv`` on its output; an optional activation
