@@ -147,3 +147,27 @@ def test_exit_descriptions_name_the_signal_and_the_telling_stderr() -> None:
     assert "SIGKILL (killed, often by the kernel's out-of-memory killer)" in Exit(-9).describe()
     assert Exit(3, stderr_tail=["a", "b", "c", "boom"]).describe() == \
         "worker exited with code 3; last stderr: b | c | boom"
+
+
+def test_a_signal_whose_exception_was_lost_still_stops_the_run_at_the_next_check() -> None:
+    """Python drops an exception raised where it cannot propagate (a Ctrl-C landing while a fork
+    runs its handlers printed "Exception ignored ... KeyboardInterrupt" and the run went on to
+    finish with exit code 0); the signal is remembered and check_stop raises it again."""
+    import os
+    import signal
+    import time
+
+    from costmeter.harness.launcher import check_stop, stop_on_signals
+
+    before = signal.getsignal(signal.SIGINT)
+    with stop_on_signals():
+        try:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(1.0)  # the handler raises here
+        except KeyboardInterrupt:
+            pass  # the exception is lost, as Python loses it in an at-fork handler
+        with pytest.raises(KeyboardInterrupt, match="SIGINT"):
+            check_stop()
+        check_stop()  # raised once: a second check passes
+    assert signal.getsignal(signal.SIGINT) is before
+    check_stop()  # outside a run: nothing to raise

@@ -359,21 +359,43 @@ def launched_run(argv: Sequence[str], *, stdout: IO[bytes] | int | None = None,
     return subprocess.CompletedProcess(list(argv), done.returncode)
 
 
+_stop_signal: int | None = None  # the signal stop_on_signals caught last (see check_stop)
+
+
 @contextmanager
 def stop_on_signals() -> Iterator[None]:
-    """While inside, SIGTERM and SIGHUP raise KeyboardInterrupt (as Ctrl-C does), so a run
-    stops the same clean way: its children are killed and its temporary files removed.
-    Only the main thread can install handlers; elsewhere this does nothing."""
+    """While inside, SIGINT, SIGTERM and SIGHUP raise KeyboardInterrupt, so a run stops the same
+    clean way whatever stopped it: its children are killed and its temporary files removed.
+
+    A signal is also remembered: Python drops an exception raised where it cannot propagate
+    (a signal that lands while a fork runs its handlers, say), and :func:`check_stop`, called
+    between a run's steps, raises it again there. Only the main thread can install handlers;
+    elsewhere this does nothing."""
+    global _stop_signal
     if threading.current_thread() is not threading.main_thread():
         yield
         return
 
     def interrupt(signum: int, _frame: Any) -> None:
+        global _stop_signal
+        _stop_signal = signum
         raise KeyboardInterrupt(f"stopped by {_signal_name(signum)}")
 
-    previous = {s: signal.signal(s, interrupt) for s in (signal.SIGTERM, signal.SIGHUP)}
+    _stop_signal = None
+    signals = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    previous = {s: signal.signal(s, interrupt) for s in signals}
     try:
         yield
     finally:
+        _stop_signal = None
         for s, handler in previous.items():
             signal.signal(s, handler)
+
+
+def check_stop() -> None:
+    """Raise KeyboardInterrupt when a signal arrived inside :func:`stop_on_signals` and its
+    exception was lost; a no-op otherwise."""
+    global _stop_signal
+    if _stop_signal is not None:
+        signum, _stop_signal = _stop_signal, None
+        raise KeyboardInterrupt(f"stopped by {_signal_name(signum)}")

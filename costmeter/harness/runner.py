@@ -16,7 +16,8 @@ from typing import Any, Callable, Iterator, Protocol
 from costmeter.devices.base import get_runtime, require_available
 from costmeter.errors import UnavailableError, UnsupportedError
 from costmeter.harness.config import RunConfig
-from costmeter.harness.launcher import RunFolder, active_folder, stop_on_signals, sweep_stale
+from costmeter.harness.launcher import (RunFolder, active_folder, check_stop, stop_on_signals,
+                                       sweep_stale)
 from costmeter.harness.quantize.fidelity_run import apply_fidelity, heldout_path
 from costmeter.harness.quantize.precision import config_precision
 from costmeter.harness.worker import (
@@ -209,6 +210,7 @@ class Runner:
                     if self.progress:
                         self.progress(i, len(jobs), job.config, None)
                     result = self.run_one(job, run_id, tag)
+                    check_stop()  # a signal whose exception was lost stops the run here
                     if sink is not None:
                         sink.write(result)
                     results.append(result)
@@ -280,6 +282,7 @@ class Runner:
             wjob = WorkerJob(cfg.to_dict(), job.artifact_kind, artifact_path, inputs_path, outputs_path, p,
                              heldout if p == 0 else None, heldout_out)
             outcome = self._run_in(wjob, cfg.timeout_s)
+            check_stop()
             outcomes.append(outcome)
             if outcome.status != "ok":
                 failed = RunResult(status=Status(outcome.status), error=outcome.error, finished_at=_now(),
