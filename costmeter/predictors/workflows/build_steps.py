@@ -101,8 +101,8 @@ class BuildRun:
 
     # -- 1. prior
     def prior(self) -> None:
-        from costmeter.predictors.sampling.configs import KernelConfig, KernelPrior
         from costmeter.predictors.kernels.features import FEATURE_SCHEMA_VERSION
+        from costmeter.predictors.sampling.configs import KernelConfig, KernelPrior
         from costmeter.predictors.sampling.measure import KernelSamples
 
         # the prior holds float configs from float models: a build at another precision (which
