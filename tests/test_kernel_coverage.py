@@ -96,10 +96,12 @@ def test_cold_latencies_for_the_named_kernel_types_only() -> None:
                 "cold_ms": cold, "source": "measured", "rounds": 1}
 
     samples = KernelSamples("cpu", "onnxruntime", method="context",
-                            rows=[row("a", "fc", 0.195, 0.375), row("b", "conv", 0.41, 0.68)])
-    assert "fc" in COLD_WEIGHT_TYPES and "conv" not in COLD_WEIGHT_TYPES
+                            rows=[row("a", "fc", 0.195, 0.375), row("b", "conv", 0.41, 0.68),
+                                  row("c", "se", 0.0172, 0.0377)])
+    assert {"fc", "se"} <= set(COLD_WEIGHT_TYPES) and "conv" not in COLD_WEIGHT_TYPES
     mixed = samples.latencies(cold=COLD_WEIGHT_TYPES)
     assert mixed["fc"].tolist() == [0.375] and mixed["conv"].tolist() == [0.41]
+    assert mixed["se"].tolist() == [0.0377]
     assert samples.latencies()["fc"].tolist() == [0.195]
     assert samples.latencies(cold=True)["conv"].tolist() == [0.68]
 

@@ -14,10 +14,13 @@ from costmeter.predictors.kernels.fuse import KernelGraph
 from costmeter.predictors.sampling.configs import KernelConfig
 
 FOLDED_LATENCY_MS = 1e-4
-# kernel types a network runs with their weights out of cache: a classifier runs once per
-# inference, after every other kernel went through the caches (EfficientNet-B0's 1280 x 1000
-# layer: 0.40 ms in the network, 0.375 ms timed cold, 0.195 ms warm; one thread, x86)
-COLD_WEIGHT_TYPES: tuple[str, ...] = ("fc",)
+# kernel types a network runs with their weights out of cache, because their weights dwarf
+# their activations and every other kernel ran between two runs of them: a classifier
+# (EfficientNet-B0's 1280 x 1000 layer: 0.40 ms in the network, 0.375 ms timed cold, 0.195 ms
+# warm) and a squeeze-excite block at low resolution (576 channels at 3x3 px, squeezed to 144:
+# 65 us per block between MobileNetV3 layers, 37.7 us timed cold, 17.2 us warm). One thread,
+# x86, ONNX Runtime. Priced warm, SE blocks left MobileNetV3 variants 12-22% under.
+COLD_WEIGHT_TYPES: tuple[str, ...] = ("fc", "se")
 FOLDED_TYPES: tuple[str, ...] = ("constant",)
 METHODS: tuple[str, ...] = ("context", "isolated")
 # how each run was timed: "wall" (the monotonic clock) or "thread_cpu" (the measuring thread's
