@@ -24,6 +24,28 @@ def test_remembered_hash_and_figures_round_trip(tmp_path: Path) -> None:
     assert again._hash == digest and again.info() == info and again._module is None  # built nothing
 
 
+def test_bench_run_and_bench_predict_share_one_id_cache(tmp_path: Path) -> None:
+    """`bench run` remembers {hash, info}; `bench predict` reads the same entry (a folder used
+    by both once failed every later build with "cache key ... is not a plain name"), and an
+    entry `bench predict` writes is one `bench run` reads."""
+    from costmeter.predictors.workflows.graphs import hashed_source
+
+    ran = resolve_model("tiny_mlp")
+    digest, info = ran.content_hash(), ran.info()
+    known.remember(ran, tmp_path)
+    assert hashed_source("tiny_mlp", tmp_path)._hash == digest
+
+    other = tmp_path / "other"
+    predicted = hashed_source("tiny_cnn", other)
+    assert known.remembered(resolve_model("tiny_cnn"), other)._hash == predicted._hash
+    # an entry left as a bare string by an older version is a miss, then rewritten
+    path = other / "cache" / "ids" / f"{known.code_fingerprint()}.json"
+    path.write_text(json.dumps({"tiny_cnn": predicted._hash}))
+    assert hashed_source("tiny_cnn", other)._hash == predicted._hash
+    assert json.loads(path.read_text())["tiny_cnn"] == {"hash": predicted._hash}
+    assert info == known.remembered(resolve_model("tiny_mlp"), tmp_path).info()
+
+
 def test_another_model_code_version_knows_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     source = resolve_model("tiny_mlp")
     source.content_hash()

@@ -45,7 +45,7 @@ def code_fingerprint() -> str:
 
 
 def _index_path(workdir: Workdir | Path | str) -> Path:
-    return Workdir.of(workdir).cache("ids") / f"{code_fingerprint()}.json"
+    return Workdir.of(workdir).id_cache / f"{code_fingerprint()}.json"
 
 
 def _read(path: Path) -> dict[str, Any]:

@@ -3,8 +3,9 @@
 Asking about a model twice should cost neither a torch import nor an ONNX analysis. Built-in
 models (zoo names, ``space:arch``, family variants) get their content hash from the model's
 code, which needs the torch module; :func:`hashed_source` remembers it per model id in
-``cache/ids/<code fingerprint>.json``, where the fingerprint covers the model-building code
-and the installed torch, so an edited zoo or another torch never reuses a stale hash.
+``cache/ids/<code fingerprint>.json`` (:mod:`costmeter.models.known`, shared with ``bench run``),
+where the fingerprint covers the model-building code and the installed torch, so an edited zoo or
+another torch never reuses a stale hash.
 :func:`network_rows` keeps each model's :class:`~costmeter.predictors.estimators.network.
 NetworkRows` under a rule set in ``cache/graphs``; only a model seen for the first time is
 exported and analysed.
@@ -14,11 +15,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from costmeter.models.known import code_fingerprint
 from costmeter.workdir import Workdir
 
 _BUILT_IN = ("zoo", "space", "family")
@@ -52,19 +51,18 @@ def read_json(path: Path) -> Any:
 def hashed_source(spec: str, workdir: Path | str) -> Any:
     """The :class:`~costmeter.models.source.ModelSource` of ``spec`` with its content hash
     known: from the id cache for a built-in model seen before (no torch import), else computed
-    (and remembered)."""
+    (and remembered). The id cache is the one ``bench run`` keeps (:mod:`costmeter.models.known`),
+    so a model run once is never hashed again by ``bench predict``, and the other way round."""
+    from costmeter.models.known import remember, remembered
     from costmeter.models.source import resolve_model
 
     source = resolve_model(spec)
     if source.kind not in _BUILT_IN:
         return source
-    index_path = Workdir.of(workdir).id_cache / f"{code_fingerprint()}.json"
-    index = read_json(index_path) or {}
-    known = index.get(source.model_id)
-    if known:
-        return replace(source, _hash=str(known))
-    digest = source.content_hash()
-    write_json(index_path, {**(read_json(index_path) or {}), source.model_id: digest})
+    source = remembered(source, workdir)
+    if source._hash is None:
+        source.content_hash()
+        remember(source, workdir)
     return source
 
 
