@@ -160,7 +160,35 @@ def evaluate(workdir: Path, costmodel: Path, measured: dict[str, float],
             row[f"{family} ±10%"] = metrics(y[fam == family], predicted[fam == family])["within_10_pct"]
         rows.append(row)
     manifest = read_manifest(costmodel)
-    return pd.DataFrame(rows).set_index("predictor"), manifest["extra"]
+    extra = dict(manifest["extra"], interval_coverage=interval_coverage(manifest, costmodel, answers, y))
+    return pd.DataFrame(rows).set_index("predictor"), extra
+
+
+def interval_coverage(manifest: dict[str, Any], costmodel: Path, answers: list[dict[str, Any]],
+                      y: Any, levels: tuple[float, ...] = (0.8, 0.9, 0.95)) -> Any:
+    """Per nominal level: how many held-out networks the build's conformal interval holds, the
+    mean relative width (upper - lower) / prediction, and the 2.5-97.5% range of that count for
+    an interval exactly at its level (binomial over the held-out networks: what the test draw
+    alone moves). The interval was calibrated on the calibration families, so this is its
+    coverage out of family, where exchangeability is not assumed."""
+    import numpy as np
+    import pandas as pd
+    from scipy.stats import binom
+
+    from costmeter.predictors.workflows.predict import interval_of
+
+    conformal = interval_of(manifest, costmodel)
+    mean = np.array([a["latency_ms"] for a in answers])
+    scale = np.array([a["kernel_std_ms"] for a in answers])
+    rows = []
+    for level in levels:
+        low, high = (np.asarray(v, dtype=float) for v in conformal.interval(mean, scale, level))
+        held = int(np.sum((y >= low) & (y <= high)))
+        lo_n, hi_n = binom.ppf([0.025, 0.975], len(y), level)
+        rows.append({"level": level, "held": f"{held}/{len(y)}", "coverage_pct": 100 * held / len(y),
+                     "at-level range_pct": f"{100 * lo_n / len(y):.0f}-{100 * hi_n / len(y):.0f}",
+                     "mean_rel_width_pct": 100 * float(np.mean((high - low) / mean))})
+    return pd.DataFrame(rows).set_index("level")
 
 
 def replay(workdir: Path, costmodel: Path, budget_s: float, network_share: float,
@@ -281,6 +309,11 @@ def score_budget(workdir: Path, budget: str, precision: str, families: dict[str,
     print(f"leave-one-family-out estimate printed by the build: {calibration['lofo_within']:.1%}; "
           f"measured on held-out families: {measured_within / 100:.1%} "
           f"(difference {calibration['lofo_within'] * 100 - measured_within:+.1f} points)")
+    coverage = extra["interval_coverage"]
+    with pd.option_context("display.width", 200, "display.precision", 3):
+        print(f"conformal intervals of the build ({calibration['networks']} calibration networks) "
+              f"on the held-out families:")
+        print(coverage.to_string())
     drift = max(reference) / min(reference) - 1
     print(f"reference {REFERENCE} ({precision}): {len(reference)} runs, fastest-run spread {drift:.1%} "
           f"(min {min(reference):.3f} ms, max {max(reference):.3f} ms)\n")
@@ -290,7 +323,8 @@ def score_budget(workdir: Path, budget: str, precision: str, families: dict[str,
                                  "lofo_within": calibration["lofo_within"],
                                  "reference_spread": drift, "kernels": extra["kernel_samples"],
                                  "networks": calibration["networks"],
-                                 "table": json.loads(table.to_json(orient="index"))}) + "\n")
+                                 "table": json.loads(table.to_json(orient="index")),
+                                 "interval_coverage": json.loads(coverage.to_json(orient="index"))}) + "\n")
     return table, costmodel, measured
 
 
