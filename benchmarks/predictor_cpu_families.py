@@ -11,10 +11,13 @@ What it does, as a new user would:
    in ``--rounds`` rounds of a shuffled order, with a reference network every
    ``--reference-every`` networks so that drift of the machine shows; each network timed as the
    build times its calibration networks (at 1 thread by the thread's CPU clock), its latency the
-   fastest run over the rounds;
+   fastest run over the rounds; a few of the build's own calibration networks
+   (:data:`DRIFT_PROBES` per family) are measured among them, and their latencies now against
+   the build's give the machine's drift since the build (on a shared VM, 6% within two hours);
 3. prints, for the calibrated predictor, the raw kernel sum and a model-level forest fitted on
    the build's calibration networks: share within +-10%, MAPE, median error (bias) and
-   Spearman, overall and per family, beside the build's leave-one-family-out estimate; and
+   Spearman, overall and per family, beside the build's leave-one-family-out estimate, and the
+   calibrated predictor again on the held-out latencies divided by the drift (labelled so); and
    appends one JSON line per budget to ``<workdir>/curve.jsonl``.
 
 ``--precisions fp32,int8`` (issue 17) builds and scores one predictor per precision in the same
@@ -44,6 +47,7 @@ from typing import Any
 TEST_COUNTS = {"mobilenet_v3": 12, "efficientnet": 12, "ofa_mbv3": 12}
 TEST_ZOO = ("mobilenet_v3_small", "mobilenet_v3_large", "efficientnet_b0")
 REFERENCE = "mobilenet_v2"
+DRIFT_PROBES = 3  # calibration networks per family measured again beside the held-out ones
 THREADS = 1
 
 
@@ -113,6 +117,34 @@ def _pinned(cpus: str):
     return pinned(tuple(int(c) for c in cpus.split(",")) if cpus else ())
 
 
+def build_networks(workdir: Path, precision: str = "fp32") -> dict[str, dict[str, Any]]:
+    """The build's calibration networks: model id -> {family, ms (one per round)}."""
+    from costmeter.predictors.sampling.measure import precision_slot
+    from costmeter.workdir import Workdir
+
+    path = Workdir(workdir).build_state("cpu", precision_slot("onnxruntime", precision))
+    return json.loads(path.read_text())["networks"]
+
+
+def drift_probes(networks: dict[str, dict[str, Any]], per_family: int = DRIFT_PROBES) -> list[str]:
+    """``per_family`` calibration networks of each family, evenly spaced in id order."""
+    out = []
+    for family in sorted({e["family"] for e in networks.values()}):
+        names = sorted(m for m, e in networks.items() if e["family"] == family
+                       and any(v == v for v in e["ms"]))
+        step = max(1, len(names) // per_family)
+        out += names[step // 2::step][:per_family]
+    return out
+
+
+def drift(networks: dict[str, dict[str, Any]], probes: dict[str, float]) -> tuple[float, list[float]]:
+    """(median, all) ratios of the probes' latencies now to their fastest during the build."""
+    import numpy as np
+
+    ratios = [probes[m] / min(v for v in networks[m]["ms"] if v == v) for m in probes]
+    return (float(np.median(ratios)) if ratios else float("nan")), ratios
+
+
 def model_forest(workdir: Path, costmodel: Path, test: list[str], precision: str = "fp32") -> Any:
     """A model-level forest on the build's calibration networks, predicting ``test``."""
     import numpy as np
@@ -137,7 +169,8 @@ def model_forest(workdir: Path, costmodel: Path, test: list[str], precision: str
 
 
 def evaluate(workdir: Path, costmodel: Path, measured: dict[str, float],
-             families: dict[str, str], precision: str = "fp32") -> tuple[Any, dict[str, Any]]:
+             families: dict[str, str], precision: str = "fp32",
+             drift_ratio: float = float("nan")) -> tuple[Any, dict[str, Any]]:
     import numpy as np
     import pandas as pd
 
@@ -150,9 +183,14 @@ def evaluate(workdir: Path, costmodel: Path, measured: dict[str, float],
     predictions = {"calibrated predictor": np.array([a["latency_ms"] for a in answers]),
                    "raw kernel sum": np.array([a["kernel_sum_ms"] for a in answers]),
                    "model-level forest": model_forest(workdir, costmodel, names, precision)}
+    truths = {label: y for label in predictions}
+    if drift_ratio == drift_ratio:
+        label = f"calibrated, held-out / drift {drift_ratio:.3f}"
+        predictions[label], truths[label] = predictions["calibrated predictor"], y / drift_ratio
     fam = np.array([families[m] for m in names])
     rows = []
     for label, predicted in predictions.items():
+        y = truths[label]
         scores = metrics(y, predicted)
         row = {"predictor": label, "within_10_pct": scores["within_10_pct"], "mape_pct": scores["mape_pct"],
                "bias_pct": scores["bias_pct"], "spearman": scores["spearman"]}
@@ -160,6 +198,7 @@ def evaluate(workdir: Path, costmodel: Path, measured: dict[str, float],
             row[f"{family} ±10%"] = metrics(y[fam == family], predicted[fam == family])["within_10_pct"]
         rows.append(row)
     manifest = read_manifest(costmodel)
+    y = truths["calibrated predictor"]
     extra = dict(manifest["extra"], interval_coverage=interval_coverage(manifest, costmodel, answers, y))
     return pd.DataFrame(rows).set_index("predictor"), extra
 
@@ -289,16 +328,21 @@ def score_budget(workdir: Path, budget: str, precision: str, families: dict[str,
     saved = workdir / f"held-out-{tag}.json"
     if args.no_build:
         wall, load = float("nan"), os.getloadavg()
-        measured, reference = json.loads(saved.read_text()).values()
+        held = json.loads(saved.read_text())
+        measured, reference, probes = held["measured"], held["reference"], held.get("probes", {})
     else:
         wall = run_build(workdir, budget, args.cpus, costmodel, precision)
         load = os.getloadavg()
         _log(f"{precision} build with --budget {budget} took {wall / 60:.1f} min; load average now "
              f"{load[0]:.1f} {load[1]:.1f} {load[2]:.1f} on {os.cpu_count()} CPUs")
-        measured, reference = measure(workdir, list(families), args.cpus, args.rounds,
-                                      args.reference_every, args.test_seed, args.min_time, precision)
-        saved.write_text(json.dumps({"measured": measured, "reference": reference}))
-    table, extra = evaluate(workdir, costmodel, measured, families, precision)
+        probe_names = drift_probes(build_networks(workdir, precision))
+        timed, reference = measure(workdir, [*families, *probe_names], args.cpus, args.rounds,
+                                   args.reference_every, args.test_seed, args.min_time, precision)
+        measured = {m: v for m, v in timed.items() if m in families}
+        probes = {m: v for m, v in timed.items() if m in probe_names}
+        saved.write_text(json.dumps({"measured": measured, "reference": reference, "probes": probes}))
+    ratio, ratios = drift(build_networks(workdir, precision), probes)
+    table, extra = evaluate(workdir, costmodel, measured, families, precision, ratio)
     calibration = extra["calibration"]
     with pd.option_context("display.width", 200, "display.precision", 3):
         print(f"\n{precision}, --budget {budget}: {len(measured)} held-out networks, "
@@ -314,14 +358,18 @@ def score_budget(workdir: Path, budget: str, precision: str, families: dict[str,
         print(f"conformal intervals of the build ({calibration['networks']} calibration networks) "
               f"on the held-out families:")
         print(coverage.to_string())
-    drift = max(reference) / min(reference) - 1
-    print(f"reference {REFERENCE} ({precision}): {len(reference)} runs, fastest-run spread {drift:.1%} "
-          f"(min {min(reference):.3f} ms, max {max(reference):.3f} ms)\n")
+    spread = max(reference) / min(reference) - 1
+    print(f"reference {REFERENCE} ({precision}): {len(reference)} runs, fastest-run spread {spread:.1%} "
+          f"(min {min(reference):.3f} ms, max {max(reference):.3f} ms)")
+    if ratios:
+        print(f"drift since the build: {len(ratios)} calibration networks measured again run at "
+              f"{ratio:.3f}x their build-time latency (median; {min(ratios):.3f}..{max(ratios):.3f})\n")
     with open(workdir / "curve.jsonl", "a") as handle:
         handle.write(json.dumps({"budget": budget, "precision": precision, "build_wall_s": wall,
                                  "load": load, "held_out": len(measured),
                                  "lofo_within": calibration["lofo_within"],
-                                 "reference_spread": drift, "kernels": extra["kernel_samples"],
+                                 "reference_spread": spread, "drift": ratio,
+                                 "kernels": extra["kernel_samples"],
                                  "networks": calibration["networks"],
                                  "table": json.loads(table.to_json(orient="index")),
                                  "interval_coverage": json.loads(coverage.to_json(orient="index"))}) + "\n")
