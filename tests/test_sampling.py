@@ -92,6 +92,23 @@ def test_adaptive_configs_only_around_large_errors() -> None:
         adaptive_configs(configs, [0.5])
 
 
+def test_adaptive_neighbours_go_to_the_costliest_misses_first() -> None:
+    """A cap on re-sampled kernels keeps the neighbours of the misses that cost the most time
+    (|error| x latency), not those of the kernel type that happens to come first."""
+    prior = build_prior([fuse(load_graph(_mobile_block()), RULES)])
+    cheap = sample_configs(prior, {"dwconv": 3}, seed=0)  # listed first, badly predicted
+    costly = sample_configs(prior, {"conv": 3}, seed=0)
+    configs = cheap + costly
+    errors = [0.6, -0.5, 0.4, 0.15, -0.2, 0.12]
+    stakes = [0.005, 0.004, 0.006, 0.9, 0.7, 1.1]  # ms: 3-4 us against ~0.1 ms at stake
+    capped = adaptive_configs(configs, errors, per_point=2, seed=1, stakes=stakes)[:6]
+    assert {c.kernel_type for c in capped} == {"conv"}
+    in_order = adaptive_configs(configs, errors, per_point=2, seed=1)
+    assert [c.kernel_type for c in in_order[:2]] == ["dwconv", "dwconv"]
+    with pytest.raises(ConfigError, match="stakes"):
+        adaptive_configs(configs, errors, stakes=[1.0])
+
+
 def _fake_measure(latency_by_type: dict[str, float], overhead_ms: float,
                   baseline_ms: float = 0.0) -> Any:
     """Groups of files -> medians: a kernel in context costs its latency plus half a baseline per

@@ -325,18 +325,28 @@ def interleave(configs: Sequence[KernelConfig]) -> list[KernelConfig]:
 
 
 def adaptive_configs(configs: Sequence[KernelConfig], relative_errors: Sequence[float],
-                     per_point: int = 3, threshold: float = 0.10, seed: int = 0) -> list[KernelConfig]:
+                     per_point: int = 3, threshold: float = 0.10, seed: int = 0,
+                     stakes: Sequence[float] | None = None) -> list[KernelConfig]:
     """Neighbours of the configs whose |prediction / measurement - 1| exceeds ``threshold``.
 
     Neighbours move each dimension a little (channels x0.75..1.25, the other values of the
-    same pool), so the new measurements land where the model was wrong.
+    same pool), so the new measurements land where the model was wrong. ``stakes``: the time
+    each config's error puts at stake (ms, e.g. its measured latency); the misses are then
+    visited costliest first (|error| x stake), so a cap on the neighbours keeps those of the
+    misses that cost networks the most time, whatever their kernel type. Without it, in input
+    order: a 90-minute build that capped each round in that order (types alphabetically) spent
+    all of its 800 re-sampled kernels on activations.
     """
-    if len(configs) != len(relative_errors):
-        raise ConfigError(f"{len(configs)} configs but {len(relative_errors)} errors; align them")
+    if len(configs) != len(relative_errors) or (stakes is not None and len(stakes) != len(configs)):
+        raise ConfigError(f"{len(configs)} configs but {len(relative_errors)} errors"
+                          f"{'' if stakes is None else f' and {len(stakes)} stakes'}; align them")
+    order = list(range(len(configs)))
+    if stakes is not None:
+        order.sort(key=lambda i: -abs(relative_errors[i]) * float(stakes[i]))
     rng = random.Random(seed)
     known = {c.key for c in configs}
     out: list[KernelConfig] = []
-    for config, error in zip(configs, relative_errors):
+    for config, error in ((configs[i], relative_errors[i]) for i in order):
         if not abs(error) > threshold:
             continue
         pool = [c for c in configs if c.kernel_type == config.kernel_type]

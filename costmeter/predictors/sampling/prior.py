@@ -130,7 +130,9 @@ def sample_kernels(rules: RuleSet, device: str = "cpu", workdir: Path | str = ".
     say(f"measured {len(configs)} kernel configs")
     for round_index in range(adaptive_rounds):
         measured, errors = cross_validated_errors(samples)
-        extra = adaptive_configs(measured, errors, per_point, threshold, seed + 1 + round_index)
+        latency = {r["key"]: r["latency_ms"] for r in samples.rows}
+        extra = adaptive_configs(measured, errors, per_point, threshold, seed + 1 + round_index,
+                                 stakes=[latency[c.key] for c in measured])
         extra = extra[:adaptive_max]
         large = sum(abs(e) > threshold for e in errors)
         say(f"adaptive round {round_index + 1}: the forests miss {large} of {len(errors)} kernels "

@@ -176,10 +176,11 @@ class BuildRun:
                     return
                 with self.timed("adaptive"):
                     configs, errors = cross_validated_errors(self.samples())
-                    known = {r["key"] for r in self.samples().rows}
+                    latency = {r["key"]: r["latency_ms"] for r in self.samples().rows}
                     extra = [c for c in adaptive_configs(configs, errors, 2, 0.10,
-                                                         self.spec.seed + 1 + record["round"])
-                             if c.key not in known][:ADAPTIVE_ROUND_MAX]
+                                                         self.spec.seed + 1 + record["round"],
+                                                         stakes=[latency[c.key] for c in configs])
+                             if c.key not in latency][:ADAPTIVE_ROUND_MAX]
                     large = sum(abs(e) > 0.10 for e in errors)
                     record.update(round=record["round"] + 1, planned=[c.to_dict() for c in extra],
                                   position=0)
