@@ -13,7 +13,7 @@ What it does, as a new user would:
    build times its calibration networks (at 1 thread by the thread's CPU clock), its latency the
    fastest run over the rounds; a few of the build's own calibration networks
    (:data:`DRIFT_PROBES` per family) are measured among them, and their latencies now against
-   the build's give the machine's drift since the build (on a shared VM, 6% within two hours);
+   the build's give the machine's drift since the build (on this shared VM, 11% three hours on);
 3. prints, for the calibrated predictor, the raw kernel sum and a model-level forest fitted on
    the build's calibration networks: share within +-10%, MAPE, median error (bias) and
    Spearman, overall and per family, beside the build's leave-one-family-out estimate, and the
@@ -137,11 +137,15 @@ def drift_probes(networks: dict[str, dict[str, Any]], per_family: int = DRIFT_PR
     return out
 
 
-def drift(networks: dict[str, dict[str, Any]], probes: dict[str, float]) -> tuple[float, list[float]]:
-    """(median, all) ratios of the probes' latencies now to their fastest during the build."""
+def drift(networks: dict[str, dict[str, Any]], probes: dict[str, float],
+          rounds: int = 2) -> tuple[float, list[float]]:
+    """(median, all) ratios of the probes' fastest of ``rounds`` runs now (as measured here) to
+    their fastest of the build's first ``rounds`` rounds: like against like, since the fastest
+    of three rounds is lower than the fastest of two by noise alone."""
     import numpy as np
 
-    ratios = [probes[m] / min(v for v in networks[m]["ms"] if v == v) for m in probes]
+    ratios = [probes[m] / min(v for v in networks[m]["ms"][:rounds] if v == v) for m in probes
+              if any(v == v for v in networks[m]["ms"][:rounds])]
     return (float(np.median(ratios)) if ratios else float("nan")), ratios
 
 
@@ -341,7 +345,7 @@ def score_budget(workdir: Path, budget: str, precision: str, families: dict[str,
         measured = {m: v for m, v in timed.items() if m in families}
         probes = {m: v for m, v in timed.items() if m in probe_names}
         saved.write_text(json.dumps({"measured": measured, "reference": reference, "probes": probes}))
-    ratio, ratios = drift(build_networks(workdir, precision), probes)
+    ratio, ratios = drift(build_networks(workdir, precision), probes, args.rounds)
     table, extra = evaluate(workdir, costmodel, measured, families, precision, ratio)
     calibration = extra["calibration"]
     with pd.option_context("display.width", 200, "display.precision", 3):

@@ -30,7 +30,7 @@ def _benchmark() -> ModuleType:
 
 def test_probes_are_spread_over_families_and_drift_is_their_median_ratio() -> None:
     bench = _benchmark()
-    networks = {f"{family}:{i:02d}": {"family": family, "ms": [1.0 + i, 0.9 + i, float("nan")]}
+    networks = {f"{family}:{i:02d}": {"family": family, "ms": [1.0 + i, 0.9 + i, 0.5 + i]}
                 for family in ("resnet", "nb201", "mobilenet_v2") for i in range(12)}
     networks["nb201:99"] = {"family": "nb201", "ms": [float("nan")]}  # never measured: no probe
     probes = bench.drift_probes(networks, per_family=3)
@@ -38,7 +38,7 @@ def test_probes_are_spread_over_families_and_drift_is_their_median_ratio() -> No
     assert "nb201:99" not in probes and len(set(probes)) == 9
     now = {m: (0.9 + int(m.split(":")[1])) * 1.06 for m in probes}  # 6% slower than the fastest
     now[probes[0]] *= 2.0  # one outlier does not move the median
-    ratio, ratios = bench.drift(networks, now)
+    ratio, ratios = bench.drift(networks, now, rounds=2)  # the third round is not compared
     assert ratio == pytest.approx(1.06) and max(ratios) == pytest.approx(2.12)
 
 
