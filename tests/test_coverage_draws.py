@@ -3,14 +3,13 @@ reference follows the Beta law, its default interval is the library's own, and t
 refuses bad draw counts."""
 from __future__ import annotations
 
-import importlib.util
 import math
-import sys
 from pathlib import Path
 from types import ModuleType
 
 import numpy as np
 import pytest
+from script_modules import load_script
 
 from costmeter.predictors.estimators.conformal import COVERAGES
 
@@ -19,16 +18,7 @@ FIXTURE = ROOT / "tests" / "fixtures" / "nb201_slice.csv.gz"
 
 
 def _module(name: str) -> ModuleType:
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    try:
-        spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module  # dataclasses look their module up while the class is made
-        spec.loader.exec_module(module)
-        return module
-    finally:
-        sys.path.remove(str(ROOT / "benchmarks"))
+    return load_script(name)
 
 
 @pytest.fixture(scope="module")

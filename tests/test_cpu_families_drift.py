@@ -3,29 +3,17 @@ measures some of the build's own calibration networks again, so that the machine
 the build shows; and it scores the build's conformal intervals on the held-out families."""
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 from types import ModuleType
 
 import numpy as np
 import pandas as pd
 import pytest
-
-ROOT = Path(__file__).resolve().parents[1]
+from script_modules import load_script
 
 
 def _benchmark() -> ModuleType:
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    try:
-        spec = importlib.util.spec_from_file_location("predictor_cpu_families",
-                                                      ROOT / "benchmarks" / "predictor_cpu_families.py")
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        return module
-    finally:
-        sys.path.remove(str(ROOT / "benchmarks"))
+    return load_script("predictor_cpu_families")
 
 
 def test_probes_are_spread_over_families_and_drift_is_their_median_ratio() -> None:

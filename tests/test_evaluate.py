@@ -128,14 +128,12 @@ def test_evaluate_split_fits_on_train_only() -> None:
 
 
 def test_accuracy_benchmark_runs_on_the_fixture(capsys: pytest.CaptureFixture[str]) -> None:
-    import importlib.util
     from pathlib import Path
 
+    from script_modules import load_script
+
     root = Path(__file__).resolve().parents[1]
-    spec = importlib.util.spec_from_file_location("predictor_accuracy",
-                                                  root / "benchmarks" / "predictor_accuracy.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_script("predictor_accuracy")
     fixture = root / "tests" / "fixtures" / "nb201_slice.csv.gz"
     assert module.main([str(fixture), "--train", "200", "--n-jobs", "1"]) == 0
     out = capsys.readouterr().out

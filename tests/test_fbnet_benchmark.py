@@ -3,13 +3,13 @@ additive fit, the whole-ms rounding ceiling, and a run on the fixture slice."""
 from __future__ import annotations
 
 import importlib
-import importlib.util
 from pathlib import Path
 from types import ModuleType
 
 import numpy as np
 import pytest
 from scipy.stats import spearmanr
+from script_modules import load_script
 
 from costmeter.models.spaces import fbnet
 
@@ -19,12 +19,7 @@ FIXTURE = ROOT / "tests" / "fixtures" / "fbnet_slice.csv.gz"
 
 @pytest.fixture(scope="module")
 def bench() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("predictor_accuracy",
-                                                  ROOT / "benchmarks" / "predictor_accuracy.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("predictor_accuracy")
 
 
 def test_workload_identical_pairs(bench: ModuleType) -> None:
