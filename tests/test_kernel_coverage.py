@@ -44,6 +44,38 @@ def test_rare_op_chains_are_drawn_and_frequency_alone_misses_them() -> None:
     assert drawn["Relu"] >= 8  # the common chain still gets its share
 
 
+def _conv_prior() -> KernelPrior:
+    """A prior as networks give it: many body convs, one stem (3 input channels) per network,
+    a ViT's 16x16 stride-16 patch embedding."""
+    body = [make_config("conv", (1, c, s, s), [("Conv", {"c_out": c, "kernel": k, "stride": 1}),
+                                               ("Relu", {})])
+            for c in (16, 32, 64) for s in (14, 28, 56) for k in (1, 3)] * 10
+    stems = [make_config("conv", (1, 3, s, s), [("Conv", {"c_out": 32, "kernel": 7, "stride": 2}),
+                                                ("Relu", {})]) for s in (160, 224)]
+    patch = [make_config("conv", (1, 3, 224, 224), [("Conv", {"c_out": 64, "kernel": 16,
+                                                              "stride": 16})])]
+    return KernelPrior({"conv": body + stems + patch}, {})
+
+
+def test_stems_keep_their_input_channels_sizes_and_are_drawn_as_their_own_chain() -> None:
+    """A conv on the input image runs a kernel of its own; drawn by frequency, a prior of one
+    stem per network gives ~1 stem in 60 draws, and perturbing its 3 channels to 8 made it a
+    body conv (a ResNet stem was priced 1.5-1.8x its in-network time from body convs)."""
+    from costmeter.predictors.sampling.configs import is_stem
+
+    prior = _conv_prior()
+    drawn = sample_configs(prior, {"conv": 60}, seed=0)
+    stems = [c for c in drawn if is_stem(c)]
+    by_frequency = [c for c in sample_configs(prior, {"conv": 60}, seed=0, chain_share=0.0)
+                    if is_stem(c)]
+    assert len(stems) >= 8 and len(by_frequency) <= 3, (len(stems), len(by_frequency))
+    assert op_chain(stems[0])[0] == "Conv:stem"
+    assert {c.input_shape[1] for c in stems} == {3}
+    assert {c.input_shape[2] for c in stems} <= {160, 224}  # the networks' input sizes
+    pairs = {(dict(c.ops[0][1])["kernel"], dict(c.ops[0][1])["stride"]) for c in drawn}
+    assert pairs <= {(1, 1), (3, 1), (7, 2), (16, 16)}, pairs  # never a 3x3 conv at stride 16
+
+
 def _fc_table(sizes: list[tuple[int, int]]) -> pd.DataFrame:
     rows = {}
     for k, n in sizes:

@@ -34,6 +34,10 @@ MAX_WEIGHT_ELEMENTS = 8_000_000
 MAX_MACS = 1_500_000_000  # the largest conv of the zoo at 224 px is ~0.23 G MACs
 _ACTS = ("Relu", "Clip", "HardSwish", "HardSigmoid", "Sigmoid", "Tanh", "LeakyRelu", "SiLU", "GELU")
 _CHANNEL_SCALES = (0.5, 0.75, 1.0, 1.25, 1.5, 2.0)
+# an image kernel with this many input channels or fewer reads the network's input (RGB, RGBA,
+# grey) rather than a width a designer chose: its channels are kept when perturbed, and its op
+# chain is told apart (":stem"), since ONNX Runtime runs such a conv with a kernel of its own
+STEM_CHANNELS = 4
 CHAIN_SHARE = 0.5  # share of draws whose base is picked op chain first (see sample_configs)
 
 
@@ -219,9 +223,11 @@ def perturb(config: KernelConfig, pool: Sequence[KernelConfig], rng: random.Rand
     """Move each dimension of ``config`` with probability ``jitter`` within ``pool``'s values."""
     shape = list(config.input_shape)
     ops = [(op, dict(params)) for op, params in config.ops]
+    stem = is_stem(config)  # a stem moves among the stems' sizes: the networks' input sizes
+    pool = [c for c in pool if is_stem(c) == stem] or pool
     image = len(shape) == 4 and ops[0][0] not in ("MatMul", "Softmax", "LayerNormalization")
     if image:
-        if rng.random() < jitter:
+        if rng.random() < jitter and shape[1] > STEM_CHANNELS:
             shape[1] = _round8(shape[1] * rng.choice(scales))
         spatial = sorted({c.input_shape[2] for c in pool if len(c.input_shape) == 4})
         if spatial and rng.random() < jitter:
@@ -234,10 +240,15 @@ def perturb(config: KernelConfig, pool: Sequence[KernelConfig], rng: random.Rand
     for name in ("c_out", "n"):
         if name in params and rng.random() < jitter and params.get("weight", True):
             params[name] = _round8(params[name] * rng.choice(scales))
-    for name in ("kernel", "stride"):
-        choices = _values(pool, 0, name)
-        if name in params and choices and rng.random() < jitter:
-            params[name] = rng.choice(choices)
+    pairs = _kernel_strides(pool, first_op)  # a kernel size moves with a stride seen beside it
+    if "kernel" in params and pairs and rng.random() < jitter:
+        params["kernel"], stride = rng.choice(pairs)
+        if "stride" in params:
+            params["stride"] = stride
+    elif "stride" in params and "kernel" not in params:
+        choices = _values(pool, 0, "stride")
+        if choices and rng.random() < jitter:
+            params["stride"] = rng.choice(choices)
     if "others" in params:
         params["others"] = [_round8(c * rng.choice(scales)) for c in params["others"]]
     if "c_mid" in params:  # an SE block keeps its squeeze ratio as its channels move
@@ -246,6 +257,15 @@ def perturb(config: KernelConfig, pool: Sequence[KernelConfig], rng: random.Rand
     if len(ops) > 1 and epilogues and rng.random() < jitter / 2:
         ops = ops[:1] + [(op, dict(p)) for op, p in rng.choice(epilogues)]
     return make_config(config.kernel_type, shape, ops)
+
+
+def _kernel_strides(pool: Sequence[KernelConfig], first_op: str) -> list[tuple[Any, Any]]:
+    """The (kernel size, stride) pairs that configs of ``pool`` starting with ``first_op`` hold
+    (stride 1 where none is given): drawn independently, a 3x3 conv took the stride 16 of a
+    ViT's patch embedding and a fifth of the 3x3 convs sampled were such convs, which no
+    network contains."""
+    return sorted({(dict(c.ops[0][1])["kernel"], dict(c.ops[0][1]).get("stride", 1))
+                   for c in pool if c.ops[0][0] == first_op and "kernel" in dict(c.ops[0][1])})
 
 
 def _fits(config: KernelConfig) -> bool:
@@ -262,16 +282,27 @@ def _fits(config: KernelConfig) -> bool:
 def op_chain(config: KernelConfig) -> tuple[Any, ...]:
     """The ops of ``config`` without their sizes: op names, Add/Mul marked ``:broadcast`` when
     the second operand is a per-channel scale (an SE block's), e.g. ``("SiLU",)``,
-    ``("Mul:broadcast",)``, ``("Conv", "HardSwish")``, ``("Gemm",)``."""
-    return tuple(f"{op}:broadcast" if dict(params).get("broadcast") else op
-                 for op, params in config.ops)
+    ``("Mul:broadcast",)``, ``("Conv", "HardSwish")``, ``("Gemm",)``; a conv on the network's
+    input image (at most :data:`STEM_CHANNELS` channels) is ``"Conv:stem"``."""
+    stem = is_stem(config)
+    return tuple(f"{op}:broadcast" if dict(params).get("broadcast") else
+                 f"{op}:stem" if stem and i == 0 else op
+                 for i, (op, params) in enumerate(config.ops))
+
+
+def is_stem(config: KernelConfig) -> bool:
+    """A conv on the network's input image: at most :data:`STEM_CHANNELS` input channels."""
+    return (config.ops[0][0] == "Conv" and len(config.input_shape) == 4
+            and config.input_shape[1] <= STEM_CHANNELS)
 
 
 def _by_chain(pool: Sequence[KernelConfig]) -> list[list[KernelConfig]]:
-    """``pool`` split by :func:`op_chain`, chains in order of first appearance."""
+    """``pool`` split by :func:`op_chain`, chains in order of first appearance; stems form one
+    chain whatever their epilogue (one conv per network, not one per activation)."""
     groups: dict[tuple[Any, ...], list[KernelConfig]] = {}
     for config in pool:
-        groups.setdefault(op_chain(config), []).append(config)
+        chain = op_chain(config)
+        groups.setdefault(chain[:1] if is_stem(config) else chain, []).append(config)
     return list(groups.values())
 
 
