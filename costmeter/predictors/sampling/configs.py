@@ -6,9 +6,11 @@ e.g. Conv(k=5, stride 2) + HardSwish on ``[1, 72, 56, 56]``. :func:`config_from_
 kernel of a fused model into its config, so :func:`build_prior` collects the configs that the zoo
 and the search spaces really contain. :func:`sample_configs` draws from that prior: a real config,
 then with probability ``jitter`` each dimension moved within the values the prior holds (channels
-scaled and rounded to multiples of 8, spatial sizes, kernel sizes, strides and epilogues of that
-kernel type), as nn-Meter samples around the distributions of real models. Half the draws pick
-the op chain first (:func:`op_chain`), so that a chain rare in the prior is measured too.
+scaled and rounded to multiples of 8, spatial sizes, (kernel size, stride) pairs and epilogues
+of that kernel type), as nn-Meter samples around the distributions of real models. Half the
+draws pick the op chain first (:func:`op_chain`), so that a chain rare in the prior is measured
+too; stems (:func:`is_stem`, convs on the input image) are one chain, keep their channels and
+move among the stems' sizes.
 :func:`adaptive_configs` draws neighbours of configurations whose cross-validated prediction
 error exceeds a threshold (10% by default). Measuring lives in
 :mod:`costmeter.predictors.sampling.measure`.
