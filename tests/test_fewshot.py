@@ -12,7 +12,11 @@ from sklearn.base import clone
 from sklearn.frozen import FrozenEstimator
 
 from costmeter.errors import ConfigError
-from costmeter.predictors.estimators.fewshot import FewShotTransfer, reference_architectures
+from costmeter.predictors.estimators.fewshot import (
+    FewShotTransfer,
+    informative_rows,
+    reference_architectures,
+)
 from costmeter.predictors.estimators.forest import ModelForest
 from costmeter.models.spaces import nb201
 
@@ -41,6 +45,24 @@ def test_reference_architectures_are_fixed_spread_and_connected() -> None:
     macs = feats["macs_total"].to_numpy()
     assert macs.max() / macs.min() > 5  # spread over the MACs range
     assert len(reference_architectures("ofa_mbv3", k=4, seed=0, pool_size=500)) == 4
+
+
+def test_design_spans_the_shared_direction_first_and_whitened_chases_a_minor_one() -> None:
+    # 20 sources' log latencies: one shared direction (sd 1) and a minor one (sd 0.07, about
+    # the FBNet sources' fifth component) along which five rows sit six sd out (a noisy source
+    # departing from the rest on a few archs)
+    rng = np.random.default_rng(0)
+    major, minor = rng.normal(size=2000), rng.normal(scale=0.07, size=2000)
+    major[:5], minor[:5] = 0.0, 0.42
+    loadings = rng.normal(size=(2, 20))
+    logs = np.outer(major, loadings[0]) + np.outer(minor, loadings[1])
+    scaled = informative_rows(logs, 10, rank=2)
+    whitened = informative_rows(logs, 10, rank=2, whiten=True)
+    first, second = major[scaled[:2]]
+    assert min(abs(first), abs(second)) > 1.5 and first * second < 0  # both ends of it
+    assert whitened[0] in range(5)  # the design before: an outlier of the minor direction first
+    assert np.ptp(major[scaled]) > 0.7 * np.ptp(major)
+    assert list(informative_rows(logs, 4, rank=2)) == list(scaled[:4])  # nested in pick order
 
 
 @pytest.mark.parametrize("target", ["titan_rtx_32_ms", "samsung_a50_ms", "gold_6240_ms"])
