@@ -296,31 +296,78 @@ def test_budget_rule_splits_and_grows_monotonically() -> None:
         rule.parse_duration("30 minutes")
 
 
-def test_the_build_keeps_the_kernel_model_that_does_better_out_of_family(tmp_path: Path) -> None:
+def test_the_build_keeps_the_kernel_model_the_evidence_favours(tmp_path: Path) -> None:
     from costmeter.predictors.artifacts import load_predictor, read_manifest
+    from costmeter.predictors.estimators.kernel_choice import RULE_KERNELS, RULE_NETWORKS
     from costmeter.predictors.estimators.network import KERNEL_MODELS
-    from costmeter.predictors.workflows.build_steps import choose_kernel_model
 
     out = tmp_path / "m.costmodel"
     build_predictor(spec(), out, tmp_path / "wd", seams=seams())
     cal = read_manifest(out)["extra"]["calibration"]
     assert set(cal["kernel_models"]) == set(KERNEL_MODELS) and cal["kernel_model"] in KERNEL_MODELS
-    best = max(v["lofo_within"] for v in cal["kernel_models"].values())
-    assert cal["kernel_models"][cal["kernel_model"]]["lofo_within"] == best
-    assert cal["lofo_within"] == best  # the printed estimate is the kept model's
+    tried, kept = cal["kernel_models"], cal["kernel_model"]
+    assert all(0 < v["kernel_cv_error"] < 10 for v in tried.values())
+    if cal["kernel_model_rule"] == RULE_NETWORKS:
+        assert tried[kept]["lofo_within"] == max(v["lofo_within"] for v in tried.values())
+    else:
+        assert cal["kernel_model_rule"] == RULE_KERNELS
+        assert tried[kept]["kernel_cv_error"] == min(v["kernel_cv_error"] for v in tried.values())
+    assert cal["lofo_within"] == tried[kept]["lofo_within"]  # the printed estimate is the kept model's
     kinds = {type(f).__name__ for f in load_predictor(out).kernel_forest_.forests_.values()}
-    if cal["kernel_model"] == "additive":
+    if kept == "additive":
         assert kinds == {"AdditiveForest"}
     else:  # forests, with the additive model only for sparse types
         assert "ModelForest" in kinds
 
-    class Fitted:
-        def __init__(self, within: float, rmse: float) -> None:
-            self.calibration_ = type("C", (), {"cv_within_": within, "cv_rel_rmse_": rmse})()
 
-    assert choose_kernel_model({"additive": Fitted(0.5, 0.2), "forest": Fitted(0.8, 0.3)}) == "forest"
-    assert choose_kernel_model({"additive": Fitted(0.8, 0.2), "forest": Fitted(0.8, 0.3)}) == "additive"
-    assert choose_kernel_model({"additive": Fitted(0.8, 0.3), "forest": Fitted(0.8, 0.3)}) == "additive"
+def test_a_lead_on_the_networks_counts_only_beyond_its_noise() -> None:
+    from costmeter.predictors.estimators.kernel_choice import (
+        RULE_KERNELS,
+        RULE_NETWORKS,
+        choose_kernel_model,
+        kernel_cv_error,
+        significantly_ahead,
+    )
+    import pandas as pd
+
+    from costmeter.predictors.estimators.network import kernel_models
+
+    measured = np.ones(120)
+
+    class Fitted:
+        def __init__(self, off: np.ndarray) -> None:  # each network's relative error
+            within = float(np.mean(np.abs(off) <= 0.1))
+            self.calibration_ = type("C", (), {"cv_within_": within, "tolerance": 0.1,
+                                               "cv_rel_rmse_": float(np.sqrt(np.mean(off ** 2))),
+                                               "cv_predicted_": measured * (1 + off)})()
+
+    base = np.where(np.arange(120) < 90, 0.05, 0.2)  # 90 of 120 within
+    four_more = base.copy()
+    four_more[90:94] = 0.05  # 94 of 120: four networks, within noise when others disagree
+    four_more[:10] = 0.2  # ... and it loses ten others while gaining fourteen
+    four_more[94:104] = 0.05
+    forty_more = np.full(120, 0.05)
+    forty_more[:2] = 0.2
+    assert not significantly_ahead(np.abs(four_more) <= 0.1, np.abs(base) <= 0.1)
+    assert significantly_ahead(np.abs(forty_more) <= 0.1, np.abs(base) <= 0.1)
+    cv = {"additive": 0.1, "forest": 0.2}
+    assert choose_kernel_model({"additive": Fitted(base), "forest": Fitted(four_more)}, measured, cv) \
+        == ("additive", RULE_KERNELS)
+    assert choose_kernel_model({"additive": Fitted(base), "forest": Fitted(forty_more)}, measured, cv) \
+        == ("forest", RULE_NETWORKS)
+    assert choose_kernel_model({"additive": Fitted(base), "forest": Fitted(four_more)}, measured,
+                               {"additive": 0.3, "forest": 0.2}) == ("forest", RULE_KERNELS)
+    # the kernel figure itself: out of fold, weighted by latency; a forest cannot follow a size
+    # past what it saw, the additive model's linear base can
+    rng = np.random.default_rng(0)
+    flops = np.exp(rng.uniform(np.log(1e5), np.log(1e8), 40))  # 40 kernels over 3 decades
+    table = pd.DataFrame({"flops": flops, "bytes_read": flops / 10, "bytes_written": flops / 20,
+                          "weight_bytes": np.zeros(40)})
+    latency = 1e-8 * flops * np.exp(rng.normal(0, 0.05, 40))  # 5% noise
+    models = kernel_models(32)
+    errors = {n: kernel_cv_error(m, {"conv": table}, {"conv": latency}) for n, m in models.items()}
+    assert 0 < errors["additive"] < 0.06 and errors["forest"] > 2 * errors["additive"]
+    assert np.isnan(kernel_cv_error(models["additive"], {"conv": table[:5]}, {"conv": latency[:5]}))
 
 
 def test_a_prior_of_older_kernel_types_is_analysed_again(tmp_path: Path) -> None:

@@ -187,9 +187,15 @@ def _print_build(result, spec, target: float | None) -> None:
                f"{format_duration(sum(result.spent_s.values()))} of {format_duration(spec.budget_s)}")
     click.echo(f"calibration: {cal['summary']}")
     if cal.get("kernel_models"):
-        tried = ", ".join(f"{name} {v['lofo_within']:.0%}" for name, v in cal["kernel_models"].items())
+        tried = ", ".join(f"{name} {v['lofo_within']:.0%}"
+                          + (f" (kernels out of fold: {v['kernel_cv_error']:.1%} off)"
+                             if "kernel_cv_error" in v else "")
+                          for name, v in cal["kernel_models"].items())
+        why = {"networks": "ahead out of family by more than twice its standard error",
+               "kernels": "the networks did not tell them apart; better on its kernels"}
+        rule = cal.get("kernel_model_rule")
         click.echo(f"kernel models (leave-one-family-out within ±{cal['tolerance']:.0%}): {tried}; "
-                   f"kept {cal['kernel_model']}")
+                   f"kept {cal['kernel_model']}" + (f" ({why[rule]})" if rule in why else ""))
     by_family = ", ".join(f"{f} {v:.0%}" for f, v in cal["lofo_by_family"].items())
     click.echo(f"leave-one-family-out estimate: {cal['lofo_within']:.0%} of networks within "
                f"±{cal['tolerance']:.0%} (MAPE {cal['lofo_mape_pct']:.1f}%, median error "

@@ -24,8 +24,9 @@ from sklearn.utils.validation import check_is_fitted
 from costmeter.errors import ConfigError
 from costmeter.predictors.estimators.calibration import BASE_COLUMN, TrafficCalibration
 
-# Kernel models (one per kernel type), by name; ``bench predictor build`` fits both and keeps the
-# one whose calibrated predictor does better out of family on its calibration networks.
+# Kernel models (one per kernel type), by name; ``bench predictor build`` fits both and keeps one
+# (:func:`~costmeter.predictors.estimators.kernel_choice.choose_kernel_model`: out of family on its
+# calibration networks when that lead is beyond noise, else on its kernel samples out of fold).
 #   additive -- an AdditiveForest for every kernel type: a ridge base on LINEAR_KERNEL_FEATURES
 #               (FLOPs, bytes read and written, weight bytes) times a forest correction. A forest
 #               alone answers between its training kernels with averages of their neighbours: a

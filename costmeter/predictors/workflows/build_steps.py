@@ -352,6 +352,7 @@ class BuildRun:
         import numpy as np
 
         from costmeter.predictors.estimators.calibration import TrafficCalibration
+        from costmeter.predictors.estimators.kernel_choice import choose_kernel_model, kernel_cv_error
         from costmeter.predictors.estimators.network import NetworkPredictor, kernel_models
         from costmeter.predictors.sampling.measure import KernelSamples
         from costmeter.predictors.sampling.samples import COLD_WEIGHT_TYPES
@@ -373,10 +374,12 @@ class BuildRun:
         groups = [measured[m]["family"] for m in names]
         overheads = [float(r["overhead_ms"]) for r in samples.rows if r["source"] == "measured"]
         overhead = float(np.nanmedian(overheads)) if overheads else 0.0
+        tables, latencies = samples.tables(), samples.latencies(cold=COLD_WEIGHT_TYPES)
+        models = kernel_models(FOREST_TREES)
         fitted = {name: NetworkPredictor(kernels, overhead, TrafficCalibration(*self._curve)).fit(
-                      samples.tables(), samples.latencies(cold=COLD_WEIGHT_TYPES), rows, latency, groups)
-                  for name, kernels in kernel_models(FOREST_TREES).items()}
-        chosen = choose_kernel_model(fitted)
+                      tables, latencies, rows, latency, groups) for name, kernels in models.items()}
+        kernel_cv = {name: kernel_cv_error(kernels, tables, latencies) for name, kernels in models.items()}
+        chosen, rule = choose_kernel_model(fitted, latency, kernel_cv)
         model = fitted[chosen]
         cal = model.calibration_
         counts = {f: groups.count(f) for f in families}
@@ -390,9 +393,10 @@ class BuildRun:
                        "kernel_sum_within": cal.kernel_sum_within_, "tolerance": cal.tolerance,
                        "cache_curve": {"mb": list(self._curve[0]), "us_per_mb": list(self._curve[1])},
                        "summary": cal.describe()}
-        calibration["kernel_model"] = chosen
+        calibration["kernel_model"], calibration["kernel_model_rule"] = chosen, rule
         calibration["kernel_models"] = {name: {"lofo_within": m.calibration_.cv_within_,
-                                               "lofo_rel_rmse": m.calibration_.cv_rel_rmse_}
+                                               "lofo_rel_rmse": m.calibration_.cv_rel_rmse_,
+                                               "kernel_cv_error": kernel_cv[name]}
                                         for name, m in fitted.items()}
         extra = {"threads": self.spec.threads, "cpus": self.spec.cpus_text or None,
                  "precision": self.spec.precision, **self.quantization(),
@@ -405,15 +409,6 @@ class BuildRun:
                            "spent_s": {k: round(v, 1) for k, v in self.state["spent_s"].items()},
                            "network_rounds": _rounds(measured)}}
         return model, extra, counts
-
-
-def choose_kernel_model(fitted: dict[str, Any]) -> str:
-    """The name of the fitted :class:`NetworkPredictor` whose calibration does best on families
-    it was not fitted on: most networks within the tolerance (nested leave-one-family-out),
-    then the smaller relative RMSE, then the first named."""
-    return min(fitted, key=lambda name: (-fitted[name].calibration_.cv_within_,
-                                         fitted[name].calibration_.cv_rel_rmse_,
-                                         list(fitted).index(name)))
 
 
 def network_protocol(min_time_s: float = 0.5) -> Any:
