@@ -189,7 +189,7 @@ def _print_build(result, spec, target: float | None) -> None:
     if cal.get("kernel_models"):
         tried = ", ".join(f"{name} {v['lofo_within']:.0%}"
                           + (f" (kernels out of fold: {v['kernel_cv_error']:.1%} off)"
-                             if "kernel_cv_error" in v else "")
+                             if v.get("kernel_cv_error") is not None else "")
                           for name, v in cal["kernel_models"].items())
         why = {"networks": "ahead out of family by more than twice its standard error",
                "kernels": "the networks did not tell them apart; better on its kernels"}

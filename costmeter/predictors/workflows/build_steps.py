@@ -396,7 +396,8 @@ class BuildRun:
         calibration["kernel_model"], calibration["kernel_model_rule"] = chosen, rule
         calibration["kernel_models"] = {name: {"lofo_within": m.calibration_.cv_within_,
                                                "lofo_rel_rmse": m.calibration_.cv_rel_rmse_,
-                                               "kernel_cv_error": kernel_cv[name]}
+                                               "kernel_cv_error": (kernel_cv[name] if math.isfinite(
+                                                   kernel_cv[name]) else None)}
                                         for name, m in fitted.items()}
         extra = {"threads": self.spec.threads, "cpus": self.spec.cpus_text or None,
                  "precision": self.spec.precision, **self.quantization(),
