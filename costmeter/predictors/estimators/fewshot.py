@@ -27,10 +27,10 @@ non-negative blend at K = 10 on both tables; the correction helps devices that l
 the sources' span (pixel3, an exact per-layer sum) but is unstable with 10 points.
 
 Measured later, leaving one device out with K chosen by the whitened design (mean rho at
-K = 5 / 10 / 20; the non-negative blend first): NB201 0.970 / 0.974 / 0.975, FBNet 0.946 / 0.947 / 0.950. Ridge on
-the sources' log predictions (equivalently on all their principal components) with its
-strength chosen by exact leave-one-out on the K points: NB201 0.942 / 0.973 / 0.974, FBNet
-0.897 / 0.943 / 0.947. Ridge on the top 5 components, PLS (components by leave-one-out), a
+K = 5 / 10 / 20; the non-negative blend first): NB201 0.970 / 0.974 / 0.975, FBNet 0.946 /
+0.947 / 0.950. Ridge on the sources' log predictions (equivalently on all their principal
+components) with its strength chosen by exact leave-one-out on the K points: NB201 0.942 /
+0.973 / 0.974, FBNet 0.897 / 0.943 / 0.947. Ridge on the top 5 components, PLS (components by leave-one-out), a
 non-negative ridge, and MACs and parameters as extra sources were no better on both tables;
 the blend averaged with that ridge lifts NB201 at K = 10 (0.976, pixel3 0.883 -> 0.907) but
 lowers K = 5 on both tables and FBNet at K = 10 (0.947). Sources of the previous model type (a
@@ -118,8 +118,9 @@ def informative_rows(source_log_ms: np.ndarray, k: int, rank: int = 5, prior: fl
 
     The components keep their scale, relative to the first (the prior: a target varies along a
     direction about as much as the sources do), so a minor direction -- often where one noisy
-    source departs from the rest -- draws no picks to its extremes. ``whiten=True`` gives every
-    component unit variance instead (the design before; see the module docstring)."""
+    source departs from the rest -- draws picks to its extremes only once the main directions
+    are covered. ``whiten=True`` gives every component unit variance instead (the design
+    before, which may spend its first pick there; see the module docstring)."""
     logs = np.asarray(source_log_ms, dtype=np.float64)
     rows = np.arange(len(logs)) if candidates is None else np.asarray(candidates, dtype=np.int64)
     if logs.ndim != 2 or not 1 <= k <= len(rows):
